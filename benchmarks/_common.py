@@ -1,0 +1,58 @@
+"""Timing helpers shared by the benchmarks: medians from triton.testing.do_bench, floors from measured bandwidth."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+_COPY_TBPS = None
+
+
+def bench_ms(fn, warmup_ms: float = 25, rep_ms: float = 100) -> float:
+    """Median milliseconds of ``fn`` (device events, after warm-up)."""
+    import triton
+
+    return triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+
+
+def copy_bandwidth_tbps() -> float:
+    """Device-to-device copy bandwidth in TB/s, bytes read plus bytes written, measured once per process."""
+    global _COPY_TBPS
+    if _COPY_TBPS is None:
+        src = torch.randn(256 * 1024 * 1024, device="cuda")  # 1 GiB: far past L2
+        dst = torch.empty_like(src)
+        ms = bench_ms(lambda: dst.copy_(src))
+        _COPY_TBPS = 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e12
+        del src, dst
+        torch.cuda.empty_cache()
+    return _COPY_TBPS
+
+
+def floor_ms(nbytes: int) -> float:
+    """Time to move ``nbytes`` through device memory at the measured copy bandwidth."""
+    return nbytes / (copy_bandwidth_tbps() * 1e12) * 1e3
+
+
+def nbytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def write_results(rows: list[dict], path: str | None) -> None:
+    """Prints a markdown table of ``rows`` and, with ``path``, writes them as JSON."""
+    if not rows:
+        return
+    keys = list(rows[0])
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+    if path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w") as f:
+            json.dump({"device": device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
