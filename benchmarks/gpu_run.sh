@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|all]
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-gpu_results}
+mkdir -p "$OUT"
+what=${1:-all}
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/device.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
+if [[ $what == ops || $what == all ]]; then
+  timeout 240 python3 -m pytest -q -m gpu tests/ops tests/test_compat.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests_ops.log" | tail -30
+  for b in selective_scan causal_conv1d selective_state_update norms ssd; do
+    echo "== bench_$b"
+    timeout 200 python3 -m benchmarks.bench_$b --out "$OUT/bench_$b.json" 2>&1 | tail -40
+  done 2>&1 | tee "$OUT/bench_ops.log"
+fi
+if [[ $what == models || $what == all ]]; then
+  timeout 200 python3 -m pytest -q -m gpu tests/models -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests_models.log" | tail -30
+  timeout 330 python3 -m benchmarks.bench_model --out "$OUT/bench_model.json" 2>&1 | tee "$OUT/bench_model.log" | tail -60
+fi
