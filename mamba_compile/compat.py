@@ -19,7 +19,7 @@ from . import ops
 
 def _unsupported(name: str, **options) -> None:
     for key, value in options.items():
-        if value is not None and value is not False and value != 0.0:
+        if isinstance(value, torch.Tensor) or value not in (None, False, 0.0):
             raise NotImplementedError(f"{name}: option {key}={value!r} is not supported by mamba_compile")
 
 
