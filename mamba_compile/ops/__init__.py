@@ -1,0 +1,22 @@
+"""Mamba ops as ``torch.library`` custom ops in the ``mamba_compile`` namespace.
+
+Importing this package registers ``torch.ops.mamba_compile.*``; nothing else happens at import
+(no CUDA initialisation, no triton import: kernel modules load on the first CUDA call).
+"""
+
+from .causal_conv1d import causal_conv1d, causal_conv1d_update
+from .norms import layer_norm, rms_norm, rms_norm_gated
+from .selective_scan import selective_scan
+from .selective_state_update import selective_state_update
+from .ssd import ssd_chunk_scan
+
+__all__ = [
+    "causal_conv1d",
+    "causal_conv1d_update",
+    "layer_norm",
+    "rms_norm",
+    "rms_norm_gated",
+    "selective_scan",
+    "selective_state_update",
+    "ssd_chunk_scan",
+]
