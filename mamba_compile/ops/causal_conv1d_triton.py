@@ -1,0 +1,418 @@
+"""Triton kernels for the causal depthwise conv1d (forward, backward) and its decode update.
+
+    out[b, d, t] = act(bias[d] + sum_k weight[d, k] * xpad[b, d, t + k]),   xpad = cat(initial_states or 0, x)
+
+Shapes: x, out, dout, dx (batch, dim, seqlen); weight, dweight (dim, width); bias, dbias (dim,);
+seq_idx (batch, seqlen) int32; initial_states, final_states (batch, dim, width - 1);
+conv_state (cache_batch, dim, state_len); cache_seqlens, conv_state_indices (batch,) int32.
+
+Every kernel tiles (dim, seqlen) as [BLOCK_D, BLOCK_L] and reads tap k as a load shifted by k:
+the shifted tiles overlap, so after the first they come from L1/L2 and device memory sees x about once.
+Positions are indices into x (``p < 0`` reads initial_states), every access is masked, and all math is fp32.
+Launch functions take ``wrap``: True inside the ops (``torch.library.wrap_triton``), False for direct
+launches (the tests run them under the Triton interpreter on CPU tensors).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._triton import launcher
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers shared by the forward and backward kernels. Positions ``p`` are x's time indices.
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _load_xpad(x_ptr, init_ptr, b, offs_d, p, L, D,
+               stride_xb, stride_xd, stride_xl, stride_ib, stride_id, stride_il,
+               W: tl.constexpr, HAS_INIT: tl.constexpr):
+    """xpad at positions p for channels offs_d, as fp32 [BLOCK_D, len(p)]: x for 0 <= p < L,
+    initial_states for -(W-1) <= p < 0 (when given), 0 elsewhere."""
+    d_mask = offs_d < D
+    in_x = (p >= 0) & (p < L)
+    v = tl.load(x_ptr + b * stride_xb + offs_d[:, None] * stride_xd + p[None, :] * stride_xl,
+                mask=d_mask[:, None] & in_x[None, :], other=0.0).to(tl.float32)
+    if HAS_INIT:
+        j = p + (W - 1)
+        in_init = (p < 0) & (j >= 0)
+        v += tl.load(init_ptr + b * stride_ib + offs_d[:, None] * stride_id + j[None, :] * stride_il,
+                     mask=d_mask[:, None] & in_init[None, :], other=0.0).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _load_seq(seq_ptr, b, p, L, stride_sb, stride_sl):
+    """seq_idx at positions p (-1 outside [0, L): those taps read zeros anyway)."""
+    return tl.load(seq_ptr + b * stride_sb + p * stride_sl, mask=(p >= 0) & (p < L), other=-1)
+
+
+@triton.jit
+def _preact(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, b, offs_d, t, L, D,
+            stride_xb, stride_xd, stride_xl, stride_wd, stride_ww, stride_sb, stride_sl,
+            stride_ib, stride_id, stride_il,
+            W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr):
+    """bias + sum_k weight[:, k] * xpad[t - (W-1) + k] as fp32 [BLOCK_D, len(t)]; a tap from another
+    sequence (seq_idx differs) counts as 0."""
+    d_mask = offs_d < D
+    acc = tl.zeros((offs_d.shape[0], t.shape[0]), dtype=tl.float32)
+    if HAS_SEQ:
+        seq_t = _load_seq(seq_ptr, b, t, L, stride_sb, stride_sl)
+    for k in tl.static_range(W):
+        p = t + (k - (W - 1))  # constexpr offset first: keeps the aligned tap (k = W-1) vectorisable
+        v = _load_xpad(x_ptr, init_ptr, b, offs_d, p, L, D, stride_xb, stride_xd, stride_xl,
+                       stride_ib, stride_id, stride_il, W, HAS_INIT)
+        if HAS_SEQ:
+            same = _load_seq(seq_ptr, b, p, L, stride_sb, stride_sl) == seq_t
+            v = tl.where(same[None, :], v, 0.0)
+        w_k = tl.load(w_ptr + offs_d * stride_wd + k * stride_ww, mask=d_mask, other=0.0).to(tl.float32)
+        acc += w_k[:, None] * v
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[:, None]
+    return acc
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _causal_conv1d_fwd_kernel(
+    x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, out_ptr, final_ptr, L, D,
+    stride_xb, stride_xd, stride_xl, stride_wd, stride_ww, stride_sb, stride_sl,
+    stride_ib, stride_id, stride_il, stride_ob, stride_od, stride_ol, stride_fb, stride_fd, stride_fl,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr,
+    HAS_FINAL: tl.constexpr, SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    pid_l = tl.program_id(0)  # sequence blocks vary fastest, so a neighbour's halo is still in L2
+    pid_d = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    d_mask = offs_d < D
+
+    y = _preact(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, b, offs_d, offs_l, L, D,
+                stride_xb, stride_xd, stride_xl, stride_wd, stride_ww, stride_sb, stride_sl,
+                stride_ib, stride_id, stride_il, W, HAS_BIAS, HAS_SEQ, HAS_INIT)
+    if SILU:
+        y = y * tl.sigmoid(y)
+    tl.store(out_ptr + b * stride_ob + offs_d[:, None] * stride_od + offs_l[None, :] * stride_ol,
+             y.to(out_ptr.dtype.element_ty), mask=d_mask[:, None] & (offs_l < L)[None, :])
+
+    if HAS_FINAL:
+        if pid_l == tl.num_programs(0) - 1:
+            # final_states[j] = xpad[L - (W-1) + j]: the last W-1 inputs, reaching into initial_states if L < W-1
+            j = tl.arange(0, BLOCK_W)
+            v = _load_xpad(x_ptr, init_ptr, b, offs_d, L - (W - 1) + j, L, D, stride_xb, stride_xd,
+                           stride_xl, stride_ib, stride_id, stride_il, W, HAS_INIT)
+            tl.store(final_ptr + b * stride_fb + offs_d[:, None] * stride_fd + j[None, :] * stride_fl,
+                     v.to(final_ptr.dtype.element_ty), mask=d_mask[:, None] & (j < W - 1)[None, :])
+
+
+def _static(n, default: int) -> int:
+    """A size as a plain int when it is one (eager, static shapes), else ``default``: block sizes must
+    not depend on symbolic sizes, or tracing would specialise on them."""
+    return n if isinstance(n, int) else default
+
+
+def _fwd_blocks(x: torch.Tensor) -> tuple[int, int]:
+    L = _static(x.shape[2], 1 << 20)
+    if x.stride(2) == 1 or x.stride(1) != 1:  # time-contiguous rows: long runs along the sequence
+        # 8 x 256 measured best of 8 shapes on an H100 (b8 d1536 l2048: 1.26x the copy floor)
+        block_l = min(256, max(16, triton.next_power_of_2(L)))
+        return 2048 // block_l, block_l
+    return 64, 32  # channel-last: coalesce along dim
+
+
+def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_states: bool, silu: bool,
+                      *, wrap: bool = True, block_d: int | None = None, block_l: int | None = None,
+                      num_warps: int = 4):
+    """Returns (out, final_states); final_states is an empty tensor unless requested."""
+    batch, dim, seqlen = x.shape
+    width = weight.shape[1]
+    out = torch.empty_like(x)  # keeps x's layout (channel-last in, channel-last out)
+    if return_final_states:
+        final_states = x.new_empty(batch, dim, width - 1)
+    else:
+        final_states = x.new_empty(0)
+    bd, bl = _fwd_blocks(x)
+    block_d, block_l = block_d or bd, block_l or bl
+    bias = bias.contiguous() if bias is not None else None  # the kernels index bias and the int32 vectors densely
+    seq, init = _or_dummy(seq_idx, x), _or_dummy(initial_states, x)
+    fin = final_states if return_final_states else x
+    grid = (triton.cdiv(seqlen, block_l), triton.cdiv(dim, block_d), batch)
+    launcher(_causal_conv1d_fwd_kernel, wrap)[grid](
+        x, weight, _or_dummy(bias, weight), seq, init, out, fin, seqlen, dim,
+        *x.stride(), *weight.stride(), *_strides(seq_idx, 2), *_strides(initial_states, 3),
+        *out.stride(), *_strides(final_states if return_final_states else None, 3),
+        W=width, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
+        HAS_FINAL=return_final_states, SILU=silu,
+        BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_W=max(2, triton.next_power_of_2(width - 1)),
+        num_warps=num_warps,
+    )
+    return out, final_states
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward, two kernels over the same tiles:
+#   1. dy = dout * act'(y) (y recomputed from x) into an fp32 buffer, and the dweight / dbias partials
+#        dweight[k] = sum_{b,t} dy[t] * xpad[t - (W-1) + k],  dbias = sum_{b,t} dy[t]
+#      reduced per (batch, sequence block) into fp32 partials that torch sums afterwards (deterministic,
+#      no atomics);
+#   2. dxpad[s] = sum_j weight[W-1-j] * dy[s + j] (same sequence) + dfinal_states[s - (L - (W-1))],
+#      which is dx for s >= 0 and dinitial_states for s < 0.
+# Storing dy costs one fp32 write and read, but every tap of kernel 2 is then one load, where
+# recomputing dy at the W shifted positions costs W*W loads per element: that single-kernel variant
+# measured 0.40 ms on an H100 at b8 d1536 l2048 w4 bf16 (8x its floor). This split is not timed yet.
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _causal_conv1d_bwd_dy_kernel(
+    x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, dout_ptr, dy_ptr, dw_part_ptr, db_part_ptr, L, D,
+    stride_xb, stride_xd, stride_xl, stride_wd, stride_ww, stride_sb, stride_sl,
+    stride_ib, stride_id, stride_il, stride_gb, stride_gd, stride_gl,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr,
+    SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    d_mask = offs_d < D
+    tile_mask = d_mask[:, None] & (offs_l < L)[None, :]
+
+    dy = tl.load(dout_ptr + b * stride_gb + offs_d[:, None] * stride_gd + offs_l[None, :] * stride_gl,
+                 mask=tile_mask, other=0.0).to(tl.float32)
+    if SILU:
+        y = _preact(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, b, offs_d, offs_l, L, D,
+                    stride_xb, stride_xd, stride_xl, stride_wd, stride_ww, stride_sb, stride_sl,
+                    stride_ib, stride_id, stride_il, W, HAS_BIAS, HAS_SEQ, HAS_INIT)
+        sig = tl.sigmoid(y)
+        dy = dy * sig * (1.0 + y * (1.0 - sig))
+    # dy is (batch, dim, seqlen) contiguous
+    tl.store(dy_ptr + (b * D + offs_d[:, None]) * L + offs_l[None, :], dy, mask=tile_mask)
+
+    part = (b * tl.num_programs(0) + pid_l) * D
+    if HAS_SEQ:
+        seq_t = _load_seq(seq_ptr, b, offs_l, L, stride_sb, stride_sl)
+    for k in tl.static_range(W):
+        p = offs_l + (k - (W - 1))
+        v = _load_xpad(x_ptr, init_ptr, b, offs_d, p, L, D, stride_xb, stride_xd, stride_xl,
+                       stride_ib, stride_id, stride_il, W, HAS_INIT)
+        if HAS_SEQ:
+            v = tl.where((_load_seq(seq_ptr, b, p, L, stride_sb, stride_sl) == seq_t)[None, :], v, 0.0)
+        tl.store(dw_part_ptr + (part + offs_d) * W + k, tl.sum(dy * v, axis=1), mask=d_mask)
+    if HAS_BIAS:
+        tl.store(db_part_ptr + part + offs_d, tl.sum(dy, axis=1), mask=d_mask)
+
+
+@triton.jit
+def _dxpad(w_ptr, seq_ptr, dy_ptr, dfinal_ptr, b, offs_d, s, L, D,
+           stride_wd, stride_ww, stride_sb, stride_sl, stride_fb, stride_fd, stride_fl,
+           W: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr):
+    """Gradient of xpad at positions s (fp32 [BLOCK_D, len(s)]) from the stored dy."""
+    d_mask = offs_d < D
+    acc = tl.zeros((offs_d.shape[0], s.shape[0]), dtype=tl.float32)
+    if HAS_SEQ:
+        seq_s = _load_seq(seq_ptr, b, s, L, stride_sb, stride_sl)
+    for j in tl.static_range(W):
+        t = s + j  # output t reads position s through tap k = W-1-j
+        g = tl.load(dy_ptr + (b * D + offs_d[:, None]) * L + t[None, :],
+                    mask=d_mask[:, None] & ((t >= 0) & (t < L))[None, :], other=0.0)
+        if HAS_SEQ:
+            g = tl.where((_load_seq(seq_ptr, b, t, L, stride_sb, stride_sl) == seq_s)[None, :], g, 0.0)
+        w_k = tl.load(w_ptr + offs_d * stride_wd + (W - 1 - j) * stride_ww, mask=d_mask, other=0.0)
+        acc += w_k.to(tl.float32)[:, None] * g
+    if HAS_DFINAL:
+        jf = s - (L - (W - 1))  # final_states[jf] = xpad[s]
+        acc += tl.load(dfinal_ptr + b * stride_fb + offs_d[:, None] * stride_fd + jf[None, :] * stride_fl,
+                       mask=d_mask[:, None] & ((jf >= 0) & (jf < W - 1))[None, :], other=0.0).to(tl.float32)
+    return acc
+
+
+@triton.jit
+def _causal_conv1d_bwd_dx_kernel(
+    w_ptr, seq_ptr, dy_ptr, dfinal_ptr, dx_ptr, dinit_ptr, L, D,
+    stride_wd, stride_ww, stride_sb, stride_sl, stride_fb, stride_fd, stride_fl,
+    stride_dxb, stride_dxd, stride_dxl, stride_dib, stride_did, stride_dil,
+    W: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    d_mask = offs_d < D
+
+    dx = _dxpad(w_ptr, seq_ptr, dy_ptr, dfinal_ptr, b, offs_d, offs_l, L, D, stride_wd, stride_ww,
+                stride_sb, stride_sl, stride_fb, stride_fd, stride_fl, W, HAS_SEQ, HAS_DFINAL)
+    tl.store(dx_ptr + b * stride_dxb + offs_d[:, None] * stride_dxd + offs_l[None, :] * stride_dxl,
+             dx.to(dx_ptr.dtype.element_ty), mask=d_mask[:, None] & (offs_l < L)[None, :])
+
+    if HAS_INIT:
+        if pid_l == 0:  # positions -(W-1) .. -1 are initial_states
+            j = tl.arange(0, BLOCK_W)
+            dinit = _dxpad(w_ptr, seq_ptr, dy_ptr, dfinal_ptr, b, offs_d, j - (W - 1), L, D, stride_wd, stride_ww,
+                           stride_sb, stride_sl, stride_fb, stride_fd, stride_fl, W, HAS_SEQ, HAS_DFINAL)
+            tl.store(dinit_ptr + b * stride_dib + offs_d[:, None] * stride_did + j[None, :] * stride_dil,
+                     dinit.to(dinit_ptr.dtype.element_ty), mask=d_mask[:, None] & (j < W - 1)[None, :])
+
+
+def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu: bool,
+                      *, wrap: bool = True, block_d: int | None = None, block_l: int | None = None,
+                      num_warps: int = 4):
+    """Returns (dx, dweight, dbias, dinitial_states); dbias / dinitial_states are empty tensors when
+    bias / initial_states are None."""
+    batch, dim, seqlen = x.shape
+    width = weight.shape[1]
+    bias = bias.contiguous() if bias is not None else None
+    bd, bl = _fwd_blocks(x)
+    block_d, block_l = block_d or bd, block_l or bl
+    n_l = triton.cdiv(seqlen, block_l)
+    grid = (n_l, triton.cdiv(dim, block_d), batch)
+    dy = torch.empty(batch, dim, seqlen, device=x.device, dtype=torch.float32)
+    dw_part = torch.empty(batch * n_l, dim, width, device=x.device, dtype=torch.float32)
+    db_part = torch.empty(batch * n_l, dim, device=x.device, dtype=torch.float32)
+    launcher(_causal_conv1d_bwd_dy_kernel, wrap)[grid](
+        x, weight, _or_dummy(bias, weight), _or_dummy(seq_idx, x), _or_dummy(initial_states, x), dout,
+        dy, dw_part, db_part, seqlen, dim,
+        *x.stride(), *weight.stride(), *_strides(seq_idx, 2), *_strides(initial_states, 3), *dout.stride(),
+        W=width, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
+        SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=num_warps,
+    )
+    dx = torch.empty_like(x)
+    dinit = torch.empty_like(initial_states) if initial_states is not None else x.new_empty(0)
+    launcher(_causal_conv1d_bwd_dx_kernel, wrap)[grid](
+        weight, _or_dummy(seq_idx, x), dy, _or_dummy(dfinal_states, x), dx,
+        dinit if initial_states is not None else x, seqlen, dim,
+        *weight.stride(), *_strides(seq_idx, 2), *_strides(dfinal_states, 3), *dx.stride(),
+        *_strides(dinit if initial_states is not None else None, 3),
+        W=width, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
+        HAS_DFINAL=dfinal_states is not None, BLOCK_D=block_d, BLOCK_L=block_l,
+        BLOCK_W=max(2, triton.next_power_of_2(width - 1)), num_warps=num_warps,
+    )
+    dweight = dw_part.sum(0).to(weight.dtype)
+    dbias = db_part.sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
+    return dx, dweight, dbias, dinit
+
+
+# ----------------------------------------------------------------------------------------------
+# Decode update. xnew = cat(window, x) where window holds the W-1 inputs before x, read from
+# conv_state: its last W-1 entries (shift register) or the W-1 entries before cache_seqlens % S
+# (circular buffer). out[i] = act(bias + sum_k weight[k] * xnew[i + k]).
+# The state is read completely before it is written (barriers between), since rows update in place.
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _causal_conv1d_update_kernel(
+    x_ptr, state_ptr, w_ptr, bias_ptr, seqlens_ptr, indices_ptr, out_ptr, L, D, S, cache_batch,
+    stride_xb, stride_xd, stride_xl, stride_cb, stride_cd, stride_cl, stride_wd, stride_ww,
+    stride_ob, stride_od, stride_ol,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, CIRCULAR: tl.constexpr,
+    HAS_INDICES: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = offs_d < D
+    if HAS_INDICES:
+        row = tl.load(indices_ptr + b).to(tl.int64)
+    else:
+        row = b
+    # padding (< 0) and out-of-range rows: out = 0, no write. Kept per channel, as a block: the
+    # interpreter mishandles a scalar bool combined with a block mask.
+    row_d = row + tl.zeros((BLOCK_D,), dtype=tl.int64)
+    valid = (row_d >= 0) & (row_d < cache_batch)
+    state_ok = d_mask & valid  # channels whose cache row is read and written
+    row = tl.where(row < 0, 0, tl.where(row < cache_batch, row, 0))
+    if CIRCULAR:
+        start = tl.load(seqlens_ptr + b).to(tl.int64) % S
+        start = tl.where(start < 0, start + S, start)
+    else:
+        start = S  # the window is the last W-1 entries, as if the buffer began at S
+    state_row = state_ptr + row * stride_cb + offs_d[:, None] * stride_cd
+    x_row = x_ptr + b * stride_xb + offs_d[:, None] * stride_xd
+
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    for t0 in range(0, L, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        t_mask = offs_t < L
+        acc = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32) + bias[:, None]
+        for k in tl.static_range(W):
+            q = offs_t + k  # index into xnew
+            from_state = q < W - 1
+            spos = (start - (W - 1) + q + S) % S
+            v = tl.load(state_row + spos[None, :] * stride_cl,
+                        mask=state_ok[:, None] & (from_state & t_mask)[None, :], other=0.0).to(tl.float32)
+            v += tl.load(x_row + (q - (W - 1))[None, :] * stride_xl,
+                         mask=d_mask[:, None] & ((~from_state) & t_mask)[None, :], other=0.0).to(tl.float32)
+            w_k = tl.load(w_ptr + offs_d * stride_wd + k * stride_ww, mask=d_mask, other=0.0).to(tl.float32)
+            acc += w_k[:, None] * v
+        if SILU:
+            acc = acc * tl.sigmoid(acc)
+        acc = tl.where(valid[:, None], acc, 0.0)
+        tl.store(out_ptr + b * stride_ob + offs_d[:, None] * stride_od + offs_t[None, :] * stride_ol,
+                 acc.to(out_ptr.dtype.element_ty), mask=d_mask[:, None] & t_mask[None, :])
+
+    tl.debug_barrier()  # every window read above happens before the writes below
+    for s0 in range(0, S, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        s_mask = offs_s < S
+        if CIRCULAR:
+            # position offs_s receives token i = (offs_s - start) mod S, the last such i < L when
+            # several tokens wrap onto it (only the newest survives)
+            off = (offs_s - start + S) % S
+            write = off < L
+            i_last = off + ((L - 1 - off) // S) * S
+            v = tl.load(x_row + i_last[None, :] * stride_xl,
+                        mask=state_ok[:, None] & (write & s_mask)[None, :], other=0.0)
+            tl.store(state_row + offs_s[None, :] * stride_cl, v.to(state_ptr.dtype.element_ty),
+                     mask=state_ok[:, None] & (write & s_mask)[None, :])
+        else:
+            # shift register: new[p] = cat(state, x)[p + L]; reads lie ahead of this chunk's writes
+            src = offs_s + L
+            from_state = src < S
+            v = tl.load(state_row + src[None, :] * stride_cl,
+                        mask=state_ok[:, None] & (from_state & s_mask)[None, :], other=0.0).to(tl.float32)
+            v += tl.load(x_row + (src - S)[None, :] * stride_xl,
+                         mask=state_ok[:, None] & ((~from_state) & s_mask)[None, :], other=0.0).to(tl.float32)
+            tl.debug_barrier()
+            tl.store(state_row + offs_s[None, :] * stride_cl, v.to(state_ptr.dtype.element_ty),
+                     mask=state_ok[:, None] & s_mask[None, :])
+
+
+def causal_conv1d_update(x, conv_state, weight, bias, silu: bool, cache_seqlens, conv_state_indices,
+                         *, wrap: bool = True):
+    """x: (batch, dim, seqlen). Updates conv_state in place and returns out (batch, dim, seqlen)."""
+    batch, dim, seqlen = x.shape
+    cache_batch, _, state_len = conv_state.shape
+    width = weight.shape[1]
+    out = torch.empty_like(x)
+    bias = bias.contiguous() if bias is not None else None  # dense vectors: the kernel indexes them by b / d
+    cache_seqlens = cache_seqlens.contiguous() if cache_seqlens is not None else None
+    conv_state_indices = conv_state_indices.contiguous() if conv_state_indices is not None else None
+    block_t = min(16, max(2, triton.next_power_of_2(_static(seqlen, 16))))
+    block_s = min(32, max(2, triton.next_power_of_2(_static(state_len, 32))))
+    block_d = 64
+    grid = (batch, triton.cdiv(dim, block_d))
+    launcher(_causal_conv1d_update_kernel, wrap)[grid](
+        x, conv_state, weight, _or_dummy(bias, weight), _or_dummy(cache_seqlens, x),
+        _or_dummy(conv_state_indices, x), out, seqlen, dim, state_len, cache_batch,
+        *x.stride(), *conv_state.stride(), *weight.stride(), *out.stride(),
+        W=width, HAS_BIAS=bias is not None, SILU=silu, CIRCULAR=cache_seqlens is not None,
+        HAS_INDICES=conv_state_indices is not None, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s,
+        num_warps=4,
+    )
+    return out
+
+
+def _or_dummy(t, like):
+    """A tensor to pass for an absent pointer argument (never read: its HAS_* flag is off)."""
+    return t if t is not None else like
+
+
+def _strides(t, n: int):
+    return tuple(t.stride()) if t is not None else (0,) * n
