@@ -42,12 +42,13 @@ def check_tensor(
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if shape is not None:
-        desc = f"{letters} = {_fmt(shape)}" if letters else _fmt(shape)
+        # the message is built only on failure: str() of a SymInt breaks a Dynamo graph
+        desc = lambda: f"{letters} = {_fmt(shape)}" if letters else _fmt(shape)  # noqa: E731
         if t.dim() != len(shape):
-            raise ValueError(f"{name} must have {len(shape)} dims {desc}, got shape {tuple(t.shape)}")
+            raise ValueError(f"{name} must have {len(shape)} dims {desc()}, got shape {tuple(t.shape)}")
         for want, got in zip(shape, t.shape):
             if want is not None and got != want:
-                raise ValueError(f"{name} must have shape {desc}, got {tuple(t.shape)}")
+                raise ValueError(f"{name} must have shape {desc()}, got {tuple(t.shape)}")
     if dtypes is not None and t.dtype not in dtypes:
         names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"{name} must have dtype in ({names}), got {str(t.dtype).replace('torch.', '')}")
