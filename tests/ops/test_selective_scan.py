@@ -1,0 +1,418 @@
+"""Tests of the Mamba-1 selective scan against the float64 recurrence in tests/reference/selective_scan.py."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+import torch._dynamo.testing
+
+
+from mamba_compile.ops import selective_scan
+from tests.reference.selective_scan import selective_scan_ref
+
+ss_module = importlib.import_module("mamba_compile.ops.selective_scan")  # the package attribute is the function
+
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+ACT_NAMES = ("u", "delta", "z", "B", "C")  # take the activation dtype; the rest stay fp32 (weights, state)
+
+
+def make_inputs(batch, dim, seqlen, dstate, *, B_kind="bnl", C_kind="bnl", ngroups=2, act_dtype=torch.float32,
+                weight_dtype=torch.float32, D=True, z=True, delta_bias=True, initial_state=True, softplus=True,
+                device="cpu", seed=0):  # fmt: skip
+    """Fresh random inputs (never zeros) as a dict of selective_scan's tensor arguments.
+    B_kind / C_kind: "dn" time-invariant, "bnl" input-dependent, "bgnl" grouped with ngroups."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g) * scale + shift).to(device)
+
+    def bc(kind):
+        return {"dn": lambda: rand(dim, dstate), "bnl": lambda: rand(batch, dstate, seqlen),
+                "bgnl": lambda: rand(batch, ngroups, dstate, seqlen)}[kind]()  # fmt: skip
+
+    # Without softplus, dt = delta + bias must stay positive or the recurrence grows without bound.
+    delta = rand(batch, dim, seqlen, scale=0.5) if softplus else torch.rand(batch, dim, seqlen, generator=g).to(device) * 0.3 + 0.05
+    t = dict(
+        u=rand(batch, dim, seqlen),
+        delta=delta,
+        A=-(torch.rand(dim, dstate, generator=g) + 0.5).to(device),
+        B=bc(B_kind),
+        C=bc(C_kind),
+        D=rand(dim) if D else None,
+        z=rand(batch, dim, seqlen) if z else None,
+        delta_bias=(rand(dim, scale=0.5) if softplus else torch.rand(dim, generator=g).to(device) * 0.1) if delta_bias else None,
+        initial_state=rand(batch, dim, dstate) if initial_state else None,
+    )
+    return {k: None if v is None else v.to(act_dtype if k in ACT_NAMES else weight_dtype) for k, v in t.items()}
+
+
+def run_fwd_bwd(fn, inputs, softplus, seed=1):
+    """out, last_state and the gradients of sum(out * go) + sum(last_state * gl) w.r.t. every input."""
+    leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    out, last = fn(**leaves, delta_softplus=softplus)
+    g = torch.Generator().manual_seed(seed)
+    go = torch.randn(out.shape, generator=g).to(out.device, out.dtype)
+    gl = torch.randn(last.shape, generator=g).to(last.device, last.dtype)
+    names = [k for k in GRAD_NAMES if leaves[k] is not None]
+    grads = torch.autograd.grad((out.float() * go.float()).sum() + (last.float() * gl.float()).sum(), [leaves[k] for k in names])
+    return out, last, dict(zip(names, grads))
+
+
+def ours(**kw):
+    return selective_scan(**kw, return_last_state=True)
+
+
+def assert_rel(actual, expected, tol, name):
+    """Max abs error relative to the largest expected magnitude: robust for bf16 and for sums."""
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    err = (actual.double() - expected.double()).abs().max().item()
+    scale = expected.double().abs().max().item() + 1e-12
+    assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol} x max |expected| {scale:.3g}"
+
+
+def check_against_oracle(fn, inputs, softplus, tol):
+    out, last, grads = run_fwd_bwd(fn, inputs, softplus)
+    r_out, r_last, r_grads = run_fwd_bwd(selective_scan_ref, inputs, softplus)
+    assert out.dtype == inputs["u"].dtype and last.dtype == torch.float32
+    assert_rel(out, r_out, tol, "out")
+    assert_rel(last, r_last, tol, "last_state")
+    assert grads.keys() == r_grads.keys()
+    for k in grads:
+        assert grads[k].dtype == inputs[k].dtype, k
+        assert_rel(grads[k], r_grads[k], tol, f"d{k}")
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU path against the oracle
+
+ORACLE_CASES = [
+    pytest.param(dict(B_kind="bnl", C_kind="bnl"), True, torch.float32, 1e-5, id="bnl-all-softplus-fp32"),
+    pytest.param(dict(B_kind="dn", C_kind="bgnl"), False, torch.float32, 1e-5, id="dn-bgnl-fp32"),
+    pytest.param(dict(B_kind="bgnl", C_kind="dn", ngroups=4), True, torch.float32, 1e-5, id="bgnl4-dn-fp32"),
+    pytest.param(dict(B_kind="bnl", C_kind="bgnl", D=False, z=False, delta_bias=False, initial_state=False), True,
+                 torch.float32, 1e-5, id="bare-softplus-fp32"),  # fmt: skip
+    pytest.param(dict(B_kind="bnl", C_kind="bnl"), True, torch.bfloat16, 2e-2, id="bnl-all-bf16-acts"),
+    pytest.param(dict(B_kind="bgnl", C_kind="bgnl"), True, torch.float16, 5e-3, id="bgnl-all-fp16-acts"),
+]
+
+
+@pytest.mark.parametrize("opts, softplus, act_dtype, tol", ORACLE_CASES)
+def test_cpu_matches_oracle(opts, softplus, act_dtype, tol):
+    # seqlen 150 crosses two CPU chunk boundaries and ends in a partial chunk.
+    inputs = make_inputs(2, 8, 150, 5, act_dtype=act_dtype, softplus=softplus, **opts)
+    check_against_oracle(ours, inputs, softplus, tol)
+
+
+def test_cpu_no_grad_skips_chunk_states_and_backward_recomputes_them():
+    inputs = make_inputs(1, 4, 70, 3)
+    op_args = list(inputs.values())
+    with torch.no_grad():
+        _, _, states = torch.ops.mamba_compile.selective_scan_fwd(*op_args[:8], True, op_args[8], False)
+    assert states.numel() == 0
+    out, last, saved = torch.ops.mamba_compile.selective_scan_fwd(*op_args[:8], True, op_args[8], True)
+    assert saved.shape == (1, 3, 4, 3)  # two chunks of 64, then the last state
+    torch.testing.assert_close(saved[:, -1], last)
+    go, gl = torch.randn_like(out), torch.randn_like(last)
+    with_saved = torch.ops.mamba_compile.selective_scan_bwd(go, gl, *op_args[:8], True, op_args[8], saved)
+    recomputed = torch.ops.mamba_compile.selective_scan_bwd(go, gl, *op_args[:8], True, op_args[8], states)
+    for a, b, name in zip(with_saved, recomputed, GRAD_NAMES):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_gradcheck_float64_across_chunks(monkeypatch):
+    monkeypatch.setattr(ss_module, "CPU_CHUNK", 4)  # seqlen 10: three chunks, the last partial
+    inputs = make_inputs(1, 4, 10, 3, B_kind="bgnl", C_kind="bnl", act_dtype=torch.float64, weight_dtype=torch.float64)
+    names = [k for k in GRAD_NAMES if inputs[k] is not None]
+
+    def fn(*args):
+        out, last = selective_scan(**dict(zip(names, args)), delta_softplus=True, return_last_state=True)
+        return out, last
+
+    args = [inputs[k].requires_grad_() for k in names]
+    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-6)
+
+
+def test_gradcheck_float64_time_invariant_bc(monkeypatch):
+    monkeypatch.setattr(ss_module, "CPU_CHUNK", 4)
+    inputs = make_inputs(2, 2, 6, 2, B_kind="dn", C_kind="dn", act_dtype=torch.float64, weight_dtype=torch.float64,
+                         softplus=False, z=False)  # fmt: skip
+    names = [k for k in GRAD_NAMES if inputs[k] is not None]
+    args = [inputs[k].requires_grad_() for k in names]
+    assert torch.autograd.gradcheck(lambda *a: selective_scan(**dict(zip(names, a)), return_last_state=True), args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration: opcheck, compile, export
+
+OPCHECK_CASES = [
+    pytest.param(dict(B_kind="bnl", C_kind="bnl"), True, id="bnl-all-softplus"),
+    pytest.param(dict(B_kind="dn", C_kind="bgnl", z=False, initial_state=False), False, id="dn-bgnl-noz-noh0"),
+    pytest.param(dict(B_kind="bgnl", C_kind="dn", D=False, delta_bias=False), True, id="bgnl-dn-noD-nobias"),
+]
+
+
+@pytest.mark.parametrize("opts, softplus", OPCHECK_CASES)
+def test_opcheck(opts, softplus):
+    inputs = make_inputs(2, 4, 70, 3, **opts, softplus=softplus)
+    args = [None if v is None else v.requires_grad_() for v in inputs.values()]
+    torch.library.opcheck(torch.ops.mamba_compile.selective_scan_fwd, (*args[:8], softplus, args[8], True))
+    out, last, states = torch.ops.mamba_compile.selective_scan_fwd(*args[:8], softplus, args[8], True)
+    bwd_args = (torch.randn_like(out), torch.randn_like(last), *[None if a is None else a.detach() for a in args[:8]],
+                softplus, None if args[8] is None else args[8].detach(), states.detach())  # fmt: skip
+    torch.library.opcheck(torch.ops.mamba_compile.selective_scan_bwd, bwd_args)
+
+
+def _compiled_matches_eager(backend, seqlens, device="cpu", tol=1e-5):
+    cnt = torch._dynamo.testing.CompileCounterWithBackend(backend)
+    compiled = torch.compile(ours, fullgraph=True, dynamic=True, backend=cnt)
+    for i, seqlen in enumerate(seqlens):
+        inputs = make_inputs(2, 4, seqlen, 3, device=device, seed=i)
+        c_out, c_last, c_grads = run_fwd_bwd(compiled, inputs, True)
+        e_out, e_last, e_grads = run_fwd_bwd(ours, inputs, True)
+        assert_rel(c_out, e_out, tol, "out")
+        assert_rel(c_last, e_last, tol, "last_state")
+        for k in e_grads:
+            assert_rel(c_grads[k], e_grads[k], tol, f"d{k}")
+    return cnt.frame_count
+
+
+def test_compile_fullgraph_dynamic_one_frame():
+    assert _compiled_matches_eager("aot_eager", (17, 70, 135)) == 1
+
+
+@pytest.mark.inductor
+def test_compile_inductor_cpu():
+    assert _compiled_matches_eager("inductor", (33, 130, 71)) == 1
+
+
+class _ScanModule(torch.nn.Module):
+    def __init__(self, dim, dstate):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.A_log = torch.nn.Parameter(torch.rand(dim, dstate, generator=g))
+        self.D = torch.nn.Parameter(torch.randn(dim, generator=g))
+        self.dt_bias = torch.nn.Parameter(torch.randn(dim, generator=g) * 0.5)
+
+    def forward(self, u, delta, B, C, z):
+        return selective_scan(u, delta, -torch.exp(self.A_log), B, C, self.D, z, self.dt_bias, delta_softplus=True)
+
+
+def test_export_matches_eager():
+    mod = _ScanModule(4, 3)
+    t = make_inputs(2, 4, 70, 3)
+    args = (t["u"], t["delta"], t["B"], t["C"], t["z"])
+    seqlen = torch.export.Dim("seqlen", min=2, max=4096)
+    dyn = ({2: seqlen}, {2: seqlen}, {2: seqlen}, {2: seqlen}, {2: seqlen})
+    ep = torch.export.export(mod, args, dynamic_shapes=dyn)
+    assert any("selective_scan_fwd" in str(n.target) for n in ep.graph.nodes)
+    torch.testing.assert_close(ep.module()(*args), mod(*args))
+    t2 = make_inputs(2, 4, 133, 3, seed=5)  # another length through the same program
+    args2 = (t2["u"], t2["delta"], t2["B"], t2["C"], t2["z"])
+    torch.testing.assert_close(ep.module()(*args2), mod(*args2))
+
+
+def test_autocast_bf16_inputs_cpu():
+    inputs = make_inputs(1, 4, 20, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        u = inputs["u"] @ torch.eye(20)  # a bf16 activation, as a projection under autocast would give
+        kw = {**inputs, "u": u}
+        out, last = selective_scan(**kw, delta_softplus=True, return_last_state=True)
+    assert u.dtype == torch.bfloat16 and out.dtype == torch.bfloat16 and last.dtype == torch.float32
+    r_out, _ = selective_scan_ref(**kw, delta_softplus=True)
+    assert_rel(out, r_out, 2e-2, "out")
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernels, launched directly (the interpreter on CPU): tiny shapes, several chunks
+
+KERNEL_CASES = [
+    pytest.param(dict(B_kind="bnl", C_kind="bnl"), True, id="bnl-all-softplus"),
+    pytest.param(dict(B_kind="dn", C_kind="bgnl", ngroups=3, D=False, delta_bias=False), False, id="dn-bgnl3-noD"),
+    pytest.param(dict(B_kind="bgnl", C_kind="dn", ngroups=3, z=False, initial_state=False), True, id="bgnl3-dn-noz"),
+]
+
+
+@pytest.mark.parametrize("opts, softplus", KERNEL_CASES)
+def test_triton_kernels_match_oracle(opts, softplus):
+    _check_kernels(opts, softplus, prefetch=False)
+
+
+def test_triton_prefetch_variants_match_oracle():
+    _check_kernels(dict(B_kind="bnl", C_kind="bgnl", ngroups=3), True, prefetch=True)
+
+
+def _check_kernels(opts, softplus, prefetch):
+    from mamba_compile.ops import selective_scan_triton as kern
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    inputs = make_inputs(2, 6, 11, 5, softplus=softplus, device=device, **opts)
+    args = list(inputs.values())
+    # BLOCK_D 2 (three channel blocks), BLOCK_L 2 in the forward, states saved every 4 steps (three
+    # backward blocks, the last partial); dstate 5 pads to BLOCK_N 8.
+    with torch.no_grad():
+        out, last, states = kern.selective_scan_fwd(
+            *args[:8], softplus, args[8], True, wrap=False, config=(2, 2, 1), state_chunk=4, prefetch=prefetch
+        )
+    assert states.shape == (2, 4, 6, 5)
+    torch.testing.assert_close(states[:, -1], last)
+    r_out, r_last, r_grads = run_fwd_bwd(selective_scan_ref, inputs, softplus)
+    assert_rel(out, r_out, 1e-5, "out")
+    assert_rel(last, r_last, 1e-5, "last_state")
+    g = torch.Generator().manual_seed(1)  # the cotangents run_fwd_bwd used
+    go, gl = torch.randn(out.shape, generator=g).to(device), torch.randn(last.shape, generator=g).to(device)
+    with torch.no_grad():
+        grads = kern.selective_scan_bwd(go, gl, *args[:8], softplus, args[8], states, wrap=False, config=(2, 4, 1), prefetch=prefetch)
+    for name, grad in zip(GRAD_NAMES, grads):
+        if inputs[name] is None:
+            assert grad.numel() == 0, name
+        else:
+            assert_rel(grad, r_grads[name], 1e-5, f"d{name}")
+
+
+def test_triton_bwd_recomputes_missing_states():
+    from mamba_compile.ops import selective_scan_triton as kern
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    inputs = make_inputs(1, 2, 9, 3, device=device)
+    args = list(inputs.values())
+    r_out, r_last, r_grads = run_fwd_bwd(selective_scan_ref, inputs, True)
+    g = torch.Generator().manual_seed(1)
+    go = torch.randn(r_out.shape, generator=g).to(device)
+    gl = torch.randn(r_last.shape, generator=g).to(device, torch.float32)
+    with torch.no_grad():
+        grads = kern.selective_scan_bwd(go, gl, *args[:8], True, args[8], args[0].new_empty(0), wrap=False, config=(2, 4, 1))
+    for name, grad in zip(GRAD_NAMES, grads):
+        assert_rel(grad, r_grads[name], 1e-5, f"d{name}")
+
+
+def test_block_sizes_respect_groups():
+    from mamba_compile.ops import selective_scan_triton as kern
+
+    for dim, dpg in ((1536, 1536), (1536, 768), (96, 12), (10, 5), (64, None)):
+        for sizes in (kern.fwd_block_sizes(dim, 16, dpg), kern.bwd_block_sizes(dim, 16, dpg)):
+            block_d, block_l, _ = sizes
+            assert block_d >= 1 and (dpg is None or dpg % block_d == 0)
+    assert kern.bwd_block_sizes(64, 16, None)[1] % kern.fwd_block_sizes(64, 16, None)[1] == 0
+    assert kern.fwd_block_sizes(64, 256, None)[1] <= kern.bwd_block_sizes(64, 256, None)[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs: the error type and the argument's name in the message
+
+
+def _bad(name, value_fn, err):
+    return pytest.param(name, value_fn, err, id=f"{name}-{err.__name__}")
+
+
+BAD_CASES = [
+    _bad("u", lambda t: t["u"][0], ValueError),
+    _bad("u", lambda t: t["u"].int(), TypeError),
+    _bad("u", lambda t: t["u"][..., :0], ValueError),
+    _bad("delta", lambda t: t["delta"][..., :-1], ValueError),
+    _bad("A", lambda t: torch.randn(4, 300), ValueError),
+    _bad("A", lambda t: t["A"].to(torch.complex64), TypeError),
+    _bad("A", lambda t: t["A"][:-1], ValueError),
+    _bad("B", lambda t: t["B"][..., :-1], ValueError),
+    _bad("B", lambda t: t["B"][0], ValueError),
+    _bad("C", lambda t: torch.randn(2, 3, 3, 12), ValueError),  # ngroups 3 does not divide dim 4
+    _bad("C", lambda t: torch.randn(2, 1, 1, 3, 12), ValueError),
+    _bad("D", lambda t: torch.randn(5), ValueError),
+    _bad("z", lambda t: t["z"].transpose(1, 2), ValueError),
+    _bad("delta_bias", lambda t: torch.randn(4, 1), ValueError),
+    _bad("initial_state", lambda t: torch.randn(2, 4, 4), ValueError),
+    _bad("initial_state", lambda t: [0.0], TypeError),
+]
+
+
+@pytest.mark.parametrize("name, value_fn, err", BAD_CASES)
+def test_bad_inputs_name_the_argument(name, value_fn, err):
+    inputs = make_inputs(2, 4, 12, 3)
+    inputs[name] = value_fn(inputs)
+    with pytest.raises(err, match=name):
+        selective_scan(**inputs, delta_softplus=True)
+    if not isinstance(inputs[name], torch.Tensor):
+        return  # the dispatcher rejects a non-tensor before the op body runs
+    # The op checks too, for a direct call.
+    with pytest.raises(err, match=name):
+        args = list(inputs.values())
+        torch.ops.mamba_compile.selective_scan_fwd(*args[:8], True, args[8], False)
+
+
+def test_mixed_devices_rejected():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a second device")
+    inputs = make_inputs(2, 4, 12, 3)
+    inputs["D"] = inputs["D"].cuda()
+    with pytest.raises(ValueError, match="D"):
+        selective_scan(**inputs)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA: the Triton path against the oracle at realistic shapes, eager and compiled
+
+GPU_CASES = [
+    pytest.param(dict(B_kind="bnl", C_kind="bnl"), 2, 256, 1000, 16, torch.bfloat16, 2e-2, id="bnl-bf16-b2d256l1000n16"),
+    pytest.param(dict(B_kind="bnl", C_kind="bnl"), 2, 256, 1000, 16, torch.float32, 2e-4, id="bnl-fp32-b2d256l1000n16"),
+    pytest.param(dict(B_kind="bgnl", C_kind="bgnl", ngroups=4), 2, 192, 777, 16, torch.bfloat16, 2e-2, id="bgnl4-bf16-l777"),
+    pytest.param(dict(B_kind="dn", C_kind="bnl"), 1, 96, 300, 64, torch.float32, 2e-4, id="dn-bnl-fp32-n64"),
+    pytest.param(dict(B_kind="bnl", C_kind="bnl", z=False, initial_state=False), 1, 64, 513, 256, torch.float32, 2e-4,
+                 id="bnl-fp32-n256"),  # fmt: skip
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("opts, batch, dim, seqlen, dstate, act_dtype, tol", GPU_CASES)
+def test_cuda_matches_oracle(opts, batch, dim, seqlen, dstate, act_dtype, tol):
+    inputs = make_inputs(batch, dim, seqlen, dstate, act_dtype=act_dtype, device="cuda", **opts)
+    check_against_oracle(ours, inputs, True, tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("act_dtype, tol", [(torch.bfloat16, 2e-2), (torch.float32, 2e-4)], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("config", [None, (8, 8, 1)], ids=["default-blocks", "bd8"])
+def test_cuda_prefetch_variants_match_oracle(act_dtype, tol, config):
+    """The hand-pipelined kernels (B/C rows loaded 4 steps ahead), launched directly."""
+    from mamba_compile.ops import selective_scan_triton as kern
+
+    inputs = make_inputs(2, 256, 1000, 16, act_dtype=act_dtype, device="cuda")
+    args = list(inputs.values())
+    r_out, r_last, r_grads = run_fwd_bwd(selective_scan_ref, inputs, True)
+    with torch.no_grad():
+        out, last, states = kern.selective_scan_fwd(*args[:8], True, args[8], True, wrap=False, prefetch=True)
+        g = torch.Generator().manual_seed(1)  # the cotangents run_fwd_bwd used
+        go = torch.randn(out.shape, generator=g).to("cuda", out.dtype)
+        gl = torch.randn(last.shape, generator=g).to("cuda")
+        grads = kern.selective_scan_bwd(go, gl, *args[:8], True, args[8], states, wrap=False, config=config, prefetch=True)
+    assert_rel(out, r_out, tol, "out")
+    assert_rel(last, r_last, tol, "last_state")
+    for name, grad in zip(GRAD_NAMES, grads):
+        assert_rel(grad, r_grads[name], tol, f"d{name}")
+
+
+@pytest.mark.gpu
+def test_cuda_training_shape_matches_cpu_path():
+    inputs = make_inputs(8, 1536, 2048, 16, act_dtype=torch.bfloat16, device="cuda")
+    out, last, grads = run_fwd_bwd(ours, inputs, True)
+    # The CPU path on the first batch row and 64 channels (B, C are shared by all channels).
+    small = {k: v[:1, :64].cpu() for k, v in inputs.items() if k in ("u", "delta", "z", "initial_state")}
+    small.update({k: inputs[k][:64].cpu() for k in ("A", "D", "delta_bias")})
+    small.update({k: inputs[k][:1].cpu() for k in ("B", "C")})
+    with torch.no_grad():
+        r_out, r_last = ours(**small, delta_softplus=True)
+    assert_rel(out[:1, :64].cpu(), r_out, 2e-2, "out")
+    assert_rel(last[:1, :64].cpu(), r_last, 1e-3, "last_state")
+    assert all(torch.isfinite(g.float()).all() for g in grads.values())
+
+
+@pytest.mark.gpu
+def test_cuda_compile_fullgraph_dynamic_one_frame():
+    # Lengths divisible by 16 share one Triton specialization: three lengths, one kernel compile each.
+    assert _compiled_matches_eager("aot_eager", (320, 1024, 2048), device="cuda", tol=1e-4) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.inductor
+def test_cuda_compile_inductor():
+    assert _compiled_matches_eager("inductor", (320, 1024, 2048), device="cuda", tol=1e-4) == 1
