@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -7,6 +8,10 @@ import torch
 # before any kernel module is imported (Triton reads it when @triton.jit runs).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# A fresh Inductor cache per test session: the FX-graph cache key does not cover a custom op's
+# fake function, so a cache left by an older version of an op can replay code with stale strides.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="mamba_compile_inductor_"))
 
 
 def pytest_collection_modifyitems(config, items):
