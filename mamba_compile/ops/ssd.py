@@ -1,0 +1,542 @@
+"""Mamba-2 SSD (state space duality) scan, computed chunk by chunk (Dao & Gu 2024, section 6).
+
+    h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T,   y_t = h_t C_t + D x_t,   out_t = y_t * silu(z_t)
+
+where dt_t = clamp(softplus(dt_t + dt_bias), *dt_limit) (softplus if dt_softplus; clamped only when dt_limit
+is not (0, inf), as in the reference), h_t is (headdim x dstate) per head, and heads share B, C by group.
+With seq_idx the state resets to zero wherever seq_idx changes; initial_states belongs to seq_idx 0.
+
+Shapes (letters used in every message):
+    x, z, out:              (batch, seqlen, nheads, headdim)
+    dt:                     (batch, seqlen, nheads)
+    A, dt_bias:             (nheads,)
+    B, C:                   (batch, seqlen, ngroups, dstate),  nheads % ngroups == 0
+    D:                      (nheads,) or (nheads, headdim)
+    initial_states, final_states: (batch, nheads, headdim, dstate), float32
+    seq_idx:                (batch, seqlen) int32, nondecreasing
+    cu_seqlens:             (nseq + 1,) int32, batch == 1 -> varlen_states: (nseq, nheads, headdim, dstate)
+Internally: nchunks = ceil(seqlen / chunk_size); dt_proc, dA_cumsum: (batch, nheads, nchunks, chunk_size);
+chunk states: (batch, nchunks, nheads, headdim, dstate), all float32.
+
+CPU: the chunked algorithm in vectorised torch (decay matrices within a chunk, an (nchunks+1)^2 decay matrix
+across chunks, no Python loop), inside an opaque custom op: traced inline, the pad/view/slice into chunks
+makes tracing guard on nchunks != 1 and on seqlen % chunk_size (recompiles, and torch.export with a dynamic
+seqlen fails); the op's fake has no such guards. The price: a CPU AOTInductor package calls that op by name,
+so loading it needs this module imported. CUDA: Triton kernels (``ssd_triton.py``) and a little torch in the
+chunked layout, written to trace without guards on seqlen, so Inductor and AOTInductor compile the kernels.
+The backward is a second op: its CPU branch recomputes the forward under autograd inside an opaque custom op,
+its CUDA branch is explicit (``_bwd_triton``), including varlen_states' gradient.
+float64 inputs are accepted on CPU only (for gradcheck).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.library import triton_op
+
+from ._checks import FLOAT_DTYPES, check_same_device, check_tensor
+
+_INT_DTYPES = (torch.int32, torch.int64)
+_FLOATS = FLOAT_DTYPES + (torch.float64,)  # float64 on CPU only (gradcheck)
+MAX_DSTATE = 256
+MAX_HEADDIM = 256
+_NO_DT_LIMIT = (0.0, float("inf"))  # the reference's default dt_limit: no clamping
+
+
+def ssd_chunk_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    initial_states: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = _NO_DT_LIMIT,
+    return_final_states: bool = False,
+    return_varlen_states: bool = False,
+):
+    """Chunked SSD scan; returns ``out``, ``(out, final_states)``, ``(out, varlen_states)`` or
+    ``(out, final_states, varlen_states)``, like the reference's ``mamba_chunk_scan_combined``.
+
+    ``cu_seqlens`` is used only with ``return_varlen_states`` (as in the reference); the reset of the state
+    between packed sequences comes from ``seq_idx``. varlen_states[k] is the state after the last token of
+    sequence k (the first sequence starts from initial_states).
+    """
+    if return_varlen_states and cu_seqlens is None:
+        raise ValueError("cu_seqlens (nseq + 1,) is required when return_varlen_states=True")
+    if not return_varlen_states:
+        cu_seqlens = None
+    if not isinstance(dt_limit, (tuple, list)) or len(dt_limit) != 2:
+        raise TypeError(f"dt_limit must be a pair (min, max), got {dt_limit!r}")
+    dt_min, dt_max = float(dt_limit[0]), float(dt_limit[1])
+    _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens)
+    out, final_states, varlen_states = torch.ops.mamba_compile.ssd_chunk_scan_fwd(
+        x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
+        dt_softplus, dt_min, dt_max,
+    )
+    if not return_varlen_states:
+        return (out, final_states) if return_final_states else out
+    return (out, final_states, varlen_states) if return_final_states else (out, varlen_states)
+
+
+def _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"chunk_size must be an int, got {type(chunk_size).__name__}")
+    if chunk_size < 16 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a power of two >= 16, got {chunk_size}")
+    X, DT, BC, H = ("(batch, seqlen, nheads, headdim)", "(batch, seqlen, nheads)",
+                    "(batch, seqlen, ngroups, dstate)", "(nheads,)")
+    check_tensor("x", x, shape=(None, None, None, None), letters=X, dtypes=_FLOATS)
+    batch, seqlen, nheads, headdim = x.shape
+    if seqlen < 1:
+        raise ValueError(f"x must have shape {X} with seqlen >= 1, got {tuple(x.shape)}")
+    check_tensor("B", B, shape=(batch, seqlen, None, None), letters=BC, dtypes=_FLOATS)
+    ngroups, dstate = B.shape[2], B.shape[3]
+    if ngroups == 0 or nheads % ngroups:
+        raise ValueError(f"B must have shape {BC} with nheads % ngroups == 0, got ngroups={ngroups} for "
+                         f"nheads={nheads}")
+    if dstate > MAX_DSTATE or headdim > MAX_HEADDIM:
+        raise ValueError(f"dstate (B's last dim) must be <= {MAX_DSTATE} and headdim (x's last dim) <= "
+                         f"{MAX_HEADDIM}, got dstate={dstate}, headdim={headdim}")
+    check_tensor("C", C, shape=(batch, seqlen, ngroups, dstate), letters=BC, dtypes=_FLOATS)
+    check_tensor("dt", dt, shape=(batch, seqlen, nheads), letters=DT, dtypes=_FLOATS)
+    check_tensor("A", A, shape=(nheads,), letters=H, dtypes=_FLOATS)
+    if D is not None and D.dim() == 2:
+        check_tensor("D", D, shape=(nheads, headdim), letters="(nheads, headdim)", dtypes=_FLOATS)
+    else:
+        check_tensor("D", D, shape=(nheads,), letters="(nheads,) or (nheads, headdim)", dtypes=_FLOATS,
+                     optional=True)
+    check_tensor("z", z, shape=(batch, seqlen, nheads, headdim), letters=X, dtypes=_FLOATS, optional=True)
+    check_tensor("dt_bias", dt_bias, shape=(nheads,), letters=H, dtypes=_FLOATS, optional=True)
+    check_tensor("initial_states", initial_states, shape=(batch, nheads, headdim, dstate),
+                 letters="(batch, nheads, headdim, dstate)", dtypes=_FLOATS, optional=True)
+    check_tensor("seq_idx", seq_idx, shape=(batch, seqlen), letters="(batch, seqlen)", dtypes=_INT_DTYPES,
+                 optional=True)
+    check_tensor("cu_seqlens", cu_seqlens, shape=(None,), letters="(nseq + 1,)", dtypes=_INT_DTYPES,
+                 optional=True)
+    if cu_seqlens is not None:
+        if batch != 1:
+            raise ValueError(f"cu_seqlens needs x of shape (batch, seqlen, nheads, headdim) with batch == 1, "
+                             f"got batch={batch}")
+        if cu_seqlens.shape[0] < 2:
+            raise ValueError(f"cu_seqlens must have shape (nseq + 1,) with nseq >= 1, got {tuple(cu_seqlens.shape)}")
+    device = check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
+                               initial_states=initial_states, seq_idx=seq_idx, cu_seqlens=cu_seqlens)
+    if device.type != "cpu":
+        for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                        ("dt_bias", dt_bias), ("initial_states", initial_states)):
+            if t is not None and t.dtype == torch.float64:
+                raise TypeError(f"{name} must have dtype in (float32, float16, bfloat16) on {device.type}, "
+                                f"got float64 (float64 is supported on CPU only)")
+
+
+def _has_dt_limit(dt_min: float, dt_max: float) -> bool:
+    return not (dt_min == 0.0 and dt_max == math.inf)
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """float32 for every supported dtype; float64 (CPU only) so gradcheck can run on the op itself."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty((0,))
+
+
+# ----------------------------------------------------------------------------------------------------
+# CPU: the chunked algorithm in vectorised torch
+# ----------------------------------------------------------------------------------------------------
+
+
+def _dt_process(dt, dt_bias, dt_softplus, dt_min, dt_max):
+    cd = _compute_dtype(dt)
+    dt = dt.to(cd)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(cd)
+    if dt_softplus:
+        dt = torch.where(dt <= 20.0, F.softplus(dt), dt)
+    if _has_dt_limit(dt_min, dt_max):
+        dt = dt.clamp(min=dt_min, max=dt_max)
+    return dt
+
+
+def _segsum(v: torch.Tensor) -> torch.Tensor:
+    """v: (..., T) -> (..., T, T) with out[..., i, j] = sum_{k=j}^{i-1} v_k for j <= i, -inf above the
+    diagonal. Built from masked cumsums, not differences of one cumsum, so long ranges keep precision."""
+    T = v.shape[-1]
+    v = v[..., None, :].expand(*v.shape[:-1], T, T)  # [..., i, k] = v_k
+    below = torch.ones(T, T, dtype=torch.bool, device=v.device).tril(-1)  # k < i
+    s = torch.where(below, v, 0.0).flip(-1).cumsum(-1).flip(-1)  # [..., i, j] = sum_{k >= j, k < i} v_k
+    return s.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=v.device).tril(), -math.inf)
+
+
+def _ssd_torch(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus,
+               dt_min, dt_max):
+    """Chunked SSD in float32 torch (float64 for float64 inputs).
+    Returns (out, final_states, varlen_states or empty)."""
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    L = chunk_size
+    nchunks = (seqlen + L - 1) // L
+    pad = nchunks * L - seqlen
+    rep = nheads // ngroups
+    cd = _compute_dtype(x)
+
+    dtp = _dt_process(dt, dt_bias, dt_softplus, dt_min, dt_max)  # (batch, seqlen, nheads)
+    # Padding: zero dt and x contribute nothing; seq_idx repeats its last value so no reset is invented.
+    xc = F.pad(x.to(cd), (0, 0, 0, 0, 0, pad)).view(batch, nchunks, L, nheads, headdim)
+    dtc = F.pad(dtp, (0, 0, 0, pad)).view(batch, nchunks, L, nheads)
+    Bh = F.pad(B.to(cd), (0, 0, 0, 0, 0, pad)).repeat_interleave(rep, dim=2).view(batch, nchunks, L, nheads, dstate)
+    Ch = F.pad(C.to(cd), (0, 0, 0, 0, 0, pad)).repeat_interleave(rep, dim=2).view(batch, nchunks, L, nheads, dstate)
+    if seq_idx is None:
+        seg = torch.zeros(batch, nchunks, L, dtype=torch.long, device=x.device)
+    else:
+        seg = torch.cat([seq_idx.long(), seq_idx[:, -1:].long().expand(batch, pad)], 1).view(batch, nchunks, L)
+
+    a = torch.cumsum(dtc * A.to(cd), dim=2).permute(0, 1, 3, 2)  # (batch, nchunks, nheads, L), within chunk
+    dtc = dtc.permute(0, 1, 3, 2)  # (batch, nchunks, nheads, L)
+
+    # Within a chunk: y_t += sum_{s<=t, same segment} (C_t . B_s) exp(a_t - a_s) dt_s x_s
+    same = (seg[..., :, None] == seg[..., None, :]) & torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+    diff = a[..., :, None] - a[..., None, :]  # (batch, nchunks, nheads, t, s)
+    decay = torch.exp(torch.where(same[:, :, None], diff, -math.inf))
+    CB = torch.einsum("bcthn,bcshn->bchts", Ch, Bh)
+    y = torch.einsum("bchts,bchs,bcshp->bcthp", CB * decay, dtc, xc)
+
+    # State contributed by each chunk, read at its last position (only its last segment counts).
+    aL = a[..., -1]  # (batch, nchunks, nheads)
+    segL = seg[..., -1]  # (batch, nchunks)
+    w = torch.exp(aL[..., None] - a) * dtc * (seg == segL[..., None])[:, :, None]  # (batch, nchunks, nheads, L)
+    states = torch.einsum("bchs,bcshp,bcshn->bchpn", w, xc, Bh)
+
+    # State passing: S_in[c] = sum_{j<=c} exp(sum_{k=j}^{c-1} aL_k) [no reset in j..c-1] ext[j], with ext[0] the
+    # initial state and ext[j] = states[j-1]; S_in[nchunks] is the final state.
+    seg_prev = torch.cat([torch.zeros_like(segL[:, :1]), segL], 1)  # seg at the end of chunk c-1; 0 before
+    reset = (segL != seg_prev[:, :-1]).to(cd)  # chunk c drops the incoming state
+    zero = aL.new_zeros(batch, 1, nheads)
+    log_decay = _segsum(torch.cat([aL, zero], 1).permute(0, 2, 1))  # (batch, nheads, nchunks+1, nchunks+1)
+    resets = _segsum(torch.cat([reset, reset.new_zeros(batch, 1)], 1))  # (batch, nchunks+1, nchunks+1)
+    M = torch.exp(log_decay) * (resets == 0)[:, None]
+    init = (initial_states.to(cd) if initial_states is not None
+            else x.new_zeros(batch, nheads, headdim, dstate, dtype=cd))
+    ext = torch.cat([init[:, None], states], 1)  # (batch, nchunks+1, nheads, headdim, dstate)
+    S_in = torch.einsum("bhcj,bjhpn->bchpn", M, ext)
+    prev, final_states = S_in[:, :-1], S_in[:, -1].contiguous()
+
+    # The incoming state's contribution: exp(a_t) C_t S_in^T for positions still in the incoming segment.
+    carry = torch.exp(a) * (seg == seg_prev[:, :nchunks, None])[:, :, None]  # (batch, nchunks, nheads, L)
+    y = y + torch.einsum("bcht,bcthn,bchpn->bcthp", carry, Ch, prev)
+
+    y = y.reshape(batch, nchunks * L, nheads, headdim)[:, :seqlen]
+    if D is not None:
+        y = y + (D.to(cd)[:, None] if D.dim() == 1 else D.to(cd)) * x.to(cd)
+    if z is not None:
+        y = y * F.silu(z.to(cd))
+    varlen = _empty(final_states)
+    if cu_seqlens is not None:
+        varlen = _varlen_states(x, dtc.transpose(1, 2), a.transpose(1, 2), B, prev, cu_seqlens)
+    return y.to(x.dtype).contiguous(), final_states, varlen
+
+
+def _varlen_windows(cu_seqlens: torch.Tensor, chunk_size: int):
+    """For each packed sequence k: its last index e_k, the chunk c_k holding it, the window of positions
+    e_k - j (j < chunk_size) that lie in sequence k and chunk c_k (as chunk, offset pairs), and whether the
+    state entering c_k belongs to sequence k (it started before c_k, or c_k == 0: the initial state)."""
+    starts, ends = cu_seqlens[:-1].long(), cu_seqlens[1:].long() - 1
+    chunk = torch.div(ends, chunk_size, rounding_mode="floor")
+    pos = ends[:, None] - torch.arange(chunk_size, device=cu_seqlens.device)[None, :]  # (nseq, chunk_size)
+    valid = (pos >= starts[:, None]) & (pos >= (chunk * chunk_size)[:, None])
+    carry = (starts < chunk * chunk_size) | (chunk == 0)
+    pos = pos.clamp(min=0)
+    return ends, chunk, pos, chunk[:, None].expand_as(pos), pos % chunk_size, valid, carry
+
+
+def _varlen_states(x, dtp, dA_cs, B, prev, cu_seqlens):
+    """State after the last token of each packed sequence (batch 1), shared by the CPU and CUDA paths.
+    x: (1, seqlen, nheads, headdim); dtp, dA_cs: (1, nheads, nchunks, chunk_size); B: (1, seqlen, ngroups,
+    dstate); prev: (1, nchunks, nheads, headdim, dstate), the states entering each chunk. Indexing only (no
+    reshapes of seqlen-sized dims), so tracing adds no guards on the sequence length."""
+    nheads, chunk_size = x.shape[2], dtp.shape[-1]
+    ends, chunk, pos, pc, pj, valid, carry = _varlen_windows(cu_seqlens, chunk_size)
+    a_w = dA_cs[0][:, pc, pj].permute(1, 2, 0)  # (nseq, chunk_size, nheads)
+    a_end = a_w[:, 0]  # the window starts at e_k
+    w = torch.exp(torch.where(valid[..., None], a_end[:, None] - a_w, -math.inf)) * dtp[0][:, pc, pj].permute(1, 2, 0)
+    cd = _compute_dtype(x)
+    Bw = B[0, pos].to(cd).repeat_interleave(nheads // B.shape[2], dim=2)  # (nseq, chunk_size, nheads, dstate)
+    V = torch.einsum("kjh,kjhp,kjhn->khpn", w, x[0, pos].to(cd), Bw)
+    return V + (torch.exp(a_end) * carry[:, None])[..., None, None] * prev[0, chunk]
+
+
+def _autograd_enabled():
+    """Re-enables autograd inside a custom op's kernel: the dispatcher runs op kernels with the autograd
+    dispatch keys excluded, so plain ``torch.enable_grad()`` would record nothing."""
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in ("AutogradOther", "AutogradCPU", "AutogradNestedTensor", "ADInplaceOrView"):
+        exclude = exclude.remove(getattr(torch._C.DispatchKey, key))
+    return _Both(torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude),
+                 torch.enable_grad())
+
+
+class _Both:
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+    def __enter__(self):
+        self.a.__enter__()
+        self.b.__enter__()
+
+    def __exit__(self, *exc):
+        self.b.__exit__(*exc)
+        self.a.__exit__(*exc)
+
+
+@torch.library.custom_op("mamba_compile::_ssd_chunk_scan_cpu", mutates_args=())
+def _ssd_fwd_cpu(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int,
+    D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None,
+    initial_states: torch.Tensor | None, seq_idx: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+    dt_softplus: bool, dt_min: float, dt_max: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CPU forward, opaque to tracing: splitting the sequence into chunks (pad, view, slice back) would make
+    tracing guard on the number of chunks and on seqlen % chunk_size (one recompile per case, and export
+    with a dynamic seqlen fails); the fake below has none of that."""
+    return _ssd_torch(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
+                      dt_softplus, dt_min, dt_max)
+
+
+@_ssd_fwd_cpu.register_fake
+def _(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus, dt_min,
+      dt_max):
+    return _fwd_outputs(x, B, cu_seqlens)
+
+
+def _fwd_outputs(x, B, cu_seqlens):
+    """Empty (out, final_states, varlen_states) of the right shapes and dtypes: the fake of the CPU op."""
+    batch, _, nheads, headdim = x.shape
+    cd = _compute_dtype(x)
+    final = x.new_empty(batch, nheads, headdim, B.shape[-1], dtype=cd)
+    varlen = (final.new_empty(cu_seqlens.shape[0] - 1, nheads, headdim, B.shape[-1]) if cu_seqlens is not None
+              else final.new_empty(0))
+    return x.new_empty(x.shape), final, varlen
+
+
+@torch.library.custom_op("mamba_compile::_ssd_chunk_scan_bwd_cpu", mutates_args=())
+def _ssd_bwd_cpu(
+    dout: torch.Tensor, dfinal: torch.Tensor | None, dvarlen: torch.Tensor | None,
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int,
+    D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None,
+    initial_states: torch.Tensor | None, seq_idx: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+    dt_softplus: bool, dt_min: float, dt_max: float,
+) -> list[torch.Tensor]:
+    """CPU backward: recomputes the chunked forward under autograd (opaque, so tracing never sees it)."""
+    inputs = [x, dt, A, B, C, D, z, dt_bias, initial_states]
+    leaves = [None if t is None else t.detach().requires_grad_(True) for t in inputs]
+    with _autograd_enabled():
+        lx, ldt, lA, lB, lC, lD, lz, lbias, linit = leaves
+        out, final, varlen = _ssd_torch(lx, ldt, lA, lB, lC, chunk_size, lD, lz, lbias, linit, seq_idx,
+                                        cu_seqlens, dt_softplus, dt_min, dt_max)
+        outs, grads = [out], [dout]
+        if dfinal is not None:
+            outs.append(final)
+            grads.append(dfinal)
+        if dvarlen is not None and cu_seqlens is not None:
+            outs.append(varlen)
+            grads.append(dvarlen)
+        wrt = [t for t in leaves if t is not None]
+        got = iter(torch.autograd.grad(outs, wrt, grads, allow_unused=True))
+    res = []
+    for t, leaf in zip(inputs, leaves):
+        if t is None:
+            res.append(_empty(x))
+            continue
+        g = next(got)
+        res.append(t.new_zeros(t.shape) if g is None else g.to(t.dtype).contiguous())
+    return res
+
+
+@_ssd_bwd_cpu.register_fake
+def _(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
+      dt_softplus, dt_min, dt_max):
+    return _grad_like(x, dt, A, B, C, D, z, dt_bias, initial_states)
+
+
+def _grad_like(*inputs):
+    return [_empty(inputs[0]) if t is None else t.new_empty(t.shape) for t in inputs]  # contiguous
+
+
+# ----------------------------------------------------------------------------------------------------
+# CUDA: Triton pipeline (also launched directly, wrap=False, under the Triton interpreter by the tests)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus,
+                dt_min, dt_max, wrap: bool):
+    from . import ssd_triton as kt
+
+    seqlen = x.shape[1]
+    dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max,
+                                     _has_dt_limit(dt_min, dt_max), wrap=wrap)
+    states = kt.chunk_state_fwd(x, B, dtp, dA_cs, seq_idx, wrap=wrap)
+    prev, final_states = kt.state_passing_fwd(states, dA_cs, initial_states, seq_idx, seqlen, wrap=wrap)
+    out = kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, wrap=wrap)
+    varlen = _empty(final_states)
+    if cu_seqlens is not None:
+        varlen = _varlen_states(x, dtp, dA_cs, B, prev, cu_seqlens)
+    return out, final_states, varlen
+
+
+def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
+                cu_seqlens, dt_softplus, dt_min, dt_max, wrap: bool):
+    """Explicit backward (Triton kernels and a little vectorised torch in the chunked layout, which traces
+    without guards on seqlen). Every decay exp(a_t - a_s) joins a later index t (an output, or a returned
+    state) to an earlier s (an input, or the initial state); dL/d(dt_k A) sums those pair terms over the
+    pairs whose span holds k."""
+    from . import ssd_triton as kt
+
+    batch, seqlen, nheads, headdim = x.shape
+    has_limit = _has_dt_limit(dt_min, dt_max)
+    dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, has_limit,
+                                     wrap=wrap)
+    states = kt.chunk_state_fwd(x, B, dtp, dA_cs, seq_idx, wrap=wrap)
+    prev, final_states = kt.state_passing_fwd(states, dA_cs, initial_states, seq_idx, seqlen, wrap=wrap)
+    # dy = dout * silu(z) (rounded to dout's dtype, and used so everywhere), dz, dD, and dy_t . y_t's part from
+    # the state entering the chunk (the pairs whose earlier index lies before the chunk).
+    dy, dz, dD, da = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, seq_idx, wrap=wrap)
+    # Gradient reaching the state that enters each chunk from the outputs of that chunk.
+    dprev = kt.chunk_state_fwd(dy, C, dtp, dA_cs, seq_idx, from_start=True, wrap=wrap)
+    ddt_direct = torch.zeros_like(da)
+    dx_extra = dB_extra = None
+    if dvarlen is not None and cu_seqlens is not None:
+        dx_extra, dB_extra, ddt_v, da_v, dprev_v = _varlen_states_bwd(
+            dvarlen.float(), x, dtp, dA_cs, B, prev, cu_seqlens)
+        ddt_direct = ddt_direct + ddt_v
+        da = da + da_v
+        dprev = dprev + dprev_v
+    dend, dinit, dchunk = kt.state_passing_bwd(dprev, dA_cs, prev, dfinal, seq_idx, seqlen,
+                                               initial_states is not None, wrap=wrap)
+    dx, ddt_x, col, colstate, row = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx,
+                                                         dx_extra=dx_extra, wrap=wrap)
+    dB = kt.chunk_scan_bwd_dB(x, B, C, dtp, dA_cs, dy, dend, seq_idx, wrap=wrap)
+    dC = kt.chunk_scan_bwd_dC(x, B, C, dtp, dA_cs, dy, prev, seq_idx, wrap=wrap)
+    if dB_extra is not None:
+        dB = (dB.float() + dB_extra).to(B.dtype)
+    # dL/d(dt_k A) = the sum of the decay-weighted pair terms whose span (s, t] holds k. Per chunk, with k in it:
+    # pairs inside the chunk (row minus column sums of one tile, reverse cumsum), pairs from before the chunk
+    # to t >= k (reverse cumsum of da), pairs from s < k to after the chunk (cumsum of colstate, exclusive),
+    # and pairs spanning the whole chunk (dchunk). No cumsum runs across chunks, so nothing cancels at scale.
+    within = (row - col + da).flip(-1).cumsum(-1).flip(-1)
+    dl = within + (colstate.cumsum(-1) - colstate) + dchunk[..., None]
+    dA = (dl * dtp).sum((0, 2, 3))
+    ddt_proc = ddt_direct + ddt_x + dl * A.float()[None, :, None, None]  # padding: never read
+    # Through clamp, softplus and the bias, back to (batch, seqlen, nheads).
+    g = kt.chunk_cumsum_bwd(dt, dt_bias, ddt_proc, dt_softplus, dt_min, dt_max, has_limit, wrap=wrap)
+    ddt_bias = g.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else _empty(x)
+    dD = dD.to(D.dtype) if D is not None else _empty(x)
+    dz = dz if z is not None else _empty(x)
+    dinit = dinit.to(initial_states.dtype) if initial_states is not None else _empty(x)
+    return [dx, g.to(dt.dtype), dA.to(A.dtype), dB, dC, dD, dz, ddt_bias, dinit]
+
+
+def _varlen_states_bwd(dV, x, dtp, dA_cs, B, prev, cu_seqlens):
+    """Backward of _varlen_states by hand (vectorised torch, indexing only). Returns float32 dx_extra
+    (1, seqlen, nheads, headdim) and dB_extra (1, seqlen, ngroups, dstate), and the dL/d dt_proc, log-decay
+    (as in _bwd_triton) and dprev contributions in the layouts of dtp and prev."""
+    seqlen, nheads, headdim = x.shape[1], x.shape[2], x.shape[3]
+    ngroups, dstate = B.shape[2], B.shape[3]
+    chunk_size = dtp.shape[-1]
+    ends, chunk, pos, pc, pj, valid, carry = _varlen_windows(cu_seqlens, chunk_size)
+    a_w = dA_cs[0][:, pc, pj].permute(1, 2, 0)  # (nseq, chunk_size, nheads)
+    dt_w = dtp[0][:, pc, pj].permute(1, 2, 0)
+    a_end = a_w[:, 0]
+    decay = torch.exp(torch.where(valid[..., None], a_end[:, None] - a_w, -math.inf))
+    xw = x[0, pos].float()
+    Bw = B[0, pos].float().repeat_interleave(nheads // ngroups, dim=2)
+    GB = torch.einsum("khpn,kjhn->kjhp", dV, Bw)  # dV_k B_s
+    r = (xw * GB).sum(-1) * decay  # dL/d dt_s
+    w = decay * dt_w
+    idx = pos.reshape(-1)
+    dx = x.new_zeros(seqlen, nheads, headdim, dtype=torch.float32)
+    dx.index_add_(0, idx, (w[..., None] * GB).flatten(0, 1))
+    dBh = torch.einsum("kjh,khpn,kjhp->kjhn", w, dV, xw)
+    dB = B.new_zeros(seqlen, ngroups, dstate, dtype=torch.float32)
+    dB.index_add_(0, idx, dBh.unflatten(2, (ngroups, nheads // ngroups)).sum(3).flatten(0, 1))
+    scale = torch.exp(a_end) * carry[:, None]  # (nseq, nheads)
+    V = torch.einsum("kjh,kjhp,kjhn->khpn", w, xw, Bw) + scale[..., None, None] * prev[0, chunk]
+    ddt, da = torch.zeros_like(dtp[0]), torch.zeros_like(dtp[0])  # (nheads, nchunks, chunk_size)
+    ddt.permute(1, 2, 0).index_put_((pc, pj), r, accumulate=True)
+    da.permute(1, 2, 0).index_put_((pc, pj), -(r * dt_w), accumulate=True)
+    da.permute(1, 2, 0).index_put_((chunk, ends % chunk_size), (dV * V).sum((-1, -2)), accumulate=True)
+    dprev = torch.zeros_like(prev[0]).index_add_(0, chunk, scale[..., None, None] * dV)
+    return dx[None], dB[None], ddt[None], da[None], dprev[None]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Op registration
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton_op("mamba_compile::ssd_chunk_scan_fwd", mutates_args=())
+def ssd_chunk_scan_fwd(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int,
+    D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None,
+    initial_states: torch.Tensor | None, seq_idx: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+    dt_softplus: bool, dt_min: float, dt_max: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, final_states, varlen_states); varlen_states is empty without cu_seqlens."""
+    _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens)
+    args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus,
+            dt_min, dt_max)
+    if x.device.type == "cuda":
+        return tuple(_fwd_triton(*args, wrap=True))
+    return torch.ops.mamba_compile._ssd_chunk_scan_cpu(*args)
+
+
+@triton_op("mamba_compile::ssd_chunk_scan_bwd", mutates_args=())
+def ssd_chunk_scan_bwd(
+    dout: torch.Tensor, dfinal: torch.Tensor | None, dvarlen: torch.Tensor | None,
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int,
+    D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None,
+    initial_states: torch.Tensor | None, seq_idx: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+    dt_softplus: bool, dt_min: float, dt_max: float,
+) -> list[torch.Tensor]:
+    """[dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states]; empty tensors for absent inputs."""
+    _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens)
+    args = (dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
+            cu_seqlens, dt_softplus, dt_min, dt_max)
+    if x.device.type == "cuda":
+        return _bwd_triton(*args, wrap=True)
+    return torch.ops.mamba_compile._ssd_chunk_scan_bwd_cpu(*args)
+
+
+def _setup_context(ctx, inputs, output):
+    (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus, dt_min,
+     dt_max) = inputs
+    ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens)
+    ctx.chunk_size, ctx.dt_softplus, ctx.dt_min, ctx.dt_max = chunk_size, dt_softplus, dt_min, dt_max
+
+
+def _backward(ctx, dout, dfinal, dvarlen):
+    x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(x)
+    if dvarlen is not None and cu_seqlens is None:
+        dvarlen = None
+    grads = torch.ops.mamba_compile.ssd_chunk_scan_bwd(
+        dout, dfinal, dvarlen, x, dt, A, B, C, ctx.chunk_size, D, z, dt_bias, initial_states, seq_idx,
+        cu_seqlens, ctx.dt_softplus, ctx.dt_min, ctx.dt_max)
+    dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = grads
+    present = lambda g, t: g if t is not None else None  # noqa: E731
+    return (dx, ddt, dA, dB, dC, None, present(dD, D), present(dz, z), present(ddt_bias, dt_bias),
+            present(dinit, initial_states), None, None, None, None, None)
+
+
+ssd_chunk_scan_fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,879 @@
+"""Triton kernels for the Mamba-2 SSD chunked scan (see ssd.py for the math and the shape letters).
+
+Forward: chunk_cumsum (dt bias/softplus/clamp fused with the within-chunk cumsum of dt*A) -> chunk_state
+(state each chunk adds) -> state_passing (sequential over chunks) -> chunk_scan (C B^T recomputed per tile,
+incoming-state term, D skip and z gate fused). Backward: chunk_scan_bwd_dz (recomputes y, gives dy, dz, dD and
+dy . y_state), chunk_state in from-start mode (state gradient from each chunk's outputs), state_passing_bwd
+(and the log-decay term of pairs spanning a chunk), chunk_scan_bwd_dx (dx, dL/d dt and the within-chunk pair
+sums of the log-decay gradient), chunk_scan_bwd_dB / _dC (heads of a group summed in the kernel, split over a
+few programs when there are few chunks; no atomics anywhere, so results are deterministic), chunk_cumsum_bwd.
+
+Layouts: dt_proc, dA_cumsum: (batch, nheads, nchunks, chunk_size) float32; chunk states and their gradients:
+(batch, nchunks, nheads, headdim, dstate) float32, contiguous. Every launch function takes ``wrap``: True inside
+the ops (torch.library.wrap_triton), False for direct launches (the Triton interpreter in the tests).
+Block sizes come from the shape (no autotuning); all dot operands are >= 16 wide; math in float32; float32
+inputs use exact (ieee) dots, 16-bit inputs bf16/fp16 dots with float32 accumulation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._triton import launcher, tl, triton
+
+
+_TARGET_PROGRAMS = 528  # about 4 per SM of an H100: below it, dB/dC split each group's heads over programs
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(n))
+
+
+def _ieee(*tensors) -> bool:
+    return any(t.dtype == torch.float32 for t in tensors)
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    """a @ b accumulated in float32: exact float32 products when IEEE, else in a's (16-bit) dtype."""
+    if IEEE:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        out = tl.dot(a, b.to(a.dtype))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# chunk cumsum
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _chunk_cumsum_fwd_kernel(
+    dt_ptr, A_ptr, bias_ptr, dtp_ptr, dacs_ptr,
+    seqlen, nheads, dt_min, dt_max,
+    s_dt_b, s_dt_l, s_dt_h,
+    s_o_b, s_o_h, s_o_c, s_o_l,
+    CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    pid_b, pid_c, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_l = tl.arange(0, CHUNK)
+    t = pid_c * CHUNK + offs_l
+    h_ok = offs_h < nheads
+    mask = h_ok[:, None] & (t[None, :] < seqlen)
+    dt = tl.load(dt_ptr + pid_b * s_dt_b + t[None, :] * s_dt_l + offs_h[:, None] * s_dt_h, mask=mask,
+                 other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + offs_h, mask=h_ok, other=0.0).to(tl.float32)[:, None]
+    if SOFTPLUS:
+        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+    if HAS_LIMIT:
+        dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
+    dt = tl.where(mask, dt, 0.0)  # padding beyond seqlen adds nothing and does not decay
+    A = tl.load(A_ptr + offs_h, mask=h_ok, other=0.0).to(tl.float32)
+    dA_cs = tl.cumsum(dt * A[:, None], axis=1)
+    out = pid_b * s_o_b + offs_h[:, None] * s_o_h + pid_c * s_o_c + offs_l[None, :] * s_o_l
+    tl.store(dtp_ptr + out, dt, mask=h_ok[:, None])
+    tl.store(dacs_ptr + out, dA_cs, mask=h_ok[:, None])
+
+
+def chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, has_limit, *, wrap):
+    batch, seqlen, nheads = dt.shape
+    nchunks = triton.cdiv(seqlen, chunk_size)
+    dtp = torch.empty(batch, nheads, nchunks, chunk_size, device=dt.device, dtype=torch.float32)
+    dA_cs = torch.empty_like(dtp)
+    block_h = min(triton.next_power_of_2(nheads), max(1, 4096 // chunk_size))
+    grid = (batch, nchunks, triton.cdiv(nheads, block_h))
+    launcher(_chunk_cumsum_fwd_kernel, wrap)[grid](
+        dt, A, dt_bias if dt_bias is not None else A, dtp, dA_cs,
+        seqlen, nheads, float(dt_min), float(min(dt_max, 3.0e38)),
+        dt.stride(0), dt.stride(1), dt.stride(2),
+        dtp.stride(0), dtp.stride(1), dtp.stride(2), dtp.stride(3),
+        CHUNK=chunk_size, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
+        BLOCK_H=block_h, num_warps=4,
+    )
+    return dtp, dA_cs
+
+
+@triton.jit
+def _chunk_cumsum_bwd_kernel(
+    dt_ptr, bias_ptr, g_ptr, out_ptr,
+    seqlen, nheads, dt_min, dt_max,
+    s_dt_b, s_dt_l, s_dt_h,
+    s_g_b, s_g_h, s_g_c, s_g_l,
+    s_o_b, s_o_l, s_o_h,
+    CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """dL/d dt_proc (chunked layout) -> dL/d(dt + dt_bias) in (batch, seqlen, nheads), through the clamp
+    (gradient passes where min <= dt_proc <= max, like torch.clamp) and the softplus."""
+    pid_b, pid_c, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_l = tl.arange(0, CHUNK)
+    t = pid_c * CHUNK + offs_l
+    h_ok = offs_h < nheads
+    mask = h_ok[:, None] & (t[None, :] < seqlen)
+    v = tl.load(dt_ptr + pid_b * s_dt_b + t[None, :] * s_dt_l + offs_h[:, None] * s_dt_h, mask=mask,
+                other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        v += tl.load(bias_ptr + offs_h, mask=h_ok, other=0.0).to(tl.float32)[:, None]
+    g = tl.load(g_ptr + pid_b * s_g_b + offs_h[:, None] * s_g_h + pid_c * s_g_c + offs_l[None, :] * s_g_l,
+                mask=mask, other=0.0)
+    if HAS_LIMIT:
+        if SOFTPLUS:
+            sp = tl.where(v <= 20.0, tl.log(1.0 + tl.exp(v)), v)
+        else:
+            sp = v
+        g = tl.where((sp >= dt_min) & (sp <= dt_max), g, 0.0)
+    if SOFTPLUS:
+        g = g * tl.where(v <= 20.0, tl.sigmoid(v), 1.0)
+    tl.store(out_ptr + pid_b * s_o_b + t[None, :] * s_o_l + offs_h[:, None] * s_o_h, g, mask=mask)
+
+
+def chunk_cumsum_bwd(dt, dt_bias, ddt_proc, dt_softplus, dt_min, dt_max, has_limit, *, wrap):
+    """Returns dL/d dt in float32, (batch, seqlen, nheads)."""
+    batch, seqlen, nheads = dt.shape
+    _, _, nchunks, chunk_size = ddt_proc.shape
+    out = torch.empty(batch, seqlen, nheads, device=dt.device, dtype=torch.float32)
+    block_h = min(triton.next_power_of_2(nheads), max(1, 4096 // chunk_size))
+    grid = (batch, nchunks, triton.cdiv(nheads, block_h))
+    launcher(_chunk_cumsum_bwd_kernel, wrap)[grid](
+        dt, dt_bias if dt_bias is not None else dt, ddt_proc, out,
+        seqlen, nheads, float(dt_min), float(min(dt_max, 3.0e38)),
+        dt.stride(0), dt.stride(1), dt.stride(2),
+        *ddt_proc.stride(), *out.stride(),
+        CHUNK=chunk_size, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
+        BLOCK_H=block_h, num_warps=4,
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# chunk state: out[c] = sum_s X_s^T w_s Y_s over one chunk (X: (.., headdim), Y: (.., dstate))
+#   default:    X = x,  Y = B, w_s = exp(a_last - a_s) dt_s [seq_s == seq_last]   (state a chunk adds)
+#   FROM_START: X = dy, Y = C, w_s = exp(a_s) [seq_s == seq of the previous chunk's end] (d state entering it)
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _chunk_state_fwd_kernel(
+    x_ptr, y_ptr, dtp_ptr, dacs_ptr, seq_ptr, out_ptr,
+    seqlen, headdim, dstate, heads_per_group,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_y_b, s_y_l, s_y_g, s_y_n,
+    s_a_b, s_a_h, s_a_c, s_a_l,
+    s_q_b, s_q_l,
+    s_o_b, s_o_c, s_o_h, s_o_p, s_o_n,
+    CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, FROM_START: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_bc, pid_h, pid_n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    nchunks = tl.cdiv(seqlen, CHUNK)
+    pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
+    start = pid_c * CHUNK
+    limit = tl.minimum(CHUNK, seqlen - start)
+    x_ptr += pid_b * s_x_b + start * s_x_l + pid_h * s_x_h
+    y_ptr += pid_b * s_y_b + start * s_y_l + (pid_h // heads_per_group) * s_y_g
+    dtp_ptr += pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c
+    dacs_ptr += pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c
+    offs_p = tl.arange(0, BLOCK_P)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    a_last = tl.load(dacs_ptr + (limit - 1) * s_a_l)
+    if HAS_SEQ_IDX:
+        seq_ptr += pid_b * s_q_b
+        if FROM_START:
+            seq_ref = tl.load(seq_ptr + (start - 1) * s_q_l, mask=pid_c > 0, other=0)
+        else:
+            seq_ref = tl.load(seq_ptr + (start + limit - 1) * s_q_l)
+    acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    for k in range(0, limit, BLOCK_K):
+        t = k + offs_k
+        ok = t < limit
+        xt = tl.load(x_ptr + t[None, :] * s_x_l + offs_p[:, None] * s_x_p,
+                     mask=(offs_p[:, None] < headdim) & ok[None, :], other=0.0)
+        yv = tl.load(y_ptr + t[:, None] * s_y_l + offs_n[None, :] * s_y_n,
+                     mask=ok[:, None] & (offs_n[None, :] < dstate), other=0.0).to(tl.float32)
+        a = tl.load(dacs_ptr + t * s_a_l, mask=ok, other=0.0)
+        if FROM_START:
+            w = tl.exp(a)
+        else:
+            w = tl.exp(a_last - a) * tl.load(dtp_ptr + t * s_a_l, mask=ok, other=0.0)
+        if HAS_SEQ_IDX:
+            seq = tl.load(seq_ptr + (start + t) * s_q_l, mask=ok, other=-1)
+            w = tl.where(seq == seq_ref, w, 0.0)
+        w = tl.where(ok, w, 0.0)
+        yv = (yv * w[:, None]).to(xt.dtype)
+        acc += _dot(xt, yv, IEEE)
+    out_ptr += pid_b * s_o_b + pid_c * s_o_c + pid_h * s_o_h
+    tl.store(out_ptr + offs_p[:, None] * s_o_p + offs_n[None, :] * s_o_n, acc,
+             mask=(offs_p[:, None] < headdim) & (offs_n[None, :] < dstate))
+
+
+def chunk_state_fwd(x, B, dtp, dA_cs, seq_idx, *, from_start=False, wrap):
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    _, _, nchunks, chunk_size = dtp.shape
+    out = torch.empty(batch, nchunks, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
+    block_n = min(128, _pow2(dstate))
+    block_k = min(64, chunk_size)
+    grid = (batch * nchunks, nheads, triton.cdiv(dstate, block_n))
+    q = seq_idx if seq_idx is not None else dtp
+    launcher(_chunk_state_fwd_kernel, wrap)[grid](
+        x, B, dtp, dA_cs, q, out,
+        seqlen, headdim, dstate, nheads // ngroups,
+        *x.stride(), *B.stride(), *dtp.stride(),
+        q.stride(0), q.stride(1) if seq_idx is not None else 0,
+        *out.stride(),
+        CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, FROM_START=from_start, IEEE=_ieee(x, B),
+        BLOCK_P=_pow2(headdim), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4, num_stages=2,
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# state passing across chunks (sequential in the chunk index)
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _chunk_decay(dacs_ptr, seq_ptr, c, seqlen, s_a_c, s_a_l, s_q_l, CHUNK: tl.constexpr,
+                 HAS_SEQ_IDX: tl.constexpr):
+    """exp(total log-decay of chunk c), or 0 where chunk c starts a new sequence (its state is reset)."""
+    last = tl.minimum(seqlen, (c + 1) * CHUNK) - 1
+    scale = tl.exp(tl.load(dacs_ptr + c * s_a_c + (last - c * CHUNK) * s_a_l))
+    if HAS_SEQ_IDX:
+        seq_last = tl.load(seq_ptr + last * s_q_l)
+        seq_before = tl.load(seq_ptr + (c * CHUNK - 1) * s_q_l, mask=c > 0, other=0)
+        scale = tl.where(seq_last == seq_before, scale, 0.0)
+    return scale
+
+
+@triton.jit
+def _state_passing_fwd_kernel(
+    states_ptr, dacs_ptr, init_ptr, seq_ptr, prev_ptr, final_ptr,
+    seqlen, nchunks, dim, dstate,
+    s_s_b, s_s_c, s_s_h,
+    s_a_b, s_a_h, s_a_c, s_a_l,
+    s_i_b, s_i_h, s_i_p, s_i_n,
+    s_q_b, s_q_l,
+    s_f_b, s_f_h,
+    CHUNK: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid_b, pid_h, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs = pid_m * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < dim
+    dacs_ptr += pid_b * s_a_b + pid_h * s_a_h
+    seq_ptr += pid_b * s_q_b
+    if HAS_INIT:
+        run = tl.load(init_ptr + pid_b * s_i_b + pid_h * s_i_h + (offs // dstate) * s_i_p + (offs % dstate) * s_i_n,
+                      mask=ok, other=0.0).to(tl.float32)
+    else:
+        run = tl.zeros((BLOCK,), dtype=tl.float32)
+    base = pid_b * s_s_b + pid_h * s_s_h + offs
+    for c in range(nchunks):
+        new = tl.load(states_ptr + base + c * s_s_c, mask=ok, other=0.0)
+        tl.store(prev_ptr + base + c * s_s_c, run, mask=ok)
+        scale = _chunk_decay(dacs_ptr, seq_ptr, c, seqlen, s_a_c, s_a_l, s_q_l, CHUNK, HAS_SEQ_IDX)
+        run = scale * run + new
+    tl.store(final_ptr + pid_b * s_f_b + pid_h * s_f_h + offs, run, mask=ok)
+
+
+def _passing_block(dim: int) -> int:
+    return min(512, _pow2(dim))
+
+
+def state_passing_fwd(states, dA_cs, initial_states, seq_idx, seqlen, *, wrap):
+    """states: (batch, nchunks, nheads, headdim, dstate) -> (prev: state entering each chunk, final)."""
+    batch, nchunks, nheads, headdim, dstate = states.shape
+    prev = torch.empty_like(states)
+    final = torch.empty(batch, nheads, headdim, dstate, device=states.device, dtype=torch.float32)
+    dim = headdim * dstate
+    block = _passing_block(dim)
+    init = initial_states if initial_states is not None else final
+    q = seq_idx if seq_idx is not None else dA_cs
+    launcher(_state_passing_fwd_kernel, wrap)[(batch, nheads, triton.cdiv(dim, block))](
+        states, dA_cs, init, q, prev, final,
+        seqlen, nchunks, dim, dstate,
+        states.stride(0), states.stride(1), states.stride(2),
+        *dA_cs.stride(),
+        *init.stride(),
+        q.stride(0), q.stride(1) if seq_idx is not None else 0,
+        final.stride(0), final.stride(1),
+        CHUNK=dA_cs.shape[-1], HAS_INIT=initial_states is not None, HAS_SEQ_IDX=seq_idx is not None,
+        BLOCK=block, num_warps=4,
+    )
+    return prev, final
+
+
+@triton.jit
+def _state_passing_bwd_kernel(
+    dprev_ptr, dacs_ptr, prev_ptr, dfinal_ptr, seq_ptr, dend_ptr, dinit_ptr, dchunk_ptr,
+    seqlen, nchunks, dim, dstate,
+    s_s_b, s_s_c, s_s_h,
+    s_a_b, s_a_h, s_a_c, s_a_l,
+    s_f_b, s_f_h, s_f_p, s_f_n,
+    s_q_b, s_q_l,
+    s_i_b, s_i_h,
+    s_k_b, s_k_h, s_k_c, s_k_m,
+    CHUNK: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ_IDX: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Reverse of state passing: dend[c] = dL/d(state after chunk c); dL/d(state entering c) =
+    dprev[c] + scale_c dend[c], which is dend[c-1] (and d initial_states for c == 0). Also, per chunk, this
+    block's part of <dend[c], scale_c S_in[c]>: the log-decay gradient of the pairs that span chunk c."""
+    pid_b, pid_h, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs = pid_m * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < dim
+    dacs_ptr += pid_b * s_a_b + pid_h * s_a_h
+    seq_ptr += pid_b * s_q_b
+    dchunk_ptr += pid_b * s_k_b + pid_h * s_k_h + pid_m * s_k_m
+    if HAS_DFINAL:
+        g = tl.load(dfinal_ptr + pid_b * s_f_b + pid_h * s_f_h + (offs // dstate) * s_f_p + (offs % dstate) * s_f_n,
+                    mask=ok, other=0.0).to(tl.float32)
+    else:
+        g = tl.zeros((BLOCK,), dtype=tl.float32)
+    base = pid_b * s_s_b + pid_h * s_s_h + offs
+    for i in range(nchunks):
+        c = nchunks - 1 - i
+        tl.store(dend_ptr + base + c * s_s_c, g, mask=ok)
+        scale = _chunk_decay(dacs_ptr, seq_ptr, c, seqlen, s_a_c, s_a_l, s_q_l, CHUNK, HAS_SEQ_IDX)
+        s_in = tl.load(prev_ptr + base + c * s_s_c, mask=ok, other=0.0)
+        tl.store(dchunk_ptr + c * s_k_c, scale * tl.sum(g * s_in, axis=0))
+        g = tl.load(dprev_ptr + base + c * s_s_c, mask=ok, other=0.0) + scale * g
+    if HAS_INIT:
+        tl.store(dinit_ptr + pid_b * s_i_b + pid_h * s_i_h + offs, g, mask=ok)
+
+
+def state_passing_bwd(dprev, dA_cs, prev, dfinal, seq_idx, seqlen, has_init, *, wrap):
+    """Returns dend (gradient of the state after each chunk), dinit, and the per-chunk log-decay term
+    <dend[c], scale_c S_in[c]>: (batch, nheads, nchunks)."""
+    batch, nchunks, nheads, headdim, dstate = dprev.shape
+    dend = torch.empty_like(dprev)
+    dinit = torch.empty(batch, nheads, headdim, dstate, device=dprev.device, dtype=torch.float32)
+    dim = headdim * dstate
+    block = _passing_block(dim)
+    nblocks = triton.cdiv(dim, block)
+    dchunk = torch.empty(batch, nheads, nchunks, nblocks, device=dprev.device, dtype=torch.float32)
+    f = dfinal if dfinal is not None else dinit
+    q = seq_idx if seq_idx is not None else dA_cs
+    launcher(_state_passing_bwd_kernel, wrap)[(batch, nheads, nblocks)](
+        dprev, dA_cs, prev, f, q, dend, dinit, dchunk,
+        seqlen, nchunks, dim, dstate,
+        dprev.stride(0), dprev.stride(1), dprev.stride(2),
+        *dA_cs.stride(),
+        *f.stride(),
+        q.stride(0), q.stride(1) if seq_idx is not None else 0,
+        dinit.stride(0), dinit.stride(1),
+        *dchunk.stride(),
+        CHUNK=dA_cs.shape[-1], HAS_DFINAL=dfinal is not None, HAS_INIT=has_init,
+        HAS_SEQ_IDX=seq_idx is not None, BLOCK=block, num_warps=4,
+    )
+    return dend, dinit, dchunk.sum(-1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# chunk scan: y_t = exp(a_t) C_t S_in^T + sum_{s<=t} (C_t . B_s) exp(a_t - a_s) dt_s x_s
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _chunk_scan_y(
+    x_ptr, b_ptr, c_ptr, dtp_ptr, dacs_ptr, seq_ptr, prev_ptr,
+    pid_c, start, limit, t0, headdim, dstate,
+    s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, s_a_l, s_q_l, s_s_p, s_s_n,
+    HAS_SEQ_IDX: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """SSM part of y for rows t0 .. t0+BLOCK_T of one chunk and head (pointers already at that chunk/head/group;
+    seq_ptr at the batch row). Returns (the incoming-state part, the whole), (BLOCK_T, BLOCK_P) float32 tiles."""
+    offs_t = t0 + tl.arange(0, BLOCK_T)
+    offs_p = tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    t_ok = offs_t < limit
+    n_ok = offs_n < dstate
+    a_t = tl.load(dacs_ptr + offs_t * s_a_l, mask=t_ok, other=0.0)
+    c_t = tl.load(c_ptr + offs_t[:, None] * s_c_l + offs_n[None, :] * s_c_n, mask=t_ok[:, None] & n_ok[None, :],
+                  other=0.0)
+    # Incoming state; a float32 (tf32 for 16-bit inputs) dot so the state keeps its precision.
+    s_t = tl.load(prev_ptr + offs_n[:, None] * s_s_n + offs_p[None, :] * s_s_p,
+                  mask=n_ok[:, None] & (offs_p[None, :] < headdim), other=0.0)
+    acc = _dot(c_t.to(tl.float32), s_t, IEEE)
+    scale = tl.exp(a_t)
+    if HAS_SEQ_IDX:
+        seq_t = tl.load(seq_ptr + (start + offs_t) * s_q_l, mask=t_ok, other=-1)
+        seq_before = tl.load(seq_ptr + (start - 1) * s_q_l, mask=pid_c > 0, other=0)
+        scale = tl.where(seq_t == seq_before, scale, 0.0)
+    acc = acc * scale[:, None]
+    acc_state = acc
+    hi = tl.minimum(t0 + BLOCK_T, limit)
+    for s0 in range(0, hi, BLOCK_T):
+        offs_s = s0 + tl.arange(0, BLOCK_T)
+        s_ok = offs_s < limit
+        b_s = tl.load(b_ptr + offs_s[None, :] * s_b_l + offs_n[:, None] * s_b_n, mask=n_ok[:, None] & s_ok[None, :],
+                      other=0.0)
+        cb = _dot(c_t, b_s.to(c_t.dtype), IEEE)
+        a_s = tl.load(dacs_ptr + offs_s * s_a_l, mask=s_ok, other=0.0)
+        dt_s = tl.load(dtp_ptr + offs_s * s_a_l, mask=s_ok, other=0.0)
+        keep = (offs_t[:, None] >= offs_s[None, :]) & s_ok[None, :]
+        if HAS_SEQ_IDX:
+            seq_s = tl.load(seq_ptr + (start + offs_s) * s_q_l, mask=s_ok, other=-2)
+            keep = keep & (seq_t[:, None] == seq_s[None, :])
+        cb = cb * tl.exp(tl.where(keep, a_t[:, None] - a_s[None, :], float("-inf"))) * dt_s[None, :]
+        x_s = tl.load(x_ptr + offs_s[:, None] * s_x_l + offs_p[None, :] * s_x_p,
+                      mask=s_ok[:, None] & (offs_p[None, :] < headdim), other=0.0)
+        acc += _dot(cb.to(x_s.dtype), x_s, IEEE)
+    return acc_state, acc
+
+
+@triton.jit
+def _chunk_scan_fwd_kernel(
+    x_ptr, b_ptr, c_ptr, dtp_ptr, dacs_ptr, seq_ptr, prev_ptr, d_ptr, z_ptr, out_ptr,
+    seqlen, headdim, dstate, heads_per_group,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_b_b, s_b_l, s_b_g, s_b_n,
+    s_c_b, s_c_l, s_c_g, s_c_n,
+    s_a_b, s_a_h, s_a_c, s_a_l,
+    s_q_b, s_q_l,
+    s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
+    s_d_h, s_d_p,
+    s_z_b, s_z_l, s_z_h, s_z_p,
+    s_o_b, s_o_l, s_o_h, s_o_p,
+    CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_bc, pid_h, pid_t = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    nchunks = tl.cdiv(seqlen, CHUNK)
+    pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
+    start = pid_c * CHUNK
+    limit = tl.minimum(CHUNK, seqlen - start)
+    t0 = pid_t * BLOCK_T
+    g = pid_h // heads_per_group
+    x_ptr += pid_b * s_x_b + start * s_x_l + pid_h * s_x_h
+    _, acc = _chunk_scan_y(
+        x_ptr, b_ptr + pid_b * s_b_b + start * s_b_l + g * s_b_g, c_ptr + pid_b * s_c_b + start * s_c_l + g * s_c_g,
+        dtp_ptr + pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c,
+        dacs_ptr + pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c,
+        seq_ptr + pid_b * s_q_b, prev_ptr + pid_b * s_s_b + pid_c * s_s_c + pid_h * s_s_h,
+        pid_c, start, limit, t0, headdim, dstate,
+        s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, s_a_l, s_q_l, s_s_p, s_s_n,
+        HAS_SEQ_IDX, IEEE, BLOCK_T, BLOCK_P, BLOCK_N,
+    )
+    offs_t = t0 + tl.arange(0, BLOCK_T)
+    offs_p = tl.arange(0, BLOCK_P)
+    mask = (offs_t[:, None] < limit) & (offs_p[None, :] < headdim)
+    if HAS_D:
+        x_t = tl.load(x_ptr + offs_t[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=mask, other=0.0)
+        d = tl.load(d_ptr + pid_h * s_d_h + offs_p * s_d_p, mask=offs_p < headdim, other=0.0).to(tl.float32)
+        acc += x_t.to(tl.float32) * d[None, :]
+    if HAS_Z:
+        z = tl.load(z_ptr + pid_b * s_z_b + (start + offs_t[:, None]) * s_z_l + pid_h * s_z_h + offs_p[None, :] * s_z_p,
+                    mask=mask, other=0.0).to(tl.float32)
+        acc = acc * z * tl.sigmoid(z)
+    out_ptr += pid_b * s_o_b + start * s_o_l + pid_h * s_o_h
+    tl.store(out_ptr + offs_t[:, None] * s_o_l + offs_p[None, :] * s_o_p, acc, mask=mask)
+
+
+def _scan_blocks(chunk_size: int, headdim: int, dstate: int):
+    block_t = min(64, chunk_size)
+    return block_t, _pow2(headdim), _pow2(dstate)
+
+
+def _d_strides(D):
+    if D is None:
+        return 0, 0
+    return (D.stride(0), D.stride(1)) if D.dim() == 2 else (D.stride(0), 0)
+
+
+def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, wrap):
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    _, _, nchunks, chunk_size = dtp.shape
+    out = torch.empty_like(x)
+    block_t, block_p, block_n = _scan_blocks(chunk_size, headdim, dstate)
+    q = seq_idx if seq_idx is not None else dtp
+    zz = z if z is not None else x
+    grid = (batch * nchunks, nheads, triton.cdiv(chunk_size, block_t))
+    launcher(_chunk_scan_fwd_kernel, wrap)[grid](
+        x, B, C, dtp, dA_cs, q, prev, D if D is not None else dtp, zz, out,
+        seqlen, headdim, dstate, nheads // ngroups,
+        *x.stride(), *B.stride(), *C.stride(), *dtp.stride(),
+        q.stride(0), q.stride(1) if seq_idx is not None else 0,
+        *prev.stride(), *_d_strides(D), *zz.stride(), *out.stride(),
+        CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, HAS_Z=z is not None,
+        IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4, num_stages=2,
+    )
+    return out
+
+
+@triton.jit
+def _chunk_scan_bwd_dz_kernel(
+    x_ptr, b_ptr, c_ptr, dtp_ptr, dacs_ptr, seq_ptr, prev_ptr, d_ptr, z_ptr, dout_ptr,
+    dy_ptr, dz_ptr, dd_ptr, da_ptr,
+    seqlen, headdim, dstate, heads_per_group,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_b_b, s_b_l, s_b_g, s_b_n,
+    s_c_b, s_c_l, s_c_g, s_c_n,
+    s_a_b, s_a_h, s_a_c, s_a_l,
+    s_q_b, s_q_l,
+    s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
+    s_d_h, s_d_p,
+    s_z_b, s_z_l, s_z_h, s_z_p,
+    s_g_b, s_g_l, s_g_h, s_g_p,
+    s_dd_r, s_dd_h,
+    CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Recomputes y, then: dy = dout silu(z) (rounded to dout's dtype, stored when z is given), dz,
+    dD partial sums per tile, and dy_t . exp(a_t) C_t S_in^T (the log-decay gradient of the pairs whose
+    earlier index lies before the chunk)."""
+    pid_bc, pid_h, pid_t = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    nchunks = tl.cdiv(seqlen, CHUNK)
+    pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
+    start = pid_c * CHUNK
+    limit = tl.minimum(CHUNK, seqlen - start)
+    t0 = pid_t * BLOCK_T
+    g = pid_h // heads_per_group
+    x_ptr += pid_b * s_x_b + start * s_x_l + pid_h * s_x_h
+    dacs_ptr += pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c
+    y_state, y = _chunk_scan_y(
+        x_ptr, b_ptr + pid_b * s_b_b + start * s_b_l + g * s_b_g, c_ptr + pid_b * s_c_b + start * s_c_l + g * s_c_g,
+        dtp_ptr + pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c, dacs_ptr,
+        seq_ptr + pid_b * s_q_b, prev_ptr + pid_b * s_s_b + pid_c * s_s_c + pid_h * s_s_h,
+        pid_c, start, limit, t0, headdim, dstate,
+        s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, s_a_l, s_q_l, s_s_p, s_s_n,
+        HAS_SEQ_IDX, IEEE, BLOCK_T, BLOCK_P, BLOCK_N,
+    )
+    offs_t = t0 + tl.arange(0, BLOCK_T)
+    offs_p = tl.arange(0, BLOCK_P)
+    t_ok = offs_t < limit
+    mask = t_ok[:, None] & (offs_p[None, :] < headdim)
+    rows = pid_b * s_g_b + (start + offs_t[:, None]) * s_g_l + pid_h * s_g_h + offs_p[None, :] * s_g_p
+    dout = tl.load(dout_ptr + rows, mask=mask, other=0.0)
+    x_t = tl.load(x_ptr + offs_t[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=mask, other=0.0).to(tl.float32)
+    if HAS_D:
+        d = tl.load(d_ptr + pid_h * s_d_h + offs_p * s_d_p, mask=offs_p < headdim, other=0.0).to(tl.float32)
+    if HAS_Z:
+        zrows = pid_b * s_z_b + (start + offs_t[:, None]) * s_z_l + pid_h * s_z_h + offs_p[None, :] * s_z_p
+        z = tl.load(z_ptr + zrows, mask=mask, other=0.0).to(tl.float32)
+        sig = tl.sigmoid(z)
+        if HAS_D:
+            out_x = y + x_t * d[None, :]
+        else:
+            out_x = y
+        dout32 = dout.to(tl.float32)
+        dz = dout32 * out_x * sig * (1.0 + z * (1.0 - sig))
+        tl.store(dz_ptr + zrows, dz, mask=mask)
+        dy = (dout32 * z * sig).to(dout.dtype)
+        tl.store(dy_ptr + rows, dy, mask=mask)
+        dy = dy.to(tl.float32)
+    else:
+        dy = dout.to(tl.float32)
+    if HAS_D:
+        tl.store(dd_ptr + (pid_bc * tl.num_programs(2) + pid_t) * s_dd_r + pid_h * s_dd_h + offs_p,
+                 tl.sum(dy * x_t, axis=0), mask=offs_p < headdim)
+    tl.store(da_ptr + pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c + offs_t * s_a_l, tl.sum(dy * y_state, axis=1),
+             mask=t_ok)
+
+
+def chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, wrap):
+    """Returns dy (dout itself without z), dz (or None), dD (float32, D's shape, or None), and the
+    dy . y_state term in dA_cumsum layout."""
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    _, _, nchunks, chunk_size = dtp.shape
+    block_t, block_p, block_n = _scan_blocks(chunk_size, headdim, dstate)
+    ntiles = triton.cdiv(chunk_size, block_t)
+    dout = dout.contiguous()
+    z = z.contiguous() if z is not None else None
+    dy = torch.empty_like(dout) if z is not None else dout
+    dz = torch.empty_like(z) if z is not None else None
+    dd = torch.empty(batch * nchunks * ntiles, nheads, headdim, device=x.device, dtype=torch.float32)
+    da = torch.zeros_like(dA_cs)
+    q = seq_idx if seq_idx is not None else dtp
+    zz = z if z is not None else x
+    launcher(_chunk_scan_bwd_dz_kernel, wrap)[(batch * nchunks, nheads, ntiles)](
+        x, B, C, dtp, dA_cs, q, prev, D if D is not None else dtp, zz, dout,
+        dy, dz if dz is not None else dy, dd, da,
+        seqlen, headdim, dstate, nheads // ngroups,
+        *x.stride(), *B.stride(), *C.stride(), *dtp.stride(),
+        q.stride(0), q.stride(1) if seq_idx is not None else 0,
+        *prev.stride(), *_d_strides(D), *zz.stride(), *dout.stride(),
+        dd.stride(0), dd.stride(1),
+        CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, HAS_Z=z is not None,
+        IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4, num_stages=2,
+    )
+    dD = None
+    if D is not None:
+        dD = dd.sum(0)
+        dD = dD.sum(-1) if D.dim() == 1 else dD
+    return dy, dz, dD, da
+
+
+# ----------------------------------------------------------------------------------------------------
+# backward of the scan: dx, dB, dC
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _chunk_scan_bwd_dx_kernel(
+    x_ptr, b_ptr, c_ptr, dtp_ptr, dacs_ptr, seq_ptr, dy_ptr, dend_ptr, d_ptr, extra_ptr,
+    dx_ptr, ddt_ptr, col_ptr, colstate_ptr, row_ptr,
+    seqlen, headdim, dstate, heads_per_group,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_b_b, s_b_l, s_b_g, s_b_n,
+    s_c_b, s_c_l, s_c_g, s_c_n,
+    s_a_b, s_a_h, s_a_c, s_a_l,
+    s_q_b, s_q_l,
+    s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
+    s_g_b, s_g_l, s_g_h, s_g_p,
+    s_d_h, s_d_p,
+    s_e_b, s_e_l, s_e_h, s_e_p,
+    s_r_b, s_r_h, s_r_c, s_r_k, s_r_l,
+    CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_D: tl.constexpr, HAS_EXTRA: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Rows s: G_s B_s = exp(a_last - a_s) dend B_s + sum_{t>=s} (B_s . C_t) exp(a_t - a_s) dy_t;
+    dx_s = dt_s G_s B_s + D dy_s; dL/d dt_s = x_s . G_s B_s.
+    Log-decay terms, from the pair values P_ts = (C_t . B_s) exp(a_t - a_s) dt_s (dy_t . x_s) of this chunk
+    (one float32 tile gives both sums, so they cancel exactly where they should): column sums over t (col),
+    row sums over s per block of s (row, summed later), and x_s . dx_s of the state part (colstate)."""
+    pid_bc, pid_h, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    nchunks = tl.cdiv(seqlen, CHUNK)
+    pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
+    start = pid_c * CHUNK
+    limit = tl.minimum(CHUNK, seqlen - start)
+    s0 = pid_s * BLOCK_T
+    g = pid_h // heads_per_group
+    x_ptr += pid_b * s_x_b + start * s_x_l + pid_h * s_x_h
+    b_ptr += pid_b * s_b_b + start * s_b_l + g * s_b_g
+    c_ptr += pid_b * s_c_b + start * s_c_l + g * s_c_g
+    a_off = pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c
+    dtp_ptr += a_off
+    dacs_ptr += a_off
+    seq_ptr += pid_b * s_q_b
+    dy_ptr += pid_b * s_g_b + start * s_g_l + pid_h * s_g_h
+    row_ptr += pid_b * s_r_b + pid_h * s_r_h + pid_c * s_r_c + pid_s * s_r_k
+    offs_s = s0 + tl.arange(0, BLOCK_T)
+    offs_p = tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    s_ok = offs_s < limit
+    n_ok = offs_n < dstate
+    p_ok = offs_p < headdim
+    mask = s_ok[:, None] & p_ok[None, :]
+    a_s = tl.load(dacs_ptr + offs_s * s_a_l, mask=s_ok, other=0.0)
+    dt_s = tl.load(dtp_ptr + offs_s * s_a_l, mask=s_ok, other=0.0)
+    a_last = tl.load(dacs_ptr + (limit - 1) * s_a_l)
+    x_s = tl.load(x_ptr + offs_s[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=mask, other=0.0)
+    b_s = tl.load(b_ptr + offs_s[:, None] * s_b_l + offs_n[None, :] * s_b_n, mask=s_ok[:, None] & n_ok[None, :],
+                  other=0.0)
+    e_t = tl.load(dend_ptr + pid_b * s_s_b + pid_c * s_s_c + pid_h * s_s_h + offs_n[:, None] * s_s_n
+                  + offs_p[None, :] * s_s_p, mask=n_ok[:, None] & p_ok[None, :], other=0.0)
+    acc = _dot(b_s.to(tl.float32), e_t, IEEE)
+    scale = tl.exp(a_last - a_s)
+    if HAS_SEQ_IDX:
+        seq_s = tl.load(seq_ptr + (start + offs_s) * s_q_l, mask=s_ok, other=-1)
+        seq_last = tl.load(seq_ptr + (start + limit - 1) * s_q_l)
+        scale = tl.where(seq_s == seq_last, scale, 0.0)
+    acc = acc * tl.where(s_ok, scale, 0.0)[:, None]
+    x32 = x_s.to(tl.float32)
+    tl.store(colstate_ptr + a_off + offs_s * s_a_l, dt_s * tl.sum(acc * x32, axis=1), mask=s_ok)
+    col = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    for t0 in range(s0, limit, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        t_ok = offs_t < limit
+        c_t = tl.load(c_ptr + offs_t[None, :] * s_c_l + offs_n[:, None] * s_c_n, mask=n_ok[:, None] & t_ok[None, :],
+                      other=0.0)
+        cb = _dot(b_s, c_t.to(b_s.dtype), IEEE)
+        a_t = tl.load(dacs_ptr + offs_t * s_a_l, mask=t_ok, other=0.0)
+        keep = (offs_t[None, :] >= offs_s[:, None]) & t_ok[None, :]
+        if HAS_SEQ_IDX:
+            seq_t = tl.load(seq_ptr + (start + offs_t) * s_q_l, mask=t_ok, other=-2)
+            keep = keep & (seq_s[:, None] == seq_t[None, :])
+        cb = cb * tl.exp(tl.where(keep, a_t[None, :] - a_s[:, None], float("-inf")))
+        dy_t = tl.load(dy_ptr + offs_t[:, None] * s_g_l + offs_p[None, :] * s_g_p, mask=t_ok[:, None] & p_ok[None, :],
+                       other=0.0)
+        acc += _dot(cb.to(dy_t.dtype), dy_t, IEEE)
+        pair = cb * dt_s[:, None] * _dot(x_s, tl.trans(dy_t), IEEE)  # P_ts, stored transposed: (s, t)
+        col += tl.sum(pair, axis=1)
+        tl.store(row_ptr + offs_t * s_r_l, tl.sum(pair, axis=0), mask=t_ok)
+    tl.store(col_ptr + a_off + offs_s * s_a_l, col, mask=s_ok)
+    tl.store(ddt_ptr + a_off + offs_s * s_a_l, tl.sum(acc * x32, axis=1), mask=s_ok)
+    dx = acc * dt_s[:, None]
+    rows = pid_b * s_x_b + (start + offs_s[:, None]) * s_x_l + pid_h * s_x_h + offs_p[None, :] * s_x_p
+    if HAS_EXTRA:
+        dx += tl.load(extra_ptr + pid_b * s_e_b + (start + offs_s[:, None]) * s_e_l + pid_h * s_e_h
+                      + offs_p[None, :] * s_e_p, mask=mask, other=0.0)
+    if HAS_D:
+        d = tl.load(d_ptr + pid_h * s_d_h + offs_p * s_d_p, mask=p_ok, other=0.0).to(tl.float32)
+        dy_s = tl.load(dy_ptr + offs_s[:, None] * s_g_l + offs_p[None, :] * s_g_p, mask=mask, other=0.0)
+        dx += dy_s.to(tl.float32) * d[None, :]
+    tl.store(dx_ptr + rows, dx, mask=mask)
+
+
+def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, wrap):
+    """Returns dx (x's dtype, contiguous), dL/d dt_proc, and the log-decay pieces (see the kernel): col,
+    colstate in dA_cumsum layout, row summed over blocks of s."""
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    _, _, nchunks, chunk_size = dtp.shape
+    block_t, block_p, block_n = _scan_blocks(chunk_size, headdim, dstate)
+    nblocks = triton.cdiv(chunk_size, block_t)
+    xc = x.contiguous()
+    dx = torch.empty_like(xc)
+    ddt = torch.zeros_like(dA_cs)
+    col = torch.zeros_like(dA_cs)
+    colstate = torch.zeros_like(dA_cs)
+    row = torch.zeros(batch, nheads, nchunks, nblocks, chunk_size, device=x.device, dtype=torch.float32)
+    q = seq_idx if seq_idx is not None else dtp
+    e = dx_extra if dx_extra is not None else dtp
+    launcher(_chunk_scan_bwd_dx_kernel, wrap)[(batch * nchunks, nheads, nblocks)](
+        xc, B, C, dtp, dA_cs, q, dy, dend, D if D is not None else dtp, e,
+        dx, ddt, col, colstate, row,
+        seqlen, headdim, dstate, nheads // ngroups,
+        *xc.stride(), *B.stride(), *C.stride(), *dtp.stride(),
+        q.stride(0), q.stride(1) if seq_idx is not None else 0,
+        *dend.stride(), *dy.stride(), *_d_strides(D),
+        *(e.stride() if dx_extra is not None else (0, 0, 0, 0)),
+        *row.stride(),
+        CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, HAS_EXTRA=dx_extra is not None,
+        IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4, num_stages=2,
+    )
+    return dx, ddt, col, colstate, row.sum(3)
+
+
+@triton.jit
+def _chunk_scan_bwd_dbc_kernel(
+    x_ptr, u_ptr, dtp_ptr, dacs_ptr, seq_ptr, dy_ptr, st_ptr, out_ptr,
+    seqlen, headdim, dstate, heads_per_group,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_u_b, s_u_l, s_u_g, s_u_n,
+    s_a_b, s_a_h, s_a_c, s_a_l,
+    s_q_b, s_q_l,
+    s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
+    s_g_b, s_g_l, s_g_h, s_g_p,
+    s_o_k, s_o_b, s_o_l, s_o_g, s_o_n,
+    CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, IS_DB: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Rows r of one chunk and group, heads of the group summed here (SPLIT programs share the heads of a
+    group when there are few chunks; their partial sums are added afterwards).
+    dC (IS_DB False, u = B, st = state entering the chunk):
+        dC_r = exp(a_r) dy_r S_in + sum_{s<=r} (dy_r . x_s) exp(a_r - a_s) dt_s B_s
+    dB (IS_DB True, u = C, st = dend, the gradient of the state after the chunk):
+        dB_r = exp(a_last - a_r) dt_r x_r dend + sum_{t>=r} (x_r . dy_t) exp(a_t - a_r) dt_r C_t"""
+    pid_bc, pid_gk, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_g, pid_k = pid_gk // SPLIT, pid_gk % SPLIT  # heads pid_k, pid_k + SPLIT, ... of group pid_g
+    nchunks = tl.cdiv(seqlen, CHUNK)
+    pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
+    start = pid_c * CHUNK
+    limit = tl.minimum(CHUNK, seqlen - start)
+    r0 = pid_r * BLOCK_T
+    offs_r = r0 + tl.arange(0, BLOCK_T)
+    offs_p = tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    r_ok = offs_r < limit
+    p_ok = offs_p < headdim
+    n_ok = offs_n < dstate
+    u_ptr += pid_b * s_u_b + start * s_u_l + pid_g * s_u_g
+    seq_ptr += pid_b * s_q_b
+    if HAS_SEQ_IDX:
+        seq_r = tl.load(seq_ptr + (start + offs_r) * s_q_l, mask=r_ok, other=-1)
+        if IS_DB:
+            seq_ref = tl.load(seq_ptr + (start + limit - 1) * s_q_l)
+        else:
+            seq_ref = tl.load(seq_ptr + (start - 1) * s_q_l, mask=pid_c > 0, other=0)
+    # Columns: s <= r for dC (blocks 0 .. r0), t >= r for dB (blocks r0 .. limit).
+    if IS_DB:
+        lo, hi = r0, limit
+    else:
+        lo, hi = 0, tl.minimum(r0 + BLOCK_T, limit)
+    acc = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
+    for hh in range(pid_k, heads_per_group, SPLIT):
+        h = pid_g * heads_per_group + hh
+        a_off = pid_b * s_a_b + h * s_a_h + pid_c * s_a_c
+        a_r = tl.load(dacs_ptr + a_off + offs_r * s_a_l, mask=r_ok, other=0.0)
+        dt_r = tl.load(dtp_ptr + a_off + offs_r * s_a_l, mask=r_ok, other=0.0)
+        x_h = x_ptr + pid_b * s_x_b + start * s_x_l + h * s_x_h
+        dy_h = dy_ptr + pid_b * s_g_b + start * s_g_l + h * s_g_h
+        if IS_DB:
+            v_r = tl.load(x_h + offs_r[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=r_ok[:, None] & p_ok[None, :],
+                          other=0.0)
+            a_last = tl.load(dacs_ptr + a_off + (limit - 1) * s_a_l)
+            scale = tl.exp(a_last - a_r) * dt_r
+        else:
+            v_r = tl.load(dy_h + offs_r[:, None] * s_g_l + offs_p[None, :] * s_g_p, mask=r_ok[:, None] & p_ok[None, :],
+                          other=0.0)
+            scale = tl.exp(a_r)
+        if HAS_SEQ_IDX:
+            scale = tl.where(seq_r == seq_ref, scale, 0.0)
+        st = tl.load(st_ptr + pid_b * s_s_b + pid_c * s_s_c + h * s_s_h + offs_p[:, None] * s_s_p
+                     + offs_n[None, :] * s_s_n, mask=p_ok[:, None] & n_ok[None, :], other=0.0)
+        acc += _dot(v_r.to(tl.float32), st, IEEE) * scale[:, None]
+        for k0 in range(lo, hi, BLOCK_T):
+            offs_k = k0 + tl.arange(0, BLOCK_T)
+            k_ok = offs_k < limit
+            if IS_DB:
+                w_k = tl.load(dy_h + offs_k[None, :] * s_g_l + offs_p[:, None] * s_g_p,
+                              mask=p_ok[:, None] & k_ok[None, :], other=0.0)
+            else:
+                w_k = tl.load(x_h + offs_k[None, :] * s_x_l + offs_p[:, None] * s_x_p,
+                              mask=p_ok[:, None] & k_ok[None, :], other=0.0)
+            m = _dot(v_r, w_k.to(v_r.dtype), IEEE)
+            a_k = tl.load(dacs_ptr + a_off + offs_k * s_a_l, mask=k_ok, other=0.0)
+            if IS_DB:  # k = t (later), r = s (earlier)
+                keep = (offs_k[None, :] >= offs_r[:, None]) & k_ok[None, :]
+                diff = a_k[None, :] - a_r[:, None]
+            else:  # r = t (later), k = s (earlier)
+                keep = (offs_k[None, :] <= offs_r[:, None]) & k_ok[None, :]
+                diff = a_r[:, None] - a_k[None, :]
+            if HAS_SEQ_IDX:
+                seq_k = tl.load(seq_ptr + (start + offs_k) * s_q_l, mask=k_ok, other=-2)
+                keep = keep & (seq_r[:, None] == seq_k[None, :])
+            m = m * tl.exp(tl.where(keep, diff, float("-inf")))
+            if IS_DB:
+                m = m * dt_r[:, None]
+            else:
+                m = m * tl.load(dtp_ptr + a_off + offs_k * s_a_l, mask=k_ok, other=0.0)[None, :]
+            u_k = tl.load(u_ptr + offs_k[:, None] * s_u_l + offs_n[None, :] * s_u_n, mask=k_ok[:, None] & n_ok[None, :],
+                          other=0.0)
+            acc += _dot(m.to(u_k.dtype), u_k, IEEE)
+    out_ptr += pid_k * s_o_k
+    tl.store(out_ptr + pid_b * s_o_b + (start + offs_r[:, None]) * s_o_l + pid_g * s_o_g + offs_n[None, :] * s_o_n,
+             acc, mask=r_ok[:, None] & n_ok[None, :])
+
+
+def _bwd_dbc(x, U, dtp, dA_cs, dy, st, seq_idx, is_db, out_like, wrap):
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = U.shape[2], U.shape[3]
+    _, _, nchunks, chunk_size = dtp.shape
+    block_t, block_p, block_n = _scan_blocks(chunk_size, headdim, dstate)
+    nblocks = triton.cdiv(chunk_size, block_t)
+    heads_per_group = nheads // ngroups
+    # Enough programs for the GPU (~4 per SM of an H100) without atomics: split a group's heads.
+    split = max(1, min(heads_per_group, _TARGET_PROGRAMS // max(1, batch * nchunks * ngroups * nblocks)))
+    if split == 1:
+        out = torch.empty(out_like.shape, device=x.device, dtype=out_like.dtype)[None]
+    else:
+        out = torch.empty((split, *out_like.shape), device=x.device, dtype=torch.float32)
+    q = seq_idx if seq_idx is not None else dtp
+    launcher(_chunk_scan_bwd_dbc_kernel, wrap)[(batch * nchunks, ngroups * split, nblocks)](
+        x, U, dtp, dA_cs, q, dy, st, out,
+        seqlen, headdim, dstate, nheads // ngroups,
+        *x.stride(), *U.stride(), *dtp.stride(),
+        q.stride(0), q.stride(1) if seq_idx is not None else 0,
+        *st.stride(), *dy.stride(), *out.stride(),
+        CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, IS_DB=is_db, IEEE=_ieee(x, U, dy), SPLIT=split,
+        BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4, num_stages=2,
+    )
+    return out[0] if split == 1 else out.sum(0).to(out_like.dtype)
+
+
+def chunk_scan_bwd_dB(x, B, C, dtp, dA_cs, dy, dend, seq_idx, *, wrap):
+    return _bwd_dbc(x, C, dtp, dA_cs, dy, dend, seq_idx, True, B, wrap)
+
+
+def chunk_scan_bwd_dC(x, B, C, dtp, dA_cs, dy, prev, seq_idx, *, wrap):
+    return _bwd_dbc(x, B, dtp, dA_cs, dy, prev, seq_idx, False, C, wrap)

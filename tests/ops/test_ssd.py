@@ -1,0 +1,492 @@
+"""Tests of the Mamba-2 SSD chunked scan against the float64 recurrence in tests/reference/ssd.py."""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+
+from mamba_compile.ops import ssd_chunk_scan
+from tests.reference.ssd import ssd_ref
+
+ssd_module = importlib.import_module("mamba_compile.ops.ssd")
+
+GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+ACT_NAMES = ("x", "dt", "B", "C", "z")  # activation dtype; A, D, dt_bias and the state stay fp32
+
+
+def make_inputs(batch, seqlen, nheads, headdim, ngroups, dstate, *, D="h", z=True, dt_bias=True, init=True,
+                nseq=0, act_dtype=torch.float32, device="cpu", seed=0):  # fmt: skip
+    """Fresh random inputs (never zeros). D: None, "h" (nheads,) or "hp" (nheads, headdim). nseq > 0 packs
+    that many sequences (random boundaries) and returns seq_idx and cu_seqlens (batch must be 1)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g) * scale
+
+    t = dict(
+        x=rand(batch, seqlen, nheads, headdim),
+        dt=rand(batch, seqlen, nheads, scale=0.5),
+        A=-(torch.rand(nheads, generator=g) + 0.5),
+        B=rand(batch, seqlen, ngroups, dstate, scale=0.5),
+        C=rand(batch, seqlen, ngroups, dstate, scale=0.5),
+        D=None if D is None else rand(nheads) if D == "h" else rand(nheads, headdim),
+        z=rand(batch, seqlen, nheads, headdim) if z else None,
+        dt_bias=rand(nheads, scale=0.3) if dt_bias else None,
+        initial_states=rand(batch, nheads, headdim, dstate) if init else None,
+    )
+    t = {k: None if v is None else v.to(device, act_dtype if k in ACT_NAMES else torch.float32) for k, v in t.items()}
+    t["seq_idx"] = t["cu_seqlens"] = None
+    if nseq:
+        cuts = torch.randperm(seqlen - 1, generator=g)[: nseq - 1].sort().values + 1
+        cu = torch.cat([torch.zeros(1, dtype=torch.long), cuts, torch.tensor([seqlen])]).to(torch.int32)
+        seq_idx = torch.repeat_interleave(torch.arange(nseq), (cu[1:] - cu[:-1]).long()).to(torch.int32)
+        t["seq_idx"], t["cu_seqlens"] = seq_idx[None].expand(batch, seqlen).contiguous().to(device), cu.to(device)
+    return t
+
+
+def oracle(inputs, **kw):
+    kw = dict(kw)
+    kw.pop("chunk_size", None)
+    return ssd_ref(**{k: inputs[k] for k in inputs}, **kw)
+
+
+def out_grads(out, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(o.shape, generator=g).to(o.device, o.dtype) for o in out]
+
+
+def run_fwd_bwd(fn, inputs, varlen=False, **kw):
+    """Outputs (out, final, [varlen]) and gradients of sum(out*go) + sum(final*gf) [+ sum(varlen*gv)]."""
+    leaves = {k: v.detach().clone().requires_grad_() if (v is not None and k in GRAD_NAMES) else v
+              for k, v in inputs.items()}
+    outs = fn(leaves, varlen=varlen, **kw)
+    gos = out_grads(outs)
+    names = [k for k in GRAD_NAMES if leaves[k] is not None]
+    loss = sum((o.double() * go.double()).sum() for o, go in zip(outs, gos))
+    grads = torch.autograd.grad(loss, [leaves[k] for k in names])
+    return outs, dict(zip(names, grads))
+
+
+def via_op(inputs, varlen=False, **kw):
+    return ssd_chunk_scan(**inputs, return_final_states=True, return_varlen_states=varlen, **kw)
+
+
+def via_oracle(inputs, varlen=False, **kw):
+    kw.pop("chunk_size", None)
+    inp = {k: v for k, v in inputs.items() if not (k == "cu_seqlens" and not varlen)}
+    out, final, vs = ssd_ref(**inp, **kw)
+    return (out, final, vs) if varlen else (out, final)
+
+
+def assert_close(got, want, tol, name):
+    err = (got.double() - want.double()).abs().max().item()
+    scale = want.double().abs().max().item()
+    assert err <= tol * max(scale, 1.0), f"{name}: max error {err:.3g} vs scale {scale:.3g} (tol {tol})"
+
+
+def check_against_oracle(fn, inputs, tol, varlen=False, **kw):
+    outs, grads = run_fwd_bwd(fn, inputs, varlen=varlen, **kw)
+    routs, rgrads = run_fwd_bwd(via_oracle, inputs, varlen=varlen, **kw)
+    for name, o, r in zip(("out", "final_states", "varlen_states"), outs, routs):
+        assert o.dtype == (inputs["x"].dtype if name == "out" else torch.float32)
+        assert_close(o, r, tol, name)
+    for k in rgrads:
+        assert grads[k].dtype == inputs[k].dtype, k
+        assert_close(grads[k], rgrads[k], tol, "d" + k)
+
+
+SHAPE = dict(batch=2, seqlen=45, nheads=4, headdim=8, ngroups=2, dstate=8)  # 45 = 2 chunks of 16 + 13
+ORACLE_CASES = [
+    pytest.param(dict(), dict(dt_softplus=True), torch.float32, 1e-4, id="all-softplus-fp32"),
+    pytest.param(dict(D="hp", z=False), dict(dt_softplus=True), torch.float32, 1e-4, id="D2d-noz-fp32"),
+    pytest.param(dict(D=None, dt_bias=False, init=False), dict(), torch.float32, 1e-4, id="bare-fp32"),
+    pytest.param(dict(), dict(dt_softplus=True, dt_limit=(0.3, 1.2)), torch.float32, 1e-4, id="dt_limit-fp32"),
+    pytest.param(dict(), dict(dt_softplus=True), torch.bfloat16, 3e-2, id="all-softplus-bf16"),
+    pytest.param(dict(), dict(dt_softplus=True, chunk_size=32), torch.float16, 1e-2, id="chunk32-fp16"),
+]
+
+
+@pytest.mark.parametrize("opts, kw, act_dtype, tol", ORACLE_CASES)
+def test_cpu_matches_oracle(opts, kw, act_dtype, tol):
+    kw = {"chunk_size": 16, **kw}
+    check_against_oracle(via_op, make_inputs(**SHAPE, **opts, act_dtype=act_dtype), tol, **kw)
+
+
+@pytest.mark.parametrize("seqlen", [1, 16, 17, 64], ids=lambda s: f"l{s}")
+def test_cpu_chunk_boundaries(seqlen):
+    inputs = make_inputs(1, seqlen, 2, 8, 1, 8, seed=seqlen)
+    check_against_oracle(via_op, inputs, 1e-4, chunk_size=16, dt_softplus=True)
+
+
+@pytest.mark.parametrize("batch, nseq", [(1, 4), (2, 3)], ids=["b1-4seqs", "b2-3seqs"])
+def test_cpu_seq_idx_resets_state(batch, nseq):
+    inputs = make_inputs(batch, 50, 4, 8, 2, 8, nseq=nseq)
+    inputs["cu_seqlens"] = None
+    check_against_oracle(via_op, inputs, 1e-4, chunk_size=16, dt_softplus=True)
+    # The reset matters: without seq_idx the output differs.
+    with torch.no_grad():
+        packed = ssd_chunk_scan(**inputs, chunk_size=16, dt_softplus=True)
+        plain = ssd_chunk_scan(**{**inputs, "seq_idx": None}, chunk_size=16, dt_softplus=True)
+    assert (packed - plain).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cpu_varlen_states_and_their_gradient(seed):
+    inputs = make_inputs(1, 70, 4, 8, 2, 8, nseq=5, seed=seed)
+    check_against_oracle(via_op, inputs, 1e-4, varlen=True, chunk_size=16, dt_softplus=True)
+
+
+def test_return_structure_matches_reference():
+    inputs = make_inputs(1, 20, 2, 8, 1, 8, nseq=2)
+    common = dict(chunk_size=16)
+    with torch.no_grad():
+        out = ssd_chunk_scan(**{**inputs, "cu_seqlens": None}, **common)
+        assert isinstance(out, torch.Tensor)
+        out2, final = ssd_chunk_scan(**inputs, return_final_states=True, **common)
+        out3, vs = ssd_chunk_scan(**inputs, return_varlen_states=True, **common)
+        out4, final4, vs4 = ssd_chunk_scan(**inputs, return_final_states=True, return_varlen_states=True, **common)
+    assert final.shape == (1, 2, 8, 8) and vs.shape == (2, 2, 8, 8)
+    torch.testing.assert_close(vs[-1], final[0])  # the last sequence ends at the end
+    torch.testing.assert_close(out, out4)
+    torch.testing.assert_close(vs, vs4)
+
+
+def test_gradcheck_float64_across_chunks():
+    inputs = make_inputs(1, 19, 2, 2, 1, 2, D="hp", nseq=2, act_dtype=torch.float64, seed=3)
+    inputs = {k: v.double() if (v is not None and v.is_floating_point()) else v for k, v in inputs.items()}
+    names = [k for k in GRAD_NAMES if inputs[k] is not None]
+
+    def f(*tensors):
+        kw = dict(inputs, **dict(zip(names, tensors)))
+        return ssd_chunk_scan(**kw, chunk_size=16, dt_softplus=True, return_final_states=True,
+                              return_varlen_states=True)
+
+    leaves = [inputs[k].clone().requires_grad_() for k in names]
+    assert torch.autograd.gradcheck(f, leaves, atol=1e-6, rtol=1e-4, fast_mode=True)
+
+
+OPCHECK_CASES = [
+    pytest.param(dict(D="hp", z=False, init=False), dict(), id="D2d-noz-noinit"),
+    pytest.param(dict(nseq=3), dict(dt_softplus=True, dt_max=2.0), id="all-seq_idx-varlen-limit"),
+]
+
+
+@pytest.mark.parametrize("opts, kw", OPCHECK_CASES)
+def test_opcheck(opts, kw):
+    t = make_inputs(1, 37, 2, 4, 1, 4, **opts)
+    for v in t.values():
+        if v is not None and v.is_floating_point():
+            v.requires_grad_()
+    args = (t["x"], t["dt"], t["A"], t["B"], t["C"], 16, t["D"], t["z"], t["dt_bias"], t["initial_states"],
+            t["seq_idx"], t["cu_seqlens"], kw.get("dt_softplus", False), 0.0, kw.get("dt_max", math.inf))
+    torch.library.opcheck(torch.ops.mamba_compile.ssd_chunk_scan_fwd.default, args)
+
+
+def _compiled_counts(fn, seqlens, make):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend=counter)
+    for seqlen in seqlens:
+        inputs = make(seqlen)
+        outs, grads = run_fwd_bwd(lambda i, varlen=False, **kw: compiled(i), inputs)
+        routs, rgrads = run_fwd_bwd(lambda i, varlen=False, **kw: fn(i), inputs)
+        for o, r in zip(outs, routs):
+            torch.testing.assert_close(o, r, atol=1e-5, rtol=1e-5)
+        for k in rgrads:
+            torch.testing.assert_close(grads[k], rgrads[k], atol=1e-4, rtol=1e-4)
+    return counter.frame_count
+
+
+def test_compile_fullgraph_dynamic_one_frame():
+    """Packed sequences, varlen and final states: one frame over three sequence lengths, fwd and bwd.
+    dt_limit is passed as a literal: a float read from a function default becomes a symbolic float under
+    dynamic=True, and Dynamo then restarts its analysis once (two backend calls for one frame)."""
+
+    def fn(i):
+        return ssd_chunk_scan(**i, chunk_size=16, dt_softplus=True, dt_limit=(0.0, float("inf")),
+                              return_final_states=True, return_varlen_states=True)
+
+    frames = _compiled_counts(fn, [23, 41, 66], lambda l: make_inputs(1, l, 2, 8, 1, 8, nseq=3, seed=l))
+    assert frames == 1
+
+
+@pytest.mark.inductor
+def test_compile_inductor_cpu():
+    inputs = make_inputs(1, 40, 2, 8, 1, 8)
+
+    def fn(i):
+        return ssd_chunk_scan(**i, chunk_size=16, dt_softplus=True, return_final_states=True)
+
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True)
+    outs, grads = run_fwd_bwd(lambda i, varlen=False, **kw: compiled(i), inputs)
+    routs, rgrads = run_fwd_bwd(via_oracle, inputs, chunk_size=16, dt_softplus=True)
+    for o, r in zip(outs, routs):
+        assert_close(o, r, 1e-4, "out")
+    for k in rgrads:
+        assert_close(grads[k], rgrads[k], 1e-4, "d" + k)
+
+
+class _Mixer(torch.nn.Module):
+    def __init__(self, nheads, headdim, dstate):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.A_log = torch.nn.Parameter(torch.rand(nheads, generator=g))
+        self.D = torch.nn.Parameter(torch.randn(nheads, generator=g))
+        self.dt_bias = torch.nn.Parameter(torch.randn(nheads, generator=g) * 0.3)
+
+    def forward(self, x, dt, B, C, z):
+        return ssd_chunk_scan(x, dt, -torch.exp(self.A_log), B, C, 16, D=self.D, z=z, dt_bias=self.dt_bias,
+                              dt_softplus=True)
+
+
+def test_export_matches_eager():
+    t = make_inputs(2, 37, 4, 8, 2, 8)
+    m = _Mixer(4, 8, 8)
+    args = (t["x"], t["dt"], t["B"], t["C"], t["z"])
+    seqlen = torch.export.Dim("seqlen", min=2, max=4096)
+    ep = torch.export.export(m, args, dynamic_shapes=({1: seqlen}, {1: seqlen}, {1: seqlen}, {1: seqlen},
+                                                      {1: seqlen}))
+    assert "ssd_chunk_scan_fwd" in str(ep.graph)
+    torch.testing.assert_close(ep.module()(*args), m(*args))
+    t2 = make_inputs(2, 50, 4, 8, 2, 8, seed=5)
+    args2 = (t2["x"], t2["dt"], t2["B"], t2["C"], t2["z"])
+    torch.testing.assert_close(ep.module()(*args2), m(*args2))
+
+
+def _strided(inputs):
+    """The same values, with x, z, B, C, dt laid out as column slices of one wider tensor."""
+    names = ("x", "z", "B", "C", "dt")
+    b, l = inputs["x"].shape[:2]
+    flat = [inputs[k].reshape(b, l, -1) for k in names]
+    big = torch.cat(flat, -1)
+    out, start = dict(inputs), 0
+    for k, f in zip(names, flat):
+        out[k] = big[..., start:start + f.shape[-1]].view(inputs[k].shape)
+        start += f.shape[-1]
+    assert not out["x"].is_contiguous()
+    return out
+
+
+def test_non_contiguous_inputs_cpu():
+    inputs = make_inputs(2, 40, 4, 8, 2, 8, seed=8)
+    outs, grads = run_fwd_bwd(lambda i, **kw: via_op(_strided(i), **kw), inputs, chunk_size=16, dt_softplus=True)
+    routs, rgrads = run_fwd_bwd(via_oracle, inputs, chunk_size=16, dt_softplus=True)
+    for name, o, r in zip(("out", "final_states"), outs, routs):
+        assert_close(o, r, 1e-4, name)
+    for k in rgrads:
+        assert_close(grads[k], rgrads[k], 1e-4, "d" + k)
+
+
+def test_autocast_bf16_cpu():
+    t = make_inputs(1, 30, 2, 8, 1, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ssd_chunk_scan(t["x"].bfloat16(), t["dt"], t["A"], t["B"].bfloat16(), t["C"], 16, D=t["D"],
+                             dt_softplus=True)
+    assert out.dtype == torch.bfloat16
+    ref = ssd_ref(t["x"].bfloat16(), t["dt"], t["A"], t["B"].bfloat16(), t["C"], D=t["D"], dt_softplus=True)[0]
+    assert_close(out, ref, 2e-2, "out")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Triton kernels launched directly under the interpreter (tiny shapes: the interpreter is slow)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _triton_fn(inputs, varlen=False, chunk_size=16, dt_softplus=False, dt_limit=(0.0, math.inf)):
+    t = inputs
+    cu = t["cu_seqlens"] if varlen else None
+    args = (t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size, t["D"], t["z"], t["dt_bias"], t["initial_states"],
+            t["seq_idx"], cu, dt_softplus, float(dt_limit[0]), float(dt_limit[1]))
+    return _TritonScan.apply(args, *(t[k] for k in GRAD_NAMES))[: 3 if varlen else 2]
+
+
+class _TritonScan(torch.autograd.Function):
+    """Test-only glue: drives the Triton forward and backward pipelines (wrap=False) like the op does."""
+
+    @staticmethod
+    def forward(ctx, args, *tensors):
+        ctx.args = args
+        out, final, vs = ssd_module._fwd_triton(*args, wrap=False)
+        return out, final, vs
+
+    @staticmethod
+    def backward(ctx, dout, dfinal, dvarlen):
+        a = ctx.args
+        dv = dvarlen if a[11] is not None else None
+        grads = ssd_module._bwd_triton(dout, dfinal, dv, *a, wrap=False)
+        present = [a[i] for i in (0, 1, 2, 3, 4, 6, 7, 8, 9)]
+        return (None, *[g if t is not None else None for g, t in zip(grads, present)])
+
+
+needs_triton = pytest.mark.skipif(not importlib.util.find_spec("triton"), reason="needs triton")
+KERNEL_CASES = [
+    pytest.param(dict(), dict(dt_softplus=True), False, id="all-softplus"),
+    pytest.param(dict(D="hp", z=False, init=False, dt_bias=False), dict(dt_limit=(0.0, 0.8)), False,
+                 id="D2d-noz-limit"),
+    pytest.param(dict(nseq=3), dict(dt_softplus=True), True, id="packed-varlen"),
+    pytest.param(dict(strided=True), dict(dt_softplus=True), False, id="strided"),
+    pytest.param(dict(nosplit=True, init=False), dict(dt_softplus=True), False, id="dB-dC-heads-unsplit"),
+    pytest.param(dict(batch=2, nheads=4, ngroups=2, nseq=3), dict(dt_softplus=True), False, id="seq_idx-b2-g2"),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("opts, kw, varlen", KERNEL_CASES)
+def test_triton_kernels_match_oracle(opts, kw, varlen, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
+    # 35 = 2 chunks of 16 + 3; 3 heads in 1 group; headdim 8 / dstate 12 exercise the masks of 16-wide tiles.
+    opts = dict(opts)
+    fn = (lambda i, **k: _triton_fn(_strided(i), **k)) if opts.pop("strided", False) else _triton_fn
+    if opts.pop("nosplit", False):  # dB and dC written by one program per group (the large-batch layout)
+        monkeypatch.setattr(importlib.import_module("mamba_compile.ops.ssd_triton"), "_TARGET_PROGRAMS", 1)
+    batch, nheads, ngroups = opts.pop("batch", 1), opts.pop("nheads", 3), opts.pop("ngroups", 1)
+    inputs = make_inputs(batch, 35, nheads, 8, ngroups, 12, **opts, seed=7)
+    if batch > 1:
+        inputs["cu_seqlens"] = None
+    if inputs["dt_bias"] is None and "dt_softplus" not in kw:
+        inputs["dt"] = inputs["dt"].abs() * 0.5 + 0.05  # keep dt positive without softplus
+    check_against_oracle(fn, inputs, 1e-4, varlen=varlen, chunk_size=16, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad inputs
+# ---------------------------------------------------------------------------------------------------
+
+BAD_CASES = [
+    ("chunk_size", lambda t: {"chunk_size": 24}, ValueError),
+    ("chunk_size", lambda t: {"chunk_size": 8}, ValueError),
+    ("x", lambda t: {"x": t["x"][0]}, ValueError),
+    ("dt", lambda t: {"dt": t["dt"][:, :, :1]}, ValueError),
+    ("A", lambda t: {"A": t["A"][:1]}, ValueError),
+    ("B", lambda t: {"B": t["B"][:, :3]}, ValueError),
+    ("B", lambda t: {"B": torch.randn(1, 20, 3, 8)}, ValueError),  # 4 heads in 3 groups
+    ("C", lambda t: {"C": t["C"][..., :4]}, ValueError),
+    ("D", lambda t: {"D": t["D"][:3]}, ValueError),
+    ("z", lambda t: {"z": t["z"][..., :4]}, ValueError),
+    ("dt_bias", lambda t: {"dt_bias": t["dt_bias"][:2]}, ValueError),
+    ("initial_states", lambda t: {"initial_states": t["initial_states"][..., :3]}, ValueError),
+    ("seq_idx", lambda t: {"seq_idx": t["seq_idx"].float()}, TypeError),
+    ("x", lambda t: {"x": t["x"].int()}, TypeError),
+    ("cu_seqlens", lambda t: {"return_varlen_states": True, "cu_seqlens": None}, ValueError),
+    ("cu_seqlens", lambda t: {"return_varlen_states": True, **_batch2(t)}, ValueError),
+    ("dt_limit", lambda t: {"dt_limit": 1.0}, TypeError),
+    ("dstate", lambda t: {"B": torch.randn(1, 20, 2, 300), "C": torch.randn(1, 20, 2, 300)}, ValueError),
+]
+
+
+def _batch2(t):
+    names = ("x", "dt", "B", "C", "z", "initial_states", "seq_idx")
+    return {k: t[k].expand(2, *t[k].shape[1:]) for k in names}
+
+
+@pytest.mark.parametrize("name, change, err", BAD_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(BAD_CASES)])
+def test_bad_inputs_name_the_argument(name, change, err):
+    t = make_inputs(1, 20, 4, 8, 2, 8, nseq=2)
+    kw = dict(t, chunk_size=16)
+    kw.update(change(t))
+    with pytest.raises(err, match=name):
+        ssd_chunk_scan(**kw)
+
+
+def test_direct_op_call_is_checked():
+    t = make_inputs(1, 20, 4, 8, 2, 8)
+    with pytest.raises(ValueError, match="dt"):
+        torch.ops.mamba_compile.ssd_chunk_scan_fwd(t["x"], t["dt"][:, :5], t["A"], t["B"], t["C"], 16, None, None,
+                                                   None, None, None, None, False, 0.0, math.inf)
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU: the CUDA path against the float64 oracle (realistic shapes) and the CPU path
+# ---------------------------------------------------------------------------------------------------
+
+
+def _to(inputs, device):
+    return {k: None if v is None else v.to(device) for k, v in inputs.items()}
+
+
+GPU_CASES = [
+    pytest.param(dict(batch=2, seqlen=520, nheads=8, headdim=64, ngroups=2, dstate=128), {}, torch.float32, 2e-3,
+                 256, id="fp32-l520-chunk256"),
+    pytest.param(dict(batch=2, seqlen=700, nheads=8, headdim=64, ngroups=1, dstate=128), {}, torch.bfloat16,
+                 3e-2, 256, id="bf16-l700-chunk256"),
+    pytest.param(dict(batch=1, seqlen=777, nheads=4, headdim=32, ngroups=2, dstate=64), dict(D="hp", z=False),
+                 torch.bfloat16, 3e-2, 64, id="bf16-D2d-noz-chunk64"),
+    pytest.param(dict(batch=1, seqlen=600, nheads=4, headdim=64, ngroups=1, dstate=64), dict(nseq=7),
+                 torch.bfloat16, 3e-2, 128, id="bf16-packed-varlen"),
+    pytest.param(dict(batch=1, seqlen=600, nheads=4, headdim=64, ngroups=1, dstate=64), dict(nseq=7),
+                 torch.float32, 2e-3, 128, id="fp32-packed-varlen"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape, opts, act_dtype, tol, chunk_size", GPU_CASES)
+def test_cuda_matches_oracle(shape, opts, act_dtype, tol, chunk_size):
+    inputs = make_inputs(**shape, **opts, act_dtype=act_dtype, seed=11)
+    varlen = bool(opts.get("nseq"))
+    kw = dict(chunk_size=chunk_size, dt_softplus=True)
+    outs, grads = run_fwd_bwd(via_op, _to(inputs, "cuda"), varlen=varlen, **kw)
+    routs, rgrads = run_fwd_bwd(via_oracle, inputs, varlen=varlen, **kw)
+    for name, o, r in zip(("out", "final_states", "varlen_states"), outs, routs):
+        assert_close(o.cpu(), r, tol, name)
+    for k in rgrads:
+        assert grads[k].dtype == inputs[k].dtype
+        assert_close(grads[k].cpu(), rgrads[k], tol, "d" + k)
+
+
+@pytest.mark.gpu
+def test_cuda_training_shape_matches_cpu_path():
+    """The benchmark shape (bf16, D, z, dt_bias, softplus, chunk 256) against the CPU path in float32."""
+    inputs = make_inputs(2, 2048, 24, 64, 1, 128, act_dtype=torch.bfloat16, init=False, seed=12)
+    kw = dict(chunk_size=256, dt_softplus=True)
+    outs, grads = run_fwd_bwd(via_op, _to(inputs, "cuda"), **kw)
+    f32 = {k: v.float() if (v is not None and v.is_floating_point()) else v for k, v in inputs.items()}
+    routs, rgrads = run_fwd_bwd(via_op, f32, **kw)
+    for name, o, r in zip(("out", "final_states"), outs, routs):
+        assert_close(o.cpu(), r, 3e-2, name)
+    for k in rgrads:
+        assert_close(grads[k].cpu(), rgrads[k], 3e-2, "d" + k)
+
+
+@pytest.mark.gpu
+def test_cuda_compile_fullgraph_dynamic_one_frame():
+    def fn(i):
+        return ssd_chunk_scan(**i, chunk_size=64, dt_softplus=True, dt_limit=(0.0, float("inf")),
+                              return_final_states=True, return_varlen_states=True)
+
+    make = lambda l: _to(make_inputs(1, l, 4, 64, 1, 64, nseq=3, seed=l), "cuda")  # noqa: E731
+    assert _compiled_counts(fn, [100, 256, 517], make) == 1
+
+
+@pytest.mark.gpu
+def test_cuda_non_contiguous_inputs():
+    """x, z, B, C, dt as column slices of one projection (as Mamba-2 splits zxbcdt): strides, no copies."""
+    inputs = make_inputs(2, 300, 4, 32, 2, 32, seed=6)
+    outs, grads = run_fwd_bwd(lambda i, **kw: via_op(_strided(i), **kw), _to(inputs, "cuda"), chunk_size=64,
+                              dt_softplus=True)
+    routs, rgrads = run_fwd_bwd(via_oracle, inputs, chunk_size=64, dt_softplus=True)
+    for name, o, r in zip(("out", "final_states"), outs, routs):
+        assert_close(o.cpu(), r, 2e-3, name)
+    for k in rgrads:
+        assert_close(grads[k].cpu(), rgrads[k], 2e-3, "d" + k)
+
+
+@pytest.mark.gpu
+@pytest.mark.inductor
+def test_cuda_compile_inductor():
+    inputs = _to(make_inputs(2, 300, 4, 64, 1, 64, act_dtype=torch.bfloat16, seed=4), "cuda")
+
+    def fn(i):
+        return ssd_chunk_scan(**i, chunk_size=64, dt_softplus=True, return_final_states=True)
+
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True)
+    outs, grads = run_fwd_bwd(lambda i, varlen=False, **kw: compiled(i), inputs)
+    routs, rgrads = run_fwd_bwd(lambda i, varlen=False, **kw: fn(i), inputs)
+    for o, r in zip(outs, routs):
+        assert_close(o, r, 1e-2, "out")
+    for k in rgrads:
+        assert_close(grads[k], rgrads[k], 1e-2, "d" + k)
