@@ -3,4 +3,12 @@
 from . import ops
 
 __version__ = "0.1.0"
-__all__ = ["ops", "__version__"]
+__all__ = ["MambaConfig", "MambaLM", "ops", "__version__"]
+
+
+def __getattr__(name):  # the models load on first use: importing the package registers only the ops
+    if name in ("MambaLM", "MambaConfig"):
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'mamba_compile' has no attribute {name!r}")

@@ -1,0 +1,220 @@
+"""Whole-model benchmark: 130M Mamba-1 / Mamba-2 (d_model 768, 24 layers, vocab 50277, random weights).
+
+GPU (default): compiled training step (AdamW, bf16 autocast, b8 x 2048) tokens/s and peak memory;
+generation of 100 tokens after a 100-token prompt at batch 1 and 64 (bf16, compiled decode step with
+CUDA graphs); each beside the reference's numbers from REFERENCE_TIMINGS.md. Compile / capture time is
+kept out of the timed region and reported separately.
+CPU (--cpu): our eager forward against transformers' pure-torch MambaForCausalLM / Mamba2ForCausalLM.
+
+    python -m benchmarks.bench_model --out $OUT/model.json [--cpu] [--arch mamba1 mamba2] [--cases generate train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+
+from mamba_compile.models import MambaConfig, MambaLM
+
+from ._common import floor_ms, nbytes, write_results
+
+# REFERENCE_TIMINGS.md, whole models (reference implementation, eager, H100)
+REF_TRAIN = {"mamba1": (109.2, 150.0e3, 18.0), "mamba2": (126.5, 129.5e3, 18.5)}  # ms, tok/s, GiB
+REF_GENERATE = {("mamba1", 1): 95.0, ("mamba1", 64): 117.8, ("mamba2", 1): 80.8, ("mamba2", 64): 159.9}  # ms
+
+
+def config_130m(arch: str, **kw) -> MambaConfig:
+    ssm = {"layer": "Mamba2" if arch == "mamba2" else "Mamba1"}
+    return MambaConfig(**{**dict(d_model=768, n_layer=24, vocab_size=50277, ssm_cfg=ssm), **kw})
+
+
+def _cuda_ms(fn, iters: int) -> list[float]:
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def bench_train(arch: str, batch: int = 8, seqlen: int = 2048, iters: int = 10, regional: bool = False) -> dict:
+    torch.manual_seed(0)
+    model = MambaLM(config_130m(arch), device="cuda").train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seqlen + 1), device="cuda")
+
+    def loss_fn(ids):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            # backbone + lm_head: model() would also range-check the ids in eager mode (a host sync)
+            logits = model.lm_head(model.backbone(ids[:, :-1]))
+        return F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+
+    if regional:  # one compiled graph serves every block (their code and shapes are the same)
+        for layer in model.backbone.layers:
+            layer.compile(fullgraph=True)
+        compiled = loss_fn
+    else:
+        compiled = torch.compile(loss_fn, fullgraph=True)
+
+    def step():
+        loss = compiled(ids)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t = time.perf_counter()
+    step()
+    torch.cuda.synchronize()
+    compile_s = time.perf_counter() - t
+    for _ in range(2):
+        step()
+    torch.cuda.reset_peak_memory_stats()
+    ms = statistics.median(_cuda_ms(step, iters))
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    ref_ms, ref_tps, ref_gib = REF_TRAIN[arch]
+    tps = batch * seqlen / (ms * 1e-3)
+    how = "regional compile" if regional else "whole-model compile"
+    return dict(model=arch, case=f"train b{batch}x{seqlen} bf16 autocast AdamW, {how}", ms=ms, ref_ms=ref_ms,
+                speedup=ref_ms / ms, tok_per_s=tps, ref_tok_per_s=ref_tps, peak_gib=peak, ref_peak_gib=ref_gib,
+                compile_s=compile_s)
+
+
+def bench_generate(arch: str, batch: int, prompt: int = 100, new: int = 100, iters: int = 5, model=None) -> dict:
+    if model is None:
+        torch.manual_seed(0)
+        model = MambaLM(config_130m(arch), device="cuda", dtype=torch.bfloat16).eval()
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device="cuda")
+    cache = model.allocate_cache(batch, prompt + new).mark_static()
+    t = time.perf_counter()
+    model.generate(ids, new, compile=True, cache=cache)  # compile + CUDA-graph capture
+    torch.cuda.synchronize()
+    compile_s = time.perf_counter() - t
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        out = model.generate(ids, new, compile=True, cache=cache)
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t) * 1e3)
+    assert out.sequences.shape == (batch, new)
+    ms, ref = statistics.median(times), REF_GENERATE[(arch, batch)]
+    # floor: every step reads all weights once and reads + writes every recurrent state
+    step_bytes = nbytes(*model.parameters()) + 2 * nbytes(*cache.tensors())
+    floor = new * floor_ms(step_bytes)
+    return dict(model=arch, case=f"generate {new} after {prompt}, batch {batch}, bf16, CUDA graphs", ms=ms,
+                floor_ms=floor, ratio=ms / floor, ref_ms=ref, speedup=ref / ms, tok_per_s=batch * new / (ms * 1e-3),
+                prefill_ms=out.prefill_s * 1e3, compile_s=compile_s)
+
+
+_MODELS = {}
+
+
+def _generation_model(arch: str) -> MambaLM:
+    """One bf16 model per architecture, shared by the batch sizes (its compiled decode step too)."""
+    if arch not in _MODELS:
+        _MODELS.clear()
+        torch.manual_seed(0)
+        _MODELS[arch] = MambaLM(config_130m(arch), device="cuda", dtype=torch.bfloat16).eval()
+    return _MODELS[arch]
+
+
+def bench_cpu(arch: str, batch: int = 2, seqlen: int = 256, iters: int = 5) -> dict:
+    import transformers
+
+    torch.manual_seed(0)
+    if arch == "mamba1":
+        hf = transformers.MambaForCausalLM(transformers.MambaConfig(
+            vocab_size=1024, hidden_size=256, state_size=16, num_hidden_layers=4))
+    else:
+        hf = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(
+            vocab_size=1024, hidden_size=256, state_size=64, num_hidden_layers=4, num_heads=8, head_dim=64,
+            n_groups=1, chunk_size=64))
+    hf = hf.eval()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        ours = MambaLM.from_pretrained(d)
+    ids = torch.randint(0, 1024, (batch, seqlen))
+
+    def timed(fn):
+        with torch.no_grad():
+            fn()
+            ts = []
+            for _ in range(iters):
+                t = time.perf_counter()
+                fn()
+                ts.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(ts)
+
+    ours_ms = timed(lambda: ours(ids))
+    hf_ms = timed(lambda: hf(ids))
+    with torch.no_grad():
+        err = (ours(ids).logits - hf(ids).logits).abs().max().item()
+    return dict(model=arch, case=f"cpu forward b{batch}x{seqlen} d256 4 layers fp32", ms=ours_ms,
+                ref_ms=hf_ms, speedup=hf_ms / ours_ms, max_abs_diff=f"{err:.1e}", ref="transformers (pure torch)")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out")
+    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--arch", nargs="+", default=["mamba1", "mamba2"], choices=["mamba1", "mamba2"])
+    p.add_argument("--cases", nargs="+", default=["generate", "train"], choices=["generate", "train"],
+                   help="GPU cases to run (generation first: its compile is the shorter)")
+    p.add_argument("--regional", action="store_true",
+                   help="training: compile each block instead of the whole model (much shorter compile)")
+    args = p.parse_args(argv)
+    cases = []
+    for arch in args.arch:
+        if args.cpu:
+            cases.append((f"{arch} cpu", lambda a=arch: bench_cpu(a)))
+            continue
+        if "generate" in args.cases:
+            for batch in (1, 64):
+                cases.append((f"{arch} generate b{batch}",
+                              lambda a=arch, b=batch: bench_generate(a, b, model=_generation_model(a))))
+    if not args.cpu and "train" in args.cases:
+        cases += [(f"{arch} train", lambda a=arch: bench_train(a, regional=args.regional)) for arch in args.arch]
+    rows = []
+    for name, fn in cases:  # one failing case must not lose the others; results are written after each
+        try:
+            rows.append(fn())
+            print(f"done: {name}: {rows[-1]}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            rows.append(dict(model=name, case="FAILED", error=f"{type(e).__name__}: {e}"[:300]))
+        if "generate b1" not in name:  # b1 and b64 share the model; b64 adds its own graphs
+            _MODELS.clear()
+            torch._dynamo.reset()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        if args.out:
+            _write(rows, args.out, quiet=True)
+    _write(rows, args.out)
+
+
+def _write(rows: list[dict], path: str | None, quiet: bool = False) -> None:
+    keys = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    table = [{k: r.get(k, "") for k in keys} for r in rows]
+    if quiet:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            write_results(table, path)
+    else:
+        write_results(table, path)
+
+
+if __name__ == "__main__":
+    main()

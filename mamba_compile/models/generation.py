@@ -1,0 +1,178 @@
+"""Generation: prefill, then one compiled decode step per token, with greedy or sampled tokens.
+
+Prompts of different lengths (a list, or a padded batch with ``attention_mask``) are prefilled one row
+at a time into that row of the cache, so padding never enters a recurrent state and each row sees
+exactly the tokens it would see alone; the decode steps then run batched, each row at its own
+position (the cache keeps a length per row). Sampling runs outside the compiled step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .cache import InferenceCache
+
+
+@dataclass
+class GenerateOutput:
+    sequences: torch.Tensor  # (batch, max_new_tokens) new tokens; eos_token_id (or 0) after a row ends
+    prompt_lengths: list[int]
+    prefill_s: float
+    decode_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.sequences.numel() / max(self.decode_s + self.prefill_s, 1e-9)
+
+
+def _prompts(input_ids, attention_mask, device) -> list[torch.Tensor]:
+    """The real tokens of each row, as 1-D int64 tensors."""
+    if isinstance(input_ids, (list, tuple)):
+        rows = [torch.as_tensor(r, dtype=torch.int64, device=device).reshape(-1) for r in input_ids]
+    else:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise ValueError("input_ids must be a (batch, seqlen) tensor or a list of 1-D prompts")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"input_ids must have dtype int64 or int32, got {input_ids.dtype}")
+        if attention_mask is None:
+            rows = list(input_ids.to(device=device, dtype=torch.int64))
+        else:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(f"attention_mask must have shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
+            rows = []
+            for i, (ids, mask) in enumerate(zip(input_ids, attention_mask.bool())):
+                kept = mask.nonzero().flatten()
+                if kept.numel() and kept[-1] - kept[0] + 1 != kept.numel():
+                    raise ValueError(f"attention_mask row {i} has holes: only left or right padding is supported")
+                rows.append(ids[kept].to(device=device, dtype=torch.int64))
+    if not rows or any(r.numel() == 0 for r in rows):
+        raise ValueError("every prompt needs at least one token")
+    return rows
+
+
+def sample(logits, *, temperature=0.0, top_k=None, top_p=None, min_p=None, repetition_penalty=None,
+           seen=None, generator=None) -> torch.Tensor:
+    """Next tokens (b,) from logits (b, vocab), in the order transformers applies its processors."""
+    logits = logits.float()
+    if repetition_penalty is not None and repetition_penalty != 1.0 and seen is not None:
+        picked = logits.gather(1, seen)
+        picked = torch.where(picked < 0, picked * repetition_penalty, picked / repetition_penalty)
+        logits = logits.scatter(1, seen, picked)
+    if not temperature:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest set whose mass reaches top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    probs = logits.softmax(-1)
+    if min_p:
+        probs = probs.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), 0.0)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def decode_fn(model, compile: bool | str):
+    """The decode step, compiled once per model and backend: ``compile=True`` is Inductor (with CUDA
+    graphs, mode="reduce-overhead", on CUDA); a string names another backend (e.g. "aot_eager")."""
+    if not compile:
+        return model.decode_step
+    device = next(model.parameters()).device.type
+    backend = "inductor" if compile is True else compile
+    key = (backend, device)
+    if key not in model._compiled_steps:
+        mode = "reduce-overhead" if device == "cuda" and backend == "inductor" else None
+        model._compiled_steps[key] = torch.compile(model.decode_step, fullgraph=True, backend=backend, mode=mode)
+    return model._compiled_steps[key]
+
+
+@torch.inference_mode()
+def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
+             top_p: float | None = None, min_p: float | None = None, repetition_penalty: float | None = None,
+             eos_token_id: int | list[int] | None = None, attention_mask=None, streamer=None,
+             compile: bool | str | None = None, generator=None, cache: InferenceCache | None = None) -> GenerateOutput:
+    """Generates ``max_new_tokens`` per row (fewer when every row has produced an eos token).
+
+    ``streamer``: a callable taking the new tokens (b,) each step, or an object with ``put``/``end``
+    (transformers' streamers). ``compile``: compile the decode step (default: on CUDA; see decode_fn).
+    Without ``cache`` the cache is kept on the model (``model._generation_cache``) and reused by the next
+    call of the same batch size; a cache you pass is used as is (``cache.mark_static()`` it for CUDA graphs).
+    """
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    prompts = _prompts(input_ids, attention_mask, device)
+    for i, p in enumerate(prompts):
+        if int(p.min()) < 0 or int(p.max()) >= vocab:
+            raise ValueError(f"prompt {i} has token ids outside [0, vocab_size={vocab})")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    b = len(prompts)
+    max_seqlen = max(p.numel() for p in prompts) + max_new_tokens
+    compile = device.type == "cuda" if compile is None else compile
+    if cache is None:  # reuse the last generation's cache when it fits: same addresses, no recompilation
+        cache = getattr(model, "_generation_cache", None)
+        too_short = cache is not None and cache.max_seqlen is not None and cache.max_seqlen < max_seqlen
+        graphs = compile and device.type == "cuda"  # CUDA graphs need the cache at static addresses
+        if (cache is None or too_short or cache.max_batch != b or cache.lengths.device != device
+                or (graphs and not cache.is_static)):
+            cache = model._generation_cache = model.allocate_cache(b, max_seqlen)
+            if graphs:
+                cache.mark_static()
+        else:
+            cache.reset()
+    elif cache.max_batch < b or (cache.max_seqlen is not None and cache.max_seqlen < max_seqlen):
+        raise ValueError(f"cache (max_batch {cache.max_batch}, max_seqlen {cache.max_seqlen}) is too small "
+                         f"for batch {b} and {max_seqlen} tokens")
+    else:
+        cache.reset()
+    eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=device)
+    step = decode_fn(model, compile)
+    put = getattr(streamer, "put", streamer)
+
+    t0 = time.perf_counter()
+    last = torch.empty(b, model.config.padded_vocab_size, device=device, dtype=next(model.parameters()).dtype)
+    if len({p.numel() for p in prompts}) == 1:  # no padding anywhere: one batched prefill
+        last.copy_(model(torch.stack(prompts), cache=cache, num_last_tokens=1).logits[:, -1])
+    else:
+        for i, p in enumerate(prompts):  # per-row prefill: no padding enters any state
+            last[i] = model(p[None], cache=cache.rows(i, i + 1), num_last_tokens=1).logits[0, -1]
+    seen = [p for p in prompts]
+    out = torch.full((b, max_new_tokens), int(eos[0]) if eos.numel() else 0, dtype=torch.int64, device=device)
+    finished = torch.zeros(b, dtype=torch.bool, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t1 = time.perf_counter()
+    n = 0
+    for n in range(max_new_tokens):
+        logits = last[:, :vocab]  # drop the padded vocabulary entries
+        seen_t = torch.nn.utils.rnn.pad_sequence(seen, batch_first=True, padding_value=0) if repetition_penalty else None
+        if seen_t is not None:  # padding with a real token: repeat each row's first token instead of 0
+            lens = torch.tensor([s.numel() for s in seen], device=device)
+            seen_t = torch.where(torch.arange(seen_t.shape[1], device=device) < lens[:, None], seen_t, seen_t[:, :1])
+        token = sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                       repetition_penalty=repetition_penalty, seen=seen_t, generator=generator)
+        if eos.numel():
+            token = torch.where(finished, eos[0], token)
+        out[:, n] = token
+        if put is not None:
+            put(token)
+        if repetition_penalty:
+            seen = [torch.cat([s, t[None]]) for s, t in zip(seen, token)]
+        if eos.numel():
+            finished |= torch.isin(token, eos)
+            if bool(finished.all()):
+                break
+        if n + 1 < max_new_tokens:
+            last = step(token, cache).clone()  # clone: a CUDA-graph output is overwritten by the next replay
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    if hasattr(streamer, "end"):
+        streamer.end()
+    return GenerateOutput(out[:, : n + 1], [p.numel() for p in prompts], t1 - t0, t2 - t1)

@@ -1,0 +1,307 @@
+"""Sequence mixers: Mamba-1 (selective scan), Mamba-2 (SSD) and causal multi-head attention.
+
+Mamba-1, per channel d:  h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t,   y_t = C_t h_t + D x_t,  out = y * silu(z)
+Mamba-2, per head h:     same with a scalar A per head and B, C shared by the heads of a group.
+
+Shapes: hidden_states (batch, seqlen, d_model); one decode token (batch, d_model).
+Mamba-1: x, z, dt (batch, d_inner, seqlen); B, C (batch, d_state, seqlen); A_log (d_inner, d_state).
+Mamba-2: x, z (batch, seqlen, nheads, headdim); dt (batch, seqlen, nheads); B, C (batch, seqlen, ngroups, d_state);
+         A_log, dt_bias (nheads,); D (nheads,) or (nheads * headdim,) with D_has_hdim.
+Parameter names follow the reference (mamba_ssm/modules/mamba_simple.py, mamba2.py, mha.py), so its
+checkpoints load without renaming. Each mixer reads and writes its own layer of an InferenceCache.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import (
+    causal_conv1d,
+    causal_conv1d_update,
+    rms_norm_gated,
+    selective_scan,
+    selective_state_update,
+    ssd_chunk_scan,
+)
+
+
+def _dt_bias_init(n: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
+    """Inverse softplus of dt ~ log-uniform(dt_min, dt_max), as the reference initialises dt's bias."""
+    dt = torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+class Mamba1Mixer(nn.Module):
+    def __init__(self, d_model: int, layer_idx: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int = 48, dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random",
+                 dt_scale: float = 1.0, dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
+                 use_fast_path: bool = True):
+        super().__init__()
+        self.layer_idx, self.d_state, self.d_conv, self.dt_rank = layer_idx, d_state, d_conv, dt_rank
+        self.d_inner = d_inner = expand * d_model
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
+        self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias)
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
+        self.D = nn.Parameter(torch.ones(d_inner))
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+        with torch.no_grad():
+            std = dt_rank**-0.5 * dt_scale
+            if dt_init == "constant":
+                nn.init.constant_(self.dt_proj.weight, std)
+            else:
+                nn.init.uniform_(self.dt_proj.weight, -std, std)
+            self.dt_proj.bias.copy_(_dt_bias_init(d_inner, dt_min, dt_max, dt_init_floor))
+        self.dt_proj.bias._no_reinit = True
+
+    def state_shapes(self, batch: int, max_seqlen: int) -> dict:
+        return {"conv": (batch, self.d_inner, self.d_conv - 1), "ssm": (batch, self.d_inner, self.d_state)}
+
+    def _split_x_dbl(self, x_dbl: torch.Tensor):
+        return x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+
+    def forward(self, hidden_states: torch.Tensor, cache=None) -> torch.Tensor:
+        # hidden_states: (b, l, d_model); cache: InferenceCache rows of this batch, or None
+        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, l) each
+        A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
+        conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
+        if cache is None:
+            x = causal_conv1d(x, conv_weight, self.conv1d.bias, activation="silu")
+        else:
+            conv_state = cache.conv_states[self.layer_idx]
+            x, conv_final = causal_conv1d(x, conv_weight, self.conv1d.bias, initial_states=conv_state,
+                                          return_final_states=True, activation="silu")
+            conv_state.copy_(conv_final)
+        dt, B, C = self._split_x_dbl(self.x_proj(x.transpose(1, 2)))  # (b, l, dt_rank / d_state / d_state)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (b, d_inner, l); the bias goes in the scan
+        B, C = B.transpose(1, 2), C.transpose(1, 2)  # (b, d_state, l)
+        kwargs = dict(D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        if cache is None:
+            y = selective_scan(x, dt, A, B, C, **kwargs)
+        else:
+            ssm_state = cache.ssm_states[self.layer_idx]
+            y, last_state = selective_scan(x, dt, A, B, C, **kwargs, initial_state=ssm_state, return_last_state=True)
+            ssm_state.copy_(last_state)
+        return self.out_proj(y.transpose(1, 2))  # (b, l, d_model)
+
+    def step(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
+        # hidden_states: (b, d_model): one token per row, states updated in place
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (b, d_inner) each
+        x = causal_conv1d_update(x, cache.conv_states[self.layer_idx], self.conv1d.weight.squeeze(1),
+                                 self.conv1d.bias, activation="silu")
+        dt, B, C = self._split_x_dbl(self.x_proj(x))  # (b, dt_rank), (b, d_state), (b, d_state)
+        dt = F.linear(dt, self.dt_proj.weight)  # (b, d_inner)
+        A = -torch.exp(self.A_log.float())
+        y = selective_state_update(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self.D.float(), z=z,
+                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        return self.out_proj(y)  # (b, d_model)
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, d_model: int, layer_idx: int, d_state: int = 128, d_conv: int = 4, conv_init=None,
+                 expand: int = 2, headdim: int = 64, d_ssm: int | None = None, ngroups: int = 1,
+                 A_init_range=(1, 16), D_has_hdim: bool = False, rmsnorm: bool = True,
+                 norm_before_gate: bool = False, dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4, dt_limit=(0.0, float("inf")), bias: bool = False,
+                 conv_bias: bool = True, chunk_size: int = 256, use_mem_eff_path: bool = True,
+                 norm_eps: float = 1e-5):
+        super().__init__()
+        self.layer_idx, self.d_state, self.d_conv, self.headdim = layer_idx, d_state, d_conv, headdim
+        self.ngroups, self.chunk_size, self.rmsnorm = ngroups, chunk_size, rmsnorm
+        self.norm_before_gate, self.D_has_hdim, self.norm_eps = norm_before_gate, D_has_hdim, norm_eps
+        self.dt_limit = tuple(float(v) for v in dt_limit)
+        d_inner = expand * d_model
+        self.d_ssm = d_ssm = d_inner if d_ssm is None else d_ssm
+        self.nheads = d_ssm // headdim
+        self.d_mlp = d_inner - d_ssm  # the reference's optional gated-MLP part of in_proj
+        self.conv_dim = d_ssm + 2 * ngroups * d_state
+        # in_proj output, in order: [z0, x0 (d_mlp each), z (d_ssm), xBC (conv_dim), dt (nheads)]
+        self.in_proj = nn.Linear(d_model, 2 * self.d_mlp + d_ssm + self.conv_dim + self.nheads, bias=bias)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim,
+                                padding=d_conv - 1, bias=conv_bias)
+        if conv_init is not None:
+            nn.init.uniform_(self.conv1d.weight, -conv_init, conv_init)
+        self.dt_bias = nn.Parameter(_dt_bias_init(self.nheads, dt_min, dt_max, dt_init_floor))
+        self.dt_bias._no_weight_decay = True
+        A = torch.empty(self.nheads).uniform_(*A_init_range)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(d_ssm if D_has_hdim else self.nheads))
+        if rmsnorm:
+            self.norm = _GatedRMSNorm(d_ssm, eps=norm_eps, group_size=d_ssm // ngroups,
+                                      norm_before_gate=norm_before_gate)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+
+    def state_shapes(self, batch: int, max_seqlen: int) -> dict:
+        return {"conv": (batch, self.conv_dim, self.d_conv - 1),
+                "ssm": (batch, self.nheads, self.headdim, self.d_state)}
+
+    def _D(self) -> torch.Tensor:
+        return self.D.float().view(self.nheads, self.headdim) if self.D_has_hdim else self.D.float()
+
+    def _split_in_proj(self, zxbcdt: torch.Tensor):
+        return zxbcdt.split([self.d_mlp, self.d_mlp, self.d_ssm, self.conv_dim, self.nheads], dim=-1)
+
+    def _gate_and_project(self, y: torch.Tensor, z: torch.Tensor, z0: torch.Tensor, x0: torch.Tensor):
+        # y, z: (..., d_ssm); z0, x0: (..., d_mlp)
+        if self.rmsnorm:
+            y = self.norm(y, z)
+        if self.d_mlp > 0:
+            y = torch.cat([F.silu(z0) * x0, y], dim=-1)
+        return self.out_proj(y)
+
+    def forward(self, hidden_states: torch.Tensor, cache=None) -> torch.Tensor:
+        # hidden_states: (b, l, d_model)
+        b, l, _ = hidden_states.shape
+        z0, x0, z, xBC, dt = self._split_in_proj(self.in_proj(hidden_states))
+        conv_weight = self.conv1d.weight.squeeze(1)  # (conv_dim, d_conv)
+        xBC = xBC.transpose(1, 2)  # (b, conv_dim, l)
+        if cache is None:
+            xBC = causal_conv1d(xBC, conv_weight, self.conv1d.bias, activation="silu")
+        else:
+            conv_state = cache.conv_states[self.layer_idx]
+            xBC, conv_final = causal_conv1d(xBC, conv_weight, self.conv1d.bias, initial_states=conv_state,
+                                            return_final_states=True, activation="silu")
+            conv_state.copy_(conv_final)
+        x, B, C = xBC.transpose(1, 2).split([self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        x = x.unflatten(-1, (self.nheads, self.headdim))  # (b, l, nheads, headdim)
+        B = B.unflatten(-1, (self.ngroups, self.d_state))  # (b, l, ngroups, d_state)
+        C = C.unflatten(-1, (self.ngroups, self.d_state))
+        A = -torch.exp(self.A_log.float())  # (nheads,)
+        kwargs = dict(D=self._D(), z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.headdim)),
+                      dt_bias=self.dt_bias.float(), dt_softplus=True, dt_limit=self.dt_limit)
+        if cache is None:
+            y = ssd_chunk_scan(x, dt, A, B, C, self.chunk_size, **kwargs)
+        else:
+            ssm_state = cache.ssm_states[self.layer_idx]
+            y, final_state = ssd_chunk_scan(x, dt, A, B, C, self.chunk_size, **kwargs,
+                                            initial_states=ssm_state, return_final_states=True)
+            ssm_state.copy_(final_state)
+        return self._gate_and_project(y.flatten(-2), z, z0, x0)  # (b, l, d_model)
+
+    def step(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
+        # hidden_states: (b, d_model)
+        z0, x0, z, xBC, dt = self._split_in_proj(self.in_proj(hidden_states))
+        xBC = causal_conv1d_update(xBC, cache.conv_states[self.layer_idx], self.conv1d.weight.squeeze(1),
+                                   self.conv1d.bias, activation="silu")  # (b, conv_dim)
+        x, B, C = xBC.split([self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        p, n = self.headdim, self.d_state
+        x = x.unflatten(-1, (self.nheads, p))  # (b, nheads, headdim)
+        B, C = B.unflatten(-1, (self.ngroups, n)), C.unflatten(-1, (self.ngroups, n))  # (b, ngroups, d_state)
+        A = (-torch.exp(self.A_log.float()))[:, None, None].expand(self.nheads, p, n)
+        D = self._D()
+        D = D if self.D_has_hdim else D[:, None].expand(self.nheads, p)
+        dt_bias = self.dt_bias.float()
+        if self.dt_limit != (0.0, float("inf")):
+            # The update op has no dt_limit: apply softplus and the clamp here, as the scan does.
+            dt = F.softplus(dt.float() + dt_bias).clamp(*self.dt_limit)
+            dt_bias, dt_softplus = None, False
+        else:
+            dt_bias, dt_softplus = dt_bias[:, None].expand(self.nheads, p), True
+        y = selective_state_update(cache.ssm_states[self.layer_idx], x, dt[..., None].expand(-1, -1, p), A, B, C, D,
+                                   z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, p)),
+                                   dt_bias=dt_bias, dt_softplus=dt_softplus)
+        return self._gate_and_project(y.flatten(-2), z, z0, x0)  # (b, d_model)
+
+
+class _GatedRMSNorm(nn.Module):
+    """Mamba-2's group-wise RMSNorm gated by silu(z); parameter ``weight`` as in the reference."""
+
+    def __init__(self, d: int, eps: float, group_size: int, norm_before_gate: bool):
+        super().__init__()
+        self.eps, self.group_size, self.norm_before_gate = eps, group_size, norm_before_gate
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return rms_norm_gated(x, self.weight, z, eps=self.eps, group_size=self.group_size,
+                              norm_before_gate=self.norm_before_gate)
+
+
+def _rotary(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, base: float) -> torch.Tensor:
+    """GPT-NeoX (non-interleaved) rotary embedding on the first ``rotary_dim`` channels.
+
+    x: (b, l, heads, head_dim); positions: (b, l) int
+    """
+    inv_freq = 1.0 / base ** (torch.arange(0, rotary_dim, 2, device=x.device, dtype=torch.float32) / rotary_dim)
+    freqs = positions.float()[..., None] * inv_freq  # (b, l, rotary_dim / 2)
+    cos, sin = freqs.cos()[:, :, None], freqs.sin()[:, :, None]  # (b, l, 1, rotary_dim / 2)
+    x1, x2, rest = x[..., : rotary_dim // 2].float(), x[..., rotary_dim // 2 : rotary_dim].float(), x[..., rotary_dim:]
+    rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+    return torch.cat([rotated, rest], dim=-1)
+
+
+class MHA(nn.Module):
+    """Causal multi-head attention with GQA, rotary embedding and an optional gated MLP in the same
+    projections (the reference's mha.py). Its KV cache is (batch, max_seqlen, nheads_kv, head_dim)."""
+
+    def __init__(self, d_model: int, layer_idx: int, num_heads: int, num_heads_kv: int, head_dim: int,
+                 mlp_dim: int = 0, qkv_proj_bias: bool = True, out_proj_bias: bool = True,
+                 softmax_scale: float | None = None, causal: bool = True, d_conv: int = 0,
+                 rotary_emb_dim: int = 0, rotary_emb_base: float = 10000.0, rotary_emb_interleaved: bool = False):
+        super().__init__()
+        self.layer_idx, self.num_heads, self.num_heads_kv, self.head_dim = layer_idx, num_heads, num_heads_kv, head_dim
+        self.rotary_emb_dim, self.rotary_emb_base, self.softmax_scale = rotary_emb_dim, rotary_emb_base, softmax_scale
+        self.mlp_dim = math.ceil(mlp_dim / 256) * 256
+        self.qkv_dim = head_dim * (num_heads + 2 * num_heads_kv)
+        self.in_proj = nn.Linear(d_model, self.qkv_dim + self.mlp_dim, bias=qkv_proj_bias)
+        self.out_proj = nn.Linear(head_dim * num_heads + self.mlp_dim // 2, d_model, bias=out_proj_bias)
+
+    def state_shapes(self, batch: int, max_seqlen: int) -> dict:
+        return {"key": (batch, max_seqlen, self.num_heads_kv, self.head_dim)}
+
+    def _qkv(self, hidden_states: torch.Tensor, positions: torch.Tensor):
+        # hidden_states: (b, l, d_model); positions: (b, l)
+        qkv, x_mlp = self.in_proj(hidden_states).split([self.qkv_dim, self.mlp_dim], dim=-1)
+        q, k, v = qkv.split([self.num_heads * self.head_dim, self.num_heads_kv * self.head_dim,
+                             self.num_heads_kv * self.head_dim], dim=-1)
+        q = q.unflatten(-1, (self.num_heads, self.head_dim))  # (b, l, nheads, head_dim)
+        k = k.unflatten(-1, (self.num_heads_kv, self.head_dim))  # (b, l, nheads_kv, head_dim)
+        v = v.unflatten(-1, (self.num_heads_kv, self.head_dim))
+        if self.rotary_emb_dim:
+            q = _rotary(q, positions, self.rotary_emb_dim, self.rotary_emb_base)
+            k = _rotary(k, positions, self.rotary_emb_dim, self.rotary_emb_base)
+        if self.mlp_dim:
+            up, gate = x_mlp.chunk(2, dim=-1)
+            x_mlp = up * F.silu(gate)
+        return q, k, v, x_mlp
+
+    def _attend(self, q, k, v, mask):
+        # q: (b, l, nheads, head_dim); k, v: (b, s, nheads_kv, head_dim); mask: (b, 1, l, s) bool or None
+        rep = self.num_heads // self.num_heads_kv
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if rep > 1:
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           scale=self.softmax_scale)
+        return o.transpose(1, 2).flatten(-2)  # (b, l, nheads * head_dim)
+
+    def _out(self, context, x_mlp):
+        if self.mlp_dim:
+            context = torch.cat([context, x_mlp], dim=-1)
+        return self.out_proj(context)
+
+    def forward(self, hidden_states: torch.Tensor, cache=None) -> torch.Tensor:
+        b, l, _ = hidden_states.shape
+        steps = torch.arange(l, device=hidden_states.device)
+        if cache is None:
+            q, k, v, x_mlp = self._qkv(hidden_states, steps.expand(b, l))
+            return self._out(self._attend(q, k, v, None), x_mlp)
+        positions = cache.lengths[:, None] + steps  # (b, l): rows may start at different offsets
+        q, k, v, x_mlp = self._qkv(hidden_states, positions)
+        key_cache, value_cache = cache.key_cache[self.layer_idx], cache.value_cache[self.layer_idx]
+        rows = torch.arange(b, device=hidden_states.device)[:, None]
+        key_cache.index_put_((rows, positions), k.to(key_cache.dtype))
+        value_cache.index_put_((rows, positions), v.to(value_cache.dtype))
+        # Attend over the whole (static-size) cache; later and unwritten positions are masked.
+        slots = torch.arange(key_cache.shape[1], device=hidden_states.device)
+        mask = (slots <= positions[..., None])[:, None]  # (b, 1, l, max_seqlen)
+        return self._out(self._attend(q, key_cache.to(q.dtype), value_cache.to(q.dtype), mask), x_mlp)
+
+    def step(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
+        # hidden_states: (b, d_model)
+        return self.forward(hidden_states[:, None], cache)[:, 0]

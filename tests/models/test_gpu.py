@@ -1,0 +1,85 @@
+"""CUDA checks of the model (run by the lead on the GPU machine): the Triton paths against the CPU path,
+compiled generation with CUDA graphs against eager, a compiled bf16 training step."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mamba_compile import MambaConfig, MambaLM
+
+pytestmark = pytest.mark.gpu
+
+VOCAB = 1000
+
+
+def _config(name: str) -> MambaConfig:
+    ssm = dict(layer="Mamba2", d_state=64, headdim=32, chunk_size=64) if "2" in name else dict(layer="Mamba1", d_state=16)
+    extra = dict(attn_layer_idx=[2], attn_cfg=dict(num_heads=8, num_heads_kv=2, rotary_emb_dim=16),
+                 d_intermediate=512) if name.startswith("hybrid") else {}
+    return MambaConfig(d_model=256, n_layer=4, vocab_size=VOCAB, ssm_cfg=ssm, **extra)
+
+
+def _model(name: str) -> MambaLM:
+    torch.manual_seed(0)
+    return MambaLM(_config(name)).eval()
+
+
+def _rel(got, want) -> float:
+    return ((got.float().cpu() - want.float()).abs().max() / want.float().abs().max()).item()
+
+
+@pytest.mark.parametrize("name", ["mamba1", "mamba2", "hybrid2"])
+# fp32 tolerance allows for TF32 inside the Triton kernels' tl.dot (Mamba-2 chunked scan)
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-3), (torch.bfloat16, 5e-2)], ids=["fp32", "bf16"])
+def test_cuda_forward_matches_cpu(name, dtype, tol):
+    cpu = _model(name)
+    ids = torch.randint(0, VOCAB, (2, 333), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = cpu(ids).logits
+        cuda = _model(name).to("cuda", dtype)
+        got = cuda(ids.cuda()).logits
+    assert got.dtype == dtype
+    assert _rel(got, want) < tol
+
+
+@pytest.mark.parametrize("name", ["mamba1", "mamba2", "hybrid2"])
+def test_cuda_decode_matches_prefill(name):
+    model = _model(name).cuda()
+    ids = torch.randint(0, VOCAB, (4, 40), device="cuda")
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model.allocate_cache(4, 64)
+        model(ids[:, :30], cache=cache)
+        steps = torch.stack([model.decode_step(ids[:, t], cache) for t in range(30, 40)], dim=1)
+    assert _rel(steps, full[:, 30:].cpu()) < 2e-3
+
+
+@pytest.mark.parametrize("name", ["mamba1", "mamba2", "hybrid2"])
+def test_cuda_graph_generation_equals_eager(name):
+    model = _model(name).cuda()
+    prompts = [torch.randint(0, VOCAB, (n,), device="cuda") for n in (5, 37, 12)]
+    eager = model.generate(prompts, 24, compile=False).sequences
+    compiled = model.generate(prompts, 24, compile=True).sequences  # mode="reduce-overhead": CUDA graphs
+    again = model.generate(prompts, 24, compile=True).sequences  # replays the captured graphs
+    assert torch.equal(compiled, eager) and torch.equal(again, eager)
+
+
+@pytest.mark.parametrize("name", ["mamba1", "mamba2"])
+def test_compiled_bf16_training_step_matches_eager(name):
+    model = _model(name).cuda().train()
+    ids = torch.randint(0, VOCAB, (2, 257), device="cuda")
+
+    def loss_fn(ids):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(ids[:, :-1]).logits
+        return F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+
+    want = loss_fn(ids)
+    want.backward()
+    want_grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    got = torch.compile(loss_fn, fullgraph=True)(ids)
+    got.backward()
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+    for k, p in model.named_parameters():
+        assert _rel(p.grad, want_grads[k].cpu()) < 5e-2, k

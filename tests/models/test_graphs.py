@@ -1,0 +1,166 @@
+"""Golden Dynamo graphs of one Mamba-1 and one Mamba-2 block: the mamba_compile ops appear by name.
+
+Printed graphs differ between torch versions, so the goldens are checked on torch 2.13 only;
+regenerate with EXPECTTEST_ACCEPT=1 after an intended change.
+"""
+
+import pytest
+import torch
+from torch._dynamo.testing import EagerAndRecordGraphs, normalize_gm
+
+from mamba_compile.models.model import Block
+
+from ._configs import mamba1, mamba2
+
+expecttest = pytest.importorskip("expecttest")
+
+pytestmark = pytest.mark.skipif(not torch.__version__.startswith("2.13"), reason="goldens recorded on torch 2.13")
+
+
+def _graph(config) -> str:
+    torch.manual_seed(0)
+    block = Block(config, layer_idx=1)
+    hidden_states = torch.randn(2, 16, config.d_model)
+    residual = torch.randn(2, 16, config.d_model)
+    backend = EagerAndRecordGraphs()
+    out, res = torch.compile(block, fullgraph=True, backend=backend)(hidden_states, residual)
+    want, want_res = block(hidden_states, residual)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(res, want_res)
+    assert len(backend.graphs) == 1
+    return normalize_gm(backend.graphs[0].print_readable(print_output=False))
+
+
+class TestBlockGraphs(expecttest.TestCase):
+    def test_mamba1_block(self):
+        graph = _graph(mamba1())
+        for op in ("add_norm", "causal_conv1d_fwd", "selective_scan_fwd"):
+            self.assertIn(f"mamba_compile.{op}", graph.replace("torch.ops.", ""))
+        self.assertExpectedInline(graph, """\
+class GraphModule(torch.nn.Module):
+    def forward(self, L_self_modules_norm_parameters_weight_: "f32[64]", L_hidden_states_: "f32[2, 16, 64]", L_residual_: "f32[2, 16, 64]", L_self_modules_mixer_modules_in_proj_parameters_weight_: "f32[256, 64]", L_self_modules_mixer_parameters_A_log_: "f32[128, 8]", L_self_modules_mixer_modules_conv1d_parameters_weight_: "f32[128, 1, 4]", L_self_modules_mixer_modules_conv1d_parameters_bias_: "f32[128]", L_self_modules_mixer_modules_x_proj_parameters_weight_: "f32[20, 128]", L_self_modules_mixer_modules_dt_proj_parameters_weight_: "f32[128, 4]", L_self_modules_mixer_parameters_D_: "f32[128]", L_self_modules_mixer_modules_dt_proj_parameters_bias_: "f32[128]", L_self_modules_mixer_modules_out_proj_parameters_weight_: "f32[64, 128]"):
+        l_self_modules_norm_parameters_weight_ = L_self_modules_norm_parameters_weight_
+        l_hidden_states_ = L_hidden_states_
+        l_residual_ = L_residual_
+        l_self_modules_mixer_modules_in_proj_parameters_weight_ = L_self_modules_mixer_modules_in_proj_parameters_weight_
+        l_self_modules_mixer_parameters_a_log_ = L_self_modules_mixer_parameters_A_log_
+        l_self_modules_mixer_modules_conv1d_parameters_weight_ = L_self_modules_mixer_modules_conv1d_parameters_weight_
+        l_self_modules_mixer_modules_conv1d_parameters_bias_ = L_self_modules_mixer_modules_conv1d_parameters_bias_
+        l_self_modules_mixer_modules_x_proj_parameters_weight_ = L_self_modules_mixer_modules_x_proj_parameters_weight_
+        l_self_modules_mixer_modules_dt_proj_parameters_weight_ = L_self_modules_mixer_modules_dt_proj_parameters_weight_
+        l_self_modules_mixer_parameters_d_ = L_self_modules_mixer_parameters_D_
+        l_self_modules_mixer_modules_dt_proj_parameters_bias_ = L_self_modules_mixer_modules_dt_proj_parameters_bias_
+        l_self_modules_mixer_modules_out_proj_parameters_weight_ = L_self_modules_mixer_modules_out_proj_parameters_weight_
+
+        add_norm = torch.ops.mamba_compile.add_norm(l_hidden_states_, l_self_modules_norm_parameters_weight_, None, l_residual_, 1e-05, True, True, True);  l_hidden_states_ = l_self_modules_norm_parameters_weight_ = l_residual_ = None
+        out: "f32[2, 16, 64]" = add_norm[0]
+        r: "f32[2, 16, 64]" = add_norm[1];  add_norm = None
+
+        linear: "f32[2, 16, 256]" = torch._C._nn.linear(out, l_self_modules_mixer_modules_in_proj_parameters_weight_, None);  out = l_self_modules_mixer_modules_in_proj_parameters_weight_ = None
+        transpose: "f32[2, 256, 16]" = linear.transpose(1, 2);  linear = None
+        chunk = transpose.chunk(2, dim = 1);  transpose = None
+        x: "f32[2, 128, 16]" = chunk[0]
+        z: "f32[2, 128, 16]" = chunk[1];  chunk = None
+
+        float_1: "f32[128, 8]" = l_self_modules_mixer_parameters_a_log_.float();  l_self_modules_mixer_parameters_a_log_ = None
+        exp: "f32[128, 8]" = torch.exp(float_1);  float_1 = None
+        A: "f32[128, 8]" = -exp;  exp = None
+
+        conv_weight: "f32[128, 4]" = l_self_modules_mixer_modules_conv1d_parameters_weight_.squeeze(1);  l_self_modules_mixer_modules_conv1d_parameters_weight_ = None
+
+        causal_conv1d_fwd = torch.ops.mamba_compile.causal_conv1d_fwd(x, conv_weight, l_self_modules_mixer_modules_conv1d_parameters_bias_, None, None, False, True);  x = conv_weight = l_self_modules_mixer_modules_conv1d_parameters_bias_ = None
+        out_1: "f32[2, 128, 16]" = causal_conv1d_fwd[0];  causal_conv1d_fwd = None
+
+        transpose_1: "f32[2, 16, 128]" = out_1.transpose(1, 2)
+        linear_1: "f32[2, 16, 20]" = torch._C._nn.linear(transpose_1, l_self_modules_mixer_modules_x_proj_parameters_weight_, None);  transpose_1 = l_self_modules_mixer_modules_x_proj_parameters_weight_ = None
+
+        split = linear_1.split([4, 8, 8], dim = -1);  linear_1 = None
+        dt: "f32[2, 16, 4]" = split[0]
+        B: "f32[2, 16, 8]" = split[1]
+        C: "f32[2, 16, 8]" = split[2];  split = None
+
+        linear_2: "f32[2, 16, 128]" = torch._C._nn.linear(dt, l_self_modules_mixer_modules_dt_proj_parameters_weight_);  dt = l_self_modules_mixer_modules_dt_proj_parameters_weight_ = None
+        dt_1: "f32[2, 128, 16]" = linear_2.transpose(1, 2);  linear_2 = None
+
+        B_1: "f32[2, 8, 16]" = B.transpose(1, 2);  B = None
+        C_1: "f32[2, 8, 16]" = C.transpose(1, 2);  C = None
+
+        value: "f32[128]" = l_self_modules_mixer_parameters_d_.float();  l_self_modules_mixer_parameters_d_ = None
+        value_1: "f32[128]" = l_self_modules_mixer_modules_dt_proj_parameters_bias_.float();  l_self_modules_mixer_modules_dt_proj_parameters_bias_ = None
+
+        selective_scan_fwd = torch.ops.mamba_compile.selective_scan_fwd(out_1, dt_1, A, B_1, C_1, value, z, value_1, True, None, True);  out_1 = dt_1 = A = B_1 = C_1 = value = z = value_1 = None
+        out_2: "f32[2, 128, 16]" = selective_scan_fwd[0];  selective_scan_fwd = None
+
+        transpose_5: "f32[2, 16, 128]" = out_2.transpose(1, 2);  out_2 = None
+        hidden_states: "f32[2, 16, 64]" = torch._C._nn.linear(transpose_5, l_self_modules_mixer_modules_out_proj_parameters_weight_, None);  transpose_5 = l_self_modules_mixer_modules_out_proj_parameters_weight_ = None
+        return (hidden_states, r)
+""")
+
+    def test_mamba2_block(self):
+        graph = _graph(mamba2())
+        for op in ("add_norm", "causal_conv1d_fwd", "ssd_chunk_scan_fwd", "rms_norm_gated"):
+            self.assertIn(f"mamba_compile.{op}", graph.replace("torch.ops.", ""))
+        self.assertExpectedInline(graph, """\
+class GraphModule(torch.nn.Module):
+    def forward(self, L_self_modules_norm_parameters_weight_: "f32[64]", L_hidden_states_: "f32[2, 16, 64]", L_residual_: "f32[2, 16, 64]", L_self_modules_mixer_modules_in_proj_parameters_weight_: "f32[328, 64]", L_self_modules_mixer_modules_conv1d_parameters_weight_: "f32[192, 1, 4]", L_self_modules_mixer_modules_conv1d_parameters_bias_: "f32[192]", L_self_modules_mixer_parameters_A_log_: "f32[8]", L_self_modules_mixer_parameters_D_: "f32[8]", L_self_modules_mixer_parameters_dt_bias_: "f32[8]", L_self_modules_mixer_modules_norm_parameters_weight_: "f32[128]", L_self_modules_mixer_modules_out_proj_parameters_weight_: "f32[64, 128]"):
+        l_self_modules_norm_parameters_weight_ = L_self_modules_norm_parameters_weight_
+        l_hidden_states_ = L_hidden_states_
+        l_residual_ = L_residual_
+        l_self_modules_mixer_modules_in_proj_parameters_weight_ = L_self_modules_mixer_modules_in_proj_parameters_weight_
+        l_self_modules_mixer_modules_conv1d_parameters_weight_ = L_self_modules_mixer_modules_conv1d_parameters_weight_
+        l_self_modules_mixer_modules_conv1d_parameters_bias_ = L_self_modules_mixer_modules_conv1d_parameters_bias_
+        l_self_modules_mixer_parameters_a_log_ = L_self_modules_mixer_parameters_A_log_
+        l_self_modules_mixer_parameters_d_ = L_self_modules_mixer_parameters_D_
+        l_self_modules_mixer_parameters_dt_bias_ = L_self_modules_mixer_parameters_dt_bias_
+        l_self_modules_mixer_modules_norm_parameters_weight_ = L_self_modules_mixer_modules_norm_parameters_weight_
+        l_self_modules_mixer_modules_out_proj_parameters_weight_ = L_self_modules_mixer_modules_out_proj_parameters_weight_
+
+        add_norm = torch.ops.mamba_compile.add_norm(l_hidden_states_, l_self_modules_norm_parameters_weight_, None, l_residual_, 1e-05, True, True, True);  l_hidden_states_ = l_self_modules_norm_parameters_weight_ = l_residual_ = None
+        out: "f32[2, 16, 64]" = add_norm[0]
+        r: "f32[2, 16, 64]" = add_norm[1];  add_norm = None
+
+        linear: "f32[2, 16, 328]" = torch._C._nn.linear(out, l_self_modules_mixer_modules_in_proj_parameters_weight_, None);  out = l_self_modules_mixer_modules_in_proj_parameters_weight_ = None
+
+        split = linear.split([0, 0, 128, 192, 8], dim = -1);  linear = None
+        z: "f32[2, 16, 128]" = split[2]
+        xBC: "f32[2, 16, 192]" = split[3]
+        dt: "f32[2, 16, 8]" = split[4];  split = None
+
+        conv_weight: "f32[192, 4]" = l_self_modules_mixer_modules_conv1d_parameters_weight_.squeeze(1);  l_self_modules_mixer_modules_conv1d_parameters_weight_ = None
+
+        xBC_1: "f32[2, 192, 16]" = xBC.transpose(1, 2);  xBC = None
+
+        causal_conv1d_fwd = torch.ops.mamba_compile.causal_conv1d_fwd(xBC_1, conv_weight, l_self_modules_mixer_modules_conv1d_parameters_bias_, None, None, False, True);  xBC_1 = conv_weight = l_self_modules_mixer_modules_conv1d_parameters_bias_ = None
+        out_1: "f32[2, 192, 16]" = causal_conv1d_fwd[0];  causal_conv1d_fwd = None
+
+        transpose_1: "f32[2, 16, 192]" = out_1.transpose(1, 2);  out_1 = None
+        split_1 = transpose_1.split([128, 32, 32], dim = -1);  transpose_1 = None
+        x: "f32[2, 16, 128]" = split_1[0]
+        B: "f32[2, 16, 32]" = split_1[1]
+        C: "f32[2, 16, 32]" = split_1[2];  split_1 = None
+
+        x_1: "f32[2, 16, 8, 16]" = x.unflatten(-1, (8, 16));  x = None
+
+        B_1: "f32[2, 16, 2, 16]" = B.unflatten(-1, (2, 16));  B = None
+
+        C_1: "f32[2, 16, 2, 16]" = C.unflatten(-1, (2, 16));  C = None
+
+        float_1: "f32[8]" = l_self_modules_mixer_parameters_a_log_.float();  l_self_modules_mixer_parameters_a_log_ = None
+        exp: "f32[8]" = torch.exp(float_1);  float_1 = None
+        A: "f32[8]" = -exp;  exp = None
+
+        value: "f32[8]" = l_self_modules_mixer_parameters_d_.float();  l_self_modules_mixer_parameters_d_ = None
+
+        value_1: "f32[8]" = l_self_modules_mixer_parameters_dt_bias_.float();  l_self_modules_mixer_parameters_dt_bias_ = None
+
+        ssd_chunk_scan_fwd = torch.ops.mamba_compile.ssd_chunk_scan_fwd(x_1, dt, A, B_1, C_1, 16, value, None, value_1, None, None, None, True, 0.0, inf);  x_1 = dt = A = B_1 = C_1 = value = value_1 = None
+        out_2: "f32[2, 16, 8, 16]" = ssd_chunk_scan_fwd[0];  ssd_chunk_scan_fwd = None
+
+        t: "f32[2, 16, 128]" = out_2.flatten(-2);  out_2 = None
+
+        rms_norm_gated = torch.ops.mamba_compile.rms_norm_gated(t, l_self_modules_mixer_modules_norm_parameters_weight_, z, 1e-05, 64, False);  t = l_self_modules_mixer_modules_norm_parameters_weight_ = z = None
+        out_3: "f32[2, 16, 128]" = rms_norm_gated[0];  rms_norm_gated = None
+
+        hidden_states: "f32[2, 16, 64]" = torch._C._nn.linear(out_3, l_self_modules_mixer_modules_out_proj_parameters_weight_, None);  out_3 = l_self_modules_mixer_modules_out_proj_parameters_weight_ = None
+        return (hidden_states, r)
+""")
