@@ -236,14 +236,10 @@ KERNEL_CASES = [
 
 @pytest.mark.parametrize("opts, softplus", KERNEL_CASES)
 def test_triton_kernels_match_oracle(opts, softplus):
-    _check_kernels(opts, softplus, prefetch=False)
+    _check_kernels(opts, softplus)
 
 
-def test_triton_prefetch_variants_match_oracle():
-    _check_kernels(dict(B_kind="bnl", C_kind="bgnl", ngroups=3), True, prefetch=True)
-
-
-def _check_kernels(opts, softplus, prefetch):
+def _check_kernels(opts, softplus):
     from mamba_compile.ops import selective_scan_triton as kern
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -253,7 +249,7 @@ def _check_kernels(opts, softplus, prefetch):
     # backward blocks, the last partial); dstate 5 pads to BLOCK_N 8.
     with torch.no_grad():
         out, last, states = kern.selective_scan_fwd(
-            *args[:8], softplus, args[8], True, wrap=False, config=(2, 2, 1), state_chunk=4, prefetch=prefetch
+            *args[:8], softplus, args[8], True, wrap=False, config=(2, 2, 1), state_chunk=4
         )
     assert states.shape == (2, 4, 6, 5)
     torch.testing.assert_close(states[:, -1], last)
@@ -263,7 +259,7 @@ def _check_kernels(opts, softplus, prefetch):
     g = torch.Generator().manual_seed(1)  # the cotangents run_fwd_bwd used
     go, gl = torch.randn(out.shape, generator=g).to(device), torch.randn(last.shape, generator=g).to(device)
     with torch.no_grad():
-        grads = kern.selective_scan_bwd(go, gl, *args[:8], softplus, args[8], states, wrap=False, config=(2, 4, 1), prefetch=prefetch)
+        grads = kern.selective_scan_bwd(go, gl, *args[:8], softplus, args[8], states, wrap=False, config=(2, 4, 1))
     for name, grad in zip(GRAD_NAMES, grads):
         if inputs[name] is None:
             assert grad.numel() == 0, name
@@ -371,20 +367,23 @@ def test_cuda_matches_oracle(opts, batch, dim, seqlen, dstate, act_dtype, tol):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("act_dtype, tol", [(torch.bfloat16, 2e-2), (torch.float32, 2e-4)], ids=["bf16", "fp32"])
-@pytest.mark.parametrize("config", [None, (8, 8, 1)], ids=["default-blocks", "bd8"])
-def test_cuda_prefetch_variants_match_oracle(act_dtype, tol, config):
-    """The hand-pipelined kernels (B/C rows loaded 4 steps ahead), launched directly."""
+@pytest.mark.parametrize(
+    "fwd_config, bwd_config", [(None, None), ((8, 8, 1), (1, 512, 1))], ids=["default-blocks", "bd8-l512"]
+)
+def test_cuda_kernel_configs_match_oracle(act_dtype, tol, fwd_config, bwd_config):
+    """Other block sizes, launched directly (the forward saves states at the backward's BLOCK_L)."""
     from mamba_compile.ops import selective_scan_triton as kern
 
     inputs = make_inputs(2, 256, 1000, 16, act_dtype=act_dtype, device="cuda")
     args = list(inputs.values())
     r_out, r_last, r_grads = run_fwd_bwd(selective_scan_ref, inputs, True)
+    chunk = None if bwd_config is None else bwd_config[1]
     with torch.no_grad():
-        out, last, states = kern.selective_scan_fwd(*args[:8], True, args[8], True, wrap=False, prefetch=True)
+        out, last, states = kern.selective_scan_fwd(*args[:8], True, args[8], True, wrap=False, config=fwd_config, state_chunk=chunk)
         g = torch.Generator().manual_seed(1)  # the cotangents run_fwd_bwd used
         go = torch.randn(out.shape, generator=g).to("cuda", out.dtype)
         gl = torch.randn(last.shape, generator=g).to("cuda")
-        grads = kern.selective_scan_bwd(go, gl, *args[:8], True, args[8], states, wrap=False, config=config, prefetch=True)
+        grads = kern.selective_scan_bwd(go, gl, *args[:8], True, args[8], states, wrap=False, config=bwd_config)
     assert_rel(out, r_out, tol, "out")
     assert_rel(last, r_last, tol, "last_state")
     for name, grad in zip(GRAD_NAMES, grads):
