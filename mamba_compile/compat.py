@@ -5,6 +5,10 @@ Code written against ``mamba_ssm`` / ``causal_conv1d`` switches with one import:
     # from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     from mamba_compile.compat import selective_scan_fn
 
+Float defaults (``eps``, ``dt_limit``) are written ``None`` here and mean the reference's values
+(1e-6, (0, inf)): a float default in a traced function becomes a symbolic float under
+``torch.compile(dynamic=True)`` and costs Dynamo a restart when it reaches a custom op.
+
 Options the reference has but these ops do not (dropout inside the norm, a second
 norm input, row scaling, ``out=`` buffers for the scan) raise ``NotImplementedError``
 rather than being ignored.
@@ -66,7 +70,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     )
 
 
-def layer_norm_fn(x, weight, bias, residual=None, x1=None, weight1=None, bias1=None, eps=1e-6, dropout_p=0.0,
+def layer_norm_fn(x, weight, bias, residual=None, x1=None, weight1=None, bias1=None, eps=None, dropout_p=0.0,
                   rowscale=None, prenorm=False, residual_in_fp32=False, is_rms_norm=False, return_dropout_mask=False):
     """``mamba_ssm.ops.triton.layer_norm.layer_norm_fn`` (single input, no dropout)."""
     _unsupported("layer_norm_fn", x1=x1, weight1=weight1, bias1=bias1, dropout_p=dropout_p, rowscale=rowscale,
@@ -75,7 +79,7 @@ def layer_norm_fn(x, weight, bias, residual=None, x1=None, weight1=None, bias1=N
     return norm(x, weight, bias=bias, residual=residual, eps=eps, prenorm=prenorm, residual_in_fp32=residual_in_fp32)
 
 
-def rms_norm_fn(x, weight, bias, residual=None, x1=None, weight1=None, bias1=None, eps=1e-6, dropout_p=0.0,
+def rms_norm_fn(x, weight, bias, residual=None, x1=None, weight1=None, bias1=None, eps=None, dropout_p=0.0,
                 rowscale=None, prenorm=False, residual_in_fp32=False, return_dropout_mask=False):
     """``mamba_ssm.ops.triton.layer_norm.rms_norm_fn`` (single input, no dropout)."""
     return layer_norm_fn(x, weight, bias, residual=residual, x1=x1, weight1=weight1, bias1=bias1, eps=eps,
@@ -84,7 +88,7 @@ def rms_norm_fn(x, weight, bias, residual=None, x1=None, weight1=None, bias1=Non
                          return_dropout_mask=return_dropout_mask)
 
 
-def rmsnorm_fn(x, weight, bias=None, z=None, eps=1e-6, group_size=None, norm_before_gate=True, is_rms_norm=True):
+def rmsnorm_fn(x, weight, bias=None, z=None, eps=None, group_size=None, norm_before_gate=True, is_rms_norm=True):
     """``mamba_ssm.ops.triton.layernorm_gated.rmsnorm_fn``: gated RMSNorm (no bias, RMS only)."""
     _unsupported("rmsnorm_fn", bias=bias)
     if not is_rms_norm:
@@ -94,7 +98,7 @@ def rmsnorm_fn(x, weight, bias=None, z=None, eps=1e-6, group_size=None, norm_bef
 
 def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
                               seq_idx=None, chunk_indices=None, chunk_offsets=None, cu_seqlens=None,
-                              dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False,
+                              dt_softplus=False, dt_limit=None, return_final_states=False,
                               return_varlen_states=False):
     """``mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined``.
 

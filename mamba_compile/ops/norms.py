@@ -69,7 +69,17 @@ def _check_add_norm(x, weight, bias, residual, eps) -> None:
     check_same_device(x=x, weight=weight, bias=bias, residual=residual)
 
 
+def _default_eps(eps: float | None) -> float:
+    """eps, or the default 1e-6 for None. The default is a literal here, not in the public signatures: under
+    torch.compile(dynamic=True) Dynamo turns a float it reads from a function's ``__defaults__`` (or any other
+    Python float with a source: a global, an argument, a module attribute) into a symbolic float, which cannot
+    reach the op's ``float`` argument, so it restarts the analysis of the whole frame once to specialise it
+    (the backend runs twice; about twice the compile time). A literal is a constant: no restart."""
+    return 1e-6 if eps is None else eps
+
+
 def _add_norm(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms):
+    eps = _default_eps(eps)
     _check_add_norm(x, weight, bias, residual, eps)
     out, r, _, _ = torch.ops.mamba_compile.add_norm(
         x, weight, bias, residual, eps, is_rms, prenorm, residual_in_fp32
@@ -82,11 +92,11 @@ def rms_norm(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
-    eps: float = 1e-6,
+    eps: float | None = None,
     prenorm: bool = False,
     residual_in_fp32: bool = False,
 ):
-    """RMSNorm of r = x + residual; returns out, or (out, r) with ``prenorm``."""
+    """RMSNorm of r = x + residual; returns out, or (out, r) with ``prenorm``. ``eps=None`` means 1e-6."""
     return _add_norm(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms=True)
 
 
@@ -95,11 +105,11 @@ def layer_norm(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
-    eps: float = 1e-6,
+    eps: float | None = None,
     prenorm: bool = False,
     residual_in_fp32: bool = False,
 ):
-    """LayerNorm of r = x + residual; returns out, or (out, r) with ``prenorm``."""
+    """LayerNorm of r = x + residual; returns out, or (out, r) with ``prenorm``. ``eps=None`` means 1e-6."""
     return _add_norm(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms=False)
 
 
@@ -239,11 +249,12 @@ def rms_norm_gated(
     x: torch.Tensor,
     weight: torch.Tensor,
     z: torch.Tensor | None = None,
-    eps: float = 1e-6,
+    eps: float | None = None,
     group_size: int | None = None,
     norm_before_gate: bool = True,
 ) -> torch.Tensor:
-    """Gated RMSNorm over groups of ``group_size`` channels (default: all of hidden)."""
+    """Gated RMSNorm over groups of ``group_size`` channels (default: all of hidden); ``eps=None`` means 1e-6."""
+    eps = _default_eps(eps)
     if isinstance(x, torch.Tensor) and x.dim() >= 1 and group_size is None:
         group_size = x.shape[-1]
     _check_gated(x, weight, z, eps, group_size)

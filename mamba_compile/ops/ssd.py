@@ -43,7 +43,9 @@ _INT_DTYPES = (torch.int32, torch.int64)
 _FLOATS = FLOAT_DTYPES + (torch.float64,)  # float64 on CPU only (gradcheck)
 MAX_DSTATE = 256
 MAX_HEADDIM = 256
-_NO_DT_LIMIT = (0.0, float("inf"))  # the reference's default dt_limit: no clamping
+# The ops take dt_limit as finite floats, an open bound being +-_OPEN_BOUND: a CPU AOTInductor package stores
+# the opaque CPU op's float arguments in JSON, and its loader rejects inf ("json type_error.302").
+_OPEN_BOUND = float(torch.finfo(torch.float32).max)
 
 
 def ssd_chunk_scan(
@@ -60,7 +62,7 @@ def ssd_chunk_scan(
     seq_idx: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
     dt_softplus: bool = False,
-    dt_limit: tuple[float, float] = _NO_DT_LIMIT,
+    dt_limit: tuple[float, float] | None = None,
     return_final_states: bool = False,
     return_varlen_states: bool = False,
 ):
@@ -69,15 +71,18 @@ def ssd_chunk_scan(
 
     ``cu_seqlens`` is used only with ``return_varlen_states`` (as in the reference); the reset of the state
     between packed sequences comes from ``seq_idx``. varlen_states[k] is the state after the last token of
-    sequence k (the first sequence starts from initial_states).
+    sequence k (the first sequence starts from initial_states). ``dt_limit=None`` means (0, inf): no clamping.
     """
     if return_varlen_states and cu_seqlens is None:
         raise ValueError("cu_seqlens (nseq + 1,) is required when return_varlen_states=True")
     if not return_varlen_states:
         cu_seqlens = None
-    if not isinstance(dt_limit, (tuple, list)) or len(dt_limit) != 2:
-        raise TypeError(f"dt_limit must be a pair (min, max), got {dt_limit!r}")
-    dt_min, dt_max = float(dt_limit[0]), float(dt_limit[1])
+    if dt_limit is None:
+        # The default (0, inf), written here as literals rather than as a signature default or a global: Dynamo
+        # (dynamic=True) traces a float read from __defaults__ or a global as a symbolic float, which cannot reach
+        # the op's float argument, and then restarts the analysis of the whole frame once (twice the compile time).
+        dt_limit = (0.0, float("inf"))
+    dt_min, dt_max = _dt_limit_args(dt_limit)
     _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens)
     out, final_states, varlen_states = torch.ops.mamba_compile.ssd_chunk_scan_fwd(
         x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
@@ -139,8 +144,28 @@ def _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_i
                                 f"got float64 (float64 is supported on CPU only)")
 
 
+def _dt_limit_args(dt_limit) -> tuple[float, float]:
+    """The ops' finite (dt_min, dt_max) for dt_limit: an infinite bound becomes +-_OPEN_BOUND, so the default
+    (0, inf) becomes (0, _OPEN_BOUND), which _has_dt_limit reads as no clamping, as in the reference."""
+    if not isinstance(dt_limit, (tuple, list)) or len(dt_limit) != 2:
+        raise TypeError(f"dt_limit must be a pair (min, max), got {dt_limit!r}")
+    dt_min, dt_max = float(dt_limit[0]), float(dt_limit[1])
+    if dt_min != dt_min or dt_max != dt_max:  # nan (math.isnan does not trace on a symbolic float)
+        raise ValueError(f"dt_limit must not hold nan, got {dt_limit!r}")
+    bound = torch.finfo(torch.float32).max  # == _OPEN_BOUND; Dynamo would trace the global as a symbolic float
+    return max(dt_min, -bound), min(dt_max, bound)
+
+
+def _check_dt_bounds(dt_min: float, dt_max: float) -> None:
+    """Direct op calls: the ops take only finite bounds (see _OPEN_BOUND); ssd_chunk_scan converts dt_limit."""
+    for name, v in (("dt_min", dt_min), ("dt_max", dt_max)):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {v} (an open dt_limit bound is passed as "
+                             f"+-{_OPEN_BOUND:.8g}; ssd_chunk_scan converts dt_limit)")
+
+
 def _has_dt_limit(dt_min: float, dt_max: float) -> bool:
-    return not (dt_min == 0.0 and dt_max == math.inf)
+    return not (dt_min == 0.0 and dt_max >= _OPEN_BOUND)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -493,6 +518,7 @@ def ssd_chunk_scan_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out, final_states, varlen_states); varlen_states is empty without cu_seqlens."""
     _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens)
+    _check_dt_bounds(dt_min, dt_max)
     args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus,
             dt_min, dt_max)
     if x.device.type == "cuda":
@@ -510,6 +536,7 @@ def ssd_chunk_scan_bwd(
 ) -> list[torch.Tensor]:
     """[dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states]; empty tensors for absent inputs."""
     _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens)
+    _check_dt_bounds(dt_min, dt_max)
     args = (dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
             cu_seqlens, dt_softplus, dt_min, dt_max)
     if x.device.type == "cuda":

@@ -104,6 +104,8 @@ ORACLE_CASES = [
     pytest.param(dict(D="hp", z=False), dict(dt_softplus=True), torch.float32, 1e-4, id="D2d-noz-fp32"),
     pytest.param(dict(D=None, dt_bias=False, init=False), dict(), torch.float32, 1e-4, id="bare-fp32"),
     pytest.param(dict(), dict(dt_softplus=True, dt_limit=(0.3, 1.2)), torch.float32, 1e-4, id="dt_limit-fp32"),
+    pytest.param(dict(), dict(dt_softplus=True, dt_limit=(0.3, math.inf)), torch.float32, 1e-4, id="dt_min-only"),
+    pytest.param(dict(), dict(dt_limit=(-math.inf, 0.2)), torch.float32, 1e-4, id="dt_max-only-nosoftplus"),
     pytest.param(dict(), dict(dt_softplus=True), torch.bfloat16, 3e-2, id="all-softplus-bf16"),
     pytest.param(dict(), dict(dt_softplus=True, chunk_size=32), torch.float16, 1e-2, id="chunk32-fp16"),
 ]
@@ -181,7 +183,7 @@ def test_opcheck(opts, kw):
         if v is not None and v.is_floating_point():
             v.requires_grad_()
     args = (t["x"], t["dt"], t["A"], t["B"], t["C"], 16, t["D"], t["z"], t["dt_bias"], t["initial_states"],
-            t["seq_idx"], t["cu_seqlens"], kw.get("dt_softplus", False), 0.0, kw.get("dt_max", math.inf))
+            t["seq_idx"], t["cu_seqlens"], kw.get("dt_softplus", False), 0.0, kw.get("dt_max", ssd_module._OPEN_BOUND))
     torch.library.opcheck(torch.ops.mamba_compile.ssd_chunk_scan_fwd.default, args)
 
 
@@ -300,7 +302,7 @@ def _triton_fn(inputs, varlen=False, chunk_size=16, dt_softplus=False, dt_limit=
     t = inputs
     cu = t["cu_seqlens"] if varlen else None
     args = (t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size, t["D"], t["z"], t["dt_bias"], t["initial_states"],
-            t["seq_idx"], cu, dt_softplus, float(dt_limit[0]), float(dt_limit[1]))
+            t["seq_idx"], cu, dt_softplus, *ssd_module._dt_limit_args(dt_limit))
     return _TritonScan.apply(args, *(t[k] for k in GRAD_NAMES))[: 3 if varlen else 2]
 
 
@@ -375,6 +377,7 @@ BAD_CASES = [
     ("cu_seqlens", lambda t: {"return_varlen_states": True, "cu_seqlens": None}, ValueError),
     ("cu_seqlens", lambda t: {"return_varlen_states": True, **_batch2(t)}, ValueError),
     ("dt_limit", lambda t: {"dt_limit": 1.0}, TypeError),
+    ("dt_limit", lambda t: {"dt_limit": (0.0, math.nan)}, ValueError),
     ("dstate", lambda t: {"B": torch.randn(1, 20, 2, 300), "C": torch.randn(1, 20, 2, 300)}, ValueError),
 ]
 
@@ -397,7 +400,27 @@ def test_direct_op_call_is_checked():
     t = make_inputs(1, 20, 4, 8, 2, 8)
     with pytest.raises(ValueError, match="dt"):
         torch.ops.mamba_compile.ssd_chunk_scan_fwd(t["x"], t["dt"][:, :5], t["A"], t["B"], t["C"], 16, None, None,
-                                                   None, None, None, None, False, 0.0, math.inf)
+                                                   None, None, None, None, False, 0.0, ssd_module._OPEN_BOUND)
+
+
+@pytest.mark.parametrize("bounds", [(0.0, math.inf), (-math.inf, 1.0), (0.0, math.nan)], ids=str)
+def test_direct_op_call_rejects_non_finite_dt_bounds(bounds):
+    """An inf in the op's schema would reach a CPU AOTInductor package's JSON, which cannot load it."""
+    t = make_inputs(1, 20, 4, 8, 2, 8)
+    with pytest.raises(ValueError, match="dt_m.. must be finite"):
+        torch.ops.mamba_compile.ssd_chunk_scan_fwd(t["x"], t["dt"], t["A"], t["B"], t["C"], 16, None, None,
+                                                   None, None, None, None, False, *bounds)
+
+
+def test_default_dt_limit_reaches_the_op_finite():
+    """ssd_chunk_scan's default dt_limit (0, inf) reaches the exported graph as finite floats, and means no clamp."""
+    t = make_inputs(1, 20, 2, 4, 1, 4)
+    m = _Mixer(2, 4, 4)
+    ep = torch.export.export(m, (t["x"], t["dt"], t["B"], t["C"], t["z"]))
+    floats = [a for n in ep.graph.nodes if "ssd_chunk_scan_fwd" in str(n.target) for a in n.args
+              if isinstance(a, float)]
+    assert floats == [0.0, ssd_module._OPEN_BOUND]
+    assert not ssd_module._has_dt_limit(*floats)
 
 
 # ---------------------------------------------------------------------------------------------------
