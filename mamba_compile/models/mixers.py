@@ -36,6 +36,18 @@ def _dt_bias_init(n: int, dt_min: float, dt_max: float, dt_init_floor: float) ->
     return dt + torch.log(-torch.expm1(-dt))
 
 
+def _conv_silu(conv1d: nn.Conv1d, x: torch.Tensor, conv_state: torch.Tensor | None) -> torch.Tensor:
+    """Causal depthwise conv + silu over x (b, channels, l). With a cache row ``conv_state``
+    (b, channels, d_conv - 1) the conv continues from it, and it is overwritten with the new final states."""
+    weight = conv1d.weight.squeeze(1)  # (channels, d_conv)
+    if conv_state is None:
+        return causal_conv1d(x, weight, conv1d.bias, activation="silu")
+    out, final = causal_conv1d(x, weight, conv1d.bias, initial_states=conv_state, return_final_states=True,
+                               activation="silu")
+    conv_state.copy_(final)
+    return out
+
+
 class Mamba1Mixer(nn.Module):
     def __init__(self, d_model: int, layer_idx: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int = 48, dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random",
@@ -70,14 +82,7 @@ class Mamba1Mixer(nn.Module):
         # hidden_states: (b, l, d_model); cache: InferenceCache rows of this batch, or None
         x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, l) each
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
-        conv_weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
-        if cache is None:
-            x = causal_conv1d(x, conv_weight, self.conv1d.bias, activation="silu")
-        else:
-            conv_state = cache.conv_states[self.layer_idx]
-            x, conv_final = causal_conv1d(x, conv_weight, self.conv1d.bias, initial_states=conv_state,
-                                          return_final_states=True, activation="silu")
-            conv_state.copy_(conv_final)
+        x = _conv_silu(self.conv1d, x, None if cache is None else cache.conv_states[self.layer_idx])
         dt, B, C = self._split_x_dbl(self.x_proj(x.transpose(1, 2)))  # (b, l, dt_rank / d_state / d_state)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (b, d_inner, l); the bias goes in the scan
         B, C = B.transpose(1, 2), C.transpose(1, 2)  # (b, d_state, l)
@@ -159,15 +164,8 @@ class Mamba2Mixer(nn.Module):
         # hidden_states: (b, l, d_model)
         b, l, _ = hidden_states.shape
         z0, x0, z, xBC, dt = self._split_in_proj(self.in_proj(hidden_states))
-        conv_weight = self.conv1d.weight.squeeze(1)  # (conv_dim, d_conv)
-        xBC = xBC.transpose(1, 2)  # (b, conv_dim, l)
-        if cache is None:
-            xBC = causal_conv1d(xBC, conv_weight, self.conv1d.bias, activation="silu")
-        else:
-            conv_state = cache.conv_states[self.layer_idx]
-            xBC, conv_final = causal_conv1d(xBC, conv_weight, self.conv1d.bias, initial_states=conv_state,
-                                            return_final_states=True, activation="silu")
-            conv_state.copy_(conv_final)
+        conv_state = None if cache is None else cache.conv_states[self.layer_idx]
+        xBC = _conv_silu(self.conv1d, xBC.transpose(1, 2), conv_state)  # (b, conv_dim, l)
         x, B, C = xBC.transpose(1, 2).split([self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         x = x.unflatten(-1, (self.nheads, self.headdim))  # (b, l, nheads, headdim)
         B = B.unflatten(-1, (self.ngroups, self.d_state))  # (b, l, ngroups, d_state)

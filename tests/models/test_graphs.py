@@ -66,9 +66,9 @@ class GraphModule(torch.nn.Module):
         exp: "f32[128, 8]" = torch.exp(float_1);  float_1 = None
         A: "f32[128, 8]" = -exp;  exp = None
 
-        conv_weight: "f32[128, 4]" = l_self_modules_mixer_modules_conv1d_parameters_weight_.squeeze(1);  l_self_modules_mixer_modules_conv1d_parameters_weight_ = None
+        weight: "f32[128, 4]" = l_self_modules_mixer_modules_conv1d_parameters_weight_.squeeze(1);  l_self_modules_mixer_modules_conv1d_parameters_weight_ = None
 
-        causal_conv1d_fwd = torch.ops.mamba_compile.causal_conv1d_fwd(x, conv_weight, l_self_modules_mixer_modules_conv1d_parameters_bias_, None, None, False, True);  x = conv_weight = l_self_modules_mixer_modules_conv1d_parameters_bias_ = None
+        causal_conv1d_fwd = torch.ops.mamba_compile.causal_conv1d_fwd(x, weight, l_self_modules_mixer_modules_conv1d_parameters_bias_, None, None, False, True);  x = weight = l_self_modules_mixer_modules_conv1d_parameters_bias_ = None
         out_1: "f32[2, 128, 16]" = causal_conv1d_fwd[0];  causal_conv1d_fwd = None
 
         transpose_1: "f32[2, 16, 128]" = out_1.transpose(1, 2)
@@ -126,11 +126,11 @@ class GraphModule(torch.nn.Module):
         xBC: "f32[2, 16, 192]" = split[3]
         dt: "f32[2, 16, 8]" = split[4];  split = None
 
-        conv_weight: "f32[192, 4]" = l_self_modules_mixer_modules_conv1d_parameters_weight_.squeeze(1);  l_self_modules_mixer_modules_conv1d_parameters_weight_ = None
+        t: "f32[2, 192, 16]" = xBC.transpose(1, 2);  xBC = None
 
-        xBC_1: "f32[2, 192, 16]" = xBC.transpose(1, 2);  xBC = None
+        weight: "f32[192, 4]" = l_self_modules_mixer_modules_conv1d_parameters_weight_.squeeze(1);  l_self_modules_mixer_modules_conv1d_parameters_weight_ = None
 
-        causal_conv1d_fwd = torch.ops.mamba_compile.causal_conv1d_fwd(xBC_1, conv_weight, l_self_modules_mixer_modules_conv1d_parameters_bias_, None, None, False, True);  xBC_1 = conv_weight = l_self_modules_mixer_modules_conv1d_parameters_bias_ = None
+        causal_conv1d_fwd = torch.ops.mamba_compile.causal_conv1d_fwd(t, weight, l_self_modules_mixer_modules_conv1d_parameters_bias_, None, None, False, True);  t = weight = l_self_modules_mixer_modules_conv1d_parameters_bias_ = None
         out_1: "f32[2, 192, 16]" = causal_conv1d_fwd[0];  causal_conv1d_fwd = None
 
         transpose_1: "f32[2, 16, 192]" = out_1.transpose(1, 2);  out_1 = None
@@ -156,9 +156,9 @@ class GraphModule(torch.nn.Module):
         ssd_chunk_scan_fwd = torch.ops.mamba_compile.ssd_chunk_scan_fwd(x_1, dt, A, B_1, C_1, 16, value, None, value_1, None, None, None, True, 0.0, 3.4028234663852886e+38);  x_1 = dt = A = B_1 = C_1 = value = value_1 = None
         out_2: "f32[2, 16, 8, 16]" = ssd_chunk_scan_fwd[0];  ssd_chunk_scan_fwd = None
 
-        t: "f32[2, 16, 128]" = out_2.flatten(-2);  out_2 = None
+        t_1: "f32[2, 16, 128]" = out_2.flatten(-2);  out_2 = None
 
-        rms_norm_gated = torch.ops.mamba_compile.rms_norm_gated(t, l_self_modules_mixer_modules_norm_parameters_weight_, z, 1e-05, 64, False);  t = l_self_modules_mixer_modules_norm_parameters_weight_ = z = None
+        rms_norm_gated = torch.ops.mamba_compile.rms_norm_gated(t_1, l_self_modules_mixer_modules_norm_parameters_weight_, z, 1e-05, 64, False);  t_1 = l_self_modules_mixer_modules_norm_parameters_weight_ = z = None
         out_3: "f32[2, 16, 128]" = rms_norm_gated[0];  rms_norm_gated = None
 
         hidden_states: "f32[2, 16, 64]" = torch._C._nn.linear(out_3, l_self_modules_mixer_modules_out_proj_parameters_weight_, None);  out_3 = l_self_modules_mixer_modules_out_proj_parameters_weight_ = None
