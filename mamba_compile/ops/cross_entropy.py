@@ -1,0 +1,107 @@
+"""Linear + cross-entropy in one op, without materialising the logits (the LM head's loss).
+
+    loss = mean over rows i with labels[i] != ignore_index of  logsumexp(hidden[i] @ weight^T) - (hidden[i] @ weight^T)[labels[i]]
+
+Shapes: hidden (rows, d) fp32/bf16/fp16; weight (vocab, d); labels (rows,) int64, ignore_index marks rows
+without a target. Returns a scalar fp32 loss (fp64 for fp64 inputs).
+
+The full logits of a language model are the largest tensors of its training step (b8 x 2048 tokens x
+50k vocabulary: 3.3 GB in fp32, and again for their gradient). Here they exist one block of rows at a
+time: each block's logits give its loss and, when a gradient is wanted, at once the block's gradient
+softmax - onehot, which is multiplied into d hidden and d weight before the next block. The op returns
+those gradients of the mean loss alongside it, and its backward only scales them by the incoming
+gradient. The price: when no backward follows, the gradient matmuls are wasted, so they run only when
+``hidden`` or ``weight`` requires grad.
+
+``mamba_compile::linear_cross_entropy`` is an opaque custom op (plain torch on every device: matmuls and
+a few elementwise passes per block), so a compiled training step calls it as one node. Under autocast the
+matmuls run in the autocast dtype with fp32 accumulation; d weight is accumulated over blocks in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import FLOAT_DTYPES, check_same_device, check_tensor
+
+_BLOCK_ELEMENTS = 1 << 26  # fp32 logits of one block of rows: 256 MiB
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         ignore_index: int = -100) -> torch.Tensor:
+    """Mean cross-entropy of the logits ``hidden @ weight.T`` (never materialised) against ``labels``."""
+    _check_args(hidden, weight, labels)
+    device = hidden.device.type
+    matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    compute_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    if not torch.compiler.is_compiling() and labels.numel():  # a device sync: eager only
+        bad = (labels != ignore_index) & ((labels < 0) | (labels >= weight.shape[0]))
+        if bool(bad.any()):
+            raise ValueError(f"labels must lie in [0, vocab={weight.shape[0]}) or equal ignore_index={ignore_index}")
+    loss, _, _ = torch.ops.mamba_compile.linear_cross_entropy(hidden, weight, labels, ignore_index, matmul_dtype,
+                                                              compute_grad)
+    return loss
+
+
+def _check_args(hidden, weight, labels) -> None:
+    check_tensor("hidden", hidden, shape=(None, None), letters="(rows, d)", dtypes=FLOAT_DTYPES + (torch.float64,))
+    rows, d = hidden.shape
+    check_tensor("weight", weight, shape=(None, d), letters="(vocab, d)", dtypes=FLOAT_DTYPES + (torch.float64,))
+    check_tensor("labels", labels, shape=(rows,), letters="(rows,)", dtypes=(torch.int64,))
+    check_same_device(hidden=hidden, weight=weight, labels=labels)
+
+
+@torch.library.custom_op("mamba_compile::linear_cross_entropy", mutates_args=())
+def _linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int,
+                          matmul_dtype: torch.dtype | None, compute_grad: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rows, vocab = hidden.shape[0], weight.shape[0]
+    dtype = matmul_dtype or torch.promote_types(hidden.dtype, weight.dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    w = weight.to(dtype)
+    valid = labels != ignore_index
+    count = valid.sum().to(acc)
+    total = torch.zeros((), device=hidden.device, dtype=acc)
+    dhidden = torch.empty_like(hidden) if compute_grad else hidden.new_empty(0)
+    dweight = torch.zeros(weight.shape, device=weight.device, dtype=acc) if compute_grad else weight.new_empty(0)
+    step = max(1, _BLOCK_ELEMENTS // max(vocab, 1))
+    for start in range(0, rows, step):
+        h = hidden[start : start + step].to(dtype)
+        ok = valid[start : start + step]
+        target = torch.where(ok, labels[start : start + step], 0)[:, None]  # (r, 1)
+        logits = (h @ w.T).to(acc)  # (r, vocab)
+        lse = logits.logsumexp(-1)
+        total += ((lse - logits.gather(1, target).squeeze(1)) * ok).sum()
+        if compute_grad:
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            grad.scatter_add_(1, target, -ok.to(acc)[:, None])  # - onehot on rows with a target
+            grad.mul_((ok / count.clamp(min=1))[:, None])  # rows without a target contribute nothing
+            grad = grad.to(dtype)
+            dhidden[start : start + step] = (grad @ w).to(hidden.dtype)
+            dweight += (grad.T @ h).to(acc)
+    return total / count, dhidden, dweight.to(weight.dtype)
+
+
+@_linear_cross_entropy.register_fake
+def _(hidden, weight, labels, ignore_index, matmul_dtype, compute_grad):
+    dtype = matmul_dtype or torch.promote_types(hidden.dtype, weight.dtype)
+    loss = hidden.new_empty((), dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    if not compute_grad:
+        return loss, hidden.new_empty(0), weight.new_empty(0)
+    return loss, torch.empty_like(hidden), torch.empty_like(weight)
+
+
+def _setup_context(ctx, inputs, output):
+    _, dhidden, dweight = output
+    ctx.compute_grad = inputs[5]
+    ctx.save_for_backward(dhidden, dweight)
+
+
+def _backward(ctx, dloss, _dh, _dw):
+    if not ctx.compute_grad:
+        raise RuntimeError("linear_cross_entropy was called without gradients (no input required grad)")
+    dhidden, dweight = ctx.saved_tensors
+    return dhidden * dloss.to(dhidden.dtype), dweight * dloss.to(dweight.dtype), None, None, None, None
+
+
+_linear_cross_entropy.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,96 @@
+"""linear_cross_entropy against F.cross_entropy of the materialised logits (float64), block by block."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._dynamo.testing import CompileCounterWithBackend
+
+import mamba_compile.ops.cross_entropy as ce
+from mamba_compile.ops import linear_cross_entropy
+
+
+def _inputs(rows, d, vocab, dtype=torch.float64, seed=0, ignored=(3, 5)):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(rows, d, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    w = (0.3 * torch.randn(vocab, d, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+    labels = torch.randint(0, vocab, (rows,), generator=g)
+    labels[[i for i in ignored if i < rows]] = -100
+    return h, w, labels
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 64], ids=["rows1", "rows7", "one-block"])
+def test_matches_materialised_logits(monkeypatch, block_rows):
+    vocab = 50
+    monkeypatch.setattr(ce, "_BLOCK_ELEMENTS", block_rows * vocab)
+    h, w, labels = _inputs(37, 16, vocab)
+    loss = linear_cross_entropy(h, w, labels)
+    want = F.cross_entropy(h @ w.T, labels)
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
+    got = torch.autograd.grad(2.5 * loss, (h, w))
+    ref = torch.autograd.grad(2.5 * want, (h, w))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_gradcheck():
+    h, w, labels = _inputs(6, 4, 9, ignored=(2,))
+    torch.autograd.gradcheck(lambda h, w: linear_cross_entropy(h, w, labels), (h, w))
+
+
+def test_no_grad_gives_the_loss_only():
+    h, w, labels = _inputs(20, 8, 30)
+    with torch.no_grad():
+        loss = linear_cross_entropy(h, w, labels)
+    torch.testing.assert_close(loss, F.cross_entropy(h @ w.T, labels).detach())
+
+
+def test_every_label_ignored_is_nan_like_torch():
+    h, w, _ = _inputs(5, 4, 7)
+    labels = torch.full((5,), -100)
+    assert torch.isnan(linear_cross_entropy(h, w, labels)) and torch.isnan(F.cross_entropy(h @ w.T, labels))
+
+
+def test_autocast_bf16_close_to_fp32():
+    h, w, labels = _inputs(64, 32, 100, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(h, w, labels)
+        want = F.cross_entropy(F.linear(h, w).float(), labels)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, want, rtol=2e-3, atol=2e-3)
+    dw = torch.autograd.grad(loss, w)[0]
+    assert dw.dtype == torch.float32  # accumulated in fp32, returned in the parameter's dtype
+    torch.testing.assert_close(dw, torch.autograd.grad(want, w)[0], rtol=3e-2, atol=3e-3)
+
+
+def test_opcheck():
+    h, w, labels = _inputs(11, 8, 13)
+    torch.library.opcheck(torch.ops.mamba_compile.linear_cross_entropy, (h, w, labels, -100, None, True))
+    # without gradients the op has no backward: its inputs must not require grad
+    torch.library.opcheck(torch.ops.mamba_compile.linear_cross_entropy,
+                          (h.detach(), w.detach(), labels, -100, torch.bfloat16, False))
+
+
+def test_compile_fullgraph_dynamic_one_frame():
+    counter = CompileCounterWithBackend("aot_eager")
+    fn = torch.compile(linear_cross_entropy, fullgraph=True, dynamic=True, backend=counter)
+    for rows in (9, 17, 30):
+        h, w, labels = _inputs(rows, 8, 21, seed=rows)
+        loss = fn(h, w, labels)
+        want = F.cross_entropy(h @ w.T, labels)
+        torch.testing.assert_close(loss, want)
+        for a, b in zip(torch.autograd.grad(loss, (h, w)), torch.autograd.grad(want, (h, w))):
+            torch.testing.assert_close(a, b)
+    assert counter.frame_count == 1
+
+
+@pytest.mark.parametrize("args, exc, name", [
+    (lambda h, w, l: (h, w, l.int()), TypeError, "labels"),
+    (lambda h, w, l: (h, w, l[:-1]), ValueError, "labels"),
+    (lambda h, w, l: (h, w[:, :-1], l), ValueError, "weight"),
+    (lambda h, w, l: (h[None], w, l), ValueError, "hidden"),
+    (lambda h, w, l: (h, w, torch.where(l == 0, 99, l).index_fill(0, torch.tensor([0]), 99)), ValueError, "labels"),
+], ids=["labels-dtype", "labels-rows", "weight-d", "hidden-rank", "label-out-of-range"])
+def test_bad_input(args, exc, name):
+    h, w, labels = _inputs(8, 4, 10)
+    with pytest.raises(exc, match=name):
+        linear_cross_entropy(*args(h, w, labels))
