@@ -40,8 +40,14 @@ class InferenceCache:
         return None
 
     @classmethod
-    def allocate(cls, model, max_batch: int, max_seqlen: int, device=None, dtype=None) -> "InferenceCache":
-        """Zeroed states for every layer of ``model`` (a MambaLM)."""
+    def allocate(cls, model, max_batch: int, max_seqlen: int, device=None, dtype=None,
+                 state_dtype: torch.dtype = torch.float32) -> "InferenceCache":
+        """Zeroed states for every layer of ``model`` (a MambaLM); ``dtype`` is the KV cache's (default:
+        the model's), ``state_dtype`` the conv and SSM states' (float32, or the model's 16-bit dtype)."""
+        if state_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise TypeError(f"state_dtype must be torch.float32, torch.bfloat16 or torch.float16, got {state_dtype}")
+        if max_batch < 1 or max_seqlen < 1:
+            raise ValueError(f"max_batch and max_seqlen must be >= 1, got {max_batch} and {max_seqlen}")
         p = next(model.parameters())
         device = p.device if device is None else torch.device(device)
         dtype = p.dtype if dtype is None else dtype
@@ -55,8 +61,8 @@ class InferenceCache:
                 keys.append(torch.zeros(shapes["key"], device=device, dtype=dtype))
                 values.append(torch.zeros(shapes["key"], device=device, dtype=dtype))
             else:
-                conv.append(torch.zeros(shapes["conv"], device=device, dtype=torch.float32))
-                ssm.append(torch.zeros(shapes["ssm"], device=device, dtype=torch.float32))
+                conv.append(torch.zeros(shapes["conv"], device=device, dtype=state_dtype))
+                ssm.append(torch.zeros(shapes["ssm"], device=device, dtype=state_dtype))
                 keys.append(torch.zeros(_EMPTY, device=device, dtype=dtype))
                 values.append(torch.zeros(_EMPTY, device=device, dtype=dtype))
         return cls(conv, ssm, keys, values, torch.zeros(max_batch, dtype=torch.int64, device=device))
@@ -65,7 +71,10 @@ class InferenceCache:
         return [*self.conv_states, *self.ssm_states, *self.key_cache, *self.value_cache, self.lengths]
 
     def rows(self, start: int, stop: int) -> "InferenceCache":
-        """A view of rows [start, stop): writes through it land in this cache."""
+        """A view of rows [start, stop): writes through it land in this cache. All rows: the cache itself
+        (slices would make the compiler copy every state in and out of an in-place op)."""
+        if start == 0 and stop == self.max_batch:
+            return self
         sl = lambda ts: [t[start:stop] for t in ts]  # noqa: E731  (placeholders of shape (0,) stay empty)
         return InferenceCache(sl(self.conv_states), sl(self.ssm_states), sl(self.key_cache),
                               sl(self.value_cache), self.lengths[start:stop])

@@ -78,17 +78,32 @@ def sample(logits, *, temperature=0.0, top_k=None, top_p=None, min_p=None, repet
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def decode_fn(model, compile: bool | str):
-    """The decode step, compiled once per model and backend: ``compile=True`` is Inductor (with CUDA
-    graphs, mode="reduce-overhead", on CUDA); a string names another backend (e.g. "aot_eager")."""
+def decode_fn(model, compile: bool | str, greedy: bool = False):
+    """The decode step (``greedy``: the step followed by argmax, returning tokens (b,) instead of logits),
+    compiled once per model, backend and kind: ``compile=True`` is Inductor (with CUDA graphs,
+    mode="reduce-overhead", on CUDA); a string names another backend (e.g. "aot_eager")."""
+    fn = model.greedy_step if greedy else model.decode_step
     if not compile:
-        return model.decode_step
+        return fn
     device = next(model.parameters()).device.type
     backend = "inductor" if compile is True else compile
-    key = (backend, device)
+    key = (backend, device, greedy)
     if key not in model._compiled_steps:
         mode = "reduce-overhead" if device == "cuda" and backend == "inductor" else None
-        model._compiled_steps[key] = torch.compile(model.decode_step, fullgraph=True, backend=backend, mode=mode)
+        model._compiled_steps[key] = torch.compile(fn, fullgraph=True, backend=backend, mode=mode)
+    return model._compiled_steps[key]
+
+
+def prefill_fn(model, compile: bool | str):
+    """The prefill (``model(input_ids, cache=..., num_last_tokens=1)``): compiled with dynamic shapes
+    (one graph for every prompt length) by Inductor on CUDA, where eager launches would cost more than
+    the kernels; eager otherwise."""
+    device = next(model.parameters()).device.type
+    if compile is not True or device != "cuda":
+        return model
+    key = ("prefill", device)
+    if key not in model._compiled_steps:
+        model._compiled_steps[key] = torch.compile(model, fullgraph=True, dynamic=True)
     return model._compiled_steps[key]
 
 
@@ -107,9 +122,10 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
     device = next(model.parameters()).device
     vocab = model.config.vocab_size
     prompts = _prompts(input_ids, attention_mask, device)
-    for i, p in enumerate(prompts):
-        if int(p.min()) < 0 or int(p.max()) >= vocab:
-            raise ValueError(f"prompt {i} has token ids outside [0, vocab_size={vocab})")
+    every = torch.cat(prompts)
+    lo, hi = int(every.min()), int(every.max())  # two syncs for the whole batch, before timing starts
+    if lo < 0 or hi >= vocab:
+        raise ValueError(f"prompts have token ids in [{lo}, {hi}], outside [0, vocab_size={vocab})")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     b = len(prompts)
@@ -132,16 +148,20 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
     else:
         cache.reset()
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=device)
-    step = decode_fn(model, compile)
+    # Greedy decoding without a repetition penalty: argmax inside the compiled step, so a step is one
+    # CUDA-graph replay and a copy of the tokens.
+    greedy = not temperature and not (repetition_penalty and repetition_penalty != 1.0)
+    step = decode_fn(model, compile, greedy=greedy)
+    prefill = prefill_fn(model, compile)
     put = getattr(streamer, "put", streamer)
 
     t0 = time.perf_counter()
     last = torch.empty(b, model.config.padded_vocab_size, device=device, dtype=next(model.parameters()).dtype)
     if len({p.numel() for p in prompts}) == 1:  # no padding anywhere: one batched prefill
-        last.copy_(model(torch.stack(prompts), cache=cache, num_last_tokens=1).logits[:, -1])
+        last.copy_(prefill(torch.stack(prompts), cache=cache, num_last_tokens=1).logits[:, -1])
     else:
         for i, p in enumerate(prompts):  # per-row prefill: no padding enters any state
-            last[i] = model(p[None], cache=cache.rows(i, i + 1), num_last_tokens=1).logits[0, -1]
+            last[i] = prefill(p[None], cache=cache.rows(i, i + 1), num_last_tokens=1).logits[0, -1]
     seen = [p for p in prompts]
     out = torch.full((b, max_new_tokens), int(eos[0]) if eos.numel() else 0, dtype=torch.int64, device=device)
     finished = torch.zeros(b, dtype=torch.bool, device=device)
@@ -150,18 +170,21 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
     t1 = time.perf_counter()
     n = 0
     for n in range(max_new_tokens):
-        logits = last[:, :vocab]  # drop the padded vocabulary entries
-        seen_t = torch.nn.utils.rnn.pad_sequence(seen, batch_first=True, padding_value=0) if repetition_penalty else None
-        if seen_t is not None:  # padding with a real token: repeat each row's first token instead of 0
-            lens = torch.tensor([s.numel() for s in seen], device=device)
-            seen_t = torch.where(torch.arange(seen_t.shape[1], device=device) < lens[:, None], seen_t, seen_t[:, :1])
-        token = sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                       repetition_penalty=repetition_penalty, seen=seen_t, generator=generator)
+        if greedy and n > 0:
+            token = last  # the compiled step's argmax
+        else:
+            seen_t = None
+            if repetition_penalty:  # pad with each row's first token (a real one), not with 0
+                seen_t = torch.nn.utils.rnn.pad_sequence(seen, batch_first=True, padding_value=0)
+                lens = torch.tensor([s.numel() for s in seen], device=device)
+                seen_t = torch.where(torch.arange(seen_t.shape[1], device=device) < lens[:, None], seen_t, seen_t[:, :1])
+            token = sample(last[:, :vocab], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                           repetition_penalty=repetition_penalty, seen=seen_t, generator=generator)
         if eos.numel():
             token = torch.where(finished, eos[0], token)
         out[:, n] = token
         if put is not None:
-            put(token)
+            put(out[:, n])
         if repetition_penalty:
             seen = [torch.cat([s, t[None]]) for s, t in zip(seen, token)]
         if eos.numel():
@@ -169,7 +192,8 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
             if bool(finished.all()):
                 break
         if n + 1 < max_new_tokens:
-            last = step(token, cache).clone()  # clone: a CUDA-graph output is overwritten by the next replay
+            # ``token`` may be the last replay's output: it is read (into ``out``) before the next replay.
+            last = step(token, cache)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t2 = time.perf_counter()

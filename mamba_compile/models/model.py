@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import layer_norm, rms_norm
+from ..ops import layer_norm, linear_cross_entropy, rms_norm
 from .cache import InferenceCache
 from .config import MambaConfig
 from .mixers import MHA, Mamba1Mixer, Mamba2Mixer
@@ -23,7 +23,8 @@ from .mixers import MHA, Mamba1Mixer, Mamba2Mixer
 
 @dataclass
 class LMOutput:
-    logits: torch.Tensor  # (batch, seqlen, padded_vocab_size)
+    logits: torch.Tensor | None  # (batch, seqlen, padded_vocab_size); None when the loss was asked for
+    loss: torch.Tensor | None = None  # () mean next-token cross-entropy, with ``labels``
 
 
 # A registered pytree node: compiled and exported models return it, and .pt2 packages serialise it.
@@ -152,16 +153,31 @@ class MambaLM(nn.Module):
                     module.weight /= math.sqrt(n_residuals * self.config.n_layer)
 
     # ---- forward passes ------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None, num_last_tokens: int = 0) -> LMOutput:
+    def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None, num_last_tokens: int = 0,
+                labels: torch.Tensor | None = None, ignore_index: int = -100) -> LMOutput:
         """Logits for every position (or the last ``num_last_tokens``). With a cache this is a prefill:
         it starts from the cached states of rows [0, batch), writes the final ones back and advances
-        ``cache.lengths``; calling it again continues the sequence (chunked prefill)."""
+        ``cache.lengths``; calling it again continues the sequence (chunked prefill).
+
+        With ``labels`` (batch, seqlen), as in transformers: the mean cross-entropy of position t's
+        logits against labels[:, t + 1] (``ignore_index`` skips a position), computed block by block by
+        ``linear_cross_entropy`` without materialising the logits, which are then None."""
         _check_input_ids(input_ids, self.config, cache, ndim=2, seqlen=input_ids.shape[-1] if input_ids.dim() == 2 else 0)
         b, l = input_ids.shape
+        if labels is not None:
+            if not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape:
+                raise ValueError(f"labels must be a tensor of input_ids' shape {tuple(input_ids.shape)}, got "
+                                 f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}")
+            if cache is not None or num_last_tokens:
+                raise ValueError("labels cannot be combined with cache or num_last_tokens")
         rows = None if cache is None else cache.rows(0, b)
         hidden_states = self.backbone(input_ids, rows)  # (b, l, d_model)
         if rows is not None:
             rows.lengths.add_(l)
+        if labels is not None:
+            loss = linear_cross_entropy(hidden_states[:, :-1].flatten(0, 1), self.lm_head.weight,
+                                        labels[:, 1:].flatten().long(), ignore_index)
+            return LMOutput(None, loss)
         if num_last_tokens > 0:
             hidden_states = hidden_states[:, -num_last_tokens:]
         return LMOutput(self.lm_head(hidden_states))
@@ -174,8 +190,13 @@ class MambaLM(nn.Module):
         rows.lengths.add_(1)
         return self.lm_head(hidden_states)
 
-    def allocate_cache(self, max_batch: int, max_seqlen: int, device=None, dtype=None) -> InferenceCache:
-        return InferenceCache.allocate(self, max_batch, max_seqlen, device=device, dtype=dtype)
+    def greedy_step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        """decode_step followed by argmax over the real vocabulary: input_ids (b,) -> next tokens (b,) int64."""
+        return self.decode_step(input_ids, cache)[:, : self.config.vocab_size].argmax(-1)
+
+    def allocate_cache(self, max_batch: int, max_seqlen: int, device=None, dtype=None,
+                       state_dtype: torch.dtype = torch.float32) -> InferenceCache:
+        return InferenceCache.allocate(self, max_batch, max_seqlen, device=device, dtype=dtype, state_dtype=state_dtype)
 
     # ---- checkpoints and generation (see checkpoint.py, generation.py) -------------------
     @classmethod

@@ -54,8 +54,11 @@ def test_forward_one_frame_across_lengths(name):
     _assert_one_graph(counter, first)
 
 
+@pytest.mark.parametrize("loss", ["logits", "labels"])
 @pytest.mark.parametrize("name", ["mamba1", "mamba2"])
-def test_training_step_one_frame_across_lengths(name):
+def test_training_step_one_frame_across_lengths(name, loss):
+    """Compiled training step, with the loss from the logits or fused (model(ids, labels=ids)), against
+    eager cross-entropy of the materialised logits."""
     model = _model(name).train()
     counter = CompileCounterWithBackend("aot_eager")
 
@@ -63,7 +66,12 @@ def test_training_step_one_frame_across_lengths(name):
         logits = model(ids[:, :-1]).logits
         return F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
 
-    compiled = torch.compile(loss_fn, fullgraph=True, dynamic=True, backend=counter)
+    def fused(ids):  # the labels path predicts ids[:, 1:] from ids[:, :-1]: pass the whole sequence
+        out = model(ids, labels=ids)
+        assert out.logits is None
+        return out.loss
+
+    compiled = torch.compile(loss_fn if loss == "logits" else fused, fullgraph=True, dynamic=True, backend=counter)
     for l in LENGTHS:
         ids = _ids(2, l, seed=l)
         model.zero_grad()

@@ -56,8 +56,12 @@ class GraphModule(torch.nn.Module):
         out: "f32[2, 16, 64]" = add_norm[0]
         r: "f32[2, 16, 64]" = add_norm[1];  add_norm = None
 
-        linear: "f32[2, 16, 256]" = torch._C._nn.linear(out, l_self_modules_mixer_modules_in_proj_parameters_weight_, None);  out = l_self_modules_mixer_modules_in_proj_parameters_weight_ = None
-        transpose: "f32[2, 256, 16]" = linear.transpose(1, 2);  linear = None
+        flatten: "f32[32, 64]" = out.flatten(0, 1);  out = None
+        getattr_1: "f32[64, 32]" = flatten.T;  flatten = None
+        xz: "f32[256, 32]" = l_self_modules_mixer_modules_in_proj_parameters_weight_ @ getattr_1;  l_self_modules_mixer_modules_in_proj_parameters_weight_ = getattr_1 = None
+
+        unflatten: "f32[256, 2, 16]" = xz.unflatten(1, (2, 16));  xz = None
+        transpose: "f32[2, 256, 16]" = unflatten.transpose(0, 1);  unflatten = None
         chunk = transpose.chunk(2, dim = 1);  transpose = None
         x: "f32[2, 128, 16]" = chunk[0]
         z: "f32[2, 128, 16]" = chunk[1];  chunk = None
@@ -71,28 +75,23 @@ class GraphModule(torch.nn.Module):
         causal_conv1d_fwd = torch.ops.mamba_compile.causal_conv1d_fwd(x, weight, l_self_modules_mixer_modules_conv1d_parameters_bias_, None, None, False, True);  x = weight = l_self_modules_mixer_modules_conv1d_parameters_bias_ = None
         out_1: "f32[2, 128, 16]" = causal_conv1d_fwd[0];  causal_conv1d_fwd = None
 
-        transpose_1: "f32[2, 16, 128]" = out_1.transpose(1, 2)
-        linear_1: "f32[2, 16, 20]" = torch._C._nn.linear(transpose_1, l_self_modules_mixer_modules_x_proj_parameters_weight_, None);  transpose_1 = l_self_modules_mixer_modules_x_proj_parameters_weight_ = None
+        matmul_1: "f32[2, 20, 16]" = l_self_modules_mixer_modules_x_proj_parameters_weight_ @ out_1;  l_self_modules_mixer_modules_x_proj_parameters_weight_ = None
 
-        split = linear_1.split([4, 8, 8], dim = -1);  linear_1 = None
-        dt: "f32[2, 16, 4]" = split[0]
-        B: "f32[2, 16, 8]" = split[1]
-        C: "f32[2, 16, 8]" = split[2];  split = None
+        split = matmul_1.split([4, 8, 8], dim = 1);  matmul_1 = None
+        dt: "f32[2, 4, 16]" = split[0]
+        B: "f32[2, 8, 16]" = split[1]
+        C: "f32[2, 8, 16]" = split[2];  split = None
 
-        linear_2: "f32[2, 16, 128]" = torch._C._nn.linear(dt, l_self_modules_mixer_modules_dt_proj_parameters_weight_);  dt = l_self_modules_mixer_modules_dt_proj_parameters_weight_ = None
-        dt_1: "f32[2, 128, 16]" = linear_2.transpose(1, 2);  linear_2 = None
-
-        B_1: "f32[2, 8, 16]" = B.transpose(1, 2);  B = None
-        C_1: "f32[2, 8, 16]" = C.transpose(1, 2);  C = None
+        dt_1: "f32[2, 128, 16]" = l_self_modules_mixer_modules_dt_proj_parameters_weight_ @ dt;  l_self_modules_mixer_modules_dt_proj_parameters_weight_ = dt = None
 
         value: "f32[128]" = l_self_modules_mixer_parameters_d_.float();  l_self_modules_mixer_parameters_d_ = None
         value_1: "f32[128]" = l_self_modules_mixer_modules_dt_proj_parameters_bias_.float();  l_self_modules_mixer_modules_dt_proj_parameters_bias_ = None
 
-        selective_scan_fwd = torch.ops.mamba_compile.selective_scan_fwd(out_1, dt_1, A, B_1, C_1, value, z, value_1, True, None, True);  out_1 = dt_1 = A = B_1 = C_1 = value = z = value_1 = None
+        selective_scan_fwd = torch.ops.mamba_compile.selective_scan_fwd(out_1, dt_1, A, B, C, value, z, value_1, True, None, True);  out_1 = dt_1 = A = B = C = value = z = value_1 = None
         out_2: "f32[2, 128, 16]" = selective_scan_fwd[0];  selective_scan_fwd = None
 
-        transpose_5: "f32[2, 16, 128]" = out_2.transpose(1, 2);  out_2 = None
-        hidden_states: "f32[2, 16, 64]" = torch._C._nn.linear(transpose_5, l_self_modules_mixer_modules_out_proj_parameters_weight_, None);  transpose_5 = l_self_modules_mixer_modules_out_proj_parameters_weight_ = None
+        transpose_1: "f32[2, 16, 128]" = out_2.transpose(1, 2);  out_2 = None
+        hidden_states: "f32[2, 16, 64]" = torch._C._nn.linear(transpose_1, l_self_modules_mixer_modules_out_proj_parameters_weight_, None);  transpose_1 = l_self_modules_mixer_modules_out_proj_parameters_weight_ = None
         return (hidden_states, r)
 """)
 

@@ -141,6 +141,12 @@ def test_bad_inputs():
         model.generate(torch.ones(1, 4, dtype=torch.int64), 3, attention_mask=torch.tensor([[1, 0, 1, 1]]))
     with pytest.raises(ValueError, match="at least one token"):
         model.generate([[]], 3)
+    with pytest.raises(ValueError, match="labels must be a tensor of input_ids' shape"):
+        model(_ids(2, 5), labels=_ids(2, 4))
+    with pytest.raises(ValueError, match="labels must lie in"):
+        model(_ids(2, 5), labels=torch.full((2, 5), 200))
+    with pytest.raises(TypeError, match="state_dtype"):
+        model.allocate_cache(2, 8, state_dtype=torch.int32)
 
 
 def test_attention_cache_overflow_is_an_error():
