@@ -78,12 +78,17 @@ def _preact(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, b, offs_d, t, L, D,
 # Forward
 # ----------------------------------------------------------------------------------------------
 @triton.jit
+def _rcp_approx(x):
+    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
 def _causal_conv1d_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, out_ptr, final_ptr, L, D,
     stride_xb, stride_xd, stride_xl, stride_wd, stride_ww, stride_sb, stride_sl,
     stride_ib, stride_id, stride_il, stride_ob, stride_od, stride_ol, stride_fb, stride_fd, stride_fl,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr,
-    HAS_FINAL: tl.constexpr, SILU: tl.constexpr,
+    HAS_FINAL: tl.constexpr, SILU: tl.constexpr, FAST_SILU: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     pid_l = tl.program_id(0)  # sequence blocks vary fastest, so a neighbour's halo is still in L2
@@ -97,7 +102,10 @@ def _causal_conv1d_fwd_kernel(
                 stride_xb, stride_xd, stride_xl, stride_wd, stride_ww, stride_sb, stride_sl,
                 stride_ib, stride_id, stride_il, W, HAS_BIAS, HAS_SEQ, HAS_INIT)
     if SILU:
-        y = y * tl.sigmoid(y)
+        if FAST_SILU:  # CUDA: one MUFU ex2 and one rcp.approx (~1e-7 relative) instead of an IEEE division
+            y = y * _rcp_approx(1.0 + tl.exp2(-y * 1.4426950408889634))
+        else:
+            y = y * tl.sigmoid(y)
     tl.store(out_ptr + b * stride_ob + offs_d[:, None] * stride_od + offs_l[None, :] * stride_ol,
              y.to(out_ptr.dtype.element_ty), mask=d_mask[:, None] & (offs_l < L)[None, :])
 
@@ -128,7 +136,7 @@ def _fwd_blocks(x: torch.Tensor) -> tuple[int, int]:
 
 def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_states: bool, silu: bool,
                       *, wrap: bool = True, block_d: int | None = None, block_l: int | None = None,
-                      num_warps: int = 4):
+                      num_warps: int = 4, fast_silu: bool | None = None):
     """Returns (out, final_states); final_states is an empty tensor unless requested."""
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
@@ -149,10 +157,14 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
         *out.stride(), *_strides(final_states if return_final_states else None, 3),
         W=width, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
         HAS_FINAL=return_final_states, SILU=silu,
+        FAST_SILU=_FAST_SILU and x.device.type == "cuda" if fast_silu is None else fast_silu,
         BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_W=max(2, triton.next_power_of_2(width - 1)),
         num_warps=num_warps,
     )
     return out, final_states
+
+
+_FAST_SILU = False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,7 +184,7 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
 def _causal_conv1d_bwd_dy_kernel(
     x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, dout_ptr, dy_ptr, dw_part_ptr, db_part_ptr, L, D,
     stride_xb, stride_xd, stride_xl, stride_wd, stride_ww, stride_sb, stride_sl,
-    stride_ib, stride_id, stride_il, stride_gb, stride_gd, stride_gl,
+    stride_ib, stride_id, stride_il, stride_gb, stride_gd, stride_gl, stride_yb, stride_yd, stride_yl,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr,
     SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
@@ -192,8 +204,7 @@ def _causal_conv1d_bwd_dy_kernel(
                     stride_ib, stride_id, stride_il, W, HAS_BIAS, HAS_SEQ, HAS_INIT)
         sig = tl.sigmoid(y)
         dy = dy * sig * (1.0 + y * (1.0 - sig))
-    # dy is (batch, dim, seqlen) contiguous
-    tl.store(dy_ptr + (b * D + offs_d[:, None]) * L + offs_l[None, :], dy, mask=tile_mask)
+    tl.store(dy_ptr + b * stride_yb + offs_d[:, None] * stride_yd + offs_l[None, :] * stride_yl, dy, mask=tile_mask)
 
     part = (b * tl.num_programs(0) + pid_l) * D
     if HAS_SEQ:
@@ -212,7 +223,7 @@ def _causal_conv1d_bwd_dy_kernel(
 @triton.jit
 def _dxpad(w_ptr, seq_ptr, dy_ptr, dfinal_ptr, b, offs_d, s, L, D,
            stride_wd, stride_ww, stride_sb, stride_sl, stride_fb, stride_fd, stride_fl,
-           W: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr):
+           stride_yb, stride_yd, stride_yl, W: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_DFINAL: tl.constexpr):
     """Gradient of xpad at positions s (fp32 [BLOCK_D, len(s)]) from the stored dy."""
     d_mask = offs_d < D
     acc = tl.zeros((offs_d.shape[0], s.shape[0]), dtype=tl.float32)
@@ -220,7 +231,7 @@ def _dxpad(w_ptr, seq_ptr, dy_ptr, dfinal_ptr, b, offs_d, s, L, D,
         seq_s = _load_seq(seq_ptr, b, s, L, stride_sb, stride_sl)
     for j in tl.static_range(W):
         t = s + j  # output t reads position s through tap k = W-1-j
-        g = tl.load(dy_ptr + (b * D + offs_d[:, None]) * L + t[None, :],
+        g = tl.load(dy_ptr + b * stride_yb + offs_d[:, None] * stride_yd + t[None, :] * stride_yl,
                     mask=d_mask[:, None] & ((t >= 0) & (t < L))[None, :], other=0.0)
         if HAS_SEQ:
             g = tl.where((_load_seq(seq_ptr, b, t, L, stride_sb, stride_sl) == seq_s)[None, :], g, 0.0)
@@ -237,7 +248,7 @@ def _dxpad(w_ptr, seq_ptr, dy_ptr, dfinal_ptr, b, offs_d, s, L, D,
 def _causal_conv1d_bwd_dx_kernel(
     w_ptr, seq_ptr, dy_ptr, dfinal_ptr, dx_ptr, dinit_ptr, L, D,
     stride_wd, stride_ww, stride_sb, stride_sl, stride_fb, stride_fd, stride_fl,
-    stride_dxb, stride_dxd, stride_dxl, stride_dib, stride_did, stride_dil,
+    stride_dxb, stride_dxd, stride_dxl, stride_dib, stride_did, stride_dil, stride_yb, stride_yd, stride_yl,
     W: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
@@ -249,7 +260,8 @@ def _causal_conv1d_bwd_dx_kernel(
     d_mask = offs_d < D
 
     dx = _dxpad(w_ptr, seq_ptr, dy_ptr, dfinal_ptr, b, offs_d, offs_l, L, D, stride_wd, stride_ww,
-                stride_sb, stride_sl, stride_fb, stride_fd, stride_fl, W, HAS_SEQ, HAS_DFINAL)
+                stride_sb, stride_sl, stride_fb, stride_fd, stride_fl, stride_yb, stride_yd, stride_yl,
+                W, HAS_SEQ, HAS_DFINAL)
     tl.store(dx_ptr + b * stride_dxb + offs_d[:, None] * stride_dxd + offs_l[None, :] * stride_dxl,
              dx.to(dx_ptr.dtype.element_ty), mask=d_mask[:, None] & (offs_l < L)[None, :])
 
@@ -257,7 +269,8 @@ def _causal_conv1d_bwd_dx_kernel(
         if pid_l == 0:  # positions -(W-1) .. -1 are initial_states
             j = tl.arange(0, BLOCK_W)
             dinit = _dxpad(w_ptr, seq_ptr, dy_ptr, dfinal_ptr, b, offs_d, j - (W - 1), L, D, stride_wd, stride_ww,
-                           stride_sb, stride_sl, stride_fb, stride_fd, stride_fl, W, HAS_SEQ, HAS_DFINAL)
+                           stride_sb, stride_sl, stride_fb, stride_fd, stride_fl, stride_yb, stride_yd, stride_yl,
+                W, HAS_SEQ, HAS_DFINAL)
             tl.store(dinit_ptr + b * stride_dib + offs_d[:, None] * stride_did + j[None, :] * stride_dil,
                      dinit.to(dinit_ptr.dtype.element_ty), mask=d_mask[:, None] & (j < W - 1)[None, :])
 
@@ -274,14 +287,18 @@ def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_sta
     block_d, block_l = block_d or bd, block_l or bl
     n_l = triton.cdiv(seqlen, block_l)
     grid = (n_l, triton.cdiv(dim, block_d), batch)
-    dy = torch.empty(batch, dim, seqlen, device=x.device, dtype=torch.float32)
+    # dy in x's layout, so the kernels' tiles read and write it along the same contiguous axis as x
+    if x.stride(1) == 1 and x.stride(2) != 1:  # channel-last
+        dy = torch.empty(batch, seqlen, dim, device=x.device, dtype=torch.float32).transpose(1, 2)
+    else:
+        dy = torch.empty(batch, dim, seqlen, device=x.device, dtype=torch.float32)
     dw_part = torch.empty(batch * n_l, dim, width, device=x.device, dtype=torch.float32)
     db_part = torch.empty(batch * n_l, dim, device=x.device, dtype=torch.float32)
     launcher(_causal_conv1d_bwd_dy_kernel, wrap)[grid](
         x, weight, _or_dummy(bias, weight), _or_dummy(seq_idx, x), _or_dummy(initial_states, x), dout,
         dy, dw_part, db_part, seqlen, dim,
         *x.stride(), *weight.stride(), *_strides(seq_idx, 2), *_strides(initial_states, 3), *dout.stride(),
-        W=width, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
+        *dy.stride(), W=width, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
         SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=num_warps,
     )
     dx = torch.empty_like(x)
@@ -290,7 +307,7 @@ def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_sta
         weight, _or_dummy(seq_idx, x), dy, _or_dummy(dfinal_states, x), dx,
         dinit if initial_states is not None else x, seqlen, dim,
         *weight.stride(), *_strides(seq_idx, 2), *_strides(dfinal_states, 3), *dx.stride(),
-        *_strides(dinit if initial_states is not None else None, 3),
+        *_strides(dinit if initial_states is not None else None, 3), *dy.stride(),
         W=width, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
         HAS_DFINAL=dfinal_states is not None, BLOCK_D=block_d, BLOCK_L=block_l,
         BLOCK_W=max(2, triton.next_power_of_2(width - 1)), num_warps=num_warps,

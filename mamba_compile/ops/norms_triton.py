@@ -183,6 +183,13 @@ def next_power_of_2(n) -> int:
     return p
 
 
+def _programs(rows, rows_per_program: int):
+    """Programs of a backward kernel, at least two (a spare one finds all its rows masked and writes zero
+    partials): with a symbolic ``rows``, a count that could be 1 would make tracing specialise on it
+    (a partials buffer with one row has a free stride), and a longer input would recompile."""
+    return torch.sym_max(triton.cdiv(rows, rows_per_program), 2)
+
+
 def _block_n(n) -> tuple[int, int]:
     """(BLOCK_N, num_warps) for a row of ``n`` values held in registers."""
     block_n = next_power_of_2(n)
@@ -217,7 +224,7 @@ def add_norm_bwd(dout, dr, x, weight, bias, residual, mean, rstd, is_rms, *, wra
     dout2, dr2, x2, res2 = _rows(dout), _rows(dr), _rows(x), _rows(residual)
     weight = weight if weight.stride(0) == 1 else weight.contiguous()
     rows = x2.shape[0]
-    programs = triton.cdiv(rows, rows_per_program)
+    programs = _programs(rows, rows_per_program)
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     dres = torch.empty(x.shape if residual is not None else (0,), device=x.device,
                        dtype=residual.dtype if residual is not None else torch.float32)
@@ -262,7 +269,7 @@ def rms_norm_gated_bwd(dout, x, weight, z, rstd, group_size, norm_before_gate, *
     dout2, x2, z2 = _rows(dout), _rows(x), _rows(z)
     weight = weight if weight.stride(0) == 1 else weight.contiguous()
     rows = x2.shape[0]
-    programs = triton.cdiv(rows, rows_per_program)
+    programs = _programs(rows, rows_per_program)
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     dz = torch.empty(x.shape if z is not None else (0,), device=x.device,
                      dtype=z.dtype if z is not None else torch.float32)
