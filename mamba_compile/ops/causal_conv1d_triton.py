@@ -128,7 +128,9 @@ def _static(n, default: int) -> int:
 def _fwd_blocks(x: torch.Tensor) -> tuple[int, int]:
     L = _static(x.shape[2], 1 << 20)
     if x.stride(2) == 1 or x.stride(1) != 1:  # time-contiguous rows: long runs along the sequence
-        # 8 x 256 measured best of 8 shapes on an H100 (b8 d1536 l2048: 1.26x the copy floor)
+        # 8 x 256 measured best of 8 shapes on an H100 (b8 d1536 l2048: 1.26x the copy floor). A second
+        # sweep (9 block shapes and warp counts, CUDA-graph replay) gave 1.261-1.363x, this one 1.263x:
+        # block sizes alone do not reach 1.25x. FAST_SILU (off) is the next thing to time there.
         block_l = min(256, max(16, triton.next_power_of_2(L)))
         return 2048 // block_l, block_l
     return 64, 32  # channel-last: coalesce along dim
@@ -164,7 +166,7 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
     return out, final_states
 
 
-_FAST_SILU = False
+_FAST_SILU = False  # MUFU sigmoid in the forward: not yet timed against tl.sigmoid
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,11 +8,15 @@ of BLOCK_L steps of u/delta/z is a [BLOCK_L, BLOCK_D] tile whose time axis lies 
 (8 bf16 = one 16-byte vector), and a statically unrolled loop takes one column per step, so a step costs
 per state one exp2 (the floor: b*d*l*n exponentials), two multiplies and two FMAs, with no cross-thread
 scan. Each step is a short dependent chain, so loads are pipelined by hand: u/delta/z one block ahead,
-B/C rows 4 steps ahead (without this, every step waited a full L1/L2 round trip: 0.85 ms instead of
-0.42 ms at b8 d1536 l2048 n16 on an H100, BLOCK_D 16, one warp). Input-dependent B/C are copied
-time-major, fp32, zero-padded to (batch, ngroups, seqlen_pad + 4, BLOCK_N), so a step's B_t is one
-unmasked vector load. The forward
+B/C rows ROWS_AHEAD (4 or 8) steps ahead (without this, every step waited a full L1/L2 round trip:
+0.85 ms instead of 0.42 ms at b8 d1536 l2048 n16 on an H100, BLOCK_D 16, one warp). Input-dependent
+B/C are copied time-major, fp32, zero-padded to (batch, ngroups, seqlen_pad + 8, BLOCK_N) by one small
+kernel each (8.3 us for both at that shape), so a step's B_t is one unmasked vector load. The forward
 saves the state entering every STATE_CHUNK steps (the backward's BLOCK_L), then the last state.
+Optionally (SEG, off by default, not yet timed on a GPU) time is cut into segments run by separate
+programs, for more warps in flight: a first launch runs every segment but the last from a zero state
+(no C, no output) and writes its end state and its sum of dt (the segment's decay is exp(A sum dt), one
+exp per state); the second carries the true state across the earlier segments and runs its own in full.
 (Measured alternatives, same shape: a time-parallel forward, one tl.associative_scan along a long time
 tile per state, 0.54 ms at best: Triton's scan costs ~10 instructions per element against the 4 of a
 step here; a chunked scan over [BLOCK_D, N, BLOCK_L] tiles, 2.24 ms.)
@@ -30,11 +34,17 @@ time-invariant dB/dC) accumulate in registers and are written per batch row, the
 batch in torch. (The sequential backward, stepping in reverse with the tile's states kept in
 registers, measured 4.4-4.9 ms against 2.1 ms for this one.)
 
-Measured on an H100 (torch 2.11, triton 3.6), through the op, b8 d1536 l2048 n16 bf16 with D, z,
-delta_bias, softplus, with the forward at (16, 8, 1): forward 0.449 ms, forward+backward 2.50 ms
-(reference CUDA kernel 0.452 / 2.463); b2 d5120 l8192: 1.58 / 8.32 ms (reference 1.861 / 8.472). The
-forward's default is now (32, 8, 2), 0.392 ms against 0.422 kernel alone (the op not re-timed). Both designs are latency- or
-instruction-bound, far from the exp2 floor (b*d*l*n exponentials, ~0.11 ms at the first shape).
+Measured on an H100 (torch 2.11, triton 3.6), b8 d1536 l2048 n16 bf16 with D, z, delta_bias, softplus
+(reference CUDA kernel: forward 0.452 ms, forward+backward 2.463): forward through the op 0.389 ms at
+the default (32, 8, 2) (kernels launched directly, B/C copies included: 0.387); (16, 8, 1) 0.413,
+(32, 8, 1) 0.461, (64, 8, 2) 0.474, (32, 16, 1) 0.580. (32, 8, 1) and (64, 8, 2) put a channel's 16
+states and its time block in one thread (8.2 SASS instructions per state and step against 9.4 for
+(32, 8, 2), no shuffles) but give 384 warps for the 528 schedulers: fewer instructions, slower.
+Forward+backward 2.50 ms (earlier session, forward at (16, 8, 1)). b2 d5120 l8192: forward 1.458 ms
+through the op (reference 1.861), forward+backward 8.32 (earlier; reference 8.472). Both kernels are
+latency-bound, far from the exp2 floor (b*d*l*n exponentials, ~0.11 ms at the first shape) and from
+their issue bound (~0.11 ms for the forward's instructions spread over all schedulers). The eager op
+costs 0.22 ms of host time per call (0.08 ms for the bare kernel launches): below that the GPU waits.
 
 Block sizes come from a shape heuristic, never from seqlen, which is symbolic under torch.compile (no
 autotuning); the launch functions take ``wrap``: True inside the ops (``wrap_triton``, so tracing sees
@@ -85,7 +95,7 @@ def _sigmoid(x, FAST_MATH: tl.constexpr):
 def _column(tile, sel):
     """Row j of a [BLOCK_L, BLOCK_D] tile as a [BLOCK_D] vector (sel = offs_t == j, j static). The time
     axis lives inside each thread, so with j unrolled this folds to register moves."""
-    return tl.sum(tl.where(sel, tile, 0.0), axis=0)
+    return tl.sum(tl.where(sel, tile, -0.0), axis=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +122,7 @@ def _bc_n(row_ptr, col_ptr, n, s_n, offs_l, s_l, mask_l, mask_d, VARYING: tl.con
 @triton.jit
 def _selective_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-    out_ptr, last_ptr, states_ptr,
+    out_ptr, last_ptr, states_ptr, seg_h_ptr, seg_dt_ptr,
     dim, seqlen, dstate, B_dpg, C_dpg,
     s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_l, s_B_n, s_C_b, s_C_g, s_C_l, s_C_n,
@@ -120,8 +130,13 @@ def _selective_scan_fwd_kernel(
     DELTA_SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, B_VARYING: tl.constexpr, C_VARYING: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, STATE_CHUNK: tl.constexpr,
-    FAST_MATH: tl.constexpr,
+    ROWS_AHEAD: tl.constexpr, SEG: tl.constexpr, SEG_PASS: tl.constexpr, FAST_MATH: tl.constexpr,
 ):  # fmt: skip
+    # Time is cut into segments of SEG steps (a multiple of STATE_CHUNK), one per program_id(2), so that
+    # more programs run at once. SEG_PASS 1 runs each segment but the last from a zero state, keeping
+    # neither C nor y, and writes its end state and sum of dt; SEG_PASS 2 (or 0: one segment) first
+    # carries the true state across the earlier segments, h <- exp(A sum dt) h + h_end, then runs its
+    # segment in full.
     # State tile h: [BLOCK_N, BLOCK_D] fp32. Time is walked one step at a time (a static loop over a
     # block of BLOCK_L steps whose u/delta/z are loaded as [BLOCK_L, BLOCK_D] tiles): one exp2 and two
     # FMAs per state and step, no cross-thread scan. Varying B/C come time-major, (batch, ngroups, seqlen,
@@ -130,6 +145,16 @@ def _selective_scan_fwd_kernel(
     # zero-padded to BLOCK_N states and to a whole number of BLOCK_L steps.
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
+    pid_s = tl.program_id(2)
+    nseg = tl.cdiv(seqlen, SEG)
+    if SEG_PASS == 0:  # one segment: static bounds keep the step's address arithmetic as without segments
+        l_begin = 0
+        l_end = seqlen
+    else:
+        l_begin = pid_s * SEG
+        l_end = tl.minimum(l_begin + SEG, seqlen)
+    if SEG_PASS == 1:  # the last segment's end state is never needed (the grid has one when nseg is 1)
+        l_end = tl.where(pid_s < nseg - 1, l_end, l_begin)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     offs_t = tl.arange(0, BLOCK_L)
@@ -144,8 +169,16 @@ def _selective_scan_fwd_kernel(
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d * s_D, mask=mask_d, other=0.0).to(tl.float32)
     h = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    if HAS_H0:
-        h = tl.load(h0_ptr + pid_b * s_h0_b + offs_n[:, None] * s_h0_n + offs_d[None, :] * s_h0_d, mask=mask_nd, other=0.0).to(tl.float32)
+    seg_nd = offs_n[:, None] + offs_d[None, :] * dstate
+    if SEG_PASS != 1:
+        if HAS_H0:
+            h = tl.load(h0_ptr + pid_b * s_h0_b + offs_n[:, None] * s_h0_n + offs_d[None, :] * s_h0_d, mask=mask_nd, other=0.0).to(tl.float32)
+        for s in range(0, pid_s):  # the end states of the earlier segments, each from a zero start
+            seg = pid_b * (nseg - 1) + s
+            dt_sum = tl.load(seg_dt_ptr + seg * dim + offs_d, mask=mask_d, other=0.0)
+            h_end = tl.load(seg_h_ptr + seg * dim * dstate + seg_nd, mask=mask_nd, other=0.0)
+            h = tl.exp2(A2 * dt_sum[None, :]) * h + h_end
+    dt_acc = tl.zeros([BLOCK_L, BLOCK_D], tl.float32)
     # B/C rows of the group owning this channel block (BLOCK_D divides dim / ngroups), or
     # per-channel [BLOCK_N, BLOCK_D] tiles when time-invariant.
     if B_VARYING:
@@ -165,23 +198,31 @@ def _selective_scan_fwd_kernel(
     # Software pipelining by hand: u/delta/z tiles are loaded one block ahead, and B/C rows run 4 steps
     # ahead of their use (the copies carry _ROWS_AHEAD extra zero rows), so no load latency sits
     # between a step and the next (each step is a short dependent chain).
-    mask0 = (offs_t < seqlen)[:, None] & mask_d[None, :]
-    u_nxt = tl.load(u_blk, mask=mask0, other=0.0)
-    dl_nxt = tl.load(dl_blk, mask=mask0, other=0.0)
+    mask0 = (l_begin + offs_t < l_end)[:, None] & mask_d[None, :]
+    u_nxt = tl.load(u_blk + l_begin * s_u_l, mask=mask0, other=0.0)
+    dl_nxt = tl.load(dl_blk + l_begin * s_dl_l, mask=mask0, other=0.0)
     if HAS_Z:
-        z_nxt = tl.load(z_blk, mask=mask0, other=0.0)
+        z_nxt = tl.load(z_blk + l_begin * s_z_l, mask=mask0, other=0.0)
     if B_VARYING:
+        B_base += l_begin * s_B_l
         B_r0, B_r1, B_r2, B_r3 = tl.load(B_base), tl.load(B_base + s_B_l), tl.load(B_base + 2 * s_B_l), tl.load(B_base + 3 * s_B_l)
+        if ROWS_AHEAD == 8:
+            B_r4, B_r5 = tl.load(B_base + 4 * s_B_l), tl.load(B_base + 5 * s_B_l)
+            B_r6, B_r7 = tl.load(B_base + 6 * s_B_l), tl.load(B_base + 7 * s_B_l)
     if C_VARYING:
+        C_base += l_begin * s_C_l
         C_r0, C_r1, C_r2, C_r3 = tl.load(C_base), tl.load(C_base + s_C_l), tl.load(C_base + 2 * s_C_l), tl.load(C_base + 3 * s_C_l)
-    for l0 in range(0, seqlen, BLOCK_L):
+        if ROWS_AHEAD == 8:
+            C_r4, C_r5 = tl.load(C_base + 4 * s_C_l), tl.load(C_base + 5 * s_C_l)
+            C_r6, C_r7 = tl.load(C_base + 6 * s_C_l), tl.load(C_base + 7 * s_C_l)
+    for l0 in range(l_begin, l_end, BLOCK_L):
         offs_l = l0 + offs_t
-        mask_ld = (offs_l < seqlen)[:, None] & mask_d[None, :]
-        if SAVE_STATES:
+        mask_ld = (offs_l < l_end)[:, None] & mask_d[None, :]
+        if SAVE_STATES and SEG_PASS != 1:
             if l0 % STATE_CHUNK == 0:
                 tl.store(states_base + (l0 // STATE_CHUNK) * dim * dstate, h, mask=mask_nd)
         u_raw, dl_raw = u_nxt, dl_nxt
-        mask_nx = (offs_l + BLOCK_L < seqlen)[:, None] & mask_d[None, :]
+        mask_nx = (offs_l + BLOCK_L < l_end)[:, None] & mask_d[None, :]
         u_nxt = tl.load(u_blk + (l0 + BLOCK_L) * s_u_l, mask=mask_nx, other=0.0)
         dl_nxt = tl.load(dl_blk + (l0 + BLOCK_L) * s_dl_l, mask=mask_nx, other=0.0)
         if HAS_Z:
@@ -193,6 +234,8 @@ def _selective_scan_fwd_kernel(
             dt = _softplus(dt, FAST_MATH)
         dt = tl.where(mask_ld, dt, 0.0)  # padded steps: decay 1, input 0
         dtu = dt * u
+        if SEG_PASS == 1:
+            dt_acc += dt
         y = tl.zeros([BLOCK_L, BLOCK_D], tl.float32)
         for j in tl.static_range(BLOCK_L):
             sel = (offs_t == j)[:, None]
@@ -200,23 +243,38 @@ def _selective_scan_fwd_kernel(
             dtu_j = _column(dtu, sel)
             if B_VARYING:  # padded copies: no mask, so a row is one vector load
                 Bt = B_r0[:, None]
-                B_r0, B_r1, B_r2 = B_r1, B_r2, B_r3
-                B_r3 = tl.load(B_base + (l0 + j + 4) * s_B_l)
-            if C_VARYING:
+                if ROWS_AHEAD == 8:
+                    B_r0, B_r1, B_r2, B_r3, B_r4, B_r5, B_r6 = B_r1, B_r2, B_r3, B_r4, B_r5, B_r6, B_r7
+                    B_r7 = tl.load(B_base + (l0 - l_begin + j + 8) * s_B_l)
+                else:
+                    B_r0, B_r1, B_r2 = B_r1, B_r2, B_r3
+                    B_r3 = tl.load(B_base + (l0 - l_begin + j + 4) * s_B_l)
+            if C_VARYING and SEG_PASS != 1:
                 Ct = C_r0[:, None]
-                C_r0, C_r1, C_r2 = C_r1, C_r2, C_r3
-                C_r3 = tl.load(C_base + (l0 + j + 4) * s_C_l)
+                if ROWS_AHEAD == 8:
+                    C_r0, C_r1, C_r2, C_r3, C_r4, C_r5, C_r6 = C_r1, C_r2, C_r3, C_r4, C_r5, C_r6, C_r7
+                    C_r7 = tl.load(C_base + (l0 - l_begin + j + 8) * s_C_l)
+                else:
+                    C_r0, C_r1, C_r2 = C_r1, C_r2, C_r3
+                    C_r3 = tl.load(C_base + (l0 - l_begin + j + 4) * s_C_l)
             h = tl.exp2(A2 * dt_j[None, :]) * h + Bt * dtu_j[None, :]
-            y = tl.where(sel, tl.sum(Ct * h, axis=0)[None, :], y)
-        if HAS_D:
-            y += Dv[None, :] * u
-        if HAS_Z:
-            zt = z_raw.to(tl.float32)
-            y = y * zt * _sigmoid(zt, FAST_MATH)
-        tl.store(out_ptr + pid_b * s_o_b + offs_l[:, None] * s_o_l + offs_d[None, :] * s_o_d, y.to(out_ptr.dtype.element_ty), mask=mask_ld)
-    tl.store(last_ptr + pid_b * dim * dstate + offs_n[:, None] + offs_d[None, :] * dstate, h, mask=mask_nd)
-    if SAVE_STATES:
-        tl.store(states_base + nstates * dim * dstate, h, mask=mask_nd)
+            if SEG_PASS != 1:
+                y = tl.where(sel, tl.sum(Ct * h, axis=0)[None, :], y)
+        if SEG_PASS != 1:
+            if HAS_D:
+                y += Dv[None, :] * u
+            if HAS_Z:
+                zt = z_raw.to(tl.float32)
+                y = y * zt * _sigmoid(zt, FAST_MATH)
+            tl.store(out_ptr + pid_b * s_o_b + offs_l[:, None] * s_o_l + offs_d[None, :] * s_o_d, y.to(out_ptr.dtype.element_ty), mask=mask_ld)
+    if SEG_PASS == 1:
+        seg = pid_b * (nseg - 1) + pid_s
+        tl.store(seg_h_ptr + seg * dim * dstate + seg_nd, h, mask=mask_nd)
+        tl.store(seg_dt_ptr + seg * dim + offs_d, tl.sum(dt_acc, axis=0), mask=mask_d)
+    elif pid_s == nseg - 1:
+        tl.store(last_ptr + pid_b * dim * dstate + offs_n[:, None] + offs_d[None, :] * dstate, h, mask=mask_nd)
+        if SAVE_STATES:
+            tl.store(states_base + nstates * dim * dstate, h, mask=mask_nd)
 
 
 @triton.jit
@@ -368,6 +426,23 @@ def _selective_scan_bwd_kernel(
     tl.store(dbias_ptr + pid_b * dim + offs_d, dbias_acc, mask=mask_d)
 
 
+@triton.jit
+def _bc_time_major_kernel(
+    src_ptr, dst_ptr, ngroups, dstate, seqlen, rows, s_b, s_g, s_n, s_l,
+    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    # dst[b, g, t, n] = src[b, g, n, t] in fp32 for t < seqlen and n < dstate, 0 elsewhere (the pads).
+    pid_t = tl.program_id(0)
+    pid_bg = tl.program_id(1)
+    b, g = (pid_bg // ngroups).to(tl.int64), pid_bg % ngroups
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask = (offs_t < seqlen)[:, None] & (offs_n < dstate)[None, :]
+    v = tl.load(src_ptr + b * s_b + g * s_g + offs_n[None, :] * s_n + offs_t[:, None] * s_l, mask=mask, other=0.0)
+    dst = dst_ptr + pid_bg.to(tl.int64) * rows * BLOCK_N + offs_t[:, None] * BLOCK_N + offs_n[None, :]
+    tl.store(dst, v.to(tl.float32), mask=(offs_t < rows)[:, None])
+
+
 # ---------------------------------------------------------------------------------------------
 # Launchers.
 
@@ -382,10 +457,11 @@ def _pow2_divisor(n: int, cap: int) -> int:
 
 def fwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, int]:
     """(BLOCK_D, BLOCK_L, num_warps) of the forward by shape: small programs (one or two warps, 8 state
-    values per thread) and BLOCK_L 8 (one 16-byte bf16 vector of time steps per thread). dpg is the channels per B/C group, which BLOCK_D must divide (None when
-    B and C are time-invariant). Measured at b8 d1536 l2048 n16 (H100): (32, 8, 2) 0.392 ms, (16, 8, 1)
-    0.422, (4, 8, 1) 0.564, (8, 8, 1) 0.697, (16, 8, 2) 0.649, (8, 16, 1) 1.06; dstate > 16 keeps 8 state
-    values per thread on one warp (not measured)."""
+    values per thread) and BLOCK_L 8 (one 16-byte bf16 vector of time steps per thread). dpg is the
+    channels per B/C group, which BLOCK_D must divide (None when B and C are time-invariant). Forward
+    through the op at b8 d1536 l2048 n16 (H100): (32, 8, 2) 0.389 ms, (16, 8, 1) 0.413, (32, 8, 1) 0.461,
+    (64, 8, 2) 0.474, (32, 16, 1) 0.580 (earlier: (4, 8, 1) 0.564, (8, 8, 1) 0.697, (16, 8, 2) 0.649,
+    (8, 16, 1) 1.06); dstate > 16 keeps 8 state values per thread on one warp (not measured)."""
     BLOCK_N = block_n(dstate)
     num_warps = 2 if BLOCK_N <= 16 else 1
     BLOCK_D = max(1, min(256 * num_warps // BLOCK_N, triton.next_power_of_2(dim)))
@@ -414,20 +490,28 @@ def block_n(dstate: int) -> int:
     return max(triton.next_power_of_2(dstate), 2)
 
 
-_ROWS_AHEAD = 4  # the forward reads B/C rows up to 4 steps past the end of the padded copy
+_ROWS_AHEAD = 8  # the forward reads B/C rows up to ROWS_AHEAD (4 or 8) steps past the end of the padded copy
+_FWD_ROWS_AHEAD = 4  # B/C rows the forward loads ahead of their step: 4 or 8
+_RELAYOUT_BLOCK_T = 64
+_FWD_SEG = 0  # forward time segment (steps, rounded up to whole state chunks); 0: one segment
 
 
-def _bc_layout(M: Tensor, dim: int, BLOCK_N: int, seqlen_pad: int):
+def _bc_layout(M: Tensor, dim: int, BLOCK_N: int, seqlen_pad: int, wrap: bool):
     """Forward's view of B or C: (varying, channels per group, tensor, strides (b, group-or-channel, l, n)).
     Varying B/C go time-major, fp32, zero-padded to (batch, ngroups, seqlen_pad + _ROWS_AHEAD, BLOCK_N):
-    a step's row is then one unmasked vector load (a copy of batch * ngroups * seqlen * dstate values)."""
+    a step's row is then one unmasked vector load. One small kernel writes the copy, pads included."""
     if M.dim() == 2:  # (dim, dstate): indexed per channel, no time stride
         return False, 1, M, (0, M.stride(0), 0, M.stride(1))
-    batch, dstate, seqlen = M.shape[0], M.shape[-2], M.shape[-1]
     Mg = M if M.dim() == 4 else M.unsqueeze(1)
-    Mt = Mg.new_zeros((batch, Mg.shape[1], seqlen_pad + _ROWS_AHEAD, BLOCK_N), dtype=torch.float32)
-    Mt[:, :, :seqlen, :dstate] = Mg.transpose(-1, -2)
-    return True, dim // Mg.shape[1], Mt, Mt.stride()
+    batch, ngroups, dstate, seqlen = Mg.shape
+    rows = seqlen_pad + _ROWS_AHEAD
+    # One flat buffer: see selective_scan_bwd's dB (pytorch issue 181735).
+    Mt = torch.empty((batch * ngroups * rows, BLOCK_N), device=M.device, dtype=torch.float32)
+    grid = (triton.cdiv(rows, _RELAYOUT_BLOCK_T), batch * ngroups)
+    launcher(_bc_time_major_kernel, wrap)[grid](
+        Mg, Mt, ngroups, dstate, seqlen, rows, *Mg.stride(), BLOCK_T=_RELAYOUT_BLOCK_T, BLOCK_N=BLOCK_N, num_warps=4
+    )
+    return True, dim // ngroups, Mt, (ngroups * rows * BLOCK_N, rows * BLOCK_N, BLOCK_N, 1)
 
 
 def _common_dpg(dim: int, B: Tensor, C: Tensor) -> int | None:
@@ -454,11 +538,12 @@ def _strides3(t: Tensor | None) -> tuple:
 
 def selective_scan_fwd(
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states, *, wrap: bool,
-    config=None, state_chunk: int | None = None,
+    config=None, state_chunk: int | None = None, rows_ahead: int | None = None, seg: int | None = None,
 ):
     """Forward launch: out (u's dtype), last_state (fp32), chunk_states (fp32, the state entering every
     ``state_chunk`` steps, then the last state; empty unless save_states). ``config`` = (BLOCK_D, BLOCK_L,
-    num_warps) overrides the heuristic and ``state_chunk`` the backward's BLOCK_L (tests, benchmarks)."""
+    num_warps) overrides the heuristic, ``state_chunk`` the backward's BLOCK_L, ``rows_ahead`` (4 or 8)
+    how far B/C rows are loaded ahead and ``seg`` the time segment (0: none) (tests, benchmarks)."""
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
     dpg = _common_dpg(dim, B, C)
@@ -468,26 +553,44 @@ def selective_scan_fwd(
     _check_config(BLOCK_D, dpg, STATE_CHUNK, BLOCK_L)
     BLOCK_N = block_n(dstate)
     seqlen_pad = (seqlen + BLOCK_L - 1) // BLOCK_L * BLOCK_L
-    B_lay, C_lay = _bc_layout(B, dim, BLOCK_N, seqlen_pad), _bc_layout(C, dim, BLOCK_N, seqlen_pad)
+    B_lay, C_lay = _bc_layout(B, dim, BLOCK_N, seqlen_pad, wrap), _bc_layout(C, dim, BLOCK_N, seqlen_pad, wrap)
     out = torch.empty_like(u)
     last_state = torch.empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
     nchunks = (seqlen + STATE_CHUNK - 1) // STATE_CHUNK
     shape = (batch, nchunks + 1, dim, dstate) if save_states else (0,)
     chunk_states = torch.empty(shape, device=u.device, dtype=torch.float32)
-    grid = (triton.cdiv(dim, BLOCK_D), batch)
-    launcher(_selective_scan_fwd_kernel, wrap)[grid](
-        u, delta, A, B_lay[2], C_lay[2],
-        u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
-        u if initial_state is None else initial_state,
-        out, last_state, chunk_states if save_states else last_state,
-        dim, seqlen, dstate, B_lay[1], C_lay[1],
-        *u.stride(), *delta.stride(), *A.stride(), *B_lay[3], *C_lay[3],
-        *_strides1(D), *_strides3(z), *_strides1(delta_bias), *_strides3(initial_state), *out.stride(),
-        DELTA_SOFTPLUS=delta_softplus, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        HAS_H0=initial_state is not None, SAVE_STATES=save_states, B_VARYING=B_lay[0], C_VARYING=C_lay[0],
-        BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, BLOCK_L=BLOCK_L, STATE_CHUNK=STATE_CHUNK,
-        FAST_MATH=u.device.type == "cuda", num_warps=num_warps,
-    )  # fmt: skip
+    seg = _FWD_SEG if seg is None else seg
+    f32 = dict(device=u.device, dtype=torch.float32)
+    if seg:
+        SEG = (seg + STATE_CHUNK - 1) // STATE_CHUNK * STATE_CHUNK  # whole saved-state chunks
+        nseg = (seqlen + SEG - 1) // SEG
+        nseg1 = torch.sym_max(nseg - 1, 1)  # pass 1's grid, never empty (no guard on seqlen)
+        # The segments' end states from zero and their sums of dt (flat: see _bc_layout on size-1 dims).
+        seg_h, seg_dt = torch.empty(batch * nseg1 * dim * dstate, **f32), torch.empty(batch * nseg1 * dim, **f32)
+    else:
+        SEG, seg_h, seg_dt = 1 << 30, torch.empty(1, **f32), torch.empty(1, **f32)
+
+    def launch(seg_pass, nprog):
+        launcher(_selective_scan_fwd_kernel, wrap)[(triton.cdiv(dim, BLOCK_D), batch, nprog)](
+            u, delta, A, B_lay[2], C_lay[2],
+            u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
+            u if initial_state is None else initial_state,
+            out, last_state, chunk_states if save_states else last_state, seg_h, seg_dt,
+            dim, seqlen, dstate, B_lay[1], C_lay[1],
+            *u.stride(), *delta.stride(), *A.stride(), *B_lay[3], *C_lay[3],
+            *_strides1(D), *_strides3(z), *_strides1(delta_bias), *_strides3(initial_state), *out.stride(),
+            DELTA_SOFTPLUS=delta_softplus, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            HAS_H0=initial_state is not None, SAVE_STATES=save_states, B_VARYING=B_lay[0], C_VARYING=C_lay[0],
+            BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, BLOCK_L=BLOCK_L, STATE_CHUNK=STATE_CHUNK,
+            ROWS_AHEAD=_FWD_ROWS_AHEAD if rows_ahead is None else rows_ahead, SEG=SEG, SEG_PASS=seg_pass,
+            FAST_MATH=u.device.type == "cuda", num_warps=num_warps,
+        )  # fmt: skip
+
+    if seg:
+        launch(1, nseg1)
+        launch(2, nseg)
+    else:
+        launch(0, 1)
     return out, last_state, chunk_states
 
 
@@ -525,8 +628,10 @@ def selective_scan_bwd(
     dz = torch.empty(u.shape, device=u.device, dtype=z.dtype) if z is not None else du
     dA = torch.empty(batch, dim, dstate, **f32)
 
-    def d_bc(arg):  # varying: fp32 (batch, ngroups, dstate, seqlen), added to atomically; else per-row partials
-        return torch.zeros(batch, arg[2], dstate, seqlen, **f32) if arg[0] else torch.empty(batch, dim, dstate, **f32)
+    def d_bc(arg):  # varying: fp32 (batch, ngroups, dstate, seqlen) added to atomically, allocated flat (a size-1
+        # ngroups beside a symbolic seqlen trips Inductor's clone of mutated kernel arguments on torch 2.11,
+        # pytorch issue 181735); else per-row partials
+        return torch.zeros(batch * arg[2] * dstate * seqlen, **f32) if arg[0] else torch.empty(batch, dim, dstate, **f32)
 
     dB, dC = d_bc(B_arg), d_bc(C_arg)
     dD, dbias = torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)
@@ -551,7 +656,7 @@ def selective_scan_bwd(
     def bc_grad(M, dM):  # back to M's layout and dtype
         if M.dim() == 2:
             return dM.sum(0).to(M.dtype)
-        return (dM.squeeze(1) if M.dim() == 3 else dM).to(M.dtype)
+        return dM.view(M.shape).to(M.dtype)
 
     return (
         du, ddelta, dA.sum(0).to(A.dtype), bc_grad(B, dB), bc_grad(C, dC),
