@@ -165,6 +165,7 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
     seen = [p for p in prompts]
     out = torch.full((b, max_new_tokens), int(eos[0]) if eos.numel() else 0, dtype=torch.int64, device=device)
     finished = torch.zeros(b, dtype=torch.bool, device=device)
+    tokens_in = torch.zeros(b, dtype=torch.int64, device=device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t1 = time.perf_counter()
@@ -192,8 +193,10 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
             if bool(finished.all()):
                 break
         if n + 1 < max_new_tokens:
-            # ``token`` may be the last replay's output: it is read (into ``out``) before the next replay.
-            last = step(token, cache)
+            # The step reads its tokens from a buffer of its own: passing a CUDA-graph output back in
+            # as an input is refused when a new graph is recorded.
+            tokens_in.copy_(token)
+            last = step(tokens_in, cache)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t2 = time.perf_counter()
