@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mamba_compile.models import MambaConfig, MambaLM
+from mamba_compile.ops import linear_cross_entropy
 
 from ._common import floor_ms, nbytes, write_results
 
@@ -45,21 +46,27 @@ def _cuda_ms(fn, iters: int) -> list[float]:
     return times
 
 
-def bench_train(arch: str, batch: int = 8, seqlen: int = 2048, iters: int = 10, regional: bool = False) -> dict:
+def bench_train(arch: str, batch: int = 8, seqlen: int = 2048, iters: int = 10, regional: bool = False,
+                fused: bool = True) -> dict:
     torch.manual_seed(0)
     model = MambaLM(config_130m(arch), device="cuda").train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     ids = torch.randint(0, model.config.vocab_size, (batch, seqlen + 1), device="cuda")
 
+    def head_loss(hidden, ids):
+        if fused:  # what model(ids, labels=ids) computes: no logits materialised
+            return linear_cross_entropy(hidden.flatten(0, 1), model.lm_head.weight, ids[:, 1:].flatten())
+        return F.cross_entropy(model.lm_head(hidden).flatten(0, 1).float(), ids[:, 1:].flatten())
+
     def loss_fn(ids):
+        # backbone + loss: model() would also range-check the ids in eager mode (a host sync)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            # backbone + lm_head: model() would also range-check the ids in eager mode (a host sync)
-            logits = model.lm_head(model.backbone(ids[:, :-1]))
-        return F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+            return head_loss(model.backbone(ids[:, :-1]), ids)
 
     if regional:  # one compiled graph serves every block (their code and shapes are the same)
         for layer in model.backbone.layers:
             layer.compile(fullgraph=True)
+        head_loss = torch.compile(head_loss, fullgraph=True)
         compiled = loss_fn
     else:
         compiled = torch.compile(loss_fn, fullgraph=True)
@@ -81,18 +88,19 @@ def bench_train(arch: str, batch: int = 8, seqlen: int = 2048, iters: int = 10, 
     peak = torch.cuda.max_memory_allocated() / 2**30
     ref_ms, ref_tps, ref_gib = REF_TRAIN[arch]
     tps = batch * seqlen / (ms * 1e-3)
-    how = "regional compile" if regional else "whole-model compile"
+    how = ("regional compile" if regional else "whole-model compile") + (", fused linear+CE" if fused else "")
     return dict(model=arch, case=f"train b{batch}x{seqlen} bf16 autocast AdamW, {how}", ms=ms, ref_ms=ref_ms,
                 speedup=ref_ms / ms, tok_per_s=tps, ref_tok_per_s=ref_tps, peak_gib=peak, ref_peak_gib=ref_gib,
                 compile_s=compile_s)
 
 
-def bench_generate(arch: str, batch: int, prompt: int = 100, new: int = 100, iters: int = 5, model=None) -> dict:
+def bench_generate(arch: str, batch: int, prompt: int = 100, new: int = 100, iters: int = 5, model=None,
+                   state_dtype=torch.float32) -> dict:
     if model is None:
         torch.manual_seed(0)
         model = MambaLM(config_130m(arch), device="cuda", dtype=torch.bfloat16).eval()
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device="cuda")
-    cache = model.allocate_cache(batch, prompt + new).mark_static()
+    cache = model.allocate_cache(batch, prompt + new, state_dtype=state_dtype).mark_static()
     t = time.perf_counter()
     model.generate(ids, new, compile=True, cache=cache)  # compile + CUDA-graph capture
     torch.cuda.synchronize()
@@ -108,7 +116,8 @@ def bench_generate(arch: str, batch: int, prompt: int = 100, new: int = 100, ite
     # floor: every step reads all weights once and reads + writes every recurrent state
     step_bytes = nbytes(*model.parameters()) + 2 * nbytes(*cache.tensors())
     floor = new * floor_ms(step_bytes)
-    return dict(model=arch, case=f"generate {new} after {prompt}, batch {batch}, bf16, CUDA graphs", ms=ms,
+    states = str(state_dtype).replace("torch.", "").replace("bfloat16", "bf16").replace("float32", "fp32")
+    return dict(model=arch, case=f"generate {new} after {prompt}, batch {batch}, bf16, {states} states, CUDA graphs", ms=ms,
                 floor_ms=floor, ratio=ms / floor, ref_ms=ref, speedup=ref / ms, tok_per_s=batch * new / (ms * 1e-3),
                 prefill_ms=out.prefill_s * 1e3, compile_s=compile_s)
 
@@ -178,9 +187,9 @@ def main(argv=None) -> None:
             cases.append((f"{arch} cpu", lambda a=arch: bench_cpu(a)))
             continue
         if "generate" in args.cases:
-            for batch in (1, 64):
-                cases.append((f"{arch} generate b{batch}",
-                              lambda a=arch, b=batch: bench_generate(a, b, model=_generation_model(a))))
+            for batch, sd in ((1, torch.float32), (64, torch.float32), (64, torch.bfloat16)):
+                cases.append((f"{arch} generate b{batch} {sd}",
+                              lambda a=arch, b=batch, sd=sd: bench_generate(a, b, model=_generation_model(a), state_dtype=sd)))
     if not args.cpu and "train" in args.cases:
         cases += [(f"{arch} train", lambda a=arch: bench_train(a, regional=args.regional)) for arch in args.arch]
     rows = []
@@ -191,7 +200,7 @@ def main(argv=None) -> None:
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             rows.append(dict(model=name, case="FAILED", error=f"{type(e).__name__}: {e}"[:300]))
-        if "generate b1" not in name:  # b1 and b64 share the model; b64 adds its own graphs
+        if "generate b64 torch.bfloat16" in name or "generate" not in name:  # the generate cases share the model
             _MODELS.clear()
             torch._dynamo.reset()
             if torch.cuda.is_available():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|all]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -16,6 +16,8 @@ if [[ $what == ops || $what == all ]]; then
   done 2>&1 | tee "$OUT/bench_ops.log"
 fi
 if [[ $what == models || $what == all ]]; then
-  timeout 200 python3 -m pytest -q -m gpu tests/models -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests_models.log" | tail -30
-  timeout 330 python3 -m benchmarks.bench_model --out "$OUT/bench_model.json" 2>&1 | tee "$OUT/bench_model.log" | tail -60
+  timeout 240 python3 -m pytest -q -m gpu tests/models -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests_models.log" | tail -30
+fi
+if [[ $what == model-bench || $what == all ]]; then
+  timeout 450 python3 -m benchmarks.bench_model --regional --out "$OUT/bench_model.json" 2>&1 | tee "$OUT/bench_model.log" | tail -60
 fi

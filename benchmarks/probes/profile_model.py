@@ -1,0 +1,108 @@
+"""Where a 130M model's time goes on the GPU: torch.profiler tables of generation and of a training step.
+
+    python -m benchmarks.probes.profile_model --out $OUT [--arch mamba1 mamba2] [--cases generate train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.bench_model import config_130m
+from mamba_compile.models import MambaLM
+
+
+def _table(prof, path: str, title: str, rows: int = 35) -> None:
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    total_us = sum(e.self_device_time_total for e in kernels)
+    count = sum(e.count for e in kernels)
+    text = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=90)
+    with open(path, "a") as f:
+        f.write(f"\n\n## {title}\nGPU kernel time {total_us / 1e3:.2f} ms in {count} kernel launches\n{text}\n")
+    print(f"{title}: GPU kernel time {total_us / 1e3:.2f} ms, {count} launches", flush=True)
+
+
+def generate(arch: str, out: str, state_dtype=None) -> None:
+    torch.manual_seed(0)
+    model = MambaLM(config_130m(arch), device="cuda", dtype=torch.bfloat16).eval()
+    for batch in (1, 64):
+        ids = torch.randint(0, model.config.vocab_size, (batch, 100), device="cuda")
+        kw = {} if state_dtype is None else {"state_dtype": state_dtype}
+        cache = model.allocate_cache(batch, 200, **kw).mark_static()
+        t = time.perf_counter()
+        model.generate(ids, 100, compile=True, cache=cache)
+        torch.cuda.synchronize()
+        compile_s = time.perf_counter() - t
+        walls, prefills = [], []
+        for _ in range(5):
+            t = time.perf_counter()
+            o = model.generate(ids, 100, compile=True, cache=cache)
+            torch.cuda.synchronize()
+            walls.append((time.perf_counter() - t) * 1e3)
+            prefills.append(o.prefill_s * 1e3)
+        print(f"{arch} b{batch} state {state_dtype}: generate {statistics.median(walls):.1f} ms "
+              f"(prefill {statistics.median(prefills):.1f} ms), first call {compile_s:.1f} s", flush=True)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            model.generate(ids, 100, compile=True, cache=cache)
+            torch.cuda.synchronize()
+        _table(prof, out, f"{arch} generate b{batch} state {state_dtype} (100 tokens after 100)")
+
+
+def train(arch: str, out: str) -> None:
+    torch.manual_seed(0)
+    model = MambaLM(config_130m(arch), device="cuda").train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    ids = torch.randint(0, model.config.vocab_size, (8, 2049), device="cuda")
+    for layer in model.backbone.layers:
+        layer.compile(fullgraph=True)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model.lm_head(model.backbone(ids[:, :-1]))
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    _table(prof, out, f"{arch} train step b8x2048 (regional compile), peak {peak:.2f} GiB", rows=45)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=".")
+    p.add_argument("--arch", nargs="+", default=["mamba1", "mamba2"])
+    p.add_argument("--cases", nargs="+", default=["generate", "train"])
+    p.add_argument("--state-dtype", default=None, choices=[None, "bfloat16"])
+    args = p.parse_args()
+    path = os.path.join(args.out, "profile_model.md")
+    sd = getattr(torch, args.state_dtype) if args.state_dtype else None
+    for arch in args.arch:
+        for case in args.cases:
+            try:
+                generate(arch, path, sd) if case == "generate" else train(arch, path)
+            except Exception as e:  # noqa: BLE001
+                import traceback
+
+                traceback.print_exc()
+                print(f"FAILED {arch} {case}: {e}", flush=True)
+            torch._dynamo.reset()
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
