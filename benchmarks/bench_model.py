@@ -102,13 +102,13 @@ def bench_generate(arch: str, batch: int, prompt: int = 100, new: int = 100, ite
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device="cuda")
     cache = model.allocate_cache(batch, prompt + new, state_dtype=state_dtype).mark_static()
     t = time.perf_counter()
-    model.generate(ids, new, compile=True, cache=cache)  # compile + CUDA-graph capture
+    model.generate(ids, new, compile=True, compile_prefill=True, cache=cache)  # compile + CUDA-graph capture
     torch.cuda.synchronize()
     compile_s = time.perf_counter() - t
     times = []
     for _ in range(iters):
         t = time.perf_counter()
-        out = model.generate(ids, new, compile=True, cache=cache)
+        out = model.generate(ids, new, compile=True, compile_prefill=True, cache=cache)
         torch.cuda.synchronize()
         times.append((time.perf_counter() - t) * 1e3)
     assert out.sequences.shape == (batch, new)

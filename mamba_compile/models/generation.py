@@ -95,15 +95,16 @@ def decode_fn(model, compile: bool | str, greedy: bool = False):
 
 
 def prefill_fn(model, compile: bool | str):
-    """The prefill (``model(input_ids, cache=..., num_last_tokens=1)``): compiled with dynamic shapes
-    (one graph for every prompt length) by Inductor on CUDA, where eager launches would cost more than
-    the kernels; eager otherwise."""
-    device = next(model.parameters()).device.type
-    if compile is not True or device != "cuda":
+    """The prefill (``model(input_ids, cache=..., num_last_tokens=1)``), with ``compile``: compiled by
+    Inductor with dynamic shapes (one graph for every prompt length). On an H100 this took a 100-token
+    prefill of a 130M model from 23.6 ms (eager launches) to 9.3 ms, for about 100 s more compilation on
+    the first call (the whole unrolled model), so it is opt-in. A string names another backend."""
+    if not compile:
         return model
-    key = ("prefill", device)
+    backend = "inductor" if compile is True else compile
+    key = ("prefill", backend, next(model.parameters()).device.type)
     if key not in model._compiled_steps:
-        model._compiled_steps[key] = torch.compile(model, fullgraph=True, dynamic=True)
+        model._compiled_steps[key] = torch.compile(model, fullgraph=True, dynamic=True, backend=backend)
     return model._compiled_steps[key]
 
 
@@ -111,11 +112,13 @@ def prefill_fn(model, compile: bool | str):
 def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int | None = None,
              top_p: float | None = None, min_p: float | None = None, repetition_penalty: float | None = None,
              eos_token_id: int | list[int] | None = None, attention_mask=None, streamer=None,
-             compile: bool | str | None = None, generator=None, cache: InferenceCache | None = None) -> GenerateOutput:
+             compile: bool | str | None = None, compile_prefill: bool | str = False, generator=None,
+             cache: InferenceCache | None = None) -> GenerateOutput:
     """Generates ``max_new_tokens`` per row (fewer when every row has produced an eos token).
 
     ``streamer``: a callable taking the new tokens (b,) each step, or an object with ``put``/``end``
     (transformers' streamers). ``compile``: compile the decode step (default: on CUDA; see decode_fn).
+    ``compile_prefill``: compile the prefill too (see prefill_fn; slow to compile, faster per call).
     Without ``cache`` the cache is kept on the model (``model._generation_cache``) and reused by the next
     call of the same batch size; a cache you pass is used as is (``cache.mark_static()`` it for CUDA graphs).
     """
@@ -152,7 +155,7 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
     # CUDA-graph replay and a copy of the tokens.
     greedy = not temperature and not (repetition_penalty and repetition_penalty != 1.0)
     step = decode_fn(model, compile, greedy=greedy)
-    prefill = prefill_fn(model, compile)
+    prefill = prefill_fn(model, compile_prefill)
     put = getattr(streamer, "put", streamer)
 
     t0 = time.perf_counter()
