@@ -134,24 +134,28 @@ def _generation_model(arch: str) -> MambaLM:
     return _MODELS[arch]
 
 
-def bench_cpu(arch: str, batch: int = 2, seqlen: int = 256, iters: int = 5) -> dict:
+def bench_cpu(arch: str, batch: int = 2, seqlen: int = 256, iters: int = 5, size: str = "small") -> dict:
+    """Eager forward on CPU beside transformers' pure-torch model; ``size`` "130m" is the GPU tables' config."""
     import transformers
 
     torch.manual_seed(0)
+    big = size == "130m"
+    d, layers, vocab = (768, 24, 50280) if big else (256, 4, 1024)
     if arch == "mamba1":
         hf = transformers.MambaForCausalLM(transformers.MambaConfig(
-            vocab_size=1024, hidden_size=256, state_size=16, num_hidden_layers=4))
+            vocab_size=vocab, hidden_size=d, state_size=16, num_hidden_layers=layers))
     else:
+        heads = 2 * d // 64
         hf = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(
-            vocab_size=1024, hidden_size=256, state_size=64, num_hidden_layers=4, num_heads=8, head_dim=64,
-            n_groups=1, chunk_size=64))
+            vocab_size=vocab, hidden_size=d, state_size=128 if big else 64, num_hidden_layers=layers,
+            num_heads=heads, head_dim=64, n_groups=1, chunk_size=256 if big else 64))
     hf = hf.eval()
     import tempfile
 
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        ours = MambaLM.from_pretrained(d)
-    ids = torch.randint(0, 1024, (batch, seqlen))
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = MambaLM.from_pretrained(tmp)
+    ids = torch.randint(0, vocab, (batch, seqlen))
 
     def timed(fn):
         with torch.no_grad():
@@ -166,15 +170,18 @@ def bench_cpu(arch: str, batch: int = 2, seqlen: int = 256, iters: int = 5) -> d
     ours_ms = timed(lambda: ours(ids))
     hf_ms = timed(lambda: hf(ids))
     with torch.no_grad():
-        err = (ours(ids).logits - hf(ids).logits).abs().max().item()
-    return dict(model=arch, case=f"cpu forward b{batch}x{seqlen} d256 4 layers fp32", ms=ours_ms,
-                ref_ms=hf_ms, speedup=hf_ms / ours_ms, max_abs_diff=f"{err:.1e}", ref="transformers (pure torch)")
+        want = hf(ids).logits
+        err = ((ours(ids).logits - want).abs().max() / want.abs().max()).item()
+    return dict(model=arch, case=f"cpu forward b{batch}x{seqlen} d{d} {layers} layers fp32", ms=ours_ms,
+                ref_ms=hf_ms, speedup=hf_ms / ours_ms, max_rel_diff=f"{err:.1e}", ref="transformers (pure torch)")
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out")
     p.add_argument("--cpu", action="store_true")
+    p.add_argument("--cpu-size", default="small", choices=["small", "130m"],
+                   help="CPU: d256 4 layers b2x256 (small), or the 130M config at b1x256")
     p.add_argument("--arch", nargs="+", default=["mamba1", "mamba2"], choices=["mamba1", "mamba2"])
     p.add_argument("--cases", nargs="+", default=["generate", "train"], choices=["generate", "train"],
                    help="GPU cases to run (generation first: its compile is the shorter)")
@@ -184,7 +191,8 @@ def main(argv=None) -> None:
     cases = []
     for arch in args.arch:
         if args.cpu:
-            cases.append((f"{arch} cpu", lambda a=arch: bench_cpu(a)))
+            kw = dict(batch=1, iters=3, size="130m") if args.cpu_size == "130m" else {}
+            cases.append((f"{arch} cpu", lambda a=arch, kw=kw: bench_cpu(a, **kw)))
             continue
         if "generate" in args.cases:
             for batch, sd in ((1, torch.float32), (64, torch.float32), (64, torch.bfloat16)):

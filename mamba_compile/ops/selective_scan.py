@@ -183,13 +183,19 @@ def _selective_scan_fwd_cpu(
         # Time-major (T, batch, dim, dstate), so each step is one fused multiply-add over contiguous
         # memory: a sequential step costs one small op, where a log-depth scan re-reads the whole
         # chunk log2(T) times (2.5x slower at b2 d512 l256 n16 on 2 cores).
-        dt_c = dt[:, :, s:e].permute(2, 0, 1)[..., None]  # (T, batch, dim, 1)
+        # (Contiguous copies first: elementwise results take their inputs' memory order, and a
+        # permuted view would leave each step's slice strided.)
+        dt_c = dt[:, :, s:e].permute(2, 0, 1).contiguous()[..., None]  # (T, batch, dim, 1)
         dA = torch.exp(dt_c * A)
-        hs = (dt_c * u[:, :, s:e].permute(2, 0, 1)[..., None]) * _bc_chunk(B, dim, s, e).permute(2, 0, 1, 3)
+        hs = (dt_c * u[:, :, s:e].permute(2, 0, 1).contiguous()[..., None]) * _bc_chunk(B, dim, s, e).permute(2, 0, 1, 3)
         for t in range(e - s):
             h = hs[t].addcmul_(dA[t], h)  # h_t = exp(dt A) h_{t-1} + dt u B, in place of dt u B
-        Cc = _bc_chunk(C, dim, s, e).permute(2, 0, 1, 3).expand(e - s, batch, dim, -1)  # (T, batch, dim, dstate)
-        y[:, :, s:e] = torch.linalg.vecdot(hs, Cc).permute(1, 2, 0)  # sum_n h C
+        Cc = _bc_chunk(C, dim, s, e).permute(2, 0, 1, 3)  # (T, batch, 1 or dim, dstate)
+        if Cc.shape[2] == 1:  # shared by the channels: one batched matmul
+            yc = (hs @ Cc.transpose(-1, -2)).squeeze(-1)
+        else:
+            yc = torch.linalg.vecdot(hs, Cc.expand(e - s, batch, dim, -1))
+        y[:, :, s:e] = yc.permute(1, 2, 0)  # sum_n h C
     if save_states:
         states[:, -1] = h
     return y, h.clone(), states
