@@ -234,7 +234,10 @@ def _ssd_torch(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_id
     same = (seg[..., :, None] == seg[..., None, :]) & torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
     diff = a[..., :, None] - a[..., None, :]  # (batch, nchunks, nheads, t, s)
     decay = torch.exp(torch.where(same[:, :, None], diff, -math.inf))
-    CB = torch.einsum("bcthn,bcshn->bchts", Ch, Bh)
+    # C_t . B_s once per group (its heads share it), then repeated for the heads' own decays
+    Cg = F.pad(C.to(cd), (0, 0, 0, 0, 0, pad)).view(batch, nchunks, L, ngroups, dstate)
+    Bg = F.pad(B.to(cd), (0, 0, 0, 0, 0, pad)).view(batch, nchunks, L, ngroups, dstate)
+    CB = torch.einsum("bctgn,bcsgn->bcgts", Cg, Bg).repeat_interleave(rep, dim=2)  # (batch, nchunks, nheads, t, s)
     y = torch.einsum("bchts,bchs,bcshp->bcthp", CB * decay, dtc, xc)
 
     # State contributed by each chunk, read at its last position (only its last segment counts).
