@@ -33,6 +33,21 @@ def test_prefill_equals_step_by_step_decode(name):
     torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["mamba1", "mamba2", "hybrid2"])
+def test_bf16_states_stay_close_to_fp32(name):
+    """A cache with bf16 states (prefill, then decode steps) tracks the fp32-state logits to bf16 rounding."""
+    model, ids = _model(name), _ids(2, 23)
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model.allocate_cache(2, 23, state_dtype=torch.bfloat16)
+        assert all(t.dtype == torch.bfloat16 for t in cache.conv_states + cache.ssm_states if t.numel())
+        first = model(ids[:, :11], cache=cache).logits
+        steps = torch.stack([model.decode_step(ids[:, t], cache) for t in range(11, 23)], dim=1)
+    got = torch.cat([first, steps], dim=1)
+    err = ((got - full).abs().max() / full.abs().max()).item()
+    assert 0 < err < 2e-2  # rounded (not bit-equal to fp32 states), but close
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_chunked_prefill_equals_single_prefill(name):
     model, ids = _model(name), _ids(2, 40)
