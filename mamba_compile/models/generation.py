@@ -78,6 +78,13 @@ def sample(logits, *, temperature=0.0, top_k=None, top_p=None, min_p=None, repet
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _compiled(model, key: tuple, fn, **options):
+    """``torch.compile(fn, fullgraph=True, **options)``, made once per model and key."""
+    if key not in model._compiled_steps:
+        model._compiled_steps[key] = torch.compile(fn, fullgraph=True, **options)
+    return model._compiled_steps[key]
+
+
 def decode_fn(model, compile: bool | str, greedy: bool = False):
     """The decode step (``greedy``: the step followed by argmax, returning tokens (b,) instead of logits),
     compiled once per model, backend and kind: ``compile=True`` is Inductor (with CUDA graphs,
@@ -87,11 +94,8 @@ def decode_fn(model, compile: bool | str, greedy: bool = False):
         return fn
     device = next(model.parameters()).device.type
     backend = "inductor" if compile is True else compile
-    key = (backend, device, greedy)
-    if key not in model._compiled_steps:
-        mode = "reduce-overhead" if device == "cuda" and backend == "inductor" else None
-        model._compiled_steps[key] = torch.compile(fn, fullgraph=True, backend=backend, mode=mode)
-    return model._compiled_steps[key]
+    mode = "reduce-overhead" if device == "cuda" and backend == "inductor" else None
+    return _compiled(model, (backend, device, greedy), fn, backend=backend, mode=mode)
 
 
 def prefill_fn(model, compile: bool | str):
@@ -103,9 +107,7 @@ def prefill_fn(model, compile: bool | str):
         return model
     backend = "inductor" if compile is True else compile
     key = ("prefill", backend, next(model.parameters()).device.type)
-    if key not in model._compiled_steps:
-        model._compiled_steps[key] = torch.compile(model, fullgraph=True, dynamic=True, backend=backend)
-    return model._compiled_steps[key]
+    return _compiled(model, key, model, backend=backend, dynamic=True)
 
 
 @torch.inference_mode()
