@@ -87,13 +87,29 @@ def time_impl(fn, shape):
     dout = torch.randn_like(t["x"])
     with torch.no_grad():
         fwd = bench_ms(lambda: call(fn, t, chunk_size))
+        fwd_graph = graph_ms(lambda: call(fn, t, chunk_size))
 
     def step():
         for v in tg.values():
             v.grad = None
         call(fn, tg, chunk_size).backward(dout)
 
-    return fwd, bench_ms(step)
+    return fwd, bench_ms(step), fwd_graph
+
+
+def graph_ms(fn) -> float:
+    """Median ms of ``fn`` replayed as a CUDA graph: the GPU's time without the host's launch overhead (an eager
+    call of either implementation costs a few tenths of a millisecond of Python and launches)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return bench_ms(graph.replay)
 
 
 def floor_for(shape) -> float:
@@ -160,10 +176,12 @@ def main() -> None:
         res = {}
         for name, fn in fns.items():
             res[name] = time_impl(fn, shape)
-            print(f"{name} {shape}: fwd {res[name][0]:.3f} ms, fwd+bwd {res[name][1]:.3f} ms", flush=True)
+            print(f"{name} {shape}: fwd {res[name][0]:.3f} ms (CUDA graph {res[name][2]:.3f}), "
+                  f"fwd+bwd {res[name][1]:.3f} ms", flush=True)
         b, l, h, p, g, n, cs = shape
         label = f"b{b} l{l} h{h} p{p} g{g} n{n} chunk{cs}"
-        for case, i, floor_case, recorded in (("fwd", 0, floor, ref_fwd), ("fwd+bwd", 1, 3 * floor, ref_fb)):
+        for case, i, floor_case, recorded in (("fwd", 0, floor, ref_fwd), ("fwd+bwd", 1, 3 * floor, ref_fb),
+                                              ("fwd, CUDA graph", 2, floor, ref_fwd)):
             ours = res["ours"][i]
             ref = res["reference"][i] if "reference" in res else float("nan")
             rows.append(dict(shape=label, case=case, ms=ours, floor_ms=floor_case, ratio_to_floor=ours / floor_case,

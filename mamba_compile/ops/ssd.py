@@ -25,7 +25,9 @@ seqlen fails); the op's fake has no such guards. The price: a CPU AOTInductor pa
 so loading it needs this module imported. CUDA: Triton kernels (``ssd_triton.py``) and a little torch in the
 chunked layout, written to trace without guards on seqlen, so Inductor and AOTInductor compile the kernels.
 The backward is a second op: its CPU branch recomputes the forward under autograd inside an opaque custom op,
-its CUDA branch is explicit (``_bwd_triton``), including varlen_states' gradient.
+its CUDA branch is explicit (``_bwd_triton``), including varlen_states' gradient. The first eager CUDA call of
+a configuration compiles the forward's and (when an input requires grad) the backward's Triton kernels
+concurrently (``_compile_ahead``); under torch.compile/export Inductor compiles them as usual.
 float64 inputs are accepted on CPU only (for gradcheck).
 """
 
@@ -410,12 +412,15 @@ def _fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_i
                 dt_min, dt_max, wrap: bool):
     from . import ssd_triton as kt
 
-    seqlen = x.shape[1]
     dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max,
                                      _has_dt_limit(dt_min, dt_max), wrap=wrap)
-    states = kt.chunk_state_fwd(x, B, dtp, dA_cs, seq_idx, wrap=wrap)
-    prev, final_states = kt.state_passing_fwd(states, dA_cs, initial_states, seq_idx, seqlen, wrap=wrap)
-    out = kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, wrap=wrap)
+    # The state entering each chunk is read once, by chunk_scan: kept in C's dtype for 16-bit inputs (as the
+    # reference does), in float32 for float32 inputs and when the varlen states are built from it.
+    prev_dtype = torch.float32 if cu_seqlens is not None or kt._ieee(x, B, C) else C.dtype
+    prev, final_states = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx,
+                                                    prev_dtype=prev_dtype, wrap=wrap)
+    cb = kt.bmm_cb_fwd(C, B, chunk_size, wrap=wrap)  # once per group, not per head
+    out = kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, cb=cb, wrap=wrap)
     varlen = _empty(final_states)
     if cu_seqlens is not None:
         varlen = _varlen_states(x, dtp, dA_cs, B, prev, cu_seqlens)
@@ -430,12 +435,11 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
     pairs whose span holds k."""
     from . import ssd_triton as kt
 
-    batch, seqlen, nheads, headdim = x.shape
+    seqlen = x.shape[1]
     has_limit = _has_dt_limit(dt_min, dt_max)
     dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, has_limit,
                                      wrap=wrap)
-    states = kt.chunk_state_fwd(x, B, dtp, dA_cs, seq_idx, wrap=wrap)
-    prev, final_states = kt.state_passing_fwd(states, dA_cs, initial_states, seq_idx, seqlen, wrap=wrap)
+    prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, wrap=wrap)
     # dy = dout * silu(z) (rounded to dout's dtype, and used so everywhere), dz, dD, and dy_t . y_t's part from
     # the state entering the chunk (the pairs whose earlier index lies before the chunk).
     dy, dz, dD, da = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, seq_idx, wrap=wrap)
@@ -508,6 +512,56 @@ def _varlen_states_bwd(dV, x, dtp, dA_cs, B, prev, cu_seqlens):
 
 
 # ----------------------------------------------------------------------------------------------------
+# First eager CUDA call of a configuration: its Triton kernels compiled concurrently
+# ----------------------------------------------------------------------------------------------------
+
+_warm_configs: set = set()
+_bwd_compiles: dict = {}  # configuration -> compiles the backward waits for
+
+
+def _is_eager(x: torch.Tensor) -> bool:
+    """A real tensor outside torch.compile/export tracing (where Inductor compiles the kernels itself)."""
+    return not torch.compiler.is_compiling() and type(x) in (torch.Tensor, torch.nn.Parameter)
+
+
+def _config_key(args) -> tuple:
+    """What selects the Triton kernels and their specialisations, up to the ints Triton specialises on (cheap:
+    it runs on every eager call)."""
+    return (args[0].device, args[6] is not None and args[6].dim()) + tuple(
+        t.dtype if isinstance(t, torch.Tensor) else t for t in args)
+
+
+def _compile_ahead(args) -> None:
+    """The first forward of a configuration compiles the forward's kernels (and, when an input requires grad,
+    the backward's) in threads, all at once, and waits for the forward's: about the longest single compile
+    instead of the sum (see ssd_triton.compile_async). The launches are found by running the pipelines on meta
+    tensors; whatever goes wrong here only leaves the kernels to compile at their first launch."""
+    key = _config_key(args)
+    needs_grad = any(isinstance(t, torch.Tensor) and t.requires_grad for t in args)
+    if (key, needs_grad) in _warm_configs:
+        return
+    _warm_configs.add((key, needs_grad))
+    from . import ssd_triton as kt
+
+    x = args[0]
+    meta = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+            if isinstance(t, torch.Tensor) else t for t in args]
+    try:
+        fwd = kt.record_launches(_fwd_triton, *meta, wrap=False)
+        bwd = []
+        if needs_grad:
+            dout = torch.empty(x.shape, dtype=x.dtype, device="meta")
+            bwd = kt.record_launches(_bwd_triton, dout, None, None, *meta, wrap=False)
+    except Exception:  # noqa: BLE001
+        return
+    seen: set = set()
+    fwd_compiles = kt.compile_async(fwd, x.device, seen)  # submitted first: the forward waits for these
+    if bwd:
+        _bwd_compiles[key] = kt.compile_async(bwd, x.device, seen)
+    kt.wait(fwd_compiles)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Op registration
 # ----------------------------------------------------------------------------------------------------
 
@@ -525,6 +579,8 @@ def ssd_chunk_scan_fwd(
     args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus,
             dt_min, dt_max)
     if x.device.type == "cuda":
+        if _is_eager(x):
+            _compile_ahead(args)
         return tuple(_fwd_triton(*args, wrap=True))
     return torch.ops.mamba_compile._ssd_chunk_scan_cpu(*args)
 
@@ -543,6 +599,10 @@ def ssd_chunk_scan_bwd(
     args = (dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
             cu_seqlens, dt_softplus, dt_min, dt_max)
     if x.device.type == "cuda":
+        if _is_eager(x):
+            from . import ssd_triton as kt
+
+            kt.wait(_bwd_compiles.pop(_config_key(args[3:]), []))
         return _bwd_triton(*args, wrap=True)
     return torch.ops.mamba_compile._ssd_chunk_scan_bwd_cpu(*args)
 

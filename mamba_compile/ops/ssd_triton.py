@@ -1,21 +1,41 @@
 """Triton kernels for the Mamba-2 SSD chunked scan (see ssd.py for the math and the shape letters).
 
-Forward: chunk_cumsum (dt bias/softplus/clamp fused with the within-chunk cumsum of dt*A) -> chunk_state
-(state each chunk adds) -> state_passing (sequential over chunks) -> chunk_scan (C B^T recomputed per tile,
-incoming-state term, D skip and z gate fused). Backward: chunk_scan_bwd_dz (recomputes y, gives dy, dz, dD and
-dy . y_state), chunk_state in from-start mode (state gradient from each chunk's outputs), state_passing_bwd
-(and the log-decay term of pairs spanning a chunk), chunk_scan_bwd_dx (dx, dL/d dt and the within-chunk pair
-sums of the log-decay gradient), chunk_scan_bwd_dB / _dC (heads of a group summed in the kernel, split over a
-few programs when there are few chunks; no atomics anywhere, so results are deterministic), chunk_cumsum_bwd.
+Forward: chunk_cumsum (dt bias/softplus/clamp fused with the within-chunk cumsum of dt*A) ->
+chunk_state_passing (the state each chunk adds and the sequential pass over chunks in one kernel; the states
+entering each chunk are stored in C's dtype for 16-bit inputs, as the reference does) -> bmm_cb (C B^T once per
+chunk and group, float32, instead of once per head) -> chunk_scan (reads C B^T, incoming-state term, D skip
+and z gate fused). Backward: chunk_state_passing again (float32 states), chunk_scan_bwd_dz (recomputes y,
+gives dy, dz, dD and dy . y_state), chunk_state in from-start mode (state gradient from each chunk's outputs),
+state_passing_bwd (and the log-decay term of pairs spanning a chunk), chunk_scan_bwd_dx (dx, dL/d dt and the
+within-chunk pair sums of the log-decay gradient), chunk_scan_bwd_dB / _dC (heads of a group summed in the
+kernel, split over a few programs when there are few chunks; no atomics anywhere, so results are
+deterministic), chunk_cumsum_bwd.
 
 Layouts: dt_proc, dA_cumsum: (batch, nheads, nchunks, chunk_size) float32; chunk states and their gradients:
-(batch, nchunks, nheads, headdim, dstate) float32, contiguous. Every launch function takes ``wrap``: True inside
-the ops (torch.library.wrap_triton), False for direct launches (the Triton interpreter in the tests).
-Block sizes come from the shape (no autotuning); all dot operands are >= 16 wide; math in float32; float32
-inputs use exact (ieee) dots, 16-bit inputs bf16/fp16 dots with float32 accumulation.
+(batch, nchunks, nheads, headdim, dstate), contiguous; C B^T: (batch, nchunks, ngroups, chunk_size,
+chunk_size). Every launch function takes ``wrap``: True inside the ops (torch.library.wrap_triton), False for
+direct launches (the Triton interpreter in the tests). Block sizes come from the shape (no autotuning); all
+dot operands are >= 16 wide; math in float32; float32 inputs use exact (ieee) dots, 16-bit inputs bf16/fp16
+dots with float32 accumulation. First call: compile_async compiles a pass's kernels concurrently.
+
+Measured on an H100 (torch 2.11, triton 3.6), bf16, b8 l2048 h24 p64 g1 n128 chunk 256 with D, z, dt_bias,
+softplus (benchmarks/bench_ssd.py has the op's times beside the reference's; the README holds the table).
+    Forward kernels: cumsum 0.008 ms, chunk_state_passing 0.065 (chunk_state alone was 0.058, plus a separate
+    state passing), bmm_cb 0.013, chunk_scan 0.181 (0.310 with C B^T per head and float32 states).
+    chunk_scan variants (benchmarks/probes/ssd_bisect.py): float32 C B^T with 32-wide
+    column tiles 0.181, 64-wide 0.192, bf16 C B^T 0.182 / 0.192 (less exact for no gain). One pipeline stage
+    is faster (0.162-0.167) but Triton 3.6 miscompiles it with a 16-bit incoming state (relative error 0.9 at
+    b1 l777 h4 p32 g2 n64 chunk 64) and, without a C B^T input, faults with an illegal address: keep two.
+    Backward kernels: bwd_dz 0.393, bwd_dx 0.372, dB 0.321, dC 0.357, chunk_state_passing with float32 states
+    0.082, state_passing_bwd 0.120, dprev 0.056. At b2 l8192 h80 the backward's dz, dx, dB, dC kernels take
+    1.23, 1.17, 0.99, 1.12 ms.
 """
 
 from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar
 
 import torch
 
@@ -86,7 +106,7 @@ def chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, ha
     dA_cs = torch.empty_like(dtp)
     block_h = min(triton.next_power_of_2(nheads), max(1, 4096 // chunk_size))
     grid = (batch, nchunks, triton.cdiv(nheads, block_h))
-    launcher(_chunk_cumsum_fwd_kernel, wrap)[grid](
+    _launch(_chunk_cumsum_fwd_kernel, wrap)[grid](
         dt, A, dt_bias if dt_bias is not None else A, dtp, dA_cs,
         seqlen, nheads, float(dt_min), float(min(dt_max, 3.0e38)),
         dt.stride(0), dt.stride(1), dt.stride(2),
@@ -139,7 +159,7 @@ def chunk_cumsum_bwd(dt, dt_bias, ddt_proc, dt_softplus, dt_min, dt_max, has_lim
     out = torch.empty(batch, seqlen, nheads, device=dt.device, dtype=torch.float32)
     block_h = min(triton.next_power_of_2(nheads), max(1, 4096 // chunk_size))
     grid = (batch, nchunks, triton.cdiv(nheads, block_h))
-    launcher(_chunk_cumsum_bwd_kernel, wrap)[grid](
+    _launch(_chunk_cumsum_bwd_kernel, wrap)[grid](
         dt, dt_bias if dt_bias is not None else dt, ddt_proc, out,
         seqlen, nheads, float(dt_min), float(min(dt_max, 3.0e38)),
         dt.stride(0), dt.stride(1), dt.stride(2),
@@ -152,7 +172,8 @@ def chunk_cumsum_bwd(dt, dt_bias, ddt_proc, dt_softplus, dt_min, dt_max, has_lim
 
 # ----------------------------------------------------------------------------------------------------
 # chunk state: out[c] = sum_s X_s^T w_s Y_s over one chunk (X: (.., headdim), Y: (.., dstate))
-#   default:    X = x,  Y = B, w_s = exp(a_last - a_s) dt_s [seq_s == seq_last]   (state a chunk adds)
+#   default:    X = x,  Y = B, w_s = exp(a_last - a_s) dt_s [seq_s == seq_last]   (state a chunk adds; the
+#               op's forward uses the fused chunk_state_passing_fwd instead, the probes compare the two)
 #   FROM_START: X = dy, Y = C, w_s = exp(a_s) [seq_s == seq of the previous chunk's end] (d state entering it)
 # ----------------------------------------------------------------------------------------------------
 
@@ -221,7 +242,7 @@ def chunk_state_fwd(x, B, dtp, dA_cs, seq_idx, *, from_start=False, wrap):
     block_k = min(64, chunk_size)
     grid = (batch * nchunks, nheads, triton.cdiv(dstate, block_n))
     q = seq_idx if seq_idx is not None else dtp
-    launcher(_chunk_state_fwd_kernel, wrap)[grid](
+    _launch(_chunk_state_fwd_kernel, wrap)[grid](
         x, B, dtp, dA_cs, q, out,
         seqlen, headdim, dstate, nheads // ngroups,
         *x.stride(), *B.stride(), *dtp.stride(),
@@ -234,7 +255,9 @@ def chunk_state_fwd(x, B, dtp, dA_cs, seq_idx, *, from_start=False, wrap):
 
 
 # ----------------------------------------------------------------------------------------------------
-# state passing across chunks (sequential in the chunk index)
+# state passing across chunks (sequential in the chunk index). Forward: fused with the chunk states, one
+# program walking the chunks of one (batch, head, dstate block) in order, so the state each chunk adds never
+# leaves registers. Backward: the reverse pass over the chunks' state gradients.
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -252,60 +275,99 @@ def _chunk_decay(dacs_ptr, seq_ptr, c, seqlen, s_a_c, s_a_l, s_q_l, CHUNK: tl.co
 
 
 @triton.jit
-def _state_passing_fwd_kernel(
-    states_ptr, dacs_ptr, init_ptr, seq_ptr, prev_ptr, final_ptr,
-    seqlen, nchunks, dim, dstate,
-    s_s_b, s_s_c, s_s_h,
+def _chunk_state_passing_fwd_kernel(
+    x_ptr, b_ptr, dtp_ptr, dacs_ptr, seq_ptr, init_ptr, prev_ptr, final_ptr,
+    seqlen, nchunks, headdim, dstate, heads_per_group,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_b_b, s_b_l, s_b_g, s_b_n,
     s_a_b, s_a_h, s_a_c, s_a_l,
-    s_i_b, s_i_h, s_i_p, s_i_n,
     s_q_b, s_q_l,
-    s_f_b, s_f_h,
-    CHUNK: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, BLOCK: tl.constexpr,
+    s_i_b, s_i_h, s_i_p, s_i_n,
+    s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
+    s_f_b, s_f_h, s_f_p, s_f_n,
+    CHUNK: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid_b, pid_h, pid_m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs = pid_m * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < dim
+    """prev[c] = S_in of chunk c (stored in prev's dtype), final = the state after the last chunk; the state a
+    chunk adds is sum_s x_s^T exp(a_last - a_s) dt_s [seq_s == seq_last] B_s, as in _chunk_state_fwd_kernel."""
+    pid_b, pid_h, pid_pn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    npb = tl.cdiv(headdim, BLOCK_P)
+    offs_p = (pid_pn % npb) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = (pid_pn // npb) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    p_ok = offs_p < headdim
+    n_ok = offs_n < dstate
+    pn_ok = p_ok[:, None] & n_ok[None, :]
+    x_ptr += pid_b * s_x_b + pid_h * s_x_h
+    b_ptr += pid_b * s_b_b + (pid_h // heads_per_group) * s_b_g
+    dtp_ptr += pid_b * s_a_b + pid_h * s_a_h
     dacs_ptr += pid_b * s_a_b + pid_h * s_a_h
     seq_ptr += pid_b * s_q_b
     if HAS_INIT:
-        run = tl.load(init_ptr + pid_b * s_i_b + pid_h * s_i_h + (offs // dstate) * s_i_p + (offs % dstate) * s_i_n,
-                      mask=ok, other=0.0).to(tl.float32)
+        run = tl.load(init_ptr + pid_b * s_i_b + pid_h * s_i_h + offs_p[:, None] * s_i_p + offs_n[None, :] * s_i_n,
+                      mask=pn_ok, other=0.0).to(tl.float32)
     else:
-        run = tl.zeros((BLOCK,), dtype=tl.float32)
-    base = pid_b * s_s_b + pid_h * s_s_h + offs
+        run = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     for c in range(nchunks):
-        new = tl.load(states_ptr + base + c * s_s_c, mask=ok, other=0.0)
-        tl.store(prev_ptr + base + c * s_s_c, run, mask=ok)
+        start = c * CHUNK
+        limit = tl.minimum(CHUNK, seqlen - start)
+        a_last = tl.load(dacs_ptr + c * s_a_c + (limit - 1) * s_a_l)
+        if HAS_SEQ_IDX:
+            seq_ref = tl.load(seq_ptr + (start + limit - 1) * s_q_l)
+        acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+        for k in range(0, limit, BLOCK_K):
+            t = k + offs_k
+            ok = t < limit
+            xt = tl.load(x_ptr + (start + t[None, :]) * s_x_l + offs_p[:, None] * s_x_p,
+                         mask=p_ok[:, None] & ok[None, :], other=0.0)
+            bv = tl.load(b_ptr + (start + t[:, None]) * s_b_l + offs_n[None, :] * s_b_n,
+                         mask=ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
+            a = tl.load(dacs_ptr + c * s_a_c + t * s_a_l, mask=ok, other=0.0)
+            w = tl.exp(a_last - a) * tl.load(dtp_ptr + c * s_a_c + t * s_a_l, mask=ok, other=0.0)
+            if HAS_SEQ_IDX:
+                seq = tl.load(seq_ptr + (start + t) * s_q_l, mask=ok, other=-1)
+                w = tl.where(seq == seq_ref, w, 0.0)
+            w = tl.where(ok, w, 0.0)
+            acc += _dot(xt, (bv * w[:, None]).to(xt.dtype), IEEE)
+        tl.store(prev_ptr + pid_b * s_s_b + c * s_s_c + pid_h * s_s_h + offs_p[:, None] * s_s_p
+                 + offs_n[None, :] * s_s_n, run, mask=pn_ok)
         scale = _chunk_decay(dacs_ptr, seq_ptr, c, seqlen, s_a_c, s_a_l, s_q_l, CHUNK, HAS_SEQ_IDX)
-        run = scale * run + new
-    tl.store(final_ptr + pid_b * s_f_b + pid_h * s_f_h + offs, run, mask=ok)
+        run = scale * run + acc
+    tl.store(final_ptr + pid_b * s_f_b + pid_h * s_f_h + offs_p[:, None] * s_f_p + offs_n[None, :] * s_f_n, run,
+             mask=pn_ok)
+
+
+def chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, *, prev_dtype=torch.float32, block_p=None,
+                            block_n=None, block_k=64, num_warps=4, num_stages=2, wrap):
+    """(prev: the state entering each chunk, (batch, nchunks, nheads, headdim, dstate) in prev_dtype; final:
+    float32 (batch, nheads, headdim, dstate)). Replaces chunk_state_fwd + state_passing_fwd."""
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    _, _, nchunks, chunk_size = dtp.shape
+    prev = torch.empty(batch, nchunks, nheads, headdim, dstate, device=x.device, dtype=prev_dtype)
+    final = torch.empty(batch, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
+    block_p = block_p or _pow2(headdim)
+    # H100, b8 l2048 h24 p64 n128: 16-bit prev 0.065 ms with 64 (0.078 with 128); float32 prev 0.082 ms with
+    # 128 (0.114 with 64); the same order at b2 l8192 h80.
+    block_n = block_n or min(64 if prev_dtype != torch.float32 else 128, _pow2(dstate))
+    init = initial_states if initial_states is not None else final
+    q = seq_idx if seq_idx is not None else dtp
+    grid = (batch, nheads, triton.cdiv(headdim, block_p) * triton.cdiv(dstate, block_n))
+    _launch(_chunk_state_passing_fwd_kernel, wrap)[grid](
+        x, B, dtp, dA_cs, q, init, prev, final,
+        seqlen, nchunks, headdim, dstate, nheads // ngroups,
+        *x.stride(), *B.stride(), *dtp.stride(),
+        q.stride(0), q.stride(1) if seq_idx is not None else 0,
+        *init.stride(), *prev.stride(), *final.stride(),
+        CHUNK=chunk_size, HAS_INIT=initial_states is not None, HAS_SEQ_IDX=seq_idx is not None,
+        IEEE=_ieee(x, B), BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(block_k, chunk_size),
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return prev, final
 
 
 def _passing_block(dim: int) -> int:
     return min(512, _pow2(dim))
-
-
-def state_passing_fwd(states, dA_cs, initial_states, seq_idx, seqlen, *, wrap):
-    """states: (batch, nchunks, nheads, headdim, dstate) -> (prev: state entering each chunk, final)."""
-    batch, nchunks, nheads, headdim, dstate = states.shape
-    prev = torch.empty_like(states)
-    final = torch.empty(batch, nheads, headdim, dstate, device=states.device, dtype=torch.float32)
-    dim = headdim * dstate
-    block = _passing_block(dim)
-    init = initial_states if initial_states is not None else final
-    q = seq_idx if seq_idx is not None else dA_cs
-    launcher(_state_passing_fwd_kernel, wrap)[(batch, nheads, triton.cdiv(dim, block))](
-        states, dA_cs, init, q, prev, final,
-        seqlen, nchunks, dim, dstate,
-        states.stride(0), states.stride(1), states.stride(2),
-        *dA_cs.stride(),
-        *init.stride(),
-        q.stride(0), q.stride(1) if seq_idx is not None else 0,
-        final.stride(0), final.stride(1),
-        CHUNK=dA_cs.shape[-1], HAS_INIT=initial_states is not None, HAS_SEQ_IDX=seq_idx is not None,
-        BLOCK=block, num_warps=4,
-    )
-    return prev, final
 
 
 @triton.jit
@@ -359,7 +421,7 @@ def state_passing_bwd(dprev, dA_cs, prev, dfinal, seq_idx, seqlen, has_init, *, 
     dchunk = torch.empty(batch, nheads, nchunks, nblocks, device=dprev.device, dtype=torch.float32)
     f = dfinal if dfinal is not None else dinit
     q = seq_idx if seq_idx is not None else dA_cs
-    launcher(_state_passing_bwd_kernel, wrap)[(batch, nheads, nblocks)](
+    _launch(_state_passing_bwd_kernel, wrap)[(batch, nheads, nblocks)](
         dprev, dA_cs, prev, f, q, dend, dinit, dchunk,
         seqlen, nchunks, dim, dstate,
         dprev.stride(0), dprev.stride(1), dprev.stride(2),
@@ -380,15 +442,65 @@ def state_passing_bwd(dprev, dA_cs, prev, dfinal, seq_idx, seqlen, has_init, *, 
 
 
 @triton.jit
+def _bmm_cb_kernel(
+    c_ptr, b_ptr, cb_ptr,
+    seqlen, dstate,
+    s_c_b, s_c_l, s_c_g, s_c_n,
+    s_b_b, s_b_l, s_b_g, s_b_n,
+    s_o_b, s_o_c, s_o_g, s_o_t, s_o_s,
+    CHUNK: tl.constexpr, IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """cb[t, s] = C_t . B_s within one chunk and group, for the tiles on or below the diagonal (the others are
+    never read); rows or columns past the sequence end are zero."""
+    pid_bc, pid_g, pid_ts = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    nchunks = tl.cdiv(seqlen, CHUNK)
+    pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
+    ntiles: tl.constexpr = CHUNK // BLOCK_T
+    pid_t, pid_s = pid_ts // ntiles, pid_ts % ntiles
+    if pid_s <= pid_t:
+        start = pid_c * CHUNK
+        limit = tl.minimum(CHUNK, seqlen - start)
+        offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+        offs_s = pid_s * BLOCK_T + tl.arange(0, BLOCK_T)
+        offs_n = tl.arange(0, BLOCK_N)
+        n_ok = offs_n < dstate
+        c_t = tl.load(c_ptr + pid_b * s_c_b + (start + offs_t[:, None]) * s_c_l + pid_g * s_c_g
+                      + offs_n[None, :] * s_c_n, mask=(offs_t[:, None] < limit) & n_ok[None, :], other=0.0)
+        b_s = tl.load(b_ptr + pid_b * s_b_b + (start + offs_s[None, :]) * s_b_l + pid_g * s_b_g
+                      + offs_n[:, None] * s_b_n, mask=n_ok[:, None] & (offs_s[None, :] < limit), other=0.0)
+        cb = _dot(c_t, b_s.to(c_t.dtype), IEEE)
+        tl.store(cb_ptr + pid_b * s_o_b + pid_c * s_o_c + pid_g * s_o_g + offs_t[:, None] * s_o_t
+                 + offs_s[None, :] * s_o_s, cb, mask=(offs_t[:, None] < CHUNK) & (offs_s[None, :] < CHUNK))
+
+
+def bmm_cb_fwd(C, B, chunk_size, *, dtype=torch.float32, block_t=64, wrap):
+    """C B^T of every chunk: (batch, nchunks, ngroups, chunk_size, chunk_size), computed once per group (its
+    heads share it). float32 by default, as the reference keeps it: a bf16 copy saved 3% of chunk_scan's time
+    on an H100 and raised its error by half."""
+    batch, seqlen, ngroups, dstate = C.shape
+    nchunks = triton.cdiv(seqlen, chunk_size)
+    cb = torch.empty(batch, nchunks, ngroups, chunk_size, chunk_size, device=C.device, dtype=dtype)
+    block_t = min(block_t, chunk_size)
+    ntiles = chunk_size // block_t
+    _launch(_bmm_cb_kernel, wrap)[(batch * nchunks, ngroups, ntiles * ntiles)](
+        C, B, cb, seqlen, dstate,
+        *C.stride(), *B.stride(), *cb.stride(),
+        CHUNK=chunk_size, IEEE=_ieee(B, C), BLOCK_T=block_t, BLOCK_N=_pow2(dstate), num_warps=4,
+    )
+    return cb
+
+
+@triton.jit
 def _chunk_scan_y(
-    x_ptr, b_ptr, c_ptr, dtp_ptr, dacs_ptr, seq_ptr, prev_ptr,
+    x_ptr, b_ptr, c_ptr, cb_ptr, dtp_ptr, dacs_ptr, seq_ptr, prev_ptr,
     pid_c, start, limit, t0, headdim, dstate,
-    s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, s_a_l, s_q_l, s_s_p, s_s_n,
-    HAS_SEQ_IDX: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, s_cb_t, s_cb_s, s_a_l, s_q_l, s_s_p, s_s_n,
+    HAS_SEQ_IDX: tl.constexpr, HAS_CB: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """SSM part of y for rows t0 .. t0+BLOCK_T of one chunk and head (pointers already at that chunk/head/group;
-    seq_ptr at the batch row). Returns (the incoming-state part, the whole), (BLOCK_T, BLOCK_P) float32 tiles."""
+    seq_ptr at the batch row). C B^T is read from cb_ptr when HAS_CB, else computed per tile. Returns (the
+    incoming-state part, the whole), (BLOCK_T, BLOCK_P) float32 tiles."""
     offs_t = t0 + tl.arange(0, BLOCK_T)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
@@ -397,10 +509,14 @@ def _chunk_scan_y(
     a_t = tl.load(dacs_ptr + offs_t * s_a_l, mask=t_ok, other=0.0)
     c_t = tl.load(c_ptr + offs_t[:, None] * s_c_l + offs_n[None, :] * s_c_n, mask=t_ok[:, None] & n_ok[None, :],
                   other=0.0)
-    # Incoming state; a float32 (tf32 for 16-bit inputs) dot so the state keeps its precision.
+    # Incoming state: a float32 state takes a float32 (tf32 for 16-bit C) dot; a 16-bit one (the forward of
+    # 16-bit inputs, as the reference stores it) a 16-bit dot.
     s_t = tl.load(prev_ptr + offs_n[:, None] * s_s_n + offs_p[None, :] * s_s_p,
                   mask=n_ok[:, None] & (offs_p[None, :] < headdim), other=0.0)
-    acc = _dot(c_t.to(tl.float32), s_t, IEEE)
+    if s_t.dtype == tl.float32:
+        acc = _dot(c_t.to(tl.float32), s_t, IEEE)
+    else:
+        acc = _dot(c_t, s_t, IEEE)
     scale = tl.exp(a_t)
     if HAS_SEQ_IDX:
         seq_t = tl.load(seq_ptr + (start + offs_t) * s_q_l, mask=t_ok, other=-1)
@@ -409,19 +525,24 @@ def _chunk_scan_y(
     acc = acc * scale[:, None]
     acc_state = acc
     hi = tl.minimum(t0 + BLOCK_T, limit)
-    for s0 in range(0, hi, BLOCK_T):
-        offs_s = s0 + tl.arange(0, BLOCK_T)
+    for s0 in range(0, hi, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
         s_ok = offs_s < limit
-        b_s = tl.load(b_ptr + offs_s[None, :] * s_b_l + offs_n[:, None] * s_b_n, mask=n_ok[:, None] & s_ok[None, :],
-                      other=0.0)
-        cb = _dot(c_t, b_s.to(c_t.dtype), IEEE)
+        if HAS_CB:
+            cb = tl.load(cb_ptr + offs_t[:, None] * s_cb_t + offs_s[None, :] * s_cb_s,
+                         mask=t_ok[:, None] & s_ok[None, :], other=0.0).to(tl.float32)
+        else:
+            b_s = tl.load(b_ptr + offs_s[None, :] * s_b_l + offs_n[:, None] * s_b_n,
+                          mask=n_ok[:, None] & s_ok[None, :], other=0.0)
+            cb = _dot(c_t, b_s.to(c_t.dtype), IEEE)
         a_s = tl.load(dacs_ptr + offs_s * s_a_l, mask=s_ok, other=0.0)
         dt_s = tl.load(dtp_ptr + offs_s * s_a_l, mask=s_ok, other=0.0)
         keep = (offs_t[:, None] >= offs_s[None, :]) & s_ok[None, :]
         if HAS_SEQ_IDX:
             seq_s = tl.load(seq_ptr + (start + offs_s) * s_q_l, mask=s_ok, other=-2)
             keep = keep & (seq_t[:, None] == seq_s[None, :])
-        cb = cb * tl.exp(tl.where(keep, a_t[:, None] - a_s[None, :], float("-inf"))) * dt_s[None, :]
+        # where, not a product with exp(-inf): a tile of cb above the diagonal may be unwritten memory.
+        cb = tl.where(keep, cb * tl.exp(a_t[:, None] - a_s[None, :]) * dt_s[None, :], 0.0)
         x_s = tl.load(x_ptr + offs_s[:, None] * s_x_l + offs_p[None, :] * s_x_p,
                       mask=s_ok[:, None] & (offs_p[None, :] < headdim), other=0.0)
         acc += _dot(cb.to(x_s.dtype), x_s, IEEE)
@@ -430,36 +551,40 @@ def _chunk_scan_y(
 
 @triton.jit
 def _chunk_scan_fwd_kernel(
-    x_ptr, b_ptr, c_ptr, dtp_ptr, dacs_ptr, seq_ptr, prev_ptr, d_ptr, z_ptr, out_ptr,
+    x_ptr, b_ptr, c_ptr, cb_ptr, dtp_ptr, dacs_ptr, seq_ptr, prev_ptr, d_ptr, z_ptr, out_ptr,
     seqlen, headdim, dstate, heads_per_group,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_b_b, s_b_l, s_b_g, s_b_n,
     s_c_b, s_c_l, s_c_g, s_c_n,
+    s_cb_b, s_cb_c, s_cb_g, s_cb_t, s_cb_s,
     s_a_b, s_a_h, s_a_c, s_a_l,
     s_q_b, s_q_l,
     s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
     s_d_h, s_d_p,
     s_z_b, s_z_l, s_z_h, s_z_p,
     s_o_b, s_o_l, s_o_h, s_o_p,
-    CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_CB: tl.constexpr, HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_bc, pid_h, pid_t = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     nchunks = tl.cdiv(seqlen, CHUNK)
     pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
     start = pid_c * CHUNK
     limit = tl.minimum(CHUNK, seqlen - start)
-    t0 = pid_t * BLOCK_T
+    # Longest row tiles first: tile i walks i + 1 column tiles.
+    t0 = (tl.num_programs(2) - 1 - pid_t) * BLOCK_T
     g = pid_h // heads_per_group
     x_ptr += pid_b * s_x_b + start * s_x_l + pid_h * s_x_h
     _, acc = _chunk_scan_y(
         x_ptr, b_ptr + pid_b * s_b_b + start * s_b_l + g * s_b_g, c_ptr + pid_b * s_c_b + start * s_c_l + g * s_c_g,
+        cb_ptr + pid_b * s_cb_b + pid_c * s_cb_c + g * s_cb_g,
         dtp_ptr + pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c,
         dacs_ptr + pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c,
         seq_ptr + pid_b * s_q_b, prev_ptr + pid_b * s_s_b + pid_c * s_s_c + pid_h * s_s_h,
         pid_c, start, limit, t0, headdim, dstate,
-        s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, s_a_l, s_q_l, s_s_p, s_s_n,
-        HAS_SEQ_IDX, IEEE, BLOCK_T, BLOCK_P, BLOCK_N,
+        s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, s_cb_t, s_cb_s, s_a_l, s_q_l, s_s_p, s_s_n,
+        HAS_SEQ_IDX, HAS_CB, IEEE, BLOCK_T, BLOCK_S, BLOCK_P, BLOCK_N,
     )
     offs_t = t0 + tl.arange(0, BLOCK_T)
     offs_p = tl.arange(0, BLOCK_P)
@@ -487,23 +612,33 @@ def _d_strides(D):
     return (D.stride(0), D.stride(1)) if D.dim() == 2 else (D.stride(0), 0)
 
 
-def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, wrap):
+# num_stages must stay 2: see the module docstring (a Triton 3.6 miscompile with one stage).
+SCAN_FWD_CONFIG = dict(block_t=64, block_s=32, num_warps=4, num_stages=2)
+
+
+def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, cb=None, config=None, wrap):
+    """out = (y + D x) silu(z). cb: bmm_cb_fwd's C B^T, or None to compute it per tile; config: tile sizes and
+    launch options (SCAN_FWD_CONFIG's keys), the default from the shape."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
+    cfg = {**SCAN_FWD_CONFIG, **(config or {})}
+    block_t, block_s = min(cfg["block_t"], chunk_size), min(cfg["block_s"], chunk_size)
     out = torch.empty_like(x)
-    block_t, block_p, block_n = _scan_blocks(chunk_size, headdim, dstate)
     q = seq_idx if seq_idx is not None else dtp
     zz = z if z is not None else x
+    c5 = cb if cb is not None else prev  # any 5-d tensor: never read without HAS_CB
     grid = (batch * nchunks, nheads, triton.cdiv(chunk_size, block_t))
-    launcher(_chunk_scan_fwd_kernel, wrap)[grid](
-        x, B, C, dtp, dA_cs, q, prev, D if D is not None else dtp, zz, out,
+    _launch(_chunk_scan_fwd_kernel, wrap)[grid](
+        x, B, C, c5, dtp, dA_cs, q, prev, D if D is not None else dtp, zz, out,
         seqlen, headdim, dstate, nheads // ngroups,
-        *x.stride(), *B.stride(), *C.stride(), *dtp.stride(),
+        *x.stride(), *B.stride(), *C.stride(), *c5.stride()[:3], *(cb.stride()[3:] if cb is not None else (0, 0)),
+        *dtp.stride(),
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
         *prev.stride(), *_d_strides(D), *zz.stride(), *out.stride(),
-        CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, HAS_Z=z is not None,
-        IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4, num_stages=2,
+        CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_CB=cb is not None, HAS_D=D is not None,
+        HAS_Z=z is not None, IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_P=_pow2(headdim),
+        BLOCK_N=_pow2(dstate), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
 
@@ -540,11 +675,11 @@ def _chunk_scan_bwd_dz_kernel(
     dacs_ptr += pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c
     y_state, y = _chunk_scan_y(
         x_ptr, b_ptr + pid_b * s_b_b + start * s_b_l + g * s_b_g, c_ptr + pid_b * s_c_b + start * s_c_l + g * s_c_g,
-        dtp_ptr + pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c, dacs_ptr,
+        c_ptr, dtp_ptr + pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c, dacs_ptr,
         seq_ptr + pid_b * s_q_b, prev_ptr + pid_b * s_s_b + pid_c * s_s_c + pid_h * s_s_h,
         pid_c, start, limit, t0, headdim, dstate,
-        s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, s_a_l, s_q_l, s_s_p, s_s_n,
-        HAS_SEQ_IDX, IEEE, BLOCK_T, BLOCK_P, BLOCK_N,
+        s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, 0, 0, s_a_l, s_q_l, s_s_p, s_s_n,
+        HAS_SEQ_IDX, False, IEEE, BLOCK_T, BLOCK_T, BLOCK_P, BLOCK_N,
     )
     offs_t = t0 + tl.arange(0, BLOCK_T)
     offs_p = tl.arange(0, BLOCK_P)
@@ -594,7 +729,7 @@ def chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, wrap):
     da = torch.zeros_like(dA_cs)
     q = seq_idx if seq_idx is not None else dtp
     zz = z if z is not None else x
-    launcher(_chunk_scan_bwd_dz_kernel, wrap)[(batch * nchunks, nheads, ntiles)](
+    _launch(_chunk_scan_bwd_dz_kernel, wrap)[(batch * nchunks, nheads, ntiles)](
         x, B, C, dtp, dA_cs, q, prev, D if D is not None else dtp, zz, dout,
         dy, dz if dz is not None else dy, dd, da,
         seqlen, headdim, dstate, nheads // ngroups,
@@ -713,7 +848,7 @@ def _chunk_scan_bwd_dx_kernel(
     tl.store(dx_ptr + rows, dx, mask=mask)
 
 
-def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, wrap):
+def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, wrap):
     """Returns dx (x's dtype, contiguous), dL/d dt_proc, and the log-decay pieces (see the kernel): col,
     colstate in dA_cumsum layout, row summed over blocks of s."""
     batch, seqlen, nheads, headdim = x.shape
@@ -729,7 +864,7 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
     row = torch.zeros(batch, nheads, nchunks, nblocks, chunk_size, device=x.device, dtype=torch.float32)
     q = seq_idx if seq_idx is not None else dtp
     e = dx_extra if dx_extra is not None else dtp
-    launcher(_chunk_scan_bwd_dx_kernel, wrap)[(batch * nchunks, nheads, nblocks)](
+    _launch(_chunk_scan_bwd_dx_kernel, wrap)[(batch * nchunks, nheads, nblocks)](
         xc, B, C, dtp, dA_cs, q, dy, dend, D if D is not None else dtp, e,
         dx, ddt, col, colstate, row,
         seqlen, headdim, dstate, nheads // ngroups,
@@ -739,7 +874,8 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
         *(e.stride() if dx_extra is not None else (0, 0, 0, 0)),
         *row.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, HAS_EXTRA=dx_extra is not None,
-        IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4, num_stages=2,
+        IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4,
+        num_stages=num_stages,
     )
     return dx, ddt, col, colstate, row.sum(3)
 
@@ -845,7 +981,7 @@ def _chunk_scan_bwd_dbc_kernel(
              acc, mask=r_ok[:, None] & n_ok[None, :])
 
 
-def _bwd_dbc(x, U, dtp, dA_cs, dy, st, seq_idx, is_db, out_like, wrap):
+def _bwd_dbc(x, U, dtp, dA_cs, dy, st, seq_idx, is_db, out_like, num_stages, wrap):
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = U.shape[2], U.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
@@ -859,21 +995,94 @@ def _bwd_dbc(x, U, dtp, dA_cs, dy, st, seq_idx, is_db, out_like, wrap):
     else:
         out = torch.empty((split, *out_like.shape), device=x.device, dtype=torch.float32)
     q = seq_idx if seq_idx is not None else dtp
-    launcher(_chunk_scan_bwd_dbc_kernel, wrap)[(batch * nchunks, ngroups * split, nblocks)](
+    _launch(_chunk_scan_bwd_dbc_kernel, wrap)[(batch * nchunks, ngroups * split, nblocks)](
         x, U, dtp, dA_cs, q, dy, st, out,
         seqlen, headdim, dstate, nheads // ngroups,
         *x.stride(), *U.stride(), *dtp.stride(),
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
         *st.stride(), *dy.stride(), *out.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, IS_DB=is_db, IEEE=_ieee(x, U, dy), SPLIT=split,
-        BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4, num_stages=2,
+        BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4, num_stages=num_stages,
     )
     return out[0] if split == 1 else out.sum(0).to(out_like.dtype)
 
 
-def chunk_scan_bwd_dB(x, B, C, dtp, dA_cs, dy, dend, seq_idx, *, wrap):
-    return _bwd_dbc(x, C, dtp, dA_cs, dy, dend, seq_idx, True, B, wrap)
+def chunk_scan_bwd_dB(x, B, C, dtp, dA_cs, dy, dend, seq_idx, *, num_stages=2, wrap):
+    return _bwd_dbc(x, C, dtp, dA_cs, dy, dend, seq_idx, True, B, num_stages, wrap)
 
 
-def chunk_scan_bwd_dC(x, B, C, dtp, dA_cs, dy, prev, seq_idx, *, wrap):
-    return _bwd_dbc(x, B, dtp, dA_cs, dy, prev, seq_idx, False, C, wrap)
+def chunk_scan_bwd_dC(x, B, C, dtp, dA_cs, dy, prev, seq_idx, *, num_stages=2, wrap):
+    return _bwd_dbc(x, B, dtp, dA_cs, dy, prev, seq_idx, False, C, num_stages, wrap)
+
+
+# ----------------------------------------------------------------------------------------------------
+# first call: compile a pass's kernels concurrently instead of one after another at their first launch
+# ----------------------------------------------------------------------------------------------------
+
+_recording: ContextVar[list | None] = ContextVar("ssd_recording", default=None)
+_pool: ThreadPoolExecutor | None = None
+
+
+def _launch(kernel, wrap: bool):
+    """launcher(kernel, wrap), except inside record_launches, where the launch is recorded and nothing runs."""
+    jobs = _recording.get()
+    if jobs is None:
+        return launcher(kernel, wrap)
+    return _Recorder(kernel, jobs)
+
+
+class _Recorder:
+    def __init__(self, kernel, jobs: list):
+        self.kernel, self.jobs = kernel, jobs
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.jobs.append((self.kernel, grid, args, kwargs))
+
+
+def record_launches(fn, *args, **kwargs) -> list:
+    """The launches ``fn(*args, **kwargs)`` makes, as (kernel, grid, args, kwargs), without running any: call it
+    with meta tensors (Triton specialises a meta tensor like an aligned one: its data_ptr is 0)."""
+    jobs: list = []
+    token = _recording.set(jobs)
+    try:
+        fn(*args, **kwargs)
+    finally:
+        _recording.reset(token)
+    return jobs
+
+
+def _spec_key(job):
+    """What Triton specialises a launch on, roughly: dtypes, ints equal to 1 or divisible by 16, constexprs."""
+    kernel, _, args, kwargs = job
+    spec = tuple(a.dtype if isinstance(a, torch.Tensor) else (a == 1, a % 16 == 0) if isinstance(a, int) else type(a)
+                 for a in args)
+    return kernel, spec, tuple(sorted(kwargs.items()))
+
+
+def compile_async(jobs: list, device: torch.device, seen: set) -> list[Future]:
+    """Compiles each recorded launch not in ``seen`` (which it extends) in a thread pool (``kernel.warmup``: no
+    launch). Triton's MLIR and LLVM passes release the GIL and ptxas is a subprocess, so the compiles overlap."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="ssd-compile")
+    futures = []
+    for job in jobs:
+        key = _spec_key(job)
+        if key not in seen:
+            seen.add(key)
+            futures.append(_pool.submit(_warmup, device, *job))
+    return futures
+
+
+def _warmup(device, kernel, grid, args, kwargs):
+    with torch.cuda.device(device):
+        kernel.warmup(*args, grid=grid, **kwargs)
+
+
+def wait(futures: list[Future]) -> None:
+    """Waits for compile_async's compiles; a failed one is left to the launch, which compiles (and raises) itself."""
+    for f in futures:
+        try:
+            f.result()
+        except Exception:  # noqa: BLE001
+            pass

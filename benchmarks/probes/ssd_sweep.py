@@ -1,0 +1,271 @@
+"""SSD kernels on the GPU: per-kernel times and correctness of variants, the op's times, compile times.
+
+    python3 -m benchmarks.probes.ssd_sweep                 # state-passing variants, a few chunk_scan ones,
+                                                           # the backward's kernels, the op (both shapes)
+    python3 -m benchmarks.probes.ssd_sweep --scan-grid     # + the full grid of chunk_scan variants
+    python3 -m benchmarks.probes.ssd_sweep --mode all      # + compile times in fresh processes and caches
+
+Every forward variant's output is checked against the chunked torch path (``ssd._ssd_torch``, float32, run on
+the GPU) and timed with do_bench; the op's gradients are checked against the same path at the first shape.
+The kernels of all variants are compiled up front, concurrently (ssd_triton.compile_async). ``--mode
+compile`` / ``concurrent`` time the op's twelve kernels compiled one after another / all at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from benchmarks._common import bench_ms
+from benchmarks.bench_ssd import make_inputs
+
+ssd = importlib.import_module("mamba_compile.ops.ssd")
+
+SHAPES = {"b8 l2048 h24": (8, 2048, 24, 64, 1, 128), "b2 l8192 h80": (2, 8192, 80, 64, 1, 128)}
+CHUNK = 256
+
+
+def args_of(t):
+    return (t["x"], t["dt"], t["A"], t["B"], t["C"], CHUNK, t["D"], t["z"], t["dt_bias"], None, None, None, True,
+            0.0, ssd._OPEN_BOUND)
+
+
+def rel_err(a, b):
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+def sweep(quick: bool, budget_s: float, scan_grid: bool):
+    from mamba_compile.ops import ssd_triton as kt
+
+    t_start = time.perf_counter()
+    best_scans = None
+    for name, shape in SHAPES.items():
+        t = make_inputs(*shape)
+        args = args_of(t)
+        x, dt, A, B, C = args[:5]
+        D, z, bias = t["D"], t["z"], t["dt_bias"]
+        with torch.no_grad():
+            want = ssd._ssd_torch(*[a.float() if isinstance(a, torch.Tensor) else a for a in args])[0]
+        dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, bias, CHUNK, True, 0.0, ssd._OPEN_BOUND, False, wrap=False)
+        print(f"\n## {name}")
+        print(f"cumsum {bench_ms(lambda: kt.chunk_cumsum_fwd(dt, A, bias, CHUNK, True, 0.0, ssd._OPEN_BOUND, False, wrap=False)):.4f} ms")
+        print(f"chunk_state (separate, old) {bench_ms(lambda: kt.chunk_state_fwd(x, B, dtp, dA_cs, None, wrap=False)):.4f} ms")
+        # fused chunk state + passing (one flat loop over tiles of block_k positions)
+        sp_variants = [dict(prev_dtype=pd, block_n=bn, block_k=bk, num_stages=ns)
+                       for pd in (torch.bfloat16, torch.float32) for bn in (64, 128) for bk in (32, 64, 128)
+                       for ns in (2, 3)]
+        if quick:
+            sp_variants = sp_variants[:2]
+        ref_prev, ref_final = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, wrap=False)
+        with torch.no_grad():
+            want_final = ssd._ssd_torch(*[a.float() if isinstance(a, torch.Tensor) else a for a in args])[1]
+        print(f"default state+passing: final rel err vs fp32 torch {rel_err(ref_final, want_final):.2e}")
+        jobs = []
+        for v in sp_variants:
+            jobs += kt.record_launches(kt.chunk_state_passing_fwd, x, B, dtp, dA_cs, None, None, wrap=False, **v)
+        for cbd in (torch.bfloat16, torch.float32):
+            for bt in (64, 128):
+                jobs += kt.record_launches(kt.bmm_cb_fwd, C, B, CHUNK, dtype=cbd, block_t=bt, wrap=False)
+        scan_variants = best_scans or (list(itertools.product(
+            (None, torch.bfloat16, torch.float32), ((64, 64), (128, 64), (128, 32), (64, 32)), (4, 8), (1, 2),
+            (torch.bfloat16, torch.float32))) if scan_grid else [
+            (torch.float32, (64, 64), 4, 1, torch.bfloat16), (torch.bfloat16, (64, 64), 4, 1, torch.bfloat16),
+            (torch.float32, (64, 64), 4, 2, torch.bfloat16), (None, (64, 64), 4, 2, torch.float32)])
+        if quick:
+            scan_variants = scan_variants[:3]
+        prevs = {pd: ref_prev.to(pd) for pd in (torch.bfloat16, torch.float32)}
+        cbs = {cbd: kt.bmm_cb_fwd(C, B, CHUNK, dtype=cbd, wrap=False) for cbd in (torch.bfloat16, torch.float32)}
+        cbs[None] = None
+
+        def scan(v):
+            cbd, (bt, bs), nw, ns, pd = v
+            return lambda: kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prevs[pd], D, z, None, cb=cbs[cbd],
+                                             config=dict(block_t=bt, block_s=bs, num_warps=nw, num_stages=ns),
+                                             wrap=False)
+
+        for v in scan_variants:
+            jobs += kt.record_launches(scan(v))
+        t0 = time.perf_counter()
+        kt.wait(kt.compile_async(jobs, x.device, set()))
+        print(f"compiled {len(jobs)} variant kernels concurrently in {time.perf_counter() - t0:.1f} s")
+
+        print("| state+passing variant | ms | prev rel err vs default | final rel err vs fp32 torch |\n|---|---|---|---|")
+        for v in sp_variants:
+            f = lambda: kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, wrap=False, **v)  # noqa: E731
+            prev, final = f()
+            ms = bench_ms(f)
+            print(f"| {str(v['prev_dtype'])[6:]} n{v['block_n']} k{v['block_k']} s{v['num_stages']} | {ms:.4f} | "
+                  f"{rel_err(prev, ref_prev):.2e} | {rel_err(final, want_final):.2e} |")
+        for cbd in (torch.bfloat16, torch.float32):
+            for bt in (64, 128):
+                ms = bench_ms(lambda: kt.bmm_cb_fwd(C, B, CHUNK, dtype=cbd, block_t=bt, wrap=False))
+                print(f"bmm_cb {str(cbd)[6:]} tile{bt}: {ms:.4f} ms")
+        rows = []
+        for v in scan_variants:
+            if time.perf_counter() - t_start > budget_s:
+                print("(time budget reached: remaining scan variants not timed)")
+                break
+            f = scan(v)
+            try:
+                kernel, grid, kargs, kw = kt.record_launches(f)[0]
+                ck = kernel.warmup(*kargs, grid=grid, **kw)
+                ck._init_handles()
+                res = f"regs {ck.n_regs} spills {ck.n_spills} smem {ck.metadata.shared}"
+                err = rel_err(f(), want)
+                rows.append((bench_ms(f), err, v, res))
+            except Exception as e:  # noqa: BLE001
+                rows.append((float("inf"), float("nan"), v, f"{type(e).__name__}: {str(e)[:80]}"))
+        rows.sort(key=lambda r: r[0])
+        best_scans = [r[2] for r in rows[:6]]
+        print("| chunk_scan: cb, (block_t, block_s), warps, stages, prev | ms | out rel err vs fp32 torch | kernel |")
+        print("|---|---|---|---|")
+        for ms, err, (cbd, tiles, nw, ns, pd), res in rows:
+            print(f"| {str(cbd)[6:] if cbd else 'recompute'} {tiles} w{nw} s{ns} prev {str(pd)[6:]} | {ms:.4f} | "
+                  f"{err:.2e} | {res} |")
+        # The op as it stands (defaults), and how much of it is CPU-side launch work.
+        with torch.no_grad():
+            out = ssd.ssd_chunk_scan(x, dt, A, B, C, CHUNK, D=D, z=z, dt_bias=bias, dt_softplus=True)
+            print(f"op default: out rel err {rel_err(out, want):.2e}")
+            fwd_ms = bench_ms(lambda: ssd.ssd_chunk_scan(x, dt, A, B, C, CHUNK, D=D, z=z, dt_bias=bias,
+                                                         dt_softplus=True))
+            torch.cuda.synchronize()
+            n = 200
+            t0 = time.perf_counter()
+            for _ in range(n):
+                ssd.ssd_chunk_scan(x, dt, A, B, C, CHUNK, D=D, z=z, dt_bias=bias, dt_softplus=True)
+            cpu_ms = (time.perf_counter() - t0) / n * 1e3
+            torch.cuda.synchronize()
+        print(f"op default fwd: {fwd_ms:.4f} ms (device), host submit {cpu_ms:.4f} ms per call")
+        # backward, with grads checked against the torch path
+        tg = make_inputs(*shape, requires_grad=True)
+        dout = torch.randn_like(tg["x"])
+
+        def step():
+            for v in tg.values():
+                v.grad = None
+            ssd.ssd_chunk_scan(tg["x"], tg["dt"], tg["A"], tg["B"], tg["C"], CHUNK, D=tg["D"], z=tg["z"],
+                               dt_bias=tg["dt_bias"], dt_softplus=True).backward(dout)
+
+        print(f"op default fwd+bwd: {bench_ms(step):.4f} ms")
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(20):
+            step()
+        print(f"op default fwd+bwd host submit {(time.perf_counter() - t0) / 20 * 1e3:.4f} ms per step")
+        torch.cuda.synchronize()
+        backward_kernels(kt, x, dt, A, B, C, D, z, bias, dtp, dA_cs)
+        if name.startswith("b8"):
+            step()
+            got = {k: v.grad.clone() for k, v in tg.items()}
+            leaves = {k: v.detach().float().requires_grad_() for k, v in tg.items()}
+            o = ssd._ssd_torch(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], CHUNK, leaves["D"],
+                               leaves["z"], leaves["dt_bias"], None, None, None, True, 0.0, ssd._OPEN_BOUND)[0]
+            o.backward(dout.float())
+            print("grad rel err vs fp32 torch: " + ", ".join(f"{k} {rel_err(got[k], leaves[k].grad):.1e}"
+                                                             for k in got))
+            del leaves, o
+        del t, tg
+        torch.cuda.empty_cache()
+
+
+def backward_kernels(kt, x, dt, A, B, C, D, z, bias, dtp, dA_cs):
+    """Each launch function of the backward, timed alone on realistic tensors."""
+    dout = torch.randn_like(x)
+    prev, final = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, wrap=False)
+    dy, dz, dD, da = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, None, wrap=False)
+    dprev = kt.chunk_state_fwd(dy, C, dtp, dA_cs, None, from_start=True, wrap=False)
+    dend, dinit, dchunk = kt.state_passing_bwd(dprev, dA_cs, prev, None, None, x.shape[1], False, wrap=False)
+    ddt = torch.randn_like(dtp)
+    parts = {
+        "bwd_dz": lambda ns: kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, None, wrap=False),
+        "state_passing_fwd fp32 (bwd recompute)": lambda ns: kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None,
+                                                                                         wrap=False),
+        "chunk_state from_start (dprev)": lambda ns: kt.chunk_state_fwd(dy, C, dtp, dA_cs, None, from_start=True,
+                                                                        wrap=False),
+        "state_passing_bwd": lambda ns: kt.state_passing_bwd(dprev, dA_cs, prev, None, None, x.shape[1], False,
+                                                             wrap=False),
+        "bwd_dx": lambda ns: kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, None, num_stages=ns, wrap=False),
+        "bwd_dB": lambda ns: kt.chunk_scan_bwd_dB(x, B, C, dtp, dA_cs, dy, dend, None, num_stages=ns, wrap=False),
+        "bwd_dC": lambda ns: kt.chunk_scan_bwd_dC(x, B, C, dtp, dA_cs, dy, prev, None, num_stages=ns, wrap=False),
+        "cumsum_bwd": lambda ns: kt.chunk_cumsum_bwd(dt, bias, ddt, True, 0.0, ssd._OPEN_BOUND, False, wrap=False),
+    }
+    for name, f in parts.items():
+        stages = (1, 2) if name in ("bwd_dx", "bwd_dB", "bwd_dC") else (2,)
+        print(f"bwd kernel {name}: " + ", ".join(f"stages {ns} {bench_ms(lambda: f(ns)):.4f} ms" for ns in stages))
+
+
+def compile_times():
+    """In this (fresh) process: each kernel of the forward and backward compiled alone, one after another."""
+    from mamba_compile.ops import ssd_triton as kt
+
+    t = make_inputs(*SHAPES["b8 l2048 h24"], requires_grad=True)
+    args = args_of(t)
+    meta = [torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device="meta") if isinstance(a, torch.Tensor)
+            else a for a in args]
+    fwd = kt.record_launches(ssd._fwd_triton, *meta, wrap=False)
+    dout = torch.empty(meta[0].shape, dtype=meta[0].dtype, device="meta")
+    bwd = kt.record_launches(ssd._bwd_triton, dout, None, None, *meta, wrap=False)
+    seen, total = set(), 0.0
+    for part, jobs in (("fwd", fwd), ("bwd", bwd)):
+        for job in jobs:
+            if kt._spec_key(job) in seen:
+                continue
+            seen.add(kt._spec_key(job))
+            t0 = time.perf_counter()
+            kt._warmup(args[0].device, *job)
+            dt_s = time.perf_counter() - t0
+            total += dt_s
+            print(f"compile {part} {job[0].fn.__name__}: {dt_s:.2f} s")
+    print(f"compile sequential total: {total:.2f} s")
+
+
+def compile_concurrent():
+    from mamba_compile.ops import ssd_triton as kt
+
+    t = make_inputs(*SHAPES["b8 l2048 h24"], requires_grad=True)
+    args = args_of(t)
+    meta = [torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device="meta") if isinstance(a, torch.Tensor)
+            else a for a in args]
+    jobs = kt.record_launches(ssd._fwd_triton, *meta, wrap=False)
+    dout = torch.empty(meta[0].shape, dtype=meta[0].dtype, device="meta")
+    jobs += kt.record_launches(ssd._bwd_triton, dout, None, None, *meta, wrap=False)
+    t0 = time.perf_counter()
+    kt.wait(kt.compile_async(jobs, args[0].device, set()))
+    print(f"compile concurrent total (all fwd+bwd kernels, {os.cpu_count()} cpus): {time.perf_counter() - t0:.2f} s")
+
+
+def fresh(mode: str):
+    env = dict(os.environ, TRITON_CACHE_DIR=f"/tmp/ssd_sweep_cache_{mode}_{time.time_ns()}")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.probes.ssd_sweep", "--mode", mode], env=env,
+                          capture_output=True, text=True, timeout=300)
+    print(proc.stdout, proc.stderr[-3000:] if proc.returncode else "", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", default="sweep", choices=("all", "sweep", "compile", "concurrent"))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--scan-grid", action="store_true", help="time the full grid of chunk_scan variants")
+    parser.add_argument("--budget", type=float, default=150.0, help="seconds for timing chunk_scan variants")
+    a = parser.parse_args()
+    print(torch.__version__, torch.cuda.get_device_name(), flush=True)
+    if a.mode == "compile":
+        compile_times()
+    elif a.mode == "concurrent":
+        compile_concurrent()
+    else:
+        if a.mode == "all":
+            fresh("compile")
+            fresh("concurrent")
+        sweep(a.quick, a.budget, a.scan_grid)
+
+
+if __name__ == "__main__":
+    main()
