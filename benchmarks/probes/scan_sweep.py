@@ -24,6 +24,9 @@ from mamba_compile.ops import selective_scan_triton as kern
 # ((BLOCK_D, BLOCK_L, num_warps), B/C rows loaded ahead, time segment (0: none))
 FWD_CONFIGS = [((32, 8, 2), 4, 0), ((32, 8, 2), 8, 0), ((32, 8, 2), 4, 512), ((32, 8, 2), 4, 256), ((32, 8, 2), 4, 1024),
                ((16, 8, 1), 4, 512), ((32, 8, 1), 4, 512), ((32, 8, 1), 4, 256), ((32, 4, 2), 4, 512)]  # fmt: skip
+# Rows ahead and time segments combined (the first sweep timed each alone).
+FWD_CONFIGS_SCAN_ONLY = [((32, 8, 2), 4, 0), ((32, 8, 2), 8, 0), ((32, 8, 2), 8, 256), ((32, 8, 2), 8, 512),
+                         ((32, 8, 2), 4, 256), ((32, 8, 2), 8, 1024)]  # fmt: skip
 # (BLOCK_D, BLOCK_L, num_warps, fast silu)
 CONV_CONFIGS = [(8, 256, 4, False), (8, 256, 4, True), (4, 1024, 8, False), (4, 1024, 8, True), (16, 256, 8, True),
                 (4, 256, 2, True), (8, 512, 8, True), (4, 512, 4, True)]  # fmt: skip
@@ -170,6 +173,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
     parser.add_argument("--ncu", action="store_true", help="one forward launch of each kind, for a profiler")
+    parser.add_argument("--scan-only", action="store_true",
+                        help="only the scan: FWD_CONFIGS_SCAN_ONLY at both shapes (no conv, no overhead probes)")
     args = parser.parse_args()
     if args.ncu:
         t = make_inputs(8, 1536, 2048, 16)
@@ -178,6 +183,12 @@ def main():
         torch.cuda.synchronize()
         return
     torch.backends.cuda.matmul.allow_tf32 = False
+    if args.scan_only:
+        FWD_CONFIGS[:] = FWD_CONFIGS_SCAN_ONLY
+        rows = sweep_scan()
+        write_results(rows, args.out)
+        write_results(second_shape(FWD_CONFIGS), None)
+        return
     rows = sweep_scan()
     write_results(rows, args.out)
     write_results(sweep_conv(), args.out.replace(".json", "_conv.json") if args.out else None)

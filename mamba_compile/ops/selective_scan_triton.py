@@ -491,7 +491,9 @@ def block_n(dstate: int) -> int:
 
 
 _ROWS_AHEAD = 8  # the forward reads B/C rows up to ROWS_AHEAD (4 or 8) steps past the end of the padded copy
-_FWD_ROWS_AHEAD = 4  # B/C rows the forward loads ahead of their step: 4 or 8
+# B/C rows the forward loads ahead of their step, 4 or 8. H100, b8 d1536 l2048 n16 bf16, kernel alone
+# (benchmarks/probes/scan_sweep.py, session 3): 8 ahead 0.296 ms, 4 ahead 0.394.
+_FWD_ROWS_AHEAD = 8
 _RELAYOUT_BLOCK_T = 64
 _FWD_SEG = 0  # forward time segment (steps, rounded up to whole state chunks); 0: one segment
 
