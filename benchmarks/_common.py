@@ -17,6 +17,20 @@ def bench_ms(fn, warmup_ms: float = 25, rep_ms: float = 100) -> float:
     return triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
 
 
+def graph_ms(fn) -> float:
+    """Median ms of ``fn`` replayed from a CUDA graph: the GPU's time without the host's per-call Python and launch
+    overhead, which at a few tenths of a millisecond can hide an eager op's GPU time. NaN, with the error
+    printed, if capture fails (a failure should not lose the other rows)."""
+    import triton
+
+    torch.cuda.synchronize()
+    try:
+        return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
+    except Exception as e:  # noqa: BLE001
+        print(f"cuda graph timing failed: {type(e).__name__}: {e}")
+        return float("nan")
+
+
 def copy_bandwidth_tbps() -> float:
     """Device-to-device copy bandwidth in TB/s, bytes read plus bytes written, measured once per process."""
     global _COPY_TBPS

@@ -15,23 +15,11 @@ import argparse
 
 import torch
 
-from benchmarks._common import bench_ms, floor_ms, nbytes, write_results
+from benchmarks._common import bench_ms, floor_ms, graph_ms, nbytes, write_results
 from mamba_compile.ops import causal_conv1d, causal_conv1d_update
 
 # REFERENCE_TIMINGS.md: causal-conv1d 1.6.1 CUDA extension, H100, b8 d1536 l2048 w4 bf16 silu bias
 REFERENCE_MS = {"fwd": 0.042, "fwd+bwd": 0.408}
-
-
-def _graph_ms(fn) -> float:
-    """Median ms of ``fn`` replayed from a CUDA graph (NaN, with the error printed, if capture fails)."""
-    import triton
-
-    torch.cuda.synchronize()
-    try:
-        return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
-    except Exception as e:  # a capture failure should not lose the other rows
-        print(f"cuda graph timing failed: {type(e).__name__}: {e}")
-        return float("nan")
 
 
 def _conv_inputs(batch, dim, seqlen, width, layout="contiguous", seq=False, requires_grad=False):
@@ -69,7 +57,7 @@ def bench_conv(rows, batch=8, dim=1536, seqlen=2048, width=4, layout="contiguous
     ref_ok = layout == "contiguous" and not seq and (batch, dim, seqlen, width) == (8, 1536, 2048, 4)
     for case, fn, floor in (("fwd", fwd, fwd_floor), ("fwd+bwd", fwd_bwd, 4 * fwd_floor)):
         fn()  # compile the kernels outside the timing
-        eager, graph = bench_ms(fn), _graph_ms(fn)
+        eager, graph = bench_ms(fn), graph_ms(fn)
         ref = REFERENCE_MS[case] if ref_ok else None
         rows.append(dict(op=f"causal_conv1d {case}", shape=shape, ms=eager, graph_ms=graph, floor_ms=floor,
                          ratio=graph / floor, ref_ms=ref if ref else "n/a",
@@ -88,7 +76,7 @@ def bench_update(rows, batch=64, dim=1536 * 2, width=4, state_len=3, circular=Fa
         return causal_conv1d_update(x, state, weight, bias, "silu", seqlens)
 
     fn()
-    eager, graph = bench_ms(fn), _graph_ms(fn)
+    eager, graph = bench_ms(fn), graph_ms(fn)
     floor = floor_ms(2 * nbytes(x) + 2 * nbytes(state))
     rows.append(dict(op="causal_conv1d_update", shape=f"b{batch} d{dim} w{width} state_len{state_len} bf16 silu"
                      + (" circular" if circular else ""), ms=eager, graph_ms=graph, floor_ms=floor,
@@ -114,7 +102,7 @@ def sweep_blocks(rows, batch=8, dim=1536, seqlen=2048, width=4):
                                              block_d=block_d, block_l=block_l, num_warps=warps)
 
         fwd(), bwd()
-        f_ms, b_ms = _graph_ms(fwd), _graph_ms(bwd)
+        f_ms, b_ms = graph_ms(fwd), graph_ms(bwd)
         rows.append(dict(blocks=f"BLOCK_D={block_d} BLOCK_L={block_l} warps={warps}",
                          default=(block_d, block_l) == default and warps == 4,
                          fwd_ms=f_ms, fwd_ratio=f_ms / floor, bwd_ms=b_ms, bwd_ratio=b_ms / (1.5 * floor)))  # bwd: x, dout in, dx out

@@ -20,7 +20,7 @@ import types
 
 import torch
 
-from benchmarks._common import bench_ms, floor_ms, nbytes, write_results
+from benchmarks._common import bench_ms, floor_ms, graph_ms, nbytes, write_results
 from mamba_compile.ops import selective_state_update
 
 REF_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".ref")
@@ -42,13 +42,6 @@ def reference_module(name: str):
     except Exception as e:  # the comparison is optional: report and go on
         print(f"reference mamba_ssm.{name} not importable: {e!r}")
         return None
-
-
-def _graph_ms(fn) -> float:
-    import triton
-
-    torch.cuda.synchronize()
-    return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
 
 
 def _inputs(layout, batch, dim=1536, nheads=24, headdim=64, dstate=16, ngroups=1):
@@ -83,7 +76,7 @@ def bench(rows, ref, layout, batch, **shape):
         return selective_state_update(**inp, dt_softplus=True)
 
     ours()
-    ms, graph = bench_ms(ours), _graph_ms(ours)
+    ms, graph = bench_ms(ours), graph_ms(ours)
     ref_graph = "n/a"
     if ref is not None:
         state_ref = inp["state"].clone()
@@ -92,7 +85,7 @@ def bench(rows, ref, layout, batch, **shape):
             return ref.selective_state_update(**dict(inp, state=state_ref), dt_softplus=True)
 
         theirs()
-        ref_graph = _graph_ms(theirs)
+        ref_graph = graph_ms(theirs)
     rows.append(dict(op="selective_state_update", shape=label + " bf16", ms=ms, graph_ms=graph, floor_ms=floor,
                      ratio=graph / floor, ref_graph_ms=ref_graph,
                      speedup=ref_graph / graph if ref is not None else "n/a"))
@@ -113,7 +106,7 @@ def sweep_blocks(rows, layout, batch, **shape):
                                                       num_warps=warps)
 
         fn()
-        ms = _graph_ms(fn)
+        ms = graph_ms(fn)
         rows.append(dict(case=f"{layout} b{batch}", blocks=f"BLOCK_M={block_m} warps={warps}",
                          default=(block_m, warps) == (default_m, default_w), graph_ms=ms, ratio=ms / floor))
 

@@ -18,7 +18,7 @@ import types
 
 import torch
 
-from benchmarks._common import bench_ms, floor_ms, nbytes, write_results
+from benchmarks._common import bench_ms, floor_ms, graph_ms, nbytes, write_results
 
 REF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".ref")
 # (batch, seqlen, nheads, headdim, ngroups, dstate, chunk_size) -> reference ms (fwd, fwd+bwd), REFERENCE_TIMINGS.md
@@ -96,20 +96,6 @@ def time_impl(fn, shape):
 
     return fwd, bench_ms(step), fwd_graph
 
-
-def graph_ms(fn) -> float:
-    """Median ms of ``fn`` replayed as a CUDA graph: the GPU's time without the host's launch overhead (an eager
-    call of either implementation costs a few tenths of a millisecond of Python and launches)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return bench_ms(graph.replay)
 
 
 def floor_for(shape) -> float:
