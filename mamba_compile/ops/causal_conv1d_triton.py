@@ -78,17 +78,12 @@ def _preact(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, b, offs_d, t, L, D,
 # Forward
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _rcp_approx(x):
-    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
-
-
-@triton.jit
 def _causal_conv1d_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, out_ptr, final_ptr, L, D,
     stride_xb, stride_xd, stride_xl, stride_wd, stride_ww, stride_sb, stride_sl,
     stride_ib, stride_id, stride_il, stride_ob, stride_od, stride_ol, stride_fb, stride_fd, stride_fl,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr,
-    HAS_FINAL: tl.constexpr, SILU: tl.constexpr, FAST_SILU: tl.constexpr,
+    HAS_FINAL: tl.constexpr, SILU: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     pid_l = tl.program_id(0)  # sequence blocks vary fastest, so a neighbour's halo is still in L2
@@ -102,10 +97,7 @@ def _causal_conv1d_fwd_kernel(
                 stride_xb, stride_xd, stride_xl, stride_wd, stride_ww, stride_sb, stride_sl,
                 stride_ib, stride_id, stride_il, W, HAS_BIAS, HAS_SEQ, HAS_INIT)
     if SILU:
-        if FAST_SILU:  # CUDA: one MUFU ex2 and one rcp.approx (~1e-7 relative) instead of an IEEE division
-            y = y * _rcp_approx(1.0 + tl.exp2(-y * 1.4426950408889634))
-        else:
-            y = y * tl.sigmoid(y)
+        y = y * tl.sigmoid(y)
     tl.store(out_ptr + b * stride_ob + offs_d[:, None] * stride_od + offs_l[None, :] * stride_ol,
              y.to(out_ptr.dtype.element_ty), mask=d_mask[:, None] & (offs_l < L)[None, :])
 
@@ -130,7 +122,8 @@ def _fwd_blocks(x: torch.Tensor) -> tuple[int, int]:
     if x.stride(2) == 1 or x.stride(1) != 1:  # time-contiguous rows: long runs along the sequence
         # 8 x 256 measured best of 8 shapes on an H100 (b8 d1536 l2048: 1.26x the copy floor). A second
         # sweep (9 block shapes and warp counts, CUDA-graph replay) gave 1.261-1.363x, this one 1.263x:
-        # block sizes alone do not reach 1.25x. FAST_SILU (off) is the next thing to time there.
+        # block sizes alone do not reach 1.25x. A third (session 3): 4 x 1024 with 8 warps 1.259x, this one 1.262x;
+        # a MUFU ex2 + rcp.approx silu was slower in every configuration (1.29-1.32x).
         block_l = min(256, max(16, triton.next_power_of_2(L)))
         return 2048 // block_l, block_l
     return 64, 32  # channel-last: coalesce along dim
@@ -138,7 +131,7 @@ def _fwd_blocks(x: torch.Tensor) -> tuple[int, int]:
 
 def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_states: bool, silu: bool,
                       *, wrap: bool = True, block_d: int | None = None, block_l: int | None = None,
-                      num_warps: int = 4, fast_silu: bool | None = None):
+                      num_warps: int = 4):
     """Returns (out, final_states); final_states is an empty tensor unless requested."""
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
@@ -159,14 +152,10 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
         *out.stride(), *_strides(final_states if return_final_states else None, 3),
         W=width, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
         HAS_FINAL=return_final_states, SILU=silu,
-        FAST_SILU=_FAST_SILU and x.device.type == "cuda" if fast_silu is None else fast_silu,
         BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_W=max(2, triton.next_power_of_2(width - 1)),
         num_warps=num_warps,
     )
     return out, final_states
-
-
-_FAST_SILU = False  # MUFU sigmoid in the forward: not yet timed against tl.sigmoid
 
 
 # ----------------------------------------------------------------------------------------------
