@@ -13,7 +13,7 @@ B/C rows ROWS_AHEAD (4 or 8) steps ahead (without this, every step waited a full
 B/C are copied time-major, fp32, zero-padded to (batch, ngroups, seqlen_pad + 8, BLOCK_N) by one small
 kernel each (8.3 us for both at that shape), so a step's B_t is one unmasked vector load. The forward
 saves the state entering every STATE_CHUNK steps (the backward's BLOCK_L), then the last state.
-Optionally (SEG, off by default, not yet timed on a GPU) time is cut into segments run by separate
+Optionally (SEG, off by default: slower at both timed shapes, see below) time is cut into segments run by separate
 programs, for more warps in flight: a first launch runs every segment but the last from a zero state
 (no C, no output) and writes its end state and its sum of dt (the segment's decay is exp(A sum dt), one
 exp per state); the second carries the true state across the earlier segments and runs its own in full.
@@ -35,16 +35,18 @@ batch in torch. (The sequential backward, stepping in reverse with the tile's st
 registers, measured 4.4-4.9 ms against 2.1 ms for this one.)
 
 Measured on an H100 (torch 2.11, triton 3.6), b8 d1536 l2048 n16 bf16 with D, z, delta_bias, softplus
-(reference CUDA kernel: forward 0.452 ms, forward+backward 2.463): forward through the op 0.389 ms at
-the default (32, 8, 2) (kernels launched directly, B/C copies included: 0.387); (16, 8, 1) 0.413,
-(32, 8, 1) 0.461, (64, 8, 2) 0.474, (32, 16, 1) 0.580. (32, 8, 1) and (64, 8, 2) put a channel's 16
-states and its time block in one thread (8.2 SASS instructions per state and step against 9.4 for
-(32, 8, 2), no shuffles) but give 384 warps for the 528 schedulers: fewer instructions, slower.
-Forward+backward 2.50 ms (earlier session, forward at (16, 8, 1)). b2 d5120 l8192: forward 1.458 ms
-through the op (reference 1.861), forward+backward 8.32 (earlier; reference 8.472). Both kernels are
-latency-bound, far from the exp2 floor (b*d*l*n exponentials, ~0.11 ms at the first shape) and from
-their issue bound (~0.11 ms for the forward's instructions spread over all schedulers). The eager op
-costs 0.22 ms of host time per call (0.08 ms for the bare kernel launches): below that the GPU waits.
+(reference CUDA kernel: forward 0.452 ms, forward+backward 2.463). Forward kernel at the default (32, 8, 2)
+with B/C rows 8 ahead: 0.294 ms, plus 0.008 for the B/C copies (4 ahead: 0.395; session 3,
+benchmarks/probes/scan_sweep.py --scan-only). Time segments with 8 ahead: 0.388 (256), 0.523 (512), 0.536
+(1024), so they stay off. Block shapes (4 ahead, through the op): (16, 8, 1) 0.413, (32, 8, 1) 0.461,
+(64, 8, 2) 0.474, (32, 16, 1) 0.580. (32, 8, 1) and (64, 8, 2) put a channel's 16 states and its time block
+in one thread (8.2 SASS instructions per state and step against 9.4 for (32, 8, 2), no shuffles) but give 384
+warps for the 528 schedulers: fewer instructions, slower. Forward+backward through the op 2.371 ms.
+b2 d5120 l8192: forward 1.133 ms (4 ahead 1.557; reference 1.861), forward+backward 7.917 (reference 8.472).
+Both kernels are latency-bound, far from the exp2 floor (b*d*l*n exponentials, ~0.11 ms at the first shape)
+and from their issue bound (~0.11 ms for the forward's instructions spread over all schedulers). The eager op
+costs 0.2-0.4 ms of host time per call on the GPU machine (0.08 ms for the bare kernel launches), as much as
+the forward's GPU time: time it as a CUDA graph.
 
 Block sizes come from a shape heuristic, never from seqlen, which is symbolic under torch.compile (no
 autotuning); the launch functions take ``wrap``: True inside the ops (``wrap_triton``, so tracing sees
