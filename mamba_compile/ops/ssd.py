@@ -222,8 +222,9 @@ def _ssd_torch(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_id
     # Padding: zero dt and x contribute nothing; seq_idx repeats its last value so no reset is invented.
     xc = F.pad(x.to(cd), (0, 0, 0, 0, 0, pad)).view(batch, nchunks, L, nheads, headdim)
     dtc = F.pad(dtp, (0, 0, 0, pad)).view(batch, nchunks, L, nheads)
-    Bh = F.pad(B.to(cd), (0, 0, 0, 0, 0, pad)).repeat_interleave(rep, dim=2).view(batch, nchunks, L, nheads, dstate)
-    Ch = F.pad(C.to(cd), (0, 0, 0, 0, 0, pad)).repeat_interleave(rep, dim=2).view(batch, nchunks, L, nheads, dstate)
+    Bg = F.pad(B.to(cd), (0, 0, 0, 0, 0, pad)).view(batch, nchunks, L, ngroups, dstate)
+    Cg = F.pad(C.to(cd), (0, 0, 0, 0, 0, pad)).view(batch, nchunks, L, ngroups, dstate)
+    Bh, Ch = Bg.repeat_interleave(rep, dim=3), Cg.repeat_interleave(rep, dim=3)  # (batch, nchunks, L, nheads, dstate)
     if seq_idx is None:
         seg = torch.zeros(batch, nchunks, L, dtype=torch.long, device=x.device)
     else:
@@ -239,10 +240,7 @@ def _ssd_torch(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_id
     same = (seg[..., :, None] == seg[..., None, :]) & torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
     same = same[:, :, None]  # (batch, nchunks, 1, t, s)
     decay = (a[..., :, None] - a[..., None, :]).masked_fill_(~same, 0.0).exp_() * same  # (b, c, h, t, s)
-    # C_t . B_s once per group (its heads share it)
-    Cg = F.pad(C.to(cd), (0, 0, 0, 0, 0, pad)).view(batch, nchunks, L, ngroups, dstate)
-    Bg = F.pad(B.to(cd), (0, 0, 0, 0, 0, pad)).view(batch, nchunks, L, ngroups, dstate)
-    CB = torch.einsum("bctgn,bcsgn->bcgts", Cg, Bg)  # (batch, nchunks, ngroups, t, s)
+    CB = torch.einsum("bctgn,bcsgn->bcgts", Cg, Bg)  # (batch, nchunks, ngroups, t, s): once per group
     scores = (decay.view(batch, nchunks, ngroups, rep, L, L) * CB[:, :, :, None]).view(batch, nchunks, nheads, L, L)
     y = torch.einsum("bchts,bcshp->bcthp", scores, xc * dtc.transpose(2, 3)[..., None])
 
