@@ -205,13 +205,8 @@ def compile_times():
     """In this (fresh) process: each kernel of the forward and backward compiled alone, one after another."""
     from mamba_compile.ops import ssd_triton as kt
 
-    t = make_inputs(*SHAPES["b8 l2048 h24"], requires_grad=True)
-    args = args_of(t)
-    meta = [torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device="meta") if isinstance(a, torch.Tensor)
-            else a for a in args]
-    fwd = kt.record_launches(ssd._fwd_triton, *meta, wrap=False)
-    dout = torch.empty(meta[0].shape, dtype=meta[0].dtype, device="meta")
-    bwd = kt.record_launches(ssd._bwd_triton, dout, None, None, *meta, wrap=False)
+    args = args_of(make_inputs(*SHAPES["b8 l2048 h24"], requires_grad=True))
+    fwd, bwd = ssd._recorded_launches(args, with_backward=True)
     seen, total = set(), 0.0
     for part, jobs in (("fwd", fwd), ("bwd", bwd)):
         for job in jobs:
@@ -229,15 +224,10 @@ def compile_times():
 def compile_concurrent():
     from mamba_compile.ops import ssd_triton as kt
 
-    t = make_inputs(*SHAPES["b8 l2048 h24"], requires_grad=True)
-    args = args_of(t)
-    meta = [torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device="meta") if isinstance(a, torch.Tensor)
-            else a for a in args]
-    jobs = kt.record_launches(ssd._fwd_triton, *meta, wrap=False)
-    dout = torch.empty(meta[0].shape, dtype=meta[0].dtype, device="meta")
-    jobs += kt.record_launches(ssd._bwd_triton, dout, None, None, *meta, wrap=False)
+    args = args_of(make_inputs(*SHAPES["b8 l2048 h24"], requires_grad=True))
+    fwd, bwd = ssd._recorded_launches(args, with_backward=True)
     t0 = time.perf_counter()
-    kt.wait(kt.compile_async(jobs, args[0].device, set()))
+    kt.wait(kt.compile_async(fwd + bwd, args[0].device, set()))
     print(f"compile concurrent total (all fwd+bwd kernels, {os.cpu_count()} cpus): {time.perf_counter() - t0:.2f} s")
 
 

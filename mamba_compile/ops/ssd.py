@@ -533,6 +533,22 @@ def _config_key(args) -> tuple:
         t.dtype if isinstance(t, torch.Tensor) else t for t in args)
 
 
+def _recorded_launches(args, with_backward: bool) -> tuple[list, list]:
+    """The Triton launches (ssd_triton.record_launches' (kernel, grid, args, kwargs)) of the CUDA forward and,
+    ``with_backward``, of the backward, for the forward op's arguments ``args``: the pipelines run on meta
+    tensors of the same shapes, strides and dtypes, so nothing is launched."""
+    from . import ssd_triton as kt
+
+    meta = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+            if isinstance(t, torch.Tensor) else t for t in args]
+    fwd = kt.record_launches(_fwd_triton, *meta, wrap=False)
+    bwd = []
+    if with_backward:
+        dout = torch.empty(meta[0].shape, dtype=meta[0].dtype, device="meta")
+        bwd = kt.record_launches(_bwd_triton, dout, None, None, *meta, wrap=False)
+    return fwd, bwd
+
+
 def _compile_ahead(args) -> None:
     """The first forward of a configuration compiles the forward's kernels (and, when an input requires grad,
     the backward's) in threads, all at once, and waits for the forward's: about the longest single compile
@@ -546,14 +562,8 @@ def _compile_ahead(args) -> None:
     from . import ssd_triton as kt
 
     x = args[0]
-    meta = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
-            if isinstance(t, torch.Tensor) else t for t in args]
     try:
-        fwd = kt.record_launches(_fwd_triton, *meta, wrap=False)
-        bwd = []
-        if needs_grad:
-            dout = torch.empty(x.shape, dtype=x.dtype, device="meta")
-            bwd = kt.record_launches(_bwd_triton, dout, None, None, *meta, wrap=False)
+        fwd, bwd = _recorded_launches(args, needs_grad)
     except Exception:  # noqa: BLE001
         return
     seen: set = set()

@@ -359,6 +359,22 @@ def test_triton_kernels_match_oracle(opts, kw, varlen, monkeypatch):
 
 
 @needs_triton
+def test_first_call_finds_the_pipelines_launches():
+    """The first eager CUDA call compiles ahead the kernels _recorded_launches finds by running the pipelines on
+    meta tensors: the forward's four, and with the backward its kernels too, nothing launched."""
+    t = make_inputs(1, 70, 4, 16, 2, 16)
+    args = (t["x"], t["dt"], t["A"], t["B"], t["C"], 32, t["D"], t["z"], t["dt_bias"], t["initial_states"], None,
+            None, True, 0.0, ssd_module._OPEN_BOUND)
+    fwd, bwd = ssd_module._recorded_launches(args, with_backward=True)
+    names = lambda jobs: [job[0].fn.__name__ for job in jobs]  # noqa: E731
+    assert names(fwd) == ["_chunk_cumsum_fwd_kernel", "_chunk_state_passing_fwd_kernel", "_bmm_cb_kernel",
+                          "_chunk_scan_fwd_kernel"]
+    assert "_chunk_scan_bwd_dx_kernel" in names(bwd) and "_chunk_cumsum_bwd_kernel" in names(bwd)
+    assert all(a.device.type == "meta" for job in fwd + bwd for a in job[2] if isinstance(a, torch.Tensor))
+    assert ssd_module._recorded_launches(args, with_backward=False)[1] == []
+
+
+@needs_triton
 @pytest.mark.parametrize("nseq", [0, 3], ids=["one-seq", "seq_idx"])
 def test_triton_state_passing_steps_inside_chunks(nseq):
     """chunk_state_passing_fwd walks tiles smaller than a chunk: the states entering each chunk and the final
