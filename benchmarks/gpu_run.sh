@@ -19,5 +19,7 @@ if [[ $what == models || $what == all ]]; then
   timeout 240 python3 -m pytest -q -m gpu tests/models -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests_models.log" | tail -30
 fi
 if [[ $what == model-bench || $what == all ]]; then
+  # Training (both models, ~2 min) comes first; the generation cases take 2-3 min each to compile, so 450 s
+  # covers about two of the six: run `bench_model --cases generate --arch mamba1` (or mamba2) in calls of their own.
   timeout 450 python3 -m benchmarks.bench_model --regional --out "$OUT/bench_model.json" 2>&1 | tee "$OUT/bench_model.log" | tail -60
 fi

@@ -3,7 +3,8 @@
 Prompts of different lengths (a list, or a padded batch with ``attention_mask``) are prefilled one row
 at a time into that row of the cache, so padding never enters a recurrent state and each row sees
 exactly the tokens it would see alone; the decode steps then run batched, each row at its own
-position (the cache keeps a length per row). Sampling runs outside the compiled step.
+position (the cache keeps a length per row). Greedy decoding takes its argmax inside the compiled step;
+sampling runs outside it.
 """
 
 from __future__ import annotations
