@@ -22,11 +22,18 @@ from torch import nn
 from ..ops import (
     causal_conv1d,
     causal_conv1d_update,
+    mamba1_decode_in,
+    mamba1_decode_ssm,
     rms_norm_gated,
     selective_scan,
     selective_state_update,
     ssd_chunk_scan,
 )
+
+# Mamba1Mixer.step through the two fused decode ops (add_norm, mamba1_decode_in, x_proj, mamba1_decode_ssm,
+# out_proj: five launches a layer instead of about nine). Off until timed on the GPU
+# (benchmarks/probes/decode_fused.py); read at call time, so a compiled step is guarded on it.
+FUSED_DECODE = False
 
 
 def _dt_bias_init(n: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
@@ -103,6 +110,8 @@ class Mamba1Mixer(nn.Module):
 
     def step(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
         # hidden_states: (b, d_model): one token per row, states updated in place
+        if FUSED_DECODE:
+            return self._fused_step(hidden_states, cache)
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (b, d_inner) each
         x = causal_conv1d_update(x, cache.conv_states[self.layer_idx], self.conv1d.weight.squeeze(1),
                                  self.conv1d.bias, activation="silu")
@@ -111,6 +120,16 @@ class Mamba1Mixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         y = selective_state_update(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self.D.float(), z=z,
                                    dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        return self.out_proj(y)  # (b, d_model)
+
+    def _fused_step(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
+        # the same step in two fused ops around x_proj (see mamba_compile/ops/mamba1_decode.py)
+        x, z = mamba1_decode_in(hidden_states, self.in_proj.weight, self.in_proj.bias,
+                                cache.conv_states[self.layer_idx], self.conv1d.weight.squeeze(1),
+                                self.conv1d.bias)  # (b, d_inner) each
+        x_dbl = self.x_proj(x)  # (b, dt_rank + 2 * d_state)
+        y = mamba1_decode_ssm(cache.ssm_states[self.layer_idx], x, x_dbl, self.dt_proj.weight, self.dt_proj.bias,
+                              self.A_log, self.D, z)
         return self.out_proj(y)  # (b, d_model)
 
 

@@ -1,0 +1,159 @@
+"""Does the fused Mamba-1 decode (mixers.FUSED_DECODE) make a 130M decode step faster? One step of
+model.decode_step per row of the table, bf16 weights, fp32 states, on CUDA:
+
+- "eager graph": the step's eager ops captured once in a torch.cuda.CUDAGraph and replayed (the GPU time of
+  the launches without Python); the host-side input check of decode_step is skipped (it syncs), otherwise the
+  same code.
+- "compiled": generation.decode_fn(model, True), i.e. torch.compile(mode="reduce-overhead", fullgraph=True),
+  called back to back (CUDA-graph trees). Compiled for batch 1 only by default (about 40-60 s per flag).
+
+Also: CUDA kernels per eager step (torch.profiler), and the fused logits against the unfused ones from the
+same cache state (max |diff| / max |logit|, and whether the greedy tokens agree).
+
+    python -m benchmarks.probes.decode_fused --out $OUT/decode_fused.json [--batches 1 64] [--compile-batches 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import mamba_compile.models.mixers as mixers
+from benchmarks._common import device_name, write_results
+from benchmarks.bench_model import config_130m
+from mamba_compile.models import MambaLM
+from mamba_compile.models.generation import decode_fn
+
+PROMPT = 16
+REPLAYS = 200
+
+
+def _eager_step(model, ids, cache):
+    """decode_step without its input-range check (a host sync, which a CUDA-graph capture rejects)."""
+    rows = cache.rows(0, ids.shape[0])
+    hidden = model.backbone(ids, rows, step=True)
+    rows.lengths.add_(1)
+    return model.lm_head(hidden)
+
+
+def _events_ms(fn, n: int) -> float:
+    """Mean ms per call of ``n`` back-to-back calls, between two CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / n
+
+
+def _graph_ms(fn) -> float:
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):  # warm-up: compiles the Triton kernels, picks cuBLAS algorithms
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    for _ in range(20):
+        graph.replay()
+    return _events_ms(graph.replay, REPLAYS)
+
+
+def _kernels_per_step(fn) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(e.count for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+class _Snapshot:
+    """The cache's tensors after the prompt, restored before each measured configuration."""
+
+    def __init__(self, cache):
+        self.cache, self.saved = cache, [t.clone() for t in cache.tensors()]
+
+    def restore(self):
+        for t, s in zip(self.cache.tensors(), self.saved):
+            t.copy_(s)
+
+
+def _agreement(got: torch.Tensor, want: torch.Tensor) -> dict:
+    got, want = got.float(), want.float()
+    return dict(max_rel_diff=((got - want).abs().max() / want.abs().max()).item(),
+                greedy_agree=(got.argmax(-1) == want.argmax(-1)).float().mean().item())
+
+
+@torch.inference_mode()
+def run(batches, compile_batches) -> list[dict]:
+    torch.manual_seed(0)
+    model = MambaLM(config_130m("mamba1"), device="cuda", dtype=torch.bfloat16).eval()
+    rows = []
+    for batch in batches:
+        gen = torch.Generator(device="cuda").manual_seed(batch)
+        prompt = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda", generator=gen)
+        ids = torch.randint(0, model.config.vocab_size, (batch,), device="cuda", generator=gen)
+        cache = model.allocate_cache(batch, PROMPT + 4096).mark_static()
+        model(prompt, cache=cache)
+        snap = _Snapshot(cache)
+        logits = {}
+        for fused in (False, True):
+            mixers.FUSED_DECODE = fused
+            snap.restore()
+            logits[fused] = _eager_step(model, ids, cache).clone()
+            snap.restore()
+            launches = _kernels_per_step(lambda: _eager_step(model, ids, cache))
+            snap.restore()
+            ms = _graph_ms(lambda: _eager_step(model, ids, cache))
+            rows.append(dict(batch=batch, fused=fused, mode="eager graph", ms=ms, kernels=launches,
+                             **(_agreement(logits[True], logits[False]) if fused else {})))
+            print(rows[-1], flush=True)
+        if batch not in compile_batches:
+            continue
+        for fused in (False, True):
+            mixers.FUSED_DECODE = fused
+            step = decode_fn(model, True)  # one compiled function; the flag is a guard, so each value compiles
+            snap.restore()
+            t = time.perf_counter()
+            for _ in range(3):  # compile, record the CUDA graph, replay
+                step(ids, cache)
+            torch.cuda.synchronize()
+            compile_s = time.perf_counter() - t
+            snap.restore()
+            out = step(ids, cache).clone()
+            for _ in range(20):
+                step(ids, cache)
+            ms = _events_ms(lambda: step(ids, cache), REPLAYS)
+            rows.append(dict(batch=batch, fused=fused, mode="compiled reduce-overhead", ms=ms, compile_s=compile_s,
+                             **_agreement(out, logits[False])))
+            print(rows[-1], flush=True)
+    mixers.FUSED_DECODE = False
+    for r in rows:  # speed-up of each fused row over its unfused twin
+        if r["fused"]:
+            base = next(b for b in rows if b["batch"] == r["batch"] and b["mode"] == r["mode"] and not b["fused"])
+            r["speedup_vs_unfused"] = base["ms"] / r["ms"]
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--compile-batches", type=int, nargs="*", default=[1])
+    args = parser.parse_args()
+    print(f"device: {device_name()}, torch {torch.__version__}", flush=True)
+    rows = run(args.batches, set(args.compile_batches))
+    print("\n130M Mamba-1 decode step, bf16 weights, fp32 states; target: 0.41 ms/step at batch 1 (2x the reference)")
+    write_results(rows, args.out)
+
+
+if __name__ == "__main__":
+    main()
