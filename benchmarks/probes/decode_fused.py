@@ -7,8 +7,9 @@ model.decode_step per row of the table, bf16 weights, fp32 states, on CUDA:
 - "compiled": generation.decode_fn(model, True), i.e. torch.compile(mode="reduce-overhead", fullgraph=True),
   called back to back (CUDA-graph trees). Compiled for batch 1 only by default (about 40-60 s per flag).
 
-Also: CUDA kernels per eager step (torch.profiler), and the fused logits against the unfused ones from the
-same cache state (max |diff| / max |logit|, and whether the greedy tokens agree).
+Also: CUDA kernels per eager step (torch.profiler), the fused logits against the unfused ones from the
+same cache state (max |diff| / max |logit|, and whether the greedy tokens agree), and first (``sweep``) each
+fused kernel alone over a few block sizes beside what it replaces (written to ``*_kernels.json``).
 
     python -m benchmarks.probes.decode_fused --out $OUT/decode_fused.json [--batches 1 64] [--compile-batches 1]
 """
@@ -140,6 +141,52 @@ def run(batches, compile_batches) -> list[dict]:
         if r["fused"]:
             base = next(b for b in rows if b["batch"] == r["batch"] and b["mode"] == r["mode"] and not b["fused"])
             r["speedup_vs_unfused"] = base["ms"] / r["ms"]
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # one column set for the table
+    return [{k: r.get(k, "") for k in keys} for r in rows]
+
+
+def sweep(batches) -> list[dict]:
+    """Each fused kernel alone at the 130M shapes (bf16 weights, fp32 states), CUDA-graph timed, over a few block
+    sizes (the first row of each is the heuristic's), beside what it replaces: cuBLAS's in_proj alone and
+    the unfused dt_proj + selective_state_update."""
+    import torch.nn.functional as F
+
+    from benchmarks._common import graph_ms
+    from mamba_compile.ops import mamba1_decode_triton as kernels
+    from mamba_compile.ops import selective_state_update
+
+    torch.manual_seed(0)
+    m, d, n, r, w = 768, 1536, 16, 48, 4
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    W_in, W_dt = torch.randn(2 * d, m, **bf) * m**-0.5, torch.randn(d, r, **bf) * r**-0.5
+    conv_w, conv_b, dt_b, D = torch.randn(d, w, **bf), torch.randn(d, **bf), torch.randn(d, **bf) - 3, torch.randn(d, **bf)
+    A_log = torch.rand(d, n, device="cuda")
+    rows = []
+    for b in batches:
+        h = torch.randn(b, m, **bf)
+        conv_state = torch.randn(b, d, w - 1, device="cuda")
+        ssm_state = torch.randn(b, d, n, device="cuda")
+        x, z, x_dbl = torch.randn(b, d, **bf), torch.randn(b, d, **bf), torch.randn(b, r + 2 * n, **bf)
+        rows.append(dict(batch=b, kernel="cuBLAS in_proj alone (F.linear)", config="", us=1e3 * graph_ms(
+            lambda: F.linear(h, W_in))))
+        in_configs = [(None, None, None)] + ([(8, 256, 4), (32, 128, 4), (16, 128, 2), (64, 64, 4)] if b == 1 else
+                                             [(64, 64, 4), (16, 128, 4), (64, 128, 8)])
+        for bn, bk, nw in in_configs:
+            us = 1e3 * graph_ms(lambda: kernels.mamba1_decode_in_fwd(
+                h, W_in, None, conv_state, conv_w, conv_b, wrap=False, block_n=bn, block_k=bk, num_warps=nw))
+            rows.append(dict(batch=b, kernel="mamba1_decode_in", config=f"n{bn} k{bk} w{nw}", us=us))
+
+        def unfused_ssm():
+            dt, B, C = x_dbl.split([r, n, n], dim=-1)
+            selective_state_update(ssm_state, x, F.linear(dt, W_dt), -torch.exp(A_log.float()), B, C, D.float(),
+                                   z=z, dt_bias=dt_b.float(), dt_softplus=True)
+
+        rows.append(dict(batch=b, kernel="unfused dt_proj + glue + selective_state_update", config="",
+                         us=1e3 * graph_ms(unfused_ssm)))
+        for bd, nw in [(None, None), (8, 4), (16, 4), (32, 4), (64, 4)]:
+            us = 1e3 * graph_ms(lambda: kernels.mamba1_decode_ssm_fwd(
+                ssm_state, x, x_dbl, W_dt, dt_b, A_log, D, z, wrap=False, block_d=bd, num_warps=nw))
+            rows.append(dict(batch=b, kernel="mamba1_decode_ssm", config=f"d{bd} w{nw}", us=us))
     return rows
 
 
@@ -150,6 +197,9 @@ def main():
     parser.add_argument("--compile-batches", type=int, nargs="*", default=[1])
     args = parser.parse_args()
     print(f"device: {device_name()}, torch {torch.__version__}", flush=True)
+    kernel_rows = sweep(args.batches)
+    print("\nFused kernels alone, 130M shapes (us per call, CUDA graph); config None = the heuristic")
+    write_results(kernel_rows, args.out.replace(".json", "_kernels.json") if args.out else None)
     rows = run(args.batches, set(args.compile_batches))
     print("\n130M Mamba-1 decode step, bf16 weights, fp32 states; target: 0.41 ms/step at batch 1 (2x the reference)")
     write_results(rows, args.out)

@@ -107,7 +107,7 @@ def mamba1_decode_in_fwd(hidden, in_proj_weight, in_proj_bias, conv_state, conv_
     hidden's dtype. ``block_n`` / ``block_k`` / ``num_warps`` override the shape heuristic (for sweeps)."""
     batch, d_model = hidden.shape
     d_inner = in_proj_weight.shape[0] // 2
-    width = conv_weight.shape[1]
+    width = int(conv_weight.shape[1])  # a constexpr: under dynamic shapes, specialised (guarded) here
     x = torch.empty((batch, d_inner), device=hidden.device, dtype=hidden.dtype)
     z = torch.empty((batch, d_inner), device=hidden.device, dtype=hidden.dtype)
     use_dot, BLOCK_B, BLOCK_N, BLOCK_K, warps = _in_blocks(_static(batch, 2), _static(d_model, 256))
