@@ -169,7 +169,7 @@ def sweep(batches) -> list[dict]:
         x, z, x_dbl = torch.randn(b, d, **bf), torch.randn(b, d, **bf), torch.randn(b, r + 2 * n, **bf)
         rows.append(dict(batch=b, kernel="cuBLAS in_proj alone (F.linear)", config="", us=1e3 * graph_ms(
             lambda: F.linear(h, W_in))))
-        in_configs = [(None, None, None)] + ([(8, 256, 4), (32, 128, 4), (16, 128, 2), (64, 64, 4)] if b == 1 else
+        in_configs = [(None, None, None)] + ([(8, 256, 4), (8, 1024, 4), (32, 128, 4), (16, 128, 2), (64, 64, 4)] if b == 1 else
                                              [(64, 64, 4), (16, 128, 4), (64, 128, 8)])
         for bn, bk, nw in in_configs:
             us = 1e3 * graph_ms(lambda: kernels.mamba1_decode_in_fwd(

@@ -131,6 +131,24 @@ def test_triton_kernels_match_oracle(batch, dtype, param_dtype, state_dtype, opt
     _run_steps(_kernel_step, p, batch, dtype, state_dtype, tol, seed=batch)
 
 
+@pytest.mark.parametrize("batch,block_n,block_k", [(1, 8, 64), (1, 64, 16), (3, 64, 16), (3, 16, 64)],
+                         ids=["gemv-n8-k64", "gemv-n64-k16", "dot-n64-k16", "dot-n16-k64"])
+def test_decode_in_block_overrides(batch, block_n, block_k):
+    """Other tilings than the heuristic's (the probe sweeps them on the GPU): tiles straddling the x / z
+    boundary, one K step or several."""
+    from mamba_compile.ops import mamba1_decode_triton as kernels
+
+    p = _params(d_inner=48, param_dtype=torch.float16, seed=9)
+    conv, _ = _states(p, batch, torch.float32, seed=9)
+    conv_ref = conv.double().clone()
+    hidden = _hidden(p, batch, torch.float16, 0, seed=9)
+    x, z = kernels.mamba1_decode_in_fwd(hidden, p["in_proj_weight"], p["in_proj_bias"], conv, p["conv_weight"],
+                                        p["conv_bias"], wrap=False, block_n=block_n, block_k=block_k)
+    x_ref, z_ref, _, conv_ref, _ = _oracle_step(p, hidden, conv_ref, torch.zeros(batch, 48, 16, dtype=torch.float64))
+    for got, want, what in [(x, x_ref, "x"), (z, z_ref, "z"), (conv, conv_ref, "conv_state")]:
+        _close(got, want, 5e-3, what)
+
+
 def test_triton_kernels_strided_inputs():
     """Non-contiguous hidden / x_dbl / weights and states that are row slices of a larger cache."""
     from mamba_compile.ops import mamba1_decode_triton as kernels
@@ -389,6 +407,19 @@ def test_model_fused_decode_equals_unfused(name, state_dtype, monkeypatch):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     for a, b in zip(cache_got.tensors(), cache_want.tensors()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_model_fused_decode_under_autocast(monkeypatch):
+    """fp32 weights under bf16 autocast: the fused ops take the mixed dtypes without casts and give the
+    unfused logits."""
+    torch.manual_seed(0)
+    model = MambaLM(mamba1()).eval()
+    ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, _ = _decode(model, ids, False, monkeypatch)
+        got, _ = _decode(model, ids, True, monkeypatch)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want)
 
 
 def test_model_fused_decode_compiles_one_frame(monkeypatch):
