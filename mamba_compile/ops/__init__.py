@@ -6,7 +6,7 @@ Importing this package registers ``torch.ops.mamba_compile.*``; nothing else hap
 
 from .causal_conv1d import causal_conv1d, causal_conv1d_update
 from .cross_entropy import linear_cross_entropy
-from .mamba1_decode import mamba1_decode_in, mamba1_decode_ssm
+from .mamba1_decode import decode_in, mamba1_decode_in, mamba1_decode_ssm
 from .norms import layer_norm, rms_norm, rms_norm_gated
 from .selective_scan import selective_scan
 from .selective_state_update import selective_state_update
@@ -17,6 +17,7 @@ __all__ = [
     "causal_conv1d_update",
     "layer_norm",
     "linear_cross_entropy",
+    "decode_in",
     "mamba1_decode_in",
     "mamba1_decode_ssm",
     "rms_norm",

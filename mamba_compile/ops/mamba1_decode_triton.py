@@ -1,11 +1,12 @@
 """Triton kernels for the fused Mamba-1 decode step (shapes and math in ``mamba1_decode``).
 
-``_decode_in_fwd_kernel``: one program per (BLOCK_N rows of in_proj's output) x (BLOCK_B batch rows). It
-computes its tile of xz = hidden @ W_in^T + b_in, as a GEMV (multiply and sum, BLOCK_B = 1) for one batch
-row or with tl.dot (the batch padded to BLOCK_B >= 16) for more. Rows below d_inner are x-channels: the
-program applies the conv update to them (window read from conv_state, new input appended, bias, silu)
-and shifts its own channels' conv_state; rows from d_inner on are z, written as they are. A channel's state
-belongs to one program, so no other program reads or writes it.
+``_decode_in_fwd_kernel`` (the op ``decode_in``, serving Mamba-1 and Mamba-2): one program per (BLOCK_N rows
+of in_proj's output) x (BLOCK_B batch rows). It computes its tile of hidden @ W_in^T + b_in, as a GEMV
+(multiply and sum, BLOCK_B = 1) for one batch row or with tl.dot (the batch padded to BLOCK_B >= 16) for
+more. Rows in [conv_start, conv_start + conv_dim) are conv channels (Mamba-1: x; Mamba-2: xBC): the program
+applies the conv update to them (window read from conv_state, new input appended, bias, silu) and shifts
+its own channels' conv_state; every other row is written as it is. A channel's state belongs to one
+program, so no other program reads or writes it.
 
 ``_decode_ssm_fwd_kernel``: one program per (BLOCK_D channels) x (one batch row): dt = softplus(W_dt[c] .
 x_dbl[:r] + b_dt[c]) as a short dot in registers, A = -exp(A_log) on load, then the state update, the C
@@ -27,18 +28,18 @@ from .norms_triton import next_power_of_2
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _decode_in_fwd_kernel(
-    h_ptr, w_ptr, wb_ptr, cs_ptr, cw_ptr, cb_ptr, x_ptr, z_ptr,
-    batch, d_model, d_inner,
-    s_hb, s_hk, s_wn, s_wk, s_csb, s_csd, s_csw, s_cwd, s_cww, s_xb, s_xd, s_zb, s_zd,
+    h_ptr, w_ptr, wb_ptr, cs_ptr, cw_ptr, cb_ptr, out_ptr,
+    batch, d_model, n_rows, conv_start, conv_dim,
+    s_hb, s_hk, s_wn, s_wk, s_csb, s_csd, s_csw, s_cwd, s_cww, s_ob, s_on,
     W: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
     DOT_FP32: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_b = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
-    mask_n = offs_n < 2 * d_inner
+    mask_n = offs_n < n_rows
     mask_b = offs_b < batch
 
-    # ---- xz tile: (BLOCK_B, BLOCK_N) = hidden[b, :] . W[n, :] ----
+    # ---- projection tile: (BLOCK_B, BLOCK_N) = hidden[b, :] . W[n, :] ----
     if USE_DOT:
         acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     else:
@@ -46,7 +47,7 @@ def _decode_in_fwd_kernel(
     for k0 in range(0, d_model, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < d_model
-        # W^T tile (BLOCK_K, BLOCK_N): W is (2 d_inner, d_model), K contiguous
+        # W^T tile (BLOCK_K, BLOCK_N): W is (rows, d_model), K contiguous
         w = tl.load(w_ptr + offs_n[None, :] * s_wn + offs_k[:, None] * s_wk,
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         if USE_DOT:
@@ -65,30 +66,29 @@ def _decode_in_fwd_kernel(
     if HAS_IN_BIAS:
         acc += tl.load(wb_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
 
-    # ---- z-channels: written as they are ----
-    is_z = (offs_n >= d_inner) & mask_n
-    mask_z = mask_b[:, None] & is_z[None, :]
-    tl.store(z_ptr + offs_b[:, None] * s_zb + (offs_n - d_inner)[None, :] * s_zd,
-             acc.to(z_ptr.dtype.element_ty), mask=mask_z)
+    # ---- rows outside [conv_start, conv_start + conv_dim): written as they are ----
+    out_ptrs = out_ptr + offs_b[:, None] * s_ob + offs_n[None, :] * s_on
+    offs_c = offs_n - conv_start  # conv channel of a row (negative or >= conv_dim outside the range)
+    is_c = (offs_c >= 0) & (offs_c < conv_dim)
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_b[:, None] & (mask_n & ~is_c)[None, :])
 
-    # ---- x-channels: out = silu(conv_bias + sum_{k < W-1} cw[k] state[k] + cw[W-1] xz), state shifted ----
-    is_x = offs_n < d_inner
-    mask_x = mask_b[:, None] & is_x[None, :]
-    state_row = cs_ptr + offs_b[:, None] * s_csb + offs_n[None, :] * s_csd  # (BLOCK_B, BLOCK_N) pointers
-    out = acc * tl.load(cw_ptr + offs_n * s_cwd + (W - 1) * s_cww, mask=is_x, other=0.0).to(tl.float32)[None, :]
+    # ---- conv rows: out = silu(conv_bias + sum_{k < W-1} cw[k] state[k] + cw[W-1] acc), state shifted ----
+    mask_c = mask_b[:, None] & is_c[None, :]
+    state_row = cs_ptr + offs_b[:, None] * s_csb + offs_c[None, :] * s_csd  # (BLOCK_B, BLOCK_N) pointers
+    out = acc * tl.load(cw_ptr + offs_c * s_cwd + (W - 1) * s_cww, mask=is_c, other=0.0).to(tl.float32)[None, :]
     if HAS_CONV_BIAS:
-        out += tl.load(cb_ptr + offs_n, mask=is_x, other=0.0).to(tl.float32)[None, :]
+        out += tl.load(cb_ptr + offs_c, mask=is_c, other=0.0).to(tl.float32)[None, :]
     for k in tl.static_range(W - 1):
-        cw_k = tl.load(cw_ptr + offs_n * s_cwd + k * s_cww, mask=is_x, other=0.0).to(tl.float32)
-        out += cw_k[None, :] * tl.load(state_row + k * s_csw, mask=mask_x, other=0.0).to(tl.float32)
+        cw_k = tl.load(cw_ptr + offs_c * s_cwd + k * s_cww, mask=is_c, other=0.0).to(tl.float32)
+        out += cw_k[None, :] * tl.load(state_row + k * s_csw, mask=mask_c, other=0.0).to(tl.float32)
     out = out * tl.sigmoid(out)
-    tl.store(x_ptr + offs_b[:, None] * s_xb + offs_n[None, :] * s_xd, out.to(x_ptr.dtype.element_ty), mask=mask_x)
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask_c)
 
     tl.debug_barrier()  # the window is read completely before it is shifted in place
     for k in tl.static_range(W - 2):
-        v = tl.load(state_row + (k + 1) * s_csw, mask=mask_x, other=0.0)
-        tl.store(state_row + k * s_csw, v, mask=mask_x)
-    tl.store(state_row + (W - 2) * s_csw, acc.to(cs_ptr.dtype.element_ty), mask=mask_x)
+        v = tl.load(state_row + (k + 1) * s_csw, mask=mask_c, other=0.0)
+        tl.store(state_row + k * s_csw, v, mask=mask_c)
+    tl.store(state_row + (W - 2) * s_csw, acc.to(cs_ptr.dtype.element_ty), mask=mask_c)
 
 
 def _in_blocks(batch: int, d_model: int) -> tuple[bool, int, int, int, int]:
@@ -101,31 +101,39 @@ def _in_blocks(batch: int, d_model: int) -> tuple[bool, int, int, int, int]:
     return True, block_b, 32, min(128, max(16, next_power_of_2(d_model))), 4
 
 
-def mamba1_decode_in_fwd(hidden, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias, *, wrap: bool,
-                         block_n: int | None = None, block_k: int | None = None, num_warps: int | None = None):
-    """Launches mamba1_decode_in; conv_state is updated in place. Returns (x, z), each (batch, d_inner) in
-    hidden's dtype. ``block_n`` / ``block_k`` / ``num_warps`` override the shape heuristic (for sweeps)."""
+def decode_in_fwd(hidden, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias, conv_start, *,
+                  wrap: bool, block_n: int | None = None, block_k: int | None = None, num_warps: int | None = None):
+    """Launches decode_in; conv_state is updated in place. Returns out (batch, rows) in hidden's dtype: the
+    conv rows [conv_start, conv_start + conv_dim) hold silu(conv), the others the projection.
+    ``block_n`` / ``block_k`` / ``num_warps`` override the shape heuristic (for sweeps)."""
     batch, d_model = hidden.shape
-    d_inner = in_proj_weight.shape[0] // 2
+    n_rows, conv_dim = in_proj_weight.shape[0], conv_weight.shape[0]
     width = int(conv_weight.shape[1])  # a constexpr: under dynamic shapes, specialised (guarded) here
-    x = torch.empty((batch, d_inner), device=hidden.device, dtype=hidden.dtype)
-    z = torch.empty((batch, d_inner), device=hidden.device, dtype=hidden.dtype)
+    out = torch.empty((batch, n_rows), device=hidden.device, dtype=hidden.dtype)
     use_dot, BLOCK_B, BLOCK_N, BLOCK_K, warps = _in_blocks(_static(batch, 2), _static(d_model, 256))
     BLOCK_N, BLOCK_K, warps = block_n or BLOCK_N, block_k or BLOCK_K, num_warps or warps
     dot_fp32 = not (hidden.dtype == in_proj_weight.dtype and hidden.dtype in (torch.float16, torch.bfloat16))
-    # the biases are indexed densely by channel
+    # the biases are indexed densely by row / channel
     in_bias = in_proj_bias.contiguous() if in_proj_bias is not None else None
     conv_b = conv_bias.contiguous() if conv_bias is not None else None
-    grid = (triton.cdiv(2 * d_inner, BLOCK_N), triton.cdiv(batch, BLOCK_B))
+    grid = (triton.cdiv(n_rows, BLOCK_N), triton.cdiv(batch, BLOCK_B))
     launcher(_decode_in_fwd_kernel, wrap)[grid](
-        hidden, in_proj_weight, _or(in_bias, hidden), conv_state, conv_weight, _or(conv_b, hidden), x, z,
-        batch, d_model, d_inner,
-        *hidden.stride(), *in_proj_weight.stride(), *conv_state.stride(), *conv_weight.stride(),
-        *x.stride(), *z.stride(),
+        hidden, in_proj_weight, _or(in_bias, hidden), conv_state, conv_weight, _or(conv_b, hidden), out,
+        batch, d_model, n_rows, conv_start, conv_dim,
+        *hidden.stride(), *in_proj_weight.stride(), *conv_state.stride(), *conv_weight.stride(), *out.stride(),
         W=width, HAS_IN_BIAS=in_bias is not None, HAS_CONV_BIAS=conv_b is not None, USE_DOT=use_dot,
         DOT_FP32=dot_fp32, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=warps,
     )
-    return x, z
+    return out
+
+
+def mamba1_decode_in_fwd(hidden, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias, *, wrap: bool,
+                         **blocks):
+    """decode_in_fwd for Mamba-1 (conv on the first half of the rows): returns (x, z), views of one
+    (batch, 2 d_inner) tensor."""
+    out = decode_in_fwd(hidden, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias, 0, wrap=wrap,
+                        **blocks)
+    return out.chunk(2, dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -224,8 +224,8 @@ def test_opcheck(dtype, param_dtype, state_dtype, bias):
     p = _params(param_dtype=param_dtype, in_bias=bias, conv_bias=bias, seed=40)
     conv, ssm = _states(p, 3, state_dtype, seed=40)
     hidden = _hidden(p, 3, dtype, 0, seed=40)
-    torch.library.opcheck(torch.ops.mamba_compile.mamba1_decode_in.default,
-                          (hidden, p["in_proj_weight"], p["in_proj_bias"], conv, p["conv_weight"], p["conv_bias"]))
+    torch.library.opcheck(torch.ops.mamba_compile.decode_in.default,
+                          (hidden, p["in_proj_weight"], p["in_proj_bias"], conv, p["conv_weight"], p["conv_bias"], 0))
     x, z = mamba1_decode_in(hidden, p["in_proj_weight"], p["in_proj_bias"], conv, p["conv_weight"], p["conv_bias"])
     torch.library.opcheck(torch.ops.mamba_compile.mamba1_decode_ssm.default,
                           (ssm, x, _x_proj(p, x), p["dt_proj_weight"], p["dt_proj_bias"], p["A_log"], p["D"], z))
@@ -363,7 +363,7 @@ def test_op_body_checks_direct_calls():
     """torch.ops.mamba_compile.* validates too (the checks also run inside the op bodies)."""
     args = _in_args(conv_state=torch.randn(2, 64, 2))
     with pytest.raises(ValueError, match="conv_state"):
-        torch.ops.mamba_compile.mamba1_decode_in(*args.values())
+        torch.ops.mamba_compile.decode_in(*args.values(), 0)
     args = _ssm_args(A_log=torch.randn(64, 15))
     with pytest.raises(ValueError, match="A_log"):
         torch.ops.mamba_compile.mamba1_decode_ssm(*args.values())
