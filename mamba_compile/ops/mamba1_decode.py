@@ -139,7 +139,8 @@ def _check_decode_in(hidden, in_proj_weight, in_proj_bias, conv_state, conv_weig
         raise ValueError(f"conv_start = {conv_start} with conv_dim = {conv_dim} (conv_weight's first dim) must "
                          f"satisfy 0 <= conv_start and conv_start + conv_dim <= rows = {rows} (in_proj_weight's "
                          f"first dim)")
-    check_tensor("conv_state", conv_state, shape=(batch, conv_dim, d_conv - 1), letters="(batch, conv_dim, d_conv - 1)")
+    check_tensor("conv_state", conv_state, shape=(batch, conv_dim, d_conv - 1),
+                 letters="(batch, conv_dim, d_conv - 1)")
     check_tensor("conv_bias", conv_bias, shape=(conv_dim,), letters="(conv_dim,)", optional=True)
     check_same_device(hidden=hidden, in_proj_weight=in_proj_weight, in_proj_bias=in_proj_bias,
                       conv_state=conv_state, conv_weight=conv_weight, conv_bias=conv_bias)

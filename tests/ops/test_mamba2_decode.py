@@ -436,10 +436,11 @@ def test_gpu_matches_cpu(batch, dtype, param_dtype, state_dtype, tol, gate, dt_l
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("batch", [1, 16])
+@pytest.mark.parametrize("batch", [1, 4])
 def test_gpu_kernels_match_oracle_fp32(batch):
-    """fp32 everywhere: the CUDA kernels against the float64 oracle (GEMV and tl.dot paths)."""
-    p, s = _params(seed=81, device="cuda", ngroups=2, D_hdim=True, **{**SHAPE_130M, "ngroups": 2})
+    """fp32 everywhere: the CUDA kernels against the float64 oracle (GEMV and tl.dot paths; the oracle loops
+    over (batch, head, headdim) in Python, hence batch 4), two groups, D (h, p), dt_limit, z gate."""
+    p, s = _params(seed=81, device="cuda", D_hdim=True, **{**SHAPE_130M, "ngroups": 2})
     _run_steps(_ops_step, p, s, batch, torch.float32, torch.float32, True, LIMIT, 1e-4, steps=2, seed=81,
                device="cuda")
 
