@@ -22,11 +22,21 @@ from torch import nn
 from ..ops import (
     causal_conv1d,
     causal_conv1d_update,
+    decode_in,
+    mamba1_decode_in,
+    mamba1_decode_ssm,
+    mamba2_decode_ssm,
     rms_norm_gated,
     selective_scan,
     selective_state_update,
     ssd_chunk_scan,
 )
+
+# Mamba1Mixer.step through the two fused decode ops (add_norm, mamba1_decode_in, x_proj, mamba1_decode_ssm,
+# out_proj: five launches a layer instead of about nine), and Mamba2Mixer.step likewise (add_norm, decode_in,
+# mamba2_decode_ssm, rms_norm_gated, out_proj; the d_mlp > 0 gate as before). Off until timed on the GPU
+# (benchmarks/probes/decode_fused.py); read at call time, so a compiled step is guarded on it.
+FUSED_DECODE = False
 
 
 def _dt_bias_init(n: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
@@ -103,6 +113,8 @@ class Mamba1Mixer(nn.Module):
 
     def step(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
         # hidden_states: (b, d_model): one token per row, states updated in place
+        if FUSED_DECODE:
+            return self._fused_step(hidden_states, cache)
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (b, d_inner) each
         x = causal_conv1d_update(x, cache.conv_states[self.layer_idx], self.conv1d.weight.squeeze(1),
                                  self.conv1d.bias, activation="silu")
@@ -111,6 +123,16 @@ class Mamba1Mixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         y = selective_state_update(cache.ssm_states[self.layer_idx], x, dt, A, B, C, self.D.float(), z=z,
                                    dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        return self.out_proj(y)  # (b, d_model)
+
+    def _fused_step(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
+        # the same step in two fused ops around x_proj (see mamba_compile/ops/mamba1_decode.py)
+        x, z = mamba1_decode_in(hidden_states, self.in_proj.weight, self.in_proj.bias,
+                                cache.conv_states[self.layer_idx], self.conv1d.weight.squeeze(1),
+                                self.conv1d.bias)  # (b, d_inner) each
+        x_dbl = self.x_proj(x)  # (b, dt_rank + 2 * d_state)
+        y = mamba1_decode_ssm(cache.ssm_states[self.layer_idx], x, x_dbl, self.dt_proj.weight, self.dt_proj.bias,
+                              self.A_log, self.D, z)
         return self.out_proj(y)  # (b, d_model)
 
 
@@ -190,6 +212,8 @@ class Mamba2Mixer(nn.Module):
 
     def step(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
         # hidden_states: (b, d_model)
+        if FUSED_DECODE:
+            return self._fused_step(hidden_states, cache)
         z0, x0, z, xBC, dt = self._split_in_proj(self.in_proj(hidden_states))
         xBC = causal_conv1d_update(xBC, cache.conv_states[self.layer_idx], self.conv1d.weight.squeeze(1),
                                    self.conv1d.bias, activation="silu")  # (b, conv_dim)
@@ -210,6 +234,21 @@ class Mamba2Mixer(nn.Module):
         y = selective_state_update(cache.ssm_states[self.layer_idx], x, dt[..., None].expand(-1, -1, p), A, B, C, D,
                                    z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, p)),
                                    dt_bias=dt_bias, dt_softplus=dt_softplus)
+        return self._gate_and_project(y.flatten(-2), z, z0, x0)  # (b, d_model)
+
+    def _fused_step(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
+        # the same step in two fused ops (see mamba_compile/ops/mamba1_decode.py and mamba2_decode.py)
+        zxbcdt = decode_in(hidden_states, self.in_proj.weight, self.in_proj.bias, cache.conv_states[self.layer_idx],
+                           self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                           conv_start=2 * self.d_mlp + self.d_ssm)  # xBC rows through conv + silu
+        z0, x0, z, xBC, dt = self._split_in_proj(zxbcdt)
+        x, B, C = xBC.split([self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        p, n = self.headdim, self.d_state
+        D = self.D.view(self.nheads, p) if self.D_has_hdim else self.D
+        y = mamba2_decode_ssm(cache.ssm_states[self.layer_idx], x.unflatten(-1, (self.nheads, p)),
+                              B.unflatten(-1, (self.ngroups, n)), C.unflatten(-1, (self.ngroups, n)), dt,
+                              self.A_log, self.dt_bias, D,
+                              None if self.rmsnorm else z.unflatten(-1, (self.nheads, p)), dt_limit=self.dt_limit)
         return self._gate_and_project(y.flatten(-2), z, z0, x0)  # (b, d_model)
 
 

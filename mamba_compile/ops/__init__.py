@@ -6,6 +6,8 @@ Importing this package registers ``torch.ops.mamba_compile.*``; nothing else hap
 
 from .causal_conv1d import causal_conv1d, causal_conv1d_update
 from .cross_entropy import linear_cross_entropy
+from .mamba1_decode import decode_in, mamba1_decode_in, mamba1_decode_ssm
+from .mamba2_decode import mamba2_decode_ssm
 from .norms import layer_norm, rms_norm, rms_norm_gated
 from .selective_scan import selective_scan
 from .selective_state_update import selective_state_update
@@ -16,6 +18,10 @@ __all__ = [
     "causal_conv1d_update",
     "layer_norm",
     "linear_cross_entropy",
+    "decode_in",
+    "mamba1_decode_in",
+    "mamba1_decode_ssm",
+    "mamba2_decode_ssm",
     "rms_norm",
     "rms_norm_gated",
     "selective_scan",
