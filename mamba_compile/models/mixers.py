@@ -34,9 +34,14 @@ from ..ops import (
 
 # Mamba1Mixer.step through the two fused decode ops (add_norm, mamba1_decode_in, x_proj, mamba1_decode_ssm,
 # out_proj: five launches a layer instead of about nine), and Mamba2Mixer.step likewise (add_norm, decode_in,
-# mamba2_decode_ssm, rms_norm_gated, out_proj; the d_mlp > 0 gate as before). Off until timed on the GPU
-# (benchmarks/probes/decode_fused.py); read at call time, so a compiled step is guarded on it.
-FUSED_DECODE = False
+# mamba2_decode_ssm, rms_norm_gated, out_proj; the d_mlp > 0 gate as before). Read at call time, so a compiled
+# step is guarded on it. 130M decode step on an H100 (benchmarks/probes/decode_fused.py, CUDA-graph replay):
+# Mamba-1 b1 0.925 -> 0.521 ms, Mamba-2 b1 0.713 -> 0.490 ms.
+FUSED_DECODE = True
+# Above this batch the in-projection is cuBLAS + causal_conv1d_update instead of decode_in, whose GEMV grows
+# with the batch (H100, 130M: decode_in 3.0-3.6 us against cuBLAS 3.4 us + the conv update at b1, but 16.6
+# against 3.6 at b64); the fused state update is kept at every batch (b64: 7.6 us against 15.3 unfused).
+FUSED_DECODE_IN_MAX_BATCH = 8
 
 
 def _dt_bias_init(n: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
@@ -127,9 +132,13 @@ class Mamba1Mixer(nn.Module):
 
     def _fused_step(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
         # the same step in two fused ops around x_proj (see mamba_compile/ops/mamba1_decode.py)
-        x, z = mamba1_decode_in(hidden_states, self.in_proj.weight, self.in_proj.bias,
-                                cache.conv_states[self.layer_idx], self.conv1d.weight.squeeze(1),
-                                self.conv1d.bias)  # (b, d_inner) each
+        conv_state, conv_weight = cache.conv_states[self.layer_idx], self.conv1d.weight.squeeze(1)
+        if hidden_states.shape[0] > FUSED_DECODE_IN_MAX_BATCH:
+            x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
+            x = causal_conv1d_update(x, conv_state, conv_weight, self.conv1d.bias, activation="silu")
+        else:
+            x, z = mamba1_decode_in(hidden_states, self.in_proj.weight, self.in_proj.bias, conv_state,
+                                    conv_weight, self.conv1d.bias)  # (b, d_inner) each
         x_dbl = self.x_proj(x)  # (b, dt_rank + 2 * d_state)
         y = mamba1_decode_ssm(cache.ssm_states[self.layer_idx], x, x_dbl, self.dt_proj.weight, self.dt_proj.bias,
                               self.A_log, self.D, z)
@@ -238,10 +247,14 @@ class Mamba2Mixer(nn.Module):
 
     def _fused_step(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
         # the same step in two fused ops (see mamba_compile/ops/mamba1_decode.py and mamba2_decode.py)
-        zxbcdt = decode_in(hidden_states, self.in_proj.weight, self.in_proj.bias, cache.conv_states[self.layer_idx],
-                           self.conv1d.weight.squeeze(1), self.conv1d.bias,
-                           conv_start=2 * self.d_mlp + self.d_ssm)  # xBC rows through conv + silu
-        z0, x0, z, xBC, dt = self._split_in_proj(zxbcdt)
+        conv_state, conv_weight = cache.conv_states[self.layer_idx], self.conv1d.weight.squeeze(1)
+        if hidden_states.shape[0] > FUSED_DECODE_IN_MAX_BATCH:
+            z0, x0, z, xBC, dt = self._split_in_proj(self.in_proj(hidden_states))
+            xBC = causal_conv1d_update(xBC, conv_state, conv_weight, self.conv1d.bias, activation="silu")
+        else:
+            zxbcdt = decode_in(hidden_states, self.in_proj.weight, self.in_proj.bias, conv_state, conv_weight,
+                               self.conv1d.bias, conv_start=2 * self.d_mlp + self.d_ssm)  # xBC through conv + silu
+            z0, x0, z, xBC, dt = self._split_in_proj(zxbcdt)
         x, B, C = xBC.split([self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         p, n = self.headdim, self.d_state
         D = self.D.view(self.nheads, p) if self.D_has_hdim else self.D

@@ -111,6 +111,94 @@ def _causal_conv1d_fwd_kernel(
                      v.to(final_ptr.dtype.element_ty), mask=d_mask[:, None] & (j < W - 1)[None, :])
 
 
+# ----------------------------------------------------------------------------------------------
+# Forward over 16-bit pairs. A 16-bit x read at W shifted positions costs 2-byte loads for the odd
+# shifts and a bf16->fp32 conversion per tap. Read instead as int32 pairs P_j = (x[2j], x[2j+1]): output
+# pair m (t = 2m, 2m+1) needs x[2m-(W-1) .. 2m+1], i.e. pairs m-NP+1 .. m with NP = ceil((W-1)/2) + 1
+# (W = 4: three pair tiles, the unshifted one as 16-byte vectors), each unpacked once into its two
+# elements; both outputs are packed back into one int32 per pair. For contiguous time, 4-byte aligned
+# rows, even L, no seq_idx / initial_states (the general kernel above covers the rest).
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _unpack_lo_hi(v, IS_BF16: tl.constexpr):
+    """The two 16-bit floats of int32 pairs v (little-endian: element 2j in the low half) as fp32."""
+    if IS_BF16:
+        lo = (v << 16).to(tl.float32, bitcast=True)
+        hi = (v & -65536).to(tl.float32, bitcast=True)
+    else:
+        lo = (v & 65535).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        hi = ((v >> 16) & 65535).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return lo, hi
+
+
+@triton.jit
+def _pack_lo_hi(lo, hi, IS_BF16: tl.constexpr):
+    if IS_BF16:
+        lo16 = lo.to(tl.bfloat16).to(tl.int16, bitcast=True)
+        hi16 = hi.to(tl.bfloat16).to(tl.int16, bitcast=True)
+    else:
+        lo16 = lo.to(tl.float16).to(tl.int16, bitcast=True)
+        hi16 = hi.to(tl.float16).to(tl.int16, bitcast=True)
+    return (lo16.to(tl.int32) & 65535) | (hi16.to(tl.int32) << 16)
+
+
+@triton.jit
+def _tap(w_ptr, offs_d, k, stride_wd, stride_ww, d_mask):
+    return tl.load(w_ptr + offs_d * stride_wd + k * stride_ww, mask=d_mask, other=0.0).to(tl.float32)[:, None]
+
+
+@triton.jit
+def _causal_conv1d_fwd_pairs_kernel(
+    x_ptr, w_ptr, bias_ptr, out_ptr, final_ptr, L, D,
+    stride_xb, stride_xd, stride_wd, stride_ww, stride_ob, stride_od, stride_fb, stride_fd, stride_fl,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_FINAL: tl.constexpr, SILU: tl.constexpr, IS_BF16: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    # strides of x and out in elements (even); L even; BLOCK_M output pairs per tile
+    NP: tl.constexpr = (W - 1 + 1) // 2 + 1
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    d_mask = offs_d < D
+    M = L // 2
+    xp = x_ptr.to(tl.pointer_type(tl.int32)) + (b * stride_xb + offs_d[:, None] * stride_xd) // 2
+    even = tl.zeros((BLOCK_D, BLOCK_M), dtype=tl.float32)
+    odd = tl.zeros((BLOCK_D, BLOCK_M), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[:, None]
+        even += bias
+        odd += bias
+    for q in tl.static_range(NP):
+        j = offs_m + (q - (NP - 1))  # pair index; its elements sit at offsets r0 = 2 (q - NP + 1) and r0 + 1 from 2m
+        v = tl.load(xp + j[None, :], mask=d_mask[:, None] & ((j >= 0) & (j < M))[None, :], other=0)
+        lo, hi = _unpack_lo_hi(v, IS_BF16)
+        for k in tl.static_range(W):  # tap k of output 2m reads x[2m + k - (W-1)], of output 2m+1 one further
+            if k - (W - 1) == 2 * (q - (NP - 1)):
+                even += _tap(w_ptr, offs_d, k, stride_wd, stride_ww, d_mask) * lo
+            if k - (W - 1) == 2 * (q - (NP - 1)) + 1:
+                even += _tap(w_ptr, offs_d, k, stride_wd, stride_ww, d_mask) * hi
+            if k - (W - 1) + 1 == 2 * (q - (NP - 1)):
+                odd += _tap(w_ptr, offs_d, k, stride_wd, stride_ww, d_mask) * lo
+            if k - (W - 1) + 1 == 2 * (q - (NP - 1)) + 1:
+                odd += _tap(w_ptr, offs_d, k, stride_wd, stride_ww, d_mask) * hi
+    if SILU:
+        even = even * tl.sigmoid(even)
+        odd = odd * tl.sigmoid(odd)
+    op = out_ptr.to(tl.pointer_type(tl.int32)) + (b * stride_ob + offs_d[:, None] * stride_od) // 2
+    tl.store(op + offs_m[None, :], _pack_lo_hi(even, odd, IS_BF16), mask=d_mask[:, None] & (offs_m < M)[None, :])
+
+    if HAS_FINAL:
+        if pid_m == tl.num_programs(0) - 1:
+            jw = tl.arange(0, BLOCK_W)
+            p = L - (W - 1) + jw
+            v = tl.load(x_ptr + b * stride_xb + offs_d[:, None] * stride_xd + p[None, :],
+                        mask=d_mask[:, None] & ((p >= 0) & (jw < W - 1))[None, :], other=0.0)
+            tl.store(final_ptr + b * stride_fb + offs_d[:, None] * stride_fd + jw[None, :] * stride_fl,
+                     v.to(final_ptr.dtype.element_ty), mask=d_mask[:, None] & (jw < W - 1)[None, :])
+
+
 def _static(n, default: int) -> int:
     """A size as a plain int when it is one (eager, static shapes), else ``default``: block sizes must
     not depend on symbolic sizes, or tracing would specialise on them."""
@@ -129,10 +217,25 @@ def _fwd_blocks(x: torch.Tensor) -> tuple[int, int]:
     return 64, 32  # channel-last: coalesce along dim
 
 
+_FWD_PAIRS = False  # the pair kernel where it applies (off until timed on the GPU)
+_PAIRS_BLOCK_M = 128  # output pairs per tile (256 time steps, as the general kernel's 8 x 256)
+
+
+def _pairs_apply(x, out, seq_idx, initial_states) -> bool:
+    """Whether the pair kernel can run: 16-bit x and out with contiguous time, rows at even element
+    offsets (4-byte aligned pairs), even static length, no seq_idx / initial_states."""
+    if x.dtype not in (torch.bfloat16, torch.float16) or seq_idx is not None or initial_states is not None:
+        return False
+    sizes = (x.shape[2], x.stride(0), x.stride(1), x.storage_offset(), out.stride(0), out.stride(1),
+             out.storage_offset())
+    return x.stride(2) == 1 and out.stride(2) == 1 and all(isinstance(n, int) and n % 2 == 0 for n in sizes)
+
+
 def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_states: bool, silu: bool,
                       *, wrap: bool = True, block_d: int | None = None, block_l: int | None = None,
-                      num_warps: int = 4):
-    """Returns (out, final_states); final_states is an empty tensor unless requested."""
+                      num_warps: int = 4, pairs: bool | None = None):
+    """Returns (out, final_states); final_states is an empty tensor unless requested. ``pairs`` forces the
+    16-bit pair kernel on (where it applies) or off; None: ``_FWD_PAIRS``."""
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
     out = torch.empty_like(x)  # keeps x's layout (channel-last in, channel-last out)
@@ -140,6 +243,20 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
         final_states = x.new_empty(batch, dim, width - 1)
     else:
         final_states = x.new_empty(0)
+    if (_FWD_PAIRS if pairs is None else pairs) and _pairs_apply(x, out, seq_idx, initial_states):
+        block_m = block_l // 2 if block_l else _PAIRS_BLOCK_M
+        block_d = block_d or 2048 // (2 * block_m)
+        grid = (triton.cdiv(seqlen // 2, block_m), triton.cdiv(dim, block_d), batch)
+        bias = bias.contiguous() if bias is not None else None
+        launcher(_causal_conv1d_fwd_pairs_kernel, wrap)[grid](
+            x, weight, _or_dummy(bias, weight), out, final_states if return_final_states else x, seqlen, dim,
+            x.stride(0), x.stride(1), *weight.stride(), out.stride(0), out.stride(1),
+            *_strides(final_states if return_final_states else None, 3),
+            W=width, HAS_BIAS=bias is not None, HAS_FINAL=return_final_states, SILU=silu,
+            IS_BF16=x.dtype == torch.bfloat16, BLOCK_D=block_d, BLOCK_M=block_m,
+            BLOCK_W=max(2, triton.next_power_of_2(width - 1)), num_warps=num_warps,
+        )
+        return out, final_states
     bd, bl = _fwd_blocks(x)
     block_d, block_l = block_d or bd, block_l or bl
     bias = bias.contiguous() if bias is not None else None  # the kernels index bias and the int32 vectors densely

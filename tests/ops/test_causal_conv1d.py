@@ -452,6 +452,42 @@ def test_triton_kernels_direct(case):
         _assert_close(got[name].cpu(), want[name], 1e-5, f"d{name}")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("width,seqlen", [(4, 14), (3, 6), (2, 2)], ids=["w4-l14", "w3-l6", "w2-l2"])
+def test_triton_pairs_kernel_direct(dtype, width, seqlen):
+    """The 16-bit pair forward (int32 loads of x pairs, outputs packed back in pairs) against the float64
+    reference; blocks of 4 pairs so tiles and the two-pair halo cross block boundaries."""
+    from mamba_compile.ops import causal_conv1d_triton as kernels
+
+    device = "cuda" if HAS_CUDA else "cpu"
+    g = torch.Generator().manual_seed(20 + width)
+    x = torch.randn(2, 6, seqlen, generator=g).to(device, dtype)
+    weight, bias = torch.randn(6, width, generator=g).to(device), torch.randn(6, generator=g).to(device)
+    out, fin = kernels.causal_conv1d_fwd(x, weight, bias, None, None, True, True, wrap=False, block_d=4, block_l=8,
+                                         pairs=True)
+    assert kernels._pairs_apply(x, out, None, None)  # the pair kernel is what ran
+    ref_out, ref_fin = causal_conv1d_ref(x.cpu().double(), weight.cpu().double(), bias.cpu().double(), None, None,
+                                         "silu")
+    scale = ref_out.abs().max().item()
+    assert (out.cpu().double() - ref_out).abs().max().item() <= 8e-3 * scale  # 16-bit output rounding
+    torch.testing.assert_close(fin.cpu().double(), ref_fin, rtol=0, atol=0)  # copies of the inputs
+
+
+def test_pairs_kernel_applies_only_where_it_can():
+    from mamba_compile.ops import causal_conv1d_triton as kernels
+
+    x = torch.randn(2, 4, 12, dtype=torch.bfloat16)
+    seq = torch.zeros(2, 12, dtype=torch.int32)
+    assert kernels._pairs_apply(x, x, None, None)
+    assert not kernels._pairs_apply(x.float(), x.float(), None, None)  # 32-bit
+    assert not kernels._pairs_apply(x[..., :11], x[..., :11], None, None)  # odd length
+    assert not kernels._pairs_apply(x[..., 1:11], x[..., 1:11], None, None)  # odd offset: pairs not 4-byte aligned
+    cl = x.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not kernels._pairs_apply(cl, cl, None, None)  # channel-last
+    assert not kernels._pairs_apply(x, x, seq, None)
+    assert not kernels._pairs_apply(x, x, None, torch.randn(2, 4, 3))
+
+
 @pytest.mark.parametrize(
     "case",
     [pytest.param(dict(state_len=5, seqlen=3), id="shift"),

@@ -359,7 +359,11 @@ def _decode(model, ids, fused, monkeypatch, state_dtype=torch.float32, step_fn=N
     [(n, torch.float32) for n in MODEL_CONFIGS] + [("mamba2", torch.bfloat16), ("mamba2_options", torch.bfloat16)],
     ids=[f"{n}-fp32state" for n in MODEL_CONFIGS] + ["mamba2-bf16state", "mamba2_options-bf16state"],
 )
-def test_model_fused_decode_equals_unfused(name, state_dtype, monkeypatch):
+@pytest.mark.parametrize("in_max_batch", [8, 0], ids=["decode_in", "linear_in"])
+def test_model_fused_decode_equals_unfused(name, state_dtype, in_max_batch, monkeypatch):
+    """Both in-projections of the fused step (decode_in at small batches, cuBLAS + conv update above
+    mixers.FUSED_DECODE_IN_MAX_BATCH) give the unfused step's logits and states exactly."""
+    monkeypatch.setattr(mixers, "FUSED_DECODE_IN_MAX_BATCH", in_max_batch)
     torch.manual_seed(0)
     model = MambaLM(MODEL_CONFIGS[name]()).eval()
     ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))

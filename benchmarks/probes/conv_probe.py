@@ -1,0 +1,96 @@
+"""Conv kernel variants on the GPU, CUDA-graph replay medians (benchmarks._common.graph_ms):
+
+1. forward at b8 d1536 l2048 w4 bf16 silu bias, time-contiguous (issue 2's target: at most 1.25x the copy
+   floor): the general kernel at its default and best-seen blocks, and the 16-bit pair kernel
+   (causal_conv1d_triton._causal_conv1d_fwd_pairs_kernel) over a few blocks, each checked against the
+   general kernel's output (max |diff| in units of the output's largest magnitude);
+2. Mamba-2's layout: xBC, 1792 channels sliced from a (b, l, 3352) in_proj output and transposed
+   (channel-last), forward and backward of the general kernel over block shapes, beside the same tensor
+   made time-contiguous.
+
+    python -m benchmarks.probes.conv_probe --out $OUT/conv_probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from benchmarks._common import floor_ms, graph_ms, nbytes, write_results
+from mamba_compile.ops import causal_conv1d_triton as kernels
+
+
+def _inputs(x):
+    g = torch.Generator(device="cuda").manual_seed(1)
+    dim, width = x.shape[1], 4
+    weight = torch.randn(dim, width, device="cuda", generator=g) / width**0.5
+    bias = torch.randn(dim, device="cuda", generator=g)
+    return weight, bias
+
+
+def forward_variants(rows):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(8, 1536, 2048, device="cuda", dtype=torch.bfloat16, generator=g)
+    weight, bias = _inputs(x)
+    floor = floor_ms(2 * nbytes(x))
+    want = kernels.causal_conv1d_fwd(x, weight, bias, None, None, False, True, wrap=False, pairs=False)[0].float()
+    variants = [("general", 8, 256, 4), ("general", 4, 1024, 8)]
+    variants += [("pairs", bd, bl, w) for bd, bl, w in ((8, 256, 4), (4, 512, 4), (4, 1024, 8), (16, 128, 4),
+                                                        (2, 1024, 4), (8, 512, 8), (16, 256, 8))]
+    variants += [("general", 8, 256, 4)]  # again: the run's spread
+    for kind, bd, bl, w in variants:
+        def fwd(bd=bd, bl=bl, w=w, kind=kind):
+            return kernels.causal_conv1d_fwd(x, weight, bias, None, None, False, True, wrap=False, block_d=bd,
+                                             block_l=bl, num_warps=w, pairs=kind == "pairs")
+
+        got = fwd()[0].float()
+        err = ((got - want).abs().max() / want.abs().max()).item()
+        ms = graph_ms(fwd)
+        rows.append(dict(part="fwd contiguous", kernel=kind, blocks=f"{bd}x{bl} w{w}", fwd_ms=ms, ratio=ms / floor,
+                         bwd_ms="", max_rel_diff=f"{err:.1e}"))
+        print(rows[-1], flush=True)
+
+
+def mamba2_layout(rows):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    zxbcdt = torch.randn(8, 2048, 3352, device="cuda", dtype=torch.bfloat16, generator=g)
+    x_cl = zxbcdt[..., 1560:3352].transpose(1, 2)  # (b, 1792, l), channel-last
+    x_tc = x_cl.contiguous()
+    weight, bias = _inputs(x_cl)
+    floor = floor_ms(2 * nbytes(x_tc))
+    dout_cl = torch.randn(8, 2048, 1792, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2)
+    want = kernels.causal_conv1d_fwd(x_tc, weight, bias, None, None, False, True, wrap=False)[0].float()
+    cases = [("time-contiguous", x_tc, dout_cl.contiguous(), None, None, 4)]
+    cases += [("channel-last", x_cl, dout_cl, bd, bl, w) for bd, bl, w in (
+        (None, None, 4), (128, 16, 4), (32, 64, 4), (128, 32, 8), (256, 8, 4), (64, 64, 8), (256, 16, 8), (128, 8, 4))]
+    for name, x, dout, bd, bl, w in cases:
+        def fwd(x=x, bd=bd, bl=bl, w=w):
+            return kernels.causal_conv1d_fwd(x, weight, bias, None, None, False, True, wrap=False, block_d=bd,
+                                             block_l=bl, num_warps=w, pairs=False)
+
+        def bwd(x=x, dout=dout, bd=bd, bl=bl, w=w):
+            return kernels.causal_conv1d_bwd(x, weight, bias, None, None, dout, None, True, wrap=False,
+                                             block_d=bd, block_l=bl, num_warps=w)
+
+        err = ((fwd()[0].float() - want).abs().max() / want.abs().max()).item()
+        bwd()
+        f_ms, b_ms = graph_ms(fwd), graph_ms(bwd)
+        blocks = "default" if bd is None else f"{bd}x{bl} w{w}"
+        rows.append(dict(part=f"m2 xBC {name}", kernel="general", blocks=blocks, fwd_ms=f_ms, ratio=f_ms / floor,
+                         bwd_ms=b_ms, max_rel_diff=f"{err:.1e}"))
+        print(rows[-1], flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    rows = []
+    forward_variants(rows)
+    mamba2_layout(rows)
+    write_results(rows, args.out)
+
+
+if __name__ == "__main__":
+    main()
