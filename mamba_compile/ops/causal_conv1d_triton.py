@@ -205,20 +205,34 @@ def _static(n, default: int) -> int:
     return n if isinstance(n, int) else default
 
 
-def _fwd_blocks(x: torch.Tensor) -> tuple[int, int]:
+def _fwd_blocks(x: torch.Tensor, backward: bool = False) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_L) of the general kernels by x's layout."""
     L = _static(x.shape[2], 1 << 20)
     if x.stride(2) == 1 or x.stride(1) != 1:  # time-contiguous rows: long runs along the sequence
         # 8 x 256 measured best of 8 shapes on an H100 (b8 d1536 l2048: 1.26x the copy floor). A second
         # sweep (9 block shapes and warp counts, CUDA-graph replay) gave 1.261-1.363x, this one 1.263x:
         # block sizes alone do not reach 1.25x. A third (session 3): 4 x 1024 with 8 warps 1.259x, this one 1.262x;
-        # a MUFU ex2 + rcp.approx silu was slower in every configuration (1.29-1.32x).
+        # a MUFU ex2 + rcp.approx silu was slower in every configuration (1.29-1.32x). 16-bit x now takes
+        # the pair kernel instead where it applies (1.08x).
         block_l = min(256, max(16, triton.next_power_of_2(L)))
         return 2048 // block_l, block_l
-    return 64, 32  # channel-last: coalesce along dim
+    # Channel-last (Mamba-2's xBC: 1792 channels of a (b, l, 3352) row, b8 l2048 bf16, H100, session 4,
+    # benchmarks/probes/conv_probe.py): forward 128 x 16 0.091 ms (64 x 32 0.131, 256 x 8 0.103, 32 x 64
+    # 0.117); backward 32 x 64 0.400 ms (64 x 32 0.522, 128 x 16 0.596, 256 x 8 0.931). The same tensor
+    # time-contiguous: 0.049 / 0.264.
+    return (32, 64) if backward else (128, 16)
 
 
-_FWD_PAIRS = False  # the pair kernel where it applies (off until timed on the GPU)
-_PAIRS_BLOCK_M = 128  # output pairs per tile (256 time steps, as the general kernel's 8 x 256)
+_FWD_PAIRS = True  # the pair kernel where it applies
+
+
+def _pairs_blocks(L) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_M) of the pair kernel: 1024 steps (512 pairs) x 2 channels at length 2048. b8 d1536
+    l2048 w4 bf16 on an H100 (session 4, CUDA-graph replay, copy floor 0.034 ms): 2 x 1024 steps 1.076x the
+    floor, 4 x 512 1.085x, 8 x 256 1.092x, 4 x 1024 (8 warps) 1.097x, 16 x 128 1.123x; the general kernel
+    1.262x in the same run."""
+    block_l = min(1024, max(16, triton.next_power_of_2(_static(L, 1 << 20))))
+    return max(1, 2048 // block_l), block_l // 2
 
 
 def _pairs_apply(x, out, seq_idx, initial_states) -> bool:
@@ -244,8 +258,8 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
     else:
         final_states = x.new_empty(0)
     if (_FWD_PAIRS if pairs is None else pairs) and _pairs_apply(x, out, seq_idx, initial_states):
-        block_m = block_l // 2 if block_l else _PAIRS_BLOCK_M
-        block_d = block_d or 2048 // (2 * block_m)
+        bd, bm = _pairs_blocks(seqlen)
+        block_d, block_m = block_d or bd, block_l // 2 if block_l else bm
         grid = (triton.cdiv(seqlen // 2, block_m), triton.cdiv(dim, block_d), batch)
         bias = bias.contiguous() if bias is not None else None
         launcher(_causal_conv1d_fwd_pairs_kernel, wrap)[grid](
@@ -391,7 +405,7 @@ def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_sta
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
     bias = bias.contiguous() if bias is not None else None
-    bd, bl = _fwd_blocks(x)
+    bd, bl = _fwd_blocks(x, backward=True)
     block_d, block_l = block_d or bd, block_l or bl
     n_l = triton.cdiv(seqlen, block_l)
     grid = (n_l, triton.cdiv(dim, block_d), batch)
