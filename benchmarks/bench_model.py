@@ -185,30 +185,33 @@ def main(argv=None) -> None:
     p.add_argument("--cases", nargs="+", default=["generate", "train"], choices=["generate", "train"],
                    help="GPU cases to run (training first: with --regional it compiles in about 25 s, a generation "
                         "case with its compiled prefill in 2 to 3 minutes on an H100)")
+    p.add_argument("--gen", nargs="+", default=["1:fp32", "64:fp32", "64:bf16"],
+                   help="generation cases as batch:state-dtype (each compiles in 2-3 minutes)")
     p.add_argument("--regional", action="store_true",
                    help="training: compile each block instead of the whole model (much shorter compile)")
     args = p.parse_args(argv)
-    cases = []
+    cases = []  # (name, shared model key or None, fn): consecutive generate cases of one arch share its model
     if not args.cpu and "train" in args.cases:
-        cases += [(f"{arch} train", lambda a=arch: bench_train(a, regional=args.regional)) for arch in args.arch]
+        cases += [(f"{arch} train", None, lambda a=arch: bench_train(a, regional=args.regional)) for arch in args.arch]
     for arch in args.arch:
         if args.cpu:
             kw = dict(batch=1, iters=3, size="130m") if args.cpu_size == "130m" else {}
-            cases.append((f"{arch} cpu", lambda a=arch, kw=kw: bench_cpu(a, **kw)))
+            cases.append((f"{arch} cpu", None, lambda a=arch, kw=kw: bench_cpu(a, **kw)))
             continue
         if "generate" in args.cases:
-            for batch, sd in ((1, torch.float32), (64, torch.float32), (64, torch.bfloat16)):
-                cases.append((f"{arch} generate b{batch} {sd}",
+            dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+            for batch, sd in ((int(c.split(":")[0]), dtypes[c.split(":")[1]]) for c in args.gen):
+                cases.append((f"{arch} generate b{batch} {sd}", arch,
                               lambda a=arch, b=batch, sd=sd: bench_generate(a, b, model=_generation_model(a), state_dtype=sd)))
     rows = []
-    for name, fn in cases:  # one failing case must not lose the others; results are written after each
+    for i, (name, key, fn) in enumerate(cases):  # one failing case must not lose the others; results are written after each
         try:
             rows.append(fn())
             print(f"done: {name}: {rows[-1]}", flush=True)
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             rows.append(dict(model=name, case="FAILED", error=f"{type(e).__name__}: {e}"[:300]))
-        if "generate b64 torch.bfloat16" in name or "generate" not in name:  # the generate cases share the model
+        if key is None or i + 1 == len(cases) or cases[i + 1][1] != key:
             _MODELS.clear()
             torch._dynamo.reset()
             if torch.cuda.is_available():
