@@ -164,12 +164,9 @@ def _causal_conv1d_fwd_pairs_kernel(
     d_mask = offs_d < D
     M = L // 2
     xp = x_ptr.to(tl.pointer_type(tl.int32)) + (b * stride_xb + offs_d[:, None] * stride_xd) // 2
+    # taps in the general kernel's order (k ascending, bias last): the same fp32 sums, bit for bit
     even = tl.zeros((BLOCK_D, BLOCK_M), dtype=tl.float32)
     odd = tl.zeros((BLOCK_D, BLOCK_M), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[:, None]
-        even += bias
-        odd += bias
     for q in tl.static_range(NP):
         j = offs_m + (q - (NP - 1))  # pair index; its elements sit at offsets r0 = 2 (q - NP + 1) and r0 + 1 from 2m
         v = tl.load(xp + j[None, :], mask=d_mask[:, None] & ((j >= 0) & (j < M))[None, :], other=0)
@@ -183,6 +180,10 @@ def _causal_conv1d_fwd_pairs_kernel(
                 odd += _tap(w_ptr, offs_d, k, stride_wd, stride_ww, d_mask) * lo
             if k - (W - 1) + 1 == 2 * (q - (NP - 1)) + 1:
                 odd += _tap(w_ptr, offs_d, k, stride_wd, stride_ww, d_mask) * hi
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[:, None]
+        even += bias
+        odd += bias
     if SILU:
         even = even * tl.sigmoid(even)
         odd = odd * tl.sigmoid(odd)
