@@ -48,6 +48,27 @@ and from their issue bound (~0.11 ms for the forward's instructions spread over 
 costs 0.2-0.4 ms of host time per call on the GPU machine (0.08 ms for the bare kernel launches), as much as
 the forward's GPU time: time it as a CUDA graph.
 
+Backward variant 1 (``_selective_scan_bwd_v1_kernel``, chosen by ``_BWD_VARIANT`` = 1 or ``variant=1``;
+0, the kernel above, stays the default until timed on the GPU with benchmarks/probes/scan_bwd_probe.py):
+the same tiles, states, formulas and saved-state interval with about half the instructions per state and
+step. The saved state enters the forward scan as its first step's input and the carried g the reverse
+scan as its last step's, so neither scan's cumulative decay is used. The reverse recurrence runs as a
+forward scan in reversed time (dt_{t+1} loaded reversed, C_n dy and the result flipped by ``tl.gather``,
+one warp shuffle per element each), because Triton 3.6 lowers a reverse scan to five SHFL.BFLY per value
+and element on each of its two inputs and its output (3.9: one). The carried g goes through two small fp32
+buffers alternating per tile (stored by the lanes that hold g's first column, read back as one scalar per
+channel and state, a barrier between tiles), and dA and time-invariant dB/dC are per-lane partial sums
+(time inside a thread) added to in memory and summed in torch, each instead of a cross-lane sum and a
+select on a [BLOCK_D, BLOCK_N] register tile per state. The dB/dC atomics take a [NPART, 2, 4] view that
+is their own 4-per-thread layout, and tiles kept for after the loop over states are int32 offsets from
+scalar row pointers, not 64-bit pointers. Local SASS for sm_90, b8 d1536 l2048 n16 bf16 specialisation,
+loop over states per thread at (2, 256, 1) (16 steps per thread), with the GPU's triton 3.6: variant 0
+1240 instructions (77.5 per state and step; SHFL 25.4, MUFU 2), 255 registers, 432 B stack; variant 1 606
+(37.9; SHFL 4.5, MUFU 2, no local memory in the loop), 255 registers, 40 B stack; with Triton's reverse
+scan instead of the gathers 801 (50.1). Counting the per-tile code: 83.2 against 44.3 per state and
+step. Variant 1 at (1, 256, 1): 338 for 8 steps (42.3), 231 registers, no stack. (Triton 3.9, whose
+layout choices differ: variant 0 982 (61.4), variant 1 665 (41.6).)
+
 Block sizes come from a shape heuristic, never from seqlen, which is symbolic under torch.compile (no
 autotuning); the launch functions take ``wrap``: True inside the ops (``wrap_triton``, so tracing sees
 the kernels), False for direct launches in tests (the Triton interpreter on CPU).
@@ -429,6 +450,237 @@ def _selective_scan_bwd_kernel(
 
 
 @triton.jit
+def _atomic_add_row(row_ptr, v, l0, seqlen, offs_l, mask_l, NPART: tl.constexpr, BLOCK_L: tl.constexpr):
+    """row[l0 + t] += v[t] for t < seqlen. With 8 steps per part (per thread), v is viewed as
+    [NPART, 2, 4] (step = part 8 + j 4 + k): on triton 3.6 that is the atomics' own layout (4 fp32 per
+    thread along k, parts across lanes, j in registers), so no shuffles precede them (3.9 orders the
+    tied dimensions the other way and converts; there [2, NPART, 4] would be the match)."""
+    if BLOCK_L // NPART == 8:
+        offs = l0 + (tl.arange(0, NPART) * 8)[:, None, None] + (tl.arange(0, 2) * 4)[None, :, None] + tl.arange(0, 4)[None, None, :]
+        tl.atomic_add(row_ptr + offs, tl.reshape(v, [NPART, 2, 4]), mask=offs < seqlen, sem="relaxed")
+    else:
+        tl.atomic_add(row_ptr + offs_l, v, mask=mask_l, sem="relaxed")
+
+
+@triton.jit
+def _bwd_v1_state_step(
+    n, rd_base, wr_base, part_n, offs_p, first_col, last_col, first_in_part, first_part, keep_part, NPART: tl.constexpr,
+    A_n, B_n, C_n, h0_n, dt2, dt2_nx, dtu, dy, rev_t, mask_d, mask_l, mask_dp,
+    dA_part_ptr, dB_ptr, dC_ptr, dB_row, dC_row, seqlen, l0, offs_l,
+    B_VARYING: tl.constexpr, C_VARYING: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    GATHER_FLIP: tl.constexpr,
+):  # fmt: skip
+    """One state of one tile (variant 1): returns g B_n, A_n g (h - b) and C_n h, the state's terms of
+    dL/d(dt u), dL/d dt and y; the per-lane partial sums and g's first column go to memory."""
+    b = dtu * B_n
+    decay = tl.exp2(dt2 * A_n[:, None])
+    # The saved state enters as the first step's input, so the scan's cumulative decay is never needed.
+    h = tl.associative_scan((decay, b + tl.where(first_col, decay * h0_n[:, None], 0.0)), 1, _linear_combine)[1]
+    # Likewise the g carried from the next tile enters as the last step's input.
+    g_seed = tl.load(rd_base + n, mask=mask_d, other=0.0)
+    gdecay = tl.exp2(dt2_nx * A_n[:, None])
+    if GATHER_FLIP:
+        # The reverse recurrence as a forward scan in reversed time (column j is step BLOCK_L - 1 - j):
+        # dt2_nx comes reversed from its load, C_n dy is flipped by a gather (one warp shuffle per
+        # element; keeping a reversed dy tile live instead spills), and a second gather puts g back in
+        # time order. Triton's reverse scan flips both its inputs and its output across lanes: on
+        # triton 3.6 five SHFL.BFLY per value and element (15 in all), on 3.9 one per value.
+        c = tl.gather(C_n * dy, rev_t, 1) + tl.where(first_col, gdecay * g_seed[:, None], 0.0)
+        g = tl.gather(tl.associative_scan((gdecay, c), 1, _linear_combine)[1], rev_t, 1)
+    else:
+        c = C_n * dy + tl.where(last_col, gdecay * g_seed[:, None], 0.0)
+        g = tl.associative_scan((gdecay, c), 1, _linear_combine, reverse=True)[1]
+    # g's first column, the seed of this state in the previous tile: each part's first step, stored from
+    # part 0 (parts are [BLOCK_D, NPART] tensors with one element per lane: no layout conversion).
+    g_first = tl.sum(tl.where(first_in_part, tl.reshape(g, [BLOCK_D, NPART, BLOCK_L // NPART]), -0.0), axis=2)
+    tl.store(wr_base[:, None] + n + offs_p[None, :], g_first, mask=first_part)
+    s = g * (h - b)  # dL/d(dt_t A_n)
+    # dA_n = ln 2 sum_t s dt2: per-lane partial sums (time inside a thread), added to in memory
+    # (one address per lane and channel, so no shuffles and no per-state select on a register tile).
+    part_ptrs = dA_part_ptr + part_n + n * (NPART + 1)
+    part = tl.sum(tl.reshape(s * dt2, [BLOCK_D, NPART, BLOCK_L // NPART]), axis=2)
+    part += tl.load(part_ptrs, mask=mask_dp & keep_part, other=0.0)
+    tl.store(part_ptrs, part, mask=mask_dp)
+    if B_VARYING:
+        _atomic_add_row(dB_row + n * seqlen, tl.sum(g * dtu, axis=0), l0, seqlen, offs_l, mask_l, NPART, BLOCK_L)
+    else:
+        dB_ptrs = dB_ptr + part_n + n * (NPART + 1)
+        dB_part = tl.sum(tl.reshape(g * dtu, [BLOCK_D, NPART, BLOCK_L // NPART]), axis=2)
+        dB_part += tl.load(dB_ptrs, mask=mask_dp & keep_part, other=0.0)
+        tl.store(dB_ptrs, dB_part, mask=mask_dp)
+    if C_VARYING:
+        _atomic_add_row(dC_row + n * seqlen, tl.sum(dy * h, axis=0), l0, seqlen, offs_l, mask_l, NPART, BLOCK_L)
+    else:
+        dC_ptrs = dC_ptr + part_n + n * (NPART + 1)
+        dC_part = tl.sum(tl.reshape(dy * h, [BLOCK_D, NPART, BLOCK_L // NPART]), axis=2)
+        dC_part += tl.load(dC_ptrs, mask=mask_dp & keep_part, other=0.0)
+        tl.store(dC_ptrs, dC_part, mask=mask_dp)
+    return g * B_n, A_n[:, None] * s, C_n * h
+
+
+@triton.jit
+def _selective_scan_bwd_v1_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, states_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_part_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, gseed_ptr,
+    batch, dim, seqlen, dstate, B_dpg, C_dpg, ngroups_B, ngroups_C,
+    s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_A_d, s_A_n,
+    s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
+    s_D, s_z_b, s_z_d, s_z_l, s_bias, s_do_b, s_do_d, s_do_l, s_dls_b, s_dls_d, s_dls_n,
+    DELTA_SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    B_VARYING: tl.constexpr, C_VARYING: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, NPART: tl.constexpr, FAST_MATH: tl.constexpr,
+    GATHER_FLIP: tl.constexpr,
+):  # fmt: skip
+    # Variant 1 of the backward: the same tiles, scans and formulas as _selective_scan_bwd_kernel, with
+    # fewer instructions per state and step and fewer live registers:
+    # - the saved state h0 enters the forward scan as the first step's input, and the g carried from the
+    #   next tile as the last step's input of the reverse scan: neither scan's cumulative decay is used;
+    # - the carried g goes through memory (two (batch, dim, dstate) fp32 buffers, alternating per tile,
+    #   a barrier between tiles): stored by the lanes holding g's first column, loaded as a scalar per
+    #   channel, instead of a cross-lane sum and a select on a [BLOCK_D, BLOCK_N] register tile per state;
+    # - per-channel sums over time (dA, time-invariant dB/dC) add per-lane partials (NPART per channel,
+    #   summed inside each thread) into fp32 (batch, dim, dstate, NPART + 1) buffers, summed in torch;
+    # - GATHER_FLIP: the reverse scan as a forward scan in reversed time plus two tl.gather flips (see
+    #   _bwd_v1_state_step);
+    # - only dt2 = dt log2 e, dt2_nx, dt u, dy (and y with z) stay live through the loop over states; u,
+    #   delta, dout and z are loaded again after it, from int32 offsets.
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, BLOCK_L)
+    offs_p = tl.arange(0, NPART)
+    mask_d = offs_d < dim
+    mask_dn = mask_d[:, None] & (offs_n < dstate)[None, :]
+    mask_dp = mask_d[:, None] & (offs_p < NPART)[None, :]
+    first_col = (offs_t == 0)[None, :]
+    last_col = (offs_t == BLOCK_L - 1)[None, :]
+    rev_t = tl.broadcast_to((BLOCK_L - 1 - offs_t)[None, :], [BLOCK_D, BLOCK_L])  # a time flip, for tl.gather
+    bias = tl.zeros([BLOCK_D], tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d * s_bias, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d * s_D, mask=mask_d, other=0.0).to(tl.float32)
+    A_col = A_ptr + offs_d * s_A_d
+    grp_b, grp_c = (pid_d * BLOCK_D) // B_dpg, (pid_d * BLOCK_D) // C_dpg
+    B_row, B_col = B_ptr + pid_b * s_B_b + grp_b * s_B_g, B_ptr + offs_d * s_B_g
+    C_row, C_col = C_ptr + pid_b * s_C_b + grp_c * s_C_g, C_ptr + offs_d * s_C_g
+    dB_row = dB_ptr + (pid_b * ngroups_B + grp_b) * dstate * seqlen
+    dC_row = dC_ptr + (pid_b * ngroups_C + grp_c) * dstate * seqlen
+    dn_off = (pid_b * dim + offs_d) * dstate  # [BLOCK_D]: (batch row, channel) in (batch, dim, dstate)
+    # Partial sums: (batch, dim, dstate, NPART + 1) fp32 (the last column unused): rows of an odd length
+    # are not 16-byte aligned, so a part's [BLOCK_D, NPART] loads and stores are not vectorised and keep the
+    # one-element-per-lane layout of the sums (no layout conversion).
+    part_n = dn_off[:, None] * (NPART + 1) + offs_p[None, :]  # [BLOCK_D, NPART] at state 0
+    first_in_part = (tl.arange(0, BLOCK_L // NPART) == 0)[None, None, :]
+    first_part = mask_d[:, None] & (offs_p == 0)[None, :]
+    dD_acc = tl.zeros([BLOCK_D], tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], tl.float32)
+    # The carried g starts as dL/d(last_state), copied into buffer 0.
+    g_last = tl.load(dlast_ptr + pid_b * s_dls_b + offs_d[:, None] * s_dls_d + offs_n[None, :] * s_dls_n, mask=mask_dn, other=0.0)
+    tl.store(gseed_ptr + dn_off[:, None] + offs_n[None, :], g_last.to(tl.float32), mask=mask_dn)
+    tl.debug_barrier()
+    seed_stride = batch * dim * dstate
+    nblocks = tl.cdiv(seqlen, BLOCK_L)
+    states_base = states_ptr + pid_b * (nblocks + 1) * dim * dstate + offs_d * dstate
+    # Batch rows as scalar pointers, element offsets in int32 (one batch row of a (batch, dim, seqlen)
+    # tensor stays below 2^31 elements): a [BLOCK_D, BLOCK_L] tile of 64-bit pointers kept for the loads
+    # after the loop over states would cost twice the registers.
+    u_row, dl_row, do_row, z_row = u_ptr + pid_b * s_u_b, delta_ptr + pid_b * s_dl_b, dout_ptr + pid_b * s_do_b, z_ptr + pid_b * s_z_b
+    out_row = pid_b * dim * seqlen  # du, ddelta, dz: contiguous
+    for i in range(nblocks):
+        blk = nblocks - 1 - i
+        l0 = blk * BLOCK_L
+        offs_l = l0 + offs_t
+        mask_l = offs_l < seqlen
+        mask_dl = mask_d[:, None] & mask_l[None, :]
+        out_offs = offs_d[:, None] * seqlen + offs_l[None, :]
+        rd_base = gseed_ptr + (i % 2) * seed_stride + dn_off
+        wr_base = gseed_ptr + ((i + 1) % 2) * seed_stride + dn_off
+        keep_part = i > 0  # the first tile writes the partial sums, later ones add to them
+        dl_ptrs = dl_row + (offs_d[:, None] * s_dl_d + offs_l[None, :] * s_dl_l)
+        pre = tl.load(dl_ptrs, mask=mask_dl, other=0.0).to(tl.float32) + bias[:, None]
+        # dt_{t+1}, 0 past the end: in time order, or time-reversed for the gather flip (column j is
+        # step l0 + BLOCK_L - 1 - j, so its next step is l0 + BLOCK_L - j).
+        offs_nx = l0 + BLOCK_L - offs_t if GATHER_FLIP else offs_l + 1
+        mask_nx = mask_d[:, None] & (offs_nx < seqlen)[None, :]
+        pre_nx = tl.load(dl_ptrs + (offs_nx - offs_l)[None, :] * s_dl_l, mask=mask_nx, other=0.0).to(tl.float32) + bias[:, None]
+        if DELTA_SOFTPLUS:
+            dt = _softplus(pre, FAST_MATH)
+            dt_nx = _softplus(pre_nx, FAST_MATH)
+        else:
+            dt = pre
+            dt_nx = pre_nx
+        dt = tl.where(mask_dl, dt, 0.0)
+        dt2 = dt * 1.4426950408889634
+        dt2_nx = tl.where(mask_nx, dt_nx, 0.0) * 1.4426950408889634
+        u = tl.load(u_row + (offs_d[:, None] * s_u_d + offs_l[None, :] * s_u_l), mask=mask_dl, other=0.0).to(tl.float32)
+        dtu = dt * u
+        dout_ptrs = do_row + (offs_d[:, None] * s_do_d + offs_l[None, :] * s_do_l)
+        z_ptrs = z_row + (offs_d[:, None] * s_z_d + offs_l[None, :] * s_z_l)
+        dy = tl.load(dout_ptrs, mask=mask_dl, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zt = tl.load(z_ptrs, mask=mask_dl, other=0.0).to(tl.float32)
+            dy = dy * zt * _sigmoid(zt, FAST_MATH)
+        y = tl.zeros([BLOCK_D, BLOCK_L], tl.float32)
+        d_dtu = tl.zeros([BLOCK_D, BLOCK_L], tl.float32)  # sum_n g B_n
+        ddt = tl.zeros([BLOCK_D, BLOCK_L], tl.float32)  # sum_n A_n g (h - b)
+        # State n's rows are loaded during state n - 1 (the loop body is long; this hides their latency).
+        A_nx = tl.load(A_col, mask=mask_d, other=0.0).to(tl.float32)
+        B_nx = _bc_n(B_row, B_col, 0, s_B_n, offs_l, s_B_l, mask_l, mask_d, B_VARYING)
+        C_nx = _bc_n(C_row, C_col, 0, s_C_n, offs_l, s_C_l, mask_l, mask_d, C_VARYING)
+        for n in range(dstate):
+            A_n, B_n, C_n = A_nx, B_nx, C_nx
+            n_nx = tl.minimum(n + 1, dstate - 1)  # the last state re-reads itself: always in bounds
+            A_nx = tl.load(A_col + n_nx * s_A_n, mask=mask_d, other=0.0).to(tl.float32)
+            B_nx = _bc_n(B_row, B_col, n_nx, s_B_n, offs_l, s_B_l, mask_l, mask_d, B_VARYING)
+            C_nx = _bc_n(C_row, C_col, n_nx, s_C_n, offs_l, s_C_l, mask_l, mask_d, C_VARYING)
+            h0_n = tl.load(states_base + blk * dim * dstate + n, mask=mask_d, other=0.0)
+            gB, As, Ch = _bwd_v1_state_step(
+                n, rd_base, wr_base, part_n, offs_p, first_col, last_col, first_in_part, first_part, keep_part, NPART,
+                A_n, B_n, C_n, h0_n, dt2, dt2_nx, dtu, dy, rev_t, mask_d, mask_l, mask_dp,
+                dA_part_ptr, dB_ptr, dC_ptr, dB_row, dC_row, seqlen, l0, offs_l, B_VARYING, C_VARYING, BLOCK_D, BLOCK_L,
+                GATHER_FLIP,
+            )  # fmt: skip
+            d_dtu += gB
+            ddt += As
+            if HAS_Z:
+                y += Ch
+        # Barrier: this tile's carried g (written above) is read by the next tile, which overwrites the
+        # buffer this one read.
+        tl.debug_barrier()
+        u = tl.load(u_row + (offs_d[:, None] * s_u_d + offs_l[None, :] * s_u_l), mask=mask_dl, other=0.0).to(tl.float32)
+        du = d_dtu * (dt2 * 0.6931471805599453)
+        if HAS_D:
+            du += Dv[:, None] * dy
+            dD_acc += tl.sum(dy * u, axis=1)
+        if HAS_Z:
+            if HAS_D:
+                y += Dv[:, None] * u
+            dout = tl.load(dout_ptrs, mask=mask_dl, other=0.0).to(tl.float32)
+            zt = tl.load(z_ptrs, mask=mask_dl, other=0.0).to(tl.float32)
+            sig = _sigmoid(zt, FAST_MATH)
+            tl.store(dz_ptr + out_row + out_offs, (dout * y * sig * (1.0 + zt * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=mask_dl)
+        ddt += d_dtu * u
+        if DELTA_SOFTPLUS:
+            pre = tl.load(dl_ptrs, mask=mask_dl, other=0.0).to(tl.float32) + bias[:, None]
+            ddt = ddt * tl.where(pre <= 20.0, _sigmoid(pre, FAST_MATH), 1.0)
+        ddt = tl.where(mask_dl, ddt, 0.0)
+        dbias_acc += tl.sum(ddt, axis=1)
+        tl.store(du_ptr + out_row + out_offs, du.to(du_ptr.dtype.element_ty), mask=mask_dl)
+        tl.store(ddelta_ptr + out_row + out_offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_dl)
+    # dL/dh_init = exp(dt_0 A) g_0, g_0 being the carried g after the first tile.
+    g0 = tl.load(gseed_ptr + (nblocks % 2) * seed_stride + dn_off[:, None] + offs_n[None, :], mask=mask_dn, other=0.0)
+    A = tl.load(A_col[:, None] + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0).to(tl.float32)
+    pre0 = tl.load(delta_ptr + pid_b * s_dl_b + offs_d * s_dl_d, mask=mask_d, other=0.0).to(tl.float32) + bias
+    if DELTA_SOFTPLUS:
+        pre0 = _softplus(pre0, FAST_MATH)
+    tl.store(dh0_ptr + dn_off[:, None] + offs_n[None, :], tl.exp2(pre0[:, None] * A * 1.4426950408889634) * g0, mask=mask_dn)
+    tl.store(dD_ptr + pid_b * dim + offs_d, dD_acc, mask=mask_d)
+    tl.store(dbias_ptr + pid_b * dim + offs_d, dbias_acc, mask=mask_d)
+
+
+@triton.jit
 def _bc_time_major_kernel(
     src_ptr, dst_ptr, ngroups, dstate, seqlen, rows, s_b, s_g, s_n, s_l,
     BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -472,20 +724,29 @@ def fwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, i
     return BLOCK_D, 8, num_warps
 
 
-def bwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, int]:
+def bwd_block_sizes(dim: int, dstate: int, dpg: int | None, variant: int | None = None) -> tuple[int, int, int]:
     """(BLOCK_D, BLOCK_L, num_warps) of the backward; its BLOCK_L is also the interval at which the
     forward saves states (a multiple of the forward's BLOCK_L). About 16 tile elements per thread: the
     loop over states keeps ~20 [BLOCK_D, BLOCK_L] fp32 tiles live, and more spills. Backward kernel alone at
     b8 d1536 l2048 n16 (H100): (2, 256, 1) 2.09 ms, (2, 128, 1) 2.04, (4, 128, 1) 2.07, (1, 256, 1) 2.11,
     (1, 512, 1) 2.18, (2, 512, 2) 2.66, (4, 256, 2) 4.05, (8, 256, 4) 5.79; 256 is kept over 128 (within
-    run-to-run noise, and the configuration the GPU tests ran)."""
-    BLOCK_D = min(_BWD_CONFIG[0], triton.next_power_of_2(dim))
+    run-to-run noise, and the configuration the GPU tests ran). ``variant`` (default ``_BWD_VARIANT``)
+    picks the block sizes of that backward kernel."""
+    config = _BWD_CONFIG if (_BWD_VARIANT if variant is None else variant) == 0 else _BWD_V1_CONFIG
+    BLOCK_D = min(config[0], triton.next_power_of_2(dim))
     if dpg is not None:
         BLOCK_D = _pow2_divisor(dpg, BLOCK_D)
-    return BLOCK_D, _BWD_CONFIG[1], _BWD_CONFIG[2]
+    return BLOCK_D, config[1], config[2]
 
 
 _BWD_CONFIG = (2, 256, 1)  # backward (BLOCK_D, BLOCK_L, num_warps)
+_BWD_V1_CONFIG = (2, 256, 1)  # variant 1: the same saved-state interval as variant 0 (untimed; local SASS in the
+# module docstring; (1, 256, 1) is the alternative without stack)
+# Which backward kernel selective_scan_bwd launches: 0 _selective_scan_bwd_kernel, 1 _selective_scan_bwd_v1_kernel.
+# The forward saves states at the chosen variant's BLOCK_L (bwd_block_sizes), so change it between calls, not
+# between a forward and its backward.
+_BWD_VARIANT = 0
+_BWD_V1_GATHER_FLIP = True  # variant 1: the reverse scan as a forward scan in reversed time + two tl.gather flips
 
 
 def block_n(dstate: int) -> int:
@@ -610,15 +871,20 @@ def _bc_args(M: Tensor, dim: int):
 
 def selective_scan_bwd(
     dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_states,
-    *, wrap: bool, config=None,
+    *, wrap: bool, config=None, variant: int | None = None, gather_flip: bool | None = None,
 ):
     """Backward launch; returns du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state, each in its
     input's dtype (empty for an absent input). ``config`` = (BLOCK_D, BLOCK_L, num_warps) overrides the
-    heuristic; its BLOCK_L must be the ``state_chunk`` of the forward that saved ``chunk_states``."""
+    heuristic; its BLOCK_L must be the ``state_chunk`` of the forward that saved ``chunk_states``.
+    ``variant`` picks the kernel (0: _selective_scan_bwd_kernel, 1: _selective_scan_bwd_v1_kernel;
+    default ``_BWD_VARIANT``), ``gather_flip`` variant 1's reverse scan (default ``_BWD_V1_GATHER_FLIP``)."""
+    variant = _BWD_VARIANT if variant is None else variant
+    if variant not in (0, 1):
+        raise ValueError(f"variant must be 0 or 1, got {variant}")
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
     dpg = _common_dpg(dim, B, C)
-    BLOCK_D, BLOCK_L, num_warps = bwd_block_sizes(dim, dstate, dpg) if config is None else config
+    BLOCK_D, BLOCK_L, num_warps = bwd_block_sizes(dim, dstate, dpg, variant) if config is None else config
     _check_config(BLOCK_D, dpg, BLOCK_L, BLOCK_L)
     nchunks = (seqlen + BLOCK_L - 1) // BLOCK_L
     if chunk_states.numel() == 0:  # the forward ran without saving: recompute the chunk-start states
@@ -630,36 +896,51 @@ def selective_scan_bwd(
     f32 = dict(device=u.device, dtype=torch.float32)
     du, ddelta = torch.empty(u.shape, device=u.device, dtype=u.dtype), torch.empty(u.shape, device=u.device, dtype=delta.dtype)
     dz = torch.empty(u.shape, device=u.device, dtype=z.dtype) if z is not None else du
-    dA = torch.empty(batch, dim, dstate, **f32)
+    # Variant 1's per-channel sums over time come as NPART per-lane partials (see its kernel).
+    NPART = max(1, BLOCK_L // 8) if variant == 1 else 1
+    per_row = (batch, dim, dstate) if variant == 0 else (batch * dim * dstate * (NPART + 1),)
 
     def d_bc(arg):  # varying: fp32 (batch, ngroups, dstate, seqlen) added to atomically, allocated flat (a size-1
         # ngroups beside a symbolic seqlen trips Inductor's clone of mutated kernel arguments on torch 2.11,
         # pytorch issue 181735); else per-row partials
-        return torch.zeros(batch * arg[2] * dstate * seqlen, **f32) if arg[0] else torch.empty(batch, dim, dstate, **f32)
+        return torch.zeros(batch * arg[2] * dstate * seqlen, **f32) if arg[0] else torch.empty(per_row, **f32)
 
-    dB, dC = d_bc(B_arg), d_bc(C_arg)
+    dA, dB, dC = torch.empty(per_row, **f32), d_bc(B_arg), d_bc(C_arg)
     dD, dbias = torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)
     dh0 = torch.empty(batch, dim, dstate, **f32)
     grid = (triton.cdiv(dim, BLOCK_D), batch)
-    launcher(_selective_scan_bwd_kernel, wrap)[grid](
-        u, delta, A, B, C, u if D is None else D, u if z is None else z,
-        u if delta_bias is None else delta_bias, dout, dlast_state, chunk_states,
-        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0,
+    common = (
         dim, seqlen, dstate, B_arg[1], C_arg[1], B_arg[2], C_arg[2],
         *u.stride(), *delta.stride(), *A.stride(), *B_arg[3], *C_arg[3],
         *_strides1(D), *_strides3(z), *_strides1(delta_bias), *dout.stride(), *dlast_state.stride(),
+    )  # fmt: skip
+    flags = dict(
         DELTA_SOFTPLUS=delta_softplus, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         B_VARYING=B_arg[0], C_VARYING=C_arg[0],
         BLOCK_D=BLOCK_D, BLOCK_N=block_n(dstate), BLOCK_L=BLOCK_L, FAST_MATH=u.device.type == "cuda",
         num_warps=num_warps,
     )  # fmt: skip
+    inputs = (
+        u, delta, A, B, C, u if D is None else D, u if z is None else z,
+        u if delta_bias is None else delta_bias, dout, dlast_state, chunk_states,
+    )  # fmt: skip
+    if variant == 0:
+        launcher(_selective_scan_bwd_kernel, wrap)[grid](*inputs, du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, *common, **flags)
+    else:
+        gseed = torch.empty(2 * batch * dim * dstate, **f32)  # the carried g, two buffers alternating per tile
+        launcher(_selective_scan_bwd_v1_kernel, wrap)[grid](
+            *inputs, du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, gseed, batch, *common, NPART=NPART,
+            GATHER_FLIP=_BWD_V1_GATHER_FLIP if gather_flip is None else gather_flip, **flags
+        )
+        # Per-lane partials of dA / ln 2 (the kernel sums s dt log2 e) and of time-invariant dB, dC.
+        dA = dA.view(batch, dim, dstate, NPART + 1)[..., :NPART].sum(-1) * math.log(2.0)
 
     def empty():  # one per absent gradient: outputs of an op may not alias each other
         return u.new_empty(0)
 
     def bc_grad(M, dM):  # back to M's layout and dtype
         if M.dim() == 2:
-            return dM.sum(0).to(M.dtype)
+            return (dM.view(batch, dim, dstate) if variant == 0 else dM.view(batch, dim, dstate, NPART + 1)[..., :NPART].sum(-1)).sum(0).to(M.dtype)
         return dM.view(M.shape).to(M.dtype)
 
     return (
