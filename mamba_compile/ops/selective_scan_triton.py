@@ -48,8 +48,12 @@ and from their issue bound (~0.11 ms for the forward's instructions spread over 
 costs 0.2-0.4 ms of host time per call on the GPU machine (0.08 ms for the bare kernel launches), as much as
 the forward's GPU time: time it as a CUDA graph.
 
-Backward variant 1 (``_selective_scan_bwd_v1_kernel``, chosen by ``_BWD_VARIANT`` = 1 or ``variant=1``;
-0, the kernel above, stays the default until timed on the GPU with benchmarks/probes/scan_bwd_probe.py):
+Backward variant 1 (``_selective_scan_bwd_v1_kernel``, the default: ``_BWD_VARIANT`` = 1; ``variant=0``
+selects the kernel above). H100, b8 d1536 l2048 n16 bf16 (benchmarks/probes/scan_bwd_probe.py, session 4):
+backward launcher 1.793 ms against 2.108 for variant 0 (2.041 at (2, 128, 1)); op forward+backward as a CUDA
+graph 1.934 against 2.405 (reference 2.463); with Triton's reverse scan instead of the gathers 1.785 / 2.006;
+(1, 128, 1) 1.947 / 2.293; (1, 256, 1) 3.042 / 3.484. Gradients within 1.2e-3 of variant 0's and, on a 2 x 256
+slice, as close to the fp32 CPU path as variant 0's (3.6e-3 worst).
 the same tiles, states, formulas and saved-state interval with about half the instructions per state and
 step. The saved state enters the forward scan as its first step's input and the carried g the reverse
 scan as its last step's, so neither scan's cumulative decay is used. The reverse recurrence runs as a
@@ -740,12 +744,11 @@ def bwd_block_sizes(dim: int, dstate: int, dpg: int | None, variant: int | None 
 
 
 _BWD_CONFIG = (2, 256, 1)  # backward (BLOCK_D, BLOCK_L, num_warps)
-_BWD_V1_CONFIG = (2, 256, 1)  # variant 1: the same saved-state interval as variant 0 (untimed; local SASS in the
-# module docstring; (1, 256, 1) is the alternative without stack)
+_BWD_V1_CONFIG = (2, 256, 1)  # variant 1: the same saved-state interval as variant 0 (timings in the module docstring)
 # Which backward kernel selective_scan_bwd launches: 0 _selective_scan_bwd_kernel, 1 _selective_scan_bwd_v1_kernel.
 # The forward saves states at the chosen variant's BLOCK_L (bwd_block_sizes), so change it between calls, not
 # between a forward and its backward.
-_BWD_VARIANT = 0
+_BWD_VARIANT = 1
 _BWD_V1_GATHER_FLIP = True  # variant 1: the reverse scan as a forward scan in reversed time + two tl.gather flips
 
 
