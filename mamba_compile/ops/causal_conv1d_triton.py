@@ -155,7 +155,7 @@ def _causal_conv1d_fwd_pairs_kernel(
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     # strides of x and out in elements (even); L even; BLOCK_M output pairs per tile
-    NP: tl.constexpr = (W - 1 + 1) // 2 + 1
+    NP: tl.constexpr = W // 2 + 1  # ceil((W - 1) / 2) + 1
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)

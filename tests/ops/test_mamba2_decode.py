@@ -16,6 +16,7 @@ import mamba_compile.models.mixers as mixers
 from mamba_compile import MambaLM
 from mamba_compile.ops import decode_in, mamba2_decode_ssm
 from tests.models._configs import VOCAB, hybrid, mamba2, mamba2_options, mamba_no_gate_norm
+from tests.ops._fused_decode import assert_fused_equals_unfused, decode
 from tests.reference.causal_conv1d import causal_conv1d_update_ref
 from tests.reference.selective_state_update import selective_state_update_ref
 
@@ -342,18 +343,6 @@ MODEL_CONFIGS = {
 }
 
 
-def _decode(model, ids, fused, monkeypatch, state_dtype=torch.float32, step_fn=None):
-    """Prefill ids[:, :5], then decode the rest one token at a time; returns (logits (b, steps, vocab), cache)."""
-    monkeypatch.setattr(mixers, "FUSED_DECODE", fused)
-    b, l = ids.shape
-    cache = model.allocate_cache(b + 1, l, state_dtype=state_dtype)  # one spare row: rows() hands out slices
-    step_fn = step_fn or model.decode_step
-    with torch.no_grad():
-        model(ids[:, :5], cache=cache.rows(0, b))
-        logits = torch.stack([step_fn(ids[:, t], cache) for t in range(5, l)], dim=1)
-    return logits, cache
-
-
 @pytest.mark.parametrize(
     "name,state_dtype",
     [(n, torch.float32) for n in MODEL_CONFIGS] + [("mamba2", torch.bfloat16), ("mamba2_options", torch.bfloat16)],
@@ -361,22 +350,7 @@ def _decode(model, ids, fused, monkeypatch, state_dtype=torch.float32, step_fn=N
 )
 @pytest.mark.parametrize("in_max_batch", [8, 0], ids=["decode_in", "linear_in"])
 def test_model_fused_decode_equals_unfused(name, state_dtype, in_max_batch, monkeypatch):
-    """Both in-projections of the fused step (decode_in at small batches, cuBLAS + conv update above
-    mixers.FUSED_DECODE_IN_MAX_BATCH) give the unfused step's logits and states exactly."""
-    monkeypatch.setattr(mixers, "FUSED_DECODE_IN_MAX_BATCH", in_max_batch)
-    torch.manual_seed(0)
-    model = MambaLM(MODEL_CONFIGS[name]()).eval()
-    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
-    calls = []
-    monkeypatch.setattr(mixers.Mamba2Mixer, "_fused_step",
-                        lambda self, *a, _f=mixers.Mamba2Mixer._fused_step: calls.append(1) or _f(self, *a))
-    want, cache_want = _decode(model, ids, False, monkeypatch, state_dtype)
-    assert not calls
-    got, cache_got = _decode(model, ids, True, monkeypatch, state_dtype)
-    assert calls  # the flag took the fused path
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
-    for a, b in zip(cache_got.tensors(), cache_want.tensors()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert_fused_equals_unfused(MODEL_CONFIGS[name](), mixers.Mamba2Mixer, state_dtype, in_max_batch, monkeypatch)
 
 
 def test_model_fused_decode_under_autocast(monkeypatch):
@@ -386,10 +360,10 @@ def test_model_fused_decode_under_autocast(monkeypatch):
     torch.manual_seed(0)
     model = MambaLM(mamba2_options()).eval()
     ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(3))
-    ref, _ = _decode(model, ids, False, monkeypatch)
+    ref, _ = decode(model, ids, False, monkeypatch)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        want, _ = _decode(model, ids, False, monkeypatch)
-        got, _ = _decode(model, ids, True, monkeypatch)
+        want, _ = decode(model, ids, False, monkeypatch)
+        got, _ = decode(model, ids, True, monkeypatch)
     assert got.dtype == want.dtype == torch.bfloat16
     err_fused, err_unfused = ((t.float() - ref).abs().max().item() for t in (got, want))
     assert err_fused <= 1e-2 * ref.abs().max().item()
@@ -400,10 +374,10 @@ def test_model_fused_decode_compiles_one_frame(monkeypatch):
     torch.manual_seed(0)
     model = MambaLM(mamba2_options()).eval()
     ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(2))
-    want, _ = _decode(model, ids, True, monkeypatch)
+    want, _ = decode(model, ids, True, monkeypatch)
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(model.decode_step, fullgraph=True, backend=counter)
-    got, _ = _decode(model, ids, True, monkeypatch, step_fn=compiled)
+    got, _ = decode(model, ids, True, monkeypatch, step_fn=compiled)
     torch.testing.assert_close(got, want)
     assert counter.frame_count == 1
 
@@ -456,8 +430,8 @@ def test_gpu_model_fused_decode_close_to_unfused(name, monkeypatch):
     torch.manual_seed(0)
     model = MambaLM(MODEL_CONFIGS[name](), device="cuda", dtype=torch.bfloat16).eval()
     ids = torch.randint(0, VOCAB, (4, 10), device="cuda")
-    want, _ = _decode(model, ids, False, monkeypatch)
-    got, _ = _decode(model, ids, True, monkeypatch)
+    want, _ = decode(model, ids, False, monkeypatch)
+    got, _ = decode(model, ids, True, monkeypatch)
     err = ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
     assert err < 5e-2
 
