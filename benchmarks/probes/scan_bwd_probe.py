@@ -1,16 +1,23 @@
-"""Probe (GPU): the selective-scan backward kernel, variant 0 (the default) against variant 1, each checked then timed.
+"""Probe (GPU): the selective-scan backward kernel at its default and a few other settings, each checked then timed.
 
     python3 -m benchmarks.probes.scan_bwd_probe --out $OUT/scan_bwd_probe.json
 
 At b8 d1536 l2048 n16 (bf16 u/delta/z, B/C (8, 1, 16, 2048) bf16, fp32 A/D/delta_bias, softplus), for each
-(variant, (BLOCK_D, BLOCK_L, num_warps), gather flip) in ROWS: the forward runs once, saving states at that BLOCK_L; then
+((BLOCK_D, BLOCK_L, num_warps), gather flip) in ROWS (None: the module's default): the forward runs once, saving
+states at that BLOCK_L; then
 - bwd_ms: the backward launcher alone (kernel, B/C-gradient zero fill and the torch sums), do_bench median;
-- op_fb_ms: forward+backward through the op with that variant and block shape made the heuristic's answer,
+- op_fb_ms: forward+backward through the op with that block shape and gather flip made the heuristic's answer,
   replayed from a CUDA graph (eager do_bench if capture fails: op_fb_timer says which);
-- vs_v0: max |grad - grad of row 0| / max |grad of row 0| per gradient, over the full shape;
+- vs_default: max |grad - grad of row 0| / max |grad of row 0| per gradient, over the full shape (row 0 is the
+  default);
 - vs_cpu: the same against the fp32 CPU path on 2 batch rows x 256 channels (the same bf16 values; the GPU
   side reruns forward and backward on that slice, so channel- and batch-summed gradients compare too).
 Prints a markdown table; --out writes the rows as JSON. Every configuration compiles once (a few seconds each on triton 3.6).
+
+Session 4 (H100), when this probe compared the first parallel backward with the current kernel: backward
+launcher 2.108 ms for the first at (2, 256, 1) (2.041 at (2, 128, 1)) against 1.793 for the current one; op
+forward+backward (CUDA graph) 2.405 against 1.934; the current kernel without the gathers 1.785 / 2.006, at
+(1, 128, 1) 1.947 / 2.293, at (1, 256, 1) 3.042 / 3.484; its gradients within 1.2e-3 of the first kernel's.
 """
 
 from __future__ import annotations
@@ -24,12 +31,11 @@ from mamba_compile.ops import selective_scan
 from mamba_compile.ops import selective_scan_triton as kern
 
 GRADS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-# (variant, (BLOCK_D, BLOCK_L, num_warps), variant 1's gather flip); row 0 is the reference for vs_v0. Local
-# SASS (triton 3.6, sm_90), instructions per state and step in the loop over states: v0 (2, 256, 1) 77.5
-# (255 registers, 432 B stack); v0 (2, 128, 1) 85 (255, none); v1 (2, 256, 1) 37.9 (255, 40 B), without the
-# gathers 50.1; v1 (1, 256, 1) 42.3 (231, none); v1 (1, 128, 1) 59 (160, none).
-ROWS = [(0, (2, 256, 1), None), (0, (2, 128, 1), None), (1, (2, 256, 1), True), (1, (2, 256, 1), False),
-        (1, (1, 256, 1), True), (1, (1, 128, 1), True)]  # fmt: skip
+# ((BLOCK_D, BLOCK_L, num_warps), gather flip), None for the module's default; row 0 (the default) is the
+# reference for vs_default. Local SASS (triton 3.6, sm_90), instructions per state and step in the loop over
+# states: (2, 256, 1) 37.9 (255 registers, 40 B stack), without the gathers 50.1; (1, 256, 1) 42.3 (231, none);
+# (1, 128, 1) 59 (160, none). (The first parallel backward: (2, 256, 1) 77.5 (255, 432 B); (2, 128, 1) 85.)
+ROWS = [(None, None), (None, False), ((2, 128, 1), None), ((1, 128, 1), None)]
 
 
 def make_inputs(batch, dim, seqlen, dstate, seed=0):
@@ -58,11 +64,9 @@ def _slice(t, rows=2, chans=256):
     return s
 
 
-def _kernel_grads(t, go, gl, variant, cfg, flip):
+def _kernel_grads(t, go, gl, cfg, flip):
     _, _, states = kern.selective_scan_fwd(*_args(t), True, wrap=False, state_chunk=cfg[1])
-    return kern.selective_scan_bwd(
-        go, gl, *_args(t)[:9], None, states, wrap=False, config=cfg, variant=variant, gather_flip=flip
-    )[:8]
+    return kern.selective_scan_bwd(go, gl, *_args(t)[:9], None, states, wrap=False, config=cfg, gather_flip=flip)[:8]
 
 
 def _cpu_grads(t, go, gl):
@@ -81,12 +85,10 @@ def _worst(got, ref) -> float:
     return max((a.float().cpu() - b.float().cpu()).abs().max().item() / (b.float().abs().max().item() + 1e-12) for a, b in zip(got, ref))
 
 
-def _op_fwd_bwd_ms(t, variant, cfg, flip):
-    """Forward+backward through the op, with (variant, cfg, flip) as the heuristic's backward answer."""
-    saved = kern._BWD_VARIANT, kern._BWD_CONFIG, kern._BWD_V1_CONFIG, kern._BWD_V1_GATHER_FLIP
-    kern._BWD_VARIANT = variant
-    kern._BWD_CONFIG, kern._BWD_V1_CONFIG = (cfg, saved[2]) if variant == 0 else (saved[1], cfg)
-    kern._BWD_V1_GATHER_FLIP = saved[3] if flip is None else flip
+def _op_fwd_bwd_ms(t, cfg, flip):
+    """Forward+backward through the op, with (cfg, flip) as the heuristic's backward answer."""
+    saved = kern._BWD_CONFIG, kern._BWD_GATHER_FLIP
+    kern._BWD_CONFIG, kern._BWD_GATHER_FLIP = cfg, flip
     try:
         leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
         go = torch.randn_like(t["u"])
@@ -99,7 +101,7 @@ def _op_fwd_bwd_ms(t, variant, cfg, flip):
         ms = graph_ms(fwd_bwd)
         return (ms, "cuda graph") if ms == ms else (bench_ms(fwd_bwd), "eager")
     finally:
-        kern._BWD_VARIANT, kern._BWD_CONFIG, kern._BWD_V1_CONFIG, kern._BWD_V1_GATHER_FLIP = saved
+        kern._BWD_CONFIG, kern._BWD_GATHER_FLIP = saved
 
 
 def probe(batch=8, dim=1536, seqlen=2048, dstate=16) -> list[dict]:
@@ -110,24 +112,25 @@ def probe(batch=8, dim=1536, seqlen=2048, dstate=16) -> list[dict]:
     small, go_s, gl_s = _slice(t), go[:2, :256].contiguous(), gl[:2, :256].contiguous()
     cpu = _cpu_grads(small, go_s, gl_s)
     rows, base = [], None
-    for variant, cfg, flip in ROWS:
-        row = dict(variant=variant, config=str(cfg), gather_flip=str(flip), bwd_ms=float("nan"), op_fb_ms=float("nan"), op_fb_timer="",
-                   worst_vs_v0=float("nan"), worst_vs_cpu=float("nan"), vs_v0="", vs_cpu="")  # fmt: skip
+    for cfg, flip in ROWS:
+        # The module's defaults, as the op would use them (B/C in one group: dim channels per group).
+        cfg = kern.bwd_block_sizes(dim, dstate, dim) if cfg is None else cfg
+        flip = kern._BWD_GATHER_FLIP if flip is None else flip
+        row = dict(config=str(cfg), gather_flip=str(flip), bwd_ms=float("nan"), op_fb_ms=float("nan"), op_fb_timer="",
+                   worst_vs_default=float("nan"), worst_vs_cpu=float("nan"), vs_default="", vs_cpu="")  # fmt: skip
         try:
-            grads = _kernel_grads(t, go, gl, variant, cfg, flip)
+            grads = _kernel_grads(t, go, gl, cfg, flip)
             base = grads if base is None else base
-            row["vs_v0"], row["worst_vs_v0"] = _rel(grads, base), _worst(grads, base)
-            got = _kernel_grads(small, go_s, gl_s, variant, cfg, flip)
+            row["vs_default"], row["worst_vs_default"] = _rel(grads, base), _worst(grads, base)
+            got = _kernel_grads(small, go_s, gl_s, cfg, flip)
             row["vs_cpu"], row["worst_vs_cpu"] = _rel(got, cpu), _worst(got, cpu)
             _, _, states = kern.selective_scan_fwd(*_args(t), True, wrap=False, state_chunk=cfg[1])
             row["bwd_ms"] = bench_ms(
-                lambda: kern.selective_scan_bwd(
-                    go, gl, *_args(t)[:9], None, states, wrap=False, config=cfg, variant=variant, gather_flip=flip
-                )
+                lambda: kern.selective_scan_bwd(go, gl, *_args(t)[:9], None, states, wrap=False, config=cfg, gather_flip=flip)
             )
-            row["op_fb_ms"], row["op_fb_timer"] = _op_fwd_bwd_ms(t, variant, cfg, flip)
+            row["op_fb_ms"], row["op_fb_timer"] = _op_fwd_bwd_ms(t, cfg, flip)
         except Exception as e:  # a configuration that fails is reported, not fatal
-            print(f"v{variant} {cfg} flip {flip}: {type(e).__name__}: {str(e)[:400]}", flush=True)
+            print(f"{cfg} flip {flip}: {type(e).__name__}: {str(e)[:400]}", flush=True)
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -139,15 +142,15 @@ def main():
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     rows = probe()
-    print("\n| variant | (BLOCK_D, BLOCK_L, warps) | gather flip | bwd kernel ms | op fwd+bwd ms | worst rel err vs v0 | "
+    print("\n| (BLOCK_D, BLOCK_L, warps) | gather flip | bwd launcher ms | op fwd+bwd ms | worst rel err vs default | "
           "vs CPU fp32 (slice) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['config']} | {r['gather_flip']} | {r['bwd_ms']:.3f} | {r['op_fb_ms']:.3f} "
-              f"({r['op_fb_timer']}) | {r['worst_vs_v0']:.1e} | {r['worst_vs_cpu']:.1e} |")  # fmt: skip
+        print(f"| {r['config']} | {r['gather_flip']} | {r['bwd_ms']:.3f} | {r['op_fb_ms']:.3f} ({r['op_fb_timer']}) "
+              f"| {r['worst_vs_default']:.1e} | {r['worst_vs_cpu']:.1e} |")  # fmt: skip
     print("\nper gradient:")
     for r in rows:
-        print(f"v{r['variant']} {r['config']} flip {r['gather_flip']}\n  vs v0:  {r['vs_v0']}\n  vs cpu: {r['vs_cpu']}")
+        print(f"{r['config']} flip {r['gather_flip']}\n  vs default: {r['vs_default']}\n  vs cpu:     {r['vs_cpu']}")
     write_results(rows, args.out)
 
 

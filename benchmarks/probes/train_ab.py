@@ -1,7 +1,7 @@
 """A/B of a training step (bench_model.bench_train, regional compile), one process, variants in turn:
 "new" = the session-4 conv changes on (the 16-bit pair forward, channel-last blocks 128x16 fwd / 32x64 bwd),
-"old" = off (general forward, 64x32 channel-last blocks in both directions); a suffix "+v0" / "+v1" picks the
-selective-scan backward variant (Mamba-1 only; else the module default).
+"old" = off (general forward, 64x32 channel-last blocks in both directions). Session 4 also A/B'd the
+selective-scan backward kernels this way (the old one is gone since).
 
     python -m benchmarks.probes.train_ab --out $OUT/train_ab.json [--arch mamba1 mamba2]
 """
@@ -15,10 +15,8 @@ import torch
 from benchmarks._common import write_results
 from benchmarks.bench_model import bench_train
 from mamba_compile.ops import causal_conv1d_triton as kernels
-from mamba_compile.ops import selective_scan_triton as scan_kernels
 
 NEW_BLOCKS = kernels._fwd_blocks
-DEFAULT_BWD = scan_kernels._BWD_VARIANT
 
 
 def _old_blocks(x, backward=False):
@@ -30,16 +28,15 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out")
     p.add_argument("--arch", nargs="+", default=["mamba1", "mamba2"])
-    p.add_argument("--mamba1", nargs="+", default=["new+v1", "new+v0", "new+v1", "new+v0"])
-    p.add_argument("--mamba2", nargs="+", default=["old", "new"])
+    p.add_argument("--mamba1", nargs="+", default=["new", "old", "new", "old"])
+    p.add_argument("--mamba2", nargs="+", default=["new", "old", "new", "old"])
     args = p.parse_args()
     rows = []
     for arch in args.arch:
         for variant in getattr(args, arch):
-            old = variant.startswith("old")
+            old = variant == "old"
             kernels._FWD_PAIRS = not old
             kernels._fwd_blocks = _old_blocks if old else NEW_BLOCKS
-            scan_kernels._BWD_VARIANT = 1 if variant.endswith("+v1") else 0 if variant.endswith("+v0") else DEFAULT_BWD
             r = bench_train(arch, regional=True)
             rows.append(dict(arch=arch, variant=variant, ms=r["ms"], peak_gib=r["peak_gib"]))
             print(rows[-1], flush=True)

@@ -21,18 +21,40 @@ exp per state); the second carries the true state across the earlier segments an
 tile per state, 0.54 ms at best: Triton's scan costs ~10 instructions per element against the 4 of a
 step here; a chunked scan over [BLOCK_D, N, BLOCK_L] tiles, 2.24 ms.)
 
-Backward: parallel in time. A program owns BLOCK_D channels of one batch row and walks tiles of BLOCK_L
-steps in reverse, each starting from a saved state; inside a tile the states are taken one at a time,
-and each is two scans along time (``tl.associative_scan``, the second with reverse=True): the tile's
-states h recomputed forward, and the state gradient g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1} backward,
-seeded with the g carried from the next tile (dt_{t+1} comes from a second, shifted load of delta).
-With b_t = dt_t u_t B_t, exp(dt_t A) h_{t-1} = h_t - b_t exactly, so no shifted state is needed. dB/dC
-rows of input-dependent B/C are sums over channels: reduced over the program's channels in registers,
-then added with ``tl.atomic_add`` into fp32 (batch, ngroups, dstate, seqlen) buffers (the summation
-order varies from run to run: fp32 rounding-level differences). Per-channel sums (dA, dD, d delta_bias,
-time-invariant dB/dC) accumulate in registers and are written per batch row, then summed over the
-batch in torch. (The sequential backward, stepping in reverse with the tile's states kept in
-registers, measured 4.4-4.9 ms against 2.1 ms for this one.)
+Backward: parallel in time (``_selective_scan_bwd_kernel``). A program owns BLOCK_D channels of one batch
+row and walks tiles of BLOCK_L steps in reverse, each starting from a state the forward saved; inside a tile
+the states are taken one at a time, and each is two scans along time (``tl.associative_scan``): the tile's
+states h recomputed forward, and the state gradient g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1} backward
+(dt_{t+1} comes from a second, shifted load of delta). The saved state enters the forward scan as its first
+step's input and the g carried from the next tile the reverse scan as its last step's, so neither scan's
+cumulative decay is used; with b_t = dt_t u_t B_t, exp(dt_t A) h_{t-1} = h_t - b_t exactly, so no shifted
+state is needed. The reverse recurrence runs as a forward scan in reversed time (dt_{t+1} loaded reversed,
+C_n dy and the result flipped by ``tl.gather``, one warp shuffle per element each), because Triton 3.6
+lowers a reverse scan to five SHFL.BFLY per value and element on each of its two inputs and its output
+(3.9: one). The carried g goes through two small fp32 buffers alternating per tile (stored by the lanes
+that hold g's first column, read back as one scalar per channel and state, a barrier between tiles). dB/dC
+rows of input-dependent B/C are sums over channels: reduced over the program's channels in registers, then
+added with ``tl.atomic_add`` into fp32 (batch, ngroups, dstate, seqlen) buffers through a [NPART, 2, 4]
+view that is the atomics' own 4-per-thread layout (the summation order varies from run to run: fp32
+rounding-level differences). Per-channel sums over time are per-lane partial sums (time inside a thread)
+added to in memory for dA and time-invariant dB/dC, register sums written per batch row for dD and
+d delta_bias, all summed in torch. Tiles kept for after the loop over states are int32 offsets from scalar
+row pointers, not 64-bit pointers.
+
+This kernel replaced (session 4) a first parallel backward with the same tiles, formulas and saved-state
+interval that used the scans' cumulative decays and Triton's reverse scan, and kept the carried g and the
+per-channel sums in [BLOCK_D, BLOCK_N] register tiles (a cross-lane sum and a select per state). H100,
+b8 d1536 l2048 n16 bf16 (benchmarks/probes/scan_bwd_probe.py): backward launcher 1.793 ms against 2.108 for
+the first kernel, op forward+backward as a CUDA graph 1.934 against 2.405 (reference 2.463); with Triton's
+reverse scan in place of the gathers (``gather_flip=False``) 1.785 / 2.006, so the gathers stay. Gradients
+within 1.2e-3 of the first kernel's and, on a 2 x 256 slice, as close to the fp32 CPU path (3.6e-3 worst).
+Local SASS for sm_90 with triton 3.6 (that shape's specialisation, the loop over states at (2, 256, 1), 16
+steps per thread): 37.9 instructions per state and step against 77.5 for the first kernel (SHFL 4.5 against
+25.4, MUFU 2 in both, no local memory in the loop), 255 registers in both, 40 B stack against 432; 50.1 with
+Triton's reverse scan; 44.3 against 83.2 counting the per-tile code; at (1, 256, 1) 42.3, 231 registers, no
+stack. Triton 3.9, whose layout choices differ, gives 41.6 against 61.4. Earlier still, a sequential
+backward (stepping in reverse with the tile's states in registers) measured 4.4-4.9 ms against 2.1 for the
+first parallel kernel.
 
 Measured on an H100 (torch 2.11, triton 3.6), b8 d1536 l2048 n16 bf16 with D, z, delta_bias, softplus
 (reference CUDA kernel: forward 0.452 ms, forward+backward 2.463). Forward kernel at the default (32, 8, 2)
@@ -41,37 +63,13 @@ benchmarks/probes/scan_sweep.py --scan-only). Time segments with 8 ahead: 0.388 
 (1024), so they stay off. Block shapes (4 ahead, through the op): (16, 8, 1) 0.413, (32, 8, 1) 0.461,
 (64, 8, 2) 0.474, (32, 16, 1) 0.580. (32, 8, 1) and (64, 8, 2) put a channel's 16 states and its time block
 in one thread (8.2 SASS instructions per state and step against 9.4 for (32, 8, 2), no shuffles) but give 384
-warps for the 528 schedulers: fewer instructions, slower. Forward+backward through the op 2.371 ms.
-b2 d5120 l8192: forward 1.133 ms (4 ahead 1.557; reference 1.861), forward+backward 7.917 (reference 8.472).
+warps for the 528 schedulers: fewer instructions, slower. Forward+backward through the op 2.371 ms (with
+the first parallel backward). b2 d5120 l8192: forward 1.133 ms (4 ahead 1.557; reference 1.861),
+forward+backward 7.917 (first parallel backward; reference 8.472).
 Both kernels are latency-bound, far from the exp2 floor (b*d*l*n exponentials, ~0.11 ms at the first shape)
 and from their issue bound (~0.11 ms for the forward's instructions spread over all schedulers). The eager op
 costs 0.2-0.4 ms of host time per call on the GPU machine (0.08 ms for the bare kernel launches), as much as
 the forward's GPU time: time it as a CUDA graph.
-
-Backward variant 1 (``_selective_scan_bwd_v1_kernel``, the default: ``_BWD_VARIANT`` = 1; ``variant=0``
-selects the kernel above). H100, b8 d1536 l2048 n16 bf16 (benchmarks/probes/scan_bwd_probe.py, session 4):
-backward launcher 1.793 ms against 2.108 for variant 0 (2.041 at (2, 128, 1)); op forward+backward as a CUDA
-graph 1.934 against 2.405 (reference 2.463); with Triton's reverse scan instead of the gathers 1.785 / 2.006;
-(1, 128, 1) 1.947 / 2.293; (1, 256, 1) 3.042 / 3.484. Gradients within 1.2e-3 of variant 0's and, on a 2 x 256
-slice, as close to the fp32 CPU path as variant 0's (3.6e-3 worst).
-the same tiles, states, formulas and saved-state interval with about half the instructions per state and
-step. The saved state enters the forward scan as its first step's input and the carried g the reverse
-scan as its last step's, so neither scan's cumulative decay is used. The reverse recurrence runs as a
-forward scan in reversed time (dt_{t+1} loaded reversed, C_n dy and the result flipped by ``tl.gather``,
-one warp shuffle per element each), because Triton 3.6 lowers a reverse scan to five SHFL.BFLY per value
-and element on each of its two inputs and its output (3.9: one). The carried g goes through two small fp32
-buffers alternating per tile (stored by the lanes that hold g's first column, read back as one scalar per
-channel and state, a barrier between tiles), and dA and time-invariant dB/dC are per-lane partial sums
-(time inside a thread) added to in memory and summed in torch, each instead of a cross-lane sum and a
-select on a [BLOCK_D, BLOCK_N] register tile per state. The dB/dC atomics take a [NPART, 2, 4] view that
-is their own 4-per-thread layout, and tiles kept for after the loop over states are int32 offsets from
-scalar row pointers, not 64-bit pointers. Local SASS for sm_90, b8 d1536 l2048 n16 bf16 specialisation,
-loop over states per thread at (2, 256, 1) (16 steps per thread), with the GPU's triton 3.6: variant 0
-1240 instructions (77.5 per state and step; SHFL 25.4, MUFU 2), 255 registers, 432 B stack; variant 1 606
-(37.9; SHFL 4.5, MUFU 2, no local memory in the loop), 255 registers, 40 B stack; with Triton's reverse
-scan instead of the gathers 801 (50.1). Counting the per-tile code: 83.2 against 44.3 per state and
-step. Variant 1 at (1, 256, 1): 338 for 8 steps (42.3), 231 registers, no stack. (Triton 3.9, whose
-layout choices differ: variant 0 982 (61.4), variant 1 665 (41.6).)
 
 Block sizes come from a shape heuristic, never from seqlen, which is symbolic under torch.compile (no
 autotuning); the launch functions take ``wrap``: True inside the ops (``wrap_triton``, so tracing sees
@@ -305,155 +303,6 @@ def _selective_scan_fwd_kernel(
 
 
 @triton.jit
-def _selective_scan_bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, states_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
-    dim, seqlen, dstate, B_dpg, C_dpg, ngroups_B, ngroups_C,
-    s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_A_d, s_A_n,
-    s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
-    s_D, s_z_b, s_z_d, s_z_l, s_bias, s_do_b, s_do_d, s_do_l, s_dls_b, s_dls_d, s_dls_n,
-    DELTA_SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    B_VARYING: tl.constexpr, C_VARYING: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, FAST_MATH: tl.constexpr,
-):  # fmt: skip
-    # Tiles of BLOCK_L steps in reverse (BLOCK_L is the forward's STATE_CHUNK: each tile starts from a
-    # saved state). Per state n: the tile's states h are recomputed by the forward scan; the state
-    # gradient g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1} is a reverse scan of (exp(dt_{t+1} A), C_t dy_t)
-    # seeded with the carried g of the next tile's first step (dlast_state at the end; dt_{t+1} comes
-    # from a second, shifted load of delta, 0 past the end). With b_t = dt_t u_t B_t,
-    # exp(dt_t A) h_{t-1} = h_t - b_t exactly, so no shifted state is needed:
-    #   dL/d(dt_t u_t) = sum_n g B_n,   dL/d dt_t += sum_n A_n g (h - b),   dA_n = sum_t g dt (h - b),
-    #   dB_n[t] = sum_d g dt u,   dC_n[t] = sum_d dy h,   dL/dh_init = exp(dt_0 A) g_0.
-    # Varying dB/dC rows are summed over the program's channels, then added atomically into fp32
-    # (batch, ngroups, dstate, seqlen) buffers; per-channel sums go to per-batch-row partials.
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_t = tl.arange(0, BLOCK_L)
-    mask_d = offs_d < dim
-    mask_dn = mask_d[:, None] & (offs_n < dstate)[None, :]
-    first_col = (offs_t == 0)[None, :]
-    bias = tl.zeros([BLOCK_D], tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d * s_bias, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d * s_D, mask=mask_d, other=0.0).to(tl.float32)
-    A_col = A_ptr + offs_d * s_A_d
-    grp_b, grp_c = (pid_d * BLOCK_D) // B_dpg, (pid_d * BLOCK_D) // C_dpg
-    B_row, B_col = B_ptr + pid_b * s_B_b + grp_b * s_B_g, B_ptr + offs_d * s_B_g
-    C_row, C_col = C_ptr + pid_b * s_C_b + grp_c * s_C_g, C_ptr + offs_d * s_C_g
-    if B_VARYING:
-        dB_row = dB_ptr + (pid_b * ngroups_B + grp_b) * dstate * seqlen
-    else:
-        dB_acc = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    if C_VARYING:
-        dC_row = dC_ptr + (pid_b * ngroups_C + grp_c) * dstate * seqlen
-    else:
-        dC_acc = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
-    dD_acc = tl.zeros([BLOCK_D], tl.float32)
-    dbias_acc = tl.zeros([BLOCK_D], tl.float32)
-    # g at the first step of the tile after the current one: dL/d(last_state) to start with.
-    g_next = tl.load(dlast_ptr + pid_b * s_dls_b + offs_d[:, None] * s_dls_d + offs_n[None, :] * s_dls_n, mask=mask_dn, other=0.0).to(tl.float32)
-    nblocks = tl.cdiv(seqlen, BLOCK_L)
-    states_base = states_ptr + pid_b * (nblocks + 1) * dim * dstate + offs_d * dstate
-    out_base = pid_b * dim * seqlen + offs_d[:, None] * seqlen  # du, ddelta, dz: contiguous
-    for i in range(nblocks):
-        blk = nblocks - 1 - i
-        l0 = blk * BLOCK_L
-        offs_l = l0 + offs_t
-        mask_l = offs_l < seqlen
-        mask_dl = mask_d[:, None] & mask_l[None, :]
-        mask_nx = mask_d[:, None] & (offs_l + 1 < seqlen)[None, :]
-        u = tl.load(u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d + offs_l[None, :] * s_u_l, mask=mask_dl, other=0.0).to(tl.float32)
-        dl_ptrs = delta_ptr + pid_b * s_dl_b + offs_d[:, None] * s_dl_d + offs_l[None, :] * s_dl_l
-        pre = tl.load(dl_ptrs, mask=mask_dl, other=0.0).to(tl.float32) + bias[:, None]
-        pre_nx = tl.load(dl_ptrs + s_dl_l, mask=mask_nx, other=0.0).to(tl.float32) + bias[:, None]
-        if DELTA_SOFTPLUS:
-            dt = _softplus(pre, FAST_MATH)
-            dt_nx = _softplus(pre_nx, FAST_MATH)
-        else:
-            dt = pre
-            dt_nx = pre_nx
-        dt = tl.where(mask_dl, dt, 0.0)
-        dt2_nx = tl.where(mask_nx, dt_nx, 0.0) * 1.4426950408889634
-        dt2 = dt * 1.4426950408889634
-        dtu = dt * u
-        dout = tl.load(dout_ptr + pid_b * s_do_b + offs_d[:, None] * s_do_d + offs_l[None, :] * s_do_l, mask=mask_dl, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zt = tl.load(z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d + offs_l[None, :] * s_z_l, mask=mask_dl, other=0.0).to(tl.float32)
-            sig = _sigmoid(zt, FAST_MATH)
-            dy = dout * zt * sig
-            y = tl.zeros([BLOCK_D, BLOCK_L], tl.float32)
-        else:
-            dy = dout
-        d_dtu = tl.zeros([BLOCK_D, BLOCK_L], tl.float32)  # sum_n g B_n
-        ddt = tl.zeros([BLOCK_D, BLOCK_L], tl.float32)  # sum_n A_n g (h - b)
-        # State n's rows are loaded during state n - 1 (the loop body is long; this hides their latency).
-        A_nx = tl.load(A_col, mask=mask_d, other=0.0).to(tl.float32)
-        B_nx = _bc_n(B_row, B_col, 0, s_B_n, offs_l, s_B_l, mask_l, mask_d, B_VARYING)
-        C_nx = _bc_n(C_row, C_col, 0, s_C_n, offs_l, s_C_l, mask_l, mask_d, C_VARYING)
-        for n in range(dstate):
-            A_n, B_n, C_n = A_nx, B_nx, C_nx
-            n_nx = tl.minimum(n + 1, dstate - 1)  # the last state re-reads itself: always in bounds
-            A_nx = tl.load(A_col + n_nx * s_A_n, mask=mask_d, other=0.0).to(tl.float32)
-            B_nx = _bc_n(B_row, B_col, n_nx, s_B_n, offs_l, s_B_l, mask_l, mask_d, B_VARYING)
-            C_nx = _bc_n(C_row, C_col, n_nx, s_C_n, offs_l, s_C_l, mask_l, mask_d, C_VARYING)
-            b = dtu * B_n
-            decay, hz = tl.associative_scan((tl.exp2(dt2 * A_n[:, None]), b), 1, _linear_combine)
-            h0_n = tl.load(states_base + blk * dim * dstate + n, mask=mask_d, other=0.0)
-            h = hz + decay * h0_n[:, None]
-            if HAS_Z:
-                y += C_n * h
-            gdecay, gz = tl.associative_scan((tl.exp2(dt2_nx * A_n[:, None]), C_n * dy), 1, _linear_combine, reverse=True)
-            sel_n = (offs_n == n)[None, :]
-            g = gz + gdecay * tl.sum(tl.where(sel_n, g_next, 0.0), axis=1)[:, None]
-            d_dtu += g * B_n
-            s = g * (h - b)  # dL/d(dt_t A_n)
-            ddt += A_n[:, None] * s
-            dA_acc = tl.where(sel_n, dA_acc + tl.sum(s * dt, axis=1)[:, None], dA_acc)
-            if B_VARYING:
-                tl.atomic_add(dB_row + n * seqlen + offs_l, tl.sum(g * dtu, axis=0), mask=mask_l, sem="relaxed")
-            else:
-                dB_acc = tl.where(sel_n, dB_acc + tl.sum(g * dtu, axis=1)[:, None], dB_acc)
-            if C_VARYING:
-                tl.atomic_add(dC_row + n * seqlen + offs_l, tl.sum(dy * h, axis=0), mask=mask_l, sem="relaxed")
-            else:
-                dC_acc = tl.where(sel_n, dC_acc + tl.sum(dy * h, axis=1)[:, None], dC_acc)
-            g_next = tl.where(sel_n, tl.sum(tl.where(first_col, g, 0.0), axis=1)[:, None], g_next)
-        du = d_dtu * dt
-        if HAS_D:
-            du += Dv[:, None] * dy
-            dD_acc += tl.sum(dy * u, axis=1)
-        if HAS_Z:
-            if HAS_D:
-                y += Dv[:, None] * u
-            tl.store(dz_ptr + out_base + offs_l[None, :], (dout * y * sig * (1.0 + zt * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=mask_dl)
-        ddt += d_dtu * u
-        if DELTA_SOFTPLUS:
-            ddt = ddt * tl.where(pre <= 20.0, _sigmoid(pre, FAST_MATH), 1.0)
-        ddt = tl.where(mask_dl, ddt, 0.0)
-        dbias_acc += tl.sum(ddt, axis=1)
-        tl.store(du_ptr + out_base + offs_l[None, :], du.to(du_ptr.dtype.element_ty), mask=mask_dl)
-        tl.store(ddelta_ptr + out_base + offs_l[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_dl)
-    # dL/dh_init = exp(dt_0 A) g_0.
-    A = tl.load(A_col[:, None] + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0).to(tl.float32)
-    pre0 = tl.load(delta_ptr + pid_b * s_dl_b + offs_d * s_dl_d, mask=mask_d, other=0.0).to(tl.float32) + bias
-    if DELTA_SOFTPLUS:
-        pre0 = _softplus(pre0, FAST_MATH)
-    dn_off = pid_b * dim * dstate + offs_d[:, None] * dstate + offs_n[None, :]
-    tl.store(dh0_ptr + dn_off, tl.exp2(pre0[:, None] * A * 1.4426950408889634) * g_next, mask=mask_dn)
-    tl.store(dA_ptr + dn_off, dA_acc, mask=mask_dn)
-    if not B_VARYING:
-        tl.store(dB_ptr + dn_off, dB_acc, mask=mask_dn)
-    if not C_VARYING:
-        tl.store(dC_ptr + dn_off, dC_acc, mask=mask_dn)
-    tl.store(dD_ptr + pid_b * dim + offs_d, dD_acc, mask=mask_d)
-    tl.store(dbias_ptr + pid_b * dim + offs_d, dbias_acc, mask=mask_d)
-
-
-@triton.jit
 def _atomic_add_row(row_ptr, v, l0, seqlen, offs_l, mask_l, NPART: tl.constexpr, BLOCK_L: tl.constexpr):
     """row[l0 + t] += v[t] for t < seqlen. With 8 steps per part (per thread), v is viewed as
     [NPART, 2, 4] (step = part 8 + j 4 + k): on triton 3.6 that is the atomics' own layout (4 fp32 per
@@ -467,14 +316,14 @@ def _atomic_add_row(row_ptr, v, l0, seqlen, offs_l, mask_l, NPART: tl.constexpr,
 
 
 @triton.jit
-def _bwd_v1_state_step(
+def _bwd_state_step(
     n, rd_base, wr_base, part_n, offs_p, first_col, last_col, first_in_part, first_part, keep_part, NPART: tl.constexpr,
     A_n, B_n, C_n, h0_n, dt2, dt2_nx, dtu, dy, rev_t, mask_d, mask_l, mask_dp,
     dA_part_ptr, dB_ptr, dC_ptr, dB_row, dC_row, seqlen, l0, offs_l,
     B_VARYING: tl.constexpr, C_VARYING: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     GATHER_FLIP: tl.constexpr,
 ):  # fmt: skip
-    """One state of one tile (variant 1): returns g B_n, A_n g (h - b) and C_n h, the state's terms of
+    """One state of one tile: returns g B_n, A_n g (h - b) and C_n h, the state's terms of
     dL/d(dt u), dL/d dt and y; the per-lane partial sums and g's first column go to memory."""
     b = dtu * B_n
     decay = tl.exp2(dt2 * A_n[:, None])
@@ -523,7 +372,7 @@ def _bwd_v1_state_step(
 
 
 @triton.jit
-def _selective_scan_bwd_v1_kernel(
+def _selective_scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, states_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_part_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, gseed_ptr,
     batch, dim, seqlen, dstate, B_dpg, C_dpg, ngroups_B, ngroups_C,
@@ -535,17 +384,25 @@ def _selective_scan_bwd_v1_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, NPART: tl.constexpr, FAST_MATH: tl.constexpr,
     GATHER_FLIP: tl.constexpr,
 ):  # fmt: skip
-    # Variant 1 of the backward: the same tiles, scans and formulas as _selective_scan_bwd_kernel, with
-    # fewer instructions per state and step and fewer live registers:
+    # Tiles of BLOCK_L steps in reverse (BLOCK_L is the forward's STATE_CHUNK: each tile starts from a
+    # saved state). Per state n: the tile's states h are recomputed by a forward scan; the state
+    # gradient g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1} is a reverse scan (dt_{t+1} from a second,
+    # shifted load of delta, 0 past the end). With b_t = dt_t u_t B_t, exp(dt_t A) h_{t-1} = h_t - b_t
+    # exactly, so no shifted state is needed:
+    #   dL/d(dt_t u_t) = sum_n g B_n,   dL/d dt_t += sum_n A_n g (h - b),   dA_n = sum_t g dt (h - b),
+    #   dB_n[t] = sum_d g dt u,   dC_n[t] = sum_d dy h,   dL/dh_init = exp(dt_0 A) g_0.
+    # For few instructions per state and step and few live registers:
     # - the saved state h0 enters the forward scan as the first step's input, and the g carried from the
     #   next tile as the last step's input of the reverse scan: neither scan's cumulative decay is used;
     # - the carried g goes through memory (two (batch, dim, dstate) fp32 buffers, alternating per tile,
     #   a barrier between tiles): stored by the lanes holding g's first column, loaded as a scalar per
     #   channel, instead of a cross-lane sum and a select on a [BLOCK_D, BLOCK_N] register tile per state;
-    # - per-channel sums over time (dA, time-invariant dB/dC) add per-lane partials (NPART per channel,
-    #   summed inside each thread) into fp32 (batch, dim, dstate, NPART + 1) buffers, summed in torch;
+    # - varying dB/dC rows are summed over the program's channels, then added atomically into fp32
+    #   (batch, ngroups, dstate, seqlen) buffers; per-channel sums over time (dA, time-invariant dB/dC)
+    #   add per-lane partials (NPART per channel, summed inside each thread) into fp32
+    #   (batch, dim, dstate, NPART + 1) buffers, summed in torch; dD, d delta_bias go per batch row;
     # - GATHER_FLIP: the reverse scan as a forward scan in reversed time plus two tl.gather flips (see
-    #   _bwd_v1_state_step);
+    #   _bwd_state_step);
     # - only dt2 = dt log2 e, dt2_nx, dt u, dy (and y with z) stay live through the loop over states; u,
     #   delta, dout and z are loaded again after it, from int32 offsets.
     pid_d = tl.program_id(0)
@@ -640,7 +497,7 @@ def _selective_scan_bwd_v1_kernel(
             B_nx = _bc_n(B_row, B_col, n_nx, s_B_n, offs_l, s_B_l, mask_l, mask_d, B_VARYING)
             C_nx = _bc_n(C_row, C_col, n_nx, s_C_n, offs_l, s_C_l, mask_l, mask_d, C_VARYING)
             h0_n = tl.load(states_base + blk * dim * dstate + n, mask=mask_d, other=0.0)
-            gB, As, Ch = _bwd_v1_state_step(
+            gB, As, Ch = _bwd_state_step(
                 n, rd_base, wr_base, part_n, offs_p, first_col, last_col, first_in_part, first_part, keep_part, NPART,
                 A_n, B_n, C_n, h0_n, dt2, dt2_nx, dtu, dy, rev_t, mask_d, mask_l, mask_dp,
                 dA_part_ptr, dB_ptr, dC_ptr, dB_row, dC_row, seqlen, l0, offs_l, B_VARYING, C_VARYING, BLOCK_D, BLOCK_L,
@@ -728,28 +585,22 @@ def fwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, i
     return BLOCK_D, 8, num_warps
 
 
-def bwd_block_sizes(dim: int, dstate: int, dpg: int | None, variant: int | None = None) -> tuple[int, int, int]:
+def bwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, int]:
     """(BLOCK_D, BLOCK_L, num_warps) of the backward; its BLOCK_L is also the interval at which the
-    forward saves states (a multiple of the forward's BLOCK_L). About 16 tile elements per thread: the
-    loop over states keeps ~20 [BLOCK_D, BLOCK_L] fp32 tiles live, and more spills. Backward kernel alone at
-    b8 d1536 l2048 n16 (H100): (2, 256, 1) 2.09 ms, (2, 128, 1) 2.04, (4, 128, 1) 2.07, (1, 256, 1) 2.11,
-    (1, 512, 1) 2.18, (2, 512, 2) 2.66, (4, 256, 2) 4.05, (8, 256, 4) 5.79; 256 is kept over 128 (within
-    run-to-run noise, and the configuration the GPU tests ran). ``variant`` (default ``_BWD_VARIANT``)
-    picks the block sizes of that backward kernel."""
-    config = _BWD_CONFIG if (_BWD_VARIANT if variant is None else variant) == 0 else _BWD_V1_CONFIG
-    BLOCK_D = min(config[0], triton.next_power_of_2(dim))
+    forward saves states (a multiple of the forward's BLOCK_L). One warp, about 16 tile elements per
+    thread. Backward launcher at b8 d1536 l2048 n16 bf16 (H100, benchmarks/probes/scan_bwd_probe.py):
+    (2, 256, 1) 1.793 ms, (1, 128, 1) 1.947, (1, 256, 1) 3.042 (the first parallel backward: 2.04-2.18 ms
+    on one warp from (2, 128, 1) to (1, 512, 1), 2.66-5.79 on two or four)."""
+    BLOCK_D = min(_BWD_CONFIG[0], triton.next_power_of_2(dim))
     if dpg is not None:
         BLOCK_D = _pow2_divisor(dpg, BLOCK_D)
-    return BLOCK_D, config[1], config[2]
+    return BLOCK_D, _BWD_CONFIG[1], _BWD_CONFIG[2]
 
 
-_BWD_CONFIG = (2, 256, 1)  # backward (BLOCK_D, BLOCK_L, num_warps)
-_BWD_V1_CONFIG = (2, 256, 1)  # variant 1: the same saved-state interval as variant 0 (timings in the module docstring)
-# Which backward kernel selective_scan_bwd launches: 0 _selective_scan_bwd_kernel, 1 _selective_scan_bwd_v1_kernel.
-# The forward saves states at the chosen variant's BLOCK_L (bwd_block_sizes), so change it between calls, not
-# between a forward and its backward.
-_BWD_VARIANT = 1
-_BWD_V1_GATHER_FLIP = True  # variant 1: the reverse scan as a forward scan in reversed time + two tl.gather flips
+_BWD_CONFIG = (2, 256, 1)  # backward (BLOCK_D, BLOCK_L, num_warps); timings in bwd_block_sizes
+# The backward's reverse scan as a forward scan in reversed time between two tl.gather flips (False:
+# Triton's reverse scan; timings in the module docstring).
+_BWD_GATHER_FLIP = True
 
 
 def block_n(dstate: int) -> int:
@@ -874,20 +725,17 @@ def _bc_args(M: Tensor, dim: int):
 
 def selective_scan_bwd(
     dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_states,
-    *, wrap: bool, config=None, variant: int | None = None, gather_flip: bool | None = None,
+    *, wrap: bool, config=None, gather_flip: bool | None = None,
 ):
     """Backward launch; returns du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state, each in its
     input's dtype (empty for an absent input). ``config`` = (BLOCK_D, BLOCK_L, num_warps) overrides the
     heuristic; its BLOCK_L must be the ``state_chunk`` of the forward that saved ``chunk_states``.
-    ``variant`` picks the kernel (0: _selective_scan_bwd_kernel, 1: _selective_scan_bwd_v1_kernel;
-    default ``_BWD_VARIANT``), ``gather_flip`` variant 1's reverse scan (default ``_BWD_V1_GATHER_FLIP``)."""
-    variant = _BWD_VARIANT if variant is None else variant
-    if variant not in (0, 1):
-        raise ValueError(f"variant must be 0 or 1, got {variant}")
+    ``gather_flip`` picks how the reverse scan runs (default ``_BWD_GATHER_FLIP``: a forward scan in
+    reversed time between two tl.gather flips; False: Triton's reverse scan)."""
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
     dpg = _common_dpg(dim, B, C)
-    BLOCK_D, BLOCK_L, num_warps = bwd_block_sizes(dim, dstate, dpg, variant) if config is None else config
+    BLOCK_D, BLOCK_L, num_warps = bwd_block_sizes(dim, dstate, dpg) if config is None else config
     _check_config(BLOCK_D, dpg, BLOCK_L, BLOCK_L)
     nchunks = (seqlen + BLOCK_L - 1) // BLOCK_L
     if chunk_states.numel() == 0:  # the forward ran without saving: recompute the chunk-start states
@@ -899,52 +747,43 @@ def selective_scan_bwd(
     f32 = dict(device=u.device, dtype=torch.float32)
     du, ddelta = torch.empty(u.shape, device=u.device, dtype=u.dtype), torch.empty(u.shape, device=u.device, dtype=delta.dtype)
     dz = torch.empty(u.shape, device=u.device, dtype=z.dtype) if z is not None else du
-    # Variant 1's per-channel sums over time come as NPART per-lane partials (see its kernel).
-    NPART = max(1, BLOCK_L // 8) if variant == 1 else 1
-    per_row = (batch, dim, dstate) if variant == 0 else (batch * dim * dstate * (NPART + 1),)
+    # Per-channel sums over time (dA, time-invariant dB/dC) come as NPART per-lane partials (see the kernel):
+    # (batch, dim, dstate, NPART + 1), the last column unused.
+    NPART = max(1, BLOCK_L // 8)
+    parts = (batch * dim * dstate * (NPART + 1),)
+
+    def sum_parts(d):
+        return d.view(batch, dim, dstate, NPART + 1)[..., :NPART].sum(-1)
 
     def d_bc(arg):  # varying: fp32 (batch, ngroups, dstate, seqlen) added to atomically, allocated flat (a size-1
         # ngroups beside a symbolic seqlen trips Inductor's clone of mutated kernel arguments on torch 2.11,
-        # pytorch issue 181735); else per-row partials
-        return torch.zeros(batch * arg[2] * dstate * seqlen, **f32) if arg[0] else torch.empty(per_row, **f32)
+        # pytorch issue 181735); else per-lane partials
+        return torch.zeros(batch * arg[2] * dstate * seqlen, **f32) if arg[0] else torch.empty(parts, **f32)
 
-    dA, dB, dC = torch.empty(per_row, **f32), d_bc(B_arg), d_bc(C_arg)
+    dA, dB, dC = torch.empty(parts, **f32), d_bc(B_arg), d_bc(C_arg)
     dD, dbias = torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)
     dh0 = torch.empty(batch, dim, dstate, **f32)
+    gseed = torch.empty(2 * batch * dim * dstate, **f32)  # the carried g, two buffers alternating per tile
     grid = (triton.cdiv(dim, BLOCK_D), batch)
-    common = (
-        dim, seqlen, dstate, B_arg[1], C_arg[1], B_arg[2], C_arg[2],
-        *u.stride(), *delta.stride(), *A.stride(), *B_arg[3], *C_arg[3],
-        *_strides1(D), *_strides3(z), *_strides1(delta_bias), *dout.stride(), *dlast_state.stride(),
-    )  # fmt: skip
-    flags = dict(
-        DELTA_SOFTPLUS=delta_softplus, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        B_VARYING=B_arg[0], C_VARYING=C_arg[0],
-        BLOCK_D=BLOCK_D, BLOCK_N=block_n(dstate), BLOCK_L=BLOCK_L, FAST_MATH=u.device.type == "cuda",
-        num_warps=num_warps,
-    )  # fmt: skip
-    inputs = (
+    launcher(_selective_scan_bwd_kernel, wrap)[grid](
         u, delta, A, B, C, u if D is None else D, u if z is None else z,
         u if delta_bias is None else delta_bias, dout, dlast_state, chunk_states,
+        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, gseed,
+        batch, dim, seqlen, dstate, B_arg[1], C_arg[1], B_arg[2], C_arg[2],
+        *u.stride(), *delta.stride(), *A.stride(), *B_arg[3], *C_arg[3],
+        *_strides1(D), *_strides3(z), *_strides1(delta_bias), *dout.stride(), *dlast_state.stride(),
+        DELTA_SOFTPLUS=delta_softplus, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        B_VARYING=B_arg[0], C_VARYING=C_arg[0],
+        BLOCK_D=BLOCK_D, BLOCK_N=block_n(dstate), BLOCK_L=BLOCK_L, NPART=NPART, FAST_MATH=u.device.type == "cuda",
+        GATHER_FLIP=_BWD_GATHER_FLIP if gather_flip is None else gather_flip, num_warps=num_warps,
     )  # fmt: skip
-    if variant == 0:
-        launcher(_selective_scan_bwd_kernel, wrap)[grid](*inputs, du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, *common, **flags)
-    else:
-        gseed = torch.empty(2 * batch * dim * dstate, **f32)  # the carried g, two buffers alternating per tile
-        launcher(_selective_scan_bwd_v1_kernel, wrap)[grid](
-            *inputs, du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, gseed, batch, *common, NPART=NPART,
-            GATHER_FLIP=_BWD_V1_GATHER_FLIP if gather_flip is None else gather_flip, **flags
-        )
-        # Per-lane partials of dA / ln 2 (the kernel sums s dt log2 e) and of time-invariant dB, dC.
-        dA = dA.view(batch, dim, dstate, NPART + 1)[..., :NPART].sum(-1) * math.log(2.0)
+    dA = sum_parts(dA) * math.log(2.0)  # the kernel sums s dt log2 e
 
     def empty():  # one per absent gradient: outputs of an op may not alias each other
         return u.new_empty(0)
 
     def bc_grad(M, dM):  # back to M's layout and dtype
-        if M.dim() == 2:
-            return (dM.view(batch, dim, dstate) if variant == 0 else dM.view(batch, dim, dstate, NPART + 1)[..., :NPART].sum(-1)).sum(0).to(M.dtype)
-        return dM.view(M.shape).to(M.dtype)
+        return (sum_parts(dM).sum(0) if M.dim() == 2 else dM.view(M.shape)).to(M.dtype)
 
     return (
         du, ddelta, dA.sum(0).to(A.dtype), bc_grad(B, dB), bc_grad(C, dC),

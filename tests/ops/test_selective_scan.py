@@ -234,14 +234,12 @@ KERNEL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("variant", [0, 1], ids=["bwd-v0", "bwd-v1"])
 @pytest.mark.parametrize("opts, softplus", KERNEL_CASES)
-def test_triton_kernels_match_oracle(opts, softplus, variant):
-    _check_kernels(opts, softplus, variant=variant)
+def test_triton_kernels_match_oracle(opts, softplus):
+    _check_kernels(opts, softplus)
 
 
-def _check_kernels(opts, softplus, *, variant=0, shape=(2, 6, 11, 5), fwd_config=(2, 2, 1), bwd_config=(2, 4, 1),
-                   gather_flip=None):  # fmt: skip
+def _check_kernels(opts, softplus, *, shape=(2, 6, 11, 5), fwd_config=(2, 2, 1), bwd_config=(2, 4, 1), gather_flip=None):
     from mamba_compile.ops import selective_scan_triton as kern
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -263,8 +261,7 @@ def _check_kernels(opts, softplus, *, variant=0, shape=(2, 6, 11, 5), fwd_config
     go, gl = torch.randn(out.shape, generator=g).to(device), torch.randn(last.shape, generator=g).to(device)
     with torch.no_grad():
         grads = kern.selective_scan_bwd(
-            go, gl, *args[:8], softplus, args[8], states, wrap=False, config=bwd_config, variant=variant,
-            gather_flip=gather_flip,
+            go, gl, *args[:8], softplus, args[8], states, wrap=False, config=bwd_config, gather_flip=gather_flip
         )
     for name, grad in zip(GRAD_NAMES, grads):
         if inputs[name] is None:
@@ -274,11 +271,11 @@ def _check_kernels(opts, softplus, *, variant=0, shape=(2, 6, 11, 5), fwd_config
             assert_rel(grad, r_grads[name], 1e-5, f"d{name}")
 
 
-# Backward variant 1 at block shapes where a thread holds 8 steps of a part (NPART = BLOCK_L / 8 per-lane
+# The backward at block shapes where a thread holds 8 steps of a part (NPART = BLOCK_L / 8 per-lane
 # partial sums, dB/dC atomics viewed as [NPART, 2, 4]): several tiles, the last partial, carried g and
 # partial sums across tiles, time-invariant and grouped B/C, with and without D, z, bias, softplus, and
 # its reverse scan both ways (gathers around a forward scan, or Triton's reverse scan).
-V1_CASES = [
+PART_CASES = [
     pytest.param(dict(B_kind="bnl", C_kind="bgnl", ngroups=2), True, (1, 4, 45, 3), (2, 16, 1), True,
                  id="bnl-bgnl2-L16-l45-gather"),  # fmt: skip
     pytest.param(dict(B_kind="bnl", C_kind="bgnl", ngroups=2), True, (1, 4, 45, 3), (2, 16, 1), False,
@@ -290,19 +287,18 @@ V1_CASES = [
 ]
 
 
-@pytest.mark.parametrize("opts, softplus, shape, bwd_config, gather_flip", V1_CASES)
-def test_triton_bwd_v1_parts_match_oracle(opts, softplus, shape, bwd_config, gather_flip):
-    _check_kernels(opts, softplus, variant=1, shape=shape, fwd_config=(2, 8, 1), bwd_config=bwd_config,
-                   gather_flip=gather_flip)  # fmt: skip
+@pytest.mark.parametrize("opts, softplus, shape, bwd_config, gather_flip", PART_CASES)
+def test_triton_bwd_parts_match_oracle(opts, softplus, shape, bwd_config, gather_flip):
+    _check_kernels(opts, softplus, shape=shape, fwd_config=(2, 8, 1), bwd_config=bwd_config, gather_flip=gather_flip)
 
 
-def test_triton_bwd_variant_switch(monkeypatch):
-    """_BWD_VARIANT picks the kernel and its block sizes (the forward saves states at that BLOCK_L)."""
+def test_triton_default_state_interval_follows_bwd_config(monkeypatch):
+    """Without a state_chunk or backward config, the forward saves states at _BWD_CONFIG's BLOCK_L and the
+    backward reads them there."""
     from mamba_compile.ops import selective_scan_triton as kern
 
-    monkeypatch.setattr(kern, "_BWD_VARIANT", 1)
-    monkeypatch.setattr(kern, "_BWD_V1_CONFIG", (2, 8, 1))
-    assert kern.bwd_block_sizes(4, 3, None) == (2, 8, 1) and kern.bwd_block_sizes(4, 3, None, 0) == (2, 256, 1)
+    monkeypatch.setattr(kern, "_BWD_CONFIG", (2, 8, 1))
+    assert kern.bwd_block_sizes(4, 3, None) == (2, 8, 1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     inputs = make_inputs(1, 4, 19, 3, device=device)
     args = list(inputs.values())
@@ -315,8 +311,6 @@ def test_triton_bwd_variant_switch(monkeypatch):
         grads = kern.selective_scan_bwd(go.float(), gl.float(), *args[:8], True, args[8], states, wrap=False)
     for name, grad in zip(GRAD_NAMES, grads):
         assert_rel(grad, r_grads[name], 1e-5, f"d{name}")
-    with pytest.raises(ValueError, match="variant"):
-        kern.selective_scan_bwd(go, gl, *args[:8], True, args[8], states, wrap=False, variant=2)
 
 
 @pytest.mark.parametrize("rows_ahead", [4, 8])
@@ -340,8 +334,7 @@ def test_triton_fwd_time_segments_match_oracle(rows_ahead):
             assert_rel(states, whole[2], 1e-5, "chunk_states")
 
 
-@pytest.mark.parametrize("variant", [0, 1], ids=["bwd-v0", "bwd-v1"])
-def test_triton_bwd_recomputes_missing_states(variant):
+def test_triton_bwd_recomputes_missing_states():
     from mamba_compile.ops import selective_scan_triton as kern
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -353,7 +346,7 @@ def test_triton_bwd_recomputes_missing_states(variant):
     gl = torch.randn(r_last.shape, generator=g).to(device, torch.float32)
     with torch.no_grad():
         grads = kern.selective_scan_bwd(
-            go, gl, *args[:8], True, args[8], args[0].new_empty(0), wrap=False, config=(2, 4, 1), variant=variant
+            go, gl, *args[:8], True, args[8], args[0].new_empty(0), wrap=False, config=(2, 4, 1)
         )
     for name, grad in zip(GRAD_NAMES, grads):
         assert_rel(grad, r_grads[name], 1e-5, f"d{name}")
@@ -435,36 +428,31 @@ GPU_CASES = [
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", [0, 1], ids=["bwd-v0", "bwd-v1"])
 @pytest.mark.parametrize("opts, batch, dim, seqlen, dstate, act_dtype, tol", GPU_CASES)
-def test_cuda_matches_oracle(opts, batch, dim, seqlen, dstate, act_dtype, tol, variant, monkeypatch):
-    from mamba_compile.ops import selective_scan_triton as kern
-
-    monkeypatch.setattr(kern, "_BWD_VARIANT", variant)
+def test_cuda_matches_oracle(opts, batch, dim, seqlen, dstate, act_dtype, tol):
     inputs = make_inputs(batch, dim, seqlen, dstate, act_dtype=act_dtype, device="cuda", **opts)
     check_against_oracle(ours, inputs, True, tol)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", [0, 1], ids=["bwd-v0", "bwd-v1"])
 @pytest.mark.parametrize("act_dtype, tol", [(torch.bfloat16, 2e-2), (torch.float32, 2e-4)], ids=["bf16", "fp32"])
 @pytest.mark.parametrize(
     "fwd_config, bwd_config", [(None, None), ((8, 8, 1), (1, 512, 1))], ids=["default-blocks", "bd8-l512"]
 )
-def test_cuda_kernel_configs_match_oracle(act_dtype, tol, fwd_config, bwd_config, variant):
+def test_cuda_kernel_configs_match_oracle(act_dtype, tol, fwd_config, bwd_config):
     """Other block sizes, launched directly (the forward saves states at the backward's BLOCK_L)."""
     from mamba_compile.ops import selective_scan_triton as kern
 
     inputs = make_inputs(2, 256, 1000, 16, act_dtype=act_dtype, device="cuda")
     args = list(inputs.values())
     r_out, r_last, r_grads = run_fwd_bwd(selective_scan_ref, inputs, True)
-    chunk = kern.bwd_block_sizes(256, 16, 256, variant)[1] if bwd_config is None else bwd_config[1]
+    chunk = kern.bwd_block_sizes(256, 16, 256)[1] if bwd_config is None else bwd_config[1]
     with torch.no_grad():
         out, last, states = kern.selective_scan_fwd(*args[:8], True, args[8], True, wrap=False, config=fwd_config, state_chunk=chunk)
         g = torch.Generator().manual_seed(1)  # the cotangents run_fwd_bwd used
         go = torch.randn(out.shape, generator=g).to("cuda", out.dtype)
         gl = torch.randn(last.shape, generator=g).to("cuda")
-        grads = kern.selective_scan_bwd(go, gl, *args[:8], True, args[8], states, wrap=False, config=bwd_config, variant=variant)
+        grads = kern.selective_scan_bwd(go, gl, *args[:8], True, args[8], states, wrap=False, config=bwd_config)
     assert_rel(out, r_out, tol, "out")
     assert_rel(last, r_last, tol, "last_state")
     for name, grad in zip(GRAD_NAMES, grads):
@@ -503,11 +491,7 @@ def test_cuda_training_shape_matches_cpu_path():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", [0, 1], ids=["bwd-v0", "bwd-v1"])
-def test_cuda_compile_fullgraph_dynamic_one_frame(variant, monkeypatch):
-    from mamba_compile.ops import selective_scan_triton as kern
-
-    monkeypatch.setattr(kern, "_BWD_VARIANT", variant)
+def test_cuda_compile_fullgraph_dynamic_one_frame():
     # Lengths divisible by 16 share one Triton specialization: three lengths, one kernel compile each.
     assert _compiled_matches_eager("aot_eager", (320, 1024, 2048), device="cuda", tol=1e-4) == 1
 
