@@ -46,7 +46,7 @@ def _cuda_ms(fn, iters: int) -> list[float]:
     return times
 
 
-def bench_train(arch: str, batch: int = 8, seqlen: int = 2048, iters: int = 10, regional: bool = False,
+def bench_train(arch: str, batch: int = 8, seqlen: int = 2048, iters: int = 30, regional: bool = False,
                 fused: bool = True) -> dict:
     torch.manual_seed(0)
     model = MambaLM(config_130m(arch), device="cuda").train()
@@ -84,14 +84,16 @@ def bench_train(arch: str, batch: int = 8, seqlen: int = 2048, iters: int = 10, 
     for _ in range(2):
         step()
     torch.cuda.reset_peak_memory_stats()
-    ms = statistics.median(_cuda_ms(step, iters))
+    times = _cuda_ms(step, iters)  # 10 steps moved by up to 10 ms between runs of the same code (session 4): 30, with the quartiles
+    ms = statistics.median(times)
+    q1, _, q3 = statistics.quantiles(times, n=4)
     peak = torch.cuda.max_memory_allocated() / 2**30
     ref_ms, ref_tps, ref_gib = REF_TRAIN[arch]
     tps = batch * seqlen / (ms * 1e-3)
     how = ("regional compile" if regional else "whole-model compile") + (", fused linear+CE" if fused else "")
     return dict(model=arch, case=f"train b{batch}x{seqlen} bf16 autocast AdamW, {how}", ms=ms, ref_ms=ref_ms,
                 speedup=ref_ms / ms, tok_per_s=tps, ref_tok_per_s=ref_tps, peak_gib=peak, ref_peak_gib=ref_gib,
-                compile_s=compile_s)
+                compile_s=compile_s, step_ms_q1_q3=f"{q1:.1f}-{q3:.1f}")
 
 
 def bench_generate(arch: str, batch: int, prompt: int = 100, new: int = 100, iters: int = 5, model=None,
