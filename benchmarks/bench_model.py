@@ -84,7 +84,8 @@ def bench_train(arch: str, batch: int = 8, seqlen: int = 2048, iters: int = 30, 
     for _ in range(2):
         step()
     torch.cuda.reset_peak_memory_stats()
-    times = _cuda_ms(step, iters)  # 10 steps moved by up to 10 ms between runs of the same code (session 4): 30, with the quartiles
+    # 10 steps moved by up to 10 ms between runs of the same code (session 4): 30, with the quartiles
+    times = _cuda_ms(step, iters)
     ms = statistics.median(times)
     q1, _, q3 = statistics.quantiles(times, n=4)
     peak = torch.cuda.max_memory_allocated() / 2**30
@@ -206,7 +207,8 @@ def main(argv=None) -> None:
                 cases.append((f"{arch} generate b{batch} {sd}", arch,
                               lambda a=arch, b=batch, sd=sd: bench_generate(a, b, model=_generation_model(a), state_dtype=sd)))
     rows = []
-    for i, (name, key, fn) in enumerate(cases):  # one failing case must not lose the others; results are written after each
+    # one failing case must not lose the others; results are written after each
+    for i, (name, key, fn) in enumerate(cases):
         try:
             rows.append(fn())
             print(f"done: {name}: {rows[-1]}", flush=True)

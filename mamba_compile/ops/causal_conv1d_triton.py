@@ -8,6 +8,9 @@ conv_state (cache_batch, dim, state_len); cache_seqlens, conv_state_indices (bat
 
 Every kernel tiles (dim, seqlen) as [BLOCK_D, BLOCK_L] and reads tap k as a load shifted by k:
 the shifted tiles overlap, so after the first they come from L1/L2 and device memory sees x about once.
+For 16-bit x with contiguous time the forward reads int32 pairs of steps instead, where it applies
+(``_causal_conv1d_fwd_pairs_kernel``): the odd shifts then need no 2-byte loads, each pair is converted
+once, and the same fp32 sums come out (1.08x the copy floor at b8 d1536 l2048 w4 bf16 on an H100, against 1.26x).
 Positions are indices into x (``p < 0`` reads initial_states), every access is masked, and all math is fp32.
 Launch functions take ``wrap``: True inside the ops (``torch.library.wrap_triton``), False for direct
 launches (the tests run them under the Triton interpreter on CPU tensors).
