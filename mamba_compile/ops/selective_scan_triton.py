@@ -45,8 +45,10 @@ This kernel replaced (session 4) a first parallel backward with the same tiles, 
 interval that used the scans' cumulative decays and Triton's reverse scan, and kept the carried g and the
 per-channel sums in [BLOCK_D, BLOCK_N] register tiles (a cross-lane sum and a select per state). H100,
 b8 d1536 l2048 n16 bf16 (benchmarks/probes/scan_bwd_probe.py): backward launcher 1.793 ms against 2.108 for
-the first kernel, op forward+backward as a CUDA graph 1.934 against 2.405 (reference 2.463); with Triton's
-reverse scan in place of the gathers (``gather_flip=False``) 1.785 / 2.006, so the gathers stay. Gradients
+the first kernel, op forward+backward as a CUDA graph 1.934 against 2.405 (reference 2.463); a second run of
+this kernel alone: 1.727 / 2.060. With Triton's reverse scan in place of the gathers (``gather_flip=False``)
+1.785 / 2.006 and 1.817 / 1.972 in the same two runs: no difference beyond the runs' spread, so the gathers
+(fewer instructions) stay. Gradients
 within 1.2e-3 of the first kernel's and, on a 2 x 256 slice, as close to the fp32 CPU path (3.6e-3 worst).
 Local SASS for sm_90 with triton 3.6 (that shape's specialisation, the loop over states at (2, 256, 1), 16
 steps per thread): 37.9 instructions per state and step against 77.5 for the first kernel (SHFL 4.5 against
