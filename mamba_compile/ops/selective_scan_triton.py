@@ -318,6 +318,15 @@ def _atomic_add_row(row_ptr, v, l0, seqlen, offs_l, mask_l, NPART: tl.constexpr,
 
 
 @triton.jit
+def _add_lane_partials(ptrs, tile, mask, keep, BLOCK_D: tl.constexpr, NPART: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Adds tile [BLOCK_D, BLOCK_L] summed over each lane's BLOCK_L / NPART steps (time inside a thread: no
+    shuffles) to the [BLOCK_D, NPART] partials at ptrs (loaded only where keep: the first tile starts them)."""
+    part = tl.sum(tl.reshape(tile, [BLOCK_D, NPART, BLOCK_L // NPART]), axis=2)
+    part += tl.load(ptrs, mask=mask & keep, other=0.0)
+    tl.store(ptrs, part, mask=mask)
+
+
+@triton.jit
 def _bwd_state_step(
     n, rd_base, wr_base, part_n, offs_p, first_col, last_col, first_in_part, first_part, keep_part, NPART: tl.constexpr,
     A_n, B_n, C_n, h0_n, dt2, dt2_nx, dtu, dy, rev_t, mask_d, mask_l, mask_dp,
@@ -352,24 +361,15 @@ def _bwd_state_step(
     s = g * (h - b)  # dL/d(dt_t A_n)
     # dA_n = ln 2 sum_t s dt2: per-lane partial sums (time inside a thread), added to in memory
     # (one address per lane and channel, so no shuffles and no per-state select on a register tile).
-    part_ptrs = dA_part_ptr + part_n + n * (NPART + 1)
-    part = tl.sum(tl.reshape(s * dt2, [BLOCK_D, NPART, BLOCK_L // NPART]), axis=2)
-    part += tl.load(part_ptrs, mask=mask_dp & keep_part, other=0.0)
-    tl.store(part_ptrs, part, mask=mask_dp)
+    _add_lane_partials(dA_part_ptr + part_n + n * (NPART + 1), s * dt2, mask_dp, keep_part, BLOCK_D, NPART, BLOCK_L)
     if B_VARYING:
         _atomic_add_row(dB_row + n * seqlen, tl.sum(g * dtu, axis=0), l0, seqlen, offs_l, mask_l, NPART, BLOCK_L)
     else:
-        dB_ptrs = dB_ptr + part_n + n * (NPART + 1)
-        dB_part = tl.sum(tl.reshape(g * dtu, [BLOCK_D, NPART, BLOCK_L // NPART]), axis=2)
-        dB_part += tl.load(dB_ptrs, mask=mask_dp & keep_part, other=0.0)
-        tl.store(dB_ptrs, dB_part, mask=mask_dp)
+        _add_lane_partials(dB_ptr + part_n + n * (NPART + 1), g * dtu, mask_dp, keep_part, BLOCK_D, NPART, BLOCK_L)
     if C_VARYING:
         _atomic_add_row(dC_row + n * seqlen, tl.sum(dy * h, axis=0), l0, seqlen, offs_l, mask_l, NPART, BLOCK_L)
     else:
-        dC_ptrs = dC_ptr + part_n + n * (NPART + 1)
-        dC_part = tl.sum(tl.reshape(dy * h, [BLOCK_D, NPART, BLOCK_L // NPART]), axis=2)
-        dC_part += tl.load(dC_ptrs, mask=mask_dp & keep_part, other=0.0)
-        tl.store(dC_ptrs, dC_part, mask=mask_dp)
+        _add_lane_partials(dC_ptr + part_n + n * (NPART + 1), dy * h, mask_dp, keep_part, BLOCK_D, NPART, BLOCK_L)
     return g * B_n, A_n[:, None] * s, C_n * h
 
 
