@@ -104,22 +104,18 @@ def mamba1_decode_ssm(
 # Validation: one function per op, run by the public function and again inside the op body
 # ----------------------------------------------------------------------------------------------
 def _check_in(hidden, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias) -> None:
-    check_tensor("hidden", hidden, shape=(None, None), letters="(batch, d_model)")
-    batch, d_model = hidden.shape
-    check_tensor("in_proj_weight", in_proj_weight, shape=(None, d_model), letters="(2 * d_inner, d_model)")
-    if in_proj_weight.shape[0] % 2 != 0 or in_proj_weight.shape[0] == 0:
+    """mamba1_decode_in's contract on top of decode_in's: in_proj's rows are [x; z] (2 * d_inner) and the
+    conv covers x (its first d_inner rows)."""
+    check_tensor("in_proj_weight", in_proj_weight, shape=(None, None), letters="(2 * d_inner, d_model)")
+    check_tensor("conv_weight", conv_weight, shape=(None, None), letters="(d_inner, d_conv)")
+    rows = in_proj_weight.shape[0]
+    if rows % 2 != 0 or rows == 0:
         raise ValueError(f"in_proj_weight must have shape (2 * d_inner, d_model) with an even, nonzero first dim, "
                          f"got {tuple(in_proj_weight.shape)}")
-    d_inner = in_proj_weight.shape[0] // 2
-    check_tensor("in_proj_bias", in_proj_bias, shape=(2 * d_inner,), letters="(2 * d_inner,)", optional=True)
-    check_tensor("conv_weight", conv_weight, shape=(d_inner, None), letters="(d_inner, d_conv)")
-    d_conv = conv_weight.shape[1]
-    if d_conv < 2:
-        raise ValueError(f"conv_weight must have shape (d_inner, d_conv) with d_conv >= 2, got {tuple(conv_weight.shape)}")
-    check_tensor("conv_state", conv_state, shape=(batch, d_inner, d_conv - 1), letters="(batch, d_inner, d_conv - 1)")
-    check_tensor("conv_bias", conv_bias, shape=(d_inner,), letters="(d_inner,)", optional=True)
-    check_same_device(hidden=hidden, in_proj_weight=in_proj_weight, in_proj_bias=in_proj_bias,
-                      conv_state=conv_state, conv_weight=conv_weight, conv_bias=conv_bias)
+    if conv_weight.shape[0] != rows // 2:
+        raise ValueError(f"conv_weight must have shape (d_inner, d_conv) with d_inner = {rows // 2} (half of "
+                         f"in_proj_weight's first dim), got {tuple(conv_weight.shape)}")
+    _check_decode_in(hidden, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias, 0)
 
 
 def _check_decode_in(hidden, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias, conv_start) -> None:
