@@ -77,6 +77,18 @@ def _preact(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, b, offs_d, t, L, D,
     return acc
 
 
+@triton.jit
+def _store_final_states(x_ptr, init_ptr, final_ptr, b, offs_d, L, D, stride_xb, stride_xd, stride_xl,
+                        stride_ib, stride_id, stride_il, stride_fb, stride_fd, stride_fl,
+                        W: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK_W: tl.constexpr):
+    """final_states[j] = xpad[L - (W-1) + j]: the last W-1 inputs, reaching into initial_states if L < W-1."""
+    j = tl.arange(0, BLOCK_W)
+    v = _load_xpad(x_ptr, init_ptr, b, offs_d, L - (W - 1) + j, L, D, stride_xb, stride_xd,
+                   stride_xl, stride_ib, stride_id, stride_il, W, HAS_INIT)
+    tl.store(final_ptr + b * stride_fb + offs_d[:, None] * stride_fd + j[None, :] * stride_fl,
+             v.to(final_ptr.dtype.element_ty), mask=(offs_d < D)[:, None] & (j < W - 1)[None, :])
+
+
 # ----------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------
@@ -106,12 +118,8 @@ def _causal_conv1d_fwd_kernel(
 
     if HAS_FINAL:
         if pid_l == tl.num_programs(0) - 1:
-            # final_states[j] = xpad[L - (W-1) + j]: the last W-1 inputs, reaching into initial_states if L < W-1
-            j = tl.arange(0, BLOCK_W)
-            v = _load_xpad(x_ptr, init_ptr, b, offs_d, L - (W - 1) + j, L, D, stride_xb, stride_xd,
-                           stride_xl, stride_ib, stride_id, stride_il, W, HAS_INIT)
-            tl.store(final_ptr + b * stride_fb + offs_d[:, None] * stride_fd + j[None, :] * stride_fl,
-                     v.to(final_ptr.dtype.element_ty), mask=d_mask[:, None] & (j < W - 1)[None, :])
+            _store_final_states(x_ptr, init_ptr, final_ptr, b, offs_d, L, D, stride_xb, stride_xd, stride_xl,
+                                stride_ib, stride_id, stride_il, stride_fb, stride_fd, stride_fl, W, HAS_INIT, BLOCK_W)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,13 +202,9 @@ def _causal_conv1d_fwd_pairs_kernel(
     tl.store(op + offs_m[None, :], _pack_lo_hi(even, odd, IS_BF16), mask=d_mask[:, None] & (offs_m < M)[None, :])
 
     if HAS_FINAL:
-        if pid_m == tl.num_programs(0) - 1:
-            jw = tl.arange(0, BLOCK_W)
-            p = L - (W - 1) + jw
-            v = tl.load(x_ptr + b * stride_xb + offs_d[:, None] * stride_xd + p[None, :],
-                        mask=d_mask[:, None] & ((p >= 0) & (jw < W - 1))[None, :], other=0.0)
-            tl.store(final_ptr + b * stride_fb + offs_d[:, None] * stride_fd + jw[None, :] * stride_fl,
-                     v.to(final_ptr.dtype.element_ty), mask=d_mask[:, None] & (jw < W - 1)[None, :])
+        if pid_m == tl.num_programs(0) - 1:  # no initial_states here: x_ptr stands in for their pointer
+            _store_final_states(x_ptr, x_ptr, final_ptr, b, offs_d, L, D, stride_xb, stride_xd, 1,
+                                0, 0, 0, stride_fb, stride_fd, stride_fl, W, False, BLOCK_W)
 
 
 def _static(n, default: int) -> int:
