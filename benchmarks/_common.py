@@ -58,16 +58,16 @@ def device_name() -> str:
 
 
 def write_results(rows: list[dict], path: str | None) -> None:
-    """Prints a markdown table of ``rows`` (columns: every key in order of first appearance; blank where a
-    row lacks one) and, with ``path``, writes them as JSON."""
+    """Prints a markdown table of ``rows`` and, with ``path``, writes them as JSON. The columns are every key in
+    order of first appearance; a row lacking one gets "" (in the table and in the JSON)."""
     if not rows:
         return
     keys = list(dict.fromkeys(k for r in rows for k in r))
+    rows = [{k: r.get(k, "") for k in keys} for r in rows]
     print("| " + " | ".join(keys) + " |")
     print("|" + "---|" * len(keys))
     for r in rows:
-        cells = (r.get(k, "") for k in keys)
-        print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in cells) + " |")
+        print("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
     if path:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w") as f:

@@ -226,18 +226,14 @@ def main(argv=None) -> None:
 
 
 def _write(rows: list[dict], path: str | None, quiet: bool = False) -> None:
-    keys = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    table = [{k: r.get(k, "") for k in keys} for r in rows]
     if quiet:
         import contextlib
         import io
 
         with contextlib.redirect_stdout(io.StringIO()):
-            write_results(table, path)
+            write_results(rows, path)
     else:
-        write_results(table, path)
+        write_results(rows, path)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ def _agreement(got: torch.Tensor, want: torch.Tensor) -> dict:
 def run(arch, batches, compile_batches) -> list[dict]:
     torch.manual_seed(0)
     model = MambaLM(config_130m(arch), device="cuda", dtype=torch.bfloat16).eval()
+    fused_default = mixers.FUSED_DECODE  # restored at the end
     rows = []
     for batch in batches:
         gen = torch.Generator(device="cuda").manual_seed(batch)
@@ -139,14 +140,13 @@ def run(arch, batches, compile_batches) -> list[dict]:
             rows.append(dict(model=arch, batch=batch, fused=fused, mode="compiled reduce-overhead", ms=ms, compile_s=compile_s,
                              **_agreement(out, logits[False])))
             print(rows[-1], flush=True)
-    mixers.FUSED_DECODE = False
+    mixers.FUSED_DECODE = fused_default
     for r in rows:  # speed-up of each fused row over its unfused twin
         if r["fused"]:
             base = next(b for b in rows if b["model"] == r["model"] and b["batch"] == r["batch"]
                         and b["mode"] == r["mode"] and not b["fused"])
             r["speedup_vs_unfused"] = base["ms"] / r["ms"]
-    keys = list(dict.fromkeys(k for r in rows for k in r))  # one column set for the table
-    return [{k: r.get(k, "") for k in keys} for r in rows]
+    return rows
 
 
 def sweep(batches) -> list[dict]:
