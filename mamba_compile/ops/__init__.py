@@ -6,8 +6,9 @@ Importing this package registers ``torch.ops.mamba_compile.*``; nothing else hap
 
 from .causal_conv1d import causal_conv1d, causal_conv1d_update
 from .cross_entropy import linear_cross_entropy
-from .mamba1_decode import decode_in, mamba1_decode_in, mamba1_decode_ssm
-from .mamba2_decode import mamba2_decode_ssm
+from .decode_linear import decode_linear
+from .mamba1_decode import decode_in, decode_norm_head, decode_norm_in, mamba1_decode_in, mamba1_decode_ssm
+from .mamba2_decode import mamba2_decode_ssm, mamba2_decode_ssm_gated
 from .norms import layer_norm, rms_norm, rms_norm_gated
 from .selective_scan import selective_scan
 from .selective_state_update import selective_state_update
@@ -19,9 +20,13 @@ __all__ = [
     "layer_norm",
     "linear_cross_entropy",
     "decode_in",
+    "decode_linear",
+    "decode_norm_head",
+    "decode_norm_in",
     "mamba1_decode_in",
     "mamba1_decode_ssm",
     "mamba2_decode_ssm",
+    "mamba2_decode_ssm_gated",
     "rms_norm",
     "rms_norm_gated",
     "selective_scan",

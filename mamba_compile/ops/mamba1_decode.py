@@ -39,6 +39,7 @@ from torch.library import triton_op
 
 from ._checks import check_same_device, check_tensor
 from .causal_conv1d import _update_cpu as _conv_update_cpu
+from .norms import _add_norm_cpu
 from .selective_state_update import _as_mamba2
 from .selective_state_update import _update_cpu as _state_update_cpu
 
@@ -84,6 +85,71 @@ def mamba1_decode_in(
     return out.chunk(2, dim=-1)
 
 
+def decode_norm_in(
+    hidden: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor | None,
+    in_proj_weight: torch.Tensor,
+    in_proj_bias: torch.Tensor | None,
+    conv_state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None = None,
+    *,
+    eps: float,
+    is_rms: bool = True,
+    residual_in_fp32: bool = True,
+    conv_start: int = 0,
+    sumsq: torch.Tensor | None = None,
+    gate_group_size: int = 1,
+    gate_eps: float = 1e-5,
+    x_proj_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A block's add + norm followed by decode_in, for one token: returns (out, residual_out, x_dbl_parts).
+
+    ``sumsq`` (b, k) fp32 scales hidden by rsqrt(sumsq.sum(-1) / gate_group_size + gate_eps) first (the
+    previous Mamba-2 layer's gated RMSNorm, whose scale commutes with out_proj). With ``x_proj_weight``
+    (r, conv_dim; conv_start 0) x_dbl_parts (parts, b, r) fp32 holds x_proj over each block of
+    norm_in_block_n(d_model) channels of the conv output (x_dbl = x_dbl_parts.sum(0); mamba1_decode_ssm
+    takes the parts); without it, an empty tensor."""
+    _check_norm_in(hidden, residual, norm_weight, norm_bias, eps, sumsq, gate_group_size, gate_eps)
+    _check_decode_in(hidden, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias, conv_start)
+    _check_xproj(x_proj_weight, conv_weight, hidden, conv_start)
+    return torch.ops.mamba_compile.decode_norm_in(
+        hidden, residual, sumsq, float(gate_eps), gate_group_size, norm_weight, norm_bias, float(eps), is_rms,
+        residual_in_fp32, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias, conv_start, x_proj_weight
+    )
+
+
+def decode_norm_head(
+    hidden: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor | None,
+    weight: torch.Tensor,
+    *,
+    eps: float,
+    is_rms: bool = True,
+    sumsq: torch.Tensor | None = None,
+    gate_group_size: int = 1,
+    gate_eps: float = 1e-5,
+) -> torch.Tensor:
+    """The model's last add + norm and its LM head for one token: norm([scale *] hidden + residual) @ weight^T,
+    (b, rows) in hidden's dtype (decode_norm_in's prologue, then a GEMV over weight's rows)."""
+    _check_norm_in(hidden, residual, norm_weight, norm_bias, eps, sumsq, gate_group_size, gate_eps)
+    check_tensor("weight", weight, shape=(None, hidden.shape[1]), letters="(rows, d_model)")
+    check_same_device(hidden=hidden, weight=weight)
+    return torch.ops.mamba_compile.decode_norm_head(hidden, residual, sumsq, float(gate_eps), gate_group_size,
+                                                    norm_weight, norm_bias, float(eps), is_rms, weight)
+
+
+def norm_in_block_n(d_model: int) -> int:
+    """in_proj rows a decode_norm_in program computes (it holds all of d_model for them in one tile): also the
+    channels per partial x_proj sum."""
+    f = 1 << max(4, (d_model - 1).bit_length())
+    return max(2, min(16, 16384 // f))
+
+
 def mamba1_decode_ssm(
     ssm_state: torch.Tensor,
     x: torch.Tensor,
@@ -98,6 +164,7 @@ def mamba1_decode_ssm(
     ssm_state (b, d_inner, d_state) is advanced in place."""
     _check_ssm(ssm_state, x, x_dbl, dt_proj_weight, dt_proj_bias, A_log, D, z)
     return torch.ops.mamba_compile.mamba1_decode_ssm(ssm_state, x, x_dbl, dt_proj_weight, dt_proj_bias, A_log, D, z)
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,6 +183,44 @@ def _check_in(hidden, in_proj_weight, in_proj_bias, conv_state, conv_weight, con
         raise ValueError(f"conv_weight must have shape (d_inner, d_conv) with d_inner = {rows // 2} (half of "
                          f"in_proj_weight's first dim), got {tuple(conv_weight.shape)}")
     _check_decode_in(hidden, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias, 0)
+
+
+MAX_NORM_IN_D_MODEL = 8192
+
+
+def _check_norm_in(hidden, residual, norm_weight, norm_bias, eps, sumsq, gate_group_size, gate_eps) -> None:
+    check_tensor("hidden", hidden, shape=(None, None), letters="(batch, d_model)")
+    batch, d_model = hidden.shape
+    if d_model > MAX_NORM_IN_D_MODEL:
+        raise ValueError(f"hidden has d_model = {d_model}; decode_norm_in supports at most {MAX_NORM_IN_D_MODEL}")
+    check_tensor("residual", residual, shape=(batch, d_model), letters="(batch, d_model)", optional=True)
+    check_tensor("norm_weight", norm_weight, shape=(d_model,), letters="(d_model,)")
+    check_tensor("norm_bias", norm_bias, shape=(d_model,), letters="(d_model,)", optional=True)
+    if not isinstance(eps, float) or not eps > 0:
+        raise ValueError(f"eps must be a positive float, got {eps!r}")
+    check_tensor("sumsq", sumsq, shape=(batch, None), letters="(batch, parts)", dtypes=(torch.float32,),
+                 optional=True)
+    if sumsq is not None:
+        if sumsq.shape[1] < 1:
+            raise ValueError(f"sumsq must have shape (batch, parts) with parts >= 1, got {tuple(sumsq.shape)}")
+        if not isinstance(gate_group_size, (int, torch.SymInt)) or gate_group_size < 1:
+            raise ValueError(f"gate_group_size must be a positive int, got {gate_group_size!r}")
+        if not gate_eps > 0:
+            raise ValueError(f"gate_eps must be > 0, got {gate_eps!r}")
+    check_same_device(hidden=hidden, residual=residual, norm_weight=norm_weight, norm_bias=norm_bias, sumsq=sumsq)
+
+
+def _check_xproj(x_proj_weight, conv_weight, hidden, conv_start) -> None:
+    if x_proj_weight is None:
+        return
+    d_inner = conv_weight.shape[0]
+    check_tensor("x_proj_weight", x_proj_weight, shape=(None, d_inner), letters="(dt_rank + 2 * d_state, d_inner)")
+    if x_proj_weight.shape[0] < 1:
+        raise ValueError(f"x_proj_weight must have shape (dt_rank + 2 * d_state, d_inner) with a nonzero first "
+                         f"dim, got {tuple(x_proj_weight.shape)}")
+    if conv_start != 0:
+        raise ValueError(f"x_proj_weight needs conv_start = 0 (the conv over in_proj's first rows), got {conv_start}")
+    check_same_device(hidden=hidden, x_proj_weight=x_proj_weight)
 
 
 def _check_decode_in(hidden, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias, conv_start) -> None:
@@ -154,7 +259,12 @@ def _check_ssm(ssm_state, x, x_dbl, dt_proj_weight, dt_proj_bias, A_log, D, z) -
     if dt_rank < 1:
         raise ValueError(f"dt_proj_weight must have shape (d_inner, dt_rank) with dt_rank >= 1, "
                          f"got {tuple(dt_proj_weight.shape)}")
-    check_tensor("x_dbl", x_dbl, shape=(batch, dt_rank + 2 * d_state), letters="(batch, dt_rank + 2 * d_state)")
+    if x_dbl is not None and x_dbl.dim() == 3:  # partial sums (parts, batch, r + 2n), from mamba1_decode_in_xproj
+        check_tensor("x_dbl", x_dbl, shape=(None, batch, dt_rank + 2 * d_state),
+                     letters="(batch, dt_rank + 2 * d_state) or (parts, batch, dt_rank + 2 * d_state)")
+    else:
+        check_tensor("x_dbl", x_dbl, shape=(batch, dt_rank + 2 * d_state),
+                     letters="(batch, dt_rank + 2 * d_state) or (parts, batch, dt_rank + 2 * d_state)")
     check_tensor("dt_proj_bias", dt_proj_bias, shape=(d_inner,), letters="(d_inner,)")
     check_tensor("A_log", A_log, shape=(d_inner, d_state), letters="(d_inner, d_state)")
     check_tensor("D", D, shape=(d_inner,), letters="(d_inner,)")
@@ -175,8 +285,42 @@ def _decode_in_cpu(hidden, in_proj_weight, in_proj_bias, conv_state, conv_weight
     return torch.cat([before, xc.to(dtype), after], dim=-1)
 
 
+def _xproj_parts_cpu(x, x_proj_weight, block: int):
+    """x_proj over each block of ``block`` channels: (parts, b, r) fp32."""
+    b, d = x.shape
+    n = -(-d // block)
+    xs = F.pad(x.float(), (0, n * block - d)).view(b, n, block)
+    ws = F.pad(x_proj_weight.float(), (0, n * block - d)).view(-1, n, block)
+    return torch.einsum("bnc,rnc->nbr", xs, ws)
+
+
+def _decode_norm_in_cpu(hidden, residual, sumsq, gate_eps, gate_group_size, norm_weight, norm_bias, eps, is_rms,
+                        residual_in_fp32, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias,
+                        conv_start, x_proj_weight):
+    """add_norm's CPU code, then decode_in's: without sumsq, the unfused add_norm + decode_in bit for bit."""
+    dtype = hidden.dtype
+    s, normed = _norm_cpu(hidden, residual, sumsq, gate_eps, gate_group_size, norm_weight, norm_bias, eps, is_rms)
+    r_out = s.to(torch.float32 if residual_in_fp32 else dtype, copy=True)
+    out = _decode_in_cpu(normed, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias, conv_start)
+    if x_proj_weight is None:
+        return out, r_out, hidden.new_empty((0,), dtype=torch.float32)
+    x = out[:, : conv_weight.shape[0]]
+    return out, r_out, _xproj_parts_cpu(x, x_proj_weight, norm_in_block_n(hidden.shape[1]))
+
+
+def _norm_cpu(hidden, residual, sumsq, gate_eps, gate_group_size, norm_weight, norm_bias, eps, is_rms):
+    """([scale *] hidden + residual, normed in hidden's dtype): add_norm's CPU code."""
+    h = hidden
+    if sumsq is not None:
+        h = hidden.float() * torch.rsqrt(sumsq.sum(-1, keepdim=True) / gate_group_size + gate_eps)
+    out, s, _, _ = _add_norm_cpu(h, norm_weight, norm_bias, residual, eps, is_rms)
+    return s, out.to(hidden.dtype)
+
+
 def _decode_ssm_cpu(ssm_state, x, x_dbl, dt_proj_weight, dt_proj_bias, A_log, D, z):
     d_state, dt_rank = ssm_state.shape[2], dt_proj_weight.shape[1]
+    if x_dbl.dim() == 3:
+        x_dbl = x_dbl.float().sum(0).to(x.dtype)
     dt, B, C = x_dbl.split([dt_rank, d_state, d_state], dim=-1)  # (b, dt_rank), (b, d_state), (b, d_state)
     dt = F.linear(dt, dt_proj_weight.to(dt.dtype))  # (b, d_inner); the bias goes into the update
     A = -torch.exp(A_log.float())
@@ -226,3 +370,62 @@ def _mamba1_decode_ssm(
             ssm_state, x, x_dbl, dt_proj_weight, dt_proj_bias, A_log, D, z, wrap=True
         )
     return _decode_ssm_cpu(ssm_state, x, x_dbl, dt_proj_weight, dt_proj_bias, A_log, D, z)
+
+
+
+@triton_op("mamba_compile::decode_norm_in", mutates_args=("conv_state",))
+def _decode_norm_in(
+    hidden: torch.Tensor,
+    residual: torch.Tensor | None,
+    sumsq: torch.Tensor | None,
+    gate_eps: float,
+    gate_group_size: int,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor | None,
+    eps: float,
+    is_rms: bool,
+    residual_in_fp32: bool,
+    in_proj_weight: torch.Tensor,
+    in_proj_bias: torch.Tensor | None,
+    conv_state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    conv_start: int,
+    x_proj_weight: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _check_norm_in(hidden, residual, norm_weight, norm_bias, eps, sumsq, gate_group_size, gate_eps)
+    _check_decode_in(hidden, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias, conv_start)
+    _check_xproj(x_proj_weight, conv_weight, hidden, conv_start)
+    args = (hidden, residual, sumsq, gate_eps, gate_group_size, norm_weight, norm_bias, eps, is_rms,
+            residual_in_fp32, in_proj_weight, in_proj_bias, conv_state, conv_weight, conv_bias, conv_start,
+            x_proj_weight)
+    if hidden.device.type == "cuda":
+        from . import mamba1_decode_triton
+
+        return mamba1_decode_triton.decode_norm_in_fwd(*args, wrap=True)
+    return _decode_norm_in_cpu(*args)
+
+
+@triton_op("mamba_compile::decode_norm_head", mutates_args=())
+def _decode_norm_head(
+    hidden: torch.Tensor,
+    residual: torch.Tensor | None,
+    sumsq: torch.Tensor | None,
+    gate_eps: float,
+    gate_group_size: int,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor | None,
+    eps: float,
+    is_rms: bool,
+    weight: torch.Tensor,
+) -> torch.Tensor:
+    _check_norm_in(hidden, residual, norm_weight, norm_bias, eps, sumsq, gate_group_size, gate_eps)
+    check_tensor("weight", weight, shape=(None, hidden.shape[1]), letters="(rows, d_model)")
+    check_same_device(hidden=hidden, weight=weight)
+    if hidden.device.type == "cuda":
+        from . import mamba1_decode_triton
+
+        return mamba1_decode_triton.decode_norm_head_fwd(hidden, residual, sumsq, gate_eps, gate_group_size,
+                                                         norm_weight, norm_bias, eps, is_rms, weight, wrap=True)
+    _, normed = _norm_cpu(hidden, residual, sumsq, gate_eps, gate_group_size, norm_weight, norm_bias, eps, is_rms)
+    return F.linear(normed, weight.to(hidden.dtype))

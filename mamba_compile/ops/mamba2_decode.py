@@ -55,6 +55,45 @@ def mamba2_decode_ssm(
     return torch.ops.mamba_compile.mamba2_decode_ssm(ssm_state, x, B, C, dt, A_log, dt_bias, D, z, lo, hi)
 
 
+def mamba2_decode_ssm_gated(
+    ssm_state: torch.Tensor,
+    x: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    dt: torch.Tensor,
+    A_log: torch.Tensor,
+    dt_bias: torch.Tensor,
+    D: torch.Tensor,
+    z: torch.Tensor,
+    gate_norm_weight: torch.Tensor,
+    *,
+    norm_before_gate: bool = False,
+    dt_limit: tuple[float, float] = NO_LIMIT,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """mamba2_decode_ssm followed by the gated RMSNorm over all nheads * headdim channels (one group), up to
+    its scale: returns (u, sumsq) with u = y silu(z) * gate_norm_weight (b, nheads, headdim) in x's dtype
+    (norm_before_gate: the same u, the sums taken before the gate) and sumsq (b, nheads * cdiv(headdim, 16))
+    fp32, the sums of squares of y silu(z) (of y) over blocks of 16 headdim rows. The norm's output is then
+    u * rsqrt(sumsq.sum(-1) / (nheads * headdim) + eps); decode_norm_in applies that scale after out_proj,
+    with which it commutes. ssm_state is advanced in place."""
+    lo, hi = _check_limit(dt_limit)
+    _check_ssm(ssm_state, x, B, C, dt, A_log, dt_bias, D, z)
+    _check_gate(gate_norm_weight, z, ssm_state)
+    return torch.ops.mamba_compile.mamba2_decode_ssm_gated(ssm_state, x, B, C, dt, A_log, dt_bias, D, z, lo, hi,
+                                                           gate_norm_weight, norm_before_gate)
+
+
+SUMSQ_BLOCK = 16  # headdim rows per partial sum of squares (mamba2_decode_triton.GATED_BLOCK_P)
+
+
+def _check_gate(weight, z, ssm_state) -> None:
+    _, nheads, headdim, _ = ssm_state.shape
+    check_tensor("gate_norm_weight", weight, shape=(nheads * headdim,), letters="(nheads * headdim,)")
+    if z is None:
+        raise ValueError("z is required by mamba2_decode_ssm_gated: it is the gated RMSNorm's gate")
+    check_same_device(ssm_state=ssm_state, gate_norm_weight=weight)
+
+
 def _check_limit(dt_limit) -> tuple[float, float]:
     if not (isinstance(dt_limit, (tuple, list)) and len(dt_limit) == 2):
         raise TypeError(f"dt_limit must be a pair (min, max) of floats, got {dt_limit!r}")
@@ -127,3 +166,47 @@ def _mamba2_decode_ssm(
             ssm_state, x, B, C, dt, A_log, dt_bias, D, z, (dt_limit_min, dt_limit_max), wrap=True
         )
     return _decode_ssm_cpu(ssm_state, x, B, C, dt, A_log, dt_bias, D, z, dt_limit_min, dt_limit_max)
+
+
+def _gated_cpu(y, z, weight, norm_before_gate):
+    """(u, sumsq) from y and z (b, h, p), the sums over blocks of SUMSQ_BLOCK headdim rows."""
+    b, h, p = y.shape
+    y, gate = y.float(), F.silu(z.float())
+    if not norm_before_gate:
+        y = y * gate
+    k = -(-p // SUMSQ_BLOCK)
+    sumsq = F.pad(y.square(), (0, k * SUMSQ_BLOCK - p)).view(b, h, k, SUMSQ_BLOCK).sum(-1).flatten(1)
+    if norm_before_gate:
+        y = y * gate
+    return y * weight.float().view(h, p), sumsq
+
+
+@triton_op("mamba_compile::mamba2_decode_ssm_gated", mutates_args=("ssm_state",))
+def _mamba2_decode_ssm_gated(
+    ssm_state: torch.Tensor,
+    x: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    dt: torch.Tensor,
+    A_log: torch.Tensor,
+    dt_bias: torch.Tensor,
+    D: torch.Tensor,
+    z: torch.Tensor,
+    dt_limit_min: float,
+    dt_limit_max: float,
+    gate_norm_weight: torch.Tensor,
+    norm_before_gate: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_limit((dt_limit_min, dt_limit_max))
+    _check_ssm(ssm_state, x, B, C, dt, A_log, dt_bias, D, z)
+    _check_gate(gate_norm_weight, z, ssm_state)
+    if x.device.type == "cuda":
+        from . import mamba2_decode_triton
+
+        return mamba2_decode_triton.mamba2_decode_ssm_fwd(
+            ssm_state, x, B, C, dt, A_log, dt_bias, D, z, (dt_limit_min, dt_limit_max), wrap=True,
+            gate_norm=(gate_norm_weight, norm_before_gate),
+        )
+    y = _decode_ssm_cpu(ssm_state, x, B, C, dt, A_log, dt_bias, D, None, dt_limit_min, dt_limit_max)
+    u, sumsq = _gated_cpu(y, z, gate_norm_weight, norm_before_gate)
+    return u.to(x.dtype), sumsq

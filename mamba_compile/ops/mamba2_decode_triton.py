@@ -19,11 +19,12 @@ from .norms_triton import next_power_of_2
 
 @triton.jit
 def _decode_ssm_fwd_kernel(
-    s_ptr, x_ptr, B_ptr, C_ptr, dt_ptr, alog_ptr, dtb_ptr, D_ptr, z_ptr, y_ptr,
+    s_ptr, x_ptr, B_ptr, C_ptr, dt_ptr, alog_ptr, dtb_ptr, D_ptr, z_ptr, y_ptr, gw_ptr,
     headdim, d_state, heads_per_group, dt_lo, dt_hi,
     s_sb, s_sh, s_sp, s_sn, s_xb, s_xh, s_xp, s_Bb, s_Bg, s_Bn, s_Cb, s_Cg, s_Cn, s_tb, s_th,
-    s_Dh, s_Dp, s_zb, s_zh, s_zp, s_yb, s_yh, s_yp,
+    s_Dh, s_Dp, s_zb, s_zh, s_zp, s_yb, s_yh, s_yp, ssq_ptr, s_qb,
     HAS_Z: tl.constexpr, HAS_LIMIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr,
+    GATE_NORM: tl.constexpr,
 ):
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     h = tl.program_id(1)
@@ -54,7 +55,17 @@ def _decode_ssm_fwd_kernel(
     y += x * tl.load(D_ptr + h * s_Dh + offs_p * s_Dp, mask=mask_p, other=0.0).to(tl.float32)
     if HAS_Z:
         zv = tl.load(z_ptr + b * s_zb + h * s_zh + offs_p * s_zp, mask=mask_p, other=0.0).to(tl.float32)
-        y *= zv * tl.sigmoid(zv)
+        if GATE_NORM == 0:  # the gate alone (a model without the gated RMSNorm)
+            y *= zv * tl.sigmoid(zv)
+    if GATE_NORM != 0:  # the gated RMSNorm up to its scale: u = gate(y) * weight, and this block's sum of squares
+        if GATE_NORM == 1:  # norm(y silu(z))
+            y *= zv * tl.sigmoid(zv)
+            sumsq = tl.sum(tl.where(mask_p, y * y, 0.0), axis=0)
+        else:  # norm(y) silu(z)
+            sumsq = tl.sum(tl.where(mask_p, y * y, 0.0), axis=0)
+            y *= zv * tl.sigmoid(zv)
+        y *= tl.load(gw_ptr + h * headdim + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+        tl.store(ssq_ptr + b * s_qb + h * tl.num_programs(0) + tl.program_id(0), sumsq)
     tl.store(y_ptr + b * s_yb + h * s_yh + offs_p * s_yp, y.to(y_ptr.dtype.element_ty), mask=mask_p)
 
 
@@ -68,29 +79,43 @@ def _ssm_blocks(batch: int, nheads: int, headdim: int, d_state: int) -> tuple[in
     return block_p, block_s, 4 if block_s <= 128 else 8
 
 
+# the gated variant: headdim rows a program, so that each head's rows fall into cdiv(headdim, 16) partial sums
+GATED_BLOCK_P = 16
+
+
 def mamba2_decode_ssm_fwd(ssm_state, x, B, C, dt, A_log, dt_bias, D, z, dt_limit, *, wrap: bool,
-                          block_p: int | None = None, num_warps: int | None = None):
+                          block_p: int | None = None, num_warps: int | None = None, gate_norm=None):
     """Launches mamba2_decode_ssm; ssm_state is updated in place. Returns y (batch, nheads, headdim) in x's
-    dtype. ``dt_limit`` is (lo, hi); (0, inf) skips the clamp."""
+    dtype. ``dt_limit`` is (lo, hi); (0, inf) skips the clamp. With ``gate_norm`` = (weight, norm_before_gate)
+    (z then being the norm's gate) it returns (u, sumsq) as mamba2_decode_ssm_gated does."""
     batch, nheads, headdim, d_state = ssm_state.shape
     ngroups = B.shape[1]
-    y = torch.empty((batch, nheads, headdim), device=x.device, dtype=x.dtype)
     BLOCK_P, BLOCK_S, warps = _ssm_blocks(_static(batch, 1), _static(nheads, 24), _static(headdim, 64), d_state)
     BLOCK_P, warps = block_p or BLOCK_P, num_warps or warps
+    if gate_norm is not None:  # fixed: the partial sums' partition is part of the op's contract
+        BLOCK_P = min(GATED_BLOCK_P, next_power_of_2(int(headdim)))
     # the per-head vectors are indexed densely; D (nheads,) is read with a zero headdim stride
     A_log, dt_bias, D = A_log.contiguous(), dt_bias.contiguous(), D.contiguous()
     s_D = (D.stride(0), D.stride(1)) if D.dim() == 2 else (D.stride(0), 0)
     s_z = z.stride() if z is not None else (0, 0, 0)
     lo, hi = float(dt_limit[0]), float(dt_limit[1])
     grid = (triton.cdiv(headdim, BLOCK_P), nheads, batch)
+    y = torch.empty((batch, nheads, headdim), device=x.device, dtype=x.dtype)
+    gw, gate = y, 0
+    ssq = y
+    if gate_norm is not None:
+        gw, before = gate_norm
+        gw, gate = gw.contiguous(), 2 if before else 1
+        ssq = torch.empty((batch, nheads * grid[0]), device=x.device, dtype=torch.float32)
     launcher(_decode_ssm_fwd_kernel, wrap)[grid](
-        ssm_state, x, B, C, dt, A_log, dt_bias, D, _or(z, x), y,
+        ssm_state, x, B, C, dt, A_log, dt_bias, D, _or(z, x), y, gw,
         headdim, d_state, nheads // ngroups, lo, hi,
         *ssm_state.stride(), *x.stride(), *B.stride(), *C.stride(), *dt.stride(), *s_D, *s_z, *y.stride(),
+        ssq, ssq.stride(0),
         HAS_Z=z is not None, HAS_LIMIT=(lo, hi) != (0.0, float("inf")), BLOCK_P=BLOCK_P, BLOCK_S=BLOCK_S,
-        num_warps=warps,
+        GATE_NORM=gate, num_warps=warps,
     )
-    return y
+    return y if gate_norm is None else (y, ssq)
 
 
 def _static(n, default: int) -> int:
