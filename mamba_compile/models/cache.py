@@ -80,8 +80,7 @@ class InferenceCache:
                               sl(self.value_cache), self.lengths[start:stop])
 
     def reset(self) -> "InferenceCache":
-        for t in self.tensors():
-            t.zero_()
+        torch._foreach_zero_([t for t in self.tensors() if t.numel()])  # a few launches, not one per tensor
         return self
 
     def mark_static(self) -> "InferenceCache":

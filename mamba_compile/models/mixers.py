@@ -23,9 +23,12 @@ from ..ops import (
     causal_conv1d,
     causal_conv1d_update,
     decode_in,
+    decode_linear,
+    decode_norm_in,
     mamba1_decode_in,
     mamba1_decode_ssm,
     mamba2_decode_ssm,
+    mamba2_decode_ssm_gated,
     rms_norm_gated,
     selective_scan,
     selective_state_update,
@@ -42,6 +45,14 @@ FUSED_DECODE = True
 # with the batch (H100, 130M: decode_in 3.0-3.6 us against cuBLAS 3.4 us + the conv update at b1, but 16.6
 # against 3.6 at b64); the fused state update is kept at every batch (b64: 7.6 us against 15.3 unfused).
 FUSED_DECODE_IN_MAX_BATCH = 8
+# Up to this batch (with FUSED_DECODE on), a model whose blocks are all Mamba mixers without an MLP decodes through
+# the mixers' block_step: three launches a layer instead of five. decode_norm_in takes the block's add + norm
+# (and Mamba-2's deferred gated-norm scale) into the in-projection; Mamba-1's x_proj becomes partial sums
+# inside it; Mamba-2's gated RMSNorm moves into the state update, up to the scale.
+FUSED_BLOCK_MAX_BATCH = 2
+# On the block path, out_proj through decode_linear (a GEMV kernel) and norm_f + the LM head through
+# decode_norm_head, instead of cuBLAS.
+DECODE_GEMV = True
 
 
 def _dt_bias_init(n: int, dt_min: float, dt_max: float, dt_init_floor: float) -> torch.Tensor:
@@ -143,6 +154,20 @@ class Mamba1Mixer(nn.Module):
         y = mamba1_decode_ssm(cache.ssm_states[self.layer_idx], x, x_dbl, self.dt_proj.weight, self.dt_proj.bias,
                               self.A_log, self.D, z)
         return self.out_proj(y)  # (b, d_model)
+
+    block_step_ok = True
+
+    def block_step(self, hidden_states, residual, scale, cache, norm, residual_in_fp32: bool):
+        """The block's add + norm and its decode step in three launches: (hidden_states (b, d_model), residual,
+        scale) from the previous block -> the same for the next (see MixerModel._fused_step)."""
+        out, residual, x_parts = decode_norm_in(
+            hidden_states, residual, norm.weight, norm.bias, self.in_proj.weight, self.in_proj.bias,
+            cache.conv_states[self.layer_idx], self.conv1d.weight.squeeze(1), self.conv1d.bias,
+            **_norm_kwargs(norm, residual_in_fp32, scale), x_proj_weight=self.x_proj.weight)
+        x, z = out.chunk(2, dim=-1)
+        y = mamba1_decode_ssm(cache.ssm_states[self.layer_idx], x, x_parts, self.dt_proj.weight, self.dt_proj.bias,
+                              self.A_log, self.D, z)
+        return decode_out_proj(self.out_proj, y), residual, None
 
 
 class Mamba2Mixer(nn.Module):
@@ -263,6 +288,54 @@ class Mamba2Mixer(nn.Module):
                               self.A_log, self.dt_bias, D,
                               None if self.rmsnorm else z.unflatten(-1, (self.nheads, p)), dt_limit=self.dt_limit)
         return self._gate_and_project(y.flatten(-2), z, z0, x0)  # (b, d_model)
+
+    @property
+    def block_step_ok(self) -> bool:
+        # the in_proj MLP part and a grouped gated norm (whose scales do not commute with out_proj) keep step()
+        return self.d_mlp == 0 and (not self.rmsnorm or self.norm.group_size == self.d_ssm)
+
+    def block_step(self, hidden_states, residual, scale, cache, norm, residual_in_fp32: bool):
+        """As Mamba1Mixer.block_step. With the gated RMSNorm, the state update returns its output up to the
+        scale, which goes to the next block's decode_norm_in (it commutes with out_proj) as ``scale``."""
+        out, residual, _ = decode_norm_in(
+            hidden_states, residual, norm.weight, norm.bias, self.in_proj.weight, self.in_proj.bias,
+            cache.conv_states[self.layer_idx], self.conv1d.weight.squeeze(1), self.conv1d.bias,
+            **_norm_kwargs(norm, residual_in_fp32, scale), conv_start=self.d_ssm)
+        _, _, z, xBC, dt = self._split_in_proj(out)
+        x, B, C = xBC.split([self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        p, n = self.headdim, self.d_state
+        D = self.D.view(self.nheads, p) if self.D_has_hdim else self.D
+        args = (cache.ssm_states[self.layer_idx], x.unflatten(-1, (self.nheads, p)), B.unflatten(-1, (self.ngroups, n)),
+                C.unflatten(-1, (self.ngroups, n)), dt, self.A_log, self.dt_bias, D, z.unflatten(-1, (self.nheads, p)))
+        if not self.rmsnorm:
+            y = mamba2_decode_ssm(*args, dt_limit=self.dt_limit)
+            return decode_out_proj(self.out_proj, y.flatten(-2)), residual, None
+        u, sumsq = mamba2_decode_ssm_gated(*args, self.norm.weight, norm_before_gate=self.norm_before_gate,
+                                           dt_limit=self.dt_limit)
+        return decode_out_proj(self.out_proj, u.flatten(-2)), residual, (sumsq, self.d_ssm, float(self.norm.eps))
+
+
+def decode_out_proj(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A linear layer on the block path's few rows: decode_linear (DECODE_GEMV) or the module itself."""
+    return decode_linear(x, linear.weight, linear.bias) if DECODE_GEMV else linear(x)
+
+
+def scale_kwargs(scale) -> dict:
+    """decode_norm_in's / decode_norm_head's keyword arguments for a deferred gated-norm scale (or None)."""
+    return {} if scale is None else dict(sumsq=scale[0], gate_group_size=scale[1], gate_eps=scale[2])
+
+
+def _norm_kwargs(norm, residual_in_fp32: bool, scale) -> dict:
+    """decode_norm_in's keyword arguments for a block's norm and the previous block's deferred scale."""
+    return dict(eps=float(norm.eps), is_rms=norm.rms, residual_in_fp32=residual_in_fp32, **scale_kwargs(scale))
+
+
+def apply_scale(hidden_states: torch.Tensor, scale) -> torch.Tensor:
+    """The deferred gated-norm scale of a block_step's output, in fp32 (see Mamba2Mixer.block_step)."""
+    if scale is None:
+        return hidden_states
+    sumsq, group_size, eps = scale
+    return hidden_states.float() * torch.rsqrt(sumsq.sum(-1, keepdim=True) / group_size + eps)
 
 
 class _GatedRMSNorm(nn.Module):

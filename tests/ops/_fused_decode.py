@@ -11,8 +11,10 @@ from tests.models._configs import VOCAB
 
 
 def decode(model, ids, fused, monkeypatch, state_dtype=torch.float32, step_fn=None):
-    """Prefill ids[:, :5], then decode the rest one token at a time; returns (logits (b, steps, vocab), cache)."""
+    """Prefill ids[:, :5], then decode the rest one token at a time; returns (logits (b, steps, vocab), cache).
+    The five-launch fused step (the three-launch block step has tests of its own: test_decode_block.py)."""
     monkeypatch.setattr(mixers, "FUSED_DECODE", fused)
+    monkeypatch.setattr(mixers, "FUSED_BLOCK_MAX_BATCH", 0)
     b, l = ids.shape
     cache = model.allocate_cache(b + 1, l, state_dtype=state_dtype)  # one spare row: rows() hands out slices
     step_fn = step_fn or model.decode_step

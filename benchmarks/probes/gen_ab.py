@@ -1,0 +1,99 @@
+"""A/B of the batch-1 generation path (eager prefill, compiled decode step with CUDA graphs), one variant at a
+time in one process: the time of model.generate(100 new tokens after 100) and its decode part per step, beside
+the eager step replayed from one CUDA graph. Variants undo themselves after their row.
+
+    python -m benchmarks.probes.gen_ab --out $OUT/gen_ab.json [--models mamba2] [--variants current gemv_off]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+
+import torch
+
+import mamba_compile.models.mixers as mixers
+from benchmarks._common import device_name, write_results
+from benchmarks.bench_model import config_130m
+from benchmarks.probes.decode_fused import _eager_step, _graph_ms
+from mamba_compile.models import MambaLM
+from mamba_compile.models.cache import InferenceCache
+from mamba_compile.ops import mamba1_decode_triton
+
+
+def _set(obj, name, value):
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    return lambda: setattr(obj, name, old)
+
+
+def _per_tensor_reset(self):
+    for t in self.tensors():
+        t.zero_()
+    return self
+
+
+VARIANTS = {
+    "current": lambda: (lambda: None),
+    "gemv_off": lambda: _set(mixers, "DECODE_GEMV", False),
+    "norm_in_8_warps": lambda: _set(mamba1_decode_triton, "decode_norm_in_fwd", functools.partial(
+        mamba1_decode_triton.decode_norm_in_fwd, num_warps=8)),
+    "per_tensor_reset": lambda: _set(InferenceCache, "reset", _per_tensor_reset),
+    "five_launch_step": lambda: _set(mixers, "FUSED_BLOCK_MAX_BATCH", 0),
+}
+
+
+@torch.inference_mode()
+def run(arch: str, variants: list[str], iters: int = 5) -> list[dict]:
+    torch.manual_seed(0)
+    model = MambaLM(config_130m(arch), device="cuda", dtype=torch.bfloat16).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 100), device="cuda")
+    rows = []
+    for name in variants:
+        undo = VARIANTS[name]()
+        try:
+            torch._dynamo.reset()
+            model._compiled_steps.clear()
+            model._generation_cache = None
+            cache = model.allocate_cache(1, 300).mark_static()
+            model(ids, cache=cache)
+            step_ms = _graph_ms(lambda: _eager_step(model, ids[:, -1], cache))
+            t = time.perf_counter()
+            model.generate(ids, 100)  # compiles the step, records its graph
+            torch.cuda.synchronize()
+            compile_s = time.perf_counter() - t
+            totals, decodes = [], []
+            for _ in range(iters):
+                t = time.perf_counter()
+                out = model.generate(ids, 100)
+                torch.cuda.synchronize()
+                totals.append((time.perf_counter() - t) * 1e3)
+                decodes.append(out.decode_s * 1e3)
+            rows.append(dict(model=arch, variant=name, eager_graph_step_ms=step_ms, generate_ms=statistics.median(totals),
+                             decode_ms_per_step=statistics.median(decodes) / 99, compile_s=compile_s))
+        except Exception as e:  # noqa: BLE001
+            rows.append(dict(model=arch, variant=name, error=f"{type(e).__name__}: {e}"[:200]))
+        finally:
+            undo()
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--models", nargs="+", default=["mamba2", "mamba1"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = parser.parse_args()
+    print(f"device: {device_name()}, torch {torch.__version__}", flush=True)
+    rows = []
+    for arch in args.models:
+        rows += run(arch, args.variants)
+    print("\nbatch-1 generation, eager prefill, compiled decode step (CUDA graphs), bf16, fp32 states")
+    write_results(rows, args.out)
+
+
+if __name__ == "__main__":
+    main()
