@@ -100,7 +100,8 @@ def _agreement(got: torch.Tensor, want: torch.Tensor) -> dict:
 def run(arch, batches, compile_batches) -> list[dict]:
     torch.manual_seed(0)
     model = MambaLM(config_130m(arch), device="cuda", dtype=torch.bfloat16).eval()
-    fused_default = mixers.FUSED_DECODE  # restored at the end
+    fused_default, block_default = mixers.FUSED_DECODE, mixers.FUSED_BLOCK_MAX_BATCH  # restored at the end
+    mixers.FUSED_BLOCK_MAX_BATCH = 0  # the five-launch step (the block step: probes/decode_block.py)
     rows = []
     for batch in batches:
         gen = torch.Generator(device="cuda").manual_seed(batch)
@@ -140,7 +141,7 @@ def run(arch, batches, compile_batches) -> list[dict]:
             rows.append(dict(model=arch, batch=batch, fused=fused, mode="compiled reduce-overhead", ms=ms, compile_s=compile_s,
                              **_agreement(out, logits[False])))
             print(rows[-1], flush=True)
-    mixers.FUSED_DECODE = fused_default
+    mixers.FUSED_DECODE, mixers.FUSED_BLOCK_MAX_BATCH = fused_default, block_default
     for r in rows:  # speed-up of each fused row over its unfused twin
         if r["fused"]:
             base = next(b for b in rows if b["model"] == r["model"] and b["batch"] == r["batch"]

@@ -119,9 +119,14 @@ def prefill_fn(model, compile: bool | str):
     return _compiled(model, key, model, backend=backend, dynamic=True, mode="reduce-overhead" if graphs else None)
 
 
-# CUDA, greedy, compiled, no streamer: the decode steps replay CUDA graphs captured from the compiled step,
-# GRAPH_STEPS steps a graph (see GraphedGreedy). 0 turns this off (one reduce-overhead call a step).
+# CUDA, greedy, compiled, no streamer, batch <= GRAPH_MAX_BATCH: the decode steps replay CUDA graphs captured
+# from the compiled step, GRAPH_STEPS steps a graph (see GraphedGreedy). GRAPH_STEPS = 0 turns this off (one
+# reduce-overhead call a step). H100, 130M, 100 tokens after 100: at batch 1 it gave Mamba-1 46.2-47.2 ms and
+# Mamba-2 40.4 ms (the step alone: 0.38 / 0.36 ms). At batch 64, where a step's GPU time exceeds the host's, it
+# gave Mamba-1 92.0 ms (110.5 per step before) but Mamba-2 167.3 (155.7 per step before), unexplained, so the
+# larger batches keep the per-step path for now.
 GRAPH_STEPS = 8
+GRAPH_MAX_BATCH = 8
 
 
 class GraphedGreedy:
@@ -245,7 +250,7 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
     greedy = not temperature and not (repetition_penalty and repetition_penalty != 1.0)
     put = getattr(streamer, "put", streamer)
     graphed = (greedy and compile and device.type == "cuda" and GRAPH_STEPS > 0 and put is None
-               and max_new_tokens > 1)
+               and max_new_tokens > 1 and b <= GRAPH_MAX_BATCH)
     if graphed:
         runner = _graphed(model, cache, b, eos, compile)
     else:

@@ -29,6 +29,18 @@ causal_conv1d_update / selective_state_update), so the two paths agree there bit
 kernels in ``mamba1_decode_triton`` keep xz and dt in fp32 instead of rounding them to the activation
 dtype, so with 16-bit activations they differ from the unfused ops by that rounding.
 Parameters may have any float dtype (bf16 models, fp32 A_log / D); all math is fp32. No backward: decode only.
+
+The block path (``mixers.FUSED_BLOCK_MAX_BATCH``) takes three launches a layer with two more ops:
+
+    s = [g *] hidden + residual;  h = norm(s) w [+ b];  then decode_in on h [and x_proj parts]   (decode_norm_in)
+    logits = norm([g *] hidden + residual) @ W^T                                                (decode_norm_head)
+
+where g = rsqrt(sumsq.sum() / gate_group_size + gate_eps) is the previous Mamba-2 layer's gated-norm scale
+(mamba2_decode_ssm_gated), applied after out_proj, with which it commutes. decode_norm_in returns (out,
+residual_out, x_dbl_parts): residual_out is s (fp32 with residual_in_fp32), and with ``x_proj_weight`` the
+parts (cdiv(d, k), b, r + 2n) fp32 hold x_proj over each block of k = norm_in_block_n(m) channels (16 for
+d_model <= 1024), which mamba1_decode_ssm adds up. One row of the batch a program: each program loads its
+rows of W whole and recomputes the row's norm from d_model values in L2.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ the xBC rows), mamba2_decode_ssm, rms_norm_gated, out_proj: five launches instea
 On CPU the op runs what ``Mamba2Mixer.step`` computed before (the CPU code of selective_state_update on the
 same expanded views), so the two paths agree bit for bit there. Parameters may have any float dtype; all math
 is fp32. No backward: decode only.
+
+``mamba2_decode_ssm_gated`` (the block path) adds the gated RMSNorm up to its scale: u = y silu(z) w and the sums
+of squares of y silu(z) (or y, with norm_before_gate) over blocks of 16 headdim rows; the next block's
+decode_norm_in applies rsqrt(sum / (h p) + eps) after out_proj.
 """
 
 from __future__ import annotations
