@@ -148,9 +148,7 @@ def decode_norm_head(
 ) -> torch.Tensor:
     """The model's last add + norm and its LM head for one token: norm([scale *] hidden + residual) @ weight^T,
     (b, rows) in hidden's dtype (decode_norm_in's prologue, then a GEMV over weight's rows)."""
-    _check_norm_in(hidden, residual, norm_weight, norm_bias, eps, sumsq, gate_group_size, gate_eps)
-    check_tensor("weight", weight, shape=(None, hidden.shape[1]), letters="(rows, d_model)")
-    check_same_device(hidden=hidden, weight=weight)
+    _check_norm_head(hidden, residual, norm_weight, norm_bias, eps, sumsq, gate_group_size, gate_eps, weight)
     return torch.ops.mamba_compile.decode_norm_head(hidden, residual, sumsq, float(gate_eps), gate_group_size,
                                                     norm_weight, norm_bias, float(eps), is_rms, weight)
 
@@ -220,6 +218,12 @@ def _check_norm_in(hidden, residual, norm_weight, norm_bias, eps, sumsq, gate_gr
         if not gate_eps > 0:
             raise ValueError(f"gate_eps must be > 0, got {gate_eps!r}")
     check_same_device(hidden=hidden, residual=residual, norm_weight=norm_weight, norm_bias=norm_bias, sumsq=sumsq)
+
+
+def _check_norm_head(hidden, residual, norm_weight, norm_bias, eps, sumsq, gate_group_size, gate_eps, weight) -> None:
+    _check_norm_in(hidden, residual, norm_weight, norm_bias, eps, sumsq, gate_group_size, gate_eps)
+    check_tensor("weight", weight, shape=(None, hidden.shape[1]), letters="(rows, d_model)")
+    check_same_device(hidden=hidden, weight=weight)
 
 
 def _check_xproj(x_proj_weight, conv_weight, hidden, conv_start) -> None:
@@ -431,9 +435,7 @@ def _decode_norm_head(
     is_rms: bool,
     weight: torch.Tensor,
 ) -> torch.Tensor:
-    _check_norm_in(hidden, residual, norm_weight, norm_bias, eps, sumsq, gate_group_size, gate_eps)
-    check_tensor("weight", weight, shape=(None, hidden.shape[1]), letters="(rows, d_model)")
-    check_same_device(hidden=hidden, weight=weight)
+    _check_norm_head(hidden, residual, norm_weight, norm_bias, eps, sumsq, gate_group_size, gate_eps, weight)
     if hidden.device.type == "cuda":
         from . import mamba1_decode_triton
 
