@@ -191,7 +191,11 @@ class GraphedGreedy:
 
 
 def _graphed(model, cache, batch: int, eos: torch.Tensor, compile) -> GraphedGreedy:
-    key = (id(cache), batch, tuple(eos.tolist()), compile, GRAPH_STEPS)
+    from . import mixers
+
+    # the decode-path flags too: a graph replays the kernels it captured, whatever the flags say later
+    flags = (mixers.FUSED_DECODE, mixers.FUSED_DECODE_IN_MAX_BATCH, mixers.FUSED_BLOCK_MAX_BATCH, mixers.DECODE_GEMV)
+    key = (id(cache), batch, tuple(eos.tolist()), compile, GRAPH_STEPS, flags)
     runners = model.__dict__.setdefault("_graphed_greedy", {})
     runner = runners.get(key)
     if runner is None or runner.cache is not cache:
