@@ -1,8 +1,13 @@
-"""A/B of the batch-1 generation path (eager prefill, compiled decode step with CUDA graphs), one variant at a
+"""A/B of the greedy generation path (eager prefill, compiled decode step with CUDA graphs), one variant at a
 time in one process: the time of model.generate(100 new tokens after 100) and its decode part per step, beside
 the eager step replayed from one CUDA graph. Variants undo themselves after their row.
 
     python -m benchmarks.probes.gen_ab --out $OUT/gen_ab.json [--models mamba2] [--variants current gemv_off]
+        [--batch 64]
+
+At batch 64 (left open in the fifth session): Mamba-2 generated in 167.3 ms with the eight-step graphs against
+155.7 with one reduce-overhead call a step, while Mamba-1 went from 110.5 to 92.0. ``--batch 64 --variants
+current graphed_all graphed_all_plain_argmax`` separates the graphs from the two-stage argmax.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import mamba_compile.models.mixers as mixers
 from benchmarks._common import device_name, write_results
 from benchmarks.bench_model import config_130m
 from benchmarks.probes.decode_fused import _eager_step, _graph_ms
-from mamba_compile.models import MambaLM
+from mamba_compile.models import MambaLM, generation
+from mamba_compile.models import model as model_module
 from mamba_compile.models.cache import InferenceCache
 from mamba_compile.ops import mamba1_decode_triton
 
@@ -42,22 +48,32 @@ VARIANTS = {
         mamba1_decode_triton.decode_norm_in_fwd, num_warps=8)),
     "per_tensor_reset": lambda: _set(InferenceCache, "reset", _per_tensor_reset),
     "five_launch_step": lambda: _set(mixers, "FUSED_BLOCK_MAX_BATCH", 0),
+    "per_step_calls": lambda: _set(generation, "GRAPH_STEPS", 0),
+    "graphed_all": lambda: _set(generation, "GRAPH_MAX_BATCH", 1 << 20),
+    "graphed_all_plain_argmax": lambda: _chain(_set(generation, "GRAPH_MAX_BATCH", 1 << 20),
+                                               _set(model_module, "FIRST_ARGMAX_MAX_BATCH", 0)),
+    "first_argmax_all": lambda: _set(model_module, "FIRST_ARGMAX_MAX_BATCH", 1 << 20),
 }
 
 
+def _chain(*undos):
+    return lambda: [undo() for undo in reversed(undos)]
+
+
 @torch.inference_mode()
-def run(arch: str, variants: list[str], iters: int = 5) -> list[dict]:
+def run(arch: str, variants: list[str], iters: int = 5, batch: int = 1) -> list[dict]:
     torch.manual_seed(0)
     model = MambaLM(config_130m(arch), device="cuda", dtype=torch.bfloat16).eval()
-    ids = torch.randint(0, model.config.vocab_size, (1, 100), device="cuda")
+    ids = torch.randint(0, model.config.vocab_size, (batch, 100), device="cuda")
     rows = []
     for name in variants:
         undo = VARIANTS[name]()
         try:
             torch._dynamo.reset()
             model._compiled_steps.clear()
+            model.__dict__.pop("_graphed_greedy", None)
             model._generation_cache = None
-            cache = model.allocate_cache(1, 300).mark_static()
+            cache = model.allocate_cache(batch, 300).mark_static()
             model(ids, cache=cache)
             step_ms = _graph_ms(lambda: _eager_step(model, ids[:, -1], cache))
             t = time.perf_counter()
@@ -71,7 +87,7 @@ def run(arch: str, variants: list[str], iters: int = 5) -> list[dict]:
                 torch.cuda.synchronize()
                 totals.append((time.perf_counter() - t) * 1e3)
                 decodes.append(out.decode_s * 1e3)
-            rows.append(dict(model=arch, variant=name, eager_graph_step_ms=step_ms, generate_ms=statistics.median(totals),
+            rows.append(dict(model=arch, batch=batch, variant=name, eager_graph_step_ms=step_ms, generate_ms=statistics.median(totals),
                              decode_ms_per_step=statistics.median(decodes) / 99, compile_s=compile_s))
         except Exception as e:  # noqa: BLE001
             rows.append(dict(model=arch, variant=name, error=f"{type(e).__name__}: {e}"[:200]))
@@ -86,12 +102,13 @@ def main():
     parser.add_argument("--out", default=None)
     parser.add_argument("--models", nargs="+", default=["mamba2", "mamba1"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
     print(f"device: {device_name()}, torch {torch.__version__}", flush=True)
     rows = []
     for arch in args.models:
-        rows += run(arch, args.variants)
-    print("\nbatch-1 generation, eager prefill, compiled decode step (CUDA graphs), bf16, fp32 states")
+        rows += run(arch, args.variants, batch=args.batch)
+    print(f"\nbatch-{args.batch} generation, eager prefill, compiled decode step (CUDA graphs), bf16, fp32 states")
     write_results(rows, args.out)
 
 
