@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import mamba_compile.models.mixers as mixers
 from benchmarks._common import device_name, graph_ms, write_results
 from benchmarks.bench_model import config_130m
-from benchmarks.probes.decode_fused import PROMPT, _agreement, _eager_step, _graph_ms, _kernels_per_step, _Snapshot
+from benchmarks.probes.decode_fused import _agreement, _eager_step, _graph_ms, _kernels_per_step, _prefilled
 from mamba_compile.models import MambaLM
 
 
@@ -87,12 +87,7 @@ def run(arch, batches) -> list[dict]:
     rows = []
     try:
         for batch in batches:
-            gen = torch.Generator(device="cuda").manual_seed(batch)
-            prompt = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda", generator=gen)
-            ids = torch.randint(0, model.config.vocab_size, (batch,), device="cuda", generator=gen)
-            cache = model.allocate_cache(batch, PROMPT + 4096).mark_static()
-            model(prompt, cache=cache)
-            snap = _Snapshot(cache)
+            ids, cache, snap = _prefilled(model, batch)
             step = lambda: _eager_step(model, ids, cache)  # noqa: E731
             results = {}
             for path, limit, gemv in (("five launches", 0, True), ("block step, cuBLAS linears", 64, False),

@@ -36,10 +36,17 @@ REPLAYS = 200
 
 def _eager_step(model, ids, cache):
     """decode_step without its input-range check (a host sync, which a CUDA-graph capture rejects)."""
-    rows = cache.rows(0, ids.shape[0])
-    hidden = model.backbone(ids, rows, step=True)
-    rows.lengths.add_(1)
-    return model.lm_head(hidden)
+    return model._step(ids, cache)
+
+
+def _prefilled(model, batch: int):
+    """(ids (batch,), cache after a PROMPT-token prefill, its _Snapshot): one row of the probes' tables."""
+    gen = torch.Generator(device="cuda").manual_seed(batch)
+    prompt = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda", generator=gen)
+    ids = torch.randint(0, model.config.vocab_size, (batch,), device="cuda", generator=gen)
+    cache = model.allocate_cache(batch, PROMPT + 4096).mark_static()
+    model(prompt, cache=cache)
+    return ids, cache, _Snapshot(cache)
 
 
 def _events_ms(fn, n: int) -> float:
@@ -104,12 +111,7 @@ def run(arch, batches, compile_batches) -> list[dict]:
     mixers.FUSED_BLOCK_MAX_BATCH = 0  # the five-launch step (the block step: probes/decode_block.py)
     rows = []
     for batch in batches:
-        gen = torch.Generator(device="cuda").manual_seed(batch)
-        prompt = torch.randint(0, model.config.vocab_size, (batch, PROMPT), device="cuda", generator=gen)
-        ids = torch.randint(0, model.config.vocab_size, (batch,), device="cuda", generator=gen)
-        cache = model.allocate_cache(batch, PROMPT + 4096).mark_static()
-        model(prompt, cache=cache)
-        snap = _Snapshot(cache)
+        ids, cache, snap = _prefilled(model, batch)
         logits = {}
         for fused in (False, True):
             mixers.FUSED_DECODE = fused

@@ -34,6 +34,7 @@ from ..ops import (
     selective_state_update,
     ssd_chunk_scan,
 )
+from ..ops.mamba1_decode import gate_scale
 
 # Mamba1Mixer.step through the two fused decode ops (add_norm, mamba1_decode_in, x_proj, mamba1_decode_ssm,
 # out_proj: five launches a layer instead of about nine), and Mamba2Mixer.step likewise (add_norm, decode_in,
@@ -332,10 +333,7 @@ def _norm_kwargs(norm, residual_in_fp32: bool, scale) -> dict:
 
 def apply_scale(hidden_states: torch.Tensor, scale) -> torch.Tensor:
     """The deferred gated-norm scale of a block_step's output, in fp32 (see Mamba2Mixer.block_step)."""
-    if scale is None:
-        return hidden_states
-    sumsq, group_size, eps = scale
-    return hidden_states.float() * torch.rsqrt(sumsq.sum(-1, keepdim=True) / group_size + eps)
+    return hidden_states if scale is None else gate_scale(hidden_states, *scale)
 
 
 class _GatedRMSNorm(nn.Module):

@@ -225,6 +225,10 @@ class MambaLM(nn.Module):
     def decode_step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """One token per row: input_ids (b,) -> logits (b, padded_vocab_size); states updated in place."""
         _check_input_ids(input_ids, self.config, cache, ndim=1, seqlen=1)
+        return self._step(input_ids, cache)
+
+    def _step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        """decode_step without its input checks (whose range check syncs, which a CUDA-graph capture refuses)."""
         rows = cache.rows(0, input_ids.shape[0])
         if self.backbone._block_steps(input_ids.shape[0]) and mixers.DECODE_GEMV:
             # norm_f (with the last Mamba-2 layer's deferred scale) and the LM head in one kernel

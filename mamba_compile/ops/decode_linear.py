@@ -5,7 +5,8 @@ Shapes: x (b, k), weight (n, k), bias (n,) or None; returns (b, n) in x's dtype,
 At one or two rows cuBLAS's GEMM kernels are latency-bound: the 130M Mamba out_proj (768 x 1536, bf16) took
 4.8 us a call on an H100 where its 2.4 MB need 0.8 us. The GEMV kernel has each program load a few of W's
 rows whole, in one tile, so a call is one round trip to memory (see ``decode_linear_triton``). The decode
-step uses it for out_proj and the LM head up to ``mixers.FUSED_BLOCK_MAX_BATCH`` rows. On CPU it is F.linear.
+step uses it for out_proj up to ``mixers.FUSED_BLOCK_MAX_BATCH`` rows (the LM head goes through
+decode_norm_head). On CPU it is F.linear.
 """
 
 from __future__ import annotations

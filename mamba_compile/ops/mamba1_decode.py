@@ -153,6 +153,12 @@ def decode_norm_head(
                                                     norm_weight, norm_bias, float(eps), is_rms, weight)
 
 
+def gate_scale(hidden: torch.Tensor, sumsq: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
+    """hidden * rsqrt(sumsq.sum(-1) / group_size + eps), in fp32: a Mamba-2 layer's deferred gated-norm scale
+    (mamba2_decode_ssm_gated's sums of squares), applied after out_proj."""
+    return hidden.float() * torch.rsqrt(sumsq.sum(-1, keepdim=True) / group_size + eps)
+
+
 def norm_in_block_n(d_model: int) -> int:
     """in_proj rows a decode_norm_in program computes (it holds all of d_model for them in one tile): also the
     channels per partial x_proj sum."""
@@ -174,7 +180,6 @@ def mamba1_decode_ssm(
     ssm_state (b, d_inner, d_state) is advanced in place."""
     _check_ssm(ssm_state, x, x_dbl, dt_proj_weight, dt_proj_bias, A_log, D, z)
     return torch.ops.mamba_compile.mamba1_decode_ssm(ssm_state, x, x_dbl, dt_proj_weight, dt_proj_bias, A_log, D, z)
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,7 +280,7 @@ def _check_ssm(ssm_state, x, x_dbl, dt_proj_weight, dt_proj_bias, A_log, D, z) -
     if dt_rank < 1:
         raise ValueError(f"dt_proj_weight must have shape (d_inner, dt_rank) with dt_rank >= 1, "
                          f"got {tuple(dt_proj_weight.shape)}")
-    if x_dbl is not None and x_dbl.dim() == 3:  # partial sums (parts, batch, r + 2n), from mamba1_decode_in_xproj
+    if x_dbl is not None and x_dbl.dim() == 3:  # partial sums (parts, batch, r + 2n), from decode_norm_in
         check_tensor("x_dbl", x_dbl, shape=(None, batch, dt_rank + 2 * d_state),
                      letters="(batch, dt_rank + 2 * d_state) or (parts, batch, dt_rank + 2 * d_state)")
     else:
@@ -326,9 +331,7 @@ def _decode_norm_in_cpu(hidden, residual, sumsq, gate_eps, gate_group_size, norm
 
 def _norm_cpu(hidden, residual, sumsq, gate_eps, gate_group_size, norm_weight, norm_bias, eps, is_rms):
     """([scale *] hidden + residual, normed in hidden's dtype): add_norm's CPU code."""
-    h = hidden
-    if sumsq is not None:
-        h = hidden.float() * torch.rsqrt(sumsq.sum(-1, keepdim=True) / gate_group_size + gate_eps)
+    h = hidden if sumsq is None else gate_scale(hidden, sumsq, gate_group_size, gate_eps)
     out, s, _, _ = _add_norm_cpu(h, norm_weight, norm_bias, residual, eps, is_rms)
     return s, out.to(hidden.dtype)
 
@@ -386,7 +389,6 @@ def _mamba1_decode_ssm(
             ssm_state, x, x_dbl, dt_proj_weight, dt_proj_bias, A_log, D, z, wrap=True
         )
     return _decode_ssm_cpu(ssm_state, x, x_dbl, dt_proj_weight, dt_proj_bias, A_log, D, z)
-
 
 
 @triton_op("mamba_compile::decode_norm_in", mutates_args=("conv_state",))

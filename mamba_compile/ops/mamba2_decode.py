@@ -87,7 +87,7 @@ def mamba2_decode_ssm_gated(
                                                            gate_norm_weight, norm_before_gate)
 
 
-SUMSQ_BLOCK = 16  # headdim rows per partial sum of squares (mamba2_decode_triton.GATED_BLOCK_P)
+SUMSQ_BLOCK = 16  # headdim rows per partial sum of squares (also the gated kernel's rows a program)
 
 
 def _check_gate(weight, z, ssm_state) -> None:

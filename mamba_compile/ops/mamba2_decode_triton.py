@@ -79,10 +79,6 @@ def _ssm_blocks(batch: int, nheads: int, headdim: int, d_state: int) -> tuple[in
     return block_p, block_s, 4 if block_s <= 128 else 8
 
 
-# the gated variant: headdim rows a program, so that each head's rows fall into cdiv(headdim, 16) partial sums
-GATED_BLOCK_P = 16
-
-
 def mamba2_decode_ssm_fwd(ssm_state, x, B, C, dt, A_log, dt_bias, D, z, dt_limit, *, wrap: bool,
                           block_p: int | None = None, num_warps: int | None = None, gate_norm=None):
     """Launches mamba2_decode_ssm; ssm_state is updated in place. Returns y (batch, nheads, headdim) in x's
@@ -92,8 +88,10 @@ def mamba2_decode_ssm_fwd(ssm_state, x, B, C, dt, A_log, dt_bias, D, z, dt_limit
     ngroups = B.shape[1]
     BLOCK_P, BLOCK_S, warps = _ssm_blocks(_static(batch, 1), _static(nheads, 24), _static(headdim, 64), d_state)
     BLOCK_P, warps = block_p or BLOCK_P, num_warps or warps
-    if gate_norm is not None:  # fixed: the partial sums' partition is part of the op's contract
-        BLOCK_P = min(GATED_BLOCK_P, next_power_of_2(int(headdim)))
+    if gate_norm is not None:  # fixed: the partial sums' partition (SUMSQ_BLOCK rows) is part of the op's contract
+        from .mamba2_decode import SUMSQ_BLOCK
+
+        BLOCK_P = min(SUMSQ_BLOCK, next_power_of_2(int(headdim)))
     # the per-head vectors are indexed densely; D (nheads,) is read with a zero headdim stride
     A_log, dt_bias, D = A_log.contiguous(), dt_bias.contiguous(), D.contiguous()
     s_D = (D.stride(0), D.stride(1)) if D.dim() == 2 else (D.stride(0), 0)
@@ -101,11 +99,9 @@ def mamba2_decode_ssm_fwd(ssm_state, x, B, C, dt, A_log, dt_bias, D, z, dt_limit
     lo, hi = float(dt_limit[0]), float(dt_limit[1])
     grid = (triton.cdiv(headdim, BLOCK_P), nheads, batch)
     y = torch.empty((batch, nheads, headdim), device=x.device, dtype=x.dtype)
-    gw, gate = y, 0
-    ssq = y
+    gw, gate, ssq = y, 0, y  # placeholders, never read without the gated norm
     if gate_norm is not None:
-        gw, before = gate_norm
-        gw, gate = gw.contiguous(), 2 if before else 1
+        gw, gate = gate_norm[0].contiguous(), 2 if gate_norm[1] else 1
         ssq = torch.empty((batch, nheads * grid[0]), device=x.device, dtype=torch.float32)
     launcher(_decode_ssm_fwd_kernel, wrap)[grid](
         ssm_state, x, B, C, dt, A_log, dt_bias, D, _or(z, x), y, gw,
