@@ -51,13 +51,18 @@ def _rel(a, b) -> float:
 
 def _with_config(cfg, fn):
     """Runs fn with the forward heuristic answering cfg = (blocks, rows ahead) (restored afterwards)."""
-    saved = kern.fwd_block_sizes, kern._FWD_ROWS_AHEAD, kern._FWD_SEG
+    saved = kern.fwd_block_sizes, kern._FWD_ROWS_AHEAD, kern._FWD_SEG, kern._FWD_PREFETCH
     kern.fwd_block_sizes = lambda dim, dstate, dpg: cfg[0]
-    kern._FWD_ROWS_AHEAD, kern._FWD_SEG = cfg[1], cfg[2]
+    kern._FWD_ROWS_AHEAD, kern._FWD_SEG, kern._FWD_PREFETCH = cfg[1], cfg[2], _pf(cfg)
     try:
         return fn()
     finally:
-        kern.fwd_block_sizes, kern._FWD_ROWS_AHEAD, kern._FWD_SEG = saved
+        kern.fwd_block_sizes, kern._FWD_ROWS_AHEAD, kern._FWD_SEG, kern._FWD_PREFETCH = saved
+
+
+def _pf(cfg) -> int:
+    """A configuration's prefetch level (its optional fourth entry)."""
+    return cfg[3] if len(cfg) > 3 else 0
 
 
 def sweep_scan(batch=8, dim=1536, seqlen=2048, dstate=16) -> list[dict]:
@@ -74,7 +79,8 @@ def sweep_scan(batch=8, dim=1536, seqlen=2048, dstate=16) -> list[dict]:
         row = dict(config=str(cfg), kernel_ms=float("nan"), op_ms=float("nan"), relayout_ms=relayout_ms, out_err="", last_err="")
         try:
             def direct(c=cfg):
-                return kern.selective_scan_fwd(*args, False, wrap=False, config=c[0], rows_ahead=c[1], seg=c[2])
+                return kern.selective_scan_fwd(*args, False, wrap=False, config=c[0], rows_ahead=c[1], seg=c[2],
+                                               prefetch=_pf(c))
 
             out, last, _ = direct()
             torch.cuda.synchronize()
@@ -173,18 +179,22 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
     parser.add_argument("--ncu", action="store_true", help="one forward launch of each kind, for a profiler")
+    parser.add_argument("--configs", default=None,
+                        help="forward configurations to sweep (with --scan-only), as Python: "
+                             "[((BLOCK_D, BLOCK_L, num_warps), rows_ahead, seg, prefetch), ...]")
     parser.add_argument("--scan-only", action="store_true",
                         help="only the scan: FWD_CONFIGS_SCAN_ONLY at both shapes (no conv, no overhead probes)")
     args = parser.parse_args()
     if args.ncu:
         t = make_inputs(8, 1536, 2048, 16)
-        for cfg in ((32, 8, 2), (32, 8, 1)):
-            kern.selective_scan_fwd(*_args(t), False, wrap=False, config=cfg)
+        for cfg in eval(args.configs) if args.configs else (((32, 8, 2), 8, 0, 0), ((32, 8, 1), 8, 0, 0)):
+            kern.selective_scan_fwd(*_args(t), False, wrap=False, config=cfg[0], rows_ahead=cfg[1], seg=cfg[2],
+                                    prefetch=_pf(cfg))
         torch.cuda.synchronize()
         return
     torch.backends.cuda.matmul.allow_tf32 = False
     if args.scan_only:
-        FWD_CONFIGS[:] = FWD_CONFIGS_SCAN_ONLY
+        FWD_CONFIGS[:] = eval(args.configs) if args.configs else FWD_CONFIGS_SCAN_ONLY
         rows = sweep_scan()
         write_results(rows, args.out)
         write_results(second_shape(FWD_CONFIGS), None)

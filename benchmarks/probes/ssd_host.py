@@ -1,8 +1,11 @@
 """Host (Python and launch) time of one eager SSD forward, ours and the reference's, at a shape whose GPU work is
-tiny (b1 l256 h4), and a cProfile of ours: where an eager call's time goes when the GPU is not the limit.
+tiny (b1 l256 h4), broken down by layer (public wrapper, op dispatch, argument checks, the bare Triton pipeline,
+each launch, an empty Triton launch), and a cProfile of ours: where an eager call's time goes when the GPU is not
+the limit.
 
-    python3 -m benchmarks.probes.ssd_host
+    python3 -m benchmarks.probes.ssd_host [--profile]
 """
+import argparse
 import cProfile
 import pstats
 import time
@@ -12,34 +15,86 @@ import torch
 from benchmarks.bench_ssd import call, impls, make_inputs
 
 
-def host_us(fn, t, n=300):
+def host_us(fn, n=300):
     for _ in range(10):
-        call(fn, t, 256)
+        fn()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(n):
-        call(fn, t, 256)
+        fn()
     torch.cuda.synchronize()
     return (time.perf_counter() - t0) / n * 1e6
 
 
+def layers(t):
+    """Per-layer host costs of our forward (no grad)."""
+    import triton
+    import triton.language as tl
+
+    from mamba_compile.ops import ssd, ssd_triton as kt
+
+    args = (t["x"], t["dt"], t["A"], t["B"], t["C"], 256, t["D"], t["z"], t["dt_bias"], None, None, None, True,
+            0.0, ssd._OPEN_BOUND)
+    x, dt, A, B, C, cs, D, z, dt_bias = args[:9]
+    dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, dt_bias, cs, True, 0.0, ssd._OPEN_BOUND, False, wrap=False)
+    prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype, wrap=False)
+    cb = kt.bmm_cb_fwd(C, B, cs, wrap=False)
+
+    @triton.jit
+    def _empty(p0, p1, p2, p3, p4, p5, p6, p7, n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, n10, n11, n12, n13, n14,
+               n15, n16, n17, n18, n19, K: tl.constexpr):
+        pass
+
+    ints = list(range(1, 21))
+    rows = {
+        "public wrapper (ssd_chunk_scan)": lambda: call(ssd.ssd_chunk_scan, t, 256),
+        "torch.ops...ssd_chunk_scan_fwd": lambda: torch.ops.mamba_compile.ssd_chunk_scan_fwd(*args),
+        "op body (the triton_op's function)": lambda: ssd.ssd_chunk_scan_fwd._init_fn(*args),
+        "_check_args": lambda: ssd._check_args(*args[:12]),
+        "_config_key": lambda: ssd._config_key(args),
+        "_fwd_triton(wrap=False)": lambda: ssd._fwd_triton(*args, wrap=False),
+        "chunk_cumsum_fwd": lambda: kt.chunk_cumsum_fwd(dt, A, dt_bias, cs, True, 0.0, ssd._OPEN_BOUND, False,
+                                                        wrap=False),
+        "chunk_state_passing_fwd": lambda: kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None,
+                                                                      prev_dtype=C.dtype, wrap=False),
+        "bmm_cb_fwd": lambda: kt.bmm_cb_fwd(C, B, cs, wrap=False),
+        "chunk_scan_fwd": lambda: kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, None, cb=cb, wrap=False),
+        "empty triton kernel, 8 ptr + 20 int args": lambda: _empty[(1,)](x, x, x, x, x, x, x, x, *ints, K=1),
+        "torch.empty x4": lambda: [torch.empty(1, 4, 1, 256, device="cuda") for _ in range(4)],
+    }
+    for name, fn in rows.items():
+        try:
+            print(f"  {name}: {host_us(fn):.1f} us", flush=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"  {name}: failed {type(e).__name__}: {e}", flush=True)
+
+
 def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", action="store_true")
+    a = ap.parse_args()
     t = make_inputs(1, 256, 4, 64, 1, 128)
     fns = impls()
     with torch.no_grad():
         for name, fn in fns.items():
-            print(f"{name}: {host_us(fn, t):.0f} us per eager forward (no grad)", flush=True)
+            print(f"{name}: {host_us(lambda: call(fn, t, 256)):.0f} us per eager forward (no grad)", flush=True)
         tg = make_inputs(1, 256, 4, 64, 1, 128, requires_grad=True)
         for name, fn in fns.items():
             with torch.enable_grad():
-                print(f"{name}: {host_us(fn, tg):.0f} us per eager forward (inputs require grad)", flush=True)
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(200):
-            call(fns["ours"], t, 256)
-        torch.cuda.synchronize()
-        prof.disable()
-    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+                print(f"{name}: {host_us(lambda: call(fn, tg, 256)):.0f} us per eager forward (inputs require grad)",
+                      flush=True)
+        print("ours, by layer (no grad):")
+        layers(t)
+        if a.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(200):
+                call(fns["ours"], t, 256)
+            torch.cuda.synchronize()
+            prof.disable()
+            st = pstats.Stats(prof)
+            st.sort_stats("tottime").print_stats(30)
+            st.sort_stats("cumulative").print_stats(40)
 
 
 if __name__ == "__main__":

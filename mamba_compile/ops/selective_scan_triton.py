@@ -9,7 +9,10 @@ of BLOCK_L steps of u/delta/z is a [BLOCK_L, BLOCK_D] tile whose time axis lies 
 per state one exp2 (the floor: b*d*l*n exponentials), two multiplies and two FMAs, with no cross-thread
 scan. Each step is a short dependent chain, so loads are pipelined by hand: u/delta/z one block ahead,
 B/C rows ROWS_AHEAD (4 or 8) steps ahead (without this, every step waited a full L1/L2 round trip:
-0.85 ms instead of 0.42 ms at b8 d1536 l2048 n16 on an H100, BLOCK_D 16, one warp). Input-dependent
+0.85 ms instead of 0.42 ms at b8 d1536 l2048 n16 on an H100, BLOCK_D 16, one warp), and the rows of the
+block after next are prefetched into L1 (PREFETCH): ptxas, at the register limit, issues the row loads late
+in the block before their use and copies them into place at the loop's back edge, where the copies waited
+for L2 (ncu source counters, session 6: a quarter of the stall samples on two such copies). Input-dependent
 B/C are copied time-major, fp32, zero-padded to (batch, ngroups, seqlen_pad + 8, BLOCK_N) by one small
 kernel each (8.3 us for both at that shape), so a step's B_t is one unmasked vector load. The forward
 saves the state entering every STATE_CHUNK steps (the backward's BLOCK_L), then the last state.
@@ -41,6 +44,12 @@ added to in memory for dA and time-invariant dB/dC, register sums written per ba
 d delta_bias, all summed in torch. Tiles kept for after the loop over states are int32 offsets from scalar
 row pointers, not 64-bit pointers.
 
+Session 6, measured and not kept (scan_bwd_probe): the per-lane partial sums are read right before their add,
+and ncu puts a tenth of the stall samples on those two adds (an L2 round trip each); loading them, and the
+carried g, at the start of the state made the backward 1.97 ms against 1.72-1.74 (more spills), and summing across
+lanes with an atomic add per channel instead (no read) 1.69-1.75 against 1.69-1.72: other warps already hide
+those waits.
+
 This kernel replaced (session 4) a first parallel backward with the same tiles, formulas and saved-state
 interval that used the scans' cumulative decays and Triton's reverse scan, and kept the carried g and the
 per-channel sums in [BLOCK_D, BLOCK_N] register tiles (a cross-lane sum and a select per state). H100,
@@ -59,8 +68,12 @@ backward (stepping in reverse with the tile's states in registers) measured 4.4-
 first parallel kernel.
 
 Measured on an H100 (torch 2.11, triton 3.6), b8 d1536 l2048 n16 bf16 with D, z, delta_bias, softplus
-(reference CUDA kernel: forward 0.452 ms, forward+backward 2.463). Forward kernel at the default (32, 8, 2)
-with B/C rows 8 ahead: 0.294 ms, plus 0.008 for the B/C copies (4 ahead: 0.395; session 3,
+(reference CUDA kernel: forward 0.452 ms, forward+backward 2.463). Session 6: forward kernel at the default
+(32, 16, 2), rows 8 ahead, L1 prefetch 0.280-0.282 ms (0.274 for the op as a CUDA graph, B/C copies included),
+against 0.294-0.296 for (32, 8, 2) without the prefetch; an L2 prefetch of u/delta/z 64 steps ahead as well made
+it 0.390. The prefetch moved the stalls to the u/delta/z tiles' back-edge copies (DRAM), and the kernel still
+issues an instruction every 3 cycles per warp (1.46 warps per scheduler, 43% of issue slots used). Session 3,
+forward kernel at (32, 8, 2) with B/C rows 8 ahead: 0.294 ms, plus 0.008 for the B/C copies (4 ahead: 0.395;
 benchmarks/probes/scan_sweep.py --scan-only). Time segments with 8 ahead: 0.388 (256), 0.523 (512), 0.536
 (1024), so they stay off. Block shapes (4 ahead, through the op): (16, 8, 1) 0.413, (32, 8, 1) 0.461,
 (64, 8, 2) 0.474, (32, 16, 1) 0.580. (32, 8, 1) and (64, 8, 2) put a channel's 16 states and its time block
@@ -119,6 +132,14 @@ def _sigmoid(x, FAST_MATH: tl.constexpr):
 
 
 @triton.jit
+def _prefetch_l1(ptrs):
+    """Asks L1 for the lines at ptrs without waiting for them (PTX prefetch: no register receives the data, so
+    nothing stalls on it; CUDA only). Returns a dummy zero."""
+    return tl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                                     is_pure=False, pack=1)
+
+
+@triton.jit
 def _column(tile, sel):
     """Row j of a [BLOCK_L, BLOCK_D] tile as a [BLOCK_D] vector (sel = offs_t == j, j static). The time
     axis lives inside each thread, so with j unrolled this folds to register moves."""
@@ -158,6 +179,7 @@ def _selective_scan_fwd_kernel(
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, B_VARYING: tl.constexpr, C_VARYING: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, STATE_CHUNK: tl.constexpr,
     ROWS_AHEAD: tl.constexpr, SEG: tl.constexpr, SEG_PASS: tl.constexpr, FAST_MATH: tl.constexpr,
+    PREFETCH: tl.constexpr = False,
 ):  # fmt: skip
     # Time is cut into segments of SEG steps (a multiple of STATE_CHUNK), one per program_id(2), so that
     # more programs run at once. SEG_PASS 1 runs each segment but the last from a zero state, keeping
@@ -248,6 +270,17 @@ def _selective_scan_fwd_kernel(
         if SAVE_STATES and SEG_PASS != 1:
             if l0 % STATE_CHUNK == 0:
                 tl.store(states_base + (l0 // STATE_CHUNK) * dim * dstate, h, mask=mask_nd)
+        if PREFETCH and FAST_MATH:
+            # B/C rows of the block after next into L1, one address per row (clamped: the copies end ROWS_AHEAD
+            # rows past the padded length). The row loads ROWS_AHEAD steps ahead then hit L1. Without this,
+            # ptxas (short of registers) issues them late in the block before the one that uses them and copies
+            # them into place at the back edge, and the copies waited out an L2 round trip: a quarter of the
+            # stall samples in ncu (session 6).
+            pf_rows = tl.minimum(l0 + 2 * BLOCK_L + offs_t, seqlen - 1)
+            if B_VARYING:
+                _prefetch_l1(B_ptr + pid_b * s_B_b + ((pid_d * BLOCK_D) // B_dpg) * s_B_g + pf_rows * s_B_l)
+            if C_VARYING and SEG_PASS != 1:
+                _prefetch_l1(C_ptr + pid_b * s_C_b + ((pid_d * BLOCK_D) // C_dpg) * s_C_g + pf_rows * s_C_l)
         u_raw, dl_raw = u_nxt, dl_nxt
         mask_nx = (offs_l + BLOCK_L < l_end)[:, None] & mask_d[None, :]
         u_nxt = tl.load(u_blk + (l0 + BLOCK_L) * s_u_l, mask=mask_nx, other=0.0)
@@ -574,17 +607,21 @@ def _pow2_divisor(n: int, cap: int) -> int:
 
 def fwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, int]:
     """(BLOCK_D, BLOCK_L, num_warps) of the forward by shape: small programs (one or two warps, 8 state
-    values per thread) and BLOCK_L 8 (one 16-byte bf16 vector of time steps per thread). dpg is the
-    channels per B/C group, which BLOCK_D must divide (None when B and C are time-invariant). Forward
-    through the op at b8 d1536 l2048 n16 (H100): (32, 8, 2) 0.389 ms, (16, 8, 1) 0.413, (32, 8, 1) 0.461,
-    (64, 8, 2) 0.474, (32, 16, 1) 0.580 (earlier: (4, 8, 1) 0.564, (8, 8, 1) 0.697, (16, 8, 2) 0.649,
-    (8, 16, 1) 1.06); dstate > 16 keeps 8 state values per thread on one warp (not measured)."""
+    values per thread) and BLOCK_L 16 (two 16-byte bf16 vectors of time steps per thread) for dstate <= 16, else
+    8. dpg is the channels per B/C group, which BLOCK_D must divide (None when B and C are time-invariant).
+    Kernel at b8 d1536 l2048 n16 (H100, benchmarks/probes/scan_sweep.py, session 6), with B/C rows 8 ahead and
+    the L1 prefetch: (32, 16, 2) 0.280-0.282 ms, (16, 16, 1) 0.281-0.282, (32, 8, 2) 0.299-0.302, (16, 8, 1)
+    0.293, (32, 8, 4) 0.614; without the prefetch (32, 8, 2) 0.294-0.296 and (32, 16, 2) 0.299. At b2 d5120
+    l8192: (32, 16, 2) 1.067-1.076 against 1.134-1.141 for (32, 8, 2) without the prefetch. Session 3, through the
+    op, rows 4 ahead: (32, 8, 2) 0.389 ms, (16, 8, 1) 0.413, (32, 8, 1) 0.461, (64, 8, 2) 0.474, (32, 16, 1)
+    0.580 (earlier: (4, 8, 1) 0.564, (8, 8, 1) 0.697, (16, 8, 2) 0.649, (8, 16, 1) 1.06); dstate > 16 keeps 8
+    state values per thread on one warp (not measured)."""
     BLOCK_N = block_n(dstate)
     num_warps = 2 if BLOCK_N <= 16 else 1
     BLOCK_D = max(1, min(256 * num_warps // BLOCK_N, triton.next_power_of_2(dim)))
     if dpg is not None:
         BLOCK_D = _pow2_divisor(dpg, BLOCK_D)
-    return BLOCK_D, 8, num_warps
+    return BLOCK_D, 16 if BLOCK_N <= 16 else 8, num_warps
 
 
 def bwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, int]:
@@ -614,6 +651,7 @@ _ROWS_AHEAD = 8  # the forward reads B/C rows up to ROWS_AHEAD (4 or 8) steps pa
 # (benchmarks/probes/scan_sweep.py, session 3): 8 ahead 0.296 ms, 4 ahead 0.394.
 _FWD_ROWS_AHEAD = 8
 _RELAYOUT_BLOCK_T = 64
+_FWD_PREFETCH = True  # the forward prefetches the B/C rows of the block after next into L1
 _FWD_SEG = 0  # forward time segment (steps, rounded up to whole state chunks); 0: one segment
 
 
@@ -660,6 +698,7 @@ def _strides3(t: Tensor | None) -> tuple:
 def selective_scan_fwd(
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states, *, wrap: bool,
     config=None, state_chunk: int | None = None, rows_ahead: int | None = None, seg: int | None = None,
+    prefetch: int | None = None,
 ):
     """Forward launch: out (u's dtype), last_state (fp32), chunk_states (fp32, the state entering every
     ``state_chunk`` steps, then the last state; empty unless save_states). ``config`` = (BLOCK_D, BLOCK_L,
@@ -704,7 +743,8 @@ def selective_scan_fwd(
             HAS_H0=initial_state is not None, SAVE_STATES=save_states, B_VARYING=B_lay[0], C_VARYING=C_lay[0],
             BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, BLOCK_L=BLOCK_L, STATE_CHUNK=STATE_CHUNK,
             ROWS_AHEAD=_FWD_ROWS_AHEAD if rows_ahead is None else rows_ahead, SEG=SEG, SEG_PASS=seg_pass,
-            FAST_MATH=u.device.type == "cuda", num_warps=num_warps,
+            FAST_MATH=u.device.type == "cuda", PREFETCH=_FWD_PREFETCH if prefetch is None else bool(prefetch),
+            num_warps=num_warps,
         )  # fmt: skip
 
     if seg:

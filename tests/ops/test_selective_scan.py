@@ -476,6 +476,23 @@ def test_cuda_fwd_time_segments_match_whole(seg, rows_ahead):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("B_kind, seqlen, config", [("bnl", 1000, None), ("bgnl", 37, (16, 16, 1)), ("bnl", 3001, (32, 8, 2))],
+                         ids=["default-l1000", "grouped-l37", "l8-l3001"])  # fmt: skip
+def test_cuda_fwd_prefetch_changes_nothing(B_kind, seqlen, config):
+    """The forward's L1 prefetch of B/C rows moves no data into registers: outputs and saved states are bit for bit
+    those without it, including lengths where the prefetched rows run past the end (clamped)."""
+    from mamba_compile.ops import selective_scan_triton as kern
+
+    inputs = make_inputs(2, 128, seqlen, 16, B_kind=B_kind, C_kind=B_kind, act_dtype=torch.bfloat16, device="cuda")
+    args = list(inputs.values())
+    with torch.no_grad():
+        on = kern.selective_scan_fwd(*args[:8], True, args[8], True, wrap=False, config=config, prefetch=True)
+        off = kern.selective_scan_fwd(*args[:8], True, args[8], True, wrap=False, config=config, prefetch=False)
+    for name, a, b in zip(("out", "last_state", "chunk_states"), on, off):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.gpu
 def test_cuda_training_shape_matches_cpu_path():
     inputs = make_inputs(8, 1536, 2048, 16, act_dtype=torch.bfloat16, device="cuda")
     out, last, grads = run_fwd_bwd(ours, inputs, True)
