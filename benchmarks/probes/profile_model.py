@@ -55,7 +55,37 @@ def generate(arch: str, out: str, state_dtype=None) -> None:
         _table(prof, out, f"{arch} generate b{batch} state {state_dtype} (100 tokens after 100)")
 
 
-def train(arch: str, out: str) -> None:
+def _gaps(prof, path: str, title: str) -> None:
+    """GPU busy time (the union of kernel and copy intervals) against the span from the first to the last, and
+    the largest idle gaps with the kernels on either side: how much of a step the host leaves the GPU idle."""
+    iv = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                if e.device_type == torch.autograd.DeviceType.CUDA)
+    if not iv:
+        return
+    busy, gaps, cur_s, cur_e, prev = 0.0, [], iv[0][0], iv[0][1], iv[0][2]
+    for s0, e0, name in iv[1:]:
+        if s0 > cur_e:
+            busy += cur_e - cur_s
+            gaps.append((s0 - cur_e, prev, name))
+            cur_s = s0
+        if e0 > cur_e:
+            cur_e, prev = e0, name
+    busy += cur_e - cur_s
+    span = iv[-1][1] - iv[0][0]
+    gaps.sort(reverse=True)
+    lines = [f"\n\n## {title}: GPU busy {busy / 1e3:.2f} ms of a {span / 1e3:.2f} ms span "
+             f"(idle {(span - busy) / 1e3:.2f} ms in {len(gaps)} gaps)"]
+    lines += [f"- {g / 1e3:.3f} ms after {a[:80]} before {b[:80]}" for g, a, b in gaps[:15]]
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n")
+    print(lines[0].strip(), flush=True)
+
+
+def train(arch: str, out: str, fused: bool = True) -> None:
+    """One training step as bench_model --regional times it (fused linear + cross-entropy head unless not
+    fused): the top kernels, then the GPU's idle gaps."""
+    from mamba_compile.ops import linear_cross_entropy
+
     torch.manual_seed(0)
     model = MambaLM(config_130m(arch), device="cuda").train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -63,10 +93,16 @@ def train(arch: str, out: str) -> None:
     for layer in model.backbone.layers:
         layer.compile(fullgraph=True)
 
+    def head_loss(hidden, ids):
+        if fused:
+            return linear_cross_entropy(hidden.flatten(0, 1), model.lm_head.weight, ids[:, 1:].flatten())
+        return F.cross_entropy(model.lm_head(hidden).flatten(0, 1).float(), ids[:, 1:].flatten())
+
+    head_loss = torch.compile(head_loss, fullgraph=True)
+
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model.lm_head(model.backbone(ids[:, :-1]))
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+            loss = head_loss(model.backbone(ids[:, :-1]), ids)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -79,7 +115,9 @@ def train(arch: str, out: str) -> None:
         step()
         torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() / 2**30
-    _table(prof, out, f"{arch} train step b8x2048 (regional compile), peak {peak:.2f} GiB", rows=45)
+    title = f"{arch} train step b8x2048 (regional compile, {'fused' if fused else 'plain'} CE head), peak {peak:.2f} GiB"
+    _table(prof, out, title, rows=45)
+    _gaps(prof, out, title)
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """A/B of a training step (bench_model.bench_train, regional compile), one process, variants in turn:
-"new" = the session-4 conv changes on (the 16-bit pair forward, channel-last blocks 128x16 fwd / 32x64 bwd),
-"old" = off (general forward, 64x32 channel-last blocks in both directions). Session 4 also A/B'd the
-selective-scan backward kernels this way (the old one is gone since).
+"new" = the current defaults; "scan-old" = the selective-scan forward as before session 6 (blocks (32, 8, 2), no
+L1 prefetch of B/C rows), "scan-bl8" / "scan-nopf" = only one of the two changes undone; "ce-torch" = linear_cross_entropy's torch passes on CUDA instead of its Triton kernel.
+(Session 4 A/B'd the conv blocks and the scan backward kernels this way.)
 
-    python -m benchmarks.probes.train_ab --out $OUT/train_ab.json [--arch mamba1 mamba2]
+    python -m benchmarks.probes.train_ab --out $OUT/train_ab.json [--arch mamba1 mamba2] [--mamba1 new scan-old ...]
 """
 
 from __future__ import annotations
@@ -14,34 +14,38 @@ import torch
 
 from benchmarks._common import write_results
 from benchmarks.bench_model import bench_train
-from mamba_compile.ops import causal_conv1d_triton as kernels
+from mamba_compile.ops import cross_entropy as ce
+from mamba_compile.ops import selective_scan_triton as scan
 
-NEW_BLOCKS = kernels._fwd_blocks
+NEW_FWD_BLOCKS = scan.fwd_block_sizes
 
 
-def _old_blocks(x, backward=False):
-    blocks = NEW_BLOCKS(x, backward)
-    return blocks if (x.stride(2) == 1 or x.stride(1) != 1) else (64, 32)
+def _set(variant: str) -> None:
+    # "scan-old": no prefetch and BLOCK_L 8; "scan-bl8": BLOCK_L 8 with the prefetch; "scan-nopf": the prefetch off
+    scan._FWD_PREFETCH = variant not in ("scan-old", "scan-nopf")
+    bl8 = variant in ("scan-old", "scan-bl8")
+    scan.fwd_block_sizes = (lambda dim, dstate, dpg: NEW_FWD_BLOCKS(dim, dstate, dpg)[:1] + (8, 2)) if bl8 \
+        else NEW_FWD_BLOCKS
+    ce._CUDA_KERNEL = variant != "ce-torch"
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out")
     p.add_argument("--arch", nargs="+", default=["mamba1", "mamba2"])
-    p.add_argument("--mamba1", nargs="+", default=["new", "old", "new", "old"])
-    p.add_argument("--mamba2", nargs="+", default=["new", "old", "new", "old"])
+    p.add_argument("--mamba1", nargs="+", default=["new", "scan-old", "ce-torch", "new"])
+    p.add_argument("--mamba2", nargs="+", default=["new", "ce-torch", "new"])
     args = p.parse_args()
     rows = []
     for arch in args.arch:
         for variant in getattr(args, arch):
-            old = variant == "old"
-            kernels._FWD_PAIRS = not old
-            kernels._fwd_blocks = _old_blocks if old else NEW_BLOCKS
+            _set(variant)
             r = bench_train(arch, regional=True)
-            rows.append(dict(arch=arch, variant=variant, ms=r["ms"], peak_gib=r["peak_gib"]))
+            rows.append(dict(arch=arch, variant=variant, ms=r["ms"], quartiles=r["step_ms_q1_q3"], peak_gib=r["peak_gib"]))
             print(rows[-1], flush=True)
             torch._dynamo.reset()
             torch.cuda.empty_cache()
+    _set("new")
     write_results(rows, args.out)
 
 

@@ -13,8 +13,10 @@ those gradients of the mean loss alongside it, and its backward only scales them
 gradient. The price: when no backward follows, the gradient matmuls are wasted, so they run only when
 ``hidden`` or ``weight`` requires grad.
 
-``mamba_compile::linear_cross_entropy`` is an opaque custom op (plain torch on every device: matmuls and
-a few elementwise passes per block), so a compiled training step calls it as one node. Under autocast the
+``mamba_compile::linear_cross_entropy`` is an opaque custom op, so a compiled training step calls it as one
+node: per block, a matmul for the logits, then on CUDA one Triton kernel (``cross_entropy_triton``) for the
+losses and the gradient, written over the logits, and elsewhere a few elementwise torch passes; then the two
+gradient matmuls. Under autocast the
 matmuls run in the autocast dtype with fp32 accumulation; d weight is accumulated over blocks in fp32.
 """
 
@@ -25,6 +27,7 @@ import torch
 from ._checks import FLOAT_DTYPES, check_same_device, check_tensor
 
 _BLOCK_ELEMENTS = 1 << 26  # fp32 logits of one block of rows: 256 MiB
+_CUDA_KERNEL = True  # CUDA blocks through cross_entropy_triton (False: the torch passes, as on CPU; for A/B runs)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -65,18 +68,30 @@ def _linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     dhidden = torch.empty_like(hidden) if compute_grad else hidden.new_empty(0)
     dweight = torch.zeros(weight.shape, device=weight.device, dtype=acc) if compute_grad else weight.new_empty(0)
     step = max(1, _BLOCK_ELEMENTS // max(vocab, 1))
+    # CUDA: one Triton kernel per block reads the logits in the matmul's dtype and writes the gradient over them
+    # (cross_entropy_triton); elsewhere (and for float64) the same in torch, on an fp32/fp64 copy.
+    fused = _CUDA_KERNEL and hidden.device.type == "cuda" and acc == torch.float32
+    if fused:
+        from .cross_entropy_triton import ce_rows
+
+        inv_count = (1.0 / count.clamp(min=1)).reshape(1)
     for start in range(0, rows, step):
         h = hidden[start : start + step].to(dtype)
         ok = valid[start : start + step]
-        target = torch.where(ok, labels[start : start + step], 0)[:, None]  # (r, 1)
-        logits = (h @ w.T).to(acc)  # (r, vocab)
-        lse = logits.logsumexp(-1)
-        total += ((lse - logits.gather(1, target).squeeze(1)) * ok).sum()
+        if fused:
+            grad = h @ w.T  # (r, vocab) logits, the gradient after ce_rows
+            total += ce_rows(grad, labels[start : start + step], inv_count, ignore_index, compute_grad).sum()
+        else:
+            target = torch.where(ok, labels[start : start + step], 0)[:, None]  # (r, 1)
+            logits = (h @ w.T).to(acc)  # (r, vocab)
+            lse = logits.logsumexp(-1)
+            total += ((lse - logits.gather(1, target).squeeze(1)) * ok).sum()
+            if compute_grad:
+                grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                grad.scatter_add_(1, target, -ok.to(acc)[:, None])  # - onehot on rows with a target
+                grad.mul_((ok / count.clamp(min=1))[:, None])  # rows without a target contribute nothing
+                grad = grad.to(dtype)
         if compute_grad:
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-            grad.scatter_add_(1, target, -ok.to(acc)[:, None])  # - onehot on rows with a target
-            grad.mul_((ok / count.clamp(min=1))[:, None])  # rows without a target contribute nothing
-            grad = grad.to(dtype)
             dhidden[start : start + step] = (grad @ w).to(hidden.dtype)
             dweight += (grad.T @ h).to(acc)
     return total / count, dhidden, dweight.to(weight.dtype)

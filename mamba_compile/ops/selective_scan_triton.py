@@ -134,9 +134,12 @@ def _sigmoid(x, FAST_MATH: tl.constexpr):
 @triton.jit
 def _prefetch_l1(ptrs):
     """Asks L1 for the lines at ptrs without waiting for them (PTX prefetch: no register receives the data, so
-    nothing stalls on it; CUDA only). Returns a dummy zero."""
+    nothing stalls on it; CUDA only). Returns zeros, which the caller must use (in an address, say): the asm is
+    declared pure, since torch's analysis of which kernel arguments are written gives up on impure inline asm and
+    then treats every argument as written (compiled graphs would copy them all), and a pure op whose result is
+    unused would be deleted."""
     return tl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                                     is_pure=False, pack=1)
+                                     is_pure=True, pack=1)
 
 
 @triton.jit
@@ -270,6 +273,7 @@ def _selective_scan_fwd_kernel(
         if SAVE_STATES and SEG_PASS != 1:
             if l0 % STATE_CHUNK == 0:
                 tl.store(states_base + (l0 // STATE_CHUNK) * dim * dstate, h, mask=mask_nd)
+        pf_zero = 0  # the prefetches' zero result, added to the next block's u offsets so they are kept
         if PREFETCH and FAST_MATH:
             # B/C rows of the block after next into L1, one address per row (clamped: the copies end ROWS_AHEAD
             # rows past the padded length). The row loads ROWS_AHEAD steps ahead then hit L1. Without this,
@@ -278,12 +282,14 @@ def _selective_scan_fwd_kernel(
             # stall samples in ncu (session 6).
             pf_rows = tl.minimum(l0 + 2 * BLOCK_L + offs_t, seqlen - 1)
             if B_VARYING:
-                _prefetch_l1(B_ptr + pid_b * s_B_b + ((pid_d * BLOCK_D) // B_dpg) * s_B_g + pf_rows * s_B_l)
+                pf_b = _prefetch_l1(B_ptr + pid_b * s_B_b + ((pid_d * BLOCK_D) // B_dpg) * s_B_g + pf_rows * s_B_l)
+                pf_zero += tl.max(pf_b, axis=0)
             if C_VARYING and SEG_PASS != 1:
-                _prefetch_l1(C_ptr + pid_b * s_C_b + ((pid_d * BLOCK_D) // C_dpg) * s_C_g + pf_rows * s_C_l)
+                pf_c = _prefetch_l1(C_ptr + pid_b * s_C_b + ((pid_d * BLOCK_D) // C_dpg) * s_C_g + pf_rows * s_C_l)
+                pf_zero += tl.max(pf_c, axis=0)
         u_raw, dl_raw = u_nxt, dl_nxt
         mask_nx = (offs_l + BLOCK_L < l_end)[:, None] & mask_d[None, :]
-        u_nxt = tl.load(u_blk + (l0 + BLOCK_L) * s_u_l, mask=mask_nx, other=0.0)
+        u_nxt = tl.load(u_blk + (l0 + BLOCK_L + pf_zero) * s_u_l, mask=mask_nx, other=0.0)
         dl_nxt = tl.load(dl_blk + (l0 + BLOCK_L) * s_dl_l, mask=mask_nx, other=0.0)
         if HAS_Z:
             z_raw = z_nxt

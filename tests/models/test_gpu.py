@@ -1,6 +1,8 @@
 """CUDA checks of the model (run by the lead on the GPU machine): the Triton paths against the CPU path,
 compiled generation with CUDA graphs against eager, a compiled bf16 training step."""
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,3 +85,34 @@ def test_compiled_bf16_training_step_matches_eager(name):
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
     for k, p in model.named_parameters():
         assert _rel(p.grad, want_grads[k].cpu()) < 5e-2, k
+
+
+@pytest.mark.parametrize("name", ["mamba1", "mamba2"])
+def test_cuda_kernels_pass_torch_mutation_analysis(name):
+    """Tracing a compiled training step and a compiled decode step analyses which arguments each Triton kernel
+    writes. When that analysis fails (impure inline asm, say), torch assumes every argument is written and the
+    compiled graph copies them all: silently slower. No kernel may fall back."""
+    model = _model(name).cuda().train()
+    ids = torch.randint(0, VOCAB, (2, 96), device="cuda")
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    analysis_log = logging.getLogger("torch._higher_order_ops.triton_kernel_wrap")
+    analysis_log.addHandler(handler)
+
+    def train_step(ids):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return model(ids, labels=ids).loss
+
+    try:
+        loss = torch.compile(train_step, fullgraph=True, backend="aot_eager")(ids)
+        loss.backward()
+        model.eval()
+        cache = model.allocate_cache(2, 128)
+        with torch.no_grad():
+            model(ids, cache=cache)
+            torch.compile(model.decode_step, fullgraph=True, backend="aot_eager")(ids[:, -1], cache)
+    finally:
+        analysis_log.removeHandler(handler)
+    fallbacks = [r.getMessage() for r in records if "assuming every input is mutated" in r.getMessage()]
+    assert not fallbacks, fallbacks

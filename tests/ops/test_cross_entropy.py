@@ -94,3 +94,60 @@ def test_bad_input(args, exc, name):
     h, w, labels = _inputs(8, 4, 10)
     with pytest.raises(exc, match=name):
         linear_cross_entropy(*args(h, w, labels))
+
+
+# The CUDA path's kernel (cross_entropy_triton.ce_rows; the Triton interpreter on CPU): per-row losses and the
+# gradient written over the logits, against float64 torch. Vocabularies below, at and above one 4096-wide tile.
+@pytest.mark.parametrize("vocab, dtype", [(37, torch.float32), (4096, torch.float32), (5003, torch.float32),
+                                          (777, torch.bfloat16)], ids=["v37", "v4096", "v5003-two-tiles", "v777-bf16"])
+@pytest.mark.parametrize("compute_grad", [True, False], ids=["grad", "loss-only"])
+def test_ce_rows_kernel_matches_float64(vocab, dtype, compute_grad):
+    from mamba_compile.ops.cross_entropy_triton import ce_rows
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(vocab)
+    rows = 6
+    logits = (3 * torch.randn(rows, vocab, generator=g, dtype=torch.float64)).to(dtype)
+    labels = torch.randint(0, vocab, (rows,), generator=g)
+    labels[2] = -100
+    labels[4] = vocab - 1  # the last column, in the last (partial) tile
+    ok = labels != -100
+    count = ok.sum()
+    x = logits.double()
+    lse = x.logsumexp(-1)
+    want_loss = torch.where(ok, lse - x.gather(1, labels.clamp(min=0)[:, None]).squeeze(1), 0.0)
+    want_grad = (x - lse[:, None]).exp()
+    want_grad[ok.nonzero().squeeze(1), labels[ok]] -= 1.0
+    want_grad *= (ok / count)[:, None]
+    work = logits.to(device)
+    inv_count = torch.tensor([1.0 / count.item()], device=device)
+    loss = ce_rows(work, labels.to(device), inv_count, -100, compute_grad)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(loss.cpu().double(), want_loss, rtol=1e-5, atol=1e-5)
+    if compute_grad:
+        torch.testing.assert_close(work.cpu().double(), want_grad, **tol)
+        assert (work[2] == 0).all()  # the ignored row
+    else:
+        assert torch.equal(work.cpu(), logits)  # untouched
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_cuda_matches_materialised_logits(monkeypatch, autocast):
+    """The CUDA path (Triton kernel per block of rows, several blocks) against F.cross_entropy in float64."""
+    vocab = 5003
+    monkeypatch.setattr(ce, "_BLOCK_ELEMENTS", 13 * vocab)
+    h, w, labels = _inputs(40, 32, vocab, dtype=torch.float32)
+    hc, wc = (t.detach().cuda().requires_grad_() for t in (h, w))
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        loss = linear_cross_entropy(hc, wc, labels.cuda())
+    dh, dw = torch.autograd.grad(loss, (hc, wc))
+    h64, w64 = (t.detach().double().requires_grad_() for t in (h, w))
+    if autocast:  # the reference sees the bf16-rounded operands the matmuls see
+        h64, w64 = (t.detach().bfloat16().double().requires_grad_() for t in (h, w))
+    want = F.cross_entropy(h64 @ w64.T, labels)
+    rh, rw = torch.autograd.grad(want, (h64, w64))
+    tol = dict(rtol=2e-2, atol=2e-3) if autocast else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss.double().cpu(), want.detach(), **tol)
+    torch.testing.assert_close(dh.double().cpu(), rh, **tol)
+    torch.testing.assert_close(dw.double().cpu(), rw, **tol)
