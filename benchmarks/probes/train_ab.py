@@ -1,6 +1,8 @@
 """A/B of a training step (bench_model.bench_train, regional compile), one process, variants in turn:
 "new" = the current defaults; "scan-old" = the selective-scan forward as before session 6 (blocks (32, 8, 2), no
-L1 prefetch of B/C rows), "scan-bl8" / "scan-nopf" = only one of the two changes undone; "ce-torch" = linear_cross_entropy's torch passes on CUDA instead of its Triton kernel.
+L1 prefetch of B/C rows), "scan-bl8" / "scan-nopf" = only one of the two changes undone; "ce-torch" = linear_cross_entropy's torch passes on CUDA instead of its Triton kernel; "proj-old" = Mamba-1's
+x_proj and dt_proj batched over (b, channels, l) (mixers.CHANNEL_MAJOR_PROJ off); "split-old" = Mamba-2's
+in-projection as one matmul (mixers.SPLIT_DT_PROJ off).
 (Session 4 A/B'd the conv blocks and the scan backward kernels this way.)
 
     python -m benchmarks.probes.train_ab --out $OUT/train_ab.json [--arch mamba1 mamba2] [--mamba1 new scan-old ...]
@@ -14,6 +16,7 @@ import torch
 
 from benchmarks._common import write_results
 from benchmarks.bench_model import bench_train
+from mamba_compile.models import mixers
 from mamba_compile.ops import cross_entropy as ce
 from mamba_compile.ops import selective_scan_triton as scan
 
@@ -27,6 +30,8 @@ def _set(variant: str) -> None:
     scan.fwd_block_sizes = (lambda dim, dstate, dpg: NEW_FWD_BLOCKS(dim, dstate, dpg)[:1] + (8, 2)) if bl8 \
         else NEW_FWD_BLOCKS
     ce._CUDA_KERNEL = variant != "ce-torch"
+    mixers.CHANNEL_MAJOR_PROJ = variant != "proj-old"
+    mixers.SPLIT_DT_PROJ = variant != "split-old"
 
 
 def main():

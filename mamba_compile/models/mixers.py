@@ -42,6 +42,10 @@ from ..ops.mamba1_decode import gate_scale
 # step is guarded on it. 130M decode step on an H100 (benchmarks/probes/decode_fused.py, CUDA-graph replay):
 # Mamba-1 b1 0.925 -> 0.521 ms, Mamba-2 b1 0.713 -> 0.490 ms.
 FUSED_DECODE = True
+# Mamba-1's x_proj and dt_proj as matmuls on (channels, batch * time) matrices (False: batched over (b, channels, l)).
+CHANNEL_MAJOR_PROJ = True
+# Mamba-2's sequence forward computes dt's columns of the in-projection as a second matmul (see Mamba2Mixer.forward).
+SPLIT_DT_PROJ = True
 # Above this batch the in-projection is cuBLAS + causal_conv1d_update instead of decode_in, whose GEMV grows
 # with the batch (H100, 130M: decode_in 3.0-3.6 us against cuBLAS 3.4 us + the conv update at b1, but 16.6
 # against 3.6 at b64); the fused state update is kept at every batch (b64: 7.6 us against 15.3 unfused).
@@ -117,8 +121,18 @@ class Mamba1Mixer(nn.Module):
         x, z = xz.unflatten(1, (b, l)).transpose(0, 1).chunk(2, dim=1)  # (b, d_inner, l) each
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
         x = _conv_silu(self.conv1d, x, None if cache is None else cache.conv_states[self.layer_idx])
-        dt, B, C = self._split_x_dbl(self.x_proj.weight @ x, dim=1)  # (b, dt_rank / d_state / d_state, l)
-        dt = self.dt_proj.weight @ dt  # (b, d_inner, l); the bias goes in the scan
+        if CHANNEL_MAJOR_PROJ:
+            # x_proj and dt_proj on (channels, b * l) matrices: x keeps xz's layout through the conv (channel, then
+            # batch, then time), so this is a view, and dt comes out (d_inner, b * l), time contiguous for the
+            # scan. Batched as (b, channels, l), Inductor computed dt_proj time-major and then transposed its
+            # (b, d_inner, l) result: a 50 MB copy per layer and step at the 130M training shape.
+            x_dbl = self.x_proj.weight @ x.transpose(0, 1).reshape(x.shape[1], b * l)  # (dt_rank + 2 d_state, b l)
+            dt, B, C = self._split_x_dbl(x_dbl.unflatten(1, (b, l)).transpose(0, 1), dim=1)  # (b, ., l) views
+            dt = self.dt_proj.weight @ dt.transpose(0, 1).flatten(1)  # (d_inner, b l)
+            dt = dt.unflatten(1, (b, l)).transpose(0, 1)  # (b, d_inner, l)
+        else:
+            dt, B, C = self._split_x_dbl(self.x_proj.weight @ x, dim=1)  # (b, dt_rank / d_state / d_state, l)
+            dt = self.dt_proj.weight @ dt  # (b, d_inner, l); the bias goes in the scan
         kwargs = dict(D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         if cache is None:
             y = selective_scan(x, dt, A, B, C, **kwargs)
@@ -226,7 +240,17 @@ class Mamba2Mixer(nn.Module):
     def forward(self, hidden_states: torch.Tensor, cache=None) -> torch.Tensor:
         # hidden_states: (b, l, d_model)
         b, l, _ = hidden_states.shape
-        z0, x0, z, xBC, dt = self._split_in_proj(self.in_proj(hidden_states))
+        if SPLIT_DT_PROJ:
+            # dt's nheads columns as a matmul of their own: the rest of the in-projection is then usually a multiple
+            # of 64 wide (3328 at 130M; 3352 with dt), a width Inductor does not pad. A padded row stride differs
+            # from the one the Triton kernels were traced with, so the compiled graph copied z and xBC (xBC once
+            # per argument it was passed as) before the kernels: about 0.4 GB a layer in the 130M training step.
+            w, bias = self.in_proj.weight, self.in_proj.bias
+            z0, x0, z, xBC = F.linear(hidden_states, w[: -self.nheads], None if bias is None else bias[: -self.nheads]
+                                      ).split([self.d_mlp, self.d_mlp, self.d_ssm, self.conv_dim], dim=-1)
+            dt = F.linear(hidden_states, w[-self.nheads :], None if bias is None else bias[-self.nheads :])
+        else:
+            z0, x0, z, xBC, dt = self._split_in_proj(self.in_proj(hidden_states))
         conv_state = None if cache is None else cache.conv_states[self.layer_idx]
         xBC = _conv_silu(self.conv1d, xBC.transpose(1, 2), conv_state)  # (b, conv_dim, l)
         x, B, C = xBC.transpose(1, 2).split([self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)

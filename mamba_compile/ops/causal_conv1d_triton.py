@@ -271,7 +271,7 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
         grid = (triton.cdiv(seqlen // 2, block_m), triton.cdiv(dim, block_d), batch)
         bias = bias.contiguous() if bias is not None else None
         launcher(_causal_conv1d_fwd_pairs_kernel, wrap)[grid](
-            x, weight, _or_dummy(bias, weight), out, final_states if return_final_states else x, seqlen, dim,
+            x, weight, _or_dummy(bias, weight), out, final_states if return_final_states else out, seqlen, dim,
             x.stride(0), x.stride(1), *weight.stride(), out.stride(0), out.stride(1),
             *_strides(final_states if return_final_states else None, 3),
             W=width, HAS_BIAS=bias is not None, HAS_FINAL=return_final_states, SILU=silu,
@@ -282,8 +282,11 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
     bd, bl = _fwd_blocks(x)
     block_d, block_l = block_d or bd, block_l or bl
     bias = bias.contiguous() if bias is not None else None  # the kernels index bias and the int32 vectors densely
-    seq, init = _or_dummy(seq_idx, x), _or_dummy(initial_states, x)
-    fin = final_states if return_final_states else x
+    # Absent tensors are stood in for by weight (read) or out (written), never by x: under torch.compile each
+    # argument that needs a copy (x with a stride the kernel was not traced with, say) is copied once per time
+    # it is passed.
+    seq, init = _or_dummy(seq_idx, weight), _or_dummy(initial_states, weight)
+    fin = final_states if return_final_states else out
     grid = (triton.cdiv(seqlen, block_l), triton.cdiv(dim, block_d), batch)
     launcher(_causal_conv1d_fwd_kernel, wrap)[grid](
         x, weight, _or_dummy(bias, weight), seq, init, out, fin, seqlen, dim,
@@ -425,7 +428,7 @@ def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_sta
     dw_part = torch.empty(batch * n_l, dim, width, device=x.device, dtype=torch.float32)
     db_part = torch.empty(batch * n_l, dim, device=x.device, dtype=torch.float32)
     launcher(_causal_conv1d_bwd_dy_kernel, wrap)[grid](
-        x, weight, _or_dummy(bias, weight), _or_dummy(seq_idx, x), _or_dummy(initial_states, x), dout,
+        x, weight, _or_dummy(bias, weight), _or_dummy(seq_idx, weight), _or_dummy(initial_states, weight), dout,
         dy, dw_part, db_part, seqlen, dim,
         *x.stride(), *weight.stride(), *_strides(seq_idx, 2), *_strides(initial_states, 3), *dout.stride(),
         *dy.stride(), W=width, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
@@ -434,8 +437,8 @@ def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_sta
     dx = torch.empty_like(x)
     dinit = torch.empty_like(initial_states) if initial_states is not None else x.new_empty(0)
     launcher(_causal_conv1d_bwd_dx_kernel, wrap)[grid](
-        weight, _or_dummy(seq_idx, x), dy, _or_dummy(dfinal_states, x), dx,
-        dinit if initial_states is not None else x, seqlen, dim,
+        weight, _or_dummy(seq_idx, weight), dy, _or_dummy(dfinal_states, weight), dx,
+        dinit if initial_states is not None else dx, seqlen, dim,
         *weight.stride(), *_strides(seq_idx, 2), *_strides(dfinal_states, 3), *dx.stride(),
         *_strides(dinit if initial_states is not None else None, 3), *dy.stride(),
         W=width, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
@@ -547,8 +550,8 @@ def causal_conv1d_update(x, conv_state, weight, bias, silu: bool, cache_seqlens,
     block_d = 64
     grid = (batch, triton.cdiv(dim, block_d))
     launcher(_causal_conv1d_update_kernel, wrap)[grid](
-        x, conv_state, weight, _or_dummy(bias, weight), _or_dummy(cache_seqlens, x),
-        _or_dummy(conv_state_indices, x), out, seqlen, dim, state_len, cache_batch,
+        x, conv_state, weight, _or_dummy(bias, weight), _or_dummy(cache_seqlens, weight),
+        _or_dummy(conv_state_indices, weight), out, seqlen, dim, state_len, cache_batch,
         *x.stride(), *conv_state.stride(), *weight.stride(), *out.stride(),
         W=width, HAS_BIAS=bias is not None, SILU=silu, CIRCULAR=cache_seqlens is not None,
         HAS_INDICES=conv_state_indices is not None, BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s,
