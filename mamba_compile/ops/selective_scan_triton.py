@@ -419,7 +419,7 @@ def _selective_scan_bwd_kernel(
     batch, dim, seqlen, dstate, B_dpg, C_dpg, ngroups_B, ngroups_C,
     s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
-    s_D, s_z_b, s_z_d, s_z_l, s_bias, s_do_b, s_do_d, s_do_l, s_dls_b, s_dls_d, s_dls_n,
+    s_D, s_z_b, s_z_d, s_z_l, s_bias, s_do_b, s_do_d, s_do_l, s_dls_b, s_dls_d, s_dls_n, s_o_b, s_o_d,
     DELTA_SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     B_VARYING: tl.constexpr, C_VARYING: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, NPART: tl.constexpr, FAST_MATH: tl.constexpr,
@@ -489,14 +489,14 @@ def _selective_scan_bwd_kernel(
     # tensor stays below 2^31 elements): a [BLOCK_D, BLOCK_L] tile of 64-bit pointers kept for the loads
     # after the loop over states would cost twice the registers.
     u_row, dl_row, do_row, z_row = u_ptr + pid_b * s_u_b, delta_ptr + pid_b * s_dl_b, dout_ptr + pid_b * s_do_b, z_ptr + pid_b * s_z_b
-    out_row = pid_b * dim * seqlen  # du, ddelta, dz: contiguous
+    out_row = pid_b * s_o_b  # du, ddelta, dz: one layout, time contiguous (strides s_o_b, s_o_d, 1)
     for i in range(nblocks):
         blk = nblocks - 1 - i
         l0 = blk * BLOCK_L
         offs_l = l0 + offs_t
         mask_l = offs_l < seqlen
         mask_dl = mask_d[:, None] & mask_l[None, :]
-        out_offs = offs_d[:, None] * seqlen + offs_l[None, :]
+        out_offs = offs_d[:, None] * s_o_d + offs_l[None, :]
         rd_base = gseed_ptr + (i % 2) * seed_stride + dn_off
         wr_base = gseed_ptr + ((i + 1) % 2) * seed_stride + dn_off
         keep_part = i > 0  # the first tile writes the partial sums, later ones add to them
@@ -761,6 +761,15 @@ def selective_scan_fwd(
     return out, last_state, chunk_states
 
 
+def _gradients_in_u_layout(u: Tensor, delta: Tensor, z: Tensor | None) -> bool:
+    """True when u, delta (and z) share the channel-major layout, strides (l, b l, 1) (contiguous inputs get
+    contiguous gradients either way)."""
+    batch, dim, seqlen = u.shape
+    same = delta.stride() == u.stride() and (z is None or z.stride() == u.stride())
+    channel_major = u.stride() == (seqlen, batch * seqlen, 1)
+    return same and channel_major
+
+
 def _bc_args(M: Tensor, dim: int):
     """Backward's view of B or C, as given: (varying, channels per group, ngroups,
     strides (b, group-or-channel, n, l))."""
@@ -793,8 +802,13 @@ def selective_scan_bwd(
     torch._check(chunk_states.shape[1] == nchunks + 1, lambda: "chunk_states do not match the kernel's chunk size")
     B_arg, C_arg = _bc_args(B, dim), _bc_args(C, dim)
     f32 = dict(device=u.device, dtype=torch.float32)
-    du, ddelta = torch.empty(u.shape, device=u.device, dtype=u.dtype), torch.empty(u.shape, device=u.device, dtype=delta.dtype)
-    dz = torch.empty(u.shape, device=u.device, dtype=z.dtype) if z is not None else du
+    # du, ddelta and dz in u's layout when delta and z share it (the Mamba-1 mixer's channel-major projections give
+    # (b, d, l) tensors with strides (l, b l, 1)): the gradients then reach the projections' matmuls without a
+    # transpose copy. Otherwise contiguous.
+    strides = u.stride() if _gradients_in_u_layout(u, delta, z) else (dim * seqlen, seqlen, 1)
+    du = torch.empty_strided(u.shape, strides, device=u.device, dtype=u.dtype)
+    ddelta = torch.empty_strided(u.shape, strides, device=u.device, dtype=delta.dtype)
+    dz = torch.empty_strided(u.shape, strides, device=u.device, dtype=z.dtype) if z is not None else du
     # Per-channel sums over time (dA, time-invariant dB/dC) come as NPART per-lane partials (see the kernel):
     # (batch, dim, dstate, NPART + 1), the last column unused.
     NPART = max(1, BLOCK_L // 8)
@@ -820,6 +834,7 @@ def selective_scan_bwd(
         batch, dim, seqlen, dstate, B_arg[1], C_arg[1], B_arg[2], C_arg[2],
         *u.stride(), *delta.stride(), *A.stride(), *B_arg[3], *C_arg[3],
         *_strides1(D), *_strides3(z), *_strides1(delta_bias), *dout.stride(), *dlast_state.stride(),
+        strides[0], strides[1],
         DELTA_SOFTPLUS=delta_softplus, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         B_VARYING=B_arg[0], C_VARYING=C_arg[0],
         BLOCK_D=BLOCK_D, BLOCK_N=block_n(dstate), BLOCK_L=BLOCK_L, NPART=NPART, FAST_MATH=u.device.type == "cuda",

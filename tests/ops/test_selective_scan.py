@@ -517,3 +517,40 @@ def test_cuda_compile_fullgraph_dynamic_one_frame():
 @pytest.mark.inductor
 def test_cuda_compile_inductor():
     assert _compiled_matches_eager("inductor", (320, 1024, 2048), device="cuda", tol=1e-4) == 1
+
+
+def test_bad_input_beyond_32bit_offsets_on_cuda_is_refused():
+    """A channel-major u whose batch row spans 2**31 elements would overflow the kernels' 32-bit offsets: the
+    check (run on meta tensors, as on CUDA ones: it depends only on sizes and strides) refuses it by name."""
+    batch, dim, seqlen = 4096, 1024, 1024  # (dim - 1) * batch * seqlen: 4.3e9
+    u = torch.empty_strided((batch, dim, seqlen), (seqlen, batch * seqlen, 1), device="meta", dtype=torch.bfloat16)
+    A = torch.empty(dim, 16, device="meta")
+    B = torch.empty(batch, 16, seqlen, device="meta", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="u with strides"):
+        ss_module._check_args(u, u, A, B, B, None, None, None, None)
+    small = torch.empty_strided((2, dim, seqlen), (seqlen, 2 * seqlen, 1), device="meta", dtype=torch.bfloat16)
+    ss_module._check_args(small, small, A, B[:2], B[:2], None, None, None, None)  # 2**21 elements: accepted
+
+
+@pytest.mark.gpu
+def test_cuda_channel_major_gradients_keep_the_layout():
+    """With u, delta and z channel-major (as the Mamba-1 mixer passes them), du, ddelta and dz come back in that
+    layout, and equal the gradients of contiguous inputs."""
+    inputs = make_inputs(2, 64, 300, 16, act_dtype=torch.bfloat16, device="cuda")
+    go = torch.randn(2, 64, 300, device="cuda", dtype=torch.bfloat16)
+    grads = {}
+    for layout in ("contiguous", "channel-major"):
+        leaves = {k: (v.detach().clone() if v is not None else None) for k, v in inputs.items()}
+        for k in ("u", "delta", "z"):
+            t = leaves[k]
+            if layout == "channel-major":
+                t = t.transpose(0, 1).contiguous().transpose(0, 1)  # strides (l, b l, 1)
+            leaves[k] = t.requires_grad_()
+        out = selective_scan(**{k: leaves[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")},
+                             delta_softplus=True)
+        g = torch.autograd.grad(out, [leaves[k] for k in ("u", "delta", "z")], go)
+        if layout == "channel-major":
+            assert all(t.stride() == (300, 600, 1) for t in g)
+        grads[layout] = g
+    for a, b in zip(grads["contiguous"], grads["channel-major"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
