@@ -16,8 +16,8 @@ gradient. The price: when no backward follows, the gradient matmuls are wasted, 
 ``mamba_compile::linear_cross_entropy`` is an opaque custom op, so a compiled training step calls it as one
 node: per block, a matmul for the logits, then on CUDA one Triton kernel (``cross_entropy_triton``) for the
 losses and the gradient, written over the logits, and elsewhere a few elementwise torch passes; then the two
-gradient matmuls. Under autocast the
-matmuls run in the autocast dtype with fp32 accumulation; d weight is accumulated over blocks in fp32.
+gradient matmuls. Under autocast the matmuls run in the autocast dtype with fp32 accumulation; d weight is
+accumulated over blocks in fp32.
 """
 
 from __future__ import annotations
@@ -77,11 +77,11 @@ def _linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
         inv_count = (1.0 / count.clamp(min=1)).reshape(1)
     for start in range(0, rows, step):
         h = hidden[start : start + step].to(dtype)
-        ok = valid[start : start + step]
         if fused:
             grad = h @ w.T  # (r, vocab) logits, the gradient after ce_rows
             total += ce_rows(grad, labels[start : start + step], inv_count, ignore_index, compute_grad).sum()
         else:
+            ok = valid[start : start + step]
             target = torch.where(ok, labels[start : start + step], 0)[:, None]  # (r, 1)
             logits = (h @ w.T).to(acc)  # (r, vocab)
             lse = logits.logsumexp(-1)

@@ -19,13 +19,13 @@ from ._triton import launcher, tl, triton
 
 @triton.jit
 def _ce_rows_kernel(
-    logits_ptr, labels_ptr, inv_count_ptr, loss_ptr, vocab, s_row, ignore_index,
+    logits_ptr, labels_ptr, inv_count_ptr, loss_ptr, vocab, s_row, s_label, ignore_index,
     COMPUTE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0)
     base = logits_ptr + row.to(tl.int64) * s_row
     offs = tl.arange(0, BLOCK_V)
-    label = tl.load(labels_ptr + row)
+    label = tl.load(labels_ptr + row * s_label)
     ok = label != ignore_index
     target = tl.where(ok, label, 0)
     # Running max m and sum s of exp(x - m), rescaled when m grows.
@@ -51,7 +51,8 @@ def _ce_rows_kernel(
 
 def ce_rows(logits: torch.Tensor, labels: torch.Tensor, inv_count: torch.Tensor, ignore_index: int,
             compute_grad: bool, *, wrap: bool = False) -> torch.Tensor:
-    """Per-row losses (fp32, 0 for ignored rows) of a (rows, vocab) logits block whose rows are contiguous;
+    """Per-row losses (fp32, 0 for ignored rows) of a (rows, vocab) logits block whose rows are contiguous
+    (labels: (rows,) int64, any stride);
     with ``compute_grad`` the logits are overwritten by the gradient of the mean loss (inv_count = 1 / the
     number of valid labels over all blocks, a one-element fp32 tensor)."""
     rows, vocab = logits.shape
@@ -60,7 +61,7 @@ def ce_rows(logits: torch.Tensor, labels: torch.Tensor, inv_count: torch.Tensor,
         return loss
     block_v = min(4096, triton.next_power_of_2(vocab))
     launcher(_ce_rows_kernel, wrap)[(rows,)](
-        logits, labels, inv_count, loss, vocab, logits.stride(0), ignore_index,
+        logits, labels, inv_count, loss, vocab, logits.stride(0), labels.stride(0), ignore_index,
         COMPUTE_GRAD=compute_grad, BLOCK_V=block_v, num_warps=8 if block_v >= 2048 else 4,
     )  # fmt: skip
     return loss

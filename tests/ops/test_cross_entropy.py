@@ -97,7 +97,8 @@ def test_bad_input(args, exc, name):
 
 
 # The CUDA path's kernel (cross_entropy_triton.ce_rows; the Triton interpreter on CPU): per-row losses and the
-# gradient written over the logits, against float64 torch. Vocabularies below, at and above one 4096-wide tile.
+# gradient written over the logits, against float64 torch. Vocabularies below, at and above one 4096-wide tile;
+# labels with a stride.
 @pytest.mark.parametrize("vocab, dtype", [(37, torch.float32), (4096, torch.float32), (5003, torch.float32),
                                           (777, torch.bfloat16)], ids=["v37", "v4096", "v5003-two-tiles", "v777-bf16"])
 @pytest.mark.parametrize("compute_grad", [True, False], ids=["grad", "loss-only"])
@@ -121,7 +122,8 @@ def test_ce_rows_kernel_matches_float64(vocab, dtype, compute_grad):
     want_grad *= (ok / count)[:, None]
     work = logits.to(device)
     inv_count = torch.tensor([1.0 / count.item()], device=device)
-    loss = ce_rows(work, labels.to(device), inv_count, -100, compute_grad)
+    strided_labels = torch.stack([labels, labels], dim=1).to(device)[:, 0]  # stride 2
+    loss = ce_rows(work, strided_labels, inv_count, -100, compute_grad)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-3)
     torch.testing.assert_close(loss.cpu().double(), want_loss, rtol=1e-5, atol=1e-5)
     if compute_grad:
