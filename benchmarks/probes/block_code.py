@@ -26,7 +26,6 @@ def main() -> None:
         path = os.path.join(args.out, f"block_code_{arch}.py")
         handler = logging.FileHandler(path, mode="w")
         torch._logging.set_logs(output_code=True)
-        log = logging.getLogger("torch._inductor.codecache")
         for name in ("torch._inductor.codecache", "torch._inductor.graph", "torch._inductor.output_code"):
             logging.getLogger(name).addHandler(handler)
         torch.manual_seed(0)
@@ -43,7 +42,6 @@ def main() -> None:
             logging.getLogger(name).removeHandler(handler)
         handler.close()
         print(arch, os.path.getsize(path), "bytes", flush=True)
-        del log
 
 
 if __name__ == "__main__":

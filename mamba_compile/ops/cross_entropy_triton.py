@@ -29,8 +29,8 @@ def _ce_rows_kernel(
     ok = label != ignore_index
     target = tl.where(ok, label, 0)
     # Running max m and sum s of exp(x - m), rescaled when m grows.
-    m = tl.max(tl.full([BLOCK_V], float("-inf"), tl.float32), axis=0)
-    s = tl.sum(tl.zeros([BLOCK_V], tl.float32), axis=0)
+    m = tl.full([], float("-inf"), tl.float32)
+    s = tl.zeros([], tl.float32)
     for v0 in range(0, vocab, BLOCK_V):
         x = tl.load(base + v0 + offs, mask=v0 + offs < vocab, other=float("-inf")).to(tl.float32)
         m_new = tl.maximum(m, tl.max(x, axis=0))
