@@ -19,7 +19,7 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-from mamba_compile.models import MambaConfig, MambaLM
+from mamba_compile.models import GraphedTrainStep, MambaConfig, MambaLM
 from mamba_compile.ops import linear_cross_entropy
 
 from ._common import floor_ms, nbytes, write_results
@@ -47,10 +47,14 @@ def _cuda_ms(fn, iters: int) -> list[float]:
 
 
 def bench_train(arch: str, batch: int = 8, seqlen: int = 2048, iters: int = 30, regional: bool = False,
-                fused: bool = True) -> dict:
+                fused: bool = True, graph: bool = False) -> dict:
     torch.manual_seed(0)
     model = MambaLM(config_130m(arch), device="cuda").train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    if graph:  # a capturable step; the lr a tensor, as a schedule would need
+        opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-4, device="cuda"), fused=True,
+                                capturable=True)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     ids = torch.randint(0, model.config.vocab_size, (batch, seqlen + 1), device="cuda")
 
     def head_loss(hidden, ids):
@@ -77,24 +81,34 @@ def bench_train(arch: str, batch: int = 8, seqlen: int = 2048, iters: int = 30, 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    if graph:  # two eager steps, then the step captured once and replayed (GraphedTrainStep)
+        graphed = GraphedTrainStep(compiled, opt, warmup=2)
+
+        def step():
+            graphed(ids)
+
     t = time.perf_counter()
     step()
     torch.cuda.synchronize()
     compile_s = time.perf_counter() - t
-    for _ in range(2):
-        step()
+    step()
+    # The peak of an eager step, or (graph) of the capture, whose allocations the replays reuse: a replay
+    # allocates nothing, so a peak taken over replays alone would leave out the activations.
     torch.cuda.reset_peak_memory_stats()
+    step()
     # 10 steps moved by up to 10 ms between runs of the same code (session 4): 30, with the quartiles
     times = _cuda_ms(step, iters)
     ms = statistics.median(times)
     q1, _, q3 = statistics.quantiles(times, n=4)
     peak = torch.cuda.max_memory_allocated() / 2**30
+    reserved = torch.cuda.max_memory_reserved() / 2**30
     ref_ms, ref_tps, ref_gib = REF_TRAIN[arch]
     tps = batch * seqlen / (ms * 1e-3)
-    how = ("regional compile" if regional else "whole-model compile") + (", fused linear+CE" if fused else "")
+    how = (("regional compile" if regional else "whole-model compile") + (", fused linear+CE" if fused else "")
+           + (", one CUDA graph per step (GraphedTrainStep)" if graph else ""))
     return dict(model=arch, case=f"train b{batch}x{seqlen} bf16 autocast AdamW, {how}", ms=ms, ref_ms=ref_ms,
                 speedup=ref_ms / ms, tok_per_s=tps, ref_tok_per_s=ref_tps, peak_gib=peak, ref_peak_gib=ref_gib,
-                compile_s=compile_s, step_ms_q1_q3=f"{q1:.1f}-{q3:.1f}")
+                reserved_gib=reserved, compile_s=compile_s, step_ms_q1_q3=f"{q1:.1f}-{q3:.1f}")
 
 
 def bench_generate(arch: str, batch: int, prompt: int = 100, new: int = 100, iters: int = 5, model=None,
@@ -192,10 +206,14 @@ def main(argv=None) -> None:
                    help="generation cases as batch:state-dtype (each compiles in 2-3 minutes)")
     p.add_argument("--regional", action="store_true",
                    help="training: compile each block instead of the whole model (much shorter compile)")
+    p.add_argument("--train-graph", nargs="+", default=["off"], choices=["off", "on"],
+                   help="training: without and/or with the step replayed from one CUDA graph (GraphedTrainStep)")
     args = p.parse_args(argv)
     cases = []  # (name, shared model key or None, fn): consecutive generate cases of one arch share its model
     if not args.cpu and "train" in args.cases:
-        cases += [(f"{arch} train", None, lambda a=arch: bench_train(a, regional=args.regional)) for arch in args.arch]
+        cases += [(f"{arch} train{' graph' if g == 'on' else ''}", None,
+                   lambda a=arch, g=g: bench_train(a, regional=args.regional, graph=g == "on"))
+                  for arch in args.arch for g in args.train_graph]
     for arch in args.arch:
         if args.cpu:
             kw = dict(batch=1, iters=3, size="130m") if args.cpu_size == "130m" else {}

@@ -80,7 +80,8 @@ def impls():
 
 
 def time_impl(fn, shape):
-    """Median ms of the forward (no grad) and of forward+backward, bf16 inputs as in REFERENCE_TIMINGS.md."""
+    """Median ms of the forward (no grad) and of forward+backward, bf16 inputs as in REFERENCE_TIMINGS.md:
+    (fwd eager, fwd+bwd eager, fwd CUDA graph, fwd+bwd CUDA graph)."""
     batch, seqlen, nheads, headdim, ngroups, dstate, chunk_size = shape
     t = make_inputs(batch, seqlen, nheads, headdim, ngroups, dstate)
     tg = make_inputs(batch, seqlen, nheads, headdim, ngroups, dstate, requires_grad=True)
@@ -94,7 +95,7 @@ def time_impl(fn, shape):
             v.grad = None
         call(fn, tg, chunk_size).backward(dout)
 
-    return fwd, bench_ms(step), fwd_graph
+    return fwd, bench_ms(step), fwd_graph, graph_ms(step)
 
 
 
@@ -163,11 +164,12 @@ def main() -> None:
         for name, fn in fns.items():
             res[name] = time_impl(fn, shape)
             print(f"{name} {shape}: fwd {res[name][0]:.3f} ms (CUDA graph {res[name][2]:.3f}), "
-                  f"fwd+bwd {res[name][1]:.3f} ms", flush=True)
+                  f"fwd+bwd {res[name][1]:.3f} ms (CUDA graph {res[name][3]:.3f})", flush=True)
         b, l, h, p, g, n, cs = shape
         label = f"b{b} l{l} h{h} p{p} g{g} n{n} chunk{cs}"
         for case, i, floor_case, recorded in (("fwd", 0, floor, ref_fwd), ("fwd+bwd", 1, 3 * floor, ref_fb),
-                                              ("fwd, CUDA graph", 2, floor, ref_fwd)):
+                                              ("fwd, CUDA graph", 2, floor, ref_fwd),
+                                              ("fwd+bwd, CUDA graph", 3, 3 * floor, ref_fb)):
             ours = res["ours"][i]
             ref = res["reference"][i] if "reference" in res else float("nan")
             rows.append(dict(shape=label, case=case, ms=ours, floor_ms=floor_case, ratio_to_floor=ours / floor_case,

@@ -179,25 +179,33 @@ def backward_kernels(kt, x, dt, A, B, C, D, z, bias, dtp, dA_cs):
     """Each launch function of the backward, timed alone on realistic tensors."""
     dout = torch.randn_like(x)
     prev, final = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, wrap=False)
-    dy, dz, dD, da = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, None, wrap=False)
+    dy, dz, dD = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, None, wrap=False)
+    out_x = torch.randn_like(x)  # stands in for a kept pre-gate output (timing only)
     dprev = kt.chunk_state_fwd(dy, C, dtp, dA_cs, None, from_start=True, wrap=False)
     dend, dinit, dchunk = kt.state_passing_bwd(dprev, dA_cs, prev, None, None, x.shape[1], False, wrap=False)
+    dcb = kt.chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, B.shape[2], None, wrap=False)
     ddt = torch.randn_like(dtp)
     parts = {
-        "bwd_dz": lambda ns: kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, None, wrap=False),
+        "bwd_dz (z, y recomputed)": lambda ns: kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, None,
+                                                                    wrap=False),
+        "gate_bwd (z, kept pre-gate output)": lambda ns: kt.gate_bwd(dout, x, z, out_x, D, wrap=False),
+        "gate_bwd (no z: dD only)": lambda ns: kt.gate_bwd(dout, x, None, None, D, wrap=False),
         "state_passing_fwd fp32 (bwd recompute)": lambda ns: kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None,
                                                                                          wrap=False),
         "chunk_state from_start (dprev)": lambda ns: kt.chunk_state_fwd(dy, C, dtp, dA_cs, None, from_start=True,
                                                                         wrap=False),
         "state_passing_bwd": lambda ns: kt.state_passing_bwd(dprev, dA_cs, prev, None, None, x.shape[1], False,
                                                              wrap=False),
-        "bwd_dx": lambda ns: kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, None, num_stages=ns, wrap=False),
-        "bwd_dB": lambda ns: kt.chunk_scan_bwd_dB(x, B, C, dtp, dA_cs, dy, dend, None, num_stages=ns, wrap=False),
-        "bwd_dC": lambda ns: kt.chunk_scan_bwd_dC(x, B, C, dtp, dA_cs, dy, prev, None, num_stages=ns, wrap=False),
+        "bwd_dx": lambda ns: kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, None, num_stages=ns,
+                                                  wrap=False),
+        "bwd_dcb": lambda ns: kt.chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, B.shape[2], None, wrap=False),
+        "bwd_dB": lambda ns: kt.chunk_scan_bwd_dB(x, B, C, dcb, dtp, dA_cs, dy, dend, None, num_stages=ns, wrap=False),
+        "bwd_dC (+ dy . y_state)": lambda ns: kt.chunk_scan_bwd_dC(x, B, C, dcb, dtp, dA_cs, dy, prev, None,
+                                                                   num_stages=ns, wrap=False),
         "cumsum_bwd": lambda ns: kt.chunk_cumsum_bwd(dt, bias, ddt, True, 0.0, ssd._OPEN_BOUND, False, wrap=False),
     }
     for name, f in parts.items():
-        stages = (1, 2) if name in ("bwd_dx", "bwd_dB", "bwd_dC") else (2,)
+        stages = (1, 2) if name.startswith(("bwd_dx", "bwd_dB", "bwd_dC")) else (2,)
         print(f"bwd kernel {name}: " + ", ".join(f"stages {ns} {bench_ms(lambda: f(ns)):.4f} ms" for ns in stages))
 
 

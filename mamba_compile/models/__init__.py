@@ -5,6 +5,7 @@ from .config import MambaConfig
 from .generation import GenerateOutput, sample
 from .model import LMOutput, MambaLM
 from .tokenizer import ByteTokenizer, load_tokenizer
+from .training import GraphedTrainStep
 
-__all__ = ["ByteTokenizer", "GenerateOutput", "InferenceCache", "LMOutput", "MambaConfig", "MambaLM",
+__all__ = ["ByteTokenizer", "GenerateOutput", "GraphedTrainStep", "InferenceCache", "LMOutput", "MambaConfig", "MambaLM",
            "load_tokenizer", "sample"]

@@ -145,7 +145,8 @@ def first_argmax(logits: torch.Tensor, n: int, groups: int = 40) -> torch.Tensor
 
 def _check_input_ids(input_ids, config: MambaConfig, cache: InferenceCache | None, ndim: int, seqlen: int):
     """Static checks always; the range checks read tensor values (a device sync), so they run only
-    outside compiled regions: a compiled caller validates before (generate() does)."""
+    outside compiled regions and CUDA-graph captures: a compiled caller validates before (generate() does);
+    in a replayed graph the embedding's own device-side bounds check stops an id outside the vocabulary."""
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
     if input_ids.dtype not in (torch.int64, torch.int32):
@@ -156,6 +157,8 @@ def _check_input_ids(input_ids, config: MambaConfig, cache: InferenceCache | Non
     if cache is not None and input_ids.shape[0] > cache.max_batch:
         raise ValueError(f"input_ids has batch {input_ids.shape[0]} but the cache holds max_batch {cache.max_batch}")
     if torch.compiler.is_compiling() or input_ids.numel() == 0:
+        return
+    if input_ids.is_cuda and torch.cuda.is_current_stream_capturing():
         return
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or hi >= config.vocab_size:

@@ -27,7 +27,10 @@ def _ce_rows_kernel(
     offs = tl.arange(0, BLOCK_V)
     label = tl.load(labels_ptr + row * s_label)
     ok = label != ignore_index
-    target = tl.where(ok, label, 0)
+    # A label outside the vocabulary (which only an unchecked call can pass: a replayed CUDA graph) makes the
+    # row's loss and gradient NaN instead of reading past the row.
+    bad = ok & ((label < 0) | (label >= vocab))
+    target = tl.where(ok & ~bad, label, 0)
     # Running max m and sum s of exp(x - m), rescaled when m grows.
     m = tl.full([], float("-inf"), tl.float32)
     s = tl.zeros([], tl.float32)
@@ -38,9 +41,9 @@ def _ce_rows_kernel(
         m = m_new
     lse = m + tl.log(s)
     x_target = tl.load(base + target).to(tl.float32)
-    tl.store(loss_ptr + row, tl.where(ok, lse - x_target, 0.0))
+    tl.store(loss_ptr + row, tl.where(bad, float("nan"), tl.where(ok, lse - x_target, 0.0)))
     if COMPUTE_GRAD:
-        scale = tl.where(ok, tl.load(inv_count_ptr), 0.0)
+        scale = tl.where(bad, float("nan"), tl.where(ok, tl.load(inv_count_ptr), 0.0))
         for v0 in range(0, vocab, BLOCK_V):
             cols = v0 + offs
             mask = cols < vocab

@@ -430,7 +430,7 @@ def _fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_i
 
 
 def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
-                cu_seqlens, dt_softplus, dt_min, dt_max, wrap: bool):
+                cu_seqlens, dt_softplus, dt_min, dt_max, wrap: bool, out_x=None):
     """Explicit backward (Triton kernels and a little vectorised torch in the chunked layout, which traces
     without guards on seqlen). Every decay exp(a_t - a_s) joins a later index t (an output, or a returned
     state) to an earlier s (an input, or the initial state); dL/d(dt_k A) sums those pair terms over the
@@ -442,27 +442,34 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
     dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, has_limit,
                                      wrap=wrap)
     prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, wrap=wrap)
-    # dy = dout * silu(z) (rounded to dout's dtype, and used so everywhere), dz, dD, and dy_t . y_t's part from
-    # the state entering the chunk (the pairs whose earlier index lies before the chunk).
-    dy, dz, dD, da = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, seq_idx, wrap=wrap)
+    # dy = dout * silu(z) (rounded to dout's dtype, and used so everywhere), dz and dD: elementwise from the
+    # forward's pre-gate output when it was kept, else with y recomputed; without z, only dD's sums.
+    if z is not None and out_x is None:
+        dy, dz, dD = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, seq_idx, wrap=wrap)
+    else:
+        dy, dz, dD = kt.gate_bwd(dout, x, z, out_x, D, wrap=wrap)
     # Gradient reaching the state that enters each chunk from the outputs of that chunk.
     dprev = kt.chunk_state_fwd(dy, C, dtp, dA_cs, seq_idx, from_start=True, wrap=wrap)
-    ddt_direct = torch.zeros_like(da)
-    dx_extra = dB_extra = None
+    ddt_direct = torch.zeros_like(dA_cs)
+    dx_extra = dB_extra = da_v = None
     if dvarlen is not None and cu_seqlens is not None:
         dx_extra, dB_extra, ddt_v, da_v, dprev_v = _varlen_states_bwd(
             dvarlen.float(), x, dtp, dA_cs, B, prev, cu_seqlens)
         ddt_direct = ddt_direct + ddt_v
-        da = da + da_v
         dprev = dprev + dprev_v
     dend, dinit, dchunk = kt.state_passing_bwd(dprev, dA_cs, prev, dfinal, seq_idx, seqlen,
                                                initial_states is not None, wrap=wrap)
     dx, ddt_x, col, colstate, row = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx,
                                                          dx_extra=dx_extra, wrap=wrap)
-    dB = kt.chunk_scan_bwd_dB(x, B, C, dtp, dA_cs, dy, dend, seq_idx, wrap=wrap)
-    dC = kt.chunk_scan_bwd_dC(x, B, C, dtp, dA_cs, dy, prev, seq_idx, wrap=wrap)
+    # dL/d(C_t . B_s), the group's heads summed once, then dB and dC from it and the chunk-boundary states;
+    # dC's kernel also gives dy_t . y_state_t (the pairs whose earlier index lies before the chunk).
+    dcb = kt.chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, B.shape[2], seq_idx, wrap=wrap)
+    dB = kt.chunk_scan_bwd_dB(x, B, C, dcb, dtp, dA_cs, dy, dend, seq_idx, wrap=wrap)
+    dC, da = kt.chunk_scan_bwd_dC(x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, wrap=wrap)
     if dB_extra is not None:
         dB = (dB.float() + dB_extra).to(B.dtype)
+    if da_v is not None:
+        da = da + da_v
     # dL/d(dt_k A) = the sum of the decay-weighted pair terms whose span (s, t] holds k. Per chunk, with k in it:
     # pairs inside the chunk (row minus column sums of one tile, reverse cumsum), pairs from before the chunk
     # to t >= k (reverse cumsum of da), pairs from s < k to after the chunk (cumsum of colstate, exclusive),

@@ -116,3 +116,47 @@ def test_cuda_kernels_pass_torch_mutation_analysis(name):
         analysis_log.removeHandler(handler)
     fallbacks = [r.getMessage() for r in records if "assuming every input is mutated" in r.getMessage()]
     assert not fallbacks, fallbacks
+
+
+@pytest.mark.parametrize("name", ["mamba1", "mamba2"])
+def test_graphed_train_step_equals_eager_steps(name):
+    """Five AdamW steps on different batches: the CUDA-graph replays (after two eager warm-up steps) give the
+    eager steps' losses and parameters; an in-place lr change reaches the replays; a float hyperparameter
+    changed after the capture, or a batch of another shape, raises."""
+    from mamba_compile.models import GraphedTrainStep
+
+    models = [_model(name).cuda().train() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [torch.optim.AdamW(m.parameters(), lr=torch.tensor(1e-3, device="cuda"), weight_decay=0.1, fused=True,
+                              capturable=True) for m in models]
+
+    def make_loss(model):
+        def loss_fn(ids):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return model(ids, labels=ids).loss
+        return loss_fn
+
+    regional = make_loss(models[1])
+    for layer in models[1].backbone.layers:
+        layer.compile(fullgraph=True)
+    graphed = GraphedTrainStep(regional, opts[1], warmup=2)
+    eager = make_loss(models[0])
+    batches = [torch.randint(0, VOCAB, (2, 128), device="cuda") for _ in range(6)]
+    for i, ids in enumerate(batches):
+        if i == 4:
+            for opt in opts:
+                opt.param_groups[0]["lr"].fill_(3e-3)
+        opts[0].zero_grad(set_to_none=True)
+        want = eager(ids)
+        want.backward()
+        opts[0].step()
+        got = graphed(ids)
+        torch.testing.assert_close(got, want.detach(), rtol=2e-2, atol=2e-2)
+    assert graphed.graph is not None
+    for (k, p), q in zip(models[0].named_parameters(), models[1].parameters()):
+        assert _rel(q, p.detach().cpu()) < 2e-2, k
+    with pytest.raises(ValueError, match="input 0 has shape"):
+        graphed(batches[0][:, :64])
+    opts[1].param_groups[0]["weight_decay"] = 0.2
+    with pytest.raises(ValueError, match="'weight_decay' changed from 0.1 to 0.2"):
+        graphed(batches[0])

@@ -248,3 +248,17 @@ def test_bf16_weights_and_autocast_close_to_fp32(name):
     scale = want.abs().max()
     assert (got.float() - want).abs().max() / scale < 5e-2
     assert (autocast.float() - want).abs().max() / scale < 5e-2
+
+
+def test_graphed_train_step_rejects_what_it_cannot_capture():
+    from mamba_compile.models import GraphedTrainStep
+
+    model = MambaLM(mamba1())
+    with pytest.raises(ValueError, match=r"capturable=False.*capturable=True"):
+        GraphedTrainStep(lambda ids: model(ids).logits.sum(), torch.optim.AdamW(model.parameters()))
+    with pytest.raises(ValueError, match="not CUDA"):
+        GraphedTrainStep(lambda ids: model(ids).logits.sum(), torch.optim.AdamW(model.parameters(), capturable=True))
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        GraphedTrainStep(None, torch.optim.AdamW(model.parameters(), capturable=True))
+    with pytest.raises(ValueError, match="warmup must be an int >= 1"):
+        GraphedTrainStep(lambda ids: ids, torch.optim.SGD(model.parameters(), lr=0.1), warmup=0)

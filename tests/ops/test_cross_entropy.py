@@ -133,6 +133,21 @@ def test_ce_rows_kernel_matches_float64(vocab, dtype, compute_grad):
         assert torch.equal(work.cpu(), logits)  # untouched
 
 
+def test_ce_rows_kernel_out_of_range_label_gives_nan_not_a_stray_read():
+    """What only an unchecked call (a replayed CUDA graph) can pass: a label outside the vocabulary makes its row's
+    loss and gradient NaN; the other rows are untouched by it."""
+    from mamba_compile.ops.cross_entropy_triton import ce_rows
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(3)).to(device)
+    want = ce_rows(logits.clone(), torch.tensor([1, 2, 3, 4], device=device), torch.tensor([0.25], device=device),
+                   -100, True)
+    work = logits.clone()
+    loss = ce_rows(work, torch.tensor([1, 50, 3, -7], device=device), torch.tensor([0.25], device=device), -100, True)
+    assert loss[[1, 3]].isnan().all() and work[[1, 3]].isnan().all()
+    torch.testing.assert_close(loss[[0, 2]], want[[0, 2]])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 def test_cuda_matches_materialised_logits(monkeypatch, autocast):

@@ -359,6 +359,21 @@ def test_triton_kernels_match_oracle(opts, kw, varlen, monkeypatch):
 
 
 @needs_triton
+@pytest.mark.parametrize("nseq, z", [(0, True), (4, False)], ids=["one-sequence-z", "seq_idx-noz"])
+def test_triton_kernels_match_oracle_several_tiles_per_chunk(nseq, z, monkeypatch):
+    """16-wide row tiles in 32-long chunks: C B^T and its gradient span several tiles per chunk, so the tiles
+    below the diagonal, read transposed by dx and dB, and the triangle of tiles each row walks, are exercised
+    (the other interpreter tests have one tile per chunk)."""
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
+    monkeypatch.setattr(importlib.import_module("mamba_compile.ops.ssd_triton"), "BLOCK_T_MAX", 16)
+    # 75 = 2 chunks of 32 + 11 (a partial last tile); 4 heads in 2 groups.
+    inputs = make_inputs(1, 75, 4, 8, 2, 12, nseq=nseq, z=z, seed=13)
+    inputs["cu_seqlens"] = None
+    check_against_oracle(_triton_fn, inputs, 1e-4, chunk_size=32, dt_softplus=True)
+
+
+@needs_triton
 def test_first_call_finds_the_pipelines_launches():
     """The first eager CUDA call compiles ahead the kernels _recorded_launches finds by running the pipelines on
     meta tensors: the forward's four, and with the backward its kernels too, nothing launched."""
@@ -479,6 +494,8 @@ GPU_CASES = [
                  3e-2, 256, id="bf16-l700-chunk256"),
     pytest.param(dict(batch=1, seqlen=777, nheads=4, headdim=32, ngroups=2, dstate=64), dict(D="hp", z=False),
                  torch.bfloat16, 3e-2, 64, id="bf16-D2d-noz-chunk64"),
+    pytest.param(dict(batch=2, seqlen=600, nheads=8, headdim=64, ngroups=2, dstate=128), dict(z=False),
+                 torch.bfloat16, 3e-2, 256, id="bf16-noz-chunk256"),  # as a Mamba-2 block calls it
     pytest.param(dict(batch=1, seqlen=600, nheads=4, headdim=64, ngroups=1, dstate=64), dict(nseq=7),
                  torch.bfloat16, 3e-2, 128, id="bf16-packed-varlen"),
     pytest.param(dict(batch=1, seqlen=600, nheads=4, headdim=64, ngroups=1, dstate=64), dict(nseq=7),
@@ -489,6 +506,7 @@ GPU_CASES = [
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape, opts, act_dtype, tol, chunk_size", GPU_CASES)
 def test_cuda_matches_oracle(shape, opts, act_dtype, tol, chunk_size):
+
     inputs = make_inputs(**shape, **opts, act_dtype=act_dtype, seed=11)
     varlen = bool(opts.get("nseq"))
     kw = dict(chunk_size=chunk_size, dt_softplus=True)

@@ -1,0 +1,55 @@
+"""The SSD backward on the GPU: each launch function timed alone on realistic tensors (both benchmark shapes),
+the op's fwd+bwd replayed from a CUDA graph, and its gradients against the float32 torch path.
+
+    python3 -m benchmarks.probes.ssd_bwd
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from benchmarks._common import bench_ms, graph_ms
+from benchmarks.bench_ssd import make_inputs
+from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, args_of, backward_kernels, rel_err
+
+ssd = importlib.import_module("mamba_compile.ops.ssd")
+
+
+def main() -> None:
+    from mamba_compile.ops import ssd_triton as kt
+
+    for name, shape in SHAPES.items():
+        print(f"\n## {name}", flush=True)
+        t = make_inputs(*shape)
+        x, dt, A, B, C = args_of(t)[:5]
+        D, z, bias = t["D"], t["z"], t["dt_bias"]
+        dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, bias, CHUNK, True, 0.0, ssd._OPEN_BOUND, False, wrap=False)
+        backward_kernels(kt, x, dt, A, B, C, D, z, bias, dtp, dA_cs)
+        tg = make_inputs(*shape, requires_grad=True)
+        dout = torch.randn_like(tg["x"])
+
+        def step(with_z=True):
+            for v in tg.values():
+                v.grad = None
+            ssd.ssd_chunk_scan(tg["x"], tg["dt"], tg["A"], tg["B"], tg["C"], CHUNK, D=tg["D"],
+                               z=tg["z"] if with_z else None, dt_bias=tg["dt_bias"], dt_softplus=True).backward(dout)
+
+        for with_z in (True, False):
+            print(f"op fwd+bwd, {'z' if with_z else 'no z (a Mamba-2 block)'}: eager {bench_ms(lambda: step(with_z)):.4f} "
+                  f"ms, CUDA graph {graph_ms(lambda: step(with_z)):.4f} ms", flush=True)
+        step()
+        got = {k: v.grad.clone() for k, v in tg.items()}
+        leaves = {k: v.detach().float().requires_grad_() for k, v in tg.items()}
+        o = ssd._ssd_torch(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], CHUNK, leaves["D"],
+                           leaves["z"], leaves["dt_bias"], None, None, None, True, 0.0, ssd._OPEN_BOUND)[0]
+        o.backward(dout.float())
+        print("grad rel err (max abs err / max abs) vs the float32 torch path: "
+              + ", ".join(f"{k} {rel_err(got[k], leaves[k].grad):.1e}" for k in got), flush=True)
+        del t, tg, leaves, o
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
