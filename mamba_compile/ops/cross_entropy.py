@@ -37,8 +37,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     device = hidden.device.type
     matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
     compute_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    capturing = labels.is_cuda and torch.cuda.is_current_stream_capturing()
-    if not torch.compiler.is_compiling() and not capturing and labels.numel():  # a device sync: eager only
+    # The range check reads the labels (a device sync): eager only, and not while a CUDA graph is captured.
+    if not torch.compiler.is_compiling() and labels.numel() and not (
+            labels.is_cuda and torch.cuda.is_current_stream_capturing()):
         bad = (labels != ignore_index) & ((labels < 0) | (labels >= weight.shape[0]))
         if bool(bad.any()):
             raise ValueError(f"labels must lie in [0, vocab={weight.shape[0]}) or equal ignore_index={ignore_index}")

@@ -86,9 +86,13 @@ def ssd_chunk_scan(
         dt_limit = (0.0, float("inf"))
     dt_min, dt_max = _dt_limit_args(dt_limit)
     _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens)
-    out, final_states, varlen_states = torch.ops.mamba_compile.ssd_chunk_scan_fwd(
+    # With a gate and a backward to come, the CUDA forward keeps y + D x (one more write of out's size), which
+    # spares the backward recomputing y for dz.
+    keep_pre_gate = z is not None and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, dt_bias, initial_states))
+    out, final_states, varlen_states, _ = torch.ops.mamba_compile.ssd_chunk_scan_fwd(
         x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
-        dt_softplus, dt_min, dt_max,
+        dt_softplus, dt_min, dt_max, keep_pre_gate,
     )
     if not return_varlen_states:
         return (out, final_states) if return_final_states else out
@@ -411,7 +415,9 @@ def _grad_like(*inputs):
 
 
 def _fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus,
-                dt_min, dt_max, wrap: bool):
+                dt_min, dt_max, wrap: bool, keep_pre_gate: bool = False):
+    """(out, final_states, varlen_states, pre_gate): pre_gate is y + D x when keep_pre_gate and z is given (the
+    backward's dz then needs no recompute of y), else empty."""
     from . import ssd_triton as kt
 
     dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max,
@@ -422,11 +428,12 @@ def _fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_i
     prev, final_states = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx,
                                                     prev_dtype=prev_dtype, wrap=wrap)
     cb = kt.bmm_cb_fwd(C, B, chunk_size, wrap=wrap)  # once per group, not per head
-    out = kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, cb=cb, wrap=wrap)
+    pre_gate = torch.empty_like(x) if keep_pre_gate and z is not None else None
+    out = kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, cb=cb, pre_gate=pre_gate, wrap=wrap)
     varlen = _empty(final_states)
     if cu_seqlens is not None:
         varlen = _varlen_states(x, dtp, dA_cs, B, prev, cu_seqlens)
-    return out, final_states, varlen
+    return out, final_states, varlen, pre_gate if pre_gate is not None else _empty(x)
 
 
 def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
@@ -548,11 +555,13 @@ def _recorded_launches(args, with_backward: bool) -> tuple[list, list]:
 
     meta = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
             if isinstance(t, torch.Tensor) else t for t in args]
-    fwd = kt.record_launches(_fwd_triton, *meta, wrap=False)
+    *fwd_args, keep_pre_gate = meta
+    fwd = kt.record_launches(_fwd_triton, *fwd_args, wrap=False, keep_pre_gate=keep_pre_gate)
     bwd = []
     if with_backward:
         dout = torch.empty(meta[0].shape, dtype=meta[0].dtype, device="meta")
-        bwd = kt.record_launches(_bwd_triton, dout, None, None, *meta, wrap=False)
+        pre_gate = dout if keep_pre_gate and meta[7] is not None else None
+        bwd = kt.record_launches(_bwd_triton, dout, None, None, *fwd_args, wrap=False, out_x=pre_gate)
     return fwd, bwd
 
 
@@ -590,18 +599,20 @@ def ssd_chunk_scan_fwd(
     x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int,
     D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None,
     initial_states: torch.Tensor | None, seq_idx: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
-    dt_softplus: bool, dt_min: float, dt_max: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out, final_states, varlen_states); varlen_states is empty without cu_seqlens."""
+    dt_softplus: bool, dt_min: float, dt_max: float, keep_pre_gate: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, final_states, varlen_states, pre_gate); varlen_states is empty without cu_seqlens, pre_gate (y + D x,
+    saved for the backward) empty unless keep_pre_gate, z is given and the device is CUDA."""
     _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens)
+    keep_pre_gate = keep_pre_gate and z is not None
     _check_dt_bounds(dt_min, dt_max)
     args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus,
             dt_min, dt_max)
     if x.device.type == "cuda":
         if _is_eager(x):
-            _compile_ahead(args)
-        return tuple(_fwd_triton(*args, wrap=True))
-    return torch.ops.mamba_compile._ssd_chunk_scan_cpu(*args)
+            _compile_ahead(args + (keep_pre_gate,))
+        return tuple(_fwd_triton(*args, wrap=True, keep_pre_gate=keep_pre_gate))
+    return (*torch.ops.mamba_compile._ssd_chunk_scan_cpu(*args), _empty(x))  # the CPU backward recomputes
 
 
 @triton_op("mamba_compile::ssd_chunk_scan_bwd", mutates_args=())
@@ -610,42 +621,50 @@ def ssd_chunk_scan_bwd(
     x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int,
     D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None,
     initial_states: torch.Tensor | None, seq_idx: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
-    dt_softplus: bool, dt_min: float, dt_max: float,
+    dt_softplus: bool, dt_min: float, dt_max: float, pre_gate: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """[dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states]; empty tensors for absent inputs."""
+    """[dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states]; empty tensors for absent inputs. pre_gate: the
+    forward's kept y + D x (CUDA, with z), or None to recompute y."""
     _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens)
     _check_dt_bounds(dt_min, dt_max)
+    if pre_gate is not None and (z is None or pre_gate.shape != x.shape):
+        raise ValueError(f"pre_gate must be None without z, else of x's shape {tuple(x.shape)}; got "
+                         f"{tuple(pre_gate.shape)}" + (" with z None" if z is None else ""))
     args = (dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
             cu_seqlens, dt_softplus, dt_min, dt_max)
     if x.device.type == "cuda":
         if _is_eager(x):
             from . import ssd_triton as kt
 
-            kt.wait(_bwd_compiles.pop(_config_key(args[3:]), []))
-        return _bwd_triton(*args, wrap=True)
+            kt.wait(_bwd_compiles.pop(_config_key(args[3:] + (pre_gate is not None,)), []))
+        return _bwd_triton(*args, wrap=True, out_x=pre_gate)
     return torch.ops.mamba_compile._ssd_chunk_scan_bwd_cpu(*args)
 
 
 def _setup_context(ctx, inputs, output):
     (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus, dt_min,
-     dt_max) = inputs
-    ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens)
+     dt_max, keep_pre_gate) = inputs
+    pre_gate = output[3]
+    ctx.mark_non_differentiable(pre_gate)
+    ctx.has_pre_gate = keep_pre_gate and z is not None and x.device.type == "cuda"
+    ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
+                          pre_gate if ctx.has_pre_gate else None)
     ctx.chunk_size, ctx.dt_softplus, ctx.dt_min, ctx.dt_max = chunk_size, dt_softplus, dt_min, dt_max
 
 
-def _backward(ctx, dout, dfinal, dvarlen):
-    x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens = ctx.saved_tensors
+def _backward(ctx, dout, dfinal, dvarlen, _dpre_gate):
+    x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, pre_gate = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(x)
     if dvarlen is not None and cu_seqlens is None:
         dvarlen = None
     grads = torch.ops.mamba_compile.ssd_chunk_scan_bwd(
         dout, dfinal, dvarlen, x, dt, A, B, C, ctx.chunk_size, D, z, dt_bias, initial_states, seq_idx,
-        cu_seqlens, ctx.dt_softplus, ctx.dt_min, ctx.dt_max)
+        cu_seqlens, ctx.dt_softplus, ctx.dt_min, ctx.dt_max, pre_gate)
     dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = grads
     present = lambda g, t: g if t is not None else None  # noqa: E731
     return (dx, ddt, dA, dB, dC, None, present(dD, D), present(dz, z), present(ddt_bias, dt_bias),
-            present(dinit, initial_states), None, None, None, None, None)
+            present(dinit, initial_states), None, None, None, None, None, None)
 
 
 ssd_chunk_scan_fwd.register_autograd(_backward, setup_context=_setup_context)

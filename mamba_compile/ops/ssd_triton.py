@@ -551,7 +551,7 @@ def _chunk_scan_y(
 
 @triton.jit
 def _chunk_scan_fwd_kernel(
-    x_ptr, b_ptr, c_ptr, cb_ptr, dtp_ptr, dacs_ptr, seq_ptr, prev_ptr, d_ptr, z_ptr, out_ptr,
+    x_ptr, b_ptr, c_ptr, cb_ptr, dtp_ptr, dacs_ptr, seq_ptr, prev_ptr, d_ptr, z_ptr, out_ptr, pre_ptr,
     seqlen, headdim, dstate, heads_per_group,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_b_b, s_b_l, s_b_g, s_b_n,
@@ -564,9 +564,10 @@ def _chunk_scan_fwd_kernel(
     s_z_b, s_z_l, s_z_h, s_z_p,
     s_o_b, s_o_l, s_o_h, s_o_p,
     CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_CB: tl.constexpr, HAS_D: tl.constexpr,
-    HAS_Z: tl.constexpr, IEEE: tl.constexpr,
+    HAS_Z: tl.constexpr, KEEP_PRE: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    """out = (y + D x) silu(z); with KEEP_PRE, also y + D x (out's strides) for the backward's dz."""
     pid_bc, pid_h, pid_t = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     nchunks = tl.cdiv(seqlen, CHUNK)
     pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
@@ -593,12 +594,14 @@ def _chunk_scan_fwd_kernel(
         x_t = tl.load(x_ptr + offs_t[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=mask, other=0.0)
         d = tl.load(d_ptr + pid_h * s_d_h + offs_p * s_d_p, mask=offs_p < headdim, other=0.0).to(tl.float32)
         acc += x_t.to(tl.float32) * d[None, :]
+    rows = pid_b * s_o_b + (start + offs_t[:, None]) * s_o_l + pid_h * s_o_h + offs_p[None, :] * s_o_p
     if HAS_Z:
+        if KEEP_PRE:
+            tl.store(pre_ptr + rows, acc, mask=mask)
         z = tl.load(z_ptr + pid_b * s_z_b + (start + offs_t[:, None]) * s_z_l + pid_h * s_z_h + offs_p[None, :] * s_z_p,
                     mask=mask, other=0.0).to(tl.float32)
         acc = acc * z * tl.sigmoid(z)
-    out_ptr += pid_b * s_o_b + start * s_o_l + pid_h * s_o_h
-    tl.store(out_ptr + offs_t[:, None] * s_o_l + offs_p[None, :] * s_o_p, acc, mask=mask)
+    tl.store(out_ptr + rows, acc, mask=mask)
 
 
 BLOCK_T_MAX = 64  # row tiles of the chunk-scan kernels (and C B^T's tiles); the interpreter tests use 16
@@ -619,29 +622,35 @@ def _d_strides(D):
 SCAN_FWD_CONFIG = dict(block_t=64, block_s=32, num_warps=4, num_stages=2)
 
 
-def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, cb=None, config=None, wrap):
-    """out = (y + D x) silu(z). cb: bmm_cb_fwd's C B^T, or None to compute it per tile; config: tile sizes and
-    launch options (SCAN_FWD_CONFIG's keys), the default from the shape."""
+def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, cb=None, pre_gate=None, config=None, wrap):
+    """out = (y + D x) silu(z). cb: bmm_cb_fwd's C B^T, or None to compute it per tile; pre_gate: a tensor like
+    out to receive y + D x (with z only), or None; config: tile sizes and launch options (SCAN_FWD_CONFIG's
+    keys), the default from the shape."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
     cfg = {**SCAN_FWD_CONFIG, **(config or {})}
     block_t, block_s = min(cfg["block_t"], chunk_size), min(cfg["block_s"], chunk_size)
     out = torch.empty_like(x)
+    if pre_gate is not None and (pre_gate.shape != out.shape or pre_gate.stride() != out.stride()):
+        raise ValueError(f"pre_gate must have out's shape {tuple(out.shape)} and strides {out.stride()}, got "
+                         f"{tuple(pre_gate.shape)} and {pre_gate.stride()}")
     q = seq_idx if seq_idx is not None else dtp
     zz = z if z is not None else x
     c5 = cb if cb is not None else prev  # any 5-d tensor: never read without HAS_CB
     grid = (batch * nchunks, nheads, triton.cdiv(chunk_size, block_t))
     _launch(_chunk_scan_fwd_kernel, wrap)[grid](
         x, B, C, c5, dtp, dA_cs, q, prev, D if D is not None else dtp, zz, out,
+        pre_gate if pre_gate is not None else out,
         seqlen, headdim, dstate, nheads // ngroups,
         *x.stride(), *B.stride(), *C.stride(), *c5.stride()[:3], *(cb.stride()[3:] if cb is not None else (0, 0)),
         *dtp.stride(),
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
         *prev.stride(), *_d_strides(D), *zz.stride(), *out.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_CB=cb is not None, HAS_D=D is not None,
-        HAS_Z=z is not None, IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_P=_pow2(headdim),
-        BLOCK_N=_pow2(dstate), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        HAS_Z=z is not None, KEEP_PRE=pre_gate is not None and z is not None, IEEE=_ieee(x, B, C), BLOCK_T=block_t,
+        BLOCK_S=block_s, BLOCK_P=_pow2(headdim), BLOCK_N=_pow2(dstate), num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return out
 
@@ -793,6 +802,7 @@ def gate_bwd(dout, x, z, out_x, D, *, block_l=64, wrap):
         return dout, None, None
     nrows = batch * seqlen
     nblocks = triton.cdiv(nrows, block_l)
+    z = z.contiguous() if z is not None else None  # dz is written with z's strides
     dy = torch.empty_like(dout) if z is not None else dout
     dz = torch.empty_like(z) if z is not None else None
     dd = torch.empty(nblocks, nheads, headdim, device=x.device, dtype=torch.float32)

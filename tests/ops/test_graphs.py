@@ -141,7 +141,7 @@ class GraphModule(torch.nn.Module):
         l_z_ = L_z_
         l_dt_bias_ = L_dt_bias_
 
-        ssd_chunk_scan_fwd = torch.ops.mamba_compile.ssd_chunk_scan_fwd(l_x_, l_dt_, l_a_, l_b_, l_c_, 16, l_d_, l_z_, l_dt_bias_, None, None, None, True, 0.0, 3.4028234663852886e+38);  l_x_ = l_dt_ = l_a_ = l_b_ = l_c_ = l_d_ = l_z_ = l_dt_bias_ = None
+        ssd_chunk_scan_fwd = torch.ops.mamba_compile.ssd_chunk_scan_fwd(l_x_, l_dt_, l_a_, l_b_, l_c_, 16, l_d_, l_z_, l_dt_bias_, None, None, None, True, 0.0, 3.4028234663852886e+38, False);  l_x_ = l_dt_ = l_a_ = l_b_ = l_c_ = l_d_ = l_z_ = l_dt_bias_ = None
         out: "f32[1, 20, 2, 4]" = ssd_chunk_scan_fwd[0]
         final_states: "f32[1, 2, 4, 8]" = ssd_chunk_scan_fwd[1];  ssd_chunk_scan_fwd = None
         return (out, final_states)

@@ -183,7 +183,8 @@ def test_opcheck(opts, kw):
         if v is not None and v.is_floating_point():
             v.requires_grad_()
     args = (t["x"], t["dt"], t["A"], t["B"], t["C"], 16, t["D"], t["z"], t["dt_bias"], t["initial_states"],
-            t["seq_idx"], t["cu_seqlens"], kw.get("dt_softplus", False), 0.0, kw.get("dt_max", ssd_module._OPEN_BOUND))
+            t["seq_idx"], t["cu_seqlens"], kw.get("dt_softplus", False), 0.0, kw.get("dt_max", ssd_module._OPEN_BOUND),
+            t["z"] is not None)
     torch.library.opcheck(torch.ops.mamba_compile.ssd_chunk_scan_fwd.default, args)
 
 
@@ -298,30 +299,33 @@ def test_autocast_bf16_cpu():
 # ---------------------------------------------------------------------------------------------------
 
 
-def _triton_fn(inputs, varlen=False, chunk_size=16, dt_softplus=False, dt_limit=(0.0, math.inf)):
+def _triton_fn(inputs, varlen=False, chunk_size=16, dt_softplus=False, dt_limit=(0.0, math.inf), keep_pre_gate=True):
     t = inputs
     cu = t["cu_seqlens"] if varlen else None
     args = (t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size, t["D"], t["z"], t["dt_bias"], t["initial_states"],
             t["seq_idx"], cu, dt_softplus, *ssd_module._dt_limit_args(dt_limit))
-    return _TritonScan.apply(args, *(t[k] for k in GRAD_NAMES))[: 3 if varlen else 2]
+    return _TritonScan.apply(args, keep_pre_gate, *(t[k] for k in GRAD_NAMES))[: 3 if varlen else 2]
 
 
 class _TritonScan(torch.autograd.Function):
-    """Test-only glue: drives the Triton forward and backward pipelines (wrap=False) like the op does."""
+    """Test-only glue: drives the Triton forward and backward pipelines (wrap=False) like the op does (with z, the
+    backward's dz from the kept pre-gate output, or with y recomputed when keep_pre_gate is False)."""
 
     @staticmethod
-    def forward(ctx, args, *tensors):
+    def forward(ctx, args, keep_pre_gate, *tensors):
         ctx.args = args
-        out, final, vs = ssd_module._fwd_triton(*args, wrap=False)
+        out, final, vs, pre_gate = ssd_module._fwd_triton(*args, wrap=False, keep_pre_gate=keep_pre_gate)
+        ctx.pre_gate = pre_gate if pre_gate.numel() else None
+        assert (ctx.pre_gate is not None) == (keep_pre_gate and args[7] is not None)
         return out, final, vs
 
     @staticmethod
     def backward(ctx, dout, dfinal, dvarlen):
         a = ctx.args
         dv = dvarlen if a[11] is not None else None
-        grads = ssd_module._bwd_triton(dout, dfinal, dv, *a, wrap=False)
+        grads = ssd_module._bwd_triton(dout, dfinal, dv, *a, wrap=False, out_x=ctx.pre_gate)
         present = [a[i] for i in (0, 1, 2, 3, 4, 6, 7, 8, 9)]
-        return (None, *[g if t is not None else None for g, t in zip(grads, present)])
+        return (None, None, *[g if t is not None else None for g, t in zip(grads, present)])
 
 
 needs_triton = pytest.mark.skipif(not importlib.util.find_spec("triton"), reason="needs triton")
@@ -331,6 +335,7 @@ KERNEL_CASES = [
                  id="D2d-noz-limit"),
     pytest.param(dict(nseq=3), dict(dt_softplus=True), True, id="packed-varlen"),
     pytest.param(dict(strided=True), dict(dt_softplus=True), False, id="strided"),
+    pytest.param(dict(), dict(dt_softplus=True, keep_pre_gate=False), False, id="z-y-recomputed"),
     pytest.param(dict(nosplit=True, init=False), dict(dt_softplus=True), False, id="dB-dC-heads-unsplit"),
     pytest.param(dict(batch=2, nheads=4, ngroups=2, nseq=3), dict(dt_softplus=True), False, id="seq_idx-b2-g2"),
     # 16-bit: the forward keeps the chunk states in C's dtype (fp16: the interpreter's bf16 dots are unreliable)
@@ -344,8 +349,10 @@ def test_triton_kernels_match_oracle(opts, kw, varlen, monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
     # 35 = 2 chunks of 16 + 3; 3 heads in 1 group; headdim 8 / dstate 12 exercise the masks of 16-wide tiles.
-    opts = dict(opts)
-    fn = (lambda i, **k: _triton_fn(_strided(i), **k)) if opts.pop("strided", False) else _triton_fn
+    opts, kw = dict(opts), dict(kw)
+    keep = kw.pop("keep_pre_gate", True)
+    fn = (lambda i, **k: _triton_fn(_strided(i), **k, keep_pre_gate=keep)) if opts.pop("strided", False) else (
+        lambda i, **k: _triton_fn(i, **k, keep_pre_gate=keep))
     if opts.pop("nosplit", False):  # dB and dC written by one program per group (the large-batch layout)
         monkeypatch.setattr(importlib.import_module("mamba_compile.ops.ssd_triton"), "_TARGET_PROGRAMS", 1)
     batch, nheads, ngroups = opts.pop("batch", 1), opts.pop("nheads", 3), opts.pop("ngroups", 1)
@@ -379,12 +386,16 @@ def test_first_call_finds_the_pipelines_launches():
     meta tensors: the forward's four, and with the backward its kernels too, nothing launched."""
     t = make_inputs(1, 70, 4, 16, 2, 16)
     args = (t["x"], t["dt"], t["A"], t["B"], t["C"], 32, t["D"], t["z"], t["dt_bias"], t["initial_states"], None,
-            None, True, 0.0, ssd_module._OPEN_BOUND)
+            None, True, 0.0, ssd_module._OPEN_BOUND, True)
     fwd, bwd = ssd_module._recorded_launches(args, with_backward=True)
     names = lambda jobs: [job[0].fn.__name__ for job in jobs]  # noqa: E731
     assert names(fwd) == ["_chunk_cumsum_fwd_kernel", "_chunk_state_passing_fwd_kernel", "_bmm_cb_kernel",
                           "_chunk_scan_fwd_kernel"]
     assert "_chunk_scan_bwd_dx_kernel" in names(bwd) and "_chunk_cumsum_bwd_kernel" in names(bwd)
+    # the kept pre-gate output: dz from the elementwise kernel; without it, y is recomputed
+    assert "_gate_bwd_kernel" in names(bwd) and "_chunk_scan_bwd_dz_kernel" not in names(bwd)
+    recompute = ssd_module._recorded_launches(args[:-1] + (False,), with_backward=True)[1]
+    assert "_chunk_scan_bwd_dz_kernel" in names(recompute) and "_gate_bwd_kernel" not in names(recompute)
     assert all(a.device.type == "meta" for job in fwd + bwd for a in job[2] if isinstance(a, torch.Tensor))
     assert ssd_module._recorded_launches(args, with_backward=False)[1] == []
 
