@@ -119,45 +119,61 @@ def test_cuda_kernels_pass_torch_mutation_analysis(name):
     assert not fallbacks, fallbacks
 
 
+def _compiled_pair(name):
+    """Two copies of a model with their blocks compiled (regional compile), and a loss of each."""
+    models = [_model(name).cuda().train() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    for model in models:
+        for layer in model.backbone.layers:
+            layer.compile(fullgraph=True)
+    return models, [lambda ids, m=m: m(ids, labels=ids).loss for m in models]
+
+
 @pytest.mark.parametrize("name", ["mamba1", "mamba2"])
 def test_graphed_train_step_equals_eager_steps(name):
-    """Five AdamW steps on different batches: the CUDA-graph replays (after two eager warm-up steps) give the
-    eager steps' losses and parameters; an in-place lr change reaches the replays; a float hyperparameter
+    """Six SGD steps (momentum, weight decay) on different batches, fp32: the CUDA-graph replays (after two eager
+    warm-up steps) give the losses and parameters of the same compiled code run eagerly. A float hyperparameter
     changed after the capture, or a batch of another shape, raises."""
     from mamba_compile.models import GraphedTrainStep
 
-    models = [_model(name).cuda().train() for _ in range(2)]
-    models[1].load_state_dict(models[0].state_dict())
-    opts = [torch.optim.AdamW(m.parameters(), lr=torch.tensor(1e-3, device="cuda"), weight_decay=0.1, fused=True,
-                              capturable=True) for m in models]
-
-    def make_loss(model):
-        def loss_fn(ids):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return model(ids, labels=ids).loss
-        return loss_fn
-
-    regional = make_loss(models[1])
-    for layer in models[1].backbone.layers:
-        layer.compile(fullgraph=True)
-    graphed = GraphedTrainStep(regional, opts[1], warmup=2)
-    eager = make_loss(models[0])
-    batches = [torch.randint(0, VOCAB, (2, 128), device="cuda") for _ in range(6)]
-    for i, ids in enumerate(batches):
-        if i == 4:
-            for opt in opts:
-                opt.param_groups[0]["lr"].fill_(3e-3)
+    models, losses = _compiled_pair(name)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01) for m in models]
+    graphed = GraphedTrainStep(losses[1], opts[1], warmup=2)
+    for ids in [torch.randint(0, VOCAB, (2, 128), device="cuda") for _ in range(6)]:
         opts[0].zero_grad(set_to_none=True)
-        want = eager(ids)
+        want = losses[0](ids)
         want.backward()
         opts[0].step()
-        got = graphed(ids)
-        torch.testing.assert_close(got, want.detach(), rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(graphed(ids), want.detach(), rtol=1e-4, atol=1e-5)
     assert graphed.graph is not None
     for (k, p), q in zip(models[0].named_parameters(), models[1].parameters()):
-        assert _rel(q, p.detach().cpu()) < 2e-2, k
+        assert _rel(q, p.detach().cpu()) < 1e-4, k
     with pytest.raises(ValueError, match="input 0 has shape"):
-        graphed(batches[0][:, :64])
-    opts[1].param_groups[0]["weight_decay"] = 0.2
-    with pytest.raises(ValueError, match="'weight_decay' changed from 0.1 to 0.2"):
-        graphed(batches[0])
+        graphed(ids[:, :64])
+    opts[1].param_groups[0]["lr"] = 0.1
+    with pytest.raises(ValueError, match="'lr' changed from 0.05 to 0.1"):
+        graphed(ids)
+
+
+@pytest.mark.parametrize("name", ["mamba1", "mamba2"])
+def test_graphed_train_step_adamw_as_benchmarked(name):
+    """Fused capturable AdamW with a tensor lr under bf16 autocast (bench_model's configuration): replays on one
+    batch lower its loss, and an lr set to 0 in place reaches the graph (a replay then leaves every parameter
+    as it was)."""
+    from mamba_compile.models import GraphedTrainStep
+
+    model = _model(name).cuda().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-3, device="cuda"), fused=True, capturable=True)
+
+    def loss_fn(ids):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return model(ids, labels=ids).loss
+
+    step = GraphedTrainStep(loss_fn, opt, warmup=1)
+    ids = torch.randint(0, VOCAB, (2, 128), device="cuda")
+    losses = [step(ids).item() for _ in range(8)]
+    assert step.graph is not None and losses[-1] < losses[0] - 0.1, losses
+    opt.param_groups[0]["lr"].fill_(0.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    step(ids)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
