@@ -4,12 +4,14 @@ Forward: chunk_cumsum (dt bias/softplus/clamp fused with the within-chunk cumsum
 chunk_state_passing (the state each chunk adds and the sequential pass over chunks in one kernel; the states
 entering each chunk are stored in C's dtype for 16-bit inputs, as the reference does) -> bmm_cb (C B^T once per
 chunk and group, float32, instead of once per head) -> chunk_scan (reads C B^T, incoming-state term, D skip
-and z gate fused). Backward: chunk_state_passing again (float32 states), chunk_scan_bwd_dz (recomputes y,
-gives dy, dz, dD and dy . y_state), chunk_state in from-start mode (state gradient from each chunk's outputs),
-state_passing_bwd (and the log-decay term of pairs spanning a chunk), chunk_scan_bwd_dx (dx, dL/d dt and the
-within-chunk pair sums of the log-decay gradient), chunk_scan_bwd_dB / _dC (heads of a group summed in the
-kernel, split over a few programs when there are few chunks; no atomics anywhere, so results are
-deterministic), chunk_cumsum_bwd.
+and z gate fused; with a gate and a backward to come it also writes y + D x). Backward: chunk_state_passing
+again (float32 states), the gate's backward (gate_bwd: elementwise from the kept y + D x, or only dD's sums
+without z; chunk_scan_bwd_dz recomputes y when z is given without it), chunk_state in from-start mode (state
+gradient from each chunk's outputs), state_passing_bwd (and the log-decay term of pairs spanning a chunk),
+chunk_scan_bwd_dx (dx, dL/d dt and the within-chunk pair sums of the log-decay gradient), chunk_scan_bwd_dcb
+(dL/d(C_t . B_s), the group's heads summed once), chunk_scan_bwd_dB / _dC (from it and the chunk-boundary
+states; dC also gives dy_t . y_state_t, the pairs whose earlier index lies before the chunk; heads split over a
+few programs when there are few chunks; no atomics anywhere, so results are deterministic), chunk_cumsum_bwd.
 
 Layouts: dt_proc, dA_cumsum: (batch, nheads, nchunks, chunk_size) float32; chunk states and their gradients:
 (batch, nchunks, nheads, headdim, dstate), contiguous; C B^T: (batch, nchunks, ngroups, chunk_size,
@@ -26,9 +28,11 @@ softplus (benchmarks/bench_ssd.py has the op's times beside the reference's; the
     column tiles 0.181, 64-wide 0.192, bf16 C B^T 0.182 / 0.192 (less exact for no gain). One pipeline stage
     is faster (0.162-0.167) but Triton 3.6 miscompiles it with a 16-bit incoming state (relative error 0.9 at
     b1 l777 h4 p32 g2 n64 chunk 64) and, without a C B^T input, faults with an illegal address: keep two.
-    Backward kernels: bwd_dz 0.393, bwd_dx 0.372, dB 0.321, dC 0.357, chunk_state_passing with float32 states
-    0.082, state_passing_bwd 0.120, dprev 0.056. At b2 l8192 h80 the backward's dz, dx, dB, dC kernels take
-    1.23, 1.17, 0.99, 1.12 ms.
+    Backward kernels (session 7, benchmarks/probes/ssd_bwd.py): gate_bwd 0.138 with z (0.070 without; the
+    recomputing bwd_dz 0.392), bwd_dx 0.364, dcb 0.120, dB 0.197, dC 0.224 (one stage; 0.299 / 0.309 with two),
+    chunk_state_passing with float32 states 0.084, state_passing_bwd 0.067-0.114, dprev 0.056. Before: dz 0.393,
+    dB 0.321, dC 0.357 (each head's x dy^T formed per tile pair, for dB and again for dC). At b2 l8192 h80:
+    gate_bwd 0.40 (0.16 without z), dx 1.15, dcb 0.36, dB 0.57, dC 0.64 (before: dz 1.23, dB 0.99, dC 1.12).
 """
 
 from __future__ import annotations
