@@ -180,7 +180,7 @@ def backward_kernels(kt, x, dt, A, B, C, D, z, bias, dtp, dA_cs):
     dout = torch.randn_like(x)
     prev, final = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, wrap=False)
     dy, dz, dD = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, None, wrap=False)
-    out_x = torch.randn_like(x)  # stands in for a kept pre-gate output (timing only)
+    pre_gate = torch.randn_like(x)  # stands in for a kept pre-gate output (timing only)
     dprev = kt.chunk_state_fwd(dy, C, dtp, dA_cs, None, from_start=True, wrap=False)
     dend, dinit, dchunk = kt.state_passing_bwd(dprev, dA_cs, prev, None, None, x.shape[1], False, wrap=False)
     dcb = kt.chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, B.shape[2], None, wrap=False)
@@ -188,7 +188,7 @@ def backward_kernels(kt, x, dt, A, B, C, D, z, bias, dtp, dA_cs):
     parts = {
         "bwd_dz (z, y recomputed)": lambda ns: kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, None,
                                                                     wrap=False),
-        "gate_bwd (z, kept pre-gate output)": lambda ns: kt.gate_bwd(dout, x, z, out_x, D, wrap=False),
+        "gate_bwd (z, kept pre-gate output)": lambda ns: kt.gate_bwd(dout, x, z, pre_gate, D, wrap=False),
         "gate_bwd (no z: dD only)": lambda ns: kt.gate_bwd(dout, x, None, None, D, wrap=False),
         "state_passing_fwd fp32 (bwd recompute)": lambda ns: kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None,
                                                                                          wrap=False),

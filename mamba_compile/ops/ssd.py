@@ -437,7 +437,7 @@ def _fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_i
 
 
 def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
-                cu_seqlens, dt_softplus, dt_min, dt_max, wrap: bool, out_x=None):
+                cu_seqlens, dt_softplus, dt_min, dt_max, wrap: bool, pre_gate=None):
     """Explicit backward (Triton kernels and a little vectorised torch in the chunked layout, which traces
     without guards on seqlen). Every decay exp(a_t - a_s) joins a later index t (an output, or a returned
     state) to an earlier s (an input, or the initial state); dL/d(dt_k A) sums those pair terms over the
@@ -451,10 +451,10 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
     prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, wrap=wrap)
     # dy = dout * silu(z) (rounded to dout's dtype, and used so everywhere), dz and dD: elementwise from the
     # forward's pre-gate output when it was kept, else with y recomputed; without z, only dD's sums.
-    if z is not None and out_x is None:
+    if z is not None and pre_gate is None:
         dy, dz, dD = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, seq_idx, wrap=wrap)
     else:
-        dy, dz, dD = kt.gate_bwd(dout, x, z, out_x, D, wrap=wrap)
+        dy, dz, dD = kt.gate_bwd(dout, x, z, pre_gate, D, wrap=wrap)
     # Gradient reaching the state that enters each chunk from the outputs of that chunk.
     dprev = kt.chunk_state_fwd(dy, C, dtp, dA_cs, seq_idx, from_start=True, wrap=wrap)
     ddt_direct = torch.zeros_like(dA_cs)
@@ -561,7 +561,7 @@ def _recorded_launches(args, with_backward: bool) -> tuple[list, list]:
     if with_backward:
         dout = torch.empty(meta[0].shape, dtype=meta[0].dtype, device="meta")
         pre_gate = dout if keep_pre_gate and meta[7] is not None else None
-        bwd = kt.record_launches(_bwd_triton, dout, None, None, *fwd_args, wrap=False, out_x=pre_gate)
+        bwd = kt.record_launches(_bwd_triton, dout, None, None, *fwd_args, wrap=False, pre_gate=pre_gate)
     return fwd, bwd
 
 
@@ -637,7 +637,7 @@ def ssd_chunk_scan_bwd(
             from . import ssd_triton as kt
 
             kt.wait(_bwd_compiles.pop(_config_key(args[3:] + (pre_gate is not None,)), []))
-        return _bwd_triton(*args, wrap=True, out_x=pre_gate)
+        return _bwd_triton(*args, wrap=True, pre_gate=pre_gate)
     return torch.ops.mamba_compile._ssd_chunk_scan_bwd_cpu(*args)
 
 

@@ -758,7 +758,7 @@ def _sum_dd(dd, D):
 
 @triton.jit
 def _gate_bwd_kernel(
-    dout_ptr, x_ptr, z_ptr, outx_ptr, dy_ptr, dz_ptr, dd_ptr,
+    dout_ptr, x_ptr, z_ptr, pre_ptr, dy_ptr, dz_ptr, dd_ptr,
     nrows, seqlen, headdim,
     s_g_b, s_g_l, s_g_h, s_g_p,
     s_x_b, s_x_l, s_x_h, s_x_p,
@@ -781,7 +781,7 @@ def _gate_bwd_kernel(
     if HAS_Z:
         zrow = (bb * s_z_b + ll * s_z_l)[:, None] + pid_h * s_z_h + offs_p[None, :] * s_z_p
         z = tl.load(z_ptr + zrow, mask=mask, other=0.0).to(tl.float32)
-        out_x = tl.load(outx_ptr + (bb * s_o_b + ll * s_o_l)[:, None] + pid_h * s_o_h + offs_p[None, :] * s_o_p,
+        out_x = tl.load(pre_ptr + (bb * s_o_b + ll * s_o_l)[:, None] + pid_h * s_o_h + offs_p[None, :] * s_o_p,
                         mask=mask, other=0.0).to(tl.float32)
         sig = tl.sigmoid(z)
         dout32 = dout.to(tl.float32)
@@ -797,9 +797,9 @@ def _gate_bwd_kernel(
                  mask=offs_p < headdim)
 
 
-def gate_bwd(dout, x, z, out_x, D, *, block_l=64, wrap):
+def gate_bwd(dout, x, z, pre_gate, D, *, block_l=64, wrap):
     """Returns dy (dout itself without z), dz (or None) and dD (float32, D's shape, or None) from the kept
-    pre-gate output out_x (the forward's y + D x; unused without z)."""
+    pre-gate output (the forward's y + D x; unused without z)."""
     batch, seqlen, nheads, headdim = x.shape
     dout = dout.contiguous()
     if z is None and D is None:
@@ -811,7 +811,7 @@ def gate_bwd(dout, x, z, out_x, D, *, block_l=64, wrap):
     dz = torch.empty_like(z) if z is not None else None
     dd = torch.empty(nblocks, nheads, headdim, device=x.device, dtype=torch.float32)
     zz = z if z is not None else dout
-    oo = out_x if z is not None else dout
+    oo = pre_gate if z is not None else dout
     _launch(_gate_bwd_kernel, wrap)[(nblocks, nheads)](
         dout, x, zz, oo, dy, dz if dz is not None else dy, dd,
         nrows, seqlen, headdim,

@@ -323,7 +323,7 @@ class _TritonScan(torch.autograd.Function):
     def backward(ctx, dout, dfinal, dvarlen):
         a = ctx.args
         dv = dvarlen if a[11] is not None else None
-        grads = ssd_module._bwd_triton(dout, dfinal, dv, *a, wrap=False, out_x=ctx.pre_gate)
+        grads = ssd_module._bwd_triton(dout, dfinal, dv, *a, wrap=False, pre_gate=ctx.pre_gate)
         present = [a[i] for i in (0, 1, 2, 3, 4, 6, 7, 8, 9)]
         return (None, None, *[g if t is not None else None for g, t in zip(grads, present)])
 
