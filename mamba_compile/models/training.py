@@ -13,7 +13,7 @@ is one launch, as in PyTorch's whole-network capture recipe:
 
     def loss_fn(ids):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            return model(ids[:, :-1], labels=ids[:, 1:]).loss
+            return model(ids, labels=ids).loss  # position t predicts ids[:, t + 1]
 
     step = GraphedTrainStep(loss_fn, opt)
     for ids in batches:  # the same shape every step
