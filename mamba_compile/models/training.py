@@ -89,6 +89,11 @@ class GraphedTrainStep:
 
     def _check_hyperparameters(self) -> None:
         now = self._hyperparameters()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if len(now) != len(self.hyper) or len(params) != len(self.params) or any(
+                p is not q for p, q in zip(params, self.params)):
+            raise ValueError("optimizer: its param groups or parameters changed after the step was captured, and the "
+                             "graph would keep updating the old ones; build a new GraphedTrainStep")
         for i, (was, is_) in enumerate(zip(self.hyper, now)):
             for k in was.keys() | is_.keys():
                 if was.get(k) != is_.get(k):

@@ -262,3 +262,23 @@ def test_graphed_train_step_rejects_what_it_cannot_capture():
         GraphedTrainStep(None, torch.optim.AdamW(model.parameters(), capturable=True))
     with pytest.raises(ValueError, match="warmup must be an int >= 1"):
         GraphedTrainStep(lambda ids: ids, torch.optim.SGD(model.parameters(), lr=0.1), warmup=0)
+
+
+def test_graphed_train_step_refuses_a_changed_optimizer_after_capture():
+    """The per-call checks of what a captured graph fixed (run on the GPU before each replay; the bookkeeping is
+    plain Python, so it is exercised here on an instance set up as after a capture)."""
+    from mamba_compile.models import GraphedTrainStep
+
+    model = MambaLM(mamba1())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = object.__new__(GraphedTrainStep)
+    step.optimizer, step.params = opt, [p for g in opt.param_groups for p in g["params"]]
+    step.hyper = step._hyperparameters()
+    step._check_hyperparameters()  # nothing changed
+    opt.param_groups[0]["momentum"] = 0.5
+    with pytest.raises(ValueError, match="'momentum' changed from 0 to 0.5"):
+        step._check_hyperparameters()
+    opt.param_groups[0]["momentum"] = 0
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})
+    with pytest.raises(ValueError, match="param groups or parameters changed"):
+        step._check_hyperparameters()
