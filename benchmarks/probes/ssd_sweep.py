@@ -163,16 +163,20 @@ def sweep(quick: bool, budget_s: float, scan_grid: bool):
         backward_kernels(kt, x, dt, A, B, C, D, z, bias, dtp, dA_cs)
         if name.startswith("b8"):
             step()
-            got = {k: v.grad.clone() for k, v in tg.items()}
-            leaves = {k: v.detach().float().requires_grad_() for k, v in tg.items()}
-            o = ssd._ssd_torch(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], CHUNK, leaves["D"],
-                               leaves["z"], leaves["dt_bias"], None, None, None, True, 0.0, ssd._OPEN_BOUND)[0]
-            o.backward(dout.float())
-            print("grad rel err vs fp32 torch: " + ", ".join(f"{k} {rel_err(got[k], leaves[k].grad):.1e}"
-                                                             for k in got))
-            del leaves, o
+            print("grad rel err vs fp32 torch: " + grad_errors(tg, dout))
         del t, tg
         torch.cuda.empty_cache()
+
+
+def grad_errors(tg, dout) -> str:
+    """The gradients in tg's .grad (the op's, after a backward of dout) against the float32 torch path's, each as
+    max abs error / max abs value."""
+    got = {k: v.grad.clone() for k, v in tg.items()}
+    leaves = {k: v.detach().float().requires_grad_() for k, v in tg.items()}
+    o = ssd._ssd_torch(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], CHUNK, leaves["D"],
+                       leaves["z"], leaves["dt_bias"], None, None, None, True, 0.0, ssd._OPEN_BOUND)[0]
+    o.backward(dout.float())
+    return ", ".join(f"{k} {rel_err(got[k], leaves[k].grad):.1e}" for k in got)
 
 
 def backward_kernels(kt, x, dt, A, B, C, D, z, bias, dtp, dA_cs):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import decode_norm_head, layer_norm, linear_cross_entropy, rms_norm
+from ..ops._checks import values_readable
 from .cache import InferenceCache
 from .config import MambaConfig
 from . import mixers
@@ -156,9 +157,7 @@ def _check_input_ids(input_ids, config: MambaConfig, cache: InferenceCache | Non
         raise ValueError(f"input_ids must have shape {want}, got {tuple(input_ids.shape)}")
     if cache is not None and input_ids.shape[0] > cache.max_batch:
         raise ValueError(f"input_ids has batch {input_ids.shape[0]} but the cache holds max_batch {cache.max_batch}")
-    if torch.compiler.is_compiling() or input_ids.numel() == 0:
-        return
-    if input_ids.is_cuda and torch.cuda.is_current_stream_capturing():
+    if not values_readable(input_ids) or input_ids.numel() == 0:
         return
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or hi >= config.vocab_size:

@@ -56,13 +56,13 @@ class GraphedTrainStep:
             raise ValueError(f"optimizer: param groups {not_capturable} have capturable=False; a CUDA graph can "
                              f"only capture a capturable optimizer step, e.g. "
                              f"{type(optimizer).__name__}(..., capturable=True)")
-        params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.loss_fn, self.optimizer, self.warmup = loss_fn, optimizer, warmup
+        params = self._parameters()
         off_gpu = [i for i, p in enumerate(params) if p.device.type != "cuda"]
         if off_gpu:
             raise ValueError(f"optimizer: parameters {off_gpu[:8]} are on {params[off_gpu[0]].device}, not CUDA; "
                              f"GraphedTrainStep needs every parameter on the GPU")
-        self.loss_fn, self.optimizer, self.warmup = loss_fn, optimizer, warmup
-        self.params = params
+        self.params = None  # the optimizer's parameters at the capture
         self.calls = 0
         self.graph = None
         self.static_inputs = None
@@ -71,6 +71,9 @@ class GraphedTrainStep:
         self.hyper = None
 
     # -- what the graph fixed --------------------------------------------------------------------------
+
+    def _parameters(self) -> list:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
 
     def _hyperparameters(self) -> list[dict]:
         return [{k: v for k, v in g.items() if k != "params" and isinstance(v, (numbers.Number, tuple))}
@@ -89,7 +92,7 @@ class GraphedTrainStep:
 
     def _check_hyperparameters(self) -> None:
         now = self._hyperparameters()
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        params = self._parameters()
         if len(now) != len(self.hyper) or len(params) != len(self.params) or any(
                 p is not q for p, q in zip(params, self.params)):
             raise ValueError("optimizer: its param groups or parameters changed after the step was captured, and the "
@@ -120,6 +123,7 @@ class GraphedTrainStep:
             loss.backward()
             self.optimizer.step()
         self.static_loss = loss.detach()
+        self.params = self._parameters()
         self.fingerprint = self._addresses()
         self.hyper = self._hyperparameters()
 

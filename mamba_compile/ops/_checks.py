@@ -16,6 +16,14 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def values_readable(t: torch.Tensor) -> bool:
+    """Whether a check may read ``t``'s values (a device sync for a CUDA tensor): not while tracing for the
+    compiler, nor while a CUDA graph is captured (is_compiling comes first, so Dynamo never traces the other)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def _fmt(shape: Sequence) -> str:
     return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import FLOAT_DTYPES, check_same_device, check_tensor
+from ._checks import FLOAT_DTYPES, check_same_device, check_tensor, values_readable
 
 _BLOCK_ELEMENTS = 1 << 26  # fp32 logits of one block of rows: 256 MiB
 _CUDA_KERNEL = True  # CUDA blocks through cross_entropy_triton (False: the torch passes, as on CPU; for A/B runs)
@@ -37,9 +37,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     device = hidden.device.type
     matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
     compute_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    # The range check reads the labels (a device sync): eager only, and not while a CUDA graph is captured.
-    if not torch.compiler.is_compiling() and labels.numel() and not (
-            labels.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if values_readable(labels) and labels.numel():  # the range check reads the labels
         bad = (labels != ignore_index) & ((labels < 0) | (labels >= weight.shape[0]))
         if bool(bad.any()):
             raise ValueError(f"labels must lie in [0, vocab={weight.shape[0]}) or equal ignore_index={ignore_index}")

@@ -660,6 +660,16 @@ def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, cb=None, pre_gat
 
 
 @triton.jit
+def _gate_grads(dout, out_x, z):
+    """For out = out_x silu(z): (dy, dz) with dy = dout silu(z) rounded to dout's dtype (and used so everywhere),
+    dz = dout out_x silu'(z) in float32."""
+    z = z.to(tl.float32)
+    sig = tl.sigmoid(z)
+    dout32 = dout.to(tl.float32)
+    return (dout32 * z * sig).to(dout.dtype), dout32 * out_x.to(tl.float32) * sig * (1.0 + z * (1.0 - sig))
+
+
+@triton.jit
 def _chunk_scan_bwd_dz_kernel(
     x_ptr, b_ptr, c_ptr, dtp_ptr, dacs_ptr, seq_ptr, prev_ptr, d_ptr, z_ptr, dout_ptr,
     dy_ptr, dz_ptr, dd_ptr,
@@ -707,15 +717,13 @@ def _chunk_scan_bwd_dz_kernel(
     if HAS_D:
         d = tl.load(d_ptr + pid_h * s_d_h + offs_p * s_d_p, mask=offs_p < headdim, other=0.0).to(tl.float32)
     zrows = pid_b * s_z_b + (start + offs_t[:, None]) * s_z_l + pid_h * s_z_h + offs_p[None, :] * s_z_p
-    z = tl.load(z_ptr + zrows, mask=mask, other=0.0).to(tl.float32)
-    sig = tl.sigmoid(z)
+    z = tl.load(z_ptr + zrows, mask=mask, other=0.0)
     if HAS_D:
         out_x = y + x_t * d[None, :]
     else:
         out_x = y
-    dout32 = dout.to(tl.float32)
-    tl.store(dz_ptr + zrows, dout32 * out_x * sig * (1.0 + z * (1.0 - sig)), mask=mask)
-    dy = (dout32 * z * sig).to(dout.dtype)
+    dy, dz = _gate_grads(dout, out_x, z)
+    tl.store(dz_ptr + zrows, dz, mask=mask)
     tl.store(dy_ptr + rows, dy, mask=mask)
     if HAS_D:
         tl.store(dd_ptr + (pid_bc * tl.num_programs(2) + pid_t) * s_dd_r + pid_h * s_dd_h + offs_p,
@@ -780,13 +788,11 @@ def _gate_bwd_kernel(
     dout = tl.load(dout_ptr + grow, mask=mask, other=0.0)
     if HAS_Z:
         zrow = (bb * s_z_b + ll * s_z_l)[:, None] + pid_h * s_z_h + offs_p[None, :] * s_z_p
-        z = tl.load(z_ptr + zrow, mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + zrow, mask=mask, other=0.0)
         out_x = tl.load(pre_ptr + (bb * s_o_b + ll * s_o_l)[:, None] + pid_h * s_o_h + offs_p[None, :] * s_o_p,
-                        mask=mask, other=0.0).to(tl.float32)
-        sig = tl.sigmoid(z)
-        dout32 = dout.to(tl.float32)
-        tl.store(dz_ptr + zrow, dout32 * out_x * sig * (1.0 + z * (1.0 - sig)), mask=mask)
-        dy = (dout32 * z * sig).to(dout.dtype)
+                        mask=mask, other=0.0)
+        dy, dz = _gate_grads(dout, out_x, z)
+        tl.store(dz_ptr + zrow, dz, mask=mask)
         tl.store(dy_ptr + grow, dy, mask=mask)
     else:
         dy = dout
