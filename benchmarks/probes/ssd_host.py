@@ -3,7 +3,9 @@ tiny (b1 l256 h4), broken down by layer (public wrapper, op dispatch, argument c
 each launch, an empty Triton launch), and a cProfile of ours: where an eager call's time goes when the GPU is not
 the limit.
 
-    python3 -m benchmarks.probes.ssd_host [--profile]
+    python3 -m benchmarks.probes.ssd_host [--profile] [--profile-bwd]
+
+``--profile-bwd``: the host time of an eager forward+backward, ours and the reference's, and a cProfile of ours.
 """
 import argparse
 import cProfile
@@ -71,10 +73,36 @@ def layers(t):
             print(f"  {name}: failed {type(e).__name__}: {e}", flush=True)
 
 
+def profile_bwd():
+    tg = make_inputs(1, 256, 4, 64, 1, 128, requires_grad=True)
+    dout = torch.randn_like(tg["x"])
+
+    def step(fn):
+        for v in tg.values():
+            v.grad = None
+        call(fn, tg, 256).backward(dout)
+
+    fns = impls()
+    for name, fn in fns.items():
+        print(f"{name}: {host_us(lambda: step(fn), n=200):.0f} us per eager forward+backward", flush=True)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(200):
+        step(fns["ours"])
+    torch.cuda.synchronize()
+    prof.disable()
+    st = pstats.Stats(prof)
+    st.sort_stats("tottime").print_stats(45)
+    st.sort_stats("cumulative").print_stats(60)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile-bwd", action="store_true")
     a = ap.parse_args()
+    if a.profile_bwd:
+        return profile_bwd()
     t = make_inputs(1, 256, 4, 64, 1, 128)
     fns = impls()
     with torch.no_grad():

@@ -180,33 +180,49 @@ def grad_errors(tg, dout) -> str:
 
 
 def backward_kernels(kt, x, dt, A, B, C, D, z, bias, dtp, dA_cs):
-    """Each launch function of the backward, timed alone on realistic tensors."""
+    """Each launch function of the backward, timed alone on realistic tensors; the chunk-boundary states and
+    their gradients in C's dtype (as the op stores them for 16-bit inputs) and, for comparison, in float32."""
     dout = torch.randn_like(x)
-    prev, final = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, wrap=False)
-    dy, dz, dD = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, None, wrap=False)
+    prev32, final = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, wrap=False)
+    prev = prev32.to(C.dtype)
+    dy, dz = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev32, D, z, None, wrap=False)
     pre_gate = torch.randn_like(x)  # stands in for a kept pre-gate output (timing only)
     dprev = kt.chunk_state_fwd(dy, C, dtp, dA_cs, None, from_start=True, wrap=False)
-    dend, dinit, dchunk = kt.state_passing_bwd(dprev, dA_cs, prev, None, None, x.shape[1], False, wrap=False)
+    dend32, dinit, dchunk = kt.state_passing_bwd(dprev, dA_cs, prev32, None, None, x.shape[1], False, wrap=False)
+    dend = dend32.to(C.dtype)
     dcb = kt.chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, B.shape[2], None, wrap=False)
-    ddt = torch.randn_like(dtp)
+    ddt_x, col, colstate = (torch.randn_like(dtp) for _ in range(3))
+    row = torch.randn(*dtp.shape[:3], dtp.shape[3] // min(kt.BLOCK_T_MAX, dtp.shape[3]), dtp.shape[3],
+                      device=dtp.device)
+    da = torch.randn_like(dtp)
     parts = {
-        "bwd_dz (z, y recomputed)": lambda ns: kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, None,
+        "bwd_dz (z, y recomputed)": lambda ns: kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev32, D, z, None,
                                                                     wrap=False),
-        "gate_bwd (z, kept pre-gate output)": lambda ns: kt.gate_bwd(dout, x, z, pre_gate, D, wrap=False),
-        "gate_bwd (no z: dD only)": lambda ns: kt.gate_bwd(dout, x, None, None, D, wrap=False),
-        "state_passing_fwd fp32 (bwd recompute)": lambda ns: kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None,
-                                                                                         wrap=False),
+        "gate_bwd (z, kept pre-gate output)": lambda ns: kt.gate_bwd(dout, z, pre_gate, wrap=False),
+        "state_passing_fwd 16-bit prev (bwd recompute)": lambda ns: kt.chunk_state_passing_fwd(
+            x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype, wrap=False),
+        "state_passing_fwd fp32 prev": lambda ns: kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None,
+                                                                               wrap=False),
         "chunk_state from_start (dprev)": lambda ns: kt.chunk_state_fwd(dy, C, dtp, dA_cs, None, from_start=True,
                                                                         wrap=False),
-        "state_passing_bwd": lambda ns: kt.state_passing_bwd(dprev, dA_cs, prev, None, None, x.shape[1], False,
-                                                             wrap=False),
+        "state_passing_bwd 16-bit": lambda ns: kt.state_passing_bwd(dprev, dA_cs, prev, None, None, x.shape[1],
+                                                                    False, dend_dtype=C.dtype, wrap=False),
+        "state_passing_bwd fp32": lambda ns: kt.state_passing_bwd(dprev, dA_cs, prev32, None, None, x.shape[1],
+                                                                  False, wrap=False),
         "bwd_dx": lambda ns: kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, None, num_stages=ns,
                                                   wrap=False),
+        "bwd_dx fp32 dend": lambda ns: kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend32, D, None, num_stages=ns,
+                                                            wrap=False),
         "bwd_dcb": lambda ns: kt.chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, B.shape[2], None, wrap=False),
         "bwd_dB": lambda ns: kt.chunk_scan_bwd_dB(x, B, C, dcb, dtp, dA_cs, dy, dend, None, num_stages=ns, wrap=False),
+        "bwd_dB fp32 dend": lambda ns: kt.chunk_scan_bwd_dB(x, B, C, dcb, dtp, dA_cs, dy, dend32, None, num_stages=ns,
+                                                            wrap=False),
         "bwd_dC (+ dy . y_state)": lambda ns: kt.chunk_scan_bwd_dC(x, B, C, dcb, dtp, dA_cs, dy, prev, None,
                                                                    num_stages=ns, wrap=False),
-        "cumsum_bwd": lambda ns: kt.chunk_cumsum_bwd(dt, bias, ddt, True, 0.0, ssd._OPEN_BOUND, False, wrap=False),
+        "bwd_dC fp32 prev": lambda ns: kt.chunk_scan_bwd_dC(x, B, C, dcb, dtp, dA_cs, dy, prev32, None,
+                                                            num_stages=ns, wrap=False),
+        "dt_bwd": lambda ns: kt.dt_bwd(dt, bias, A, dtp, ddt_x, None, da, col, colstate, row, dchunk, True, 0.0,
+                                       ssd._OPEN_BOUND, False, wrap=False),
     }
     for name, f in parts.items():
         stages = (1, 2) if name.startswith(("bwd_dx", "bwd_dB", "bwd_dC")) else (2,)

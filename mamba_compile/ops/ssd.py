@@ -448,25 +448,28 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
     has_limit = _has_dt_limit(dt_min, dt_max)
     dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, has_limit,
                                      wrap=wrap)
-    prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, wrap=wrap)
-    # dy = dout * silu(z) (rounded to dout's dtype, and used so everywhere), dz and dD: elementwise from the
-    # forward's pre-gate output when it was kept, else with y recomputed; without z, only dD's sums.
-    if z is not None and pre_gate is None:
-        dy, dz, dD = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, seq_idx, wrap=wrap)
+    # The chunk-boundary states and their gradients are stored as the forward stores its states: in C's dtype for
+    # 16-bit inputs (their dots in dB, dC and dx then run in 16 bits, as the reference's do), in float32 for
+    # float32 inputs, for packed sequences' states and for the recomputing dz kernel. Carried in float32.
+    recompute_y = z is not None and pre_gate is None
+    st_dtype = torch.float32 if cu_seqlens is not None or recompute_y or kt._ieee(x, B, C) else C.dtype
+    prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, prev_dtype=st_dtype, wrap=wrap)
+    # dy = dout * silu(z) (rounded to dout's dtype, and used so everywhere) and dz: elementwise from the
+    # forward's pre-gate output when it was kept, else with y recomputed; without z, dy is dout.
+    if recompute_y:
+        dy, dz = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, seq_idx, wrap=wrap)
     else:
-        dy, dz, dD = kt.gate_bwd(dout, x, z, pre_gate, D, wrap=wrap)
+        dy, dz = kt.gate_bwd(dout, z, pre_gate, wrap=wrap)
     # Gradient reaching the state that enters each chunk from the outputs of that chunk.
     dprev = kt.chunk_state_fwd(dy, C, dtp, dA_cs, seq_idx, from_start=True, wrap=wrap)
-    ddt_direct = torch.zeros_like(dA_cs)
-    dx_extra = dB_extra = da_v = None
+    ddt_v = dx_extra = dB_extra = da_v = None
     if dvarlen is not None and cu_seqlens is not None:
         dx_extra, dB_extra, ddt_v, da_v, dprev_v = _varlen_states_bwd(
             dvarlen.float(), x, dtp, dA_cs, B, prev, cu_seqlens)
-        ddt_direct = ddt_direct + ddt_v
         dprev = dprev + dprev_v
     dend, dinit, dchunk = kt.state_passing_bwd(dprev, dA_cs, prev, dfinal, seq_idx, seqlen,
-                                               initial_states is not None, wrap=wrap)
-    dx, ddt_x, col, colstate, row = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx,
+                                               initial_states is not None, dend_dtype=st_dtype, wrap=wrap)
+    dx, ddt_x, col, colstate, row, dD = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx,
                                                          dx_extra=dx_extra, wrap=wrap)
     # dL/d(C_t . B_s), the group's heads summed once, then dB and dC from it and the chunk-boundary states;
     # dC's kernel also gives dy_t . y_state_t (the pairs whose earlier index lies before the chunk).
@@ -477,16 +480,10 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
         dB = (dB.float() + dB_extra).to(B.dtype)
     if da_v is not None:
         da = da + da_v
-    # dL/d(dt_k A) = the sum of the decay-weighted pair terms whose span (s, t] holds k. Per chunk, with k in it:
-    # pairs inside the chunk (row minus column sums of one tile, reverse cumsum), pairs from before the chunk
-    # to t >= k (reverse cumsum of da), pairs from s < k to after the chunk (cumsum of colstate, exclusive),
-    # and pairs spanning the whole chunk (dchunk). No cumsum runs across chunks, so nothing cancels at scale.
-    within = (row - col + da).flip(-1).cumsum(-1).flip(-1)
-    dl = within + (colstate.cumsum(-1) - colstate) + dchunk[..., None]
-    dA = (dl * dtp).sum((0, 2, 3))
-    ddt_proc = ddt_direct + ddt_x + dl * A.float()[None, :, None, None]  # padding: never read
-    # Through clamp, softplus and the bias, back to (batch, seqlen, nheads).
-    g = kt.chunk_cumsum_bwd(dt, dt_bias, ddt_proc, dt_softplus, dt_min, dt_max, has_limit, wrap=wrap)
+    # dL/d(dt_k A) from the pair terms whose span holds k, then back through clamp, softplus and the bias to
+    # (batch, seqlen, nheads): one kernel (see _dt_bwd_kernel).
+    g, dA = kt.dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_v, da, col, colstate, row, dchunk, dt_softplus, dt_min,
+                      dt_max, has_limit, wrap=wrap)
     ddt_bias = g.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else _empty(x)
     dD = dD.to(D.dtype) if D is not None else _empty(x)
     dz = dz if z is not None else _empty(x)
@@ -646,6 +643,7 @@ def _setup_context(ctx, inputs, output):
      dt_max, keep_pre_gate) = inputs
     pre_gate = output[3]
     ctx.mark_non_differentiable(pre_gate)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for unused outputs (pre_gate is x's size)
     ctx.has_pre_gate = keep_pre_gate and z is not None and x.device.type == "cuda"
     ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
                           pre_gate if ctx.has_pre_gate else None)

@@ -5,13 +5,14 @@ chunk_state_passing (the state each chunk adds and the sequential pass over chun
 entering each chunk are stored in C's dtype for 16-bit inputs, as the reference does) -> bmm_cb (C B^T once per
 chunk and group, float32, instead of once per head) -> chunk_scan (reads C B^T, incoming-state term, D skip
 and z gate fused; with a gate and a backward to come it also writes y + D x). Backward: chunk_state_passing
-again (float32 states), the gate's backward (gate_bwd: elementwise from the kept y + D x, or only dD's sums
-without z; chunk_scan_bwd_dz recomputes y when z is given without it), chunk_state in from-start mode (state
+again (states stored as the forward stores them), the gate's backward (gate_bwd: elementwise from the kept
+y + D x, nothing without z; chunk_scan_bwd_dz recomputes y when z is given without it), chunk_state in from-start mode (state
 gradient from each chunk's outputs), state_passing_bwd (and the log-decay term of pairs spanning a chunk),
-chunk_scan_bwd_dx (dx, dL/d dt and the within-chunk pair sums of the log-decay gradient), chunk_scan_bwd_dcb
+chunk_scan_bwd_dx (dx, dL/d dt, dD and the within-chunk pair sums of the log-decay gradient), chunk_scan_bwd_dcb
 (dL/d(C_t . B_s), the group's heads summed once), chunk_scan_bwd_dB / _dC (from it and the chunk-boundary
 states; dC also gives dy_t . y_state_t, the pairs whose earlier index lies before the chunk; heads split over a
-few programs when there are few chunks; no atomics anywhere, so results are deterministic), chunk_cumsum_bwd.
+few programs when there are few chunks; no atomics anywhere, so results are deterministic), dt_bwd (the
+log-decay gradient assembled from those pieces, dA, and dt back through clamp, softplus and bias).
 
 Layouts: dt_proc, dA_cumsum: (batch, nheads, nchunks, chunk_size) float32; chunk states and their gradients:
 (batch, nchunks, nheads, headdim, dstate), contiguous; C B^T: (batch, nchunks, ngroups, chunk_size,
@@ -122,29 +123,55 @@ def chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, ha
 
 
 @triton.jit
-def _chunk_cumsum_bwd_kernel(
-    dt_ptr, bias_ptr, g_ptr, out_ptr,
-    seqlen, nheads, dt_min, dt_max,
+def _dt_bwd_kernel(
+    dt_ptr, bias_ptr, a_ptr, dtp_ptr, ddtx_ptr, extra_ptr, da_ptr, col_ptr, colstate_ptr, row_ptr, dchunk_ptr,
+    out_ptr, dA_ptr,
+    seqlen, nheads, nrows, row_tile, nparts, dt_min, dt_max,
     s_dt_b, s_dt_l, s_dt_h,
-    s_g_b, s_g_h, s_g_c, s_g_l,
+    s_a_b, s_a_h, s_a_c, s_a_l,
+    s_r_b, s_r_h, s_r_c, s_r_k, s_r_l,
+    s_k_b, s_k_h, s_k_c, s_k_m,
     s_o_b, s_o_l, s_o_h,
+    s_d_b, s_d_c, s_d_h,
     CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr,
-    BLOCK_H: tl.constexpr,
+    HAS_EXTRA: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    """dL/d dt_proc (chunked layout) -> dL/d(dt + dt_bias) in (batch, seqlen, nheads), through the clamp
-    (gradient passes where min <= dt_proc <= max, like torch.clamp) and the softplus."""
+    """The log-decay gradient and the way back to dt, for one chunk and a block of heads. dL/d(dt_k A), dl_k, is
+    the sum of the decay-weighted pair terms whose span (s, t] holds k. With k in this chunk: pairs inside it
+    (row minus column sums, reverse cumsum), pairs from before it to t >= k (reverse cumsum of da), pairs from
+    s < k to after it (exclusive cumsum of colstate) and pairs spanning it whole (dchunk). No cumsum crosses a
+    chunk, so nothing cancels at scale. Then dA's partial sum (dl . dt_proc) and dL/d dt_proc = ddt_x (+ extra)
+    + dl A, back through the clamp (the gradient passes where min <= dt_proc <= max, like torch.clamp), the
+    softplus and the bias: dL/d dt in (batch, seqlen, nheads). row holds nrows partial row sums, the one of row
+    tile k written from position k * row_tile on; dchunk, nparts partial sums."""
     pid_b, pid_c, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_l = tl.arange(0, CHUNK)
     t = pid_c * CHUNK + offs_l
     h_ok = offs_h < nheads
     mask = h_ok[:, None] & (t[None, :] < seqlen)
+    loc = pid_b * s_a_b + offs_h[:, None] * s_a_h + pid_c * s_a_c + offs_l[None, :] * s_a_l
+    w = tl.load(da_ptr + loc, mask=mask, other=0.0) - tl.load(col_ptr + loc, mask=mask, other=0.0)
+    row_ptr += pid_b * s_r_b + offs_h[:, None] * s_r_h + pid_c * s_r_c + offs_l[None, :] * s_r_l
+    for k in range(nrows):
+        w += tl.load(row_ptr + k * s_r_k, mask=mask & (offs_l[None, :] >= k * row_tile), other=0.0)
+    colstate = tl.load(colstate_ptr + loc, mask=mask, other=0.0)
+    dchunk = tl.zeros((BLOCK_H,), dtype=tl.float32)
+    for m in range(nparts):
+        dchunk += tl.load(dchunk_ptr + pid_b * s_k_b + offs_h * s_k_h + pid_c * s_k_c + m * s_k_m, mask=h_ok,
+                          other=0.0)
+    dl = tl.cumsum(w, axis=1, reverse=True) + (tl.cumsum(colstate, axis=1) - colstate) + dchunk[:, None]
+    dl = tl.where(mask, dl, 0.0)
+    dtp = tl.load(dtp_ptr + loc, mask=mask, other=0.0)
+    tl.store(dA_ptr + pid_b * s_d_b + pid_c * s_d_c + offs_h * s_d_h, tl.sum(dl * dtp, axis=1), mask=h_ok)
+    A = tl.load(a_ptr + offs_h, mask=h_ok, other=0.0).to(tl.float32)
+    g = tl.load(ddtx_ptr + loc, mask=mask, other=0.0) + dl * A[:, None]
+    if HAS_EXTRA:
+        g += tl.load(extra_ptr + loc, mask=mask, other=0.0)
     v = tl.load(dt_ptr + pid_b * s_dt_b + t[None, :] * s_dt_l + offs_h[:, None] * s_dt_h, mask=mask,
                 other=0.0).to(tl.float32)
     if HAS_BIAS:
         v += tl.load(bias_ptr + offs_h, mask=h_ok, other=0.0).to(tl.float32)[:, None]
-    g = tl.load(g_ptr + pid_b * s_g_b + offs_h[:, None] * s_g_h + pid_c * s_g_c + offs_l[None, :] * s_g_l,
-                mask=mask, other=0.0)
     if HAS_LIMIT:
         if SOFTPLUS:
             sp = tl.where(v <= 20.0, tl.log(1.0 + tl.exp(v)), v)
@@ -156,22 +183,30 @@ def _chunk_cumsum_bwd_kernel(
     tl.store(out_ptr + pid_b * s_o_b + t[None, :] * s_o_l + offs_h[:, None] * s_o_h, g, mask=mask)
 
 
-def chunk_cumsum_bwd(dt, dt_bias, ddt_proc, dt_softplus, dt_min, dt_max, has_limit, *, wrap):
-    """Returns dL/d dt in float32, (batch, seqlen, nheads)."""
+def dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_extra, da, col, colstate, row, dchunk, dt_softplus, dt_min, dt_max,
+           has_limit, *, wrap):
+    """Returns dL/d dt (float32, (batch, seqlen, nheads)) and dL/dA (float32, (nheads,)) from the backward's
+    log-decay pieces (see _dt_bwd_kernel): ddt_x, ddt_extra (or None), da, col, colstate in dtp's layout, row
+    (batch, nheads, nchunks, nrows, chunk_size), one partial sum per row tile of chunk_size // nrows, and dchunk
+    (batch, nheads, nchunks, nparts). Entries past the sequence end, and those of row tile k before position
+    k * chunk_size // nrows, are never read."""
     batch, seqlen, nheads = dt.shape
-    _, _, nchunks, chunk_size = ddt_proc.shape
+    _, _, nchunks, chunk_size = dtp.shape
+    for name, v in (("ddt_x", ddt_x), ("ddt_extra", ddt_extra), ("da", da), ("col", col), ("colstate", colstate)):
+        if v is not None and v.stride() != dtp.stride():
+            raise ValueError(f"dt_bwd: {name} must have dtp's layout {tuple(dtp.stride())}, got {tuple(v.stride())}")
     out = torch.empty(batch, seqlen, nheads, device=dt.device, dtype=torch.float32)
-    block_h = min(triton.next_power_of_2(nheads), max(1, 4096 // chunk_size))
-    grid = (batch, nchunks, triton.cdiv(nheads, block_h))
-    _launch(_chunk_cumsum_bwd_kernel, wrap)[grid](
-        dt, dt_bias if dt_bias is not None else dt, ddt_proc, out,
-        seqlen, nheads, float(dt_min), float(min(dt_max, 3.0e38)),
-        dt.stride(0), dt.stride(1), dt.stride(2),
-        *ddt_proc.stride(), *out.stride(),
+    dA = torch.empty(batch, nchunks, nheads, device=dt.device, dtype=torch.float32)
+    block_h = min(triton.next_power_of_2(nheads), max(1, 1024 // chunk_size))
+    _launch(_dt_bwd_kernel, wrap)[(batch, nchunks, triton.cdiv(nheads, block_h))](
+        dt, dt_bias if dt_bias is not None else dt, A, dtp, ddt_x, ddt_extra if ddt_extra is not None else dtp,
+        da, col, colstate, row, dchunk, out, dA,
+        seqlen, nheads, row.shape[3], chunk_size // row.shape[3], dchunk.shape[3], float(dt_min), float(min(dt_max, 3.0e38)),
+        *dt.stride(), *dtp.stride(), *row.stride(), *dchunk.stride(), *out.stride(), *dA.stride(),
         CHUNK=chunk_size, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
-        BLOCK_H=block_h, num_warps=4,
+        HAS_EXTRA=ddt_extra is not None, BLOCK_H=block_h, num_warps=4,
     )
-    return out
+    return out, dA.sum((0, 1))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -406,18 +441,18 @@ def _state_passing_bwd_kernel(
         c = nchunks - 1 - i
         tl.store(dend_ptr + base + c * s_s_c, g, mask=ok)
         scale = _chunk_decay(dacs_ptr, seq_ptr, c, seqlen, s_a_c, s_a_l, s_q_l, CHUNK, HAS_SEQ_IDX)
-        s_in = tl.load(prev_ptr + base + c * s_s_c, mask=ok, other=0.0)
+        s_in = tl.load(prev_ptr + base + c * s_s_c, mask=ok, other=0.0).to(tl.float32)
         tl.store(dchunk_ptr + c * s_k_c, scale * tl.sum(g * s_in, axis=0))
         g = tl.load(dprev_ptr + base + c * s_s_c, mask=ok, other=0.0) + scale * g
     if HAS_INIT:
         tl.store(dinit_ptr + pid_b * s_i_b + pid_h * s_i_h + offs, g, mask=ok)
 
 
-def state_passing_bwd(dprev, dA_cs, prev, dfinal, seq_idx, seqlen, has_init, *, wrap):
-    """Returns dend (gradient of the state after each chunk), dinit, and the per-chunk log-decay term
-    <dend[c], scale_c S_in[c]>: (batch, nheads, nchunks)."""
+def state_passing_bwd(dprev, dA_cs, prev, dfinal, seq_idx, seqlen, has_init, *, dend_dtype=torch.float32, wrap):
+    """Returns dend (gradient of the state after each chunk, stored in dend_dtype; carried in float32), dinit, and
+    the per-chunk log-decay term <dend[c], scale_c S_in[c]> in partial sums: (batch, nheads, nchunks, nparts)."""
     batch, nchunks, nheads, headdim, dstate = dprev.shape
-    dend = torch.empty_like(dprev)
+    dend = torch.empty_like(dprev, dtype=dend_dtype)
     dinit = torch.empty(batch, nheads, headdim, dstate, device=dprev.device, dtype=torch.float32)
     dim = headdim * dstate
     block = _passing_block(dim)
@@ -437,7 +472,7 @@ def state_passing_bwd(dprev, dA_cs, prev, dfinal, seq_idx, seqlen, has_init, *, 
         CHUNK=dA_cs.shape[-1], HAS_DFINAL=dfinal is not None, HAS_INIT=has_init,
         HAS_SEQ_IDX=seq_idx is not None, BLOCK=block, num_warps=4,
     )
-    return dend, dinit, dchunk.sum(-1)
+    return dend, dinit, dchunk
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -672,7 +707,7 @@ def _gate_grads(dout, out_x, z):
 @triton.jit
 def _chunk_scan_bwd_dz_kernel(
     x_ptr, b_ptr, c_ptr, dtp_ptr, dacs_ptr, seq_ptr, prev_ptr, d_ptr, z_ptr, dout_ptr,
-    dy_ptr, dz_ptr, dd_ptr,
+    dy_ptr, dz_ptr,
     seqlen, headdim, dstate, heads_per_group,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_b_b, s_b_l, s_b_g, s_b_n,
@@ -683,13 +718,11 @@ def _chunk_scan_bwd_dz_kernel(
     s_d_h, s_d_p,
     s_z_b, s_z_l, s_z_h, s_z_p,
     s_g_b, s_g_l, s_g_h, s_g_p,
-    s_dd_r, s_dd_h,
     CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_D: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """For a z gate: recomputes y (C B^T per tile: reading bmm_cb_fwd's was slower, 0.409 against 0.392 ms at
-    b8 l2048 h24 on an H100), then dy = dout silu(z) (rounded to dout's dtype), dz, and dD partial sums per
-    tile."""
+    b8 l2048 h24 on an H100), then dy = dout silu(z) (rounded to dout's dtype) and dz."""
     pid_bc, pid_h, pid_t = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     nchunks = tl.cdiv(seqlen, CHUNK)
     pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
@@ -725,13 +758,10 @@ def _chunk_scan_bwd_dz_kernel(
     dy, dz = _gate_grads(dout, out_x, z)
     tl.store(dz_ptr + zrows, dz, mask=mask)
     tl.store(dy_ptr + rows, dy, mask=mask)
-    if HAS_D:
-        tl.store(dd_ptr + (pid_bc * tl.num_programs(2) + pid_t) * s_dd_r + pid_h * s_dd_h + offs_p,
-                 tl.sum(dy.to(tl.float32) * x_t, axis=0), mask=offs_p < headdim)
 
 
 def chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, wrap):
-    """For a z gate: returns dy, dz and dD (float32, D's shape, or None)."""
+    """For a z gate, with y recomputed: returns dy and dz."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
@@ -741,43 +771,31 @@ def chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, wrap):
     z = z.contiguous()
     dy = torch.empty_like(dout)
     dz = torch.empty_like(z)
-    dd = torch.empty(batch * nchunks * ntiles, nheads, headdim, device=x.device, dtype=torch.float32)
     q = seq_idx if seq_idx is not None else dtp
     _launch(_chunk_scan_bwd_dz_kernel, wrap)[(batch * nchunks, nheads, ntiles)](
         x, B, C, dtp, dA_cs, q, prev, D if D is not None else dtp, z, dout,
-        dy, dz, dd,
+        dy, dz,
         seqlen, headdim, dstate, nheads // ngroups,
         *x.stride(), *B.stride(), *C.stride(), *dtp.stride(),
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
         *prev.stride(), *_d_strides(D), *z.stride(), *dout.stride(),
-        dd.stride(0), dd.stride(1),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, IEEE=_ieee(x, B, C),
         BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4, num_stages=2,
     )
-    return dy, dz, _sum_dd(dd, D)
-
-
-def _sum_dd(dd, D):
-    if D is None:
-        return None
-    dD = dd.sum(0)
-    return dD.sum(-1) if D.dim() == 1 else dD
+    return dy, dz
 
 
 @triton.jit
 def _gate_bwd_kernel(
-    dout_ptr, x_ptr, z_ptr, pre_ptr, dy_ptr, dz_ptr, dd_ptr,
+    dout_ptr, z_ptr, pre_ptr, dy_ptr, dz_ptr,
     nrows, seqlen, headdim,
     s_g_b, s_g_l, s_g_h, s_g_p,
-    s_x_b, s_x_l, s_x_h, s_x_p,
     s_z_b, s_z_l, s_z_h, s_z_p,
     s_o_b, s_o_l, s_o_h, s_o_p,
-    s_dd_r, s_dd_h,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """One head and BLOCK_L (batch, time) rows. With a gate, out = out_x silu(z): dy = dout silu(z) (rounded to
-    dout's dtype, and used so everywhere), dz = dout out_x silu'(z); without one dy = dout. Also the rows'
-    sums of dy x (dD's partial sums)."""
+    """One head and BLOCK_L (batch, time) rows of out = out_x silu(z): dy = dout silu(z) (rounded to dout's
+    dtype, and used so everywhere), dz = dout out_x silu'(z)."""
     pid_r, pid_h = tl.program_id(0), tl.program_id(1)
     offs_r = pid_r * BLOCK_L + tl.arange(0, BLOCK_L)
     offs_p = tl.arange(0, BLOCK_P)
@@ -786,46 +804,32 @@ def _gate_bwd_kernel(
     bb, ll = offs_r // seqlen, offs_r % seqlen
     grow = (bb * s_g_b + ll * s_g_l)[:, None] + pid_h * s_g_h + offs_p[None, :] * s_g_p
     dout = tl.load(dout_ptr + grow, mask=mask, other=0.0)
-    if HAS_Z:
-        zrow = (bb * s_z_b + ll * s_z_l)[:, None] + pid_h * s_z_h + offs_p[None, :] * s_z_p
-        z = tl.load(z_ptr + zrow, mask=mask, other=0.0)
-        out_x = tl.load(pre_ptr + (bb * s_o_b + ll * s_o_l)[:, None] + pid_h * s_o_h + offs_p[None, :] * s_o_p,
-                        mask=mask, other=0.0)
-        dy, dz = _gate_grads(dout, out_x, z)
-        tl.store(dz_ptr + zrow, dz, mask=mask)
-        tl.store(dy_ptr + grow, dy, mask=mask)
-    else:
-        dy = dout
-    if HAS_D:
-        x = tl.load(x_ptr + (bb * s_x_b + ll * s_x_l)[:, None] + pid_h * s_x_h + offs_p[None, :] * s_x_p,
-                    mask=mask, other=0.0).to(tl.float32)
-        tl.store(dd_ptr + pid_r * s_dd_r + pid_h * s_dd_h + offs_p, tl.sum(dy.to(tl.float32) * x, axis=0),
-                 mask=offs_p < headdim)
+    zrow = (bb * s_z_b + ll * s_z_l)[:, None] + pid_h * s_z_h + offs_p[None, :] * s_z_p
+    z = tl.load(z_ptr + zrow, mask=mask, other=0.0)
+    out_x = tl.load(pre_ptr + (bb * s_o_b + ll * s_o_l)[:, None] + pid_h * s_o_h + offs_p[None, :] * s_o_p,
+                    mask=mask, other=0.0)
+    dy, dz = _gate_grads(dout, out_x, z)
+    tl.store(dz_ptr + zrow, dz, mask=mask)
+    tl.store(dy_ptr + grow, dy, mask=mask)
 
 
-def gate_bwd(dout, x, z, pre_gate, D, *, block_l=64, wrap):
-    """Returns dy (dout itself without z), dz (or None) and dD (float32, D's shape, or None) from the kept
-    pre-gate output (the forward's y + D x; unused without z)."""
-    batch, seqlen, nheads, headdim = x.shape
+def gate_bwd(dout, z, pre_gate, *, block_l=64, wrap):
+    """Returns dy (dout itself without z; no launch) and dz (or None), from the kept pre-gate output (the
+    forward's y + D x). dD's sums are taken by chunk_scan_bwd_dx, which reads dy and x anyway."""
     dout = dout.contiguous()
-    if z is None and D is None:
-        return dout, None, None
+    if z is None:
+        return dout, None
+    batch, seqlen, nheads, headdim = z.shape
     nrows = batch * seqlen
-    nblocks = triton.cdiv(nrows, block_l)
-    z = z.contiguous() if z is not None else None  # dz is written with z's strides
-    dy = torch.empty_like(dout) if z is not None else dout
-    dz = torch.empty_like(z) if z is not None else None
-    dd = torch.empty(nblocks, nheads, headdim, device=x.device, dtype=torch.float32)
-    zz = z if z is not None else dout
-    oo = pre_gate if z is not None else dout
-    _launch(_gate_bwd_kernel, wrap)[(nblocks, nheads)](
-        dout, x, zz, oo, dy, dz if dz is not None else dy, dd,
+    z = z.contiguous()  # dz is written with z's strides
+    dy, dz = torch.empty_like(dout), torch.empty_like(z)
+    _launch(_gate_bwd_kernel, wrap)[(triton.cdiv(nrows, block_l), nheads)](
+        dout, z, pre_gate, dy, dz,
         nrows, seqlen, headdim,
-        *dout.stride(), *x.stride(), *zz.stride(), *oo.stride(),
-        dd.stride(0), dd.stride(1),
-        HAS_D=D is not None, HAS_Z=z is not None, BLOCK_L=block_l, BLOCK_P=_pow2(headdim), num_warps=4,
+        *dout.stride(), *z.stride(), *pre_gate.stride(),
+        BLOCK_L=block_l, BLOCK_P=_pow2(headdim), num_warps=4,
     )
-    return dy, dz, _sum_dd(dd, D)
+    return dy, dz
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -836,7 +840,7 @@ def gate_bwd(dout, x, z, pre_gate, D, *, block_l=64, wrap):
 @triton.jit
 def _chunk_scan_bwd_dx_kernel(
     x_ptr, b_ptr, c_ptr, dtp_ptr, dacs_ptr, seq_ptr, dy_ptr, dend_ptr, d_ptr, extra_ptr,
-    dx_ptr, ddt_ptr, col_ptr, colstate_ptr, row_ptr,
+    dx_ptr, ddt_ptr, col_ptr, colstate_ptr, row_ptr, dd_ptr,
     seqlen, headdim, dstate, heads_per_group,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_b_b, s_b_l, s_b_g, s_b_n,
@@ -848,11 +852,12 @@ def _chunk_scan_bwd_dx_kernel(
     s_d_h, s_d_p,
     s_e_b, s_e_l, s_e_h, s_e_p,
     s_r_b, s_r_h, s_r_c, s_r_k, s_r_l,
+    s_dd_r, s_dd_h, s_dd_k,
     CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_D: tl.constexpr, HAS_EXTRA: tl.constexpr,
     IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Rows s: G_s B_s = exp(a_last - a_s) dend B_s + sum_{t>=s} (B_s . C_t) exp(a_t - a_s) dy_t;
-    dx_s = dt_s G_s B_s + D dy_s; dL/d dt_s = x_s . G_s B_s.
+    dx_s = dt_s G_s B_s + D dy_s; dL/d dt_s = x_s . G_s B_s; with D, this block's sums over s of dy_s x_s (dD).
     Log-decay terms, from the pair values P_ts = (C_t . B_s) exp(a_t - a_s) dt_s (dy_t . x_s) of this chunk
     (one float32 tile gives both sums, so they cancel exactly where they should): column sums over t (col),
     row sums over s per block of s (row, summed later), and x_s . dx_s of the state part (colstate)."""
@@ -887,7 +892,7 @@ def _chunk_scan_bwd_dx_kernel(
                   other=0.0)
     e_t = tl.load(dend_ptr + pid_b * s_s_b + pid_c * s_s_c + pid_h * s_s_h + offs_n[:, None] * s_s_n
                   + offs_p[None, :] * s_s_p, mask=n_ok[:, None] & p_ok[None, :], other=0.0)
-    acc = _dot(b_s.to(tl.float32), e_t, IEEE)
+    acc = _dot(b_s.to(e_t.dtype), e_t, IEEE)  # 16-bit dend (16-bit inputs): a 16-bit dot
     scale = tl.exp(a_last - a_s)
     if HAS_SEQ_IDX:
         seq_s = tl.load(seq_ptr + (start + offs_s) * s_q_l, mask=s_ok, other=-1)
@@ -928,12 +933,15 @@ def _chunk_scan_bwd_dx_kernel(
         d = tl.load(d_ptr + pid_h * s_d_h + offs_p * s_d_p, mask=p_ok, other=0.0).to(tl.float32)
         dy_s = tl.load(dy_ptr + offs_s[:, None] * s_g_l + offs_p[None, :] * s_g_p, mask=mask, other=0.0)
         dx += dy_s.to(tl.float32) * d[None, :]
+        tl.store(dd_ptr + pid_bc * s_dd_r + pid_h * s_dd_h + pid_s * s_dd_k + offs_p,
+                 tl.sum(dy_s.to(tl.float32) * x32, axis=0), mask=p_ok)
     tl.store(dx_ptr + rows, dx, mask=mask)
 
 
 def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, wrap):
-    """Returns dx (x's dtype, contiguous), dL/d dt_proc, and the log-decay pieces (see the kernel): col,
-    colstate in dA_cumsum layout, row summed over blocks of s."""
+    """Returns dx (x's dtype, contiguous), dL/d dt_proc, the log-decay pieces (see the kernel): col,
+    colstate in dA_cumsum layout, row in partial sums, one per block of s (dt_bwd sums them), and dD (float32,
+    D's shape, or None)."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
@@ -941,26 +949,29 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
     nblocks = triton.cdiv(chunk_size, block_t)
     xc = x.contiguous()
     dx = torch.empty_like(xc)
-    ddt = torch.zeros_like(dA_cs)
-    col = torch.zeros_like(dA_cs)
-    colstate = torch.zeros_like(dA_cs)
-    row = torch.zeros(batch, nheads, nchunks, nblocks, chunk_size, device=x.device, dtype=torch.float32)
+    # Unwritten: positions past the sequence end, and row tile k's before position k * block_t (see dt_bwd).
+    ddt = torch.empty_like(dA_cs)
+    col = torch.empty_like(dA_cs)
+    colstate = torch.empty_like(dA_cs)
+    row = torch.empty(batch, nheads, nchunks, nblocks, chunk_size, device=x.device, dtype=torch.float32)
+    dd = torch.empty(batch * nchunks, nheads, nblocks, headdim, device=x.device, dtype=torch.float32)
     q = seq_idx if seq_idx is not None else dtp
     e = dx_extra if dx_extra is not None else dtp
     _launch(_chunk_scan_bwd_dx_kernel, wrap)[(batch * nchunks, nheads, nblocks)](
         xc, B, C, dtp, dA_cs, q, dy, dend, D if D is not None else dtp, e,
-        dx, ddt, col, colstate, row,
+        dx, ddt, col, colstate, row, dd,
         seqlen, headdim, dstate, nheads // ngroups,
         *xc.stride(), *B.stride(), *C.stride(), *dtp.stride(),
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
         *dend.stride(), *dy.stride(), *_d_strides(D),
         *(e.stride() if dx_extra is not None else (0, 0, 0, 0)),
-        *row.stride(),
+        *row.stride(), dd.stride(0), dd.stride(1), dd.stride(2),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, HAS_EXTRA=dx_extra is not None,
         IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4,
         num_stages=num_stages,
     )
-    return dx, ddt, col, colstate, row.sum(3)
+    dD = None if D is None else dd.sum((0, 2)) if D.dim() == 2 else dd.sum((0, 2, 3))
+    return dx, ddt, col, colstate, row, dD
 
 
 @triton.jit
@@ -1106,7 +1117,7 @@ def _chunk_scan_bwd_dbc_kernel(
             scale = tl.where(seq_r == seq_ref, scale, 0.0)
         st = tl.load(st_ptr + pid_b * s_s_b + pid_c * s_s_c + h * s_s_h + offs_p[:, None] * s_s_p
                      + offs_n[None, :] * s_s_n, mask=p_ok[:, None] & n_ok[None, :], other=0.0)
-        term = _dot(v_r.to(tl.float32), st, IEEE) * scale[:, None]
+        term = _dot(v_r.to(st.dtype), st, IEEE) * scale[:, None]  # 16-bit st (16-bit inputs): a 16-bit dot
         acc += term
         if not IS_DB:
             tl.store(da_ptr + a_off + offs_r * s_a_l, tl.sum(term * c_r, axis=1), mask=r_ok)
@@ -1165,7 +1176,7 @@ def chunk_scan_bwd_dB(x, B, C, dcb, dtp, dA_cs, dy, dend, seq_idx, *, num_stages
 
 def chunk_scan_bwd_dC(x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, *, num_stages=1, wrap):
     """Returns dC and the log-decay term dy_t . y_state_t in dA_cumsum layout (zero past the sequence end)."""
-    da = torch.zeros_like(dA_cs)
+    da = torch.empty_like(dA_cs)  # written for every head and row before the sequence end
     return _bwd_dbc(x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, False, C, da, num_stages, wrap), da
 
 

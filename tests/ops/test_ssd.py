@@ -391,7 +391,7 @@ def test_first_call_finds_the_pipelines_launches():
     names = lambda jobs: [job[0].fn.__name__ for job in jobs]  # noqa: E731
     assert names(fwd) == ["_chunk_cumsum_fwd_kernel", "_chunk_state_passing_fwd_kernel", "_bmm_cb_kernel",
                           "_chunk_scan_fwd_kernel"]
-    assert "_chunk_scan_bwd_dx_kernel" in names(bwd) and "_chunk_cumsum_bwd_kernel" in names(bwd)
+    assert "_chunk_scan_bwd_dx_kernel" in names(bwd) and "_dt_bwd_kernel" in names(bwd)
     # the kept pre-gate output: dz from the elementwise kernel; without it, y is recomputed
     assert "_gate_bwd_kernel" in names(bwd) and "_chunk_scan_bwd_dz_kernel" not in names(bwd)
     recompute = ssd_module._recorded_launches(args[:-1] + (False,), with_backward=True)[1]
