@@ -33,7 +33,9 @@ What the graph fixes at capture, and what is checked on each call instead of sil
   replaces tensors), the step is captured again on the next call.
 
 The returned loss, and the parameters' ``.grad``, live in the graph's memory: the next call overwrites them
-(``loss.clone()`` keeps one). Gradients are not accumulated across calls (each step starts from zero).
+(``loss.clone()`` keeps one). Gradients are not accumulated across calls (each step starts from zero). At the
+capture the optimizer's state tensors are replaced by copies with the same values (moved to the host and back,
+so that the eager steps' cached memory can be released): hold the optimizer, not its state tensors.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class GraphedTrainStep:
                              f"GraphedTrainStep needs every parameter on the GPU")
         self.params = None  # the optimizer's parameters at the capture
         self.calls = 0
+        self.stream = None
         self.graph = None
         self.static_inputs = None
         self.static_loss = None
@@ -114,10 +117,25 @@ class GraphedTrainStep:
         self.optimizer.step()
         return loss.detach()
 
+    def _release_warmup_memory(self) -> None:
+        """Hands the eager steps' cached blocks back to the device before the capture, whose private pool holds
+        its own. The optimizer's state was created inside the first step, in blocks freed by its activations,
+        and a segment with one live tensor cannot be released: the state moves to the host and back, into
+        segments of its own."""
+        moved = []
+        for state in self.optimizer.state.values():
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor) and v.device.type == "cuda":
+                    state[k] = v.to("cpu")
+                    moved.append((state, k, v.device))
+        torch.cuda.empty_cache()
+        for state, k, device in moved:
+            state[k] = state[k].to(device)
+
     def _capture(self) -> None:
         self.graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates them from the graph's pool
-        torch.cuda.empty_cache()  # the eager steps' cached blocks: the graph's pool holds its own
+        self._release_warmup_memory()
         with torch.cuda.graph(self.graph):
             loss = self.loss_fn(*self.static_inputs)
             loss.backward()
@@ -136,7 +154,9 @@ class GraphedTrainStep:
                 raise ValueError(f"input {i} is on {t.device}; GraphedTrainStep takes CUDA tensors")
         self.calls += 1
         if self.calls <= self.warmup:
-            stream = torch.cuda.Stream()
+            if self.stream is None:  # one side stream for every eager step: blocks cached on it are reused
+                self.stream = torch.cuda.Stream()
+            stream = self.stream
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 loss = self._step(inputs)

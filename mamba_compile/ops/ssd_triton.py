@@ -29,11 +29,12 @@ softplus (benchmarks/bench_ssd.py has the op's times beside the reference's; the
     column tiles 0.181, 64-wide 0.192, bf16 C B^T 0.182 / 0.192 (less exact for no gain). One pipeline stage
     is faster (0.162-0.167) but Triton 3.6 miscompiles it with a 16-bit incoming state (relative error 0.9 at
     b1 l777 h4 p32 g2 n64 chunk 64) and, without a C B^T input, faults with an illegal address: keep two.
-    Backward kernels (session 7, benchmarks/probes/ssd_bwd.py): gate_bwd 0.138 with z (0.070 without; the
-    recomputing bwd_dz 0.392), bwd_dx 0.364, dcb 0.120, dB 0.197, dC 0.224 (one stage; 0.299 / 0.309 with two),
-    chunk_state_passing with float32 states 0.084, state_passing_bwd 0.067-0.114, dprev 0.056. Before: dz 0.393,
-    dB 0.321, dC 0.357 (each head's x dy^T formed per tile pair, for dB and again for dC). At b2 l8192 h80:
-    gate_bwd 0.40 (0.16 without z), dx 1.15, dcb 0.36, dB 0.57, dC 0.64 (before: dz 1.23, dB 0.99, dC 1.12).
+    Backward kernels (session 8, benchmarks/probes/ssd_bwd.py, chunk-boundary states and their gradients
+    stored in 16 bits): gate_bwd 0.100 with z (nothing without), bwd_dx 0.284-0.314 (with dD's sums), dcb 0.120,
+    dB 0.085, dC 0.090, chunk_state_passing recompute 0.064, state_passing_bwd 0.048-0.079, dprev 0.055, dt_bwd
+    0.022. With float32 states (session 7 and the float32 paths): dx 0.348, dB 0.194, dC 0.220, recompute 0.083,
+    state_passing_bwd 0.063. At b2 l8192 h80: gate_bwd 0.32, dx 0.90-0.99, dcb 0.36, dB 0.18, dC 0.20, dt_bwd
+    0.10-0.13 (float32 states: dx 1.12, dB 0.56, dC 0.64).
 """
 
 from __future__ import annotations
@@ -1169,15 +1170,22 @@ def _bwd_dbc(x, U, C, dcb, dtp, dA_cs, dy, st, seq_idx, is_db, out_like, da, num
     return out[0] if split == 1 else out.sum(0).to(out_like.dtype)
 
 
-# One pipeline stage: H100, b8 l2048 h24 p64 n128, 0.198 / 0.202 ms for dB / dC against 0.298 / 0.299 with two.
-def chunk_scan_bwd_dB(x, B, C, dcb, dtp, dA_cs, dy, dend, seq_idx, *, num_stages=1, wrap):
-    return _bwd_dbc(x, C, C, dcb, dtp, dA_cs, dy, dend, seq_idx, True, B, None, num_stages, wrap)
+def _dbc_stages(st) -> int:
+    # H100, b8 l2048 h24 p64 n128, dB / dC: float32 states 0.194 / 0.220 ms with one pipeline stage against
+    # 0.300 / 0.303 with two; 16-bit states 0.085 / 0.089 with two against 0.089 / 0.092 with one (b2 l8192
+    # h80: 0.176 / 0.198 against 0.195 / 0.206).
+    return 1 if st.dtype == torch.float32 else 2
 
 
-def chunk_scan_bwd_dC(x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, *, num_stages=1, wrap):
+def chunk_scan_bwd_dB(x, B, C, dcb, dtp, dA_cs, dy, dend, seq_idx, *, num_stages=None, wrap):
+    return _bwd_dbc(x, C, C, dcb, dtp, dA_cs, dy, dend, seq_idx, True, B, None, num_stages or _dbc_stages(dend), wrap)
+
+
+def chunk_scan_bwd_dC(x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, *, num_stages=None, wrap):
     """Returns dC and the log-decay term dy_t . y_state_t in dA_cumsum layout (zero past the sequence end)."""
     da = torch.empty_like(dA_cs)  # written for every head and row before the sequence end
-    return _bwd_dbc(x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, False, C, da, num_stages, wrap), da
+    return _bwd_dbc(x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, False, C, da, num_stages or _dbc_stages(prev),
+                    wrap), da
 
 
 # ----------------------------------------------------------------------------------------------------
