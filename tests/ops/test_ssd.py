@@ -123,6 +123,36 @@ def test_cpu_chunk_boundaries(seqlen):
     check_against_oracle(via_op, inputs, 1e-4, chunk_size=16, dt_softplus=True)
 
 
+def _one_output_case(used, device, tol):
+    """Only one output in the loss: the backward gets no gradient (None, not zeros) for the other, and still
+    matches the oracle's gradients of the same loss (zero for the inputs the final state does not depend on)."""
+    inputs = make_inputs(2, 40, 4, 8, 2, 8, seed=21)
+    got, want = [], []
+    for fn, dst, dev in ((via_op, got, device), (via_oracle, want, "cpu")):
+        leaves = {k: v.detach().clone().to(dev).requires_grad_() if (v is not None and k in GRAD_NAMES) else v
+                  for k, v in inputs.items()}
+        out, final = fn(leaves, chunk_size=16, dt_softplus=True)
+        picked = out if used == "out" else final
+        loss = (picked.double() * out_grads([picked.cpu()])[0].double().to(dev)).sum()
+        names = [k for k in GRAD_NAMES if leaves[k] is not None]
+        grads = torch.autograd.grad(loss, [leaves[k] for k in names], allow_unused=True)  # final: no C, D, z
+        dst.append({k: torch.zeros_like(leaves[k]) if g is None else g for k, g in zip(names, grads)})
+    assert want[0]["x"].abs().max() > 0 and want[0]["dt"].abs().max() > 0
+    for k, w in want[0].items():
+        assert_close(got[0][k].cpu(), w, tol, "d" + k)
+
+
+@pytest.mark.parametrize("used", ["out", "final_states"])
+def test_gradient_through_one_output(used):
+    _one_output_case(used, "cpu", 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("used", ["out", "final_states"])
+def test_cuda_gradient_through_one_output(used):
+    _one_output_case(used, "cuda", 2e-3)
+
+
 @pytest.mark.parametrize("batch, nseq", [(1, 4), (2, 3)], ids=["b1-4seqs", "b2-3seqs"])
 def test_cpu_seq_idx_resets_state(batch, nseq):
     inputs = make_inputs(batch, 50, 4, 8, 2, 8, nseq=nseq)
