@@ -30,11 +30,11 @@ softplus (benchmarks/bench_ssd.py has the op's times beside the reference's; the
     is faster (0.162-0.167) but Triton 3.6 miscompiles it with a 16-bit incoming state (relative error 0.9 at
     b1 l777 h4 p32 g2 n64 chunk 64) and, without a C B^T input, faults with an illegal address: keep two.
     Backward kernels (session 8, benchmarks/probes/ssd_bwd.py, chunk-boundary states and their gradients
-    stored in 16 bits): gate_bwd 0.100 with z (nothing without), bwd_dx 0.284-0.314 (with dD's sums), dcb 0.120,
+    stored in 16 bits): gate_bwd 0.100 with z (nothing without), bwd_dx 0.284-0.314 (with dD's sums), dcb 0.091,
     dB 0.085, dC 0.090, chunk_state_passing recompute 0.064, state_passing_bwd 0.048-0.079, dprev 0.055, dt_bwd
     0.022. With float32 states (session 7 and the float32 paths): dx 0.348, dB 0.194, dC 0.220, recompute 0.083,
-    state_passing_bwd 0.063. At b2 l8192 h80: gate_bwd 0.32, dx 0.90-0.99, dcb 0.36, dB 0.18, dC 0.20, dt_bwd
-    0.10-0.13 (float32 states: dx 1.12, dB 0.56, dC 0.64).
+    state_passing_bwd 0.063. At b2 l8192 h80: gate_bwd 0.32, dx 0.90-0.99, dB 0.18, dC 0.20, dt_bwd
+    0.04-0.13, dcb 0.26 (float32 states: dx 1.12, dB 0.56, dC 0.64).
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def _dt_bwd_kernel(
 
 
 def dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_extra, da, col, colstate, row, dchunk, dt_softplus, dt_min, dt_max,
-           has_limit, *, wrap):
+           has_limit, *, block_h=None, num_warps=4, wrap):
     """Returns dL/d dt (float32, (batch, seqlen, nheads)) and dL/dA (float32, (nheads,)) from the backward's
     log-decay pieces (see _dt_bwd_kernel): ddt_x, ddt_extra (or None), da, col, colstate in dtp's layout, row
     (batch, nheads, nchunks, nrows, chunk_size), one partial sum per row tile of chunk_size // nrows, and dchunk
@@ -198,14 +198,14 @@ def dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_extra, da, col, colstate, row, dchunk
             raise ValueError(f"dt_bwd: {name} must have dtp's layout {tuple(dtp.stride())}, got {tuple(v.stride())}")
     out = torch.empty(batch, seqlen, nheads, device=dt.device, dtype=torch.float32)
     dA = torch.empty(batch, nchunks, nheads, device=dt.device, dtype=torch.float32)
-    block_h = min(triton.next_power_of_2(nheads), max(1, 1024 // chunk_size))
+    block_h = block_h or min(triton.next_power_of_2(nheads), max(1, 1024 // chunk_size))
     _launch(_dt_bwd_kernel, wrap)[(batch, nchunks, triton.cdiv(nheads, block_h))](
         dt, dt_bias if dt_bias is not None else dt, A, dtp, ddt_x, ddt_extra if ddt_extra is not None else dtp,
         da, col, colstate, row, dchunk, out, dA,
         seqlen, nheads, row.shape[3], chunk_size // row.shape[3], dchunk.shape[3], float(dt_min), float(min(dt_max, 3.0e38)),
         *dt.stride(), *dtp.stride(), *row.stride(), *dchunk.stride(), *out.stride(), *dA.stride(),
         CHUNK=chunk_size, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
-        HAS_EXTRA=ddt_extra is not None, BLOCK_H=block_h, num_warps=4,
+        HAS_EXTRA=ddt_extra is not None, BLOCK_H=block_h, num_warps=num_warps,
     )
     return out, dA.sum((0, 1))
 
@@ -939,7 +939,7 @@ def _chunk_scan_bwd_dx_kernel(
     tl.store(dx_ptr + rows, dx, mask=mask)
 
 
-def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, wrap):
+def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, num_warps=4, wrap):
     """Returns dx (x's dtype, contiguous), dL/d dt_proc, the log-decay pieces (see the kernel): col,
     colstate in dA_cumsum layout, row in partial sums, one per block of s (dt_bwd sums them), and dD (float32,
     D's shape, or None)."""
@@ -968,7 +968,7 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
         *(e.stride() if dx_extra is not None else (0, 0, 0, 0)),
         *row.stride(), dd.stride(0), dd.stride(1), dd.stride(2),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, HAS_EXTRA=dx_extra is not None,
-        IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4,
+        IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=num_warps,
         num_stages=num_stages,
     )
     dD = None if D is None else dd.sum((0, 2)) if D.dim() == 2 else dd.sum((0, 2, 3))
@@ -1027,12 +1027,19 @@ def _chunk_scan_bwd_dcb_kernel(
                  + offs_s[None, :] * s_o_s, tl.where(keep, acc, 0.0))
 
 
-def chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, ngroups, seq_idx, *, wrap):
+# 8 warps: H100, b8 l2048 h24 0.091 ms against 0.122 with 4 (b2 l8192 h80: 0.258 against 0.369); 128-row tiles,
+# 3 stages or 1 stage were slower (benchmarks/probes/ssd_bwd_sweep.py).
+def chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, ngroups, seq_idx, *, block_t=None, num_warps=8, num_stages=2, wrap):
     """dL/d(C_t . B_s) summed over each group's heads: (batch, nchunks, ngroups, chunk_size, chunk_size) float32,
-    written on and below the diagonal tiles (BLOCK_T_MAX wide) that hold rows before the sequence end."""
+    written on and below the diagonal tiles (block_t wide, BLOCK_T_MAX by default) that hold rows before the
+    sequence end. dB and dC read the diagonal tiles of BLOCK_T_MAX: block_t may not be narrower."""
     batch, seqlen, nheads, headdim = x.shape
     _, _, nchunks, chunk_size = dtp.shape
-    block_t, block_p, _ = _scan_blocks(chunk_size, headdim, 16)
+    block_t0, block_p, _ = _scan_blocks(chunk_size, headdim, 16)
+    block_t = min(block_t or block_t0, chunk_size)
+    if block_t < block_t0:
+        raise ValueError(f"chunk_scan_bwd_dcb: block_t {block_t} is narrower than the {block_t0}-row tiles dB and dC "
+                         f"read (the tiles above its diagonal would be left unwritten)")
     ntiles = chunk_size // block_t
     dcb = torch.empty(batch, nchunks, ngroups, chunk_size, chunk_size, device=x.device, dtype=torch.float32)
     q = seq_idx if seq_idx is not None else dtp
@@ -1044,7 +1051,7 @@ def chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, ngroups, seq_idx, *, wrap):
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
         *dy.stride(), *dcb.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, IEEE=_ieee(x, dy), BLOCK_T=block_t, BLOCK_P=block_p,
-        num_warps=4, num_stages=2,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return dcb
 
