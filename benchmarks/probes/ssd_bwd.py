@@ -12,7 +12,7 @@ import torch
 
 from benchmarks._common import bench_ms, graph_ms
 from benchmarks.bench_ssd import make_inputs
-from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, args_of, backward_kernels, grad_errors
+from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, backward_kernels, grad_errors, shape_inputs
 
 ssd = importlib.import_module("mamba_compile.ops.ssd")
 
@@ -22,10 +22,7 @@ def main() -> None:
 
     for name, shape in SHAPES.items():
         print(f"\n## {name}", flush=True)
-        t = make_inputs(*shape)
-        x, dt, A, B, C = args_of(t)[:5]
-        D, z, bias = t["D"], t["z"], t["dt_bias"]
-        dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, bias, CHUNK, True, 0.0, ssd._OPEN_BOUND, False, wrap=False)
+        t, x, dt, A, B, C, D, z, bias, dtp, dA_cs = shape_inputs(shape)
         backward_kernels(kt, x, dt, A, B, C, D, z, bias, dtp, dA_cs)
         tg = make_inputs(*shape, requires_grad=True)
         dout = torch.randn_like(tg["x"])

@@ -13,8 +13,7 @@ import importlib
 import torch
 
 from benchmarks._common import bench_ms
-from benchmarks.bench_ssd import make_inputs
-from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, args_of
+from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, rel_err, shape_inputs
 
 ssd = importlib.import_module("mamba_compile.ops.ssd")
 
@@ -27,10 +26,6 @@ DT = [dict(block_h=None, num_warps=4), dict(block_h=1, num_warps=2), dict(block_
       dict(block_h=8, num_warps=4), dict(block_h=8, num_warps=8), dict(block_h=16, num_warps=8)]
 
 
-def _err(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
-
-
 def _sweep(name, configs, run, view=lambda out: out):
     """Times run(cfg) for each configuration; view(out) is what gets compared (outside the timing)."""
     want = None
@@ -38,7 +33,7 @@ def _sweep(name, configs, run, view=lambda out: out):
         try:
             out = view(run(cfg))
             want = out if want is None else want
-            print(f"{name} {cfg}: {bench_ms(lambda: run(cfg)):.4f} ms, diff {_err(out, want):.1e}", flush=True)
+            print(f"{name} {cfg}: {bench_ms(lambda: run(cfg)):.4f} ms, diff {rel_err(out, want):.1e}", flush=True)
         except Exception as e:  # noqa: BLE001
             print(f"{name} {cfg}: failed {type(e).__name__}: {str(e)[:120]}", flush=True)
 
@@ -48,10 +43,7 @@ def main() -> None:
 
     for name, shape in SHAPES.items():
         print(f"\n## {name}", flush=True)
-        t = make_inputs(*shape)
-        x, dt, A, B, C = args_of(t)[:5]
-        D, bias = t["D"], t["dt_bias"]
-        dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, bias, CHUNK, True, 0.0, ssd._OPEN_BOUND, False, wrap=False)
+        t, x, dt, A, B, C, D, z, bias, dtp, dA_cs = shape_inputs(shape)
         prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype, wrap=False)
         dy = torch.randn_like(x)
         dprev = kt.chunk_state_fwd(dy, C, dtp, dA_cs, None, from_start=True, wrap=False)

@@ -8,15 +8,10 @@ value (a miscompiled variant shows up there; see the num_stages note in ssd_trit
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 
 from benchmarks._common import bench_ms
-from benchmarks.bench_ssd import make_inputs
-from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, args_of
-
-ssd = importlib.import_module("mamba_compile.ops.ssd")
+from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, rel_err, shape_inputs
 
 SCAN = [dict(block_t=64, block_s=32, num_warps=4, num_stages=2),  # the default first: the others compare to it
         dict(block_t=64, block_s=64, num_warps=4, num_stages=2),
@@ -36,19 +31,12 @@ PASSING = [dict(block_n=64, block_k=64, num_warps=4, num_stages=2),
            dict(block_n=64, block_k=64, num_warps=8, num_stages=2)]
 
 
-def _err(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
-
-
 def main() -> None:
     from mamba_compile.ops import ssd_triton as kt
 
     for name, shape in SHAPES.items():
         print(f"\n## {name}", flush=True)
-        t = make_inputs(*shape)
-        x, dt, A, B, C = args_of(t)[:5]
-        D, z, bias = t["D"], t["z"], t["dt_bias"]
-        dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, bias, CHUNK, True, 0.0, ssd._OPEN_BOUND, False, wrap=False)
+        t, x, dt, A, B, C, D, z, bias, dtp, dA_cs = shape_inputs(shape)
         want_prev = None
         for cfg in PASSING:
             try:
@@ -56,7 +44,7 @@ def main() -> None:
                                                        **cfg)
                 prev, _ = f()
                 want_prev = prev if want_prev is None else want_prev
-                print(f"state_passing {cfg}: {bench_ms(f):.4f} ms, diff {_err(prev, want_prev):.1e}", flush=True)
+                print(f"state_passing {cfg}: {bench_ms(f):.4f} ms, diff {rel_err(prev, want_prev):.1e}", flush=True)
             except Exception as e:  # noqa: BLE001
                 print(f"state_passing {cfg}: failed {type(e).__name__}: {str(e)[:120]}", flush=True)
         cb = kt.bmm_cb_fwd(C, B, CHUNK, wrap=False)
@@ -66,7 +54,7 @@ def main() -> None:
                 f = lambda: kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, want_prev, D, z, None, cb=cb, config=cfg, wrap=False)
                 out = f()
                 want = out if want is None else want
-                print(f"chunk_scan {cfg}: {bench_ms(f):.4f} ms, diff {_err(out, want):.1e}", flush=True)
+                print(f"chunk_scan {cfg}: {bench_ms(f):.4f} ms, diff {rel_err(out, want):.1e}", flush=True)
             except Exception as e:  # noqa: BLE001
                 print(f"chunk_scan {cfg}: failed {type(e).__name__}: {str(e)[:120]}", flush=True)
         del t

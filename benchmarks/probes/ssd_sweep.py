@@ -37,6 +37,18 @@ def args_of(t):
             0.0, ssd._OPEN_BOUND)
 
 
+def shape_inputs(shape):
+    """Benchmark inputs at ``shape`` (bf16, as bench_ssd makes them) and the forward's chunked dt: (t, x, dt, A,
+    B, C, D, z, dt_bias, dt_proc, dA_cumsum), as the kernel probes start from."""
+    from benchmarks.bench_ssd import make_inputs
+    from mamba_compile.ops import ssd_triton as kt
+
+    t = make_inputs(*shape)
+    x, dt, A, B, C = args_of(t)[:5]
+    dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, t["dt_bias"], CHUNK, True, 0.0, ssd._OPEN_BOUND, False, wrap=False)
+    return t, x, dt, A, B, C, t["D"], t["z"], t["dt_bias"], dtp, dA_cs
+
+
 def rel_err(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
