@@ -35,7 +35,8 @@ What the graph fixes at capture, and what is checked on each call instead of sil
 The returned loss, and the parameters' ``.grad``, live in the graph's memory: the next call overwrites them
 (``loss.clone()`` keeps one). Gradients are not accumulated across calls (each step starts from zero). At the
 capture the optimizer's state tensors are replaced by copies with the same values (moved to the host and back,
-so that the eager steps' cached memory can be released): hold the optimizer, not its state tensors.
+so that the eager steps' cached memory can be released; this needs host memory for the state, once): hold the
+optimizer, not its state tensors.
 """
 
 from __future__ import annotations
