@@ -34,7 +34,8 @@ def main() -> None:
                                z=tg["z"] if with_z else None, dt_bias=tg["dt_bias"], dt_softplus=True).backward(dout)
 
         for with_z in (True, False):
-            print(f"op fwd+bwd, {'z' if with_z else 'no z (a Mamba-2 block)'}: eager {bench_ms(lambda: step(with_z)):.4f} "
+            label = "z" if with_z else "no z (a Mamba-2 block)"
+            print(f"op fwd+bwd, {label}: eager {bench_ms(lambda: step(with_z)):.4f} "
                   f"ms, CUDA graph {graph_ms(lambda: step(with_z)):.4f} ms", flush=True)
         step()
         print("grad rel err (max abs err / max abs) vs the float32 torch path: " + grad_errors(tg, dout), flush=True)

@@ -34,7 +34,8 @@ def kernel_times(fn, iters: int) -> dict[str, tuple[float, int]]:
 
 def table(name: str, times: dict[str, tuple[float, int]]) -> list[str]:
     total = sum(t for t, _ in times.values())
-    lines = [f"### {name}: {total / 1e3:.3f} ms of kernels per call", "", "| kernel | µs | launches |", "|---|---|---|"]
+    lines = [f"### {name}: {total / 1e3:.3f} ms of kernels per call", "", "| kernel | µs | launches |",
+             "|---|---|---|"]
     for k, (t, n) in sorted(times.items(), key=lambda kv: -kv[1][0]):
         lines.append(f"| {k[:90]} | {t:.1f} | {n} |")
     return lines + [""]

@@ -414,6 +414,16 @@ def _grad_like(*inputs):
 # ----------------------------------------------------------------------------------------------------
 
 
+def _state_dtype(x, B, C, cu_seqlens, recompute_y: bool = False) -> torch.dtype:
+    """The dtype the chunk-boundary states (and, in the backward, their gradients) are stored in; carried in
+    float32 either way. C's dtype for 16-bit inputs, as the reference stores them (their dots then run in 16
+    bits); float32 for float32 inputs, when the packed sequences' states are built from them, and for the
+    backward's recomputing dz kernel."""
+    from . import ssd_triton as kt
+
+    return torch.float32 if cu_seqlens is not None or recompute_y or kt._ieee(x, B, C) else C.dtype
+
+
 def _fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus,
                 dt_min, dt_max, wrap: bool, keep_pre_gate: bool = False):
     """(out, final_states, varlen_states, pre_gate): pre_gate is y + D x when keep_pre_gate and z is given (the
@@ -422,11 +432,9 @@ def _fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_i
 
     dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max,
                                      _has_dt_limit(dt_min, dt_max), wrap=wrap)
-    # The state entering each chunk is read once, by chunk_scan: kept in C's dtype for 16-bit inputs (as the
-    # reference does), in float32 for float32 inputs and when the varlen states are built from it.
-    prev_dtype = torch.float32 if cu_seqlens is not None or kt._ieee(x, B, C) else C.dtype
+    # The state entering each chunk is read once, by chunk_scan.
     prev, final_states = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx,
-                                                    prev_dtype=prev_dtype, wrap=wrap)
+                                                    prev_dtype=_state_dtype(x, B, C, cu_seqlens), wrap=wrap)
     cb = kt.bmm_cb_fwd(C, B, chunk_size, wrap=wrap)  # once per group, not per head
     pre_gate = torch.empty_like(x) if keep_pre_gate and z is not None else None
     out = kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, cb=cb, pre_gate=pre_gate, wrap=wrap)
@@ -448,11 +456,9 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
     has_limit = _has_dt_limit(dt_min, dt_max)
     dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, has_limit,
                                      wrap=wrap)
-    # The chunk-boundary states and their gradients are stored as the forward stores its states: in C's dtype for
-    # 16-bit inputs (their dots in dB, dC and dx then run in 16 bits, as the reference's do), in float32 for
-    # float32 inputs, for packed sequences' states and for the recomputing dz kernel. Carried in float32.
+    # The chunk-boundary states and their gradients are stored as the forward stores its states.
     recompute_y = z is not None and pre_gate is None
-    st_dtype = torch.float32 if cu_seqlens is not None or recompute_y or kt._ieee(x, B, C) else C.dtype
+    st_dtype = _state_dtype(x, B, C, cu_seqlens, recompute_y)
     prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, prev_dtype=st_dtype, wrap=wrap)
     # dy = dout * silu(z) (rounded to dout's dtype, and used so everywhere) and dz: elementwise from the
     # forward's pre-gate output when it was kept, else with y recomputed; without z, dy is dout.

@@ -1,18 +1,18 @@
 """Triton kernels for the Mamba-2 SSD chunked scan (see ssd.py for the math and the shape letters).
 
-Forward: chunk_cumsum (dt bias/softplus/clamp fused with the within-chunk cumsum of dt*A) ->
-chunk_state_passing (the state each chunk adds and the sequential pass over chunks in one kernel; the states
-entering each chunk are stored in C's dtype for 16-bit inputs, as the reference does) -> bmm_cb (C B^T once per
-chunk and group, float32, instead of once per head) -> chunk_scan (reads C B^T, incoming-state term, D skip
-and z gate fused; with a gate and a backward to come it also writes y + D x). Backward: chunk_state_passing
-again (states stored as the forward stores them), the gate's backward (gate_bwd: elementwise from the kept
-y + D x, nothing without z; chunk_scan_bwd_dz recomputes y when z is given without it), chunk_state in from-start mode (state
-gradient from each chunk's outputs), state_passing_bwd (and the log-decay term of pairs spanning a chunk),
-chunk_scan_bwd_dx (dx, dL/d dt, dD and the within-chunk pair sums of the log-decay gradient), chunk_scan_bwd_dcb
-(dL/d(C_t . B_s), the group's heads summed once), chunk_scan_bwd_dB / _dC (from it and the chunk-boundary
-states; dC also gives dy_t . y_state_t, the pairs whose earlier index lies before the chunk; heads split over a
-few programs when there are few chunks; no atomics anywhere, so results are deterministic), dt_bwd (the
-log-decay gradient assembled from those pieces, dA, and dt back through clamp, softplus and bias).
+Forward: chunk_cumsum (dt bias/softplus/clamp fused with the within-chunk cumsum of dt*A) -> chunk_state_passing
+(the state each chunk adds and the sequential pass over chunks in one kernel; the states entering each chunk are
+stored in C's dtype for 16-bit inputs, as the reference does) -> bmm_cb (C B^T once per chunk and group, float32,
+instead of once per head) -> chunk_scan (reads C B^T, incoming-state term, D skip and z gate fused; with a gate and
+a backward to come it also writes y + D x). Backward: chunk_state_passing again (states stored as the forward stores
+them), the gate's backward (gate_bwd: elementwise from the kept y + D x, nothing without z; chunk_scan_bwd_dz
+recomputes y when z is given without it), chunk_state in from-start mode (state gradient from each chunk's outputs),
+state_passing_bwd (and the log-decay term of pairs spanning a chunk), chunk_scan_bwd_dx (dx, dL/d dt, dD and the
+within-chunk pair sums of the log-decay gradient), chunk_scan_bwd_dcb (dL/d(C_t . B_s), the group's heads summed
+once), chunk_scan_bwd_dB / _dC (from it and the chunk-boundary states; dC also gives dy_t . y_state_t, the pairs
+whose earlier index lies before the chunk; heads split over a few programs when there are few chunks; no atomics
+anywhere, so results are deterministic), dt_bwd (the log-decay gradient assembled from those pieces, dA, and dt back
+through clamp, softplus and bias).
 
 Layouts: dt_proc, dA_cumsum: (batch, nheads, nchunks, chunk_size) float32; chunk states and their gradients:
 (batch, nchunks, nheads, headdim, dstate), contiguous; C B^T: (batch, nchunks, ngroups, chunk_size,
@@ -202,7 +202,8 @@ def dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_extra, da, col, colstate, row, dchunk
     _launch(_dt_bwd_kernel, wrap)[(batch, nchunks, triton.cdiv(nheads, block_h))](
         dt, dt_bias if dt_bias is not None else dt, A, dtp, ddt_x, ddt_extra if ddt_extra is not None else dtp,
         da, col, colstate, row, dchunk, out, dA,
-        seqlen, nheads, row.shape[3], chunk_size // row.shape[3], dchunk.shape[3], float(dt_min), float(min(dt_max, 3.0e38)),
+        seqlen, nheads, row.shape[3], chunk_size // row.shape[3], dchunk.shape[3], float(dt_min),
+        float(min(dt_max, 3.0e38)),
         *dt.stride(), *dtp.stride(), *row.stride(), *dchunk.stride(), *out.stride(), *dA.stride(),
         CHUNK=chunk_size, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
         HAS_EXTRA=ddt_extra is not None, BLOCK_H=block_h, num_warps=num_warps,
@@ -1189,7 +1190,8 @@ def chunk_scan_bwd_dB(x, B, C, dcb, dtp, dA_cs, dy, dend, seq_idx, *, num_stages
 
 
 def chunk_scan_bwd_dC(x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, *, num_stages=None, wrap):
-    """Returns dC and the log-decay term dy_t . y_state_t in dA_cumsum layout (zero past the sequence end)."""
+    """Returns dC and the log-decay term dy_t . y_state_t in dA_cumsum layout (unwritten past the sequence end,
+    where dt_bwd does not read)."""
     da = torch.empty_like(dA_cs)  # written for every head and row before the sequence end
     return _bwd_dbc(x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, False, C, da, num_stages or _dbc_stages(prev),
                     wrap), da
