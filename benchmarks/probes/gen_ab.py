@@ -22,11 +22,12 @@ import torch
 import mamba_compile.models.mixers as mixers
 from benchmarks._common import device_name, write_results
 from benchmarks.bench_model import config_130m
-from benchmarks.probes.decode_fused import _eager_step, _graph_ms
+from benchmarks.probes.decode_fused import _eager_step, _events_ms, _graph_ms
 from mamba_compile.models import MambaLM, generation
 from mamba_compile.models import model as model_module
 from mamba_compile.models.cache import InferenceCache
 from mamba_compile.ops import mamba1_decode_triton
+from mamba_compile.ops._triton import dependent_launches
 
 
 def _set(obj, name, value):
@@ -53,6 +54,7 @@ VARIANTS = {
     "graphed_all_plain_argmax": lambda: _chain(_set(generation, "GRAPH_MAX_BATCH", 1 << 20),
                                                _set(model_module, "FIRST_ARGMAX_MAX_BATCH", 0)),
     "first_argmax_all": lambda: _set(model_module, "FIRST_ARGMAX_MAX_BATCH", 1 << 20),
+    "pdl_off": lambda: _set(generation, "DEPENDENT_LAUNCH", False),
 }
 
 
@@ -65,7 +67,7 @@ def run(arch: str, variants: list[str], iters: int = 5, batch: int = 1) -> list[
     torch.manual_seed(0)
     model = MambaLM(config_130m(arch), device="cuda", dtype=torch.bfloat16).eval()
     ids = torch.randint(0, model.config.vocab_size, (batch, 100), device="cuda")
-    rows = []
+    rows, first = [], None
     for name in variants:
         undo = VARIANTS[name]()
         try:
@@ -76,10 +78,15 @@ def run(arch: str, variants: list[str], iters: int = 5, batch: int = 1) -> list[
             cache = model.allocate_cache(batch, 300).mark_static()
             model(ids, cache=cache)
             step_ms = _graph_ms(lambda: _eager_step(model, ids[:, -1], cache))
+            print(f"  {name}: eager step graph {step_ms:.3f} ms", flush=True)
+            with dependent_launches():  # the same step's graph, its decode kernels launched dependent
+                step_pdl_ms = _graph_ms(lambda: _eager_step(model, ids[:, -1], cache))
             t = time.perf_counter()
+            print(f"  {name}: eager step graph, dependent launches {step_pdl_ms:.3f} ms", flush=True)
             model.generate(ids, 100)  # compiles the step, records its graph
             torch.cuda.synchronize()
             compile_s = time.perf_counter() - t
+            print(f"  {name}: first generate {compile_s:.1f} s", flush=True)
             totals, decodes = [], []
             for _ in range(iters):
                 t = time.perf_counter()
@@ -87,8 +94,16 @@ def run(arch: str, variants: list[str], iters: int = 5, batch: int = 1) -> list[
                 torch.cuda.synchronize()
                 totals.append((time.perf_counter() - t) * 1e3)
                 decodes.append(out.decode_s * 1e3)
-            rows.append(dict(model=arch, batch=batch, variant=name, eager_graph_step_ms=step_ms, generate_ms=statistics.median(totals),
-                             decode_ms_per_step=statistics.median(decodes) / 99, compile_s=compile_s))
+            runner = next(iter(model.__dict__.get("_graphed_greedy", {}).values()), None)
+            graphed_ms = None
+            if runner is not None:  # the GRAPH_STEPS-step graph alone (its tokens past the cache's end unused)
+                graphed_ms = _events_ms(lambda: runner.replay(runner.steps), 20) / runner.steps
+            first = out.sequences if first is None else first
+            rows.append(dict(model=arch, batch=batch, variant=name, eager_graph_step_ms=step_ms,
+                             eager_graph_step_pdl_ms=step_pdl_ms, graphed_step_ms=graphed_ms,
+                             dependent=getattr(runner, "dependent", None), generate_ms=statistics.median(totals),
+                             decode_ms_per_step=statistics.median(decodes) / 99, compile_s=compile_s,
+                             same_tokens_as_first=bool(torch.equal(out.sequences, first))))
         except Exception as e:  # noqa: BLE001
             rows.append(dict(model=arch, variant=name, error=f"{type(e).__name__}: {e}"[:200]))
         finally:
@@ -103,7 +118,13 @@ def main():
     parser.add_argument("--models", nargs="+", default=["mamba2", "mamba1"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--watchdog", type=float, default=0,
+                        help="seconds: print every thread's stack at that interval (to find a hang)")
     args = parser.parse_args()
+    if args.watchdog:
+        import faulthandler
+
+        faulthandler.dump_traceback_later(args.watchdog, repeat=True)
     print(f"device: {device_name()}, torch {torch.__version__}", flush=True)
     rows = []
     for arch in args.models:

@@ -245,8 +245,11 @@ class MambaLM(nn.Module):
 
     def greedy_step(self, input_ids: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         """decode_step followed by argmax over the real vocabulary: input_ids (b,) -> next tokens (b,) int64."""
-        logits = self.decode_step(input_ids, cache)
-        if input_ids.shape[0] <= FIRST_ARGMAX_MAX_BATCH:
+        return self.greedy_tokens(self.decode_step(input_ids, cache))
+
+    def greedy_tokens(self, logits: torch.Tensor) -> torch.Tensor:
+        """The argmax over the real vocabulary of decode logits (b, padded_vocab_size) -> tokens (b,) int64."""
+        if logits.shape[0] <= FIRST_ARGMAX_MAX_BATCH:
             return first_argmax(logits, self.config.vocab_size)
         return logits[:, : self.config.vocab_size].argmax(-1)
 

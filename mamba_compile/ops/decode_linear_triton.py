@@ -1,13 +1,14 @@
 """GEMV kernel for ``decode_linear``: one program per BLOCK_N rows of W. When k fits in one tile (up to 4096)
 the program loads its rows of W once, as one (BLOCK_N, BLOCK_K) tile, and applies them to each row of x in
 turn (so W is read once whatever the batch); otherwise it walks k per row. fp32 products and sums; masked,
-strided."""
+strided. With ``PDL`` (programmatic dependent launch, see ``_triton``) W's tile is read before the wait for
+the previous kernel."""
 
 from __future__ import annotations
 
 import torch
 
-from ._triton import launcher, tl, triton
+from ._triton import dependent_launch_options, launcher, tl, triton
 from .norms_triton import next_power_of_2
 
 
@@ -15,6 +16,7 @@ from .norms_triton import next_power_of_2
 def _decode_linear_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, batch, n, k, s_xb, s_xk, s_wn, s_wk, s_ob, s_on,
     HAS_BIAS: tl.constexpr, ONE_TILE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < n
@@ -25,6 +27,9 @@ def _decode_linear_kernel(
     if ONE_TILE:  # all of k: W's tile is loaded once and serves every row of x
         w = tl.load(w_rows + offs_k[None, :] * s_wk, mask=mask_n[:, None] & (offs_k < k)[None, :], other=0.0)
         w = w.to(tl.float32)
+    if PDL:  # W and the bias were read before the wait; x is the previous kernel's output
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     for b in range(0, batch):
         x_row = x_ptr + b * s_xb
         if ONE_TILE:
@@ -62,5 +67,6 @@ def decode_linear_fwd(x, weight, bias, *, wrap: bool, block_n: int | None = None
     launcher(_decode_linear_kernel, wrap)[(triton.cdiv(n, BLOCK_N),)](
         x, weight, b if b is not None else x, out, batch, n, k, *x.stride(), *weight.stride(), *out.stride(),
         HAS_BIAS=b is not None, ONE_TILE=int(k) <= BLOCK_K, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=warps,
+        **dependent_launch_options(out),
     )
     return out

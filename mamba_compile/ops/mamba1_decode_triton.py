@@ -12,6 +12,9 @@ program, so no other program reads or writes it.
 x_dbl[:r] + b_dt[c]) as a short dot in registers, A = -exp(A_log) on load, then the state update, the C
 contraction, the D skip and the silu(z) gate (the Mamba-1 case of ``selective_state_update_triton``).
 
+decode_norm_in, decode_norm_head and the state update take ``PDL`` (programmatic dependent launch, see
+``_triton``): their weights, and the update's state, are read before the wait for the previous kernel.
+
 All math is fp32 whatever the storage dtypes; every access is masked; tensors are read through strides.
 """
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import launcher, tl, triton
+from ._triton import dependent_launch_options, launcher, tl, triton
 from .norms_triton import next_power_of_2
 
 
@@ -164,9 +167,10 @@ def _decode_norm_in_kernel(
     HAS_NORM_BIAS: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_XPROJ: tl.constexpr,
     HAS_CONV: tl.constexpr, STORE_RES: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_R: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """decode_norm_in; without HAS_CONV (decode_norm_head) every row is stored as it is and, without
-    STORE_RES, the new residual is not written."""
+    STORE_RES, the new residual is not written. PDL: W is read before the wait (see ``_triton``)."""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < n_rows
     b = tl.program_id(1).to(tl.int64)
@@ -178,6 +182,9 @@ def _decode_norm_in_kernel(
     # the whole (d_model, BLOCK_N) slice of W^T in one load, issued before anything waits
     w = tl.load(w_ptr + offs_n[None, :] * s_wn + offs_f[:, None] * s_wk, mask=mask_f[:, None] & mask_n[None, :],
                 other=0.0)
+    if PDL:  # the hidden state, residual and scales are the previous kernels' outputs
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     s = tl.load(h_ptr + b * s_hb + offs_f, mask=mask_f, other=0.0).to(tl.float32)
     if HAS_SSQ:  # Mamba-2's gated RMSNorm, deferred past out_proj: one scale per row
         offs_q = tl.arange(0, BLOCK_Q)
@@ -250,6 +257,7 @@ def decode_norm_in_fwd(hidden, residual, sumsq, gate_eps, gate_group_size, norm_
         BLOCK_Q=max(16, next_power_of_2(int(n_ssq))), BLOCK_R=max(16, next_power_of_2(int(xproj[2]))),
         # H100, 130M, batch 1: with x_proj 4.6 us at 8 warps against 4.9 at 4; without it 4.2 at 4 against 4.4
         num_warps=num_warps or (8 if x_proj_weight is not None and BLOCK_F * BLOCK_N >= 8192 else 4),
+        **dependent_launch_options(out),
     )
     return out, rout, parts
 
@@ -277,7 +285,7 @@ def decode_norm_head_fwd(hidden, residual, sumsq, gate_eps, gate_group_size, nor
         W=2, HAS_RES=residual is not None, HAS_SSQ=sumsq is not None, IS_RMS=is_rms,
         HAS_NORM_BIAS=norm_b is not None, HAS_IN_BIAS=False, HAS_CONV_BIAS=False, HAS_XPROJ=False, HAS_CONV=False,
         STORE_RES=False, BLOCK_N=BLOCK_N, BLOCK_F=BLOCK_F, BLOCK_Q=max(16, next_power_of_2(int(n_ssq))), BLOCK_R=16,
-        num_warps=num_warps or 4,
+        num_warps=num_warps or 4, **dependent_launch_options(out),
     )
     return out
 
@@ -300,6 +308,7 @@ def _decode_ssm_fwd_kernel(
     d_inner, d_state, dt_rank, n_qparts,
     s_sb, s_sd, s_sn, s_xb, s_xd, s_qp, s_qb, s_qk, s_wd, s_wr, s_ad, s_an, s_zb, s_zd, s_yb, s_yd,
     BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     b = tl.program_id(1).to(tl.int64)
@@ -308,6 +317,17 @@ def _decode_ssm_fwd_kernel(
     mask_n = offs_n < d_state
     mask_dn = mask_d[:, None] & mask_n[None, :]
     q_row = xdbl_ptr + b * s_qb
+
+    # the weights and this layer's state: nothing else in a decode step writes them (PDL: read before the wait)
+    A = -tl.exp(tl.load(alog_ptr + offs_d[:, None] * s_ad + offs_n[None, :] * s_an, mask=mask_dn,
+                        other=0.0).to(tl.float32))
+    Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    bias = tl.load(bdt_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    state_ptrs = s_ptr + b * s_sb + offs_d[:, None] * s_sd + offs_n[None, :] * s_sn
+    state = tl.load(state_ptrs, mask=mask_dn, other=0.0).to(tl.float32)
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
 
     # dt = softplus(W_dt[d, :] . x_dbl[b, :dt_rank] + b_dt[d])
     dt_acc = tl.zeros((BLOCK_D, BLOCK_R), dtype=tl.float32)
@@ -318,22 +338,18 @@ def _decode_ssm_fwd_kernel(
         w = tl.load(wdt_ptr + offs_d[:, None] * s_wd + offs_r[None, :] * s_wr,
                     mask=mask_d[:, None] & mask_r[None, :], other=0.0).to(tl.float32)
         dt_acc += w * q[None, :]
-    dt = tl.sum(dt_acc, axis=1) + tl.load(bdt_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.sum(dt_acc, axis=1) + bias
     dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)  # softplus, linear above 20 as in torch
 
-    A = -tl.exp(tl.load(alog_ptr + offs_d[:, None] * s_ad + offs_n[None, :] * s_an, mask=mask_dn,
-                        other=0.0).to(tl.float32))
     B = _sum_parts(q_row + (dt_rank + offs_n) * s_qk, n_qparts, s_qp, mask_n, BLOCK_Q)
     C = _sum_parts(q_row + (dt_rank + d_state + offs_n) * s_qk, n_qparts, s_qp, mask_n, BLOCK_Q)
     x = tl.load(x_ptr + b * s_xb + offs_d * s_xd, mask=mask_d, other=0.0).to(tl.float32)
 
-    state_ptrs = s_ptr + b * s_sb + offs_d[:, None] * s_sd + offs_n[None, :] * s_sn
-    state = tl.load(state_ptrs, mask=mask_dn, other=0.0).to(tl.float32)
     state = state * tl.exp(A * dt[:, None]) + B[None, :] * (dt * x)[:, None]
     tl.store(state_ptrs, state.to(s_ptr.dtype.element_ty), mask=mask_dn)
 
     y = tl.sum(state * C[None, :], axis=1)
-    y += x * tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    y += x * Dv
     zv = tl.load(z_ptr + b * s_zb + offs_d * s_zd, mask=mask_d, other=0.0).to(tl.float32)
     y *= zv * tl.sigmoid(zv)
     tl.store(y_ptr + b * s_yb + offs_d * s_yd, y.to(y_ptr.dtype.element_ty), mask=mask_d)
@@ -381,7 +397,7 @@ def mamba1_decode_ssm_fwd(ssm_state, x, x_dbl, dt_proj_weight, dt_proj_bias, A_l
         *ssm_state.stride(), *x.stride(), *q.stride(), *dt_proj_weight.stride(), *A_log.stride(),
         *z.stride(), *y.stride(),
         BLOCK_D=BLOCK_D, BLOCK_S=BLOCK_S, BLOCK_R=BLOCK_R, BLOCK_Q=next_power_of_2(int(q.shape[0])),
-        num_warps=warps,
+        num_warps=warps, **dependent_launch_options(y),
     )
     return y
 

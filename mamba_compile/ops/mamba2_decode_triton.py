@@ -3,7 +3,9 @@
 ``_decode_ssm_fwd_kernel``: one program per (BLOCK_P headdim rows) x (head) x (batch row). It reads the head's
 raw dt, dt_bias and A_log (softplus, the dt_limit clamp and A = -exp(A_log) in registers), its group's B and
 C, updates its (BLOCK_P, d_state) state tile in place and writes y = C . s + D x (times silu(z) with a gate).
-The glue of the unfused step (-exp(A_log), .float() casts, expands) is gone.
+The glue of the unfused step (-exp(A_log), .float() casts, expands) is gone. With ``PDL`` (programmatic
+dependent launch, see ``_triton``) the head's parameters and state tile are read before the wait for the
+previous kernel.
 
 All math is fp32 whatever the storage dtypes; every access is masked; tensors are read through strides
 (x, B, C, dt and z are usually views into decode_in's output).
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import launcher, tl, triton
+from ._triton import dependent_launch_options, launcher, tl, triton
 from .norms_triton import next_power_of_2
 
 
@@ -24,7 +26,7 @@ def _decode_ssm_fwd_kernel(
     s_sb, s_sh, s_sp, s_sn, s_xb, s_xh, s_xp, s_Bb, s_Bg, s_Bn, s_Cb, s_Cg, s_Cn, s_tb, s_th,
     s_Dh, s_Dp, s_zb, s_zh, s_zp, s_yb, s_yh, s_yp, ssq_ptr, s_qb,
     HAS_Z: tl.constexpr, HAS_LIMIT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr,
-    GATE_NORM: tl.constexpr,
+    GATE_NORM: tl.constexpr, PDL: tl.constexpr,
 ):
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     h = tl.program_id(1)
@@ -35,24 +37,32 @@ def _decode_ssm_fwd_kernel(
     mask_n = offs_n < d_state
     mask_pn = mask_p[:, None] & mask_n[None, :]
 
+    # the weights and this layer's state: nothing else in a decode step writes them (PDL: read before the wait)
+    A = -tl.exp(tl.load(alog_ptr + h).to(tl.float32))
+    dt_bias = tl.load(dtb_ptr + h).to(tl.float32)
+    Dv = tl.load(D_ptr + h * s_Dh + offs_p * s_Dp, mask=mask_p, other=0.0).to(tl.float32)
+    state_ptrs = s_ptr + b * s_sb + h * s_sh + offs_p[:, None] * s_sp + offs_n[None, :] * s_sn
+    state = tl.load(state_ptrs, mask=mask_pn, other=0.0).to(tl.float32)
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
     # dt = clamp(softplus(dt_raw + dt_bias), dt_limit): one scalar per (batch row, head)
-    dt = tl.load(dt_ptr + b * s_tb + h * s_th).to(tl.float32) + tl.load(dtb_ptr + h).to(tl.float32)
+    dt = tl.load(dt_ptr + b * s_tb + h * s_th).to(tl.float32) + dt_bias
     dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)  # softplus, linear above 20 as in torch
     if HAS_LIMIT:
         dt = tl.minimum(tl.maximum(dt, dt_lo), dt_hi)
-    dA = tl.exp(-tl.exp(tl.load(alog_ptr + h).to(tl.float32)) * dt)
+    dA = tl.exp(A * dt)
 
     B = tl.load(B_ptr + b * s_Bb + g * s_Bg + offs_n * s_Bn, mask=mask_n, other=0.0).to(tl.float32)
     C = tl.load(C_ptr + b * s_Cb + g * s_Cg + offs_n * s_Cn, mask=mask_n, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + b * s_xb + h * s_xh + offs_p * s_xp, mask=mask_p, other=0.0).to(tl.float32)
 
-    state_ptrs = s_ptr + b * s_sb + h * s_sh + offs_p[:, None] * s_sp + offs_n[None, :] * s_sn
-    state = tl.load(state_ptrs, mask=mask_pn, other=0.0).to(tl.float32)
     state = state * dA + B[None, :] * (dt * x)[:, None]
     tl.store(state_ptrs, state.to(s_ptr.dtype.element_ty), mask=mask_pn)
 
     y = tl.sum(state * C[None, :], axis=1)
-    y += x * tl.load(D_ptr + h * s_Dh + offs_p * s_Dp, mask=mask_p, other=0.0).to(tl.float32)
+    y += x * Dv
     if HAS_Z:
         zv = tl.load(z_ptr + b * s_zb + h * s_zh + offs_p * s_zp, mask=mask_p, other=0.0).to(tl.float32)
         if GATE_NORM == 0:  # the gate alone (a model without the gated RMSNorm)
@@ -109,7 +119,7 @@ def mamba2_decode_ssm_fwd(ssm_state, x, B, C, dt, A_log, dt_bias, D, z, dt_limit
         *ssm_state.stride(), *x.stride(), *B.stride(), *C.stride(), *dt.stride(), *s_D, *s_z, *y.stride(),
         ssq, ssq.stride(0),
         HAS_Z=z is not None, HAS_LIMIT=(lo, hi) != (0.0, float("inf")), BLOCK_P=BLOCK_P, BLOCK_S=BLOCK_S,
-        GATE_NORM=gate, num_warps=warps,
+        GATE_NORM=gate, num_warps=warps, **dependent_launch_options(y),
     )
     return y if gate_norm is None else (y, ssq)
 
