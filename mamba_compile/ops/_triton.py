@@ -58,7 +58,9 @@ def supports_dependent_launch(device: torch.device) -> bool:
 @contextlib.contextmanager
 def dependent_launches(enabled: bool = True):
     """Within this block, eager launches of the decode kernels on a GPU that supports it use programmatic
-    dependent launch (see the module docstring). Meant for CUDA-graph captures of the decode step."""
+    dependent launch (see the module docstring). Meant for CUDA-graph captures of the decode step: the
+    kernel launched just before each decode kernel must not write that kernel's weights or state, which
+    holds inside a step (a graph's first kernel, moreover, waits for all the work before the graph)."""
     token = _DEPENDENT_LAUNCHES.set(enabled)
     try:
         yield
