@@ -39,7 +39,9 @@ that hold g's first column, read back as one scalar per channel and state, a bar
 rows of input-dependent B/C are sums over channels: reduced over the program's channels in registers, then
 added with ``tl.atomic_add`` into fp32 (batch, ngroups, dstate, seqlen) buffers through a [NPART, 2, 4]
 view that is the atomics' own 4-per-thread layout (the summation order varies from run to run: fp32
-rounding-level differences). Per-channel sums over time are per-lane partial sums (time inside a thread)
+rounding-level differences). The programs spread those adds over _BWD_BC_COPIES copies of the buffers, which
+torch sums: one buffer had every program of a batch row adding into the same addresses at once (0.25 ms of
+1.67 at b8 d1536 l2048 n16 on an H100). Per-channel sums over time are per-lane partial sums (time inside a thread)
 added to in memory for dA and time-invariant dB/dC, register sums written per batch row for dD and
 d delta_bias, all summed in torch. Tiles kept for after the loop over states are int32 offsets from scalar
 row pointers, not 64-bit pointers.
@@ -416,7 +418,7 @@ def _bwd_state_step(
 def _selective_scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, states_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_part_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, gseed_ptr,
-    batch, dim, seqlen, dstate, B_dpg, C_dpg, ngroups_B, ngroups_C,
+    batch, dim, seqlen, dstate, B_dpg, C_dpg, ngroups_B, ngroups_C, bc_copies,
     s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_D, s_z_b, s_z_d, s_z_l, s_bias, s_do_b, s_do_d, s_do_l, s_dls_b, s_dls_d, s_dls_n, s_o_b, s_o_d,
@@ -467,8 +469,11 @@ def _selective_scan_bwd_kernel(
     grp_b, grp_c = (pid_d * BLOCK_D) // B_dpg, (pid_d * BLOCK_D) // C_dpg
     B_row, B_col = B_ptr + pid_b * s_B_b + grp_b * s_B_g, B_ptr + offs_d * s_B_g
     C_row, C_col = C_ptr + pid_b * s_C_b + grp_c * s_C_g, C_ptr + offs_d * s_C_g
-    dB_row = dB_ptr + (pid_b * ngroups_B + grp_b) * dstate * seqlen
-    dC_row = dC_ptr + (pid_b * ngroups_C + grp_c) * dstate * seqlen
+    # varying dB/dC: program pid_d adds into copy pid_d % bc_copies of the (batch, ngroups, dstate, seqlen) rows
+    # (summed in torch), so fewer programs add to one address at a time
+    copy = pid_d % bc_copies
+    dB_row = dB_ptr + ((copy * batch + pid_b) * ngroups_B + grp_b) * dstate * seqlen
+    dC_row = dC_ptr + ((copy * batch + pid_b) * ngroups_C + grp_c) * dstate * seqlen
     dn_off = (pid_b * dim + offs_d) * dstate  # [BLOCK_D]: (batch row, channel) in (batch, dim, dstate)
     # Partial sums: (batch, dim, dstate, NPART + 1) fp32 (the last column unused): rows of an odd length
     # are not 16-byte aligned, so a part's [BLOCK_D, NPART] loads and stores are not vectorised and keep the
@@ -643,6 +648,13 @@ def bwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, i
 
 
 _BWD_CONFIG = (2, 256, 1)  # backward (BLOCK_D, BLOCK_L, num_warps); timings in bwd_block_sizes
+# Copies of the varying dB/dC buffers that the backward's programs spread their atomic adds over (program i adds into
+# copy i mod copies; torch sums them). Every program of a batch row walks the same time tile at about the same
+# time, so with one buffer all of them added into the same addresses at once. H100, b8 d1536 l2048 n16 bf16,
+# backward launcher as a CUDA graph (benchmarks/probes/scan_bwd_parts.py): 1.669-1.674 ms with one copy, 1.546
+# with 2, 1.492 with 4, 1.416 with 8, 1.420 with 16; 1.319-1.322 with B or C (or both) time-invariant, whose
+# sums take no atomics. The copies cost 8 x (batch, ngroups, dstate, seqlen) fp32 each for dB and dC.
+_BWD_BC_COPIES = 8
 # The backward's reverse scan as a forward scan in reversed time between two tl.gather flips (False:
 # Triton's reverse scan; timings in the module docstring).
 _BWD_GATHER_FLIP = True
@@ -782,13 +794,14 @@ def _bc_args(M: Tensor, dim: int):
 
 def selective_scan_bwd(
     dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_states,
-    *, wrap: bool, config=None, gather_flip: bool | None = None,
+    *, wrap: bool, config=None, gather_flip: bool | None = None, bc_copies: int | None = None,
 ):
     """Backward launch; returns du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state, each in its
     input's dtype (empty for an absent input). ``config`` = (BLOCK_D, BLOCK_L, num_warps) overrides the
     heuristic; its BLOCK_L must be the ``state_chunk`` of the forward that saved ``chunk_states``.
     ``gather_flip`` picks how the reverse scan runs (default ``_BWD_GATHER_FLIP``: a forward scan in
-    reversed time between two tl.gather flips; False: Triton's reverse scan)."""
+    reversed time between two tl.gather flips; False: Triton's reverse scan). ``bc_copies`` overrides
+    _BWD_BC_COPIES."""
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
     dpg = _common_dpg(dim, B, C)
@@ -817,10 +830,13 @@ def selective_scan_bwd(
     def sum_parts(d):
         return d.view(batch, dim, dstate, NPART + 1)[..., :NPART].sum(-1)
 
-    def d_bc(arg):  # varying: fp32 (batch, ngroups, dstate, seqlen) added to atomically, allocated flat (a size-1
-        # ngroups beside a symbolic seqlen trips Inductor's clone of mutated kernel arguments on torch 2.11,
+    nblocks_d = triton.cdiv(dim, BLOCK_D)
+    copies = bc_copies or (min(_BWD_BC_COPIES, nblocks_d) if isinstance(nblocks_d, int) else _BWD_BC_COPIES)
+
+    def d_bc(arg):  # varying: fp32 (copies, batch, ngroups, dstate, seqlen) added to atomically, allocated flat (a
+        # size-1 ngroups beside a symbolic seqlen trips Inductor's clone of mutated kernel arguments on torch 2.11,
         # pytorch issue 181735); else per-lane partials
-        return torch.zeros(batch * arg[2] * dstate * seqlen, **f32) if arg[0] else torch.empty(parts, **f32)
+        return torch.zeros(copies * batch * arg[2] * dstate * seqlen, **f32) if arg[0] else torch.empty(parts, **f32)
 
     dA, dB, dC = torch.empty(parts, **f32), d_bc(B_arg), d_bc(C_arg)
     dD, dbias = torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)
@@ -831,7 +847,7 @@ def selective_scan_bwd(
         u, delta, A, B, C, u if D is None else D, u if z is None else z,
         u if delta_bias is None else delta_bias, dout, dlast_state, chunk_states,
         du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, gseed,
-        batch, dim, seqlen, dstate, B_arg[1], C_arg[1], B_arg[2], C_arg[2],
+        batch, dim, seqlen, dstate, B_arg[1], C_arg[1], B_arg[2], C_arg[2], copies,
         *u.stride(), *delta.stride(), *A.stride(), *B_arg[3], *C_arg[3],
         *_strides1(D), *_strides3(z), *_strides1(delta_bias), *dout.stride(), *dlast_state.stride(),
         strides[0], strides[1],
@@ -846,7 +862,9 @@ def selective_scan_bwd(
         return u.new_empty(0)
 
     def bc_grad(M, dM):  # back to M's layout and dtype
-        return (sum_parts(dM).sum(0) if M.dim() == 2 else dM.view(M.shape)).to(M.dtype)
+        if M.dim() == 2:
+            return sum_parts(dM).sum(0).to(M.dtype)
+        return (dM.view(M.shape) if copies == 1 else dM.view(copies, *M.shape).sum(0)).to(M.dtype)
 
     return (
         du, ddelta, dA.sum(0).to(A.dtype), bc_grad(B, dB), bc_grad(C, dC),

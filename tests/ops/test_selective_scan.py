@@ -239,7 +239,8 @@ def test_triton_kernels_match_oracle(opts, softplus):
     _check_kernels(opts, softplus)
 
 
-def _check_kernels(opts, softplus, *, shape=(2, 6, 11, 5), fwd_config=(2, 2, 1), bwd_config=(2, 4, 1), gather_flip=None):
+def _check_kernels(opts, softplus, *, shape=(2, 6, 11, 5), fwd_config=(2, 2, 1), bwd_config=(2, 4, 1), gather_flip=None,
+                   bc_copies=None):
     from mamba_compile.ops import selective_scan_triton as kern
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -261,7 +262,8 @@ def _check_kernels(opts, softplus, *, shape=(2, 6, 11, 5), fwd_config=(2, 2, 1),
     go, gl = torch.randn(out.shape, generator=g).to(device), torch.randn(last.shape, generator=g).to(device)
     with torch.no_grad():
         grads = kern.selective_scan_bwd(
-            go, gl, *args[:8], softplus, args[8], states, wrap=False, config=bwd_config, gather_flip=gather_flip
+            go, gl, *args[:8], softplus, args[8], states, wrap=False, config=bwd_config, gather_flip=gather_flip,
+            bc_copies=bc_copies,
         )
     for name, grad in zip(GRAD_NAMES, grads):
         if inputs[name] is None:
@@ -290,6 +292,16 @@ PART_CASES = [
 @pytest.mark.parametrize("opts, softplus, shape, bwd_config, gather_flip", PART_CASES)
 def test_triton_bwd_parts_match_oracle(opts, softplus, shape, bwd_config, gather_flip):
     _check_kernels(opts, softplus, shape=shape, fwd_config=(2, 8, 1), bwd_config=bwd_config, gather_flip=gather_flip)
+
+
+@pytest.mark.parametrize("opts, shape, bwd_config, copies", [
+    (dict(B_kind="bnl", C_kind="bnl"), (2, 6, 11, 5), (2, 4, 1), 3),  # three channel blocks, one per copy
+    (dict(B_kind="bnl", C_kind="bgnl", ngroups=2), (1, 8, 45, 3), (2, 16, 1), 2),  # four blocks over two copies
+    (dict(B_kind="bgnl", C_kind="dn", ngroups=2), (2, 4, 33, 2), (2, 16, 1), 5),  # more copies than blocks
+], ids=["bnl-3copies", "bgnl2-2copies", "bgnl2-dn-5copies"])
+def test_triton_bwd_dbc_copies_match_oracle(opts, shape, bwd_config, copies):
+    """Input-dependent dB/dC with the programs' atomic adds spread over several copies of the buffers, summed after."""
+    _check_kernels(opts, True, shape=shape, fwd_config=(2, 8, 1), bwd_config=bwd_config, bc_copies=copies)
 
 
 def test_triton_default_state_interval_follows_bwd_config(monkeypatch):
