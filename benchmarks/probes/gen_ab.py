@@ -8,6 +8,10 @@ the eager step replayed from one CUDA graph. Variants undo themselves after thei
 At batch 64 (left open in the fifth session): Mamba-2 generated in 167.3 ms with the eight-step graphs against
 155.7 with one reduce-overhead call a step, while Mamba-1 went from 110.5 to 92.0. ``--batch 64 --variants
 current graphed_all graphed_all_plain_argmax`` separates the graphs from the two-stage argmax.
+
+Ninth session (H100, Mamba-2 b1): eager_graph_step_ms 0.360, eager_graph_step_pdl_ms (the same step's graph with
+dependent launches) 0.260; ``pdl_off`` graphed step 0.365 ms. ``--watchdog S`` prints every thread's stack each S
+seconds (it found Inductor's compile of the 24-layer step with opaque decode ops stuck in IR printing).
 """
 
 from __future__ import annotations
