@@ -842,7 +842,7 @@ def selective_scan_bwd(
     dD, dbias = torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)
     dh0 = torch.empty(batch, dim, dstate, **f32)
     gseed = torch.empty(2 * batch * dim * dstate, **f32)  # the carried g, two buffers alternating per tile
-    grid = (triton.cdiv(dim, BLOCK_D), batch)
+    grid = (nblocks_d, batch)
     launcher(_selective_scan_bwd_kernel, wrap)[grid](
         u, delta, A, B, C, u if D is None else D, u if z is None else z,
         u if delta_bias is None else delta_bias, dout, dlast_state, chunk_states,
