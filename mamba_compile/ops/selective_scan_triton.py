@@ -15,7 +15,9 @@ in the block before their use and copies them into place at the loop's back edge
 for L2 (ncu source counters, session 6: a quarter of the stall samples on two such copies). Input-dependent
 B/C are copied time-major, fp32, zero-padded to (batch, ngroups, seqlen_pad + 8, BLOCK_N) by one small
 kernel each (8.3 us for both at that shape), so a step's B_t is one unmasked vector load. The forward
-saves the state entering every STATE_CHUNK steps (the backward's BLOCK_L), then the last state.
+saves the state entering every STATE_CHUNK steps (the backward's BLOCK_L), then the last state, by a store
+predicated on the block's position rather than one behind a branch, which split the loop body for ptxas (the
+launcher took 0.307 ms instead of 0.283 at b8 d1536 l2048 n16, 1.245-1.263 instead of 1.151 at b2 d5120 l8192).
 Optionally (SEG, off by default: slower at both timed shapes, see below) time is cut into segments run by separate
 programs, for more warps in flight: a first launch runs every segment but the last from a zero state
 (no C, no output) and writes its end state and its sum of dt (the segment's decay is exp(A sum dt), one
@@ -50,7 +52,15 @@ Session 6, measured and not kept (scan_bwd_probe): the per-lane partial sums are
 and ncu puts a tenth of the stall samples on those two adds (an L2 round trip each); loading them, and the
 carried g, at the start of the state made the backward 1.97 ms against 1.72-1.74 (more spills), and summing across
 lanes with an atomic add per channel instead (no read) 1.69-1.75 against 1.69-1.72: other warps already hide
-those waits.
+those waits. Session 10 (scan_variants, backward launcher as a CUDA graph, ms at b8 d1536 l2048 / b2 d5120 l8192
+n16; the default 1.421-1.427 / 4.438-4.464), none kept:
+- the reverse scan's decays taken from the forward scan's by a tl.gather (one shuffle per element) instead of a
+  second exp2 of a shifted dt tile: 1.437 / 4.435. It freed a tile's registers (stack 48 -> 8 B) and cut the
+  instructions per tile by 17% (2222 -> 1846, local SASS): the kernel is not bound by its instruction count;
+- the same at (1, 256, 1) (188 registers instead of 236, so 10 warps per SM): 2.482 / 7.745 (twice the atomics);
+- an L2 prefetch of the next tile's u, delta, dout, z, B/C rows and saved states: 1.490 / 4.684 (more spills);
+- dB/dC rows padded to whole tiles so that the atomics take no mask (ptxas puts each masked atomic behind a
+  branch), and the partials' first-tile load selected rather than predicated: 1.460 / 4.500.
 
 This kernel replaced (session 4) a first parallel backward with the same tiles, formulas and saved-state
 interval that used the scans' cumulative decays and Triton's reverse scan, and kept the carried g and the
@@ -73,7 +83,11 @@ Measured on an H100 (torch 2.11, triton 3.6), b8 d1536 l2048 n16 bf16 with D, z,
 (reference CUDA kernel: forward 0.452 ms, forward+backward 2.463). Session 6: forward kernel at the default
 (32, 16, 2), rows 8 ahead, L1 prefetch 0.280-0.282 ms (0.274 for the op as a CUDA graph, B/C copies included),
 against 0.294-0.296 for (32, 8, 2) without the prefetch; an L2 prefetch of u/delta/z 64 steps ahead as well made
-it 0.390. The prefetch moved the stalls to the u/delta/z tiles' back-edge copies (DRAM), and the kernel still
+it 0.390 (one prefetch per element). Session 10 (benchmarks/probes/scan_variants.py): one prefetch per channel and
+tensor, 1 or 2 blocks ahead, took the launcher saving states from 0.307 to 0.293 ms while its loop still branched
+around the state store; with the store predicated (0.283 without the prefetch) the prefetch cost time everywhere:
+0.293 against 0.283 saving states, 0.297 against 0.269 without, 1.195 / 1.221 against 1.151 / 1.043 at b2 d5120
+l8192 (outputs bit for bit equal). Not kept. The prefetch moved the stalls to the u/delta/z tiles' back-edge copies (DRAM), and the kernel still
 issues an instruction every 3 cycles per warp (1.46 warps per scheduler, 43% of issue slots used). Session 3,
 forward kernel at (32, 8, 2) with B/C rows 8 ahead: 0.294 ms, plus 0.008 for the B/C copies (4 ahead: 0.395;
 benchmarks/probes/scan_sweep.py --scan-only). Time segments with 8 ahead: 0.388 (256), 0.523 (512), 0.536
@@ -273,8 +287,11 @@ def _selective_scan_fwd_kernel(
         offs_l = l0 + offs_t
         mask_ld = (offs_l < l_end)[:, None] & mask_d[None, :]
         if SAVE_STATES and SEG_PASS != 1:
-            if l0 % STATE_CHUNK == 0:
-                tl.store(states_base + (l0 // STATE_CHUNK) * dim * dstate, h, mask=mask_nd)
+            # Predicated rather than branched on: a branch splits the loop body, which ptxas then schedules in two
+            # parts (H100, b8 d1536 l2048 n16, launcher as a CUDA graph: 0.307 ms with the branch, 0.283 predicated,
+            # 0.269 without saving; session 10, benchmarks/probes/scan_variants.py).
+            at_chunk = (offs_n * 0 + l0) % STATE_CHUNK == 0
+            tl.store(states_base + (l0 // STATE_CHUNK) * dim * dstate, h, mask=mask_nd & at_chunk[:, None])
         pf_zero = 0  # the prefetches' zero result, added to the next block's u offsets so they are kept
         if PREFETCH and FAST_MATH:
             # B/C rows of the block after next into L1, one address per row (clamped: the copies end ROWS_AHEAD

@@ -1,0 +1,101 @@
+"""Probe (GPU): the Mamba-1 selective scan's launchers and op as CUDA graphs, three rounds each, alternating.
+
+    python3 -m benchmarks.probes.scan_variants --out $OUT/scan_variants.json
+
+At b8 d1536 l2048 n16 and b2 d5120 l8192 n16 (bf16 u/delta/z, B/C (b, 1, 16, l) bf16, fp32 A/D/delta_bias,
+softplus): the forward launcher saving states for the backward and not, the backward launcher, the op's forward
+and its forward+backward.
+
+Session 10 (H100), variants timed by earlier versions of this probe, medians of rounds as CUDA graphs, ms at
+l2048 / l8192:
+- forward launcher saving states, its state store behind a branch: 0.307 / 1.245-1.263; predicated, as now: 0.283 /
+  1.151 (without saving: 0.269 / 1.043);
+- u/delta/z prefetched into L2 1, 2, 4 blocks ahead (one address per channel and tensor): with the branch 0.293,
+  0.293, 0.298 / 1.170-1.180, 1.172-1.183, 1.155-1.176; predicated 0.293, 0.294 / 1.195, 1.194; without saving
+  0.297 / 1.221; not kept;
+- backward with its reverse-scan decays gathered across lanes from the forward scan's (tl.gather) instead of a
+  second exp2: 1.437 against 1.424 / 4.435 against 4.463; at (1, 256, 1) 2.482 / 7.745; not kept;
+- backward prefetching the next tile's inputs into L2: 1.490 against 1.421 / 4.684 against 4.464; not kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from benchmarks._common import device_name, graph_ms, write_results
+from benchmarks.probes.scan_bwd_probe import make_inputs
+from mamba_compile.ops import selective_scan
+from mamba_compile.ops import selective_scan_triton as kern
+
+def _args(t):
+    return (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True, None)
+
+
+def _op_fwd(t):
+    def fwd():
+        with torch.no_grad():
+            return selective_scan(**t, delta_softplus=True)
+
+    fwd()
+    return graph_ms(fwd)
+
+
+def _op_fb(t, go):
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in t.items()}
+
+    def fwd_bwd():
+        out = selective_scan(**leaves, delta_softplus=True)
+        return torch.autograd.grad(out, list(leaves.values()), go)
+
+    fwd_bwd()
+    return graph_ms(fwd_bwd)
+
+
+def probe(batch, dim, seqlen, dstate) -> list[dict]:
+    shape = f"b{batch} d{dim} l{seqlen} n{dstate}"
+    t = make_inputs(batch, dim, seqlen, dstate)
+    args = _args(t)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    go = torch.randn(t["u"].shape, generator=gen, device="cuda").to(torch.bfloat16)
+    gl = torch.randn(batch, dim, dstate, generator=gen, device="cuda")
+    rows = []
+    _, _, states = kern.selective_scan_fwd(*args, True, wrap=False)
+    cases = {
+        "fwd launcher, states saved": lambda: kern.selective_scan_fwd(*args, True, wrap=False),
+        "fwd launcher": lambda: kern.selective_scan_fwd(*args, False, wrap=False),
+        "bwd launcher": lambda: kern.selective_scan_bwd(go, gl, *args, states, wrap=False),
+        "op fwd": None,
+        "op fwd+bwd": None,
+    }
+    times = {k: [] for k in cases}
+    for _ in range(3):
+        for k, fn in cases.items():
+            if k == "op fwd":
+                times[k].append(_op_fwd(t))
+            elif k == "op fwd+bwd":
+                times[k].append(_op_fb(t, go))
+            else:
+                times[k].append(graph_ms(fn))
+    for k, ts in times.items():
+        rows.append(dict(shape=shape, part=k, ms=statistics.median(ts), runs=" ".join(f"{x:.4f}" for x in ts)))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--small-only", action="store_true")
+    args = parser.parse_args()
+    print(f"device: {device_name()}, torch {torch.__version__}", flush=True)
+    rows = probe(8, 1536, 2048, 16)
+    if not args.small_only:
+        rows += probe(2, 5120, 8192, 16)
+    write_results(rows, args.out)
+
+
+if __name__ == "__main__":
+    main()
