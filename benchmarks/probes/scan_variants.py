@@ -15,7 +15,11 @@ l2048 / l8192:
   0.297 / 1.221; not kept;
 - backward with its reverse-scan decays gathered across lanes from the forward scan's (tl.gather) instead of a
   second exp2: 1.437 against 1.424 / 4.435 against 4.463; at (1, 256, 1) 2.482 / 7.745; not kept;
-- backward prefetching the next tile's inputs into L2: 1.490 against 1.421 / 4.684 against 4.464; not kept.
+- backward prefetching the next tile's inputs into L2: 1.490 against 1.421 / 4.684 against 4.464; not kept;
+- backward with dB/dC rows padded to whole tiles (unmasked atomics) and the partials' first load selected: 1.460 /
+  4.500; not kept;
+- backward with two states per iteration of its loop over states (a one-off script): 2.055 against 1.432 / 6.585
+  against 4.452 (spills); not kept.
 """
 
 from __future__ import annotations

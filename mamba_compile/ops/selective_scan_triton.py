@@ -61,6 +61,9 @@ n16; the default 1.421-1.427 / 4.438-4.464), none kept:
 - an L2 prefetch of the next tile's u, delta, dout, z, B/C rows and saved states: 1.490 / 4.684 (more spills);
 - dB/dC rows padded to whole tiles so that the atomics take no mask (ptxas puts each masked atomic behind a
   branch), and the partials' first-tile load selected rather than predicated: 1.460 / 4.500.
+- two states per iteration of the loop over states, as two independent chains for ptxas to interleave: 2.055 /
+  6.585 (1.432 / 4.452 in the same run). 91 spill loads and stores per iteration (stack 432 B), against 18 in the
+  whole kernel at one state.
 
 This kernel replaced (session 4) a first parallel backward with the same tiles, formulas and saved-state
 interval that used the scans' cumulative decays and Triton's reverse scan, and kept the carried g and the
