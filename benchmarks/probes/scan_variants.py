@@ -10,6 +10,8 @@ Session 10 (H100), variants timed by earlier versions of this probe, medians of 
 l2048 / l8192:
 - forward launcher saving states, its state store behind a branch: 0.307 / 1.245-1.263; predicated, as now: 0.283 /
   1.151 (without saving: 0.269 / 1.043);
+- then the B/C row stride as a constant (BLOCK_N) rather than an argument: saving states 0.285 / 1.110 against
+  0.284 / 1.154, without 0.269 / 1.045 against 0.269 / 1.044 (old and new kernel side by side, bit for bit equal);
 - u/delta/z prefetched into L2 1, 2, 4 blocks ahead (one address per channel and tensor): with the branch 0.293,
   0.293, 0.298 / 1.170-1.180, 1.172-1.183, 1.155-1.176; predicated 0.293, 0.294 / 1.195, 1.194; without saving
   0.297 / 1.221; not kept;
