@@ -32,12 +32,9 @@ import statistics
 import torch
 
 from benchmarks._common import device_name, graph_ms, write_results
-from benchmarks.probes.scan_bwd_probe import make_inputs
+from benchmarks.probes.scan_bwd_probe import _args, make_inputs
 from mamba_compile.ops import selective_scan
 from mamba_compile.ops import selective_scan_triton as kern
-
-def _args(t):
-    return (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"], True, None)
 
 
 def _op_fwd(t):
@@ -69,22 +66,18 @@ def probe(batch, dim, seqlen, dstate) -> list[dict]:
     gl = torch.randn(batch, dim, dstate, generator=gen, device="cuda")
     rows = []
     _, _, states = kern.selective_scan_fwd(*args, True, wrap=False)
+    # each case times itself (ms, CUDA graph)
     cases = {
-        "fwd launcher, states saved": lambda: kern.selective_scan_fwd(*args, True, wrap=False),
-        "fwd launcher": lambda: kern.selective_scan_fwd(*args, False, wrap=False),
-        "bwd launcher": lambda: kern.selective_scan_bwd(go, gl, *args, states, wrap=False),
-        "op fwd": None,
-        "op fwd+bwd": None,
+        "fwd launcher, states saved": lambda: graph_ms(lambda: kern.selective_scan_fwd(*args, True, wrap=False)),
+        "fwd launcher": lambda: graph_ms(lambda: kern.selective_scan_fwd(*args, False, wrap=False)),
+        "bwd launcher": lambda: graph_ms(lambda: kern.selective_scan_bwd(go, gl, *args, states, wrap=False)),
+        "op fwd": lambda: _op_fwd(t),
+        "op fwd+bwd": lambda: _op_fb(t, go),
     }
     times = {k: [] for k in cases}
     for _ in range(3):
-        for k, fn in cases.items():
-            if k == "op fwd":
-                times[k].append(_op_fwd(t))
-            elif k == "op fwd+bwd":
-                times[k].append(_op_fb(t, go))
-            else:
-                times[k].append(graph_ms(fn))
+        for k, timer in cases.items():
+            times[k].append(timer())
     for k, ts in times.items():
         rows.append(dict(shape=shape, part=k, ms=statistics.median(ts), runs=" ".join(f"{x:.4f}" for x in ts)))
         print(rows[-1], flush=True)

@@ -60,7 +60,7 @@ n16; the default 1.421-1.427 / 4.438-4.464), none kept:
 - the same at (1, 256, 1) (188 registers instead of 236, so 10 warps per SM): 2.482 / 7.745 (twice the atomics);
 - an L2 prefetch of the next tile's u, delta, dout, z, B/C rows and saved states: 1.490 / 4.684 (more spills);
 - dB/dC rows padded to whole tiles so that the atomics take no mask (ptxas puts each masked atomic behind a
-  branch), and the partials' first-tile load selected rather than predicated: 1.460 / 4.500.
+  branch), and the partials' first-tile load selected rather than predicated: 1.460 / 4.500;
 - two states per iteration of the loop over states, as two independent chains for ptxas to interleave: 2.055 /
   6.585 (1.432 / 4.452 in the same run). 91 spill loads and stores per iteration (stack 432 B), against 18 in the
   whole kernel at one state.
@@ -90,8 +90,9 @@ it 0.390 (one prefetch per element). Session 10 (benchmarks/probes/scan_variants
 tensor, 1 or 2 blocks ahead, took the launcher saving states from 0.307 to 0.293 ms while its loop still branched
 around the state store; with the store predicated (0.283 without the prefetch) the prefetch cost time everywhere:
 0.293 against 0.283 saving states, 0.297 against 0.269 without, 1.195 / 1.221 against 1.151 / 1.043 at b2 d5120
-l8192 (outputs bit for bit equal). Not kept. The prefetch moved the stalls to the u/delta/z tiles' back-edge copies (DRAM), and the kernel still
-issues an instruction every 3 cycles per warp (1.46 warps per scheduler, 43% of issue slots used). Session 3,
+l8192 (outputs bit for bit equal). Not kept. The prefetch moved the stalls to the u/delta/z tiles' back-edge
+copies (DRAM), and the kernel still issues an instruction every 3 cycles per warp (1.46 warps per scheduler,
+43% of issue slots used). Session 3,
 forward kernel at (32, 8, 2) with B/C rows 8 ahead: 0.294 ms, plus 0.008 for the B/C copies (4 ahead: 0.395;
 benchmarks/probes/scan_sweep.py --scan-only). Time segments with 8 ahead: 0.388 (256), 0.523 (512), 0.536
 (1024), so they stay off. Block shapes (4 ahead, through the op): (16, 8, 1) 0.413, (32, 8, 1) 0.461,
@@ -300,8 +301,7 @@ def _selective_scan_fwd_kernel(
         mask_ld = (offs_l < l_end)[:, None] & mask_d[None, :]
         if SAVE_STATES and SEG_PASS != 1:
             # Predicated rather than branched on: a branch splits the loop body, which ptxas then schedules in two
-            # parts (H100, b8 d1536 l2048 n16, launcher as a CUDA graph: 0.307 ms with the branch, 0.283 predicated,
-            # 0.269 without saving; session 10, benchmarks/probes/scan_variants.py).
+            # parts (timings in the module docstring). A tensor predicate: the interpreter takes no scalar in a mask.
             at_chunk = (offs_n * 0 + l0) % STATE_CHUNK == 0
             tl.store(states_base + (l0 // STATE_CHUNK) * dim * dstate, h, mask=mask_nd & at_chunk[:, None])
         pf_zero = 0  # the prefetches' zero result, added to the next block's u offsets so they are kept
