@@ -326,16 +326,18 @@ def selective_scan_fwd(
 
 @torch.library.triton_op("mamba_compile::selective_scan_bwd", mutates_args=())
 def selective_scan_bwd(
-    dout: Tensor, dlast_state: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+    dout: Tensor, dlast_state: Tensor | None, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None, delta_softplus: bool,
     initial_state: Tensor | None, chunk_states: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state, each in its input's dtype
-    (empty for an absent input). ``chunk_states`` is the forward's; when empty it is recomputed."""
+    (empty for an absent input). ``chunk_states`` is the forward's; when empty it is recomputed. ``dlast_state``
+    None: no gradient reaches the last state (zero, without a zero-filled tensor)."""
     _check_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     check_tensor("dout", dout, shape=tuple(u.shape), letters="(batch, dim, seqlen)", dtypes=_DTYPES, device=u.device)
-    check_tensor("dlast_state", dlast_state, shape=(u.shape[0], u.shape[1], A.shape[1]), letters="(batch, dim, dstate)",
-                 dtypes=_DTYPES, device=u.device)  # fmt: skip
+    if dlast_state is not None:
+        check_tensor("dlast_state", dlast_state, shape=(u.shape[0], u.shape[1], A.shape[1]),
+                     letters="(batch, dim, dstate)", dtypes=_DTYPES, device=u.device)  # fmt: skip
     if u.device.type == "cuda":
         from . import selective_scan_triton
 
@@ -345,6 +347,8 @@ def selective_scan_bwd(
     md = _math_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
     u_m, A_m, B_m, C_m = u.to(md), A.to(md), B.to(md), C.to(md)
     dt, ddt_dpre = _dt_cpu(delta, delta_bias, delta_softplus, md)
+    if dlast_state is None:
+        dlast_state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=md)
     if chunk_states.numel() == 0 and u.numel() > 0:
         _, _, chunk_states = torch.ops.mamba_compile._selective_scan_fwd_cpu(
             u_m, dt, A_m, B_m, C_m, _opt(initial_state, md), True
@@ -378,8 +382,6 @@ def _backward(ctx, dout, dlast_state, _dchunk_states):
     batch, dim, _ = u.shape
     if dout is None:
         dout = torch.zeros_like(u)
-    if dlast_state is None:
-        dlast_state = u.new_zeros(batch, dim, A.shape[1], dtype=torch.float32)
     grads = torch.ops.mamba_compile.selective_scan_bwd(
         dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state, chunk_states
     )

@@ -14,7 +14,8 @@ block after next are prefetched into L1 (PREFETCH): ptxas, at the register limit
 in the block before their use and copies them into place at the loop's back edge, where the copies waited
 for L2 (ncu source counters, session 6: a quarter of the stall samples on two such copies). Input-dependent
 B/C are copied time-major, fp32, zero-padded to (batch, ngroups, seqlen_pad + 8, BLOCK_N) by one small
-kernel each (8.3 us for both at that shape), so a step's B_t is one unmasked vector load. The forward
+kernel (both in one launch since session 11: the forward launcher 0.2673 -> 0.2656 ms), so a step's B_t is one
+unmasked vector load. The forward
 saves the state entering every STATE_CHUNK steps (the backward's BLOCK_L), then the last state, by a store
 predicated on the block's position rather than one behind a branch, which split the loop body for ptxas (the
 launcher took 0.307 ms instead of 0.283 at b8 d1536 l2048 n16, 1.245-1.263 instead of 1.151 at b2 d5120 l8192).
@@ -41,12 +42,26 @@ that hold g's first column, read back as one scalar per channel and state, a bar
 rows of input-dependent B/C are sums over channels: reduced over the program's channels in registers, then
 added with ``tl.atomic_add`` into fp32 (batch, ngroups, dstate, seqlen) buffers through a [NPART, 2, 4]
 view that is the atomics' own 4-per-thread layout (the summation order varies from run to run: fp32
-rounding-level differences). The programs spread those adds over _BWD_BC_COPIES copies of the buffers, which
-torch sums: one buffer had every program of a batch row adding into the same addresses at once (0.25 ms of
-1.67 at b8 d1536 l2048 n16 on an H100). Per-channel sums over time are per-lane partial sums (time inside a thread)
-added to in memory for dA and time-invariant dB/dC, register sums written per batch row for dD and
-d delta_bias, all summed in torch. Tiles kept for after the loop over states are int32 offsets from scalar
-row pointers, not 64-bit pointers.
+rounding-level differences). The programs spread those adds over _BWD_BC_COPIES copies of the buffers (one
+zero-filled allocation for dB and dC): one buffer had every program of a batch row adding into the same addresses
+at once (0.25 ms of 1.67 at b8 d1536 l2048 n16 on an H100). Per-channel sums over time are per-lane partial sums
+(time inside a thread) added to in memory for dA and time-invariant dB/dC, summed across the lanes after the loop
+(per batch row), and register sums written per batch row for dD and d delta_bias. One more launch
+(``_bwd_sums_kernel``) then sums over the batch rows and over the dB/dC copies, into tensors of the inputs' dtypes.
+Tiles kept for after the loop over states are int32 offsets from scalar row pointers, not 64-bit pointers. Without
+a gradient for the last state (``dlast_state`` None) the carried g starts at zero, with no zero-filled tensor.
+
+Session 11 (H100, CUDA graphs, b8 d1536 l2048 n16): the launcher's epilogue took 0.08 ms of 1.42 in torch ops
+(torch.profiler): a strided sum over the (batch, dim, dstate, NPART + 1) partials of dA alone 0.048 ms, five more
+reductions and casts 0.03. The partials are now summed across lanes in the kernel and one launch does the rest:
+backward launcher 1.424 -> 1.380 ms in the same run; the op's forward+backward 1.710-1.714 (session 10) -> 1.644-1.661
+with 8 copies, 1.614-1.647 with 16 (see _BWD_BC_COPIES). ncu source counters on the backward then put 13% of the
+stall samples on the two adds of the dA partials' read-modify-write and 5% on the uses of the saved state and the
+carried g, each loaded in the state that uses it. Measured and not kept: the saved state and carried g of state
+n + 1 loaded during state n (stack 56 -> 80 B): backward launcher 1.400 against 1.380 ms; dA (and time-invariant
+dB/dC) summed across lanes per tile and stored, then atomically added to by later tiles (no read; one thread per
+address, so the same sums from run to run): 1.378 against 1.372 at l2048, 4.281 against 4.394 at b2 d5120 l8192
+(better there only).
 
 Session 6, measured and not kept (scan_bwd_probe): the per-lane partial sums are read right before their add,
 and ncu puts a tenth of the stall samples on those two adds (an L2 round trip each); loading them, and the
@@ -398,7 +413,7 @@ def _add_lane_partials(ptrs, tile, mask, keep, BLOCK_D: tl.constexpr, NPART: tl.
 
 @triton.jit
 def _bwd_state_step(
-    n, rd_base, wr_base, part_n, offs_p, first_col, last_col, first_in_part, first_part, keep_part, NPART: tl.constexpr,
+    n, g_seed, wr_base, part_n, offs_p, first_col, last_col, first_in_part, first_part, keep_part, NPART: tl.constexpr,
     A_n, B_n, C_n, h0_n, dt2, dt2_nx, dtu, dy, rev_t, mask_d, mask_l, mask_dp,
     dA_part_ptr, dB_ptr, dC_ptr, dB_row, dC_row, seqlen, l0, offs_l,
     B_VARYING: tl.constexpr, C_VARYING: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -411,7 +426,6 @@ def _bwd_state_step(
     # The saved state enters as the first step's input, so the scan's cumulative decay is never needed.
     h = tl.associative_scan((decay, b + tl.where(first_col, decay * h0_n[:, None], 0.0)), 1, _linear_combine)[1]
     # Likewise the g carried from the next tile enters as the last step's input.
-    g_seed = tl.load(rd_base + n, mask=mask_d, other=0.0)
     gdecay = tl.exp2(dt2_nx * A_n[:, None])
     if GATHER_FLIP:
         # The reverse recurrence as a forward scan in reversed time (column j is step BLOCK_L - 1 - j):
@@ -446,13 +460,13 @@ def _bwd_state_step(
 @triton.jit
 def _selective_scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, states_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dA_part_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr, gseed_ptr,
-    batch, dim, seqlen, dstate, B_dpg, C_dpg, ngroups_B, ngroups_C, bc_copies,
+    du_ptr, ddelta_ptr, dz_ptr, dA_part_ptr, dB_ptr, dC_ptr, dA_ptr, dBs_ptr, dCs_ptr, dD_ptr, dbias_ptr, dh0_ptr, gseed_ptr,
+    batch, dim, seqlen, dstate, B_dpg, C_dpg, ngroups_B, ngroups_C, bc_copies, dC_off,
     s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_D, s_z_b, s_z_d, s_z_l, s_bias, s_do_b, s_do_d, s_do_l, s_dls_b, s_dls_d, s_dls_n, s_o_b, s_o_d,
     DELTA_SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    B_VARYING: tl.constexpr, C_VARYING: tl.constexpr,
+    HAS_DLAST: tl.constexpr, B_VARYING: tl.constexpr, C_VARYING: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, NPART: tl.constexpr, FAST_MATH: tl.constexpr,
     GATHER_FLIP: tl.constexpr,
 ):  # fmt: skip
@@ -502,7 +516,10 @@ def _selective_scan_bwd_kernel(
     # (summed in torch), so fewer programs add to one address at a time
     copy = pid_d % bc_copies
     dB_row = dB_ptr + ((copy * batch + pid_b) * ngroups_B + grp_b) * dstate * seqlen
-    dC_row = dC_ptr + ((copy * batch + pid_b) * ngroups_C + grp_c) * dstate * seqlen
+    if B_VARYING and C_VARYING:  # one buffer holds both, C's part dC_off elements in
+        dC_row = dB_ptr + dC_off + ((copy * batch + pid_b) * ngroups_C + grp_c) * dstate * seqlen
+    else:
+        dC_row = dC_ptr + ((copy * batch + pid_b) * ngroups_C + grp_c) * dstate * seqlen
     dn_off = (pid_b * dim + offs_d) * dstate  # [BLOCK_D]: (batch row, channel) in (batch, dim, dstate)
     # Partial sums: (batch, dim, dstate, NPART + 1) fp32 (the last column unused): rows of an odd length
     # are not 16-byte aligned, so a part's [BLOCK_D, NPART] loads and stores are not vectorised and keep the
@@ -513,7 +530,9 @@ def _selective_scan_bwd_kernel(
     dD_acc = tl.zeros([BLOCK_D], tl.float32)
     dbias_acc = tl.zeros([BLOCK_D], tl.float32)
     # The carried g starts as dL/d(last_state), copied into buffer 0.
-    g_last = tl.load(dlast_ptr + pid_b * s_dls_b + offs_d[:, None] * s_dls_d + offs_n[None, :] * s_dls_n, mask=mask_dn, other=0.0)
+    g_last = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+    if HAS_DLAST:
+        g_last = tl.load(dlast_ptr + pid_b * s_dls_b + offs_d[:, None] * s_dls_d + offs_n[None, :] * s_dls_n, mask=mask_dn, other=0.0)
     tl.store(gseed_ptr + dn_off[:, None] + offs_n[None, :], g_last.to(tl.float32), mask=mask_dn)
     tl.debug_barrier()
     seed_stride = batch * dim * dstate
@@ -565,15 +584,17 @@ def _selective_scan_bwd_kernel(
         A_nx = tl.load(A_col, mask=mask_d, other=0.0).to(tl.float32)
         B_nx = _bc_n(B_row, B_col, 0, s_B_n, offs_l, s_B_l, mask_l, mask_d, B_VARYING)
         C_nx = _bc_n(C_row, C_col, 0, s_C_n, offs_l, s_C_l, mask_l, mask_d, C_VARYING)
+        h0_row = states_base + blk * dim * dstate
         for n in range(dstate):
             A_n, B_n, C_n = A_nx, B_nx, C_nx
             n_nx = tl.minimum(n + 1, dstate - 1)  # the last state re-reads itself: always in bounds
             A_nx = tl.load(A_col + n_nx * s_A_n, mask=mask_d, other=0.0).to(tl.float32)
             B_nx = _bc_n(B_row, B_col, n_nx, s_B_n, offs_l, s_B_l, mask_l, mask_d, B_VARYING)
             C_nx = _bc_n(C_row, C_col, n_nx, s_C_n, offs_l, s_C_l, mask_l, mask_d, C_VARYING)
-            h0_n = tl.load(states_base + blk * dim * dstate + n, mask=mask_d, other=0.0)
+            h0_n = tl.load(h0_row + n, mask=mask_d, other=0.0)
+            g_seed = tl.load(rd_base + n, mask=mask_d, other=0.0)
             gB, As, Ch = _bwd_state_step(
-                n, rd_base, wr_base, part_n, offs_p, first_col, last_col, first_in_part, first_part, keep_part, NPART,
+                n, g_seed, wr_base, part_n, offs_p, first_col, last_col, first_in_part, first_part, keep_part, NPART,
                 A_n, B_n, C_n, h0_n, dt2, dt2_nx, dtu, dy, rev_t, mask_d, mask_l, mask_dp,
                 dA_part_ptr, dB_ptr, dC_ptr, dB_row, dC_row, seqlen, l0, offs_l, B_VARYING, C_VARYING, BLOCK_D, BLOCK_L,
                 GATHER_FLIP,
@@ -605,6 +626,15 @@ def _selective_scan_bwd_kernel(
         dbias_acc += tl.sum(ddt, axis=1)
         tl.store(du_ptr + out_row + out_offs, du.to(du_ptr.dtype.element_ty), mask=mask_dl)
         tl.store(ddelta_ptr + out_row + out_offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_dl)
+    # The per-lane partial sums added over the lanes, per (batch row, channel, state): dA (times ln 2, the loop
+    # summed s dt log2 e) and time-invariant dB/dC. The loop's last barrier orders these loads after its stores.
+    for n in range(dstate):
+        offs = part_n + n * (NPART + 1)
+        tl.store(dA_ptr + dn_off + n, tl.sum(tl.load(dA_part_ptr + offs, mask=mask_dp, other=0.0), axis=1) * 0.6931471805599453, mask=mask_d)
+        if not B_VARYING:
+            tl.store(dBs_ptr + dn_off + n, tl.sum(tl.load(dB_ptr + offs, mask=mask_dp, other=0.0), axis=1), mask=mask_d)
+        if not C_VARYING:
+            tl.store(dCs_ptr + dn_off + n, tl.sum(tl.load(dC_ptr + offs, mask=mask_dp, other=0.0), axis=1), mask=mask_d)
     # dL/dh_init = exp(dt_0 A) g_0, g_0 being the carried g after the first tile.
     g0 = tl.load(gseed_ptr + (nblocks % 2) * seed_stride + dn_off[:, None] + offs_n[None, :], mask=mask_dn, other=0.0)
     A = tl.load(A_col[:, None] + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0).to(tl.float32)
@@ -617,13 +647,9 @@ def _selective_scan_bwd_kernel(
 
 
 @triton.jit
-def _bc_time_major_kernel(
-    src_ptr, dst_ptr, ngroups, dstate, seqlen, rows, s_b, s_g, s_n, s_l,
-    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+def _bc_time_major(src_ptr, dst_ptr, ngroups, dstate, seqlen, rows, s_b, s_g, s_n, s_l, pid_t, pid_bg,
+                   BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
     # dst[b, g, t, n] = src[b, g, n, t] in fp32 for t < seqlen and n < dstate, 0 elsewhere (the pads).
-    pid_t = tl.program_id(0)
-    pid_bg = tl.program_id(1)
     b, g = (pid_bg // ngroups).to(tl.int64), pid_bg % ngroups
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     offs_n = tl.arange(0, BLOCK_N)
@@ -631,6 +657,59 @@ def _bc_time_major_kernel(
     v = tl.load(src_ptr + b * s_b + g * s_g + offs_n[None, :] * s_n + offs_t[:, None] * s_l, mask=mask, other=0.0)
     dst = dst_ptr + pid_bg.to(tl.int64) * rows * BLOCK_N + offs_t[:, None] * BLOCK_N + offs_n[None, :]
     tl.store(dst, v.to(tl.float32), mask=(offs_t < rows)[:, None])
+
+
+@triton.jit
+def _bc_time_major_kernel(
+    src0_ptr, dst0_ptr, ngroups0, s0_b, s0_g, s0_n, s0_l, src1_ptr, dst1_ptr, ngroups1, s1_b, s1_g, s1_n, s1_l,
+    batch, dstate, seqlen, rows, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    # The time-major copies of B (program_id(2) 0) and C (1) in one launch; program_id(1) is (batch row, group).
+    pid_t, pid_bg = tl.program_id(0), tl.program_id(1)
+    if tl.program_id(2) == 0:
+        if pid_bg < batch * ngroups0:
+            _bc_time_major(src0_ptr, dst0_ptr, ngroups0, dstate, seqlen, rows, s0_b, s0_g, s0_n, s0_l, pid_t, pid_bg,
+                           BLOCK_T, BLOCK_N)  # fmt: skip
+    elif pid_bg < batch * ngroups1:
+        _bc_time_major(src1_ptr, dst1_ptr, ngroups1, dstate, seqlen, rows, s1_b, s1_g, s1_n, s1_l, pid_t, pid_bg,
+                       BLOCK_T, BLOCK_N)  # fmt: skip
+
+
+@triton.jit
+def _sum_slices(src_ptr, dst_ptr, n, K, blk, BLOCK: tl.constexpr):
+    """dst[j] = sum_{k < K} src[k n + j] over block blk of j, in dst's dtype."""
+    offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    ptrs = src_ptr + offs
+    acc = tl.zeros([BLOCK], tl.float32)
+    for _ in range(K):
+        acc += tl.load(ptrs, mask=mask, other=0.0)
+        ptrs += n
+    tl.store(dst_ptr + offs, acc.to(dst_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bwd_sums_kernel(
+    s0, d0, n0, k0, s1, d1, n1, k1, s2, d2, n2, k2, s3, d3, n3, k3, s4, d4, n4, k4, BLOCK: tl.constexpr,
+):  # fmt: skip
+    # The backward's five reductions in one launch (dA, dB, dC, dD, d delta_bias over batch rows or over the dB/dC
+    # copies): d_i[j] = sum_{k < k_i} s_i[k n_i + j], in d_i's dtype. Programs take the reductions in turn, by
+    # cumulative block counts; an absent one has n_i = 0.
+    pid = tl.program_id(0)
+    e0 = tl.cdiv(n0, BLOCK)
+    e1 = e0 + tl.cdiv(n1, BLOCK)
+    e2 = e1 + tl.cdiv(n2, BLOCK)
+    e3 = e2 + tl.cdiv(n3, BLOCK)
+    if pid < e0:
+        _sum_slices(s0, d0, n0, k0, pid, BLOCK)
+    elif pid < e1:
+        _sum_slices(s1, d1, n1, k1, pid - e0, BLOCK)
+    elif pid < e2:
+        _sum_slices(s2, d2, n2, k2, pid - e1, BLOCK)
+    elif pid < e3:
+        _sum_slices(s3, d3, n3, k3, pid - e2, BLOCK)
+    else:
+        _sum_slices(s4, d4, n4, k4, pid - e3, BLOCK)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -655,7 +734,15 @@ def fwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, i
     l8192: (32, 16, 2) 1.067-1.076 against 1.134-1.141 for (32, 8, 2) without the prefetch. Session 3, through the
     op, rows 4 ahead: (32, 8, 2) 0.389 ms, (16, 8, 1) 0.413, (32, 8, 1) 0.461, (64, 8, 2) 0.474, (32, 16, 1)
     0.580 (earlier: (4, 8, 1) 0.564, (8, 8, 1) 0.697, (16, 8, 2) 0.649, (8, 16, 1) 1.06); dstate > 16 keeps 8
-    state values per thread on one warp (not measured)."""
+    state values per thread on one warp (not measured). Session 11, launcher as a CUDA graph, not saving / saving
+    states, ms at l2048 and at b2 d5120 l8192 (benchmarks/probes/scan_fwd_configs.py): (32, 16, 2) 0.268 / 0.284,
+    1.043 / 1.111; with 4 state values per thread (128 registers, so twice the warps in flight) (16, 16, 2) 0.271 /
+    0.299, 0.985 / 1.111, (8, 16, 1) 0.269 / 0.297, 0.982 / 1.105, (32, 16, 4) 0.274 / 0.302, 1.061 / 1.174; (16, 8,
+    1) 0.299 / 0.312; 2 per thread (16, 16, 4) 0.432 / 0.415. Twice the warps bought nothing at l2048: ncu (same
+    session) has (32, 16, 2) at 1.48 warps per scheduler issuing 0.44 instructions a cycle, its MUFU (XU) pipe 48%
+    busy, stalls per issued instruction 0.80 on loads (long scoreboard), 0.62 on fixed-latency dependencies, 0.33 on
+    MUFU/shuffle results; (16, 16, 2) at 2.81 warps issues 0.54 a cycle of 32% more instructions (six shuffles a step
+    for the sum over states, 1.43 short-scoreboard stalls per instruction)."""
     BLOCK_N = block_n(dstate)
     num_warps = 2 if BLOCK_N <= 16 else 1
     BLOCK_D = max(1, min(256 * num_warps // BLOCK_N, triton.next_power_of_2(dim)))
@@ -678,12 +765,23 @@ def bwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, i
 
 _BWD_CONFIG = (2, 256, 1)  # backward (BLOCK_D, BLOCK_L, num_warps); timings in bwd_block_sizes
 # Copies of the varying dB/dC buffers that the backward's programs spread their atomic adds over (program i adds into
-# copy i mod copies; torch sums them). Every program of a batch row walks the same time tile at about the same
-# time, so with one buffer all of them added into the same addresses at once. H100, b8 d1536 l2048 n16 bf16,
-# backward launcher as a CUDA graph (benchmarks/probes/scan_bwd_parts.py): 1.669-1.674 ms with one copy, 1.546
-# with 2, 1.492 with 4, 1.416 with 8, 1.420 with 16; 1.319-1.322 with B or C (or both) time-invariant, whose
-# sums take no atomics. The copies cost 8 x (batch, ngroups, dstate, seqlen) fp32 each for dB and dC.
-_BWD_BC_COPIES = 8
+# copy i mod copies; _bwd_sums_kernel sums them). Every program of a batch row walks the same time tile at about the
+# same time, so with one buffer all of them added into the same addresses at once. H100, b8 d1536 l2048 n16 bf16,
+# backward launcher as a CUDA graph (benchmarks/probes/scan_bwd_parts.py, copies summed by torch): 1.669-1.674 ms
+# with one copy, 1.546 with 2, 1.492 with 4, 1.416 with 8, 1.420 with 16; 1.319-1.322 with B or C (or both)
+# time-invariant, whose sums take no atomics. Session 11, the op's forward+backward as a CUDA graph with the copies
+# summed by _bwd_sums_kernel (benchmarks/probes/scan_variants.py --copies), ms at l2048 / at b2 d5120 l8192, medians
+# of rounds alternating in one process: 8 copies 1.667 / 5.484, 10 1.639 / 5.474, 12 1.629 / 5.557, 16 1.614 /
+# 5.479; an earlier run 1.647 / 5.483, 1.626 / 5.492, 1.621 / 5.557, 1.616 / 5.566 (l8192 varies by 1.5% from run
+# to run). With the same code, the op's forward+backward at l2048 with 16 copies took 1.614-1.618 ms in four
+# processes and 1.644-1.647 in three others, each process consistent with itself (one that timed both ways gave
+# 1.617-1.618 for both): the slow ones had begun with scan_variants' launcher cases, the fast ones with the op, as if
+# the time followed where the buffers landed. Not explained; a copy stride that is not a power of two was a guess
+# left untried (no device time left). The copies cost
+# 16 x (batch, ngroups, dstate, seqlen) fp32 each for dB and dC, zero-filled for every backward (34 MB at b8 l2048
+# n16), and their sum reads them once.
+_BWD_BC_COPIES = 16
+_SUM_BLOCK = 1024  # elements per program of _bwd_sums_kernel
 # The backward's reverse scan as a forward scan in reversed time between two tl.gather flips (False:
 # Triton's reverse scan; timings in the module docstring).
 _BWD_GATHER_FLIP = True
@@ -702,22 +800,31 @@ _FWD_PREFETCH = True  # the forward prefetches the B/C rows of the block after n
 _FWD_SEG = 0  # forward time segment (steps, rounded up to whole state chunks); 0: one segment
 
 
-def _bc_layout(M: Tensor, dim: int, BLOCK_N: int, seqlen_pad: int, wrap: bool):
-    """Forward's view of B or C: (varying, channels per group, tensor, strides (b, group-or-channel, l, n)).
-    Varying B/C go time-major, fp32, zero-padded to (batch, ngroups, seqlen_pad + _ROWS_AHEAD, BLOCK_N):
-    a step's row is then one unmasked vector load. One small kernel writes the copy, pads included."""
-    if M.dim() == 2:  # (dim, dstate): indexed per channel, no time stride
-        return False, 1, M, (0, M.stride(0), 0, M.stride(1))
-    Mg = M if M.dim() == 4 else M.unsqueeze(1)
-    batch, ngroups, dstate, seqlen = Mg.shape
-    rows = seqlen_pad + _ROWS_AHEAD
-    # One flat buffer: see selective_scan_bwd's dB (pytorch issue 181735).
-    Mt = torch.empty((batch * ngroups * rows, BLOCK_N), device=M.device, dtype=torch.float32)
-    grid = (triton.cdiv(rows, _RELAYOUT_BLOCK_T), batch * ngroups)
-    launcher(_bc_time_major_kernel, wrap)[grid](
-        Mg, Mt, ngroups, dstate, seqlen, rows, *Mg.stride(), BLOCK_T=_RELAYOUT_BLOCK_T, BLOCK_N=BLOCK_N, num_warps=4
-    )
-    return True, dim // ngroups, Mt, (ngroups * rows * BLOCK_N, rows * BLOCK_N, BLOCK_N, 1)
+def _bc_layouts(B: Tensor, C: Tensor, dim: int, BLOCK_N: int, seqlen_pad: int, wrap: bool):
+    """Forward's views of B and C, each (varying, channels per group, tensor, strides (b, group-or-channel, l, n)).
+    Varying B/C go time-major, fp32, zero-padded to (batch, ngroups, seqlen_pad + _ROWS_AHEAD, BLOCK_N): a step's
+    row is then one unmasked vector load. One small kernel writes both copies, pads included."""
+    lays, copies = [], []
+    for M in (B, C):
+        if M.dim() == 2:  # (dim, dstate): indexed per channel, no time stride
+            lays.append((False, 1, M, (0, M.stride(0), 0, M.stride(1))))
+            continue
+        Mg = M if M.dim() == 4 else M.unsqueeze(1)
+        batch, ngroups, dstate, seqlen = Mg.shape
+        rows = seqlen_pad + _ROWS_AHEAD
+        # One flat buffer: see selective_scan_bwd's dB (pytorch issue 181735).
+        Mt = torch.empty((batch * ngroups * rows, BLOCK_N), device=M.device, dtype=torch.float32)
+        lays.append((True, dim // ngroups, Mt, (ngroups * rows * BLOCK_N, rows * BLOCK_N, BLOCK_N, 1)))
+        copies.append((Mg, Mt, ngroups, *Mg.stride()))
+    if copies:
+        batch, _, dstate, seqlen = copies[0][0].shape
+        rows = seqlen_pad + _ROWS_AHEAD
+        grid = (triton.cdiv(rows, _RELAYOUT_BLOCK_T), batch * torch.sym_max(copies[0][2], copies[-1][2]), len(copies))
+        launcher(_bc_time_major_kernel, wrap)[grid](
+            *copies[0], *copies[-1], batch, dstate, seqlen, rows, BLOCK_T=_RELAYOUT_BLOCK_T, BLOCK_N=BLOCK_N,
+            num_warps=4,
+        )  # fmt: skip
+    return lays
 
 
 def _common_dpg(dim: int, B: Tensor, C: Tensor) -> int | None:
@@ -760,7 +867,7 @@ def selective_scan_fwd(
     _check_config(BLOCK_D, dpg, STATE_CHUNK, BLOCK_L)
     BLOCK_N = block_n(dstate)
     seqlen_pad = (seqlen + BLOCK_L - 1) // BLOCK_L * BLOCK_L
-    B_lay, C_lay = _bc_layout(B, dim, BLOCK_N, seqlen_pad, wrap), _bc_layout(C, dim, BLOCK_N, seqlen_pad, wrap)
+    B_lay, C_lay = _bc_layouts(B, C, dim, BLOCK_N, seqlen_pad, wrap)
     # the kernel takes a varying copy's row stride to be BLOCK_N
     assert all(lay[3][2] == BLOCK_N for lay in (B_lay, C_lay) if lay[0])
     out = torch.empty_like(u)
@@ -774,7 +881,7 @@ def selective_scan_fwd(
         SEG = (seg + STATE_CHUNK - 1) // STATE_CHUNK * STATE_CHUNK  # whole saved-state chunks
         nseg = (seqlen + SEG - 1) // SEG
         nseg1 = torch.sym_max(nseg - 1, 1)  # pass 1's grid, never empty (no guard on seqlen)
-        # The segments' end states from zero and their sums of dt (flat: see _bc_layout on size-1 dims).
+        # The segments' end states from zero and their sums of dt (flat: see _bc_layouts on size-1 dims).
         seg_h, seg_dt = torch.empty(batch * nseg1 * dim * dstate, **f32), torch.empty(batch * nseg1 * dim, **f32)
     else:
         SEG, seg_h, seg_dt = 1 << 30, torch.empty(1, **f32), torch.empty(1, **f32)
@@ -858,48 +965,62 @@ def selective_scan_bwd(
     NPART = max(1, BLOCK_L // 8)
     parts = (batch * dim * dstate * (NPART + 1),)
 
-    def sum_parts(d):
-        return d.view(batch, dim, dstate, NPART + 1)[..., :NPART].sum(-1)
-
     nblocks_d = triton.cdiv(dim, BLOCK_D)
     copies = bc_copies or (min(_BWD_BC_COPIES, nblocks_d) if isinstance(nblocks_d, int) else _BWD_BC_COPIES)
 
-    def d_bc(arg):  # varying: fp32 (copies, batch, ngroups, dstate, seqlen) added to atomically, allocated flat (a
-        # size-1 ngroups beside a symbolic seqlen trips Inductor's clone of mutated kernel arguments on torch 2.11,
-        # pytorch issue 181735); else per-lane partials
-        return torch.zeros(copies * batch * arg[2] * dstate * seqlen, **f32) if arg[0] else torch.empty(parts, **f32)
-
-    dA, dB, dC = torch.empty(parts, **f32), d_bc(B_arg), d_bc(C_arg)
+    # Varying dB/dC: fp32 (copies, batch, ngroups, dstate, seqlen) added to atomically, both in one zero-filled
+    # buffer (one fill) that the kernel gets once, with C's offset: two views of one buffer as two written kernel
+    # arguments made the compiled training step's gradients wrong (torch 2.11, H100). Allocated flat: a size-1 ngroups
+    # beside a symbolic seqlen trips Inductor's clone of written kernel arguments on torch 2.11 (pytorch issue
+    # 181735). Time-invariant: per-lane partials.
+    n_B, n_C = (copies * batch * arg[2] * dstate * seqlen if arg[0] else 0 for arg in (B_arg, C_arg))
+    dBC = torch.zeros(n_B + n_C, **f32) if B_arg[0] or C_arg[0] else None
+    dB = dBC if B_arg[0] else torch.empty(parts, **f32)
+    dC = dBC if C_arg[0] and not B_arg[0] else torch.empty(parts, **f32) if not C_arg[0] else u
+    dA_part = torch.empty(parts, **f32)
+    # per (batch row, channel, state) sums of dA and time-invariant dB/dC, written after the loop
+    dA = torch.empty(batch, dim, dstate, **f32)
+    dBs, dCs = (torch.empty(batch, dim, dstate, **f32) if not arg[0] else dA for arg in (B_arg, C_arg))
     dD, dbias = torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)
     dh0 = torch.empty(batch, dim, dstate, **f32)
     gseed = torch.empty(2 * batch * dim * dstate, **f32)  # the carried g, two buffers alternating per tile
     grid = (nblocks_d, batch)
     launcher(_selective_scan_bwd_kernel, wrap)[grid](
         u, delta, A, B, C, u if D is None else D, u if z is None else z,
-        u if delta_bias is None else delta_bias, dout, dlast_state, chunk_states,
-        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, gseed,
-        batch, dim, seqlen, dstate, B_arg[1], C_arg[1], B_arg[2], C_arg[2], copies,
+        u if delta_bias is None else delta_bias, dout, u if dlast_state is None else dlast_state, chunk_states,
+        du, ddelta, dz, dA_part, dB, dC, dA, dBs, dCs, dD, dbias, dh0, gseed,
+        batch, dim, seqlen, dstate, B_arg[1], C_arg[1], B_arg[2], C_arg[2], copies, n_B,
         *u.stride(), *delta.stride(), *A.stride(), *B_arg[3], *C_arg[3],
-        *_strides1(D), *_strides3(z), *_strides1(delta_bias), *dout.stride(), *dlast_state.stride(),
+        *_strides1(D), *_strides3(z), *_strides1(delta_bias), *dout.stride(), *_strides3(dlast_state),
         strides[0], strides[1],
         DELTA_SOFTPLUS=delta_softplus, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        B_VARYING=B_arg[0], C_VARYING=C_arg[0],
+        HAS_DLAST=dlast_state is not None, B_VARYING=B_arg[0], C_VARYING=C_arg[0],
         BLOCK_D=BLOCK_D, BLOCK_N=block_n(dstate), BLOCK_L=BLOCK_L, NPART=NPART, FAST_MATH=u.device.type == "cuda",
         GATHER_FLIP=_BWD_GATHER_FLIP if gather_flip is None else gather_flip, num_warps=num_warps,
     )  # fmt: skip
-    dA = sum_parts(dA) * math.log(2.0)  # the kernel sums s dt log2 e
 
-    def empty():  # one per absent gradient: outputs of an op may not alias each other
+    # The sums over batch rows (dA, time-invariant dB/dC, dD, d delta_bias) and over the varying dB/dC copies, each
+    # into a new tensor of its input's shape and dtype (an op's outputs may not alias each other), in one launch.
+    def empty():
         return u.new_empty(0)
 
-    def bc_grad(M, dM):  # back to M's layout and dtype
-        if M.dim() == 2:
-            return sum_parts(dM).sum(0).to(M.dtype)
-        return (dM.view(M.shape) if copies == 1 else dM.view(copies, *M.shape).sum(0)).to(M.dtype)
+    def reduction(M, src, n, K):  # (source, result, n, K); M None: absent (nothing to sum)
+        if M is None:
+            return (dA, empty(), 0, 0)
+        return (src, torch.empty(M.shape, device=u.device, dtype=M.dtype), n, K)
+
+    def bc_reduction(M, arg, dM, dMs):
+        return reduction(M, dM, M.numel(), copies) if arg[0] else reduction(M, dMs, dim * dstate, batch)
+
+    sums = (
+        reduction(A, dA, dim * dstate, batch), bc_reduction(B, B_arg, dB, dBs),
+        bc_reduction(C, C_arg, dBC[n_B:] if C_arg[0] else dC, dCs),
+        reduction(D, dD, dim, batch), reduction(delta_bias, dbias, dim, batch),
+    )  # fmt: skip
+    nprog = sum(triton.cdiv(n, _SUM_BLOCK) for _, _, n, _ in sums)
+    launcher(_bwd_sums_kernel, wrap)[(nprog,)](*(x for r in sums for x in r), BLOCK=_SUM_BLOCK, num_warps=4)
 
     return (
-        du, ddelta, dA.sum(0).to(A.dtype), bc_grad(B, dB), bc_grad(C, dC),
-        empty() if D is None else dD.sum(0).to(D.dtype), dz if z is not None else empty(),
-        empty() if delta_bias is None else dbias.sum(0).to(delta_bias.dtype),
+        du, ddelta, sums[0][1], sums[1][1], sums[2][1], sums[3][1], dz if z is not None else empty(), sums[4][1],
         empty() if initial_state is None else dh0.to(initial_state.dtype),
     )  # fmt: skip

@@ -121,6 +121,18 @@ def test_cpu_no_grad_skips_chunk_states_and_backward_recomputes_them():
         torch.testing.assert_close(a, b, msg=name)
 
 
+def test_bwd_without_last_state_gradient_equals_zero_gradient():
+    """dlast_state None (the last state unused) is a zero gradient into it, without a zero-filled tensor."""
+    inputs = make_inputs(2, 4, 70, 3)
+    op_args = list(inputs.values())
+    out, last, states = torch.ops.mamba_compile.selective_scan_fwd(*op_args[:8], True, op_args[8], True)
+    go = torch.randn_like(out)
+    got = torch.ops.mamba_compile.selective_scan_bwd(go, None, *op_args[:8], True, op_args[8], states)
+    want = torch.ops.mamba_compile.selective_scan_bwd(go, torch.zeros_like(last), *op_args[:8], True, op_args[8], states)
+    for a, b, name in zip(got, want, GRAD_NAMES):
+        torch.testing.assert_close(a, b, msg=name)
+
+
 def test_gradcheck_float64_across_chunks(monkeypatch):
     monkeypatch.setattr(ss_module, "CPU_CHUNK", 4)  # seqlen 10: three chunks, the last partial
     inputs = make_inputs(1, 4, 10, 3, B_kind="bgnl", C_kind="bnl", act_dtype=torch.float64, weight_dtype=torch.float64)
@@ -162,6 +174,7 @@ def test_opcheck(opts, softplus):
     bwd_args = (torch.randn_like(out), torch.randn_like(last), *[None if a is None else a.detach() for a in args[:8]],
                 softplus, None if args[8] is None else args[8].detach(), states.detach())  # fmt: skip
     torch.library.opcheck(torch.ops.mamba_compile.selective_scan_bwd, bwd_args)
+    torch.library.opcheck(torch.ops.mamba_compile.selective_scan_bwd, (bwd_args[0], None, *bwd_args[2:]))
 
 
 def _compiled_matches_eager(backend, seqlens, device="cpu", tol=1e-5):
@@ -271,6 +284,22 @@ def _check_kernels(opts, softplus, *, shape=(2, 6, 11, 5), fwd_config=(2, 2, 1),
         else:
             assert grad.dtype == inputs[name].dtype, name
             assert_rel(grad, r_grads[name], 1e-5, f"d{name}")
+    return go, args, states
+
+
+def test_triton_bwd_without_last_state_gradient():
+    """The kernel with no dlast_state (HAS_DLAST off) gives what a zero dlast_state gives."""
+    from mamba_compile.ops import selective_scan_triton as kern
+
+    softplus = True
+    go, args, states = _check_kernels(dict(B_kind="bnl", C_kind="bgnl", ngroups=2), softplus, shape=(1, 4, 45, 3),
+                                      fwd_config=(2, 8, 1), bwd_config=(2, 16, 1))  # fmt: skip
+    zeros = torch.zeros(args[0].shape[0], args[0].shape[1], args[2].shape[1], device=go.device)
+    with torch.no_grad():
+        got = kern.selective_scan_bwd(go, None, *args[:8], softplus, args[8], states, wrap=False, config=(2, 16, 1))
+        want = kern.selective_scan_bwd(go, zeros, *args[:8], softplus, args[8], states, wrap=False, config=(2, 16, 1))
+    for a, b, name in zip(got, want, GRAD_NAMES):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)  # dB/dC: atomics on CUDA
 
 
 # The backward at block shapes where a thread holds 8 steps of a part (NPART = BLOCK_L / 8 per-lane
