@@ -1,6 +1,7 @@
 """Probe (GPU): the Mamba-1 selective scan's launchers and op as CUDA graphs, three rounds each, alternating.
 
     python3 -m benchmarks.probes.scan_variants --out $OUT/scan_variants.json
+    python3 -m benchmarks.probes.scan_variants --copies 8 16 --rounds 5   # only the op's fwd+bwd, per dB/dC copies
 
 At b8 d1536 l2048 n16 and b2 d5120 l8192 n16 (bf16 u/delta/z, B/C (b, 1, 16, l) bf16, fp32 A/D/delta_bias,
 softplus): the forward launcher saving states for the backward and not, the backward launcher, the op's forward
@@ -22,6 +23,12 @@ l2048 / l8192:
   4.500; not kept;
 - backward with two states per iteration of its loop over states (a one-off script): 2.055 against 1.432 / 6.585
   against 4.452 (spills); not kept.
+
+Session 11 (H100), the final code: forward launcher saving states 0.283 / 1.110-1.112, not saving 0.267 / 1.043-1.045,
+backward launcher 1.361-1.366 / 4.351-4.367, op forward 0.267 / 1.044-1.045, op forward+backward 1.644-1.647 /
+5.468-5.477 in the processes that began with the launcher cases and 1.614-1.618 at l2048 in those that began with the
+op (see _BWD_BC_COPIES in selective_scan_triton.py). The same session's A/B of the backward launcher's epilogue (a
+copy of the old module beside the new, one process): 1.424 -> 1.380 ms / 4.466 -> 4.425.
 """
 
 from __future__ import annotations
@@ -57,7 +64,17 @@ def _op_fb(t, go):
     return graph_ms(fwd_bwd)
 
 
-def probe(batch, dim, seqlen, dstate) -> list[dict]:
+def _op_fb_copies(t, go, copies):
+    """The op's forward+backward with the backward's dB/dC atomics spread over ``copies`` buffers."""
+    saved = kern._BWD_BC_COPIES
+    kern._BWD_BC_COPIES = copies
+    try:
+        return _op_fb(t, go)
+    finally:
+        kern._BWD_BC_COPIES = saved
+
+
+def probe(batch, dim, seqlen, dstate, copies=(), rounds=3) -> list[dict]:
     shape = f"b{batch} d{dim} l{seqlen} n{dstate}"
     t = make_inputs(batch, dim, seqlen, dstate)
     args = _args(t)
@@ -74,8 +91,10 @@ def probe(batch, dim, seqlen, dstate) -> list[dict]:
         "op fwd": lambda: _op_fwd(t),
         "op fwd+bwd": lambda: _op_fb(t, go),
     }
+    if copies:  # only the op's forward+backward, once per number of dB/dC copies
+        cases = {f"op fwd+bwd, {c} dB/dC copies": (lambda c=c: _op_fb_copies(t, go, c)) for c in copies}
     times = {k: [] for k in cases}
-    for _ in range(3):
+    for _ in range(rounds):
         for k, timer in cases.items():
             times[k].append(timer())
     for k, ts in times.items():
@@ -88,11 +107,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None)
     parser.add_argument("--small-only", action="store_true")
+    parser.add_argument("--copies", type=int, nargs="+", default=(),
+                        help="time only the op's forward+backward, for each of these numbers of dB/dC copies")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     print(f"device: {device_name()}, torch {torch.__version__}", flush=True)
-    rows = probe(8, 1536, 2048, 16)
+    rows = probe(8, 1536, 2048, 16, args.copies, args.rounds)
     if not args.small_only:
-        rows += probe(2, 5120, 8192, 16)
+        rows += probe(2, 5120, 8192, 16, args.copies, args.rounds)
     write_results(rows, args.out)
 
 
