@@ -20,8 +20,9 @@ saves the state entering every STATE_CHUNK steps (the backward's BLOCK_L), then 
 predicated on the block's position rather than one behind a branch, which split the loop body for ptxas (the
 launcher took 0.307 ms instead of 0.283 at b8 d1536 l2048 n16, 1.245-1.263 instead of 1.151 at b2 d5120 l8192).
 The launcher without saving takes 0.267. A loop over state chunks around the loop over blocks, storing once per
-chunk without a predicate, was tried in session 11 and left untimed: in local SASS its inner loop gained 34 barriers
-and shared-memory loads per block (layout conversions Triton added for the nested loop), with or without the store.
+chunk without a predicate, was tried in session 11 and left untimed: in local SASS its inner loop gained 32-34 barriers
+and as many shared-memory loads per block (layout conversions Triton added for the nested loop), with or without the
+store.
 Optionally (SEG, off by default: slower at both timed shapes, see below) time is cut into segments run by separate
 programs, for more warps in flight: a first launch runs every segment but the last from a zero state
 (no C, no output) and writes its end state and its sum of dt (the segment's decay is exp(A sum dt), one
