@@ -980,7 +980,10 @@ def selective_scan_bwd(
     n_B, n_C = (copies * batch * arg[2] * dstate * seqlen if arg[0] else 0 for arg in (B_arg, C_arg))
     dBC = torch.zeros(n_B + n_C, **f32) if B_arg[0] or C_arg[0] else None
     dB = dBC if B_arg[0] else torch.empty(parts, **f32)
-    dC = dBC if C_arg[0] and not B_arg[0] else torch.empty(parts, **f32) if not C_arg[0] else u
+    if C_arg[0]:  # with B varying too, the kernel finds C's part in dB's buffer (u: a stand-in it never touches)
+        dC = u if B_arg[0] else dBC
+    else:
+        dC = torch.empty(parts, **f32)
     dA_part = torch.empty(parts, **f32)
     # per (batch row, channel, state) sums of dA and time-invariant dB/dC, written after the loop
     dA = torch.empty(batch, dim, dstate, **f32)
