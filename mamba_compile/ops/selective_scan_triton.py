@@ -15,14 +15,13 @@ in the block before their use and copies them into place at the loop's back edge
 for L2 (ncu source counters, session 6: a quarter of the stall samples on two such copies). Input-dependent
 B/C are copied time-major, fp32, zero-padded to (batch, ngroups, seqlen_pad + 8, BLOCK_N) by one small
 kernel (both in one launch since session 11: the forward launcher 0.2673 -> 0.2656 ms), so a step's B_t is one
-unmasked vector load. The forward
-saves the state entering every STATE_CHUNK steps (the backward's BLOCK_L), then the last state, by a store
-predicated on the block's position rather than one behind a branch, which split the loop body for ptxas (the
-launcher took 0.307 ms instead of 0.283 at b8 d1536 l2048 n16, 1.245-1.263 instead of 1.151 at b2 d5120 l8192).
-The launcher without saving takes 0.267. A loop over state chunks around the loop over blocks, storing once per
-chunk without a predicate, was tried in session 11 and left untimed: in local SASS its inner loop gained 32-34 barriers
-and as many shared-memory loads per block (layout conversions Triton added for the nested loop), with or without the
-store.
+unmasked vector load. The forward saves the state entering every STATE_CHUNK steps (the backward's BLOCK_L), then
+the last state, by a store predicated on the block's position rather than one behind a branch, which split the
+loop body for ptxas (the launcher took 0.307 ms instead of 0.283 at b8 d1536 l2048 n16, 1.245-1.263 instead of
+1.151 at b2 d5120 l8192). The launcher without saving takes 0.267. A loop over state chunks around the loop over
+blocks, storing once per chunk without a predicate, was tried in session 11 and left untimed: in local SASS its
+inner loop gained 32-34 barriers and as many shared-memory loads per block (layout conversions Triton added for
+the nested loop), with or without the store.
 Optionally (SEG, off by default: slower at both timed shapes, see below) time is cut into segments run by separate
 programs, for more warps in flight: a first launch runs every segment but the last from a zero state
 (no C, no output) and writes its end state and its sum of dt (the segment's decay is exp(A sum dt), one
@@ -490,7 +489,8 @@ def _selective_scan_bwd_kernel(
     # - varying dB/dC rows are summed over the program's channels, then added atomically into fp32
     #   (batch, ngroups, dstate, seqlen) buffers; per-channel sums over time (dA, time-invariant dB/dC)
     #   add per-lane partials (NPART per channel, summed inside each thread) into fp32
-    #   (batch, dim, dstate, NPART + 1) buffers, summed in torch; dD, d delta_bias go per batch row;
+    #   (batch, dim, dstate, NPART + 1) buffers, summed across lanes after the loop; dD, d delta_bias go per batch
+    #   row; _bwd_sums_kernel then sums over batch rows (and dB/dC copies);
     # - GATHER_FLIP: the reverse scan as a forward scan in reversed time plus two tl.gather flips (see
     #   _bwd_state_step);
     # - only dt2 = dt log2 e, dt2_nx, dt u, dy (and y with z) stay live through the loop over states; u,
@@ -517,7 +517,7 @@ def _selective_scan_bwd_kernel(
     B_row, B_col = B_ptr + pid_b * s_B_b + grp_b * s_B_g, B_ptr + offs_d * s_B_g
     C_row, C_col = C_ptr + pid_b * s_C_b + grp_c * s_C_g, C_ptr + offs_d * s_C_g
     # varying dB/dC: program pid_d adds into copy pid_d % bc_copies of the (batch, ngroups, dstate, seqlen) rows
-    # (summed in torch), so fewer programs add to one address at a time
+    # (summed by _bwd_sums_kernel), so fewer programs add to one address at a time
     copy = pid_d % bc_copies
     dB_row = dB_ptr + ((copy * batch + pid_b) * ngroups_B + grp_b) * dstate * seqlen
     if B_VARYING and C_VARYING:  # one buffer holds both, C's part dC_off elements in
@@ -781,9 +781,8 @@ _BWD_CONFIG = (2, 256, 1)  # backward (BLOCK_D, BLOCK_L, num_warps); timings in 
 # processes and 1.644-1.647 in three others, each process consistent with itself (one that timed both ways gave
 # 1.617-1.618 for both): the slow ones had begun with scan_variants' launcher cases, the fast ones with the op, as if
 # the time followed where the buffers landed. Not explained; a copy stride that is not a power of two was a guess
-# left untried (no device time left). The copies cost
-# 16 x (batch, ngroups, dstate, seqlen) fp32 each for dB and dC, zero-filled for every backward (34 MB at b8 l2048
-# n16), and their sum reads them once.
+# left untried (no device time left). The copies cost 16 x (batch, ngroups, dstate, seqlen) fp32 each for dB and dC,
+# zero-filled for every backward (34 MB at b8 l2048 n16), and their sum reads them once.
 _BWD_BC_COPIES = 16
 _SUM_BLOCK = 1024  # elements per program of _bwd_sums_kernel
 # The backward's reverse scan as a forward scan in reversed time between two tl.gather flips (False:
@@ -987,7 +986,8 @@ def selective_scan_bwd(
     dA_part = torch.empty(parts, **f32)
     # per (batch row, channel, state) sums of dA and time-invariant dB/dC, written after the loop
     dA = torch.empty(batch, dim, dstate, **f32)
-    dBs, dCs = (torch.empty(batch, dim, dstate, **f32) if not arg[0] else dA for arg in (B_arg, C_arg))
+    # (u: a stand-in the kernel never touches, as for the other absent pointers, rather than a buffer it writes)
+    dBs, dCs = (torch.empty(batch, dim, dstate, **f32) if not arg[0] else u for arg in (B_arg, C_arg))
     dD, dbias = torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)
     dh0 = torch.empty(batch, dim, dstate, **f32)
     gseed = torch.empty(2 * batch * dim * dstate, **f32)  # the carried g, two buffers alternating per tile
