@@ -6,9 +6,12 @@
    general kernel's output (max |diff| in units of the output's largest magnitude);
 2. Mamba-2's layout: xBC, 1792 channels sliced from a (b, l, 3352) in_proj output and transposed
    (channel-last), forward and backward of the general kernel over block shapes, beside the same tensor
-   made time-contiguous.
+   made time-contiguous;
+3. the backward at the first shape: the two-kernel path (fp32 dy written, then read) against the one-kernel pair
+   backward (causal_conv1d_triton._causal_conv1d_bwd_pairs_kernel) over a few blocks, each checked against the
+   two-kernel path's gradients (dx must agree bit for bit), with the copy floor of reading x and dout and writing dx.
 
-    python -m benchmarks.probes.conv_probe --out $OUT/conv_probe.json
+    python -m benchmarks.probes.conv_probe --out $OUT/conv_probe.json [--parts fwd m2 bwd]
 """
 
 from __future__ import annotations
@@ -82,13 +85,41 @@ def mamba2_layout(rows):
         print(rows[-1], flush=True)
 
 
+def backward_variants(rows):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(8, 1536, 2048, device="cuda", dtype=torch.bfloat16, generator=g)
+    dout = torch.randn(8, 1536, 2048, device="cuda", dtype=torch.bfloat16, generator=g)
+    weight, bias = _inputs(x)
+    floor = floor_ms(3 * nbytes(x))
+    want = kernels.causal_conv1d_bwd(x, weight, bias, None, None, dout, None, True, wrap=False, pairs=False)
+    variants = [("two-kernel", None, None, 4)]
+    variants += [("pairs", bd, bl, w) for bd, bl, w in ((None, None, 4), (2, 512, 4), (4, 512, 4), (8, 256, 4),
+                                                        (4, 256, 4), (2, 1024, 8), (4, 1024, 8), (16, 128, 4))]
+    variants += [("two-kernel", None, None, 4)]  # again: the run's spread
+    for kind, bd, bl, w in variants:
+        def bwd(bd=bd, bl=bl, w=w, kind=kind):
+            return kernels.causal_conv1d_bwd(x, weight, bias, None, None, dout, None, True, wrap=False,
+                                             block_d=bd, block_l=bl, num_warps=w, pairs=kind == "pairs")
+
+        got = bwd()
+        dx_equal = torch.equal(got[0], want[0])
+        dw_err = ((got[1] - want[1]).abs().max() / want[1].abs().max()).item()
+        ms = graph_ms(bwd)
+        blocks = "default" if bd is None else f"{bd}x{bl} w{w}"
+        rows.append(dict(part="bwd contiguous", kernel=kind, blocks=blocks, bwd_ms=ms, ratio=ms / floor,
+                         dx_bitwise=dx_equal, max_rel_diff=f"dw {dw_err:.1e}"))
+        print(rows[-1], flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
+    parser.add_argument("--parts", nargs="+", default=["fwd", "m2", "bwd"])
     args = parser.parse_args()
     rows = []
-    forward_variants(rows)
-    mamba2_layout(rows)
+    parts = dict(fwd=forward_variants, m2=mamba2_layout, bwd=backward_variants)
+    for name in args.parts:
+        parts[name](rows)
     write_results(rows, args.out)
 
 

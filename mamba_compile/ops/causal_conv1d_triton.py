@@ -159,27 +159,16 @@ def _tap(w_ptr, offs_d, k, stride_wd, stride_ww, d_mask):
 
 
 @triton.jit
-def _causal_conv1d_fwd_pairs_kernel(
-    x_ptr, w_ptr, bias_ptr, out_ptr, final_ptr, L, D,
-    stride_xb, stride_xd, stride_wd, stride_ww, stride_ob, stride_od, stride_fb, stride_fd, stride_fl,
-    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_FINAL: tl.constexpr, SILU: tl.constexpr, IS_BF16: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr,
-):
-    # strides of x and out in elements (even); L even; BLOCK_M output pairs per tile
+def _pre_pairs(xp, w_ptr, bias_ptr, offs_d, d_mask, offs_m, M, stride_wd, stride_ww,
+               QO: tl.constexpr, W: tl.constexpr, HAS_BIAS: tl.constexpr, IS_BF16: tl.constexpr):
+    """Pre-activations (even, odd) at steps 2(m + QO) and 2(m + QO) + 1 for the pairs m in offs_m, as fp32
+    [BLOCK_D, BLOCK_M]; xp points at each channel's row of int32 pairs. Taps are added in the general kernel's
+    order (k ascending, bias last), so the sums are its sums, bit for bit."""
     NP: tl.constexpr = W // 2 + 1  # ceil((W - 1) / 2) + 1
-    pid_m = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    d_mask = offs_d < D
-    M = L // 2
-    xp = x_ptr.to(tl.pointer_type(tl.int32)) + (b * stride_xb + offs_d[:, None] * stride_xd) // 2
-    # taps in the general kernel's order (k ascending, bias last): the same fp32 sums, bit for bit
-    even = tl.zeros((BLOCK_D, BLOCK_M), dtype=tl.float32)
-    odd = tl.zeros((BLOCK_D, BLOCK_M), dtype=tl.float32)
+    even = tl.zeros((offs_d.shape[0], offs_m.shape[0]), dtype=tl.float32)
+    odd = tl.zeros((offs_d.shape[0], offs_m.shape[0]), dtype=tl.float32)
     for q in tl.static_range(NP):
-        j = offs_m + (q - (NP - 1))  # pair index; its elements sit at offsets r0 = 2 (q - NP + 1) and r0 + 1 from 2m
+        j = offs_m + (QO + q - (NP - 1))  # pair index; its elements sit at offsets r0 = 2 (q - NP + 1), r0 + 1
         v = tl.load(xp + j[None, :], mask=d_mask[:, None] & ((j >= 0) & (j < M))[None, :], other=0)
         lo, hi = _unpack_lo_hi(v, IS_BF16)
         for k in tl.static_range(W):  # tap k of output 2m reads x[2m + k - (W-1)], of output 2m+1 one further
@@ -195,6 +184,27 @@ def _causal_conv1d_fwd_pairs_kernel(
         bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[:, None]
         even += bias
         odd += bias
+    return even, odd
+
+
+@triton.jit
+def _causal_conv1d_fwd_pairs_kernel(
+    x_ptr, w_ptr, bias_ptr, out_ptr, final_ptr, L, D,
+    stride_xb, stride_xd, stride_wd, stride_ww, stride_ob, stride_od, stride_fb, stride_fd, stride_fl,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_FINAL: tl.constexpr, SILU: tl.constexpr, IS_BF16: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    # strides of x and out in elements (even); L even; BLOCK_M output pairs per tile
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    d_mask = offs_d < D
+    M = L // 2
+    xp = x_ptr.to(tl.pointer_type(tl.int32)) + (b * stride_xb + offs_d[:, None] * stride_xd) // 2
+    even, odd = _pre_pairs(xp, w_ptr, bias_ptr, offs_d, d_mask, offs_m, M, stride_wd, stride_ww,
+                           0, W, HAS_BIAS, IS_BF16)
     if SILU:
         even = even * tl.sigmoid(even)
         odd = odd * tl.sigmoid(odd)
@@ -243,14 +253,15 @@ def _pairs_blocks(L) -> tuple[int, int]:
     return max(1, 2048 // block_l), block_l // 2
 
 
-def _pairs_apply(x, out, seq_idx, initial_states) -> bool:
-    """Whether the pair kernel can run: 16-bit x and out with contiguous time, rows at even element
-    offsets (4-byte aligned pairs), even static length, no seq_idx / initial_states."""
+def _pairs_apply(x, out, seq_idx, initial_states, *more) -> bool:
+    """Whether the pair kernels can run: 16-bit x, and out (and ``more``) of x's dtype, all with contiguous time
+    and rows at even element offsets (4-byte aligned pairs), even static length, no seq_idx / initial_states."""
     if x.dtype not in (torch.bfloat16, torch.float16) or seq_idx is not None or initial_states is not None:
         return False
-    sizes = (x.shape[2], x.stride(0), x.stride(1), x.storage_offset(), out.stride(0), out.stride(1),
-             out.storage_offset())
-    return x.stride(2) == 1 and out.stride(2) == 1 and all(isinstance(n, int) and n % 2 == 0 for n in sizes)
+    tensors = (x, out, *more)
+    sizes = [x.shape[2]] + [n for t in tensors for n in (t.stride(0), t.stride(1), t.storage_offset())]
+    return (all(t.dtype == x.dtype and t.stride(2) == 1 for t in tensors)
+            and all(isinstance(n, int) and n % 2 == 0 for n in sizes))
 
 
 def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_states: bool, silu: bool,
@@ -408,14 +419,138 @@ def _causal_conv1d_bwd_dx_kernel(
                      dinit.to(dinit_ptr.dtype.element_ty), mask=d_mask[:, None] & (j < W - 1)[None, :])
 
 
+# ----------------------------------------------------------------------------------------------
+# Backward in one kernel over 16-bit pairs, where the pair forward applies (and no gradient reaches the final
+# states). Output pair m (s = 2m, 2m+1) needs dy at steps 2m .. 2m + W: NQ = W//2 + 1 pairs of dy, each
+# recomputed from x (``_pre_pairs`` at pair offset QO) and dout. The recomputed pre-activations cost NQ x NP
+# int32 loads of x per pair, mostly from L1, where the two-kernel path writes and reads dy in fp32 (four
+# bytes per element each way): 0.113 ms against 0.228 at b8 d1536 l2048 w4 bf16 on an H100 (timings in
+# _bwd_pairs_blocks). dx follows the two-kernel path's arithmetic (the same dy, the taps added in the same
+# order), so under the interpreter it is the same bit for bit; compiled, ptxas contracts multiplies and adds into
+# FMAs differently in the two kernels, and dx can differ by a 16-bit rounding step. dweight / dbias partials
+# come from the pair's own dy (QO = 0).
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _dsilu(g, y):
+    """g * silu'(y), written as the two-kernel path writes it."""
+    sig = tl.sigmoid(y)
+    return g * sig * (1.0 + y * (1.0 - sig))
+
+
+@triton.jit
+def _dy_pairs(xp, gp, w_ptr, bias_ptr, offs_d, d_mask, offs_m, M, stride_wd, stride_ww,
+              QO: tl.constexpr, W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+              IS_BF16: tl.constexpr):
+    """dy = dout * act'(pre) at steps 2(m + QO) and 2(m + QO) + 1, as fp32 (even, odd); 0 past the sequence."""
+    j = offs_m + QO
+    g = tl.load(gp + j[None, :], mask=d_mask[:, None] & (j < M)[None, :], other=0)
+    ge, go = _unpack_lo_hi(g, IS_BF16)
+    if SILU:
+        pe, po = _pre_pairs(xp, w_ptr, bias_ptr, offs_d, d_mask, offs_m, M, stride_wd, stride_ww,
+                            QO, W, HAS_BIAS, IS_BF16)
+        ge = _dsilu(ge, pe)
+        go = _dsilu(go, po)
+    return ge, go
+
+
+@triton.jit
+def _causal_conv1d_bwd_pairs_kernel(
+    x_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_part_ptr, db_part_ptr, L, D,
+    stride_xb, stride_xd, stride_wd, stride_ww, stride_gb, stride_gd, stride_dxb, stride_dxd,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, IS_BF16: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    # strides of x, dout and dx in elements (even); L even; BLOCK_M pairs per tile
+    NQ: tl.constexpr = W // 2 + 1  # dy pairs at offsets 0 .. NQ-1 cover steps 2m .. 2m + W
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    d_mask = offs_d < D
+    M = L // 2
+    xp = x_ptr.to(tl.pointer_type(tl.int32)) + (b * stride_xb + offs_d[:, None] * stride_xd) // 2
+    gp = dout_ptr.to(tl.pointer_type(tl.int32)) + (b * stride_gb + offs_d[:, None] * stride_gd) // 2
+
+    # dx[s] = sum_j weight[W-1-j] * dy[s + j], j ascending (the two-kernel order): step 2m + o reaches dx[2m]
+    # through j = o and dx[2m+1] through j = o - 1
+    dy_e, dy_o = _dy_pairs(xp, gp, w_ptr, bias_ptr, offs_d, d_mask, offs_m, M, stride_wd, stride_ww,
+                           0, W, HAS_BIAS, SILU, IS_BF16)
+    dx_e = _tap(w_ptr, offs_d, W - 1, stride_wd, stride_ww, d_mask) * dy_e
+    dx_e += _tap(w_ptr, offs_d, W - 2, stride_wd, stride_ww, d_mask) * dy_o
+    dx_o = _tap(w_ptr, offs_d, W - 1, stride_wd, stride_ww, d_mask) * dy_o
+    for qo in tl.static_range(1, NQ):
+        ge, go = _dy_pairs(xp, gp, w_ptr, bias_ptr, offs_d, d_mask, offs_m, M, stride_wd, stride_ww,
+                           qo, W, HAS_BIAS, SILU, IS_BF16)
+        if 2 * qo <= W - 1:
+            dx_e += _tap(w_ptr, offs_d, W - 1 - 2 * qo, stride_wd, stride_ww, d_mask) * ge
+        if 2 * qo + 1 <= W - 1:
+            dx_e += _tap(w_ptr, offs_d, W - 2 - 2 * qo, stride_wd, stride_ww, d_mask) * go
+        if 2 * qo <= W:
+            dx_o += _tap(w_ptr, offs_d, W - 2 * qo, stride_wd, stride_ww, d_mask) * ge
+        if 2 * qo + 1 <= W:
+            dx_o += _tap(w_ptr, offs_d, W - 1 - 2 * qo, stride_wd, stride_ww, d_mask) * go
+    dxp = dx_ptr.to(tl.pointer_type(tl.int32)) + (b * stride_dxb + offs_d[:, None] * stride_dxd) // 2
+    tl.store(dxp + offs_m[None, :], _pack_lo_hi(dx_e, dx_o, IS_BF16), mask=d_mask[:, None] & (offs_m < M)[None, :])
+
+    # dweight[k] partial = sum over the tile of dy[2m] x[2m + k - (W-1)] + dy[2m+1] x[2m + 1 + k - (W-1)]
+    part = (b * tl.num_programs(0) + pid_m) * D
+    for k in tl.static_range(W):
+        # x[2m + k - (W-1)] sits k + W + 1 (>= 0) steps after 2(m - W)
+        if (k + W + 1) % 2 == 0:  # both steps are pair m + (k + W + 1)/2 - W
+            j = offs_m + ((k + W + 1) // 2 - W)
+            v = tl.load(xp + j[None, :], mask=d_mask[:, None] & ((j >= 0) & (j < M))[None, :], other=0)
+            xa, xb = _unpack_lo_hi(v, IS_BF16)
+        else:  # the high half of pair j, then the low half of pair j + 1
+            j = offs_m + ((k + W) // 2 - W)
+            v = tl.load(xp + j[None, :], mask=d_mask[:, None] & ((j >= 0) & (j < M))[None, :], other=0)
+            _, xa = _unpack_lo_hi(v, IS_BF16)
+            v = tl.load(xp + j[None, :] + 1, mask=d_mask[:, None] & ((j + 1 >= 0) & (j + 1 < M))[None, :], other=0)
+            xb, _ = _unpack_lo_hi(v, IS_BF16)
+        tl.store(dw_part_ptr + (part + offs_d) * W + k, tl.sum(dy_e * xa + dy_o * xb, axis=1), mask=d_mask)
+    if HAS_BIAS:
+        tl.store(db_part_ptr + part + offs_d, tl.sum(dy_e + dy_o, axis=1), mask=d_mask)
+
+
+_BWD_PAIRS = True  # the one-kernel pair backward where it applies
+
+
+def _bwd_pairs_blocks(L) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_M) of the pair backward: 256 steps (128 pairs) x 4 channels at length 2048. b8 d1536 l2048
+    w4 bf16 silu bias on an H100 (session 12, benchmarks/probes/conv_probe.py --parts bwd, CUDA-graph replay, floor
+    0.050 ms for reading x and dout and writing dx): 4 x 256 steps 0.113 ms, 2 x 1024 (the forward's blocks) 0.129,
+    2 x 512 0.134, 8 x 256 0.148, 4 x 512 0.150, 16 x 128 0.152, 2 x 1024 with 8 warps 0.149; the two-kernel path
+    0.228-0.229."""
+    block_l = min(256, max(16, triton.next_power_of_2(_static(L, 1 << 20))))
+    return max(1, 1024 // block_l), block_l // 2
+
+
 def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu: bool,
                       *, wrap: bool = True, block_d: int | None = None, block_l: int | None = None,
-                      num_warps: int = 4):
+                      num_warps: int = 4, pairs: bool | None = None):
     """Returns (dx, dweight, dbias, dinitial_states); dbias / dinitial_states are empty tensors when
-    bias / initial_states are None."""
+    bias / initial_states are None. ``pairs`` forces the one-kernel pair backward on (where it applies) or
+    off; None: ``_BWD_PAIRS``."""
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
     bias = bias.contiguous() if bias is not None else None
+    dx = torch.empty_like(x)
+    if ((_BWD_PAIRS if pairs is None else pairs) and dfinal_states is None
+            and _pairs_apply(x, dx, seq_idx, initial_states, dout)):
+        bd, bm = _bwd_pairs_blocks(seqlen)
+        block_d, block_m = block_d or bd, block_l // 2 if block_l else bm
+        n_m = triton.cdiv(seqlen // 2, block_m)
+        dw_part = torch.empty(batch * n_m, dim, width, device=x.device, dtype=torch.float32)
+        db_part = torch.empty(batch * n_m, dim, device=x.device, dtype=torch.float32)
+        launcher(_causal_conv1d_bwd_pairs_kernel, wrap)[(n_m, triton.cdiv(dim, block_d), batch)](
+            x, weight, _or_dummy(bias, weight), dout, dx, dw_part, db_part, seqlen, dim,
+            x.stride(0), x.stride(1), *weight.stride(), dout.stride(0), dout.stride(1), dx.stride(0), dx.stride(1),
+            W=width, HAS_BIAS=bias is not None, SILU=silu, IS_BF16=x.dtype == torch.bfloat16,
+            BLOCK_D=block_d, BLOCK_M=block_m, num_warps=num_warps,
+        )
+        dweight = dw_part.sum(0).to(weight.dtype)
+        dbias = db_part.sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
+        return dx, dweight, dbias, x.new_empty(0)
     bd, bl = _fwd_blocks(x, backward=True)
     block_d, block_l = block_d or bd, block_l or bl
     n_l = triton.cdiv(seqlen, block_l)
@@ -434,7 +569,6 @@ def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_sta
         *dy.stride(), W=width, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
         SILU=silu, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=num_warps,
     )
-    dx = torch.empty_like(x)
     dinit = torch.empty_like(initial_states) if initial_states is not None else x.new_empty(0)
     launcher(_causal_conv1d_bwd_dx_kernel, wrap)[grid](
         weight, _or_dummy(seq_idx, weight), dy, _or_dummy(dfinal_states, weight), dx,
