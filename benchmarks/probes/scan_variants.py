@@ -2,6 +2,7 @@
 
     python3 -m benchmarks.probes.scan_variants --out $OUT/scan_variants.json
     python3 -m benchmarks.probes.scan_variants --copies 8 16 --rounds 5   # only the op's fwd+bwd, per dB/dC copies
+    python3 -m benchmarks.probes.scan_variants --pads 0 32 1056            # the cases, then fwd+bwd per copy pad
 
 At b8 d1536 l2048 n16 and b2 d5120 l8192 n16 (bf16 u/delta/z, B/C (b, 1, 16, l) bf16, fp32 A/D/delta_bias,
 softplus): the forward launcher saving states for the backward and not, the backward launcher, the op's forward
@@ -74,7 +75,17 @@ def _op_fb_copies(t, go, copies):
         kern._BWD_BC_COPIES = saved
 
 
-def probe(batch, dim, seqlen, dstate, copies=(), rounds=3) -> list[dict]:
+def _op_fb_pad(t, go, pad):
+    """The op's forward+backward with ``pad`` fp32 elements between the dB/dC copies."""
+    saved = kern._BWD_BC_COPY_PAD
+    kern._BWD_BC_COPY_PAD = pad
+    try:
+        return _op_fb(t, go)
+    finally:
+        kern._BWD_BC_COPY_PAD = saved
+
+
+def probe(batch, dim, seqlen, dstate, copies=(), rounds=3, pads=()) -> list[dict]:
     shape = f"b{batch} d{dim} l{seqlen} n{dstate}"
     t = make_inputs(batch, dim, seqlen, dstate)
     args = _args(t)
@@ -93,6 +104,8 @@ def probe(batch, dim, seqlen, dstate, copies=(), rounds=3) -> list[dict]:
     }
     if copies:  # only the op's forward+backward, once per number of dB/dC copies
         cases = {f"op fwd+bwd, {c} dB/dC copies": (lambda c=c: _op_fb_copies(t, go, c)) for c in copies}
+    for p in pads:  # after the other cases
+        cases[f"op fwd+bwd, dB/dC copies {p} elements apart"] = lambda p=p: _op_fb_pad(t, go, p)
     times = {k: [] for k in cases}
     for _ in range(rounds):
         for k, timer in cases.items():
@@ -110,11 +123,13 @@ def main():
     parser.add_argument("--copies", type=int, nargs="+", default=(),
                         help="time only the op's forward+backward, for each of these numbers of dB/dC copies")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pads", type=int, nargs="+", default=(),
+                        help="also time the op's forward+backward with these gaps (fp32 elements) between dB/dC copies")
     args = parser.parse_args()
     print(f"device: {device_name()}, torch {torch.__version__}", flush=True)
-    rows = probe(8, 1536, 2048, 16, args.copies, args.rounds)
+    rows = probe(8, 1536, 2048, 16, args.copies, args.rounds, args.pads)
     if not args.small_only:
-        rows += probe(2, 5120, 8192, 16, args.copies, args.rounds)
+        rows += probe(2, 5120, 8192, 16, args.copies, args.rounds, args.pads)
     write_results(rows, args.out)
 
 

@@ -374,6 +374,7 @@ _FWD_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplu
 def _setup_context(ctx, inputs, output):
     args = dict(zip(_FWD_ARGS, inputs))
     ctx.delta_softplus = args["delta_softplus"]
+    ctx.set_materialize_grads(False)  # None, not zeros, for an unused last state (and output): see _backward
     ctx.save_for_backward(*(args[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")), output[2])
 
 

@@ -464,7 +464,7 @@ def _bwd_state_step(
 def _selective_scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, dlast_ptr, states_ptr,
     du_ptr, ddelta_ptr, dz_ptr, dA_part_ptr, dB_ptr, dC_ptr, dA_ptr, dBs_ptr, dCs_ptr, dD_ptr, dbias_ptr, dh0_ptr, gseed_ptr,
-    batch, dim, seqlen, dstate, B_dpg, C_dpg, ngroups_B, ngroups_C, bc_copies, dC_off,
+    batch, dim, seqlen, dstate, B_dpg, C_dpg, ngroups_B, ngroups_C, bc_copies, copy_stride_B, copy_stride_C, dC_off,
     s_u_b, s_u_d, s_u_l, s_dl_b, s_dl_d, s_dl_l, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_D, s_z_b, s_z_d, s_z_l, s_bias, s_do_b, s_do_d, s_do_l, s_dls_b, s_dls_d, s_dls_n, s_o_b, s_o_d,
@@ -519,11 +519,11 @@ def _selective_scan_bwd_kernel(
     # varying dB/dC: program pid_d adds into copy pid_d % bc_copies of the (batch, ngroups, dstate, seqlen) rows
     # (summed by _bwd_sums_kernel), so fewer programs add to one address at a time
     copy = pid_d % bc_copies
-    dB_row = dB_ptr + ((copy * batch + pid_b) * ngroups_B + grp_b) * dstate * seqlen
+    dB_row = dB_ptr + copy * copy_stride_B + (pid_b * ngroups_B + grp_b) * dstate * seqlen
     if B_VARYING and C_VARYING:  # one buffer holds both, C's part dC_off elements in
-        dC_row = dB_ptr + dC_off + ((copy * batch + pid_b) * ngroups_C + grp_c) * dstate * seqlen
+        dC_row = dB_ptr + dC_off + copy * copy_stride_C + (pid_b * ngroups_C + grp_c) * dstate * seqlen
     else:
-        dC_row = dC_ptr + ((copy * batch + pid_b) * ngroups_C + grp_c) * dstate * seqlen
+        dC_row = dC_ptr + copy * copy_stride_C + (pid_b * ngroups_C + grp_c) * dstate * seqlen
     dn_off = (pid_b * dim + offs_d) * dstate  # [BLOCK_D]: (batch row, channel) in (batch, dim, dstate)
     # Partial sums: (batch, dim, dstate, NPART + 1) fp32 (the last column unused): rows of an odd length
     # are not 16-byte aligned, so a part's [BLOCK_D, NPART] loads and stores are not vectorised and keep the
@@ -680,24 +680,25 @@ def _bc_time_major_kernel(
 
 
 @triton.jit
-def _sum_slices(src_ptr, dst_ptr, n, K, blk, BLOCK: tl.constexpr):
-    """dst[j] = sum_{k < K} src[k n + j] over block blk of j, in dst's dtype."""
+def _sum_slices(src_ptr, dst_ptr, n, K, stride, blk, BLOCK: tl.constexpr):
+    """dst[j] = sum_{k < K} src[k stride + j] (j < n) over block blk of j, in dst's dtype."""
     offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     ptrs = src_ptr + offs
     acc = tl.zeros([BLOCK], tl.float32)
     for _ in range(K):
         acc += tl.load(ptrs, mask=mask, other=0.0)
-        ptrs += n
+        ptrs += stride
     tl.store(dst_ptr + offs, acc.to(dst_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _bwd_sums_kernel(
-    s0, d0, n0, k0, s1, d1, n1, k1, s2, d2, n2, k2, s3, d3, n3, k3, s4, d4, n4, k4, BLOCK: tl.constexpr,
+    s0, d0, n0, k0, t0, s1, d1, n1, k1, t1, s2, d2, n2, k2, t2, s3, d3, n3, k3, t3, s4, d4, n4, k4, t4,
+    BLOCK: tl.constexpr,
 ):  # fmt: skip
     # The backward's five reductions in one launch (dA, dB, dC, dD, d delta_bias over batch rows or over the dB/dC
-    # copies): d_i[j] = sum_{k < k_i} s_i[k n_i + j], in d_i's dtype. Programs take the reductions in turn, by
+    # copies): d_i[j] = sum_{k < k_i} s_i[k t_i + j] for j < n_i, in d_i's dtype. Programs take the reductions in turn, by
     # cumulative block counts; an absent one has n_i = 0.
     pid = tl.program_id(0)
     e0 = tl.cdiv(n0, BLOCK)
@@ -705,15 +706,15 @@ def _bwd_sums_kernel(
     e2 = e1 + tl.cdiv(n2, BLOCK)
     e3 = e2 + tl.cdiv(n3, BLOCK)
     if pid < e0:
-        _sum_slices(s0, d0, n0, k0, pid, BLOCK)
+        _sum_slices(s0, d0, n0, k0, t0, pid, BLOCK)
     elif pid < e1:
-        _sum_slices(s1, d1, n1, k1, pid - e0, BLOCK)
+        _sum_slices(s1, d1, n1, k1, t1, pid - e0, BLOCK)
     elif pid < e2:
-        _sum_slices(s2, d2, n2, k2, pid - e1, BLOCK)
+        _sum_slices(s2, d2, n2, k2, t2, pid - e1, BLOCK)
     elif pid < e3:
-        _sum_slices(s3, d3, n3, k3, pid - e2, BLOCK)
+        _sum_slices(s3, d3, n3, k3, t3, pid - e2, BLOCK)
     else:
-        _sum_slices(s4, d4, n4, k4, pid - e3, BLOCK)
+        _sum_slices(s4, d4, n4, k4, t4, pid - e3, BLOCK)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -784,6 +785,9 @@ _BWD_CONFIG = (2, 256, 1)  # backward (BLOCK_D, BLOCK_L, num_warps); timings in 
 # left untried (no device time left). The copies cost 16 x (batch, ngroups, dstate, seqlen) fp32 each for dB and dC,
 # zero-filled for every backward (34 MB at b8 l2048 n16), and their sum reads them once.
 _BWD_BC_COPIES = 16
+# fp32 elements between the end of one dB/dC copy and the start of the next (a copy's size is a power of two at
+# power-of-two shapes; see above).
+_BWD_BC_COPY_PAD = 0
 _SUM_BLOCK = 1024  # elements per program of _bwd_sums_kernel
 # The backward's reverse scan as a forward scan in reversed time between two tl.gather flips (False:
 # Triton's reverse scan; timings in the module docstring).
@@ -959,10 +963,20 @@ def selective_scan_bwd(
     # du, ddelta and dz in u's layout when delta and z share it (the Mamba-1 mixer's channel-major projections give
     # (b, d, l) tensors with strides (l, b l, 1)): the gradients then reach the projections' matmuls without a
     # transpose copy. Otherwise contiguous.
-    strides = u.stride() if _gradients_in_u_layout(u, delta, z) else (dim * seqlen, seqlen, 1)
-    du = torch.empty_strided(u.shape, strides, device=u.device, dtype=u.dtype)
-    ddelta = torch.empty_strided(u.shape, strides, device=u.device, dtype=delta.dtype)
-    dz = torch.empty_strided(u.shape, strides, device=u.device, dtype=z.dtype) if z is not None else du
+    # Allocated with torch.empty (and a transpose) rather than torch.empty_strided: AOT autograd's CSE merges identical
+    # empty_strided calls (it leaves out only aten.empty), and the three gradients then shared one buffer that the
+    # compiled graph cloned for each further written argument (two 50 MB copies per Mamba-1 layer and training step
+    # at the 130M shape, seen in the Inductor code of a block).
+    u_layout = _gradients_in_u_layout(u, delta, z)
+
+    def grad_buffer(dtype):
+        if u_layout:
+            return torch.empty(dim, batch, seqlen, device=u.device, dtype=dtype).transpose(0, 1)
+        return torch.empty(batch, dim, seqlen, device=u.device, dtype=dtype)
+
+    du, ddelta = grad_buffer(u.dtype), grad_buffer(delta.dtype)
+    dz = grad_buffer(z.dtype) if z is not None else du
+    strides = du.stride()
     # Per-channel sums over time (dA, time-invariant dB/dC) come as NPART per-lane partials (see the kernel):
     # (batch, dim, dstate, NPART + 1), the last column unused.
     NPART = max(1, BLOCK_L // 8)
@@ -976,7 +990,8 @@ def selective_scan_bwd(
     # arguments made the compiled training step's gradients wrong (torch 2.11, H100). Allocated flat: a size-1 ngroups
     # beside a symbolic seqlen trips Inductor's clone of written kernel arguments on torch 2.11 (pytorch issue
     # 181735). Time-invariant: per-lane partials.
-    n_B, n_C = (copies * batch * arg[2] * dstate * seqlen if arg[0] else 0 for arg in (B_arg, C_arg))
+    stride_B, stride_C = (batch * arg[2] * dstate * seqlen + _BWD_BC_COPY_PAD for arg in (B_arg, C_arg))
+    n_B, n_C = (copies * stride if arg[0] else 0 for arg, stride in ((B_arg, stride_B), (C_arg, stride_C)))
     dBC = torch.zeros(n_B + n_C, **f32) if B_arg[0] or C_arg[0] else None
     dB = dBC if B_arg[0] else torch.empty(parts, **f32)
     if C_arg[0]:  # with B varying too, the kernel finds C's part in dB's buffer (u: a stand-in it never touches)
@@ -996,7 +1011,7 @@ def selective_scan_bwd(
         u, delta, A, B, C, u if D is None else D, u if z is None else z,
         u if delta_bias is None else delta_bias, dout, u if dlast_state is None else dlast_state, chunk_states,
         du, ddelta, dz, dA_part, dB, dC, dA, dBs, dCs, dD, dbias, dh0, gseed,
-        batch, dim, seqlen, dstate, B_arg[1], C_arg[1], B_arg[2], C_arg[2], copies, n_B,
+        batch, dim, seqlen, dstate, B_arg[1], C_arg[1], B_arg[2], C_arg[2], copies, stride_B, stride_C, n_B,
         *u.stride(), *delta.stride(), *A.stride(), *B_arg[3], *C_arg[3],
         *_strides1(D), *_strides3(z), *_strides1(delta_bias), *dout.stride(), *_strides3(dlast_state),
         strides[0], strides[1],
@@ -1011,20 +1026,20 @@ def selective_scan_bwd(
     def empty():
         return u.new_empty(0)
 
-    def reduction(M, src, n, K):  # (source, result, n, K); M None: absent (nothing to sum)
+    def reduction(M, src, n, K, stride=None):  # (source, result, n, K, stride); M None: absent (nothing to sum)
         if M is None:
-            return (dA, empty(), 0, 0)
-        return (src, torch.empty(M.shape, device=u.device, dtype=M.dtype), n, K)
+            return (dA, empty(), 0, 0, 0)
+        return (src, torch.empty(M.shape, device=u.device, dtype=M.dtype), n, K, n if stride is None else stride)
 
-    def bc_reduction(M, arg, dM, dMs):
-        return reduction(M, dM, M.numel(), copies) if arg[0] else reduction(M, dMs, dim * dstate, batch)
+    def bc_reduction(M, arg, dM, dMs, stride):
+        return reduction(M, dM, M.numel(), copies, stride) if arg[0] else reduction(M, dMs, dim * dstate, batch)
 
     sums = (
-        reduction(A, dA, dim * dstate, batch), bc_reduction(B, B_arg, dB, dBs),
-        bc_reduction(C, C_arg, dBC[n_B:] if C_arg[0] else dC, dCs),
+        reduction(A, dA, dim * dstate, batch), bc_reduction(B, B_arg, dB, dBs, stride_B),
+        bc_reduction(C, C_arg, dBC[n_B:] if C_arg[0] else dC, dCs, stride_C),
         reduction(D, dD, dim, batch), reduction(delta_bias, dbias, dim, batch),
     )  # fmt: skip
-    nprog = sum(triton.cdiv(n, _SUM_BLOCK) for _, _, n, _ in sums)
+    nprog = sum(triton.cdiv(n, _SUM_BLOCK) for _, _, n, _, _ in sums)
     launcher(_bwd_sums_kernel, wrap)[(nprog,)](*(x for r in sums for x in r), BLOCK=_SUM_BLOCK, num_warps=4)
 
     return (

@@ -328,8 +328,13 @@ def test_triton_bwd_parts_match_oracle(opts, softplus, shape, bwd_config, gather
     (dict(B_kind="bnl", C_kind="bgnl", ngroups=2), (1, 8, 45, 3), (2, 16, 1), 2),  # four blocks over two copies
     (dict(B_kind="bgnl", C_kind="dn", ngroups=2), (2, 4, 33, 2), (2, 16, 1), 5),  # more copies than blocks
 ], ids=["bnl-3copies", "bgnl2-2copies", "bgnl2-dn-5copies"])
-def test_triton_bwd_dbc_copies_match_oracle(opts, shape, bwd_config, copies):
-    """Input-dependent dB/dC with the programs' atomic adds spread over several copies of the buffers, summed after."""
+@pytest.mark.parametrize("pad", [0, 7], ids=["packed", "pad7"])
+def test_triton_bwd_dbc_copies_match_oracle(opts, shape, bwd_config, copies, pad, monkeypatch):
+    """Input-dependent dB/dC with the programs' atomic adds spread over several copies of the buffers, summed after;
+    the copies back to back or ``pad`` elements apart."""
+    from mamba_compile.ops import selective_scan_triton as kern
+
+    monkeypatch.setattr(kern, "_BWD_BC_COPY_PAD", pad)
     _check_kernels(opts, True, shape=shape, fwd_config=(2, 8, 1), bwd_config=bwd_config, bc_copies=copies)
 
 
