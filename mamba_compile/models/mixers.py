@@ -46,6 +46,10 @@ FUSED_DECODE = True
 CHANNEL_MAJOR_PROJ = True
 # Mamba-2's sequence forward computes dt's columns of the in-projection as a second matmul (see Mamba2Mixer.forward).
 SPLIT_DT_PROJ = True
+# Mamba-1's sequence forward computes x and z as two matmuls on the halves of in_proj's weight instead of one on the
+# whole: their gradients then reach the weight and the hidden states as two matmuls each, without first being
+# concatenated into one (2 d_inner, b l) tensor (a 100 MB copy per layer and training step at the 130M shape).
+SPLIT_IN_PROJ = True
 # Above this batch the in-projection is cuBLAS + causal_conv1d_update instead of decode_in, whose GEMV grows
 # with the batch (H100, 130M: decode_in 3.0-3.6 us against cuBLAS 3.4 us + the conv update at b1, but 16.6
 # against 3.6 at b64); the fused state update is kept at every batch (b64: 7.6 us against 15.3 unfused).
@@ -115,10 +119,14 @@ class Mamba1Mixer(nn.Module):
         # (b, channels, l) with time contiguous: the layout the conv and scan kernels read fastest (with
         # time strided by the channel count, the scan measured 2.5x slower in a training step).
         b, l, _ = hidden_states.shape
-        xz = self.in_proj.weight @ hidden_states.flatten(0, 1).T  # (2 * d_inner, b * l)
-        if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias[:, None].to(xz.dtype)
-        x, z = xz.unflatten(1, (b, l)).transpose(0, 1).chunk(2, dim=1)  # (b, d_inner, l) each
+        if SPLIT_IN_PROJ:
+            hT = hidden_states.flatten(0, 1).T  # (d_model, b * l)
+            x, z = (self._in_proj_rows(hT, rows, b, l) for rows in (slice(0, self.d_inner), slice(self.d_inner, None)))
+        else:
+            xz = self.in_proj.weight @ hidden_states.flatten(0, 1).T  # (2 * d_inner, b * l)
+            if self.in_proj.bias is not None:
+                xz = xz + self.in_proj.bias[:, None].to(xz.dtype)
+            x, z = xz.unflatten(1, (b, l)).transpose(0, 1).chunk(2, dim=1)  # (b, d_inner, l) each
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
         x = _conv_silu(self.conv1d, x, None if cache is None else cache.conv_states[self.layer_idx])
         if CHANNEL_MAJOR_PROJ:
@@ -141,6 +149,13 @@ class Mamba1Mixer(nn.Module):
             y, last_state = selective_scan(x, dt, A, B, C, **kwargs, initial_state=ssm_state, return_last_state=True)
             ssm_state.copy_(last_state)
         return self.out_proj(y.transpose(1, 2))  # (b, l, d_model)
+
+    def _in_proj_rows(self, hT: torch.Tensor, rows: slice, b: int, l: int) -> torch.Tensor:
+        """in_proj's output rows ``rows`` for hT (d_model, b * l), as (b, len(rows), l) with time contiguous."""
+        out = self.in_proj.weight[rows] @ hT  # (len(rows), b * l)
+        if self.in_proj.bias is not None:
+            out = out + self.in_proj.bias[rows, None].to(out.dtype)
+        return out.unflatten(1, (b, l)).transpose(0, 1)
 
     def step(self, hidden_states: torch.Tensor, cache) -> torch.Tensor:
         # hidden_states: (b, d_model): one token per row, states updated in place

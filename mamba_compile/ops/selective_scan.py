@@ -222,7 +222,8 @@ def _selective_scan_bwd_cpu(
     Returns du, ddt, dA, dB, dC, dD, dz, dh0 (dD, dz empty when D, z are absent)."""
     batch, dim, seqlen = u.shape
     nchunks = chunk_states.shape[1] - 1
-    du, ddt, dz = torch.empty_like(u), torch.empty_like(u), torch.empty_like(u) if z is not None else u.new_empty(0)
+    # dz in z's layout, as the fake below declares it
+    du, ddt, dz = torch.empty_like(u), torch.empty_like(u), torch.empty_like(z) if z is not None else u.new_empty(0)
     dA = torch.zeros_like(A)
     dB, dC = torch.zeros_like(B), torch.zeros_like(C)
     dD = torch.zeros_like(D) if D is not None else u.new_empty(0)

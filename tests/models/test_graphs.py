@@ -58,13 +58,18 @@ class GraphModule(torch.nn.Module):
 
         flatten: "f32[32, 64]" = out.flatten(0, 1);  out = None
         getattr_1: "f32[64, 32]" = flatten.T;  flatten = None
-        xz: "f32[256, 32]" = l_self_modules_mixer_modules_in_proj_parameters_weight_ @ getattr_1;  l_self_modules_mixer_modules_in_proj_parameters_weight_ = getattr_1 = None
 
-        unflatten: "f32[256, 2, 16]" = xz.unflatten(1, (2, 16));  xz = None
-        transpose: "f32[2, 256, 16]" = unflatten.transpose(0, 1);  unflatten = None
-        chunk = transpose.chunk(2, dim = 1);  transpose = None
-        x: "f32[2, 128, 16]" = chunk[0]
-        z: "f32[2, 128, 16]" = chunk[1];  chunk = None
+        getitem_4: "f32[128, 64]" = l_self_modules_mixer_modules_in_proj_parameters_weight_[slice(0, 128, None)]
+        out_1: "f32[128, 32]" = getitem_4 @ getattr_1;  getitem_4 = None
+
+        unflatten: "f32[128, 2, 16]" = out_1.unflatten(1, (2, 16));  out_1 = None
+        x: "f32[2, 128, 16]" = unflatten.transpose(0, 1);  unflatten = None
+
+        getitem_5: "f32[128, 64]" = l_self_modules_mixer_modules_in_proj_parameters_weight_[slice(128, None, None)];  l_self_modules_mixer_modules_in_proj_parameters_weight_ = None
+        out_2: "f32[128, 32]" = getitem_5 @ getattr_1;  getitem_5 = getattr_1 = None
+
+        unflatten_1: "f32[128, 2, 16]" = out_2.unflatten(1, (2, 16));  out_2 = None
+        z: "f32[2, 128, 16]" = unflatten_1.transpose(0, 1);  unflatten_1 = None
 
         float_1: "f32[128, 8]" = l_self_modules_mixer_parameters_a_log_.float();  l_self_modules_mixer_parameters_a_log_ = None
         exp: "f32[128, 8]" = torch.exp(float_1);  float_1 = None
@@ -73,35 +78,35 @@ class GraphModule(torch.nn.Module):
         weight: "f32[128, 4]" = l_self_modules_mixer_modules_conv1d_parameters_weight_.squeeze(1);  l_self_modules_mixer_modules_conv1d_parameters_weight_ = None
 
         causal_conv1d_fwd = torch.ops.mamba_compile.causal_conv1d_fwd(x, weight, l_self_modules_mixer_modules_conv1d_parameters_bias_, None, None, False, True);  x = weight = l_self_modules_mixer_modules_conv1d_parameters_bias_ = None
-        out_1: "f32[2, 128, 16]" = causal_conv1d_fwd[0];  causal_conv1d_fwd = None
+        out_3: "f32[2, 128, 16]" = causal_conv1d_fwd[0];  causal_conv1d_fwd = None
 
-        transpose_1: "f32[128, 2, 16]" = out_1.transpose(0, 1)
-        reshape: "f32[128, 32]" = transpose_1.reshape(128, 32);  transpose_1 = None
+        transpose_2: "f32[128, 2, 16]" = out_3.transpose(0, 1)
+        reshape: "f32[128, 32]" = transpose_2.reshape(128, 32);  transpose_2 = None
         x_dbl: "f32[20, 32]" = l_self_modules_mixer_modules_x_proj_parameters_weight_ @ reshape;  l_self_modules_mixer_modules_x_proj_parameters_weight_ = reshape = None
 
-        unflatten_1: "f32[20, 2, 16]" = x_dbl.unflatten(1, (2, 16));  x_dbl = None
-        transpose_2: "f32[2, 20, 16]" = unflatten_1.transpose(0, 1);  unflatten_1 = None
+        unflatten_2: "f32[20, 2, 16]" = x_dbl.unflatten(1, (2, 16));  x_dbl = None
+        transpose_3: "f32[2, 20, 16]" = unflatten_2.transpose(0, 1);  unflatten_2 = None
 
-        split = transpose_2.split([4, 8, 8], dim = 1);  transpose_2 = None
+        split = transpose_3.split([4, 8, 8], dim = 1);  transpose_3 = None
         dt: "f32[2, 4, 16]" = split[0]
         B: "f32[2, 8, 16]" = split[1]
         C: "f32[2, 8, 16]" = split[2];  split = None
 
-        transpose_3: "f32[4, 2, 16]" = dt.transpose(0, 1);  dt = None
-        flatten_1: "f32[4, 32]" = transpose_3.flatten(1);  transpose_3 = None
+        transpose_4: "f32[4, 2, 16]" = dt.transpose(0, 1);  dt = None
+        flatten_1: "f32[4, 32]" = transpose_4.flatten(1);  transpose_4 = None
         dt_1: "f32[128, 32]" = l_self_modules_mixer_modules_dt_proj_parameters_weight_ @ flatten_1;  l_self_modules_mixer_modules_dt_proj_parameters_weight_ = flatten_1 = None
 
-        unflatten_2: "f32[128, 2, 16]" = dt_1.unflatten(1, (2, 16));  dt_1 = None
-        dt_2: "f32[2, 128, 16]" = unflatten_2.transpose(0, 1);  unflatten_2 = None
+        unflatten_3: "f32[128, 2, 16]" = dt_1.unflatten(1, (2, 16));  dt_1 = None
+        dt_2: "f32[2, 128, 16]" = unflatten_3.transpose(0, 1);  unflatten_3 = None
 
         value: "f32[128]" = l_self_modules_mixer_parameters_d_.float();  l_self_modules_mixer_parameters_d_ = None
         value_1: "f32[128]" = l_self_modules_mixer_modules_dt_proj_parameters_bias_.float();  l_self_modules_mixer_modules_dt_proj_parameters_bias_ = None
 
-        selective_scan_fwd = torch.ops.mamba_compile.selective_scan_fwd(out_1, dt_2, A, B, C, value, z, value_1, True, None, True);  out_1 = dt_2 = A = B = C = value = z = value_1 = None
-        out_2: "f32[2, 128, 16]" = selective_scan_fwd[0];  selective_scan_fwd = None
+        selective_scan_fwd = torch.ops.mamba_compile.selective_scan_fwd(out_3, dt_2, A, B, C, value, z, value_1, True, None, True);  out_3 = dt_2 = A = B = C = value = z = value_1 = None
+        out_4: "f32[2, 128, 16]" = selective_scan_fwd[0];  selective_scan_fwd = None
 
-        transpose_5: "f32[2, 16, 128]" = out_2.transpose(1, 2);  out_2 = None
-        hidden_states: "f32[2, 16, 64]" = torch._C._nn.linear(transpose_5, l_self_modules_mixer_modules_out_proj_parameters_weight_, None);  transpose_5 = l_self_modules_mixer_modules_out_proj_parameters_weight_ = None
+        transpose_6: "f32[2, 16, 128]" = out_4.transpose(1, 2);  out_4 = None
+        hidden_states: "f32[2, 16, 64]" = torch._C._nn.linear(transpose_6, l_self_modules_mixer_modules_out_proj_parameters_weight_, None);  transpose_6 = l_self_modules_mixer_modules_out_proj_parameters_weight_ = None
         return (hidden_states, r)
 """)
 
