@@ -323,6 +323,8 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
 # recomputing dy at the W shifted positions costs W*W loads per element: that single-kernel variant
 # measured 0.40 ms on an H100 at b8 d1536 l2048 w4 bf16 (8x its floor). With this split the whole
 # forward+backward measured 0.262 ms there (CUDA-graph replay, 2026-11-22), against 0.408 ms for the reference.
+# Where the pair forward applies, the backward is now one kernel over 16-bit pairs instead (further below),
+# which recomputes dy from int32 pair loads: 0.113 ms against 0.228 for these two kernels (session 12).
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _causal_conv1d_bwd_dy_kernel(

@@ -786,7 +786,10 @@ _BWD_CONFIG = (2, 256, 1)  # backward (BLOCK_D, BLOCK_L, num_warps); timings in 
 # zero-filled for every backward (34 MB at b8 l2048 n16), and their sum reads them once.
 _BWD_BC_COPIES = 16
 # fp32 elements between the end of one dB/dC copy and the start of the next (a copy's size is a power of two at
-# power-of-two shapes; see above).
+# power-of-two shapes; see above). Session 12, op forward+backward as a CUDA graph at l2048 (scan_variants --pads,
+# H100, three rounds each, every case consistent with itself): in a process that began with the launcher cases,
+# pad 0 1.641 ms, 32 1.598, 1056 1.608; in one that began with the op, 0 1.612, 16 1.614, 32 1.618, 64 1.632,
+# 128 1.589. No pad is better in both: the 2-3% spread follows where the buffers land, not the stride, so 0 stays.
 _BWD_BC_COPY_PAD = 0
 _SUM_BLOCK = 1024  # elements per program of _bwd_sums_kernel
 # The backward's reverse scan as a forward scan in reversed time between two tl.gather flips (False:
