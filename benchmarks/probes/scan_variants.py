@@ -65,24 +65,15 @@ def _op_fb(t, go):
     return graph_ms(fwd_bwd)
 
 
-def _op_fb_copies(t, go, copies):
-    """The op's forward+backward with the backward's dB/dC atomics spread over ``copies`` buffers."""
-    saved = kern._BWD_BC_COPIES
-    kern._BWD_BC_COPIES = copies
+def _op_fb_with(t, go, name, value):
+    """The op's forward+backward with the kernel module's setting ``name`` (_BWD_BC_COPIES, the number of dB/dC
+    copies, or _BWD_BC_COPY_PAD, fp32 elements between them) set to ``value``."""
+    saved = getattr(kern, name)
+    setattr(kern, name, value)
     try:
         return _op_fb(t, go)
     finally:
-        kern._BWD_BC_COPIES = saved
-
-
-def _op_fb_pad(t, go, pad):
-    """The op's forward+backward with ``pad`` fp32 elements between the dB/dC copies."""
-    saved = kern._BWD_BC_COPY_PAD
-    kern._BWD_BC_COPY_PAD = pad
-    try:
-        return _op_fb(t, go)
-    finally:
-        kern._BWD_BC_COPY_PAD = saved
+        setattr(kern, name, saved)
 
 
 def probe(batch, dim, seqlen, dstate, copies=(), rounds=3, pads=()) -> list[dict]:
@@ -103,9 +94,9 @@ def probe(batch, dim, seqlen, dstate, copies=(), rounds=3, pads=()) -> list[dict
         "op fwd+bwd": lambda: _op_fb(t, go),
     }
     if copies:  # only the op's forward+backward, once per number of dB/dC copies
-        cases = {f"op fwd+bwd, {c} dB/dC copies": (lambda c=c: _op_fb_copies(t, go, c)) for c in copies}
+        cases = {f"op fwd+bwd, {c} dB/dC copies": (lambda c=c: _op_fb_with(t, go, "_BWD_BC_COPIES", c)) for c in copies}
     for p in pads:  # after the other cases
-        cases[f"op fwd+bwd, dB/dC copies {p} elements apart"] = lambda p=p: _op_fb_pad(t, go, p)
+        cases[f"op fwd+bwd, dB/dC copies {p} elements apart"] = lambda p=p: _op_fb_with(t, go, "_BWD_BC_COPY_PAD", p)
     times = {k: [] for k in cases}
     for _ in range(rounds):
         for k, timer in cases.items():

@@ -143,6 +143,13 @@ def _unpack_lo_hi(v, IS_BF16: tl.constexpr):
 
 
 @triton.jit
+def _pair_tile(xp, j, d_mask, M, IS_BF16: tl.constexpr):
+    """Pairs j (0 <= j < M, else zeros) of each channel's row at xp, unpacked as fp32 (lo, hi)."""
+    v = tl.load(xp + j[None, :], mask=d_mask[:, None] & ((j >= 0) & (j < M))[None, :], other=0)
+    return _unpack_lo_hi(v, IS_BF16)
+
+
+@triton.jit
 def _pack_lo_hi(lo, hi, IS_BF16: tl.constexpr):
     if IS_BF16:
         lo16 = lo.to(tl.bfloat16).to(tl.int16, bitcast=True)
@@ -169,8 +176,7 @@ def _pre_pairs(xp, w_ptr, bias_ptr, offs_d, d_mask, offs_m, M, stride_wd, stride
     odd = tl.zeros((offs_d.shape[0], offs_m.shape[0]), dtype=tl.float32)
     for q in tl.static_range(NP):
         j = offs_m + (QO + q - (NP - 1))  # pair index; its elements sit at offsets r0 = 2 (q - NP + 1), r0 + 1
-        v = tl.load(xp + j[None, :], mask=d_mask[:, None] & ((j >= 0) & (j < M))[None, :], other=0)
-        lo, hi = _unpack_lo_hi(v, IS_BF16)
+        lo, hi = _pair_tile(xp, j, d_mask, M, IS_BF16)
         for k in tl.static_range(W):  # tap k of output 2m reads x[2m + k - (W-1)], of output 2m+1 one further
             if k - (W - 1) == 2 * (q - (NP - 1)):
                 even += _tap(w_ptr, offs_d, k, stride_wd, stride_ww, d_mask) * lo
@@ -327,6 +333,13 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
 # which recomputes dy from int32 pair loads: 0.113 ms against 0.228 for these two kernels (session 12).
 # ----------------------------------------------------------------------------------------------
 @triton.jit
+def _dsilu(g, y):
+    """g * silu'(y), the gradient through silu at pre-activation y (both backward paths)."""
+    sig = tl.sigmoid(y)
+    return g * sig * (1.0 + y * (1.0 - sig))
+
+
+@triton.jit
 def _causal_conv1d_bwd_dy_kernel(
     x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, dout_ptr, dy_ptr, dw_part_ptr, db_part_ptr, L, D,
     stride_xb, stride_xd, stride_xl, stride_wd, stride_ww, stride_sb, stride_sl,
@@ -348,8 +361,7 @@ def _causal_conv1d_bwd_dy_kernel(
         y = _preact(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, b, offs_d, offs_l, L, D,
                     stride_xb, stride_xd, stride_xl, stride_wd, stride_ww, stride_sb, stride_sl,
                     stride_ib, stride_id, stride_il, W, HAS_BIAS, HAS_SEQ, HAS_INIT)
-        sig = tl.sigmoid(y)
-        dy = dy * sig * (1.0 + y * (1.0 - sig))
+        dy = _dsilu(dy, y)
     tl.store(dy_ptr + b * stride_yb + offs_d[:, None] * stride_yd + offs_l[None, :] * stride_yl, dy, mask=tile_mask)
 
     part = (b * tl.num_programs(0) + pid_l) * D
@@ -433,13 +445,6 @@ def _causal_conv1d_bwd_dx_kernel(
 # come from the pair's own dy (QO = 0).
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _dsilu(g, y):
-    """g * silu'(y), written as the two-kernel path writes it."""
-    sig = tl.sigmoid(y)
-    return g * sig * (1.0 + y * (1.0 - sig))
-
-
-@triton.jit
 def _dy_pairs(xp, gp, w_ptr, bias_ptr, offs_d, d_mask, offs_m, M, stride_wd, stride_ww,
               QO: tl.constexpr, W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
               IS_BF16: tl.constexpr):
@@ -501,14 +506,11 @@ def _causal_conv1d_bwd_pairs_kernel(
         # x[2m + k - (W-1)] sits k + W + 1 (>= 0) steps after 2(m - W)
         if (k + W + 1) % 2 == 0:  # both steps are pair m + (k + W + 1)/2 - W
             j = offs_m + ((k + W + 1) // 2 - W)
-            v = tl.load(xp + j[None, :], mask=d_mask[:, None] & ((j >= 0) & (j < M))[None, :], other=0)
-            xa, xb = _unpack_lo_hi(v, IS_BF16)
+            xa, xb = _pair_tile(xp, j, d_mask, M, IS_BF16)
         else:  # the high half of pair j, then the low half of pair j + 1
             j = offs_m + ((k + W) // 2 - W)
-            v = tl.load(xp + j[None, :], mask=d_mask[:, None] & ((j >= 0) & (j < M))[None, :], other=0)
-            _, xa = _unpack_lo_hi(v, IS_BF16)
-            v = tl.load(xp + j[None, :] + 1, mask=d_mask[:, None] & ((j + 1 >= 0) & (j + 1 < M))[None, :], other=0)
-            xb, _ = _unpack_lo_hi(v, IS_BF16)
+            _, xa = _pair_tile(xp, j, d_mask, M, IS_BF16)
+            xb, _ = _pair_tile(xp, j + 1, d_mask, M, IS_BF16)
         tl.store(dw_part_ptr + (part + offs_d) * W + k, tl.sum(dy_e * xa + dy_o * xb, axis=1), mask=d_mask)
     if HAS_BIAS:
         tl.store(db_part_ptr + part + offs_d, tl.sum(dy_e + dy_o, axis=1), mask=d_mask)
