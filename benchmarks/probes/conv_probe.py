@@ -5,8 +5,9 @@
    (causal_conv1d_triton._causal_conv1d_fwd_pairs_kernel) over a few blocks, each checked against the
    general kernel's output (max |diff| in units of the output's largest magnitude);
 2. Mamba-2's layout: xBC, 1792 channels sliced from a (b, l, 3352) in_proj output and transposed
-   (channel-last), forward and backward of the general kernel over block shapes, beside the same tensor
-   made time-contiguous;
+   (channel-last), forward and backward of the general kernels over block shapes, beside the same tensor
+   made time-contiguous; then the row kernels (causal_conv1d_triton._causal_conv1d_fwd_rows_kernel and
+   _causal_conv1d_bwd_rows_kernel) over configurations, checked against the general kernels;
 3. the backward at the first shape: the two-kernel path (fp32 dy written, then read) against the one-kernel pair
    backward (causal_conv1d_triton._causal_conv1d_bwd_pairs_kernel) over a few blocks, each checked against the
    two-kernel path's gradients (dx must agree bit for bit), with the copy floor of reading x and dout and writing dx.
@@ -70,11 +71,11 @@ def mamba2_layout(rows):
     for name, x, dout, bd, bl, w in cases:
         def fwd(x=x, bd=bd, bl=bl, w=w):
             return kernels.causal_conv1d_fwd(x, weight, bias, None, None, False, True, wrap=False, block_d=bd,
-                                             block_l=bl, num_warps=w, pairs=False)
+                                             block_l=bl, num_warps=w, pairs=False, rows=False)
 
         def bwd(x=x, dout=dout, bd=bd, bl=bl, w=w):
             return kernels.causal_conv1d_bwd(x, weight, bias, None, None, dout, None, True, wrap=False,
-                                             block_d=bd, block_l=bl, num_warps=w)
+                                             block_d=bd, block_l=bl, num_warps=w, rows=False)
 
         err = ((fwd()[0].float() - want).abs().max() / want.abs().max()).item()
         bwd()
@@ -82,6 +83,36 @@ def mamba2_layout(rows):
         blocks = "default" if bd is None else f"{bd}x{bl} w{w}"
         rows.append(dict(part=f"m2 xBC {name}", kernel="general", blocks=blocks, fwd_ms=f_ms, ratio=f_ms / floor,
                          bwd_ms=b_ms, max_rel_diff=f"{err:.1e}"))
+        print(rows[-1], flush=True)
+    # the row kernels (causal_conv1d_triton._causal_conv1d_fwd_rows_kernel / _bwd_rows_kernel) over configurations,
+    # against the general kernels' outputs and the two-kernel path's gradients
+    bwd_floor = floor_ms(3 * nbytes(x_tc))
+    want_out = kernels.causal_conv1d_fwd(x_cl, weight, bias, None, None, False, True, wrap=False, rows=False)[0]
+    want = kernels.causal_conv1d_bwd(x_cl, weight, bias, None, None, dout_cl, None, True, wrap=False, rows=False)
+    variants = [("general", None)]
+    variants += [("rows", cfg) for cfg in (
+        None, (128, 8, 64, 4, 1), (128, 8, 256, 4, 1), (128, 4, 64, 4, 1), (256, 8, 128, 8, 1), (256, 4, 128, 8, 1),
+        (256, 8, 128, 4, 2), (128, 16, 128, 4, 1), (512, 8, 128, 8, 2), (64, 8, 64, 2, 1), (128, 4, 32, 4, 1))]
+    variants += [("general", None)]  # again: the run's spread
+    for kind, cfg in variants:
+        def fwd(cfg=cfg, kind=kind):
+            return kernels.causal_conv1d_fwd(x_cl, weight, bias, None, None, False, True, wrap=False,
+                                             rows=kind == "rows", rows_config=cfg)
+
+        def bwd(cfg=cfg, kind=kind):
+            return kernels.causal_conv1d_bwd(x_cl, weight, bias, None, None, dout_cl, None, True, wrap=False,
+                                             rows=kind == "rows", rows_config=cfg)
+
+        out = fwd()[0].float()
+        out_err = ((out - want_out.float()).abs().max() / want_out.float().abs().max()).item()
+        got = bwd()
+        dx_err = ((got[0].float() - want[0].float()).abs().max() / want[0].float().abs().max()).item()
+        dw_err = ((got[1] - want[1]).abs().max() / want[1].abs().max()).item()
+        f_ms, b_ms = graph_ms(fwd), graph_ms(bwd)
+        blocks = "default" if cfg is None else "BD{} R{} SEG{} VEC{} w{}".format(*cfg)
+        rows.append(dict(part="m2 xBC channel-last", kernel=kind, blocks=blocks, fwd_ms=f_ms, ratio=f_ms / floor,
+                         bwd_ms=b_ms, bwd_ratio=b_ms / bwd_floor,
+                         max_rel_diff=f"out {out_err:.1e} dx {dx_err:.1e} dw {dw_err:.1e}"))
         print(rows[-1], flush=True)
 
 

@@ -2,10 +2,13 @@
 "new" = the current defaults; "scan-old" = the selective-scan forward as before session 6 (blocks (32, 8, 2), no
 L1 prefetch of B/C rows), "scan-bl8" / "scan-nopf" = only one of the two changes undone; "ce-torch" = linear_cross_entropy's torch passes on CUDA instead of its Triton kernel; "proj-old" = Mamba-1's
 x_proj and dt_proj batched over (b, channels, l) (mixers.CHANNEL_MAJOR_PROJ off); "split-old" = Mamba-2's
-in-projection as one matmul (mixers.SPLIT_DT_PROJ off).
+in-projection as one matmul (mixers.SPLIT_DT_PROJ off); "conv-rows" / "conv-rows-bwd" = the row kernels for
+channel-last conv input (Mamba-2's xBC) forward and backward / backward only (causal_conv1d_triton._FWD_ROWS,
+_BWD_ROWS), "conv-general" = neither. --graph replays each step from one CUDA graph (bench_model's --train-graph on).
 (Session 4 A/B'd the conv blocks and the scan backward kernels this way.)
 
     python -m benchmarks.probes.train_ab --out $OUT/train_ab.json [--arch mamba1 mamba2] [--mamba1 new scan-old ...]
+        [--graph]
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import torch
 from benchmarks._common import write_results
 from benchmarks.bench_model import bench_train
 from mamba_compile.models import mixers
+from mamba_compile.ops import causal_conv1d_triton as conv
 from mamba_compile.ops import cross_entropy as ce
 from mamba_compile.ops import selective_scan_triton as scan
 
 NEW_FWD_BLOCKS = scan.fwd_block_sizes
+DEFAULT_ROWS = (conv._FWD_ROWS, conv._BWD_ROWS)
 
 
 def _set(variant: str) -> None:
@@ -32,6 +37,8 @@ def _set(variant: str) -> None:
     ce._CUDA_KERNEL = variant != "ce-torch"
     mixers.CHANNEL_MAJOR_PROJ = variant != "proj-old"
     mixers.SPLIT_DT_PROJ = variant != "split-old"
+    conv._FWD_ROWS = {"conv-rows": True, "conv-general": False}.get(variant, DEFAULT_ROWS[0])
+    conv._BWD_ROWS = {"conv-rows": True, "conv-rows-bwd": True, "conv-general": False}.get(variant, DEFAULT_ROWS[1])
 
 
 def main():
@@ -40,13 +47,14 @@ def main():
     p.add_argument("--arch", nargs="+", default=["mamba1", "mamba2"])
     p.add_argument("--mamba1", nargs="+", default=["new", "scan-old", "ce-torch", "new"])
     p.add_argument("--mamba2", nargs="+", default=["new", "ce-torch", "new"])
+    p.add_argument("--graph", action="store_true", help="the step replayed from one CUDA graph")
     args = p.parse_args()
     rows = []
     for arch in args.arch:
         for variant in getattr(args, arch):
             _set(variant)
-            r = bench_train(arch, regional=True)
-            rows.append(dict(arch=arch, variant=variant, ms=r["ms"], quartiles=r["step_ms_q1_q3"], peak_gib=r["peak_gib"]))
+            r = bench_train(arch, regional=True, graph=args.graph)
+            rows.append(dict(arch=arch, variant=variant, graph=args.graph, ms=r["ms"], quartiles=r["step_ms_q1_q3"], peak_gib=r["peak_gib"]))
             print(rows[-1], flush=True)
             torch._dynamo.reset()
             torch.cuda.empty_cache()

@@ -81,3 +81,13 @@ def check_same_device(**tensors: torch.Tensor | None) -> torch.device:
 def check_choice(name: str, value, choices: Sequence) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_row_span(name: str, t: torch.Tensor | None) -> None:
+    """A (batch, dim, seqlen) CUDA input whose batch row spans 2**31 elements or more is refused: the Triton kernels
+    address a row's channels and steps with 32-bit offsets (the batch offset is 64-bit)."""
+    if t is not None and t.device.type != "cpu":
+        _, dim, seqlen = t.shape
+        if (dim - 1) * t.stride(1) + (seqlen - 1) * t.stride(2) >= 2**31:
+            raise ValueError(f"{name} with strides {tuple(t.stride())} spans 2**31 or more elements within a batch "
+                             f"row, beyond the CUDA kernels' 32-bit offsets: pass it contiguous, or split the batch")

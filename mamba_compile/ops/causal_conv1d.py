@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.library import triton_op
 
-from ._checks import FLOAT_DTYPES, check_choice, check_same_device, check_tensor
+from ._checks import FLOAT_DTYPES, check_choice, check_row_span, check_same_device, check_tensor
 
 ACTIVATIONS = (None, "silu", "swish")
 # float64 is accepted on CPU (gradcheck); there the math runs in float64 when any input is float64
@@ -112,6 +112,7 @@ def _check_conv(x, weight, bias, seq_idx, initial_states, return_final_states: b
         # as in the reference: with packed sequences, which sequence a state belongs to is ambiguous
         raise ValueError("seq_idx cannot be combined with initial_states or return_final_states")
     check_same_device(x=x, weight=weight, bias=bias, seq_idx=seq_idx, initial_states=initial_states)
+    check_row_span("x", x)
 
 
 def _check_update(x, conv_state, weight, bias, cache_seqlens, conv_state_indices) -> None:
@@ -286,6 +287,7 @@ def _causal_conv1d_bwd(
     """Returns (dx, dweight, dbias, dinitial_states); dbias / dinitial_states are empty when absent."""
     _check_conv(x, weight, bias, seq_idx, initial_states, False)
     check_tensor("dout", dout, shape=tuple(x.shape), letters="(batch, dim, seqlen)", dtypes=_dtypes(x))
+    check_row_span("dout", dout)
     check_tensor("dfinal_states", dfinal_states, shape=(x.shape[0], x.shape[1], weight.shape[1] - 1),
                  letters="(batch, dim, width - 1)", dtypes=_dtypes(x), optional=True)
     if x.device.type == "cuda":

@@ -272,9 +272,11 @@ def _pairs_apply(x, out, seq_idx, initial_states, *more) -> bool:
 
 def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_states: bool, silu: bool,
                       *, wrap: bool = True, block_d: int | None = None, block_l: int | None = None,
-                      num_warps: int = 4, pairs: bool | None = None):
+                      num_warps: int = 4, pairs: bool | None = None, rows: bool | None = None,
+                      rows_config: tuple[int, int, int, int, int] | None = None):
     """Returns (out, final_states); final_states is an empty tensor unless requested. ``pairs`` forces the
-    16-bit pair kernel on (where it applies) or off; None: ``_FWD_PAIRS``."""
+    16-bit pair kernel on (where it applies) or off; None: ``_FWD_PAIRS``. ``rows`` likewise for the row kernel
+    on channel-last x (``_FWD_ROWS``), with ``rows_config`` = (BLOCK_D, R, SEG, VEC, num_warps)."""
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
     out = torch.empty_like(x)  # keeps x's layout (channel-last in, channel-last out)
@@ -282,6 +284,15 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
         final_states = x.new_empty(batch, dim, width - 1)
     else:
         final_states = x.new_empty(0)
+    if ((_FWD_ROWS if rows is None else rows) and not return_final_states
+            and _rows_apply(width, seq_idx, initial_states, x, out)):
+        cfg = _rows_config(backward=False) if rows_config is None else rows_config
+        launcher(_causal_conv1d_fwd_rows_kernel, wrap)[(triton.cdiv(seqlen, cfg[2]), triton.cdiv(dim, cfg[0]), batch)](
+            x, weight, _or_dummy(bias, weight), out, seqlen, dim, x.stride(0), x.stride(2), *weight.stride(),
+            out.stride(0), out.stride(2), W=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=cfg[0], R=cfg[1],
+            SEG=cfg[2], VEC=cfg[3], num_warps=cfg[4],
+        )
+        return out, final_states
     if (_FWD_PAIRS if pairs is None else pairs) and _pairs_apply(x, out, seq_idx, initial_states):
         bd, bm = _pairs_blocks(seqlen)
         block_d, block_m = block_d or bd, block_l // 2 if block_l else bm
@@ -516,6 +527,213 @@ def _causal_conv1d_bwd_pairs_kernel(
         tl.store(db_part_ptr + part + offs_d, tl.sum(dy_e + dy_o, axis=1), mask=d_mask)
 
 
+# ----------------------------------------------------------------------------------------------
+# Backward of channel-last x (Mamba-2's xBC, a slice of the in-projection's rows) in one kernel that walks time
+# row by row. A row is BLOCK_D contiguous channels, VEC of them per thread; a block of R rows is loaded as one
+# [BLOCK_D, R] tile whose rows sit in each thread's registers (one block ahead), and each step takes one row: the
+# pre-activation from a window of the last W-1 x rows, dy = dout * act'(pre), dx for the row W-1 steps back from a
+# window of the last W-1 dy rows, and per-channel dweight / dbias sums in registers. No fp32 dy goes through
+# memory and nothing is reduced across threads until the end. A program walks one segment of SEG steps, plus one
+# block past its end for the dy rows that its last W-1 dx rows need (recomputed by the next segment too). The
+# arithmetic is the two-kernel path's (the same dy, the taps added in the same order), so dx is the same bit for
+# bit under the interpreter; dweight / dbias are summed in another order. Timings in _rows_config.
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _row(tile, sel):
+    """Row j of a [BLOCK_D, R] tile held in each thread's registers (sel = offs_r == j, j static): folds to
+    register moves."""
+    return tl.sum(tl.where(sel, tile, -0.0), axis=1)
+
+
+@triton.jit
+def _row_program(L, D, BLOCK_D: tl.constexpr, R: tl.constexpr, SEG: tl.constexpr, VEC: tl.constexpr):
+    """This program's segment index, batch row (int64), channels (VEC contiguous per thread: VEC-wide loads), row
+    offsets in a block, channel mask, and its steps [s0, s1)."""
+    pid_s = tl.program_id(0)
+    offs_d = tl.max_contiguous(tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D), VEC)
+    s0 = pid_s * SEG
+    return pid_s, tl.program_id(2).to(tl.int64), offs_d, tl.arange(0, R), offs_d < D, s0, tl.minimum(s0 + SEG, L)
+
+
+@triton.jit
+def _row_taps(w_ptr, bias_ptr, offs_d, d_mask, stride_wd, stride_ww, W: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Taps a, b, c, d (weight[:, k] for k = W-4 .. W-1, those below 0 unused; they meet x[t-3] .. x[t]) and the
+    bias (zeros without one), fp32 [BLOCK_D] each."""
+    w_d = tl.load(w_ptr + offs_d * stride_wd + (W - 1) * stride_ww, mask=d_mask, other=0.0).to(tl.float32)
+    w_c = tl.load(w_ptr + offs_d * stride_wd + (W - 2) * stride_ww, mask=d_mask, other=0.0).to(tl.float32)
+    w_b = w_c
+    w_a = w_c
+    if W >= 3:
+        w_b = tl.load(w_ptr + offs_d * stride_wd + (W - 3) * stride_ww, mask=d_mask, other=0.0).to(tl.float32)
+    if W >= 4:
+        w_a = tl.load(w_ptr + offs_d * stride_wd + (W - 4) * stride_ww, mask=d_mask, other=0.0).to(tl.float32)
+    bias = tl.zeros(offs_d.shape, tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    return w_a, w_b, w_c, w_d, bias
+
+
+@triton.jit
+def _x_window(x_row, s0, stride_xl, offs_d, d_mask):
+    """x rows s0-3, s0-2, s0-1 as fp32 [BLOCK_D] (zeros before the sequence)."""
+    xa = tl.load(x_row + (s0 - 3) * stride_xl, mask=d_mask & (offs_d * 0 + s0 - 3 >= 0), other=0.0).to(tl.float32)
+    xb = tl.load(x_row + (s0 - 2) * stride_xl, mask=d_mask & (offs_d * 0 + s0 - 2 >= 0), other=0.0).to(tl.float32)
+    xc = tl.load(x_row + (s0 - 1) * stride_xl, mask=d_mask & (offs_d * 0 + s0 - 1 >= 0), other=0.0).to(tl.float32)
+    return xa, xb, xc
+
+
+@triton.jit
+def _row_pre(w_a, w_b, w_c, w_d, bias, xa, xb, xc, x_t, W: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The pre-activation of step t from the window x[t-3] .. x[t], in the general kernels' order (taps k
+    ascending from zero, then the bias), so the same fp32 sums come out."""
+    pre = tl.zeros(x_t.shape, tl.float32)
+    if W >= 4:
+        pre += w_a * xa
+    if W >= 3:
+        pre += w_b * xb
+    pre += w_c * xc
+    pre += w_d * x_t
+    if HAS_BIAS:
+        pre += bias
+    return pre
+
+
+@triton.jit
+def _row_tiles(x_row, g_row, r0, L, stride_xl, stride_gl, offs_r, d_mask, HAS_G: tl.constexpr):
+    """x (and, with HAS_G, dout) rows r0 .. r0+R-1 as [BLOCK_D, R] tiles in their dtype (zeros past L; dout
+    stands in as x without HAS_G)."""
+    mask = d_mask[:, None] & (r0 + offs_r < L)[None, :]
+    X = tl.load(x_row[:, None] + (r0 + offs_r)[None, :] * stride_xl, mask=mask, other=0.0)
+    G = X
+    if HAS_G:
+        G = tl.load(g_row[:, None] + (r0 + offs_r)[None, :] * stride_gl, mask=mask, other=0.0)
+    return X, G
+
+
+@triton.jit
+def _causal_conv1d_bwd_rows_kernel(
+    x_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_part_ptr, db_part_ptr, L, D,
+    stride_xb, stride_xl, stride_wd, stride_ww, stride_gb, stride_gl, stride_dxb, stride_dxl,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr, R: tl.constexpr, SEG: tl.constexpr, VEC: tl.constexpr,
+):
+    # x, dout and dx have contiguous channels (stride 1); W <= 4
+    pid_s, b, offs_d, offs_r, d_mask, s0, s1 = _row_program(L, D, BLOCK_D, R, SEG, VEC)
+    x_row = x_ptr + b * stride_xb + offs_d
+    g_row = dout_ptr + b * stride_gb + offs_d
+    dx_row = dx_ptr + b * stride_dxb + offs_d
+    w_a, w_b, w_c, w_d, bias = _row_taps(w_ptr, bias_ptr, offs_d, d_mask, stride_wd, stride_ww, W, HAS_BIAS)
+    # windows: x[t-3], x[t-2], x[t-1] and dy[t-3], dy[t-2], dy[t-1] (dy before s0 feeds no stored dx row)
+    xa, xb, xc = _x_window(x_row, s0, stride_xl, offs_d, d_mask)
+    ya = tl.zeros([BLOCK_D], tl.float32)
+    yb = tl.zeros([BLOCK_D], tl.float32)
+    yc = tl.zeros([BLOCK_D], tl.float32)
+    dw_a = tl.zeros([BLOCK_D], tl.float32)
+    dw_b = tl.zeros([BLOCK_D], tl.float32)
+    dw_c = tl.zeros([BLOCK_D], tl.float32)
+    dw_d = tl.zeros([BLOCK_D], tl.float32)
+    db = tl.zeros([BLOCK_D], tl.float32)
+    tile_offs = offs_d[:, None] * 0 + offs_r[None, :]  # row offsets within a block
+
+    X_nxt, G_nxt = _row_tiles(x_row, g_row, s0, L, stride_xl, stride_gl, offs_r, d_mask, True)
+    for r0 in range(s0, s1 + R, R):  # the segment's blocks, then one past its end (R >= W - 1 rows)
+        X, G = X_nxt, G_nxt
+        X_nxt, G_nxt = _row_tiles(x_row, g_row, r0 + R, L, stride_xl, stride_gl, offs_r, d_mask, True)
+        for j in tl.static_range(R):
+            sel = tile_offs == j
+            x_t = _row(X.to(tl.float32), sel)
+            dy = _row(G.to(tl.float32), sel)
+            if SILU:
+                dy = _dsilu(dy, _row_pre(w_a, w_b, w_c, w_d, bias, xa, xb, xc, x_t, W, HAS_BIAS))
+            t = r0 + j
+            # this segment's rows only: dweight[k] += dy[t] x[t - (W-1) + k], dbias += dy[t]
+            dy_own = tl.where(offs_d * 0 + t < s1, dy, 0.0)
+            if W >= 4:
+                dw_a += dy_own * xa
+            if W >= 3:
+                dw_b += dy_own * xb
+            dw_c += dy_own * xc
+            dw_d += dy_own * x_t
+            db += dy_own
+            # dx[s] = sum_j weight[W-1-j] dy[s + j] for s = t - (W-1), j ascending (the two-kernel order)
+            dxs = tl.zeros([BLOCK_D], tl.float32)
+            if W >= 4:
+                dxs += w_d * ya
+                dxs += w_c * yb
+                dxs += w_b * yc
+                dxs += w_a * dy
+            elif W == 3:
+                dxs += w_d * yb
+                dxs += w_c * yc
+                dxs += w_b * dy
+            else:
+                dxs += w_d * yc
+                dxs += w_c * dy
+            s = offs_d * 0 + t - (W - 1)
+            tl.store(dx_row + s * stride_dxl, dxs.to(dx_ptr.dtype.element_ty), mask=d_mask & (s >= s0) & (s < s1))
+            xa, xb, xc = xb, xc, x_t
+            ya, yb, yc = yb, yc, dy
+    part = (b * tl.num_programs(0) + pid_s) * D + offs_d
+    if W >= 4:
+        tl.store(dw_part_ptr + part * W + (W - 4), dw_a, mask=d_mask)
+    if W >= 3:
+        tl.store(dw_part_ptr + part * W + (W - 3), dw_b, mask=d_mask)
+    tl.store(dw_part_ptr + part * W + (W - 2), dw_c, mask=d_mask)
+    tl.store(dw_part_ptr + part * W + (W - 1), dw_d, mask=d_mask)
+    if HAS_BIAS:
+        tl.store(db_part_ptr + part, db, mask=d_mask)
+
+
+@triton.jit
+def _causal_conv1d_fwd_rows_kernel(
+    x_ptr, w_ptr, bias_ptr, out_ptr, L, D, stride_xb, stride_xl, stride_wd, stride_ww, stride_ob, stride_ol,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr, R: tl.constexpr, SEG: tl.constexpr, VEC: tl.constexpr,
+):
+    # The forward of the row walk above: x and out with contiguous channels (stride 1), W <= 4; the same fp32 sums
+    # as the general kernel.
+    _, b, offs_d, offs_r, d_mask, s0, s1 = _row_program(L, D, BLOCK_D, R, SEG, VEC)
+    x_row = x_ptr + b * stride_xb + offs_d
+    o_row = out_ptr + b * stride_ob + offs_d
+    w_a, w_b, w_c, w_d, bias = _row_taps(w_ptr, bias_ptr, offs_d, d_mask, stride_wd, stride_ww, W, HAS_BIAS)
+    xa, xb, xc = _x_window(x_row, s0, stride_xl, offs_d, d_mask)
+    tile_offs = offs_d[:, None] * 0 + offs_r[None, :]
+    X_nxt, _ = _row_tiles(x_row, x_row, s0, L, stride_xl, stride_xl, offs_r, d_mask, False)
+    for r0 in range(s0, s1, R):
+        X = X_nxt
+        X_nxt, _ = _row_tiles(x_row, x_row, r0 + R, L, stride_xl, stride_xl, offs_r, d_mask, False)
+        Y = tl.zeros([BLOCK_D, R], tl.float32)
+        for j in tl.static_range(R):
+            sel = tile_offs == j
+            x_t = _row(X.to(tl.float32), sel)
+            y = _row_pre(w_a, w_b, w_c, w_d, bias, xa, xb, xc, x_t, W, HAS_BIAS)
+            if SILU:
+                y = y * tl.sigmoid(y)
+            Y = tl.where(sel, y[:, None], Y)
+            xa, xb, xc = xb, xc, x_t
+        tl.store(o_row[:, None] + (r0 + offs_r)[None, :] * stride_ol, Y.to(out_ptr.dtype.element_ty),
+                 mask=d_mask[:, None] & (r0 + offs_r < s1)[None, :])
+
+
+# The row kernels where they apply, once measured on the GPU (benchmarks/probes/conv_probe.py --parts m2); until
+# then the general kernels run.
+_FWD_ROWS = False
+_BWD_ROWS = False
+
+
+def _rows_config(backward: bool) -> tuple[int, int, int, int, int]:
+    """(BLOCK_D, R, SEG, VEC, num_warps) of the row kernels: 128 channels per warp, 4 per thread (8-byte loads of
+    16-bit x), rows in blocks of 8, segments of 128 steps. Not yet measured on the GPU."""
+    return 128, 8, 128, 4, 1
+
+
+def _rows_apply(width, seq_idx, initial_states, *tensors) -> bool:
+    """Whether the row kernels can run: all ``tensors`` with contiguous channels (stride 1) and strided time,
+    width 2..4, no seq_idx or initial states (the caller checks the final states)."""
+    return (seq_idx is None and initial_states is None and 2 <= width <= 4
+            and all(t.stride(1) == 1 and t.stride(2) != 1 for t in tensors))
+
+
 _BWD_PAIRS = True  # the one-kernel pair backward where it applies
 
 
@@ -531,10 +749,12 @@ def _bwd_pairs_blocks(L) -> tuple[int, int]:
 
 def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu: bool,
                       *, wrap: bool = True, block_d: int | None = None, block_l: int | None = None,
-                      num_warps: int = 4, pairs: bool | None = None):
+                      num_warps: int = 4, pairs: bool | None = None, rows: bool | None = None,
+                      rows_config: tuple[int, int, int, int, int] | None = None):
     """Returns (dx, dweight, dbias, dinitial_states); dbias / dinitial_states are empty tensors when
     bias / initial_states are None. ``pairs`` forces the one-kernel pair backward on (where it applies) or
-    off; None: ``_BWD_PAIRS``."""
+    off; None: ``_BWD_PAIRS``. ``rows`` likewise for the row-walking channel-last backward (``_BWD_ROWS``), with
+    ``rows_config`` = (BLOCK_D, R, SEG, VEC, num_warps) in place of ``_rows_config()``."""
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
     bias = bias.contiguous() if bias is not None else None
@@ -551,6 +771,23 @@ def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_sta
             x.stride(0), x.stride(1), *weight.stride(), dout.stride(0), dout.stride(1), dx.stride(0), dx.stride(1),
             W=width, HAS_BIAS=bias is not None, SILU=silu, IS_BF16=x.dtype == torch.bfloat16,
             BLOCK_D=block_d, BLOCK_M=block_m, num_warps=num_warps,
+        )
+        dweight = dw_part.sum(0).to(weight.dtype)
+        dbias = db_part.sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
+        return dx, dweight, dbias, x.new_empty(0)
+    if ((_BWD_ROWS if rows is None else rows) and dfinal_states is None
+            and _rows_apply(width, seq_idx, initial_states, x, dx, dout)):
+        cfg = _rows_config(backward=True) if rows_config is None else rows_config
+        if cfg[1] < width - 1:  # the block past a segment's end must hold the W-1 dy rows its last dx rows read
+            raise ValueError(f"rows_config: R = {cfg[1]} must be at least width - 1 = {width - 1}")
+        n_s = triton.cdiv(seqlen, cfg[2])
+        dw_part = torch.empty(batch * n_s, dim, width, device=x.device, dtype=torch.float32)
+        db_part = torch.empty(batch * n_s, dim, device=x.device, dtype=torch.float32)
+        launcher(_causal_conv1d_bwd_rows_kernel, wrap)[(n_s, triton.cdiv(dim, cfg[0]), batch)](
+            x, weight, _or_dummy(bias, weight), dout, dx, dw_part, db_part, seqlen, dim,
+            x.stride(0), x.stride(2), *weight.stride(), dout.stride(0), dout.stride(2), dx.stride(0), dx.stride(2),
+            W=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=cfg[0], R=cfg[1], SEG=cfg[2], VEC=cfg[3],
+            num_warps=cfg[4],
         )
         dweight = dw_part.sum(0).to(weight.dtype)
         dbias = db_part.sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import FLOAT_DTYPES, check_same_device, check_tensor
+from ._checks import FLOAT_DTYPES, check_row_span, check_same_device, check_tensor
 
 MAX_DSTATE = 256
 CPU_CHUNK = 64  # time steps per CPU chunk: a log-depth scan inside, one saved state per chunk
@@ -113,11 +113,8 @@ def _check_args(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
         for name, t in tensors.items():
             if t is not None and t.dtype == torch.float64:
                 raise TypeError(f"{name} must have dtype in (float32, float16, bfloat16) on {device.type}, got float64")
-        # The kernels address a batch row's channels and steps with 32-bit offsets (the batch offset is 64-bit).
         for name, t in (("u", u), ("delta", delta), ("z", z)):
-            if t is not None and (dim - 1) * t.stride(1) + (seqlen - 1) * t.stride(2) >= 2**31:
-                raise ValueError(f"{name} with strides {tuple(t.stride())} spans 2**31 or more elements within a batch "
-                                 f"row, beyond the CUDA kernels' 32-bit offsets: pass it contiguous, or split the batch")
+            check_row_span(name, t)
 
 
 def _math_dtype(*tensors) -> torch.dtype:

@@ -452,6 +452,94 @@ def test_triton_kernels_direct(case):
         _assert_close(got[name].cpu(), want[name], 1e-5, f"d{name}")
 
 
+ROWS_CASES = [
+    pytest.param(dict(silu=True, seqlen=29), id="w4-silu"),
+    pytest.param(dict(width=2, bias=False, seqlen=1), id="w2-nobias-seqlen1"),
+    pytest.param(dict(width=3, dtype=torch.bfloat16, silu=True, seqlen=16), id="w3-bf16"),
+    pytest.param(dict(width=4, dtype=torch.bfloat16, seqlen=7), id="w4-bf16-short"),
+]
+
+
+def _rows_case(case, seed):
+    """(silu, device, x, weight, bias, config) for the row kernels' tests: channel-last x (batch 2, 13 channels),
+    segments of 8 steps in blocks of 4 rows, 8 channels per program."""
+    case = dict(case)
+    silu = case.pop("silu", False)
+    device = "cuda" if HAS_CUDA else "cpu"
+    inp = _inputs(**dict(dict(batch=2, dim=13, layout="channel_last"), **case), seed=seed, device=device,
+                  requires_grad=False)
+    return silu, device, inp["x"], inp["weight"], inp["bias"], (8, 4, 8, 4, 1)  # BLOCK_D, R, SEG, VEC, num_warps
+
+
+@pytest.mark.parametrize("case", ROWS_CASES)
+def test_triton_rows_backward_direct(case):
+    """The row-walking channel-last backward against float64 autograd of the reference, and against the two-kernel
+    path: dx the same bits under the interpreter (the same dy, taps in the same order), dweight / dbias summed in
+    another order. Segments of 8 steps in blocks of 4 rows, so windows and the recomputed dy past a segment's end
+    cross blocks and segments."""
+    from mamba_compile.ops import causal_conv1d_triton as kernels
+
+    silu, device, x, weight, bias, config = _rows_case(case, seed=40)
+    gen = torch.Generator().manual_seed(41)
+    # dout with contiguous channels too, as Mamba-2's conv output gradient arrives
+    dout = torch.randn(x.shape[0], x.shape[2], x.shape[1], generator=gen).to(device, x.dtype).transpose(1, 2)
+    got = kernels.causal_conv1d_bwd(x, weight, bias, None, None, dout, None, silu, wrap=False, rows=True,
+                                    rows_config=config)
+    assert kernels._rows_apply(weight.shape[1], None, None, x, got[0], dout)  # the row kernel is what ran
+    ref = [t.cpu().double().requires_grad_() if t is not None else None for t in (x, weight, bias)]
+    ref_out, _ = causal_conv1d_ref(*ref, None, None, "silu" if silu else None)
+    want = torch.autograd.grad((ref_out * dout.cpu().double()).sum(), [t for t in ref if t is not None])
+    tol = 8e-3 if x.dtype == torch.bfloat16 else 1e-5  # 16-bit gradients: their rounding
+    for name, a, b in zip(("dx", "dweight", "dbias"), got, want):
+        _assert_close(a.cpu(), b, tol, name)
+    two = kernels.causal_conv1d_bwd(x, weight, bias, None, None, dout, None, silu, wrap=False, rows=False)
+    if device == "cpu":
+        torch.testing.assert_close(got[0], two[0], rtol=0, atol=0)
+    else:  # ptxas contracts multiplies and adds into FMAs differently in the two paths
+        _assert_close(got[0].cpu(), two[0].cpu(), 8e-3, "dx")
+    for name, a, b in zip(("dweight", "dbias"), got[1:3], two[1:3]):
+        if b.numel():
+            _assert_close(a.cpu(), b.cpu(), 1e-5 if x.dtype == torch.float32 else 8e-3, name)
+
+
+@pytest.mark.parametrize("case", ROWS_CASES)
+def test_triton_rows_forward_direct(case):
+    """The row-walking channel-last forward against the float64 reference and the general kernel (the same fp32
+    sums in the same order: the same bits under the interpreter)."""
+    from mamba_compile.ops import causal_conv1d_triton as kernels
+
+    silu, device, x, weight, bias, config = _rows_case(case, seed=42)
+    out, _ = kernels.causal_conv1d_fwd(x, weight, bias, None, None, False, silu, wrap=False, rows=True,
+                                       rows_config=config)
+    assert out.stride() == x.stride() and kernels._rows_apply(weight.shape[1], None, None, x, out)
+    ref = [t.cpu().double() if t is not None else None for t in (x, weight, bias)]
+    want, _ = causal_conv1d_ref(*ref, None, None, "silu" if silu else None)
+    _assert_close(out.cpu(), want, 8e-3 if x.dtype == torch.bfloat16 else 1e-5, "out")
+    general, _ = kernels.causal_conv1d_fwd(x, weight, bias, None, None, False, silu, wrap=False, rows=False)
+    if device == "cpu":
+        torch.testing.assert_close(out, general, rtol=0, atol=0)
+    else:
+        _assert_close(out.cpu(), general.cpu(), 8e-3, "out")
+
+
+def test_rows_kernels_apply_only_where_they_can():
+    from mamba_compile.ops import causal_conv1d_triton as kernels
+
+    x = torch.randn(2, 12, 4).transpose(1, 2)  # (2, 4, 12), channels contiguous
+    tc = x.contiguous()
+    seq = torch.zeros(2, 12, dtype=torch.int32)
+    assert kernels._rows_apply(4, None, None, x, x, x)
+    assert not kernels._rows_apply(4, None, None, tc, tc)  # time-contiguous
+    assert not kernels._rows_apply(4, None, None, x, x, tc)  # dout time-contiguous
+    assert not kernels._rows_apply(4, seq, None, x, x)
+    assert not kernels._rows_apply(4, None, torch.randn(2, 4, 3), x, x)
+    assert not kernels._rows_apply(5, None, None, x, x)  # width 5
+    w = torch.randn(4, 4)
+    with pytest.raises(ValueError, match="R = 2 must be at least width - 1 = 3"):
+        kernels.causal_conv1d_bwd(x, w, None, None, None, x, None, True, wrap=False, rows=True,
+                                  rows_config=(8, 2, 8, 4, 1))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("width,seqlen", [(4, 14), (3, 6), (2, 2)], ids=["w4-l14", "w3-l6", "w2-l2"])
 def test_triton_pairs_kernel_direct(dtype, width, seqlen):
@@ -509,6 +597,21 @@ def test_triton_pairs_backward_direct(dtype, width, seqlen, silu):
         _assert_close(got[0].cpu(), two[0].cpu(), 8e-3, "dx")
     for name, a, b in zip(("dweight", "dbias"), got[1:3], two[1:3]):
         _assert_close(a.cpu(), b.cpu(), 1e-6, name)
+
+
+def test_bad_input_beyond_32bit_offsets_on_cuda_is_refused():
+    """A channel-last x (or dout) whose batch row spans 2**31 elements would overflow the kernels' 32-bit offsets:
+    the check (run on meta tensors, as on CUDA ones: it depends only on sizes and strides) refuses it by name."""
+    import importlib
+
+    conv_module = importlib.import_module("mamba_compile.ops.causal_conv1d")
+    batch, dim, seqlen = 2, 4096, 600_000  # (seqlen - 1) * dim: 2.5e9
+    x = torch.empty_strided((batch, dim, seqlen), (seqlen * dim, 1, dim), device="meta", dtype=torch.bfloat16)
+    weight = torch.empty(dim, 4, device="meta", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="x with strides"):
+        conv_module._check_conv(x, weight, None, None, None, False)
+    small = x[:, :, :1000]
+    conv_module._check_conv(small, weight, None, None, None, False)  # 4e6 elements: accepted
 
 
 def test_pairs_kernel_applies_only_where_it_can():
