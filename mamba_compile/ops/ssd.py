@@ -200,6 +200,9 @@ def _dt_process(dt, dt_bias, dt_softplus, dt_min, dt_max):
     return dt
 
 
+_EXP_FLOOR = -80.0
+
+
 def _segsum(v: torch.Tensor) -> torch.Tensor:
     """v: (..., T) -> (..., T, T) with out[..., i, j] = sum_{k=j}^{i-1} v_k for j <= i, -inf above the
     diagonal. Built from masked cumsums, not differences of one cumsum, so long ranges keep precision."""
@@ -239,12 +242,15 @@ def _ssd_torch(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_id
 
     # Within a chunk: y_t += sum_{s<=t, same segment} (C_t . B_s) exp(a_t - a_s) dt_s x_s
     # The (t, s) tensors are the largest here (CPU time): each is made once and masked and exponentiated in
-    # place; masked pairs are set to 0 before the exp and zeroed after it (CPU exp is 3x slower on -inf); C B^T is
-    # broadcast over a group's heads rather than repeated; dt joins x, which is chunk_size times smaller.
+    # place; masked pairs are set to 0 before the exp (CPU exp is 3x slower on -inf) and zeroed through C B^T, which
+    # is broadcast over a group's heads rather than repeated; dt joins x, which is chunk_size times smaller.
     same = (seg[..., :, None] == seg[..., None, :]) & torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
     same = same[:, :, None]  # (batch, nchunks, 1, t, s)
-    decay = (a[..., :, None] - a[..., None, :]).masked_fill_(~same, 0.0).exp_() * same  # (b, c, h, t, s)
-    CB = torch.einsum("bctgn,bcsgn->bcgts", Cg, Bg)  # (batch, nchunks, ngroups, t, s): once per group
+    # Exponents are floored at _EXP_FLOOR: CPU exp takes a slow path below about -87, where the result underflows
+    # (8x slower over a whole tensor), and exp(-80) = 1.8e-35 is already nothing beside the other terms.
+    # The mask's zeros go into C B^T (once per group) rather than into the per-head decay.
+    decay = (a[..., :, None] - a[..., None, :]).masked_fill_(~same, 0.0).clamp_min_(_EXP_FLOOR).exp_()
+    CB = torch.einsum("bctgn,bcsgn->bcgts", Cg, Bg) * same  # (batch, nchunks, ngroups, t, s): once per group
     scores = (decay.view(batch, nchunks, ngroups, rep, L, L) * CB[:, :, :, None]).view(batch, nchunks, nheads, L, L)
     y = torch.einsum("bchts,bcshp->bcthp", scores, xc * dtc.transpose(2, 3)[..., None])
 
