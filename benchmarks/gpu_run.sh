@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -17,6 +17,17 @@ if [[ $what == ops || $what == all ]]; then
 fi
 if [[ $what == models || $what == all ]]; then
   timeout 240 python3 -m pytest -q -m gpu tests/models -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests_models.log" | tail -30
+fi
+if [[ $what == rows ]]; then
+  # The conv row kernels for channel-last x (off until measured): their tests on the GPU, then the probe's sweep
+  # against the general kernels (about 4 minutes in all).
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/ops/test_causal_conv1d.py -k "gpu or direct or rows" 2>&1 | tee "$OUT/gpu_tests_conv.log" | tail -5
+  timeout 200 python3 -m benchmarks.probes.conv_probe --parts m2 --out "$OUT/conv_probe.json" 2>&1 | tee "$OUT/conv_probe.log" | tail -30
+fi
+if [[ $what == rows-train ]]; then
+  # Mamba-2's graphed training step with the general conv kernels and with the row kernels, alternating (a call
+  # of its own: about 80 s per variant)
+  timeout 560 python3 -m benchmarks.probes.train_ab --arch mamba2 --mamba2 conv-general conv-rows conv-general conv-rows --graph --out "$OUT/train_ab.json" 2>&1 | tee "$OUT/train_ab.log" | tail -12
 fi
 if [[ $what == model-bench || $what == all ]]; then
   # Training (both models, ~2 min) comes first; the generation cases take 2-3 min each to compile, so 450 s
