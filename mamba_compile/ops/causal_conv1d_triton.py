@@ -723,7 +723,8 @@ _BWD_ROWS = False
 
 def _rows_config(backward: bool) -> tuple[int, int, int, int, int]:
     """(BLOCK_D, R, SEG, VEC, num_warps) of the row kernels: 128 channels per warp, 4 per thread (8-byte loads of
-    16-bit x), rows in blocks of 8, segments of 128 steps. Not yet measured on the GPU."""
+    16-bit x), rows in blocks of 8, segments of 128 steps, for both directions (``backward`` picks, once the
+    sweep has been run). Not yet measured on the GPU."""
     return 128, 8, 128, 4, 1
 
 
