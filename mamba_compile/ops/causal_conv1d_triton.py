@@ -287,6 +287,7 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
     if ((_FWD_ROWS if rows is None else rows) and not return_final_states
             and _rows_apply(width, seq_idx, initial_states, x, out)):
         cfg = _rows_config(backward=False) if rows_config is None else rows_config
+        bias = bias.contiguous() if bias is not None else None  # indexed densely
         launcher(_causal_conv1d_fwd_rows_kernel, wrap)[(triton.cdiv(seqlen, cfg[2]), triton.cdiv(dim, cfg[0]), batch)](
             x, weight, _or_dummy(bias, weight), out, seqlen, dim, x.stride(0), x.stride(2), *weight.stride(),
             out.stride(0), out.stride(2), W=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=cfg[0], R=cfg[1],

@@ -520,6 +520,11 @@ def test_triton_rows_forward_direct(case):
         torch.testing.assert_close(out, general, rtol=0, atol=0)
     else:
         _assert_close(out.cpu(), general.cpu(), 8e-3, "out")
+    if bias is not None:  # a strided bias gives the same result
+        strided = torch.stack([bias, -bias], 1)[:, 0]
+        again, _ = kernels.causal_conv1d_fwd(x, weight, strided, None, None, False, silu, wrap=False, rows=True,
+                                             rows_config=config)
+        torch.testing.assert_close(again, out, rtol=0, atol=0)
 
 
 def test_rows_kernels_apply_only_where_they_can():
