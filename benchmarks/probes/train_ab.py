@@ -4,7 +4,8 @@ L1 prefetch of B/C rows), "scan-bl8" / "scan-nopf" = only one of the two changes
 x_proj and dt_proj batched over (b, channels, l) (mixers.CHANNEL_MAJOR_PROJ off); "split-old" = Mamba-2's
 in-projection as one matmul (mixers.SPLIT_DT_PROJ off); "conv-rows" / "conv-rows-bwd" = the row kernels for
 channel-last conv input (Mamba-2's xBC) forward and backward / backward only (causal_conv1d_triton._FWD_ROWS,
-_BWD_ROWS), "conv-general" = neither. --graph replays each step from one CUDA graph (bench_model's --train-graph on).
+_BWD_ROWS), "conv-general" = neither; the conv_rows column counts the calls that took the row kernels while
+the variant traced and ran (of those where its flags let them be considered). --graph replays each step from one CUDA graph (bench_model's --train-graph on).
 (Session 4 A/B'd the conv blocks and the scan backward kernels this way.)
 
     python -m benchmarks.probes.train_ab --out $OUT/train_ab.json [--arch mamba1 mamba2] [--mamba1 new scan-old ...]
@@ -26,6 +27,13 @@ from mamba_compile.ops import selective_scan_triton as scan
 
 NEW_FWD_BLOCKS = scan.fwd_block_sizes
 DEFAULT_ROWS = (conv._FWD_ROWS, conv._BWD_ROWS)
+ROWS_APPLY = conv._rows_apply
+ROWS_TAKEN = []  # _rows_apply's answers while a variant traced: whether the conv row kernels are in its graphs
+
+
+def _rows_apply_recorded(*args):
+    ROWS_TAKEN.append(ROWS_APPLY(*args))
+    return ROWS_TAKEN[-1]
 
 
 def _set(variant: str) -> None:
@@ -53,8 +61,13 @@ def main():
     for arch in args.arch:
         for variant in getattr(args, arch):
             _set(variant)
+            ROWS_TAKEN.clear()
+            conv._rows_apply = _rows_apply_recorded
             r = bench_train(arch, regional=True, graph=args.graph)
-            rows.append(dict(arch=arch, variant=variant, graph=args.graph, ms=r["ms"], quartiles=r["step_ms_q1_q3"], peak_gib=r["peak_gib"]))
+            conv._rows_apply = ROWS_APPLY
+            rows.append(dict(arch=arch, variant=variant, graph=args.graph,
+                             conv_rows=f"{sum(ROWS_TAKEN)}/{len(ROWS_TAKEN)} calls", ms=r["ms"],
+                             quartiles=r["step_ms_q1_q3"], peak_gib=r["peak_gib"]))
             print(rows[-1], flush=True)
             torch._dynamo.reset()
             torch.cuda.empty_cache()
