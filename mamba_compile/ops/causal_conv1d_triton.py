@@ -161,6 +161,23 @@ def _pack_lo_hi(lo, hi, IS_BF16: tl.constexpr):
 
 
 @triton.jit
+def _pair_program(L, D, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """A pair kernel's tile: (pid_m, batch row (int64), channels, pair indices, channel mask, number of pairs)."""
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    return pid_m, b, offs_d, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), offs_d < D, L // 2
+
+
+@triton.jit
+def _pair_rows(ptr, b, offs_d, stride_b, stride_d):
+    """Row starts of a 16-bit (batch, dim, seqlen) tensor with contiguous time, as int32 pointers to its pairs
+    ([BLOCK_D, 1]; strides in elements, even)."""
+    return ptr.to(tl.pointer_type(tl.int32)) + (b * stride_b + offs_d[:, None] * stride_d) // 2
+
+
+@triton.jit
 def _tap(w_ptr, offs_d, k, stride_wd, stride_ww, d_mask):
     return tl.load(w_ptr + offs_d * stride_wd + k * stride_ww, mask=d_mask, other=0.0).to(tl.float32)[:, None]
 
@@ -201,20 +218,14 @@ def _causal_conv1d_fwd_pairs_kernel(
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     # strides of x and out in elements (even); L even; BLOCK_M output pairs per tile
-    pid_m = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    d_mask = offs_d < D
-    M = L // 2
-    xp = x_ptr.to(tl.pointer_type(tl.int32)) + (b * stride_xb + offs_d[:, None] * stride_xd) // 2
+    pid_m, b, offs_d, offs_m, d_mask, M = _pair_program(L, D, BLOCK_D, BLOCK_M)
+    xp = _pair_rows(x_ptr, b, offs_d, stride_xb, stride_xd)
     even, odd = _pre_pairs(xp, w_ptr, bias_ptr, offs_d, d_mask, offs_m, M, stride_wd, stride_ww,
                            0, W, HAS_BIAS, IS_BF16)
     if SILU:
         even = even * tl.sigmoid(even)
         odd = odd * tl.sigmoid(odd)
-    op = out_ptr.to(tl.pointer_type(tl.int32)) + (b * stride_ob + offs_d[:, None] * stride_od) // 2
+    op = _pair_rows(out_ptr, b, offs_d, stride_ob, stride_od)
     tl.store(op + offs_m[None, :], _pack_lo_hi(even, odd, IS_BF16), mask=d_mask[:, None] & (offs_m < M)[None, :])
 
     if HAS_FINAL:
@@ -481,15 +492,9 @@ def _causal_conv1d_bwd_pairs_kernel(
 ):
     # strides of x, dout and dx in elements (even); L even; BLOCK_M pairs per tile
     NQ: tl.constexpr = W // 2 + 1  # dy pairs at offsets 0 .. NQ-1 cover steps 2m .. 2m + W
-    pid_m = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    d_mask = offs_d < D
-    M = L // 2
-    xp = x_ptr.to(tl.pointer_type(tl.int32)) + (b * stride_xb + offs_d[:, None] * stride_xd) // 2
-    gp = dout_ptr.to(tl.pointer_type(tl.int32)) + (b * stride_gb + offs_d[:, None] * stride_gd) // 2
+    pid_m, b, offs_d, offs_m, d_mask, M = _pair_program(L, D, BLOCK_D, BLOCK_M)
+    xp = _pair_rows(x_ptr, b, offs_d, stride_xb, stride_xd)
+    gp = _pair_rows(dout_ptr, b, offs_d, stride_gb, stride_gd)
 
     # dx[s] = sum_j weight[W-1-j] * dy[s + j], j ascending (the two-kernel order): step 2m + o reaches dx[2m]
     # through j = o and dx[2m+1] through j = o - 1
@@ -509,7 +514,7 @@ def _causal_conv1d_bwd_pairs_kernel(
             dx_o += _tap(w_ptr, offs_d, W - 2 * qo, stride_wd, stride_ww, d_mask) * ge
         if 2 * qo + 1 <= W:
             dx_o += _tap(w_ptr, offs_d, W - 1 - 2 * qo, stride_wd, stride_ww, d_mask) * go
-    dxp = dx_ptr.to(tl.pointer_type(tl.int32)) + (b * stride_dxb + offs_d[:, None] * stride_dxd) // 2
+    dxp = _pair_rows(dx_ptr, b, offs_d, stride_dxb, stride_dxd)
     tl.store(dxp + offs_m[None, :], _pack_lo_hi(dx_e, dx_o, IS_BF16), mask=d_mask[:, None] & (offs_m < M)[None, :])
 
     # dweight[k] partial = sum over the tile of dy[2m] x[2m + k - (W-1)] + dy[2m+1] x[2m + 1 + k - (W-1)]
@@ -766,34 +771,28 @@ def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_sta
         bd, bm = _bwd_pairs_blocks(seqlen)
         block_d, block_m = block_d or bd, block_l // 2 if block_l else bm
         n_m = triton.cdiv(seqlen // 2, block_m)
-        dw_part = torch.empty(batch * n_m, dim, width, device=x.device, dtype=torch.float32)
-        db_part = torch.empty(batch * n_m, dim, device=x.device, dtype=torch.float32)
+        dw_part, db_part = _partials(x, batch * n_m, width)
         launcher(_causal_conv1d_bwd_pairs_kernel, wrap)[(n_m, triton.cdiv(dim, block_d), batch)](
             x, weight, _or_dummy(bias, weight), dout, dx, dw_part, db_part, seqlen, dim,
             x.stride(0), x.stride(1), *weight.stride(), dout.stride(0), dout.stride(1), dx.stride(0), dx.stride(1),
             W=width, HAS_BIAS=bias is not None, SILU=silu, IS_BF16=x.dtype == torch.bfloat16,
             BLOCK_D=block_d, BLOCK_M=block_m, num_warps=num_warps,
         )
-        dweight = dw_part.sum(0).to(weight.dtype)
-        dbias = db_part.sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
-        return dx, dweight, dbias, x.new_empty(0)
+        return (dx, *_sum_partials(dw_part, db_part, weight, bias, x), x.new_empty(0))
     if ((_BWD_ROWS if rows is None else rows) and dfinal_states is None
             and _rows_apply(width, seq_idx, initial_states, x, dx, dout)):
         cfg = _rows_config(backward=True) if rows_config is None else rows_config
         if cfg[1] < width - 1:  # the block past a segment's end must hold the W-1 dy rows its last dx rows read
             raise ValueError(f"rows_config: R = {cfg[1]} must be at least width - 1 = {width - 1}")
         n_s = triton.cdiv(seqlen, cfg[2])
-        dw_part = torch.empty(batch * n_s, dim, width, device=x.device, dtype=torch.float32)
-        db_part = torch.empty(batch * n_s, dim, device=x.device, dtype=torch.float32)
+        dw_part, db_part = _partials(x, batch * n_s, width)
         launcher(_causal_conv1d_bwd_rows_kernel, wrap)[(n_s, triton.cdiv(dim, cfg[0]), batch)](
             x, weight, _or_dummy(bias, weight), dout, dx, dw_part, db_part, seqlen, dim,
             x.stride(0), x.stride(2), *weight.stride(), dout.stride(0), dout.stride(2), dx.stride(0), dx.stride(2),
             W=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=cfg[0], R=cfg[1], SEG=cfg[2], VEC=cfg[3],
             num_warps=cfg[4],
         )
-        dweight = dw_part.sum(0).to(weight.dtype)
-        dbias = db_part.sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
-        return dx, dweight, dbias, x.new_empty(0)
+        return (dx, *_sum_partials(dw_part, db_part, weight, bias, x), x.new_empty(0))
     bd, bl = _fwd_blocks(x, backward=True)
     block_d, block_l = block_d or bd, block_l or bl
     n_l = triton.cdiv(seqlen, block_l)
@@ -803,8 +802,7 @@ def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_sta
         dy = torch.empty(batch, seqlen, dim, device=x.device, dtype=torch.float32).transpose(1, 2)
     else:
         dy = torch.empty(batch, dim, seqlen, device=x.device, dtype=torch.float32)
-    dw_part = torch.empty(batch * n_l, dim, width, device=x.device, dtype=torch.float32)
-    db_part = torch.empty(batch * n_l, dim, device=x.device, dtype=torch.float32)
+    dw_part, db_part = _partials(x, batch * n_l, width)
     launcher(_causal_conv1d_bwd_dy_kernel, wrap)[grid](
         x, weight, _or_dummy(bias, weight), _or_dummy(seq_idx, weight), _or_dummy(initial_states, weight), dout,
         dy, dw_part, db_part, seqlen, dim,
@@ -822,9 +820,19 @@ def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_sta
         HAS_DFINAL=dfinal_states is not None, BLOCK_D=block_d, BLOCK_L=block_l,
         BLOCK_W=max(2, triton.next_power_of_2(width - 1)), num_warps=num_warps,
     )
-    dweight = dw_part.sum(0).to(weight.dtype)
-    dbias = db_part.sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
-    return dx, dweight, dbias, dinit
+    return (dx, *_sum_partials(dw_part, db_part, weight, bias, x), dinit)
+
+
+def _partials(x, rows: int, width: int):
+    """fp32 per-block partial sums of dweight (rows, dim, width) and dbias (rows, dim), one row per (batch row,
+    sequence block), as every backward kernel writes them."""
+    f32 = dict(device=x.device, dtype=torch.float32)
+    return torch.empty(rows, x.shape[1], width, **f32), torch.empty(rows, x.shape[1], **f32)
+
+
+def _sum_partials(dw_part, db_part, weight, bias, x):
+    """(dweight, dbias) from the partial sums, in the parameters' dtypes (dbias empty without a bias)."""
+    return dw_part.sum(0).to(weight.dtype), db_part.sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
 
 
 # ----------------------------------------------------------------------------------------------
