@@ -168,26 +168,28 @@ def _taps_cpu(x, weight, seq_idx, initial_states):
     return xpad, taps, masks
 
 
-def _preact_cpu(weight, bias, taps):
-    w = weight.to(taps[0].dtype)
+def _preact_cpu(weight, bias, xpad, taps, masks):
+    """The pre-activation from _taps_cpu's results: without seq_idx masks one depthwise convolution of xpad,
+    else the masked taps summed."""
+    w = weight.to(xpad.dtype)
+    if all(mask is None for mask in masks):
+        return _depthwise_conv(xpad, w, bias.to(xpad.dtype) if bias is not None else None)
     y = sum(w[:, k, None] * tap for k, tap in enumerate(taps))
     return y + bias.to(y.dtype)[:, None] if bias is not None else y
 
 
 def _depthwise_conv(x, weight, bias):
     """Valid depthwise convolution of x (batch, dim, n) with weight (dim, width): one oneDNN call on CPU instead
-    of a pass per tap (the conv of Mamba-2's small CPU model 2.6 -> 0.6 ms a call, thirteenth session). aten's
-    convolution rather than F.conv1d, which CPU autocast would run in bf16: these ops keep their inputs' dtype."""
+    of a pass per tap (Mamba-2's small CPU model: the conv op 2.6 -> 2.0 ms a call, 0.6 of it this convolution;
+    thirteenth session). aten's convolution rather than F.conv1d, which CPU autocast would run in bf16: these ops
+    keep their inputs' dtype."""
     return torch.ops.aten.convolution(x, weight[:, None, :], bias, [1], [0], [1], False, [0], x.shape[1])
 
 
 def _conv_fwd_cpu(x, weight, bias, seq_idx, initial_states, return_final_states, silu):
     seqlen = x.shape[2]
-    xpad, taps, _ = _taps_cpu(x, weight, seq_idx, initial_states)
-    if seq_idx is None:
-        y = _depthwise_conv(xpad, weight.to(xpad.dtype), bias.to(xpad.dtype) if bias is not None else None)
-    else:
-        y = _preact_cpu(weight, bias, taps)
+    xpad, taps, masks = _taps_cpu(x, weight, seq_idx, initial_states)
+    y = _preact_cpu(weight, bias, xpad, taps, masks)
     out = (F.silu(y) if silu else y).to(x.dtype)
     final_states = xpad[..., seqlen:].to(x.dtype, copy=True) if return_final_states else x.new_empty(0)
     return out, final_states
@@ -196,11 +198,11 @@ def _conv_fwd_cpu(x, weight, bias, seq_idx, initial_states, return_final_states,
 def _conv_bwd_cpu(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu):
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
-    _, taps, masks = _taps_cpu(x, weight, seq_idx, initial_states)
-    acc = taps[0].dtype
+    xpad, taps, masks = _taps_cpu(x, weight, seq_idx, initial_states)
+    acc = xpad.dtype
     dy = dout.to(acc)
     if silu:
-        y = _preact_cpu(weight, bias, taps)
+        y = _preact_cpu(weight, bias, xpad, taps, masks)
         sig = torch.sigmoid(y)
         dy = dy * sig * (1 + y * (1 - sig))
     w = weight.to(acc)
@@ -248,8 +250,7 @@ def _update_cpu(x, conv_state, weight, bias, silu, cache_seqlens, conv_state_ind
         newest = off + (seqlen - 1 - off).clamp(min=0).div(state_len, rounding_mode="floor") * state_len
         src = xf.gather(2, newest.clamp(max=seqlen - 1)[:, None, :].expand(-1, dim, -1))
         new_state = torch.where((off < seqlen)[:, None, :], src, state)
-    _, taps, _ = _taps_cpu(xf, weight, None, window)
-    y = _preact_cpu(weight, bias, taps)
+    y = _preact_cpu(weight, bias, *_taps_cpu(xf, weight, None, window))
     out = torch.where(valid[:, None, None], F.silu(y) if silu else y, 0.0).to(x.dtype)
     new_state = new_state.to(conv_state.dtype)
     if conv_state_indices is None:
