@@ -53,6 +53,18 @@ def nbytes(*tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
+def fresh_compiles() -> None:
+    """Make every torch.compile in this process trace and compile afresh, for A/Bs of module flags read inside
+    custom ops. The AOTAutograd cache keys on the Dynamo graph, where a triton_op is one node whatever kernels its
+    Python body picks, so a second variant would otherwise reuse the first's compiled kernels (session 14: a
+    train_ab of the conv row kernels ran the same kernels in both variants)."""
+    import torch._functorch.config
+    import torch._inductor.config
+
+    torch._functorch.config.enable_autograd_cache = False
+    torch._inductor.config.fx_graph_cache = False
+
+
 def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 

@@ -24,7 +24,7 @@ import time
 import torch
 
 import mamba_compile.models.mixers as mixers
-from benchmarks._common import device_name, write_results
+from benchmarks._common import device_name, fresh_compiles, write_results
 from benchmarks.bench_model import config_130m
 from benchmarks.probes.decode_fused import _eager_step, _events_ms, _graph_ms
 from mamba_compile.models import MambaLM, generation
@@ -125,6 +125,7 @@ def main():
     parser.add_argument("--watchdog", type=float, default=0,
                         help="seconds: print every thread's stack at that interval (to find a hang)")
     args = parser.parse_args()
+    fresh_compiles()  # variants such as norm_in_8_warps change kernels inside custom ops
     if args.watchdog:
         import faulthandler
 

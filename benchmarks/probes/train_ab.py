@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from benchmarks._common import write_results
+from benchmarks._common import fresh_compiles, write_results
 from benchmarks.bench_model import bench_train
 from mamba_compile.models import mixers
 from mamba_compile.ops import causal_conv1d_triton as conv
@@ -57,6 +57,7 @@ def main():
     p.add_argument("--mamba2", nargs="+", default=["new", "ce-torch", "new"])
     p.add_argument("--graph", action="store_true", help="the step replayed from one CUDA graph")
     args = p.parse_args()
+    fresh_compiles()  # without it, conv-general and conv-rows ran the same kernels (70.0-70.2 ms both)
     rows = []
     for arch in args.arch:
         for variant in getattr(args, arch):
