@@ -19,7 +19,7 @@ if [[ $what == models || $what == all ]]; then
   timeout 240 python3 -m pytest -q -m gpu tests/models -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests_models.log" | tail -30
 fi
 if [[ $what == rows ]]; then
-  # The conv row kernels for channel-last x (off until measured): their tests on the GPU, then the probe's sweep
+  # The conv row kernels for channel-last x: their tests on the GPU, then the probe's sweep
   # against the general kernels (about 4 minutes in all).
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/ops/test_causal_conv1d.py -k "gpu or direct or rows" 2>&1 | tee "$OUT/gpu_tests_conv.log" | tail -5
   timeout 200 python3 -m benchmarks.probes.conv_probe --parts m2 --out "$OUT/conv_probe.json" 2>&1 | tee "$OUT/conv_probe.log" | tail -30
