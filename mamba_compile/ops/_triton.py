@@ -43,8 +43,83 @@ def launcher(kernel, wrap: bool = True):
     if wrap:
         from torch.library import wrap_triton
 
+        if not _SOURCES_REGISTERED:
+            register_kernel_sources()
         return wrap_triton(kernel)
     return kernel
+
+
+# The kernels each triton_op of this package can launch, by module (tests/ops/test_kernel_sources.py checks that
+# every kernel of a module is listed and that the traced launches of the multi-kernel ops stay within their lists).
+_SSD_FWD = ("_chunk_cumsum_fwd_kernel", "_chunk_state_fwd_kernel", "_chunk_state_passing_fwd_kernel", "_bmm_cb_kernel",
+            "_chunk_scan_fwd_kernel")
+OP_KERNELS = {
+    "causal_conv1d_fwd": ("causal_conv1d_triton", ("_causal_conv1d_fwd_kernel", "_causal_conv1d_fwd_pairs_kernel",
+                                                   "_causal_conv1d_fwd_rows_kernel")),
+    "causal_conv1d_bwd": ("causal_conv1d_triton", ("_causal_conv1d_bwd_dy_kernel", "_causal_conv1d_bwd_dx_kernel",
+                                                   "_causal_conv1d_bwd_pairs_kernel", "_causal_conv1d_bwd_rows_kernel")),
+    "causal_conv1d_update": ("causal_conv1d_triton", ("_causal_conv1d_update_kernel",)),
+    "decode_linear": ("decode_linear_triton", ("_decode_linear_kernel",)),
+    "decode_in": ("mamba1_decode_triton", ("_decode_in_fwd_kernel",)),
+    "mamba1_decode_ssm": ("mamba1_decode_triton", ("_decode_ssm_fwd_kernel",)),
+    "decode_norm_in": ("mamba1_decode_triton", ("_decode_norm_in_kernel",)),
+    "decode_norm_head": ("mamba1_decode_triton", ("_decode_norm_in_kernel",)),
+    "mamba2_decode_ssm": ("mamba2_decode_triton", ("_decode_ssm_fwd_kernel",)),
+    "mamba2_decode_ssm_gated": ("mamba2_decode_triton", ("_decode_ssm_fwd_kernel",)),
+    "add_norm": ("norms_triton", ("_add_norm_fwd_kernel",)),
+    "add_norm_bwd": ("norms_triton", ("_add_norm_bwd_kernel",)),
+    "rms_norm_gated": ("norms_triton", ("_rms_norm_gated_fwd_kernel",)),
+    "rms_norm_gated_bwd": ("norms_triton", ("_rms_norm_gated_bwd_kernel",)),
+    "selective_scan_fwd": ("selective_scan_triton", ("_bc_time_major_kernel", "_selective_scan_fwd_kernel")),
+    "selective_scan_bwd": ("selective_scan_triton", ("_bc_time_major_kernel", "_selective_scan_bwd_kernel",
+                                                     "_bwd_sums_kernel", "_selective_scan_fwd_kernel")),
+    "selective_state_update": ("selective_state_update_triton", ("_state_update_fwd_kernel",)),
+    "ssd_chunk_scan_fwd": ("ssd_triton", _SSD_FWD),
+    "ssd_chunk_scan_bwd": ("ssd_triton", _SSD_FWD + ("_dt_bwd_kernel", "_state_passing_bwd_kernel",
+                                                     "_chunk_scan_bwd_dz_kernel", "_gate_bwd_kernel",
+                                                     "_chunk_scan_bwd_dx_kernel", "_chunk_scan_bwd_dcb_kernel",
+                                                     "_chunk_scan_bwd_dbc_kernel")),
+}
+_SOURCES_REGISTERED = False
+
+
+def op_kernels(op: str) -> list:
+    """The kernel objects (JITFunctions or autotuners) of ``OP_KERNELS[op]``."""
+    import importlib
+
+    module, names = OP_KERNELS[op]
+    module = importlib.import_module(f"{__package__}.{module}")
+    return [getattr(module, name) for name in names]
+
+
+def register_kernel_sources() -> None:
+    """Lists, in torch's table of a triton_op's kernels (``torch._library.triton.triton_ops_to_kernels``), the
+    kernels each of this package's triton_ops can launch (``OP_KERNELS``).
+
+    Why: torch.compile's AOTAutograd cache (on disk, on by default) keys a graph on its Dynamo graph, where a
+    triton_op is one node, plus the source of the kernels that table lists for it. torch fills the table by
+    reading the op's Python source for ``wrap_triton(name)`` calls, which finds none here (the ops launch through
+    ``launcher`` in other modules), so a cache written by an older version of this package would replay that
+    version's kernels after an upgrade. With them listed, any edit of a kernel, or of a helper it calls, is a
+    cache miss. What the table cannot carry, the Python around the kernels (launch configurations, which kernel
+    runs, the CPU code), is not covered: the README's note on compile caches says what to do. Runs once, at the
+    first traced launch; with a torch whose table is gone it does nothing."""
+    global _SOURCES_REGISTERED
+    _SOURCES_REGISTERED = True
+    import torch._library.triton as library_triton
+
+    table = getattr(library_triton, "triton_ops_to_kernels", None)
+    if not isinstance(table, dict):
+        return
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    for op in OP_KERNELS:
+        # Compiled kernels only: under the Triton interpreter (TRITON_INTERPRET=1) they are InterpretedFunctions,
+        # without the source torch's key reads (and the kernels only run as Python there).
+        kernels = [k for k in op_kernels(op) if isinstance(k.fn if isinstance(k, Autotuner) else k, JITFunction)]
+        listed = list(table.get(f"mamba_compile::{op}", []))
+        table[f"mamba_compile::{op}"] = listed + [k for k in kernels if all(k is not seen for seen in listed)]
 
 
 def supports_dependent_launch(device: torch.device) -> bool:
