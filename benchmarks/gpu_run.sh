@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -28,6 +28,12 @@ if [[ $what == rows-train ]]; then
   # Mamba-2's graphed training step with the general conv kernels and with the row kernels, alternating (a call
   # of its own: about 80 s per variant)
   timeout 560 python3 -m benchmarks.probes.train_ab --arch mamba2 --mamba2 conv-general conv-rows conv-general conv-rows --graph --out "$OUT/train_ab.json" 2>&1 | tee "$OUT/train_ab.log" | tail -12
+fi
+if [[ $what == where ]]; then
+  # Where a training step's time goes, for both models: the profiled step's kernels and idle gaps, then each
+  # block's Inductor code with the source nodes of every generated kernel (the layout copies). About 4 minutes.
+  timeout 300 python3 -m benchmarks.probes.profile_model --arch mamba1 mamba2 --cases train --out "$OUT" 2>&1 | tail -8
+  timeout 200 python3 -m benchmarks.probes.block_code --arch mamba1 mamba2 --out "$OUT" 2>&1 | tail -5
 fi
 if [[ $what == model-bench || $what == all ]]; then
   # Training (both models, ~2 min) comes first; the generation cases take 2-3 min each to compile, so 450 s
