@@ -2,7 +2,8 @@
 "new" = the current defaults; "scan-old" = the selective-scan forward as before session 6 (blocks (32, 8, 2), no
 L1 prefetch of B/C rows), "scan-bl8" / "scan-nopf" = only one of the two changes undone; "ce-torch" = linear_cross_entropy's torch passes on CUDA instead of its Triton kernel; "proj-old" = Mamba-1's
 x_proj and dt_proj batched over (b, channels, l) (mixers.CHANNEL_MAJOR_PROJ off); "split-old" = Mamba-2's
-in-projection as one matmul (mixers.SPLIT_DT_PROJ off); "conv-rows" / "conv-rows-bwd" = the row kernels for
+in-projection as one matmul (mixers.SPLIT_DT_PROJ off); "xbc-split" = Mamba-2's z and xBC columns as two matmuls
+(mixers.SPLIT_XBC_PROJ on); "conv-rows" / "conv-rows-bwd" = the row kernels for
 channel-last conv input (Mamba-2's xBC) forward and backward / backward only (causal_conv1d_triton._FWD_ROWS,
 _BWD_ROWS), "conv-general" = neither; the conv_rows column counts the calls that took the row kernels while
 the variant traced and ran (of those where its flags let them be considered). --graph replays each step from one CUDA graph (bench_model's --train-graph on).
@@ -27,6 +28,7 @@ from mamba_compile.ops import selective_scan_triton as scan
 
 NEW_FWD_BLOCKS = scan.fwd_block_sizes
 DEFAULT_ROWS = (conv._FWD_ROWS, conv._BWD_ROWS)
+DEFAULT_XBC_SPLIT = mixers.SPLIT_XBC_PROJ
 ROWS_APPLY = conv._rows_apply
 ROWS_TAKEN = []  # _rows_apply's answers while a variant traced: whether the conv row kernels are in its graphs
 
@@ -45,6 +47,7 @@ def _set(variant: str) -> None:
     ce._CUDA_KERNEL = variant != "ce-torch"
     mixers.CHANNEL_MAJOR_PROJ = variant != "proj-old"
     mixers.SPLIT_DT_PROJ = variant != "split-old"
+    mixers.SPLIT_XBC_PROJ = {"xbc-split": True}.get(variant, DEFAULT_XBC_SPLIT)
     conv._FWD_ROWS = {"conv-rows": True, "conv-general": False}.get(variant, DEFAULT_ROWS[0])
     conv._BWD_ROWS = {"conv-rows": True, "conv-rows-bwd": True, "conv-general": False}.get(variant, DEFAULT_ROWS[1])
 

@@ -50,6 +50,11 @@ SPLIT_DT_PROJ = True
 # whole: their gradients then reach the weight and the hidden states as two matmuls each, without first being
 # concatenated into one (2 d_inner, b l) tensor (a 100 MB copy per layer and training step at the 130M shape).
 SPLIT_IN_PROJ = True
+# Mamba-2's likewise (with SPLIT_DT_PROJ): z0, x0, z as one matmul and xBC as another, so that the backward does not
+# concatenate dz and the conv's dxBC into one (b, l, 3328) tensor before the weight and hidden-state gradients (the
+# H100 profile of the 130M step shows that copy at 0.073 ms a layer). Off until a training step has timed it
+# (benchmarks/probes/train_ab.py --arch mamba2 --mamba2 new xbc-split new xbc-split --graph).
+SPLIT_XBC_PROJ = False
 # Above this batch the in-projection is cuBLAS + causal_conv1d_update instead of decode_in, whose GEMV grows
 # with the batch (H100, 130M: decode_in 3.0-3.6 us against cuBLAS 3.4 us + the conv update at b1, but 16.6
 # against 3.6 at b64); the fused state update is kept at every batch (b64: 7.6 us against 15.3 unfused).
@@ -261,8 +266,15 @@ class Mamba2Mixer(nn.Module):
             # from the one the Triton kernels were traced with, so the compiled graph copied z and xBC (xBC once
             # per argument it was passed as) before the kernels: about 0.4 GB a layer in the 130M training step.
             w, bias = self.in_proj.weight, self.in_proj.bias
-            z0, x0, z, xBC = F.linear(hidden_states, w[: -self.nheads], None if bias is None else bias[: -self.nheads]
-                                      ).split([self.d_mlp, self.d_mlp, self.d_ssm, self.conv_dim], dim=-1)
+            if SPLIT_XBC_PROJ:
+                n_z = 2 * self.d_mlp + self.d_ssm
+                z0, x0, z = F.linear(hidden_states, w[:n_z], None if bias is None else bias[:n_z]).split(
+                    [self.d_mlp, self.d_mlp, self.d_ssm], dim=-1)
+                xBC = F.linear(hidden_states, w[n_z : -self.nheads], None if bias is None else bias[n_z : -self.nheads])
+            else:
+                z0, x0, z, xBC = F.linear(hidden_states, w[: -self.nheads],
+                                          None if bias is None else bias[: -self.nheads]
+                                          ).split([self.d_mlp, self.d_mlp, self.d_ssm, self.conv_dim], dim=-1)
             dt = F.linear(hidden_states, w[-self.nheads :], None if bias is None else bias[-self.nheads :])
         else:
             z0, x0, z, xBC, dt = self._split_in_proj(self.in_proj(hidden_states))

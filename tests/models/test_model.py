@@ -282,3 +282,33 @@ def test_graphed_train_step_refuses_a_changed_optimizer_after_capture():
     opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})
     with pytest.raises(ValueError, match="param groups or parameters changed"):
         step._check_hyperparameters()
+
+
+@pytest.mark.parametrize(
+    "name, flags",
+    [("mamba1", dict(SPLIT_IN_PROJ=False)), ("mamba1_bias", dict(SPLIT_IN_PROJ=False)),
+     ("mamba2", dict(SPLIT_XBC_PROJ=True)), ("mamba2_options", dict(SPLIT_XBC_PROJ=True)),
+     ("mamba2", dict(SPLIT_DT_PROJ=False)), ("mamba2_options", dict(SPLIT_DT_PROJ=False))],
+    ids=["mamba1-one-matmul", "mamba1-bias-one-matmul", "mamba2-xbc-split", "mamba2-options-xbc-split",
+         "mamba2-one-matmul", "mamba2-options-one-matmul"])
+def test_in_projection_layouts_agree(name, flags, monkeypatch):
+    """The in-projection's matmul layouts (mixers.SPLIT_*): the loss and every gradient as with the defaults.
+    mamba2_options has a gated MLP inside in_proj (d_mlp > 0) and projection biases."""
+    from mamba_compile.models import mixers
+
+    def loss_and_grads(model, ids):
+        model.zero_grad()
+        loss = model(ids).logits.float().logsumexp(-1).mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model, ids = _model(name).train(), _ids(2, 21)
+    want_loss, want = loss_and_grads(model, ids)
+    for flag, value in flags.items():
+        assert getattr(mixers, flag) != value, f"{flag} is already {value}: nothing would be compared"
+        monkeypatch.setattr(mixers, flag, value)
+    got_loss, got = loss_and_grads(model, ids)
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6)
+    assert got.keys() == want.keys()
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
