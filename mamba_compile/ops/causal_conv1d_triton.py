@@ -291,6 +291,7 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
     out = torch.empty_like(x)  # keeps x's layout (channel-last in, channel-last out)
+    bias = bias.contiguous() if bias is not None else None  # every kernel indexes bias densely
     if return_final_states:
         final_states = x.new_empty(batch, dim, width - 1)
     else:
@@ -298,7 +299,6 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
     if ((_FWD_ROWS if rows is None else rows) and not return_final_states
             and _rows_apply(width, seq_idx, initial_states, x, out)):
         cfg = _rows_config(backward=False) if rows_config is None else rows_config
-        bias = bias.contiguous() if bias is not None else None  # indexed densely
         launcher(_causal_conv1d_fwd_rows_kernel, wrap)[(triton.cdiv(seqlen, cfg[2]), triton.cdiv(dim, cfg[0]), batch)](
             x, weight, _or_dummy(bias, weight), out, seqlen, dim, x.stride(0), x.stride(2), *weight.stride(),
             out.stride(0), out.stride(2), W=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=cfg[0], R=cfg[1],
@@ -309,7 +309,6 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
         bd, bm = _pairs_blocks(seqlen)
         block_d, block_m = block_d or bd, block_l // 2 if block_l else bm
         grid = (triton.cdiv(seqlen // 2, block_m), triton.cdiv(dim, block_d), batch)
-        bias = bias.contiguous() if bias is not None else None
         launcher(_causal_conv1d_fwd_pairs_kernel, wrap)[grid](
             x, weight, _or_dummy(bias, weight), out, final_states if return_final_states else out, seqlen, dim,
             x.stride(0), x.stride(1), *weight.stride(), out.stride(0), out.stride(1),
@@ -321,7 +320,6 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
         return out, final_states
     bd, bl = _fwd_blocks(x)
     block_d, block_l = block_d or bd, block_l or bl
-    bias = bias.contiguous() if bias is not None else None  # the kernels index bias and the int32 vectors densely
     # Absent tensors are stood in for by weight (read) or out (written), never by x: under torch.compile each
     # argument that needs a copy (x with a stride the kernel was not traced with, say) is copied once per time
     # it is passed.
