@@ -266,16 +266,18 @@ class Mamba2Mixer(nn.Module):
             # from the one the Triton kernels were traced with, so the compiled graph copied z and xBC (xBC once
             # per argument it was passed as) before the kernels: about 0.4 GB a layer in the 130M training step.
             w, bias = self.in_proj.weight, self.in_proj.bias
+
+            def columns(cols: slice) -> torch.Tensor:  # in_proj's output columns cols, as a matmul of their own
+                return F.linear(hidden_states, w[cols], None if bias is None else bias[cols])
+
+            n_z = 2 * self.d_mlp + self.d_ssm
             if SPLIT_XBC_PROJ:
-                n_z = 2 * self.d_mlp + self.d_ssm
-                z0, x0, z = F.linear(hidden_states, w[:n_z], None if bias is None else bias[:n_z]).split(
-                    [self.d_mlp, self.d_mlp, self.d_ssm], dim=-1)
-                xBC = F.linear(hidden_states, w[n_z : -self.nheads], None if bias is None else bias[n_z : -self.nheads])
+                z0, x0, z = columns(slice(None, n_z)).split([self.d_mlp, self.d_mlp, self.d_ssm], dim=-1)
+                xBC = columns(slice(n_z, -self.nheads))
             else:
-                z0, x0, z, xBC = F.linear(hidden_states, w[: -self.nheads],
-                                          None if bias is None else bias[: -self.nheads]
-                                          ).split([self.d_mlp, self.d_mlp, self.d_ssm, self.conv_dim], dim=-1)
-            dt = F.linear(hidden_states, w[-self.nheads :], None if bias is None else bias[-self.nheads :])
+                z0, x0, z, xBC = columns(slice(None, -self.nheads)).split(
+                    [self.d_mlp, self.d_mlp, self.d_ssm, self.conv_dim], dim=-1)
+            dt = columns(slice(-self.nheads, None))
         else:
             z0, x0, z, xBC, dt = self._split_in_proj(self.in_proj(hidden_states))
         conv_state = None if cache is None else cache.conv_states[self.layer_idx]
