@@ -52,9 +52,10 @@ SPLIT_DT_PROJ = True
 SPLIT_IN_PROJ = True
 # Mamba-2's likewise (with SPLIT_DT_PROJ): z0, x0, z as one matmul and xBC as another, so that the backward does not
 # concatenate dz and the conv's dxBC into one (b, l, 3328) tensor before the weight and hidden-state gradients (the
-# H100 profile of the 130M step shows that copy at 0.073 ms a layer). Off until a training step has timed it
-# (benchmarks/probes/train_ab.py --arch mamba2 --mamba2 new xbc-split new xbc-split --graph).
-SPLIT_XBC_PROJ = False
+# H100 profile of the 130M step shows that copy at 0.073 ms a layer). The graphed 130M training step on an H100
+# (benchmarks/probes/train_ab.py --arch mamba2 --mamba2 xbc-joined xbc-split xbc-joined xbc-split --graph, fresh
+# compiles): 64.78 and 64.73 ms split against 65.40 and 65.54 ms as one matmul.
+SPLIT_XBC_PROJ = True
 # Above this batch the in-projection is cuBLAS + causal_conv1d_update instead of decode_in, whose GEMV grows
 # with the batch (H100, 130M: decode_in 3.0-3.6 us against cuBLAS 3.4 us + the conv update at b1, but 16.6
 # against 3.6 at b64); the fused state update is kept at every batch (b64: 7.6 us against 15.3 unfused).

@@ -133,13 +133,14 @@ class GraphModule(torch.nn.Module):
         out: "f32[2, 16, 64]" = add_norm[0]
         r: "f32[2, 16, 64]" = add_norm[1];  add_norm = None
 
-        getitem_4: "f32[320, 64]" = l_self_modules_mixer_modules_in_proj_parameters_weight_[slice(None, -8, None)]
-        linear: "f32[2, 16, 320]" = torch._C._nn.linear(out, getitem_4, None);  getitem_4 = None
+        getitem_4: "f32[128, 64]" = l_self_modules_mixer_modules_in_proj_parameters_weight_[slice(None, 128, None)]
+        linear: "f32[2, 16, 128]" = torch._C._nn.linear(out, getitem_4, None);  getitem_4 = None
 
-        split = linear.split([0, 0, 128, 192], dim = -1);  linear = None
-        z: "f32[2, 16, 128]" = split[2]
-        xBC: "f32[2, 16, 192]" = split[3];  split = None
+        split = linear.split([0, 0, 128], dim = -1);  linear = None
+        z: "f32[2, 16, 128]" = split[2];  split = None
 
+        getitem_8: "f32[192, 64]" = l_self_modules_mixer_modules_in_proj_parameters_weight_[slice(128, -8, None)]
+        xBC: "f32[2, 16, 192]" = torch._C._nn.linear(out, getitem_8, None);  getitem_8 = None
         getitem_9: "f32[8, 64]" = l_self_modules_mixer_modules_in_proj_parameters_weight_[slice(-8, None, None)];  l_self_modules_mixer_modules_in_proj_parameters_weight_ = None
         dt: "f32[2, 16, 8]" = torch._C._nn.linear(out, getitem_9, None);  out = getitem_9 = None
 
