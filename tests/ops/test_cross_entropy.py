@@ -149,11 +149,14 @@ def test_ce_rows_kernel_out_of_range_label_gives_nan_not_a_stray_read():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("out_dtype", [True, False], ids=["fp32-out", "cast-and-add"])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
-def test_cuda_matches_materialised_logits(monkeypatch, autocast):
-    """The CUDA path (Triton kernel per block of rows, several blocks) against F.cross_entropy in float64."""
+def test_cuda_matches_materialised_logits(monkeypatch, autocast, out_dtype):
+    """The CUDA path (Triton kernel per block of rows, several blocks; gradient matmuls accumulating into fp32 in
+    cuBLAS, or their bf16 products cast and added) against F.cross_entropy in float64."""
     vocab = 5003
-    monkeypatch.setattr(ce, "_BLOCK_ELEMENTS", 13 * vocab)
+    monkeypatch.setattr(ce, "_CUDA_BLOCK_ELEMENTS", 13 * vocab)
+    monkeypatch.setattr(ce, "_CUDA_OUT_DTYPE", out_dtype)
     h, w, labels = _inputs(40, 32, vocab, dtype=torch.float32)
     hc, wc = (t.detach().cuda().requires_grad_() for t in (h, w))
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
