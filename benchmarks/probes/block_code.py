@@ -1,4 +1,4 @@
-"""Writes the Inductor code of one compiled 130M block (forward and backward, bf16 autocast, b8 x 2048) to
+"""Writes the Inductor code of one compiled 130M block past the first (forward and backward, bf16 autocast, b8 x 2048) to
 $OUT/block_code_<arch>.py, with each generated kernel's source nodes: where a training step's layout copies come
 from.
 
@@ -30,13 +30,15 @@ def main() -> None:
             logging.getLogger(name).addHandler(handler)
         torch.manual_seed(0)
         model = MambaLM(config_130m(arch), device="cuda").train()
-        block = model.backbone.layers[0]
+        # A block past the first, as the training step calls it: the previous mixer's bf16 output and the fp32
+        # residual (the first block alone takes the fp32 embedding and no residual, a graph of its own).
+        block = model.backbone.layers[1]
         block.compile(fullgraph=True)
-        h = torch.randn(8, 2048, 768, device="cuda", requires_grad=True)
+        h = torch.randn(8, 2048, 768, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        residual = torch.randn(8, 2048, 768, device="cuda", requires_grad=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = block(h)
-        out = out[0] if isinstance(out, tuple) else out
-        out.float().sum().backward()
+            out, residual = block(h, residual)
+        (out.float().sum() + residual.sum()).backward()
         torch.cuda.synchronize()
         for name in ("torch._inductor.codecache", "torch._inductor.graph", "torch._inductor.output_code"):
             logging.getLogger(name).removeHandler(handler)
