@@ -2,7 +2,7 @@
 bf16 autocast), the op's one call (loss and both gradients), CUDA-graph replay medians (benchmarks._common.graph_ms):
 
 1. the gradient matmuls writing fp32 directly (cross_entropy._CUDA_OUT_DTYPE, cuBLAS out_dtype) against a bf16
-   product cast and added, over block sizes (cross_entropy._CUDA_BLOCK_ELEMENTS), each with the largest error of the
+   product cast and added, over block sizes (cross_entropy._CUDA_BLOCK_BYTES), each with the largest error of the
    loss, d hidden and d weight against float64 math on the same bf16-rounded operands (in units of the
    reference's largest magnitude);
 2. the loss/gradient kernel (cross_entropy_triton._ce_rows_kernel) alone on one block of bf16 logits, over
@@ -62,14 +62,14 @@ def _rel(got, want):
 def matmul_variants(rows_out):
     hidden, weight, labels = _inputs()
     want = _reference(hidden, weight, labels)
-    default_block, default_flag = ce._CUDA_BLOCK_ELEMENTS, ce._CUDA_OUT_DTYPE
+    default_block, default_flag = ce._CUDA_BLOCK_BYTES, ce._CUDA_OUT_DTYPE
 
     def step():  # the op itself: its forward computes the gradients, its backward only scales them
         return torch.ops.mamba_compile.linear_cross_entropy(hidden, weight, labels, -100, torch.bfloat16, True)
 
     for block, flag in ((1 << 26, False), (1 << 26, True), (1 << 27, True), (3 << 26, True), (1 << 28, True),
                         (1 << 29, True), (1 << 27, True)):
-        ce._CUDA_BLOCK_ELEMENTS, ce._CUDA_OUT_DTYPE = block, flag
+        ce._CUDA_BLOCK_BYTES, ce._CUDA_OUT_DTYPE = 2 * block, flag  # block: bf16 logits
         loss, dh, dw = step()
         errs = dict(loss=_rel(loss, want[0]), dhidden=_rel(dh, want[1]), dweight=_rel(dw, want[2]))
         del loss, dh, dw
@@ -78,12 +78,12 @@ def matmul_variants(rows_out):
         rows_out.append(dict(part="matmul", block_rows=max(1, block // VOCAB), out_dtype=flag, ms=round(ms, 3),
                              peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), **errs))
         print(rows_out[-1], flush=True)
-    ce._CUDA_BLOCK_ELEMENTS, ce._CUDA_OUT_DTYPE = default_block, default_flag
+    ce._CUDA_BLOCK_BYTES, ce._CUDA_OUT_DTYPE = default_block, default_flag
 
 
 def rows_variants(rows_out):
     g = torch.Generator(device="cuda").manual_seed(2)
-    rows = ce._CUDA_BLOCK_ELEMENTS // VOCAB
+    rows = ce._CUDA_BLOCK_BYTES // 2 // VOCAB
     logits = (torch.randn(rows, VOCAB, device="cuda", generator=g) * 3).bfloat16()
     labels = torch.randint(0, VOCAB, (rows,), device="cuda", generator=g)
     inv = torch.tensor([1.0 / rows], device="cuda")

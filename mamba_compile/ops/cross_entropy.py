@@ -27,13 +27,15 @@ import torch
 from ._checks import FLOAT_DTYPES, check_same_device, check_tensor, values_readable
 
 _BLOCK_ELEMENTS = 1 << 26  # logits of one block of rows on the torch path (fp32 copies: 256 MiB)
-# On CUDA the block's logits are in the matmul's dtype (bf16 under autocast: 256 MiB) and bigger blocks pay: d weight
-# (vocab, d) fp32 is read and written once per block by its accumulating matmul, and the matmuls grow more efficient.
+# On CUDA the block's logits are in the matmul's dtype, this many bytes of them (bf16 under autocast: 2^28 logits), and
+# bigger blocks pay: d weight (vocab, d) fp32 is read and written once per block by its accumulating matmul, and the
+# matmuls grow more efficient.
 # H100, 130M shape (16384 rows, vocab 50280, bf16 autocast), the op's whole call as a CUDA graph
 # (benchmarks/probes/ce_probe.py): 9.80 ms with 1334-row blocks (2^26 logits), 8.75-8.95 with 2669, 8.44 with 4004,
 # 8.35 with 5338 (2^28, 512 MiB, peak 2.06 GiB), 8.20 with 10677 (peak 2.63 GiB). The graphed Mamba-1 training step
-# (benchmarks/probes/train_ab.py, 2^28 against 2^27): 75.87 and 75.90 ms against 76.84 and 76.61, 0.66 GiB more peak.
-_CUDA_BLOCK_ELEMENTS = 1 << 28
+# (benchmarks/probes/train_ab.py, 2^28 logits against 2^27, one call): 76.68 and 76.27 ms against 76.87 and 76.93, 0.4 GiB
+# more peak.
+_CUDA_BLOCK_BYTES = 1 << 29
 _CUDA_KERNEL = True  # CUDA blocks through cross_entropy_triton (False: the torch passes, as on CPU; for A/B runs)
 _CUDA_OUT_DTYPE = True  # CUDA gradient matmuls write fp32 d weight / d hidden from bf16/fp16 directly (False: A/B)
 
@@ -79,7 +81,8 @@ def _linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     # CUDA: one Triton kernel per block reads the logits in the matmul's dtype and writes the gradient over them
     # (cross_entropy_triton); elsewhere (and for float64) the same in torch, on an fp32/fp64 copy.
     fused = _CUDA_KERNEL and hidden.device.type == "cuda" and acc == torch.float32
-    step = max(1, (_CUDA_BLOCK_ELEMENTS if fused else _BLOCK_ELEMENTS) // max(vocab, 1))
+    block = _CUDA_BLOCK_BYTES // dtype.itemsize if fused else _BLOCK_ELEMENTS
+    step = max(1, block // max(vocab, 1))
     if fused:
         from .cross_entropy_triton import ce_rows
 

@@ -155,7 +155,7 @@ def test_cuda_matches_materialised_logits(monkeypatch, autocast, out_dtype):
     """The CUDA path (Triton kernel per block of rows, several blocks; gradient matmuls accumulating into fp32 in
     cuBLAS, or their bf16 products cast and added) against F.cross_entropy in float64."""
     vocab = 5003
-    monkeypatch.setattr(ce, "_CUDA_BLOCK_ELEMENTS", 13 * vocab)
+    monkeypatch.setattr(ce, "_CUDA_BLOCK_BYTES", 13 * vocab * 2)  # blocks of 13 bf16 / 6 fp32 rows
     monkeypatch.setattr(ce, "_CUDA_OUT_DTYPE", out_dtype)
     h, w, labels = _inputs(40, 32, vocab, dtype=torch.float32)
     hc, wc = (t.detach().cuda().requires_grad_() for t in (h, w))
