@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -11,7 +13,10 @@ if not torch.cuda.is_available():
 
 # A fresh Inductor cache per test session: the FX-graph cache key does not cover a custom op's
 # fake function, so a cache left by an older version of an op can replay code with stale strides.
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="mamba_compile_inductor_"))
+# Removed when the session ends (the subprocess tests share it while it lasts).
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="mamba_compile_inductor_")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
