@@ -3,6 +3,7 @@
     python3 -m benchmarks.probes.scan_variants --out $OUT/scan_variants.json
     python3 -m benchmarks.probes.scan_variants --copies 8 16 --rounds 5   # only the op's fwd+bwd, per dB/dC copies
     python3 -m benchmarks.probes.scan_variants --pads 0 32 1056            # the cases, then fwd+bwd per copy pad
+    python3 -m benchmarks.probes.scan_variants --maxnreg 0 200 168 128 --small-only  # launchers per register cap
 
 At b8 d1536 l2048 n16 and b2 d5120 l8192 n16 (bf16 u/delta/z, B/C (b, 1, 16, l) bf16, fp32 A/D/delta_bias,
 softplus): the forward launcher saving states for the backward and not, the backward launcher, the op's forward
@@ -76,7 +77,17 @@ def _op_fb_with(t, go, name, value):
         setattr(kern, name, saved)
 
 
-def probe(batch, dim, seqlen, dstate, copies=(), rounds=3, pads=()) -> list[dict]:
+def _launcher_with(name, value, fn):
+    """fn() timed as a CUDA graph with the kernel module's setting ``name`` (_FWD_MAXNREG, _BWD_MAXNREG) = value."""
+    saved = getattr(kern, name)
+    setattr(kern, name, value)
+    try:
+        return graph_ms(fn)
+    finally:
+        setattr(kern, name, saved)
+
+
+def probe(batch, dim, seqlen, dstate, copies=(), rounds=3, pads=(), maxnreg=()) -> list[dict]:
     shape = f"b{batch} d{dim} l{seqlen} n{dstate}"
     t = make_inputs(batch, dim, seqlen, dstate)
     args = _args(t)
@@ -95,6 +106,25 @@ def probe(batch, dim, seqlen, dstate, copies=(), rounds=3, pads=()) -> list[dict
     }
     if copies:  # only the op's forward+backward, once per number of dB/dC copies
         cases = {f"op fwd+bwd, {c} dB/dC copies": (lambda c=c: _op_fb_with(t, go, "_BWD_BC_COPIES", c)) for c in copies}
+    if maxnreg:  # only the launchers, per register cap (0: none); outputs checked against the uncapped kernels
+        cases = {}
+        for cap in maxnreg:
+            def fwd(c=cap or None):
+                return _launcher_with("_FWD_MAXNREG", c, lambda: kern.selective_scan_fwd(*args, True, wrap=False))
+
+            def bwd(c=cap or None):
+                return _launcher_with("_BWD_MAXNREG", c,
+                                      lambda: kern.selective_scan_bwd(go, gl, *args, states, wrap=False))
+
+            cases[f"fwd launcher, states saved, maxnreg {cap}"] = fwd
+            cases[f"bwd launcher, maxnreg {cap}"] = bwd
+        want = kern.selective_scan_bwd(go, gl, *args, states, wrap=False)
+        for cap in maxnreg:
+            kern._BWD_MAXNREG = cap or None
+            got = kern.selective_scan_bwd(go, gl, *args, states, wrap=False)
+            kern._BWD_MAXNREG = None
+            diff = max((g.float() - w.float()).abs().max().item() for g, w in zip(got, want) if g.numel())
+            print(f"maxnreg {cap}: largest difference of the backward's outputs from the uncapped kernel {diff:.3g}")
     for p in pads:  # after the other cases
         cases[f"op fwd+bwd, dB/dC copies {p} elements apart"] = lambda p=p: _op_fb_with(t, go, "_BWD_BC_COPY_PAD", p)
     times = {k: [] for k in cases}
@@ -114,13 +144,15 @@ def main():
     parser.add_argument("--copies", type=int, nargs="+", default=(),
                         help="time only the op's forward+backward, for each of these numbers of dB/dC copies")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--maxnreg", type=int, nargs="+", default=(),
+                        help="time only the launchers, for each of these register caps (0: none)")
     parser.add_argument("--pads", type=int, nargs="+", default=(),
                         help="also time the op's forward+backward with these gaps (fp32 elements) between dB/dC copies")
     args = parser.parse_args()
     print(f"device: {device_name()}, torch {torch.__version__}", flush=True)
-    rows = probe(8, 1536, 2048, 16, args.copies, args.rounds, args.pads)
+    rows = probe(8, 1536, 2048, 16, args.copies, args.rounds, args.pads, args.maxnreg)
     if not args.small_only:
-        rows += probe(2, 5120, 8192, 16, args.copies, args.rounds, args.pads)
+        rows += probe(2, 5120, 8192, 16, args.copies, args.rounds, args.pads, args.maxnreg)
     write_results(rows, args.out)
 
 

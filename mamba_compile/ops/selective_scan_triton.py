@@ -795,6 +795,18 @@ _SUM_BLOCK = 1024  # elements per program of _bwd_sums_kernel
 # The backward's reverse scan as a forward scan in reversed time between two tl.gather flips (False:
 # Triton's reverse scan; timings in the module docstring).
 _BWD_GATHER_FLIP = True
+# Register caps (ptxas maxnreg) for the forward and backward kernels; None: Triton's choice. The backward takes 255
+# registers (with 124 B of spills) at one warp a program, so 2 warps per scheduler, and it is latency-bound (see
+# the README's scan section); a cap trades spills for warps. ptxas for sm_90 (triton 3.6, the 130M training launch;
+# benchmarks/probes/kernel_regs.py, no GPU needed): 232 registers spill 244 B (still 2 warps per scheduler),
+# 200: 484 B (2.5), 168: 752 B (3), 128: 1232 B (4). Eager launches only, for probes (scan_variants.py --maxnreg);
+# untimed so far.
+_FWD_MAXNREG = None
+_BWD_MAXNREG = None
+
+
+def _caps(maxnreg):
+    return {} if maxnreg is None else {"maxnreg": maxnreg}
 
 
 def block_n(dstate: int) -> int:
@@ -910,7 +922,7 @@ def selective_scan_fwd(
             BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, BLOCK_L=BLOCK_L, STATE_CHUNK=STATE_CHUNK,
             ROWS_AHEAD=_FWD_ROWS_AHEAD if rows_ahead is None else rows_ahead, SEG=SEG, SEG_PASS=seg_pass,
             FAST_MATH=u.device.type == "cuda", PREFETCH=_FWD_PREFETCH if prefetch is None else bool(prefetch),
-            num_warps=num_warps,
+            num_warps=num_warps, **_caps(_FWD_MAXNREG),
         )  # fmt: skip
 
     if seg:
@@ -1022,6 +1034,7 @@ def selective_scan_bwd(
         HAS_DLAST=dlast_state is not None, B_VARYING=B_arg[0], C_VARYING=C_arg[0],
         BLOCK_D=BLOCK_D, BLOCK_N=block_n(dstate), BLOCK_L=BLOCK_L, NPART=NPART, FAST_MATH=u.device.type == "cuda",
         GATHER_FLIP=_BWD_GATHER_FLIP if gather_flip is None else gather_flip, num_warps=num_warps,
+        **_caps(_BWD_MAXNREG),
     )  # fmt: skip
 
     # The sums over batch rows (dA, time-invariant dB/dC, dD, d delta_bias) and over the varying dB/dC copies, each

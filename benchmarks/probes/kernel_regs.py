@@ -1,0 +1,153 @@
+"""Registers and spills of a Triton kernel as ptxas builds it for sm_90, without a GPU: the launch is captured from
+the op's launcher (CPU tensors of the real shapes, dtypes and strides stand in for CUDA ones), compiled by
+triton.compile for an sm_90 target with the options asked for (num_warps, maxnreg), and its PTX run through
+ptxas -v. For trying a register cap (``maxnreg``: more warps per scheduler, at the price of spills) before
+spending device time on it.
+
+Needs a Triton with the NVIDIA backend's ptxas (the GPU machine's, or ``pip install --no-deps triton==3.6.0
+--target /tmp/t36site`` and PYTHONPATH=/tmp/t36site:. on a CPU machine), and no TRITON_INTERPRET.
+
+    python -m benchmarks.probes.kernel_regs --kernel scan_bwd --maxnreg 0 168 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+
+import torch
+
+_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int64: "i64",
+           torch.int32: "i32"}
+
+
+def capture(module, fn, *args, **kwargs) -> list:
+    """(kernel, grid, args, kwargs) of every launch ``fn`` makes through ``module.launcher``; nothing runs."""
+    launches = []
+
+    class _Capture:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *a, **kw: launches.append((self.kernel, grid, a, kw))
+
+    old = module.launcher
+    module.launcher = lambda kernel, wrap=True: _Capture(kernel)
+    try:
+        fn(*args, **kwargs)
+    finally:
+        module.launcher = old
+    return launches
+
+
+def compile_sm90(kernel, args, kwargs, maxnreg: int | None):
+    """triton.compile of one captured launch for sm_90, specialised as Triton's JIT would (pointers and ints that are
+    multiples of 16 get the divisibility hint, ints equal to 1 become constants)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = kernel.arg_names
+    options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+    if maxnreg:
+        options["maxnreg"] = maxnreg
+    values = dict(zip(names, args))
+    values.update({k: v for k, v in kwargs.items() if k in names})
+    signature, constexprs, attrs = {}, {}, {}
+    for i, name in enumerate(names):
+        v = values[name]
+        if i in kernel.constexprs or name in constexprs:
+            signature[name], constexprs[name] = "constexpr", v
+        elif isinstance(v, torch.Tensor):
+            signature[name] = "*" + _DTYPES[v.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(v, bool):
+            signature[name] = "i1"
+        elif isinstance(v, int):
+            if v == 1:
+                signature[name], constexprs[name] = "constexpr", 1
+                continue
+            signature[name] = "i64" if abs(v) >= 2**31 else "i32"
+            if v % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(v, float):
+            signature[name] = "fp32"
+        else:
+            raise TypeError(f"argument {name}: {type(v).__name__}")
+    src = ASTSource(kernel, signature, constexprs, attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def ptxas_report(ptx: str) -> dict:
+    """ptxas -v of the PTX for sm_90a: registers, spill stores and loads (bytes), stack frame."""
+    from triton.backends.nvidia import compiler as nv
+
+    ptxas = nv.get_ptxas(90).path
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        out = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", path, "-o", os.path.join(d, "k.cubin")],
+                             capture_output=True, text=True, check=True).stderr
+    regs = re.search(r"Used (\d+) registers", out)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out)
+    stack = re.search(r"(\d+) bytes stack frame", out)
+    return dict(registers=int(regs.group(1)) if regs else None,
+                spill_stores=int(spills.group(1)) if spills else None,
+                spill_loads=int(spills.group(2)) if spills else None,
+                stack=int(stack.group(1)) if stack else None)
+
+
+def scan_bwd_launch(batch=8, dim=1536, seqlen=2048, dstate=16):
+    """The selective-scan backward's kernel launch at the Mamba-1 130M training shape (channel-major u, delta, z as
+    the mixer gives them; B, C (b, 1, n, l) bf16; fp32 A, D, delta_bias)."""
+    from mamba_compile.ops import selective_scan_triton as s
+
+    def cm(dtype=torch.bfloat16):  # (b, d, l) with strides (l, b l, 1)
+        return torch.empty(dim, batch, seqlen, dtype=dtype).transpose(0, 1)
+
+    u, delta, z, dout = cm(), cm(), cm(), cm()
+    A, D, bias = torch.empty(dim, dstate), torch.empty(dim), torch.empty(dim)
+    B = C = torch.empty(batch, 1, dstate, seqlen, dtype=torch.bfloat16)
+    block_l = s.bwd_block_sizes(dim, dstate, dim)[1]
+    states = torch.empty(batch, seqlen // block_l + 1, dim, dstate)
+    launches = capture(s, s.selective_scan_bwd, dout, None, u, delta, A, B, C, D, z, bias, True, None, states,
+                       wrap=False)
+    return [x for x in launches if x[0].fn.__name__ == "_selective_scan_bwd_kernel"][0]
+
+
+def scan_fwd_launch(batch=8, dim=1536, seqlen=2048, dstate=16):
+    """The selective-scan forward's kernel launch (states saved for the backward) at the same shape."""
+    from mamba_compile.ops import selective_scan_triton as s
+
+    def cm(dtype=torch.bfloat16):
+        return torch.empty(dim, batch, seqlen, dtype=dtype).transpose(0, 1)
+
+    u, delta, z = cm(), cm(), cm()
+    A, D, bias = torch.empty(dim, dstate), torch.empty(dim), torch.empty(dim)
+    B = C = torch.empty(batch, 1, dstate, seqlen, dtype=torch.bfloat16)
+    launches = capture(s, s.selective_scan_fwd, u, delta, A, B, C, D, z, bias, True, None, True, wrap=False)
+    return [x for x in launches if x[0].fn.__name__ == "_selective_scan_fwd_kernel"][0]
+
+
+KERNELS = {"scan_bwd": scan_bwd_launch, "scan_fwd": scan_fwd_launch}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--kernel", choices=sorted(KERNELS), default="scan_bwd")
+    p.add_argument("--maxnreg", type=int, nargs="+", default=[0], help="0: no cap")
+    args = p.parse_args()
+    kernel, grid, a, kw = KERNELS[args.kernel]()
+    for cap in args.maxnreg:
+        compiled = compile_sm90(kernel, a, kw, cap or None)
+        print(dict(kernel=args.kernel, num_warps=kw.get("num_warps"), maxnreg=cap or None,
+                   **ptxas_report(compiled.asm["ptx"])), flush=True)
+
+
+if __name__ == "__main__":
+    main()
