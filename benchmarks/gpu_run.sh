@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -34,6 +34,11 @@ if [[ $what == where ]]; then
   # block's Inductor code with the source nodes of every generated kernel (the layout copies). About 4 minutes.
   timeout 300 python3 -m benchmarks.probes.profile_model --arch mamba1 mamba2 --cases train --out "$OUT" 2>&1 | tail -8
   timeout 200 python3 -m benchmarks.probes.block_code --arch mamba1 mamba2 --out "$OUT" 2>&1 | tail -5
+fi
+if [[ $what == caps ]]; then
+  # The scan launchers per register cap (selective_scan_triton._FWD_MAXNREG / _BWD_MAXNREG), three rounds, about
+  # 2 minutes.
+  timeout 300 python3 -m benchmarks.probes.scan_variants --maxnreg 0 200 168 128 --small-only --out "$OUT/scan_caps.json" 2>&1 | tee "$OUT/scan_caps.log" | tail -14
 fi
 if [[ $what == model-bench || $what == all ]]; then
   # Training (both models, ~2 min) comes first; the generation cases take 2-3 min each to compile, so 450 s
