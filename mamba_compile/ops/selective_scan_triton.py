@@ -800,7 +800,7 @@ _BWD_GATHER_FLIP = True
 # the README's scan section); a cap trades spills for warps. ptxas for sm_90 (triton 3.6, the 130M training launch;
 # benchmarks/probes/kernel_regs.py, no GPU needed): 232 registers spill 244 B (still 2 warps per scheduler),
 # 200: 484 B (2.5), 168: 752 B (3), 128: 1232 B (4). Eager launches only, for probes (scan_variants.py --maxnreg);
-# untimed so far.
+# untimed on this kernel (an older backward got slower capped: the README's scan section).
 _FWD_MAXNREG = None
 _BWD_MAXNREG = None
 
