@@ -39,6 +39,8 @@ if [[ $what == caps ]]; then
   # The scan launchers per register cap (selective_scan_triton._FWD_MAXNREG / _BWD_MAXNREG), three rounds, about
   # 2 minutes.
   timeout 300 python3 -m benchmarks.probes.scan_variants --maxnreg 0 200 168 128 --small-only --out "$OUT/scan_caps.json" 2>&1 | tee "$OUT/scan_caps.log" | tail -14
+  # and the cross-entropy kernel's two log-sum-exp schemes over its configurations (about a minute)
+  timeout 200 python3 -m benchmarks.probes.ce_probe --parts rows --out "$OUT/ce_rows.json" 2>&1 | tee "$OUT/ce_rows.log" | tail -20
 fi
 if [[ $what == model-bench || $what == all ]]; then
   # Training (both models, ~2 min) comes first; the generation cases take 2-3 min each to compile, so 450 s

@@ -134,7 +134,17 @@ def scan_fwd_launch(batch=8, dim=1536, seqlen=2048, dstate=16):
     return [x for x in launches if x[0].fn.__name__ == "_selective_scan_fwd_kernel"][0]
 
 
-KERNELS = {"scan_bwd": scan_bwd_launch, "scan_fwd": scan_fwd_launch}
+def ce_rows_launch(separate_max=False, rows=5338, vocab=50280):
+    """The cross-entropy's loss/gradient kernel on one 130M training block of bf16 logits."""
+    from mamba_compile.ops import cross_entropy_triton as k
+
+    logits = torch.empty(rows, vocab, dtype=torch.bfloat16)
+    labels, inv = torch.empty(rows, dtype=torch.int64), torch.empty(1)
+    return capture(k, k.ce_rows, logits, labels, inv, -100, True, separate_max=separate_max)[0]
+
+
+KERNELS = {"scan_bwd": scan_bwd_launch, "scan_fwd": scan_fwd_launch, "ce_rows": ce_rows_launch,
+           "ce_rows_separate_max": lambda: ce_rows_launch(separate_max=True)}
 
 
 def main():

@@ -2,7 +2,7 @@
 gradient.
 
 For each row of a (rows, vocab) block of logits (any float dtype, computed in fp32): the log-sum-exp in one pass
-(running max and rescaled sum, one exp per element), the row's loss lse - logit[label] (0 where the label is
+(running max and rescaled sum, one exp per element; or, with SEPARATE_MAX, a max pass then a sum pass), the row's loss lse - logit[label] (0 where the label is
 ignore_index), and, when asked, the gradient of the mean loss in a second pass,
 (softmax - onehot) * valid / count, written over the logits in their dtype. Two reads and one write of the
 block, where the torch version makes about ten passes over an fp32 copy (logsumexp's max, subtract, exp and
@@ -20,7 +20,7 @@ from ._triton import launcher, tl, triton
 @triton.jit
 def _ce_rows_kernel(
     logits_ptr, labels_ptr, inv_count_ptr, loss_ptr, vocab, s_row, s_label, ignore_index,
-    COMPUTE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr, SEPARATE_MAX: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0)
     base = logits_ptr + row.to(tl.int64) * s_row
@@ -31,14 +31,28 @@ def _ce_rows_kernel(
     # row's loss and gradient NaN instead of reading past the row.
     bad = ok & ((label < 0) | (label >= vocab))
     target = tl.where(ok & ~bad, label, 0)
-    # Running max m and sum s of exp(x - m), rescaled when m grows.
-    m = tl.full([], float("-inf"), tl.float32)
-    s = tl.zeros([], tl.float32)
-    for v0 in range(0, vocab, BLOCK_V):
-        x = tl.load(base + v0 + offs, mask=v0 + offs < vocab, other=float("-inf")).to(tl.float32)
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
-        m = m_new
+    if SEPARATE_MAX:
+        # The max, then the sum of exp(x - max), each kept per element across tiles and reduced across the program
+        # once: two reductions a row instead of two a tile, for a third read of the row (from L2, mostly).
+        m_el = tl.full([BLOCK_V], float("-inf"), tl.float32)
+        for v0 in range(0, vocab, BLOCK_V):
+            x = tl.load(base + v0 + offs, mask=v0 + offs < vocab, other=float("-inf")).to(tl.float32)
+            m_el = tl.maximum(m_el, x)
+        m = tl.max(m_el, axis=0)
+        s_el = tl.zeros([BLOCK_V], tl.float32)
+        for v0 in range(0, vocab, BLOCK_V):
+            x = tl.load(base + v0 + offs, mask=v0 + offs < vocab, other=float("-inf")).to(tl.float32)
+            s_el += tl.exp(x - m)
+        s = tl.sum(s_el, axis=0)
+    else:
+        # Running max m and sum s of exp(x - m), rescaled when m grows.
+        m = tl.full([], float("-inf"), tl.float32)
+        s = tl.zeros([], tl.float32)
+        for v0 in range(0, vocab, BLOCK_V):
+            x = tl.load(base + v0 + offs, mask=v0 + offs < vocab, other=float("-inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+            m = m_new
     lse = m + tl.log(s)
     x_target = tl.load(base + target).to(tl.float32)
     tl.store(loss_ptr + row, tl.where(bad, float("nan"), tl.where(ok, lse - x_target, 0.0)))
@@ -52,8 +66,13 @@ def _ce_rows_kernel(
             tl.store(base + cols, (g * scale).to(logits_ptr.dtype.element_ty), mask=mask)
 
 
+# The log-sum-exp as a max pass then a sum pass, each reduced once per row (True), or as one pass with a running max
+# and sum reduced per tile (False). Untimed: benchmarks/probes/ce_probe.py --parts rows times both.
+_SEPARATE_MAX = False
+
+
 def ce_rows(logits: torch.Tensor, labels: torch.Tensor, inv_count: torch.Tensor, ignore_index: int,
-            compute_grad: bool, *, wrap: bool = False) -> torch.Tensor:
+            compute_grad: bool, *, wrap: bool = False, separate_max: bool | None = None) -> torch.Tensor:
     """Per-row losses (fp32, 0 for ignored rows) of a (rows, vocab) logits block whose rows are contiguous
     (labels: (rows,) int64, any stride);
     with ``compute_grad`` the logits are overwritten by the gradient of the mean loss (inv_count = 1 / the
@@ -65,6 +84,7 @@ def ce_rows(logits: torch.Tensor, labels: torch.Tensor, inv_count: torch.Tensor,
     block_v = min(4096, triton.next_power_of_2(vocab))
     launcher(_ce_rows_kernel, wrap)[(rows,)](
         logits, labels, inv_count, loss, vocab, logits.stride(0), labels.stride(0), ignore_index,
-        COMPUTE_GRAD=compute_grad, BLOCK_V=block_v, num_warps=8 if block_v >= 2048 else 4,
+        COMPUTE_GRAD=compute_grad, BLOCK_V=block_v,
+        SEPARATE_MAX=_SEPARATE_MAX if separate_max is None else separate_max, num_warps=8 if block_v >= 2048 else 4,
     )  # fmt: skip
     return loss

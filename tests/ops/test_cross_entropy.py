@@ -102,7 +102,8 @@ def test_bad_input(args, exc, name):
 @pytest.mark.parametrize("vocab, dtype", [(37, torch.float32), (4096, torch.float32), (5003, torch.float32),
                                           (777, torch.bfloat16)], ids=["v37", "v4096", "v5003-two-tiles", "v777-bf16"])
 @pytest.mark.parametrize("compute_grad", [True, False], ids=["grad", "loss-only"])
-def test_ce_rows_kernel_matches_float64(vocab, dtype, compute_grad):
+@pytest.mark.parametrize("separate_max", [False, True], ids=["running-max", "separate-max"])
+def test_ce_rows_kernel_matches_float64(vocab, dtype, compute_grad, separate_max):
     from mamba_compile.ops.cross_entropy_triton import ce_rows
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -123,7 +124,7 @@ def test_ce_rows_kernel_matches_float64(vocab, dtype, compute_grad):
     work = logits.to(device)
     inv_count = torch.tensor([1.0 / count.item()], device=device)
     strided_labels = torch.stack([labels, labels], dim=1).to(device)[:, 0]  # stride 2
-    loss = ce_rows(work, strided_labels, inv_count, -100, compute_grad)
+    loss = ce_rows(work, strided_labels, inv_count, -100, compute_grad, separate_max=separate_max)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-3)
     torch.testing.assert_close(loss.cpu().double(), want_loss, rtol=1e-5, atol=1e-5)
     if compute_grad:
