@@ -5,7 +5,8 @@ x_proj and dt_proj batched over (b, channels, l) (mixers.CHANNEL_MAJOR_PROJ off)
 in-projection as one matmul (mixers.SPLIT_DT_PROJ off); "xbc-split" / "xbc-joined" = Mamba-2's z and xBC columns
 as two matmuls / one (mixers.SPLIT_XBC_PROJ on / off); "ce-cast" = linear_cross_entropy's gradient matmuls
 rounded to bf16, then cast and added (cross_entropy._CUDA_OUT_DTYPE off); "ce-b26" / "ce-b27" = its CUDA blocks of
-2^26 / 2^27 bf16 logits (cross_entropy._CUDA_BLOCK_BYTES); "conv-rows" / "conv-rows-bwd" = the row kernels for
+2^26 / 2^27 bf16 logits (cross_entropy._CUDA_BLOCK_BYTES); "ce-separate-max" / "ce-running-max" = its kernel's
+log-sum-exp as a max pass then a sum pass / one pass (cross_entropy_triton._SEPARATE_MAX on / off); "conv-rows" / "conv-rows-bwd" = the row kernels for
 channel-last conv input (Mamba-2's xBC) forward and backward / backward only (causal_conv1d_triton._FWD_ROWS,
 _BWD_ROWS), "conv-general" = neither; the conv_rows column counts the calls that took the row kernels while
 the variant traced and ran (of those where its flags let them be considered). --graph replays each step from one CUDA graph (bench_model's --train-graph on).
@@ -26,12 +27,14 @@ from benchmarks.bench_model import bench_train
 from mamba_compile.models import mixers
 from mamba_compile.ops import causal_conv1d_triton as conv
 from mamba_compile.ops import cross_entropy as ce
+from mamba_compile.ops import cross_entropy_triton as ce_triton
 from mamba_compile.ops import selective_scan_triton as scan
 
 NEW_FWD_BLOCKS = scan.fwd_block_sizes
 DEFAULT_ROWS = (conv._FWD_ROWS, conv._BWD_ROWS)
 DEFAULT_XBC_SPLIT = mixers.SPLIT_XBC_PROJ
 DEFAULT_CE_BLOCK = ce._CUDA_BLOCK_BYTES
+DEFAULT_SEPARATE_MAX = ce_triton._SEPARATE_MAX
 ROWS_APPLY = conv._rows_apply
 ROWS_TAKEN = []  # _rows_apply's answers while a variant traced: whether the conv row kernels are in its graphs
 
@@ -49,6 +52,7 @@ def _set(variant: str) -> None:
         else NEW_FWD_BLOCKS
     ce._CUDA_KERNEL = variant != "ce-torch"
     ce._CUDA_OUT_DTYPE = variant != "ce-cast"
+    ce_triton._SEPARATE_MAX = variant == "ce-separate-max" or DEFAULT_SEPARATE_MAX and variant != "ce-running-max"
     ce._CUDA_BLOCK_BYTES = {"ce-b26": 1 << 27, "ce-b27": 1 << 28}.get(variant, DEFAULT_CE_BLOCK)
     mixers.CHANNEL_MAJOR_PROJ = variant != "proj-old"
     mixers.SPLIT_DT_PROJ = variant != "split-old"
