@@ -2,10 +2,10 @@
 gradient.
 
 For each row of a (rows, vocab) block of logits (any float dtype, computed in fp32): the log-sum-exp in one pass
-(running max and rescaled sum, one exp per element; or, with SEPARATE_MAX, a max pass then a sum pass), the row's loss lse - logit[label] (0 where the label is
-ignore_index), and, when asked, the gradient of the mean loss in a second pass,
-(softmax - onehot) * valid / count, written over the logits in their dtype. Two reads and one write of the
-block, where the torch version makes about ten passes over an fp32 copy (logsumexp's max, subtract, exp and
+(running max and rescaled sum, one exp per element; or, with SEPARATE_MAX, a max pass then a sum pass), the row's
+loss lse - logit[label] (0 where the label is ignore_index), and, when asked, the gradient of the mean loss in a
+second pass, (softmax - onehot) * valid / count, written over the logits in their dtype. Two reads (three with
+SEPARATE_MAX) and one write of the block, where the torch version makes about ten passes over an fp32 copy (logsumexp's max, subtract, exp and
 sum, then subtract, exp, scatter, scale and cast). The count of valid labels is read from a device tensor, so
 nothing waits for the host.
 """
