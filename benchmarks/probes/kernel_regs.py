@@ -60,7 +60,7 @@ def compile_sm90(kernel, args, kwargs, maxnreg: int | None):
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(names):
         v = values[name]
-        if i in kernel.constexprs or name in constexprs:
+        if i in kernel.constexprs:
             signature[name], constexprs[name] = "constexpr", v
         elif isinstance(v, torch.Tensor):
             signature[name] = "*" + _DTYPES[v.dtype]
@@ -102,36 +102,44 @@ def ptxas_report(ptx: str) -> dict:
                 stack=int(stack.group(1)) if stack else None)
 
 
-def scan_bwd_launch(batch=8, dim=1536, seqlen=2048, dstate=16):
-    """The selective-scan backward's kernel launch at the Mamba-1 130M training shape (channel-major u, delta, z as
-    the mixer gives them; B, C (b, 1, n, l) bf16; fp32 A, D, delta_bias)."""
+def _launch_of(launches: list, name: str):
+    """The captured launch of the kernel called ``name``."""
+    return next(x for x in launches if x[0].fn.__name__ == name)
+
+
+def _scan_inputs(batch=8, dim=1536, seqlen=2048, dstate=16) -> dict:
+    """The selective scan's inputs at the Mamba-1 130M training shape: channel-major u, delta, z, dout as the mixer
+    gives them ((b, d, l) with strides (l, b l, 1)), B, C (b, 1, n, l) bf16, fp32 A, D, delta_bias."""
+
+    def cm():
+        return torch.empty(dim, batch, seqlen, dtype=torch.bfloat16).transpose(0, 1)
+
+    B = torch.empty(batch, 1, dstate, seqlen, dtype=torch.bfloat16)
+    return dict(u=cm(), delta=cm(), z=cm(), dout=cm(), A=torch.empty(dim, dstate), B=B, C=B, D=torch.empty(dim),
+                bias=torch.empty(dim))
+
+
+def scan_bwd_launch():
+    """The selective-scan backward's kernel launch at that shape."""
     from mamba_compile.ops import selective_scan_triton as s
 
-    def cm(dtype=torch.bfloat16):  # (b, d, l) with strides (l, b l, 1)
-        return torch.empty(dim, batch, seqlen, dtype=dtype).transpose(0, 1)
-
-    u, delta, z, dout = cm(), cm(), cm(), cm()
-    A, D, bias = torch.empty(dim, dstate), torch.empty(dim), torch.empty(dim)
-    B = C = torch.empty(batch, 1, dstate, seqlen, dtype=torch.bfloat16)
-    block_l = s.bwd_block_sizes(dim, dstate, dim)[1]
-    states = torch.empty(batch, seqlen // block_l + 1, dim, dstate)
-    launches = capture(s, s.selective_scan_bwd, dout, None, u, delta, A, B, C, D, z, bias, True, None, states,
-                       wrap=False)
-    return [x for x in launches if x[0].fn.__name__ == "_selective_scan_bwd_kernel"][0]
+    t = _scan_inputs()
+    batch, dim, seqlen = t["u"].shape
+    block_l = s.bwd_block_sizes(dim, t["A"].shape[1], dim)[1]
+    states = torch.empty(batch, seqlen // block_l + 1, dim, t["A"].shape[1])
+    launches = capture(s, s.selective_scan_bwd, t["dout"], None, t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"],
+                       t["z"], t["bias"], True, None, states, wrap=False)
+    return _launch_of(launches, "_selective_scan_bwd_kernel")
 
 
-def scan_fwd_launch(batch=8, dim=1536, seqlen=2048, dstate=16):
-    """The selective-scan forward's kernel launch (states saved for the backward) at the same shape."""
+def scan_fwd_launch():
+    """The selective-scan forward's kernel launch (states saved for the backward) at that shape."""
     from mamba_compile.ops import selective_scan_triton as s
 
-    def cm(dtype=torch.bfloat16):
-        return torch.empty(dim, batch, seqlen, dtype=dtype).transpose(0, 1)
-
-    u, delta, z = cm(), cm(), cm()
-    A, D, bias = torch.empty(dim, dstate), torch.empty(dim), torch.empty(dim)
-    B = C = torch.empty(batch, 1, dstate, seqlen, dtype=torch.bfloat16)
-    launches = capture(s, s.selective_scan_fwd, u, delta, A, B, C, D, z, bias, True, None, True, wrap=False)
-    return [x for x in launches if x[0].fn.__name__ == "_selective_scan_fwd_kernel"][0]
+    t = _scan_inputs()
+    launches = capture(s, s.selective_scan_fwd, t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"],
+                       t["bias"], True, None, True, wrap=False)
+    return _launch_of(launches, "_selective_scan_fwd_kernel")
 
 
 def ce_rows_launch(separate_max=False, rows=5338, vocab=50280):
@@ -140,7 +148,8 @@ def ce_rows_launch(separate_max=False, rows=5338, vocab=50280):
 
     logits = torch.empty(rows, vocab, dtype=torch.bfloat16)
     labels, inv = torch.empty(rows, dtype=torch.int64), torch.empty(1)
-    return capture(k, k.ce_rows, logits, labels, inv, -100, True, separate_max=separate_max)[0]
+    return _launch_of(capture(k, k.ce_rows, logits, labels, inv, -100, True, separate_max=separate_max),
+                      "_ce_rows_kernel")
 
 
 KERNELS = {"scan_bwd": scan_bwd_launch, "scan_fwd": scan_fwd_launch, "ce_rows": ce_rows_launch,
