@@ -36,6 +36,7 @@ copy of the old module beside the new, one process): 1.424 -> 1.380 ms / 4.466 -
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 
 import torch
@@ -66,25 +67,29 @@ def _op_fb(t, go):
     return graph_ms(fwd_bwd)
 
 
-def _op_fb_with(t, go, name, value):
-    """The op's forward+backward with the kernel module's setting ``name`` (_BWD_BC_COPIES, the number of dB/dC
-    copies, or _BWD_BC_COPY_PAD, fp32 elements between them) set to ``value``."""
+@contextlib.contextmanager
+def _setting(name, value):
+    """The kernel module's setting ``name`` (_BWD_BC_COPIES, _BWD_BC_COPY_PAD, _FWD_MAXNREG, _BWD_MAXNREG) set to
+    ``value`` for the block."""
     saved = getattr(kern, name)
     setattr(kern, name, value)
     try:
-        return _op_fb(t, go)
+        yield
     finally:
         setattr(kern, name, saved)
+
+
+def _op_fb_with(t, go, name, value):
+    """The op's forward+backward with ``name`` (_BWD_BC_COPIES, the number of dB/dC copies, or _BWD_BC_COPY_PAD,
+    fp32 elements between them) set to ``value``."""
+    with _setting(name, value):
+        return _op_fb(t, go)
 
 
 def _launcher_with(name, value, fn):
-    """fn() timed as a CUDA graph with the kernel module's setting ``name`` (_FWD_MAXNREG, _BWD_MAXNREG) = value."""
-    saved = getattr(kern, name)
-    setattr(kern, name, value)
-    try:
+    """fn() timed as a CUDA graph with ``name`` (_FWD_MAXNREG, _BWD_MAXNREG) set to ``value``."""
+    with _setting(name, value):
         return graph_ms(fn)
-    finally:
-        setattr(kern, name, saved)
 
 
 def probe(batch, dim, seqlen, dstate, copies=(), rounds=3, pads=(), maxnreg=()) -> list[dict]:
@@ -120,9 +125,8 @@ def probe(batch, dim, seqlen, dstate, copies=(), rounds=3, pads=(), maxnreg=()) 
             cases[f"bwd launcher, maxnreg {cap}"] = bwd
         want = kern.selective_scan_bwd(go, gl, *args, states, wrap=False)
         for cap in maxnreg:
-            kern._BWD_MAXNREG = cap or None
-            got = kern.selective_scan_bwd(go, gl, *args, states, wrap=False)
-            kern._BWD_MAXNREG = None
+            with _setting("_BWD_MAXNREG", cap or None):
+                got = kern.selective_scan_bwd(go, gl, *args, states, wrap=False)
             diff = max((g.float() - w.float()).abs().max().item() for g, w in zip(got, want) if g.numel())
             print(f"maxnreg {cap}: largest difference of the backward's outputs from the uncapped kernel {diff:.3g}")
     for p in pads:  # after the other cases
