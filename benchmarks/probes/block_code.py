@@ -1,6 +1,6 @@
-"""Writes the Inductor code of one compiled 130M block past the first (forward and backward, bf16 autocast, b8 x 2048) to
-$OUT/block_code_<arch>.py, with each generated kernel's source nodes: where a training step's layout copies come
-from.
+"""Writes the Inductor code of one compiled 130M block past the first (forward and backward, bf16 autocast,
+b8 x 2048) to $OUT/block_code_<arch>.py, with each generated kernel's source nodes: where a training step's layout
+copies come from.
 
     python -m benchmarks.probes.block_code --out $OUT [--arch mamba1]
 """

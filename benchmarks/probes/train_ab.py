@@ -1,15 +1,17 @@
-"""A/B of a training step (bench_model.bench_train, regional compile), one process, variants in turn:
-"new" = the current defaults; "scan-old" = the selective-scan forward as before session 6 (blocks (32, 8, 2), no
-L1 prefetch of B/C rows), "scan-bl8" / "scan-nopf" = only one of the two changes undone; "ce-torch" = linear_cross_entropy's torch passes on CUDA instead of its Triton kernel; "proj-old" = Mamba-1's
-x_proj and dt_proj batched over (b, channels, l) (mixers.CHANNEL_MAJOR_PROJ off); "split-old" = Mamba-2's
-in-projection as one matmul (mixers.SPLIT_DT_PROJ off); "xbc-split" / "xbc-joined" = Mamba-2's z and xBC columns
-as two matmuls / one (mixers.SPLIT_XBC_PROJ on / off); "ce-cast" = linear_cross_entropy's gradient matmuls
-rounded to bf16, then cast and added (cross_entropy._CUDA_OUT_DTYPE off); "ce-b26" / "ce-b27" = its CUDA blocks of
-2^26 / 2^27 bf16 logits (cross_entropy._CUDA_BLOCK_BYTES); "ce-separate-max" / "ce-running-max" = its kernel's
-log-sum-exp as a max pass then a sum pass / one pass (cross_entropy_triton._SEPARATE_MAX on / off); "conv-rows" / "conv-rows-bwd" = the row kernels for
-channel-last conv input (Mamba-2's xBC) forward and backward / backward only (causal_conv1d_triton._FWD_ROWS,
-_BWD_ROWS), "conv-general" = neither; the conv_rows column counts the calls that took the row kernels while
-the variant traced and ran (of those where its flags let them be considered). --graph replays each step from one CUDA graph (bench_model's --train-graph on).
+"""A/B of a training step (bench_model.bench_train, regional compile), one process, variants in turn: "new" = the
+current defaults; "scan-old" = the selective-scan forward as before session 6 (blocks (32, 8, 2), no L1 prefetch of
+B/C rows), "scan-bl8" / "scan-nopf" = only one of the two changes undone; "ce-torch" = linear_cross_entropy's torch
+passes on CUDA instead of its Triton kernel; "proj-old" = Mamba-1's x_proj and dt_proj batched over (b, channels, l)
+(mixers.CHANNEL_MAJOR_PROJ off); "split-old" = Mamba-2's in-projection as one matmul (mixers.SPLIT_DT_PROJ off);
+"xbc-split" / "xbc-joined" = Mamba-2's z and xBC columns as two matmuls / one (mixers.SPLIT_XBC_PROJ on / off);
+"ce-cast" = linear_cross_entropy's gradient matmuls rounded to bf16, then cast and added
+(cross_entropy._CUDA_OUT_DTYPE off); "ce-b26" / "ce-b27" = its CUDA blocks of 2^26 / 2^27 bf16 logits
+(cross_entropy._CUDA_BLOCK_BYTES); "ce-separate-max" / "ce-running-max" = its kernel's log-sum-exp as a max pass then
+a sum pass / one pass (cross_entropy_triton._SEPARATE_MAX on / off); "conv-rows" / "conv-rows-bwd" = the row kernels
+for channel-last conv input (Mamba-2's xBC) forward and backward / backward only (causal_conv1d_triton._FWD_ROWS,
+_BWD_ROWS), "conv-general" = neither; the conv_rows column counts the calls that took the row kernels while the
+variant traced and ran (of those where its flags let them be considered). --graph replays each step from one CUDA
+graph (bench_model's --train-graph on).
 (Session 4 A/B'd the conv blocks and the scan backward kernels this way.)
 
     python -m benchmarks.probes.train_ab --out $OUT/train_ab.json [--arch mamba1 mamba2] [--mamba1 new scan-old ...]
@@ -52,7 +54,7 @@ def _set(variant: str) -> None:
         else NEW_FWD_BLOCKS
     ce._CUDA_KERNEL = variant != "ce-torch"
     ce._CUDA_OUT_DTYPE = variant != "ce-cast"
-    ce_triton._SEPARATE_MAX = variant == "ce-separate-max" or DEFAULT_SEPARATE_MAX and variant != "ce-running-max"
+    ce_triton._SEPARATE_MAX = {"ce-separate-max": True, "ce-running-max": False}.get(variant, DEFAULT_SEPARATE_MAX)
     ce._CUDA_BLOCK_BYTES = {"ce-b26": 1 << 27, "ce-b27": 1 << 28}.get(variant, DEFAULT_CE_BLOCK)
     mixers.CHANNEL_MAJOR_PROJ = variant != "proj-old"
     mixers.SPLIT_DT_PROJ = variant != "split-old"
