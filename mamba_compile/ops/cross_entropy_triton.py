@@ -5,8 +5,8 @@ For each row of a (rows, vocab) block of logits (any float dtype, computed in fp
 (running max and rescaled sum, one exp per element; or, with SEPARATE_MAX, a max pass then a sum pass), the row's
 loss lse - logit[label] (0 where the label is ignore_index), and, when asked, the gradient of the mean loss in a
 second pass, (softmax - onehot) * valid / count, written over the logits in their dtype. Two reads (three with
-SEPARATE_MAX) and one write of the block, where the torch version makes about ten passes over an fp32 copy (logsumexp's max, subtract, exp and
-sum, then subtract, exp, scatter, scale and cast). The count of valid labels is read from a device tensor, so
+SEPARATE_MAX) and one write of the block, where the torch version makes about ten passes over an fp32 copy
+(logsumexp's max, subtract, exp and sum, then subtract, exp, scatter, scale and cast). The count of valid labels is read from a device tensor, so
 nothing waits for the host.
 """
 
@@ -15,6 +15,12 @@ from __future__ import annotations
 import torch
 
 from ._triton import launcher, tl, triton
+
+
+@triton.jit
+def _logits_tile(base, v0, offs, vocab):
+    """Columns v0 + offs of the row at base, in fp32; -inf past the vocabulary (nothing to the max or the sum)."""
+    return tl.load(base + v0 + offs, mask=v0 + offs < vocab, other=float("-inf")).to(tl.float32)
 
 
 @triton.jit
@@ -36,12 +42,12 @@ def _ce_rows_kernel(
         # once: two reductions a row instead of two a tile, for a third read of the row (from L2, mostly).
         m_el = tl.full([BLOCK_V], float("-inf"), tl.float32)
         for v0 in range(0, vocab, BLOCK_V):
-            x = tl.load(base + v0 + offs, mask=v0 + offs < vocab, other=float("-inf")).to(tl.float32)
+            x = _logits_tile(base, v0, offs, vocab)
             m_el = tl.maximum(m_el, x)
         m = tl.max(m_el, axis=0)
         s_el = tl.zeros([BLOCK_V], tl.float32)
         for v0 in range(0, vocab, BLOCK_V):
-            x = tl.load(base + v0 + offs, mask=v0 + offs < vocab, other=float("-inf")).to(tl.float32)
+            x = _logits_tile(base, v0, offs, vocab)
             s_el += tl.exp(x - m)
         s = tl.sum(s_el, axis=0)
     else:
@@ -49,7 +55,7 @@ def _ce_rows_kernel(
         m = tl.full([], float("-inf"), tl.float32)
         s = tl.zeros([], tl.float32)
         for v0 in range(0, vocab, BLOCK_V):
-            x = tl.load(base + v0 + offs, mask=v0 + offs < vocab, other=float("-inf")).to(tl.float32)
+            x = _logits_tile(base, v0, offs, vocab)
             m_new = tl.maximum(m, tl.max(x, axis=0))
             s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
             m = m_new
