@@ -39,7 +39,7 @@ def _ce_rows_kernel(
     target = tl.where(ok & ~bad, label, 0)
     if SEPARATE_MAX:
         # The max, then the sum of exp(x - max), each kept per element across tiles and reduced across the program
-        # once: two reductions a row instead of two a tile, for a third read of the row (from L2, mostly).
+        # once: two reductions a row instead of two a tile, for a third read of the row (expected from L2; untimed).
         m_el = tl.full([BLOCK_V], float("-inf"), tl.float32)
         for v0 in range(0, vocab, BLOCK_V):
             x = _logits_tile(base, v0, offs, vocab)
