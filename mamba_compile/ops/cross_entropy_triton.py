@@ -73,8 +73,11 @@ def _ce_rows_kernel(
 
 
 # The log-sum-exp as a max pass then a sum pass, each reduced once per row (True), or as one pass with a running max
-# and sum reduced per tile (False). Untimed: benchmarks/probes/ce_probe.py --parts rows times both.
-_SEPARATE_MAX = False
+# and sum reduced per tile (False). H100, one 130M training block of bf16 logits (benchmarks/probes/ce_probe.py
+# --parts rows, session 16; 5338 rows): at BLOCK_V 4096 / 8 warps, the default, 0.732 ms twice against 0.767 twice;
+# separate also at 8192 / 8 (0.982 against 1.057) and 8192 / 16 (0.755 against 0.808), running at 2048 / 8, 4096 / 4,
+# 2048 / 4 and 1024 / 4 (0.843-0.899 against 0.946-1.124).
+_SEPARATE_MAX = True
 
 
 def ce_rows(logits: torch.Tensor, labels: torch.Tensor, inv_count: torch.Tensor, ignore_index: int,
