@@ -4,6 +4,8 @@
     python3 -m benchmarks.probes.scan_variants --copies 8 16 --rounds 5   # only the op's fwd+bwd, per dB/dC copies
     python3 -m benchmarks.probes.scan_variants --pads 0 32 1056            # the cases, then fwd+bwd per copy pad
     python3 -m benchmarks.probes.scan_variants --maxnreg 0 200 168 128 --small-only  # launchers per register cap
+    python3 -m benchmarks.probes.scan_variants --bwd-configs 2,256,1 4,128,1 --small-only  # per backward block shape
+    python3 -m benchmarks.probes.scan_variants --layouts --small-only  # contiguous inputs against the model's layout
 
 At b8 d1536 l2048 n16 and b2 d5120 l8192 n16 (bf16 u/delta/z, B/C (b, 1, 16, l) bf16, fp32 A/D/delta_bias,
 softplus): the forward launcher saving states for the backward and not, the backward launcher, the op's forward
@@ -31,6 +33,15 @@ backward launcher 1.361-1.366 / 4.351-4.367, op forward 0.267 / 1.044-1.045, op 
 5.468-5.477 in the processes that began with the launcher cases and 1.614-1.618 at l2048 in those that began with the
 op (see _BWD_BC_COPIES in selective_scan_triton.py). The same session's A/B of the backward launcher's epilogue (a
 copy of the old module beside the new, one process): 1.424 -> 1.380 ms / 4.466 -> 4.425.
+
+Session 16 (H100, l2048, three rounds each): the launchers on the Mamba-1 mixer's channel-major u/delta/z and B/C
+split from one tensor (--layouts) time as on contiguous inputs: forward saving states 0.283 / 0.283 ms, backward
+1.342 / 1.341. Backward block shapes (--bwd-configs), the forward saving states at each one's BLOCK_L: (2, 256, 1)
+1.324 ms (the default), (2, 128, 1) 1.790, (4, 128, 1) 2.040, (4, 64, 1) 2.772, (8, 32, 1) 5.461; the forward
+0.283-0.287 at every interval. A one-off variant (not kept, code removed): the forward also storing y before the
+gate (u's dtype) and the backward reading it instead of summing C h over the states. ptxas then left the backward
+no spills (255 registers, against 124 B), but it was slower: backward 1.420 against 1.369 ms at l2048 and 4.542
+against 4.470 at b2 d5120 l8192, forward 0.295 against 0.283 and 1.186 against 1.112.
 """
 
 from __future__ import annotations
@@ -92,7 +103,39 @@ def _launcher_with(name, value, fn):
         return graph_ms(fn)
 
 
-def probe(batch, dim, seqlen, dstate, copies=(), rounds=3, pads=(), maxnreg=()) -> list[dict]:
+def _channel_major(t):
+    """t's u, delta and z in the Mamba-1 mixer's layout: (b, d, l) views of (d, b, l) tensors (strides (l, b l, 1)),
+    B and C as (b, n, l) views of one (2 n, b, l) tensor, as split from x_proj's (channels, b l) output."""
+    out = dict(t)
+    for k in ("u", "delta", "z"):
+        out[k] = t[k].transpose(0, 1).contiguous().transpose(0, 1)
+    bc = torch.cat([t["B"][:, 0], t["C"][:, 0]], dim=1).transpose(0, 1).contiguous().transpose(0, 1)  # (b, 2n, l)
+    n = t["B"].shape[2]
+    out["B"], out["C"] = bc[:, :n], bc[:, n:]
+    return out
+
+
+def _config_cases(args, go, gl, configs):
+    """The forward launcher saving states every BLOCK_L steps and the backward launcher at each (BLOCK_D, BLOCK_L,
+    num_warps); the backward's outputs are checked against the default configuration's."""
+    cases = {}
+    _, _, want_states = kern.selective_scan_fwd(*args, True, wrap=False)
+    want = kern.selective_scan_bwd(go, gl, *args, want_states, wrap=False)
+    for cfg in configs:
+        _, _, states = kern.selective_scan_fwd(*args, True, wrap=False, state_chunk=cfg[1])
+        got = kern.selective_scan_bwd(go, gl, *args, states, wrap=False, config=cfg)
+        diff = max(((g.float() - w.float()).abs().max() / w.float().abs().max().clamp_min(1e-30)).item()
+                   for g, w in zip(got, want) if g.numel())
+        print(f"bwd config {cfg}: largest difference from the default's outputs, relative to their largest {diff:.3g}")
+        cases[f"fwd launcher, states saved every {cfg[1]}"] = (
+            lambda c=cfg: graph_ms(lambda: kern.selective_scan_fwd(*args, True, wrap=False, state_chunk=c[1])))
+        cases[f"bwd launcher, config {cfg}"] = (
+            lambda c=cfg, s=states: graph_ms(lambda: kern.selective_scan_bwd(go, gl, *args, s, wrap=False, config=c)))
+    return cases
+
+
+def probe(batch, dim, seqlen, dstate, copies=(), rounds=3, pads=(), maxnreg=(), bwd_configs=(), layouts=False):
+    shape = f"b{batch} d{dim} l{seqlen} n{dstate}"
     shape = f"b{batch} d{dim} l{seqlen} n{dstate}"
     t = make_inputs(batch, dim, seqlen, dstate)
     args = _args(t)
@@ -109,6 +152,17 @@ def probe(batch, dim, seqlen, dstate, copies=(), rounds=3, pads=(), maxnreg=()) 
         "op fwd": lambda: _op_fwd(t),
         "op fwd+bwd": lambda: _op_fb(t, go),
     }
+    if bwd_configs:  # only the launchers, per backward block shape
+        cases = _config_cases(args, go, gl, bwd_configs)
+    if layouts:  # only the launchers, contiguous and in the model's layout
+        cm = _args(_channel_major(t))
+        _, _, cm_states = kern.selective_scan_fwd(*cm, True, wrap=False)
+        cases = {
+            "fwd launcher, states saved, contiguous": cases["fwd launcher, states saved"],
+            "fwd launcher, states saved, model layout": lambda: graph_ms(lambda: kern.selective_scan_fwd(*cm, True, wrap=False)),
+            "bwd launcher, contiguous": cases["bwd launcher"],
+            "bwd launcher, model layout": lambda: graph_ms(lambda: kern.selective_scan_bwd(go, gl, *cm, cm_states, wrap=False)),
+        }
     if copies:  # only the op's forward+backward, once per number of dB/dC copies
         cases = {f"op fwd+bwd, {c} dB/dC copies": (lambda c=c: _op_fb_with(t, go, "_BWD_BC_COPIES", c)) for c in copies}
     if maxnreg:  # only the launchers, per register cap (0: none); outputs checked against the uncapped kernels
@@ -150,13 +204,19 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--maxnreg", type=int, nargs="+", default=(),
                         help="time only the launchers, for each of these register caps (0: none)")
+    parser.add_argument("--bwd-configs", nargs="+", default=(),
+                        help="time only the launchers, for each backward BLOCK_D,BLOCK_L,num_warps (e.g. 4,128,1)")
+    parser.add_argument("--layouts", action="store_true",
+                        help="time only the launchers, on contiguous inputs and in the Mamba-1 mixer's layout")
     parser.add_argument("--pads", type=int, nargs="+", default=(),
                         help="also time the op's forward+backward with these gaps (fp32 elements) between dB/dC copies")
     args = parser.parse_args()
     print(f"device: {device_name()}, torch {torch.__version__}", flush=True)
-    rows = probe(8, 1536, 2048, 16, args.copies, args.rounds, args.pads, args.maxnreg)
+    configs = [tuple(int(x) for x in c.split(",")) for c in args.bwd_configs]
+    opts = (args.copies, args.rounds, args.pads, args.maxnreg, configs, args.layouts)
+    rows = probe(8, 1536, 2048, 16, *opts)
     if not args.small_only:
-        rows += probe(2, 5120, 8192, 16, args.copies, args.rounds, args.pads, args.maxnreg)
+        rows += probe(2, 5120, 8192, 16, *opts)
     write_results(rows, args.out)
 
 

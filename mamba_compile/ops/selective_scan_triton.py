@@ -761,7 +761,10 @@ def bwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, i
     forward saves states (a multiple of the forward's BLOCK_L). One warp, about 16 tile elements per
     thread. Backward launcher at b8 d1536 l2048 n16 bf16 (H100, benchmarks/probes/scan_bwd_probe.py):
     (2, 256, 1) 1.793 ms, (1, 128, 1) 1.947, (1, 256, 1) 3.042 (the first parallel backward: 2.04-2.18 ms
-    on one warp from (2, 128, 1) to (1, 512, 1), 2.66-5.79 on two or four)."""
+    on one warp from (2, 128, 1) to (1, 512, 1), 2.66-5.79 on two or four). Session 16, this kernel
+    (scan_variants.py --bwd-configs): (2, 256, 1) 1.324, (2, 128, 1) 1.790, (4, 128, 1) 2.040, (4, 64, 1)
+    2.772, (8, 32, 1) 5.461; ptxas for sm_90: 234 registers at (2, 128, 1), 254-255 at the others, with
+    spills of 124 B at (2, 256, 1), 420 at (4, 128, 1), 16 at (8, 32, 1), none at (4, 64, 1)."""
     BLOCK_D = min(_BWD_CONFIG[0], triton.next_power_of_2(dim))
     if dpg is not None:
         BLOCK_D = _pow2_divisor(dpg, BLOCK_D)
@@ -799,8 +802,9 @@ _BWD_GATHER_FLIP = True
 # registers (with 124 B of spills) at one warp a program, so 2 warps per scheduler, and it is latency-bound (see
 # the README's scan section); a cap trades spills for warps. ptxas for sm_90 (triton 3.6, the 130M training launch;
 # benchmarks/probes/kernel_regs.py, no GPU needed): 232 registers spill 244 B (still 2 warps per scheduler),
-# 200: 484 B (2.5), 168: 752 B (3), 128: 1232 B (4). Eager launches only, for probes (scan_variants.py --maxnreg);
-# untimed on this kernel (an older backward got slower capped: the README's scan section).
+# 200: 484 B (2.5), 168: 752 B (3), 128: 1232 B (4). Eager launches only, for probes (scan_variants.py --maxnreg).
+# Session 16 (H100, b8 d1536 l2048 n16, launchers as CUDA graphs, three rounds each): backward uncapped 1.345 ms, at
+# 200 1.674, 168 2.360, 128 3.387; forward saving states 0.283, 0.347, 0.450, 0.822. Every cap is slower.
 _FWD_MAXNREG = None
 _BWD_MAXNREG = None
 
