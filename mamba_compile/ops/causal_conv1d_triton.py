@@ -751,7 +751,12 @@ def _bwd_pairs_blocks(L) -> tuple[int, int]:
     w4 bf16 silu bias on an H100 (session 12, benchmarks/probes/conv_probe.py --parts bwd, CUDA-graph replay, floor
     0.050 ms for reading x and dout and writing dx): 4 x 256 steps 0.113 ms, 2 x 1024 (the forward's blocks) 0.129,
     2 x 512 0.134, 8 x 256 0.148, 4 x 512 0.150, 16 x 128 0.152, 2 x 1024 with 8 warps 0.149; the two-kernel path
-    0.228-0.229."""
+    0.228-0.229. Session 16, same probe and shape, not kept: the channel-last row walk (_causal_conv1d_bwd_rows_kernel)
+    run on time-contiguous x (a block's R steps contiguous in each thread, one channel per thread, dx gathered into
+    a tile and stored a block late; dx the same bits as the two-kernel path on the GPU) took 0.113 ms at best
+    (R 16, segments of 512 steps, 64 or 128 channels a program) against 0.113 for this kernel; R 8: 0.149-0.325
+    (segments of 128-2048), R 4: 0.320; R 32 spills (255 registers, 1.7 KB). Each load touches 16-32 bytes
+    of a channel's row per DRAM page (channels 32 KB apart in the Mamba-1 mixer's layout)."""
     block_l = min(256, max(16, triton.next_power_of_2(_static(L, 1 << 20))))
     return max(1, 1024 // block_l), block_l // 2
 
