@@ -136,7 +136,6 @@ def _config_cases(args, go, gl, configs):
 
 def probe(batch, dim, seqlen, dstate, copies=(), rounds=3, pads=(), maxnreg=(), bwd_configs=(), layouts=False):
     shape = f"b{batch} d{dim} l{seqlen} n{dstate}"
-    shape = f"b{batch} d{dim} l{seqlen} n{dstate}"
     t = make_inputs(batch, dim, seqlen, dstate)
     args = _args(t)
     gen = torch.Generator(device="cuda").manual_seed(1)
@@ -157,11 +156,18 @@ def probe(batch, dim, seqlen, dstate, copies=(), rounds=3, pads=(), maxnreg=(), 
     if layouts:  # only the launchers, contiguous and in the model's layout
         cm = _args(_channel_major(t))
         _, _, cm_states = kern.selective_scan_fwd(*cm, True, wrap=False)
+
+        def cm_fwd():
+            return kern.selective_scan_fwd(*cm, True, wrap=False)
+
+        def cm_bwd():
+            return kern.selective_scan_bwd(go, gl, *cm, cm_states, wrap=False)
+
         cases = {
             "fwd launcher, states saved, contiguous": cases["fwd launcher, states saved"],
-            "fwd launcher, states saved, model layout": lambda: graph_ms(lambda: kern.selective_scan_fwd(*cm, True, wrap=False)),
+            "fwd launcher, states saved, model layout": lambda: graph_ms(cm_fwd),
             "bwd launcher, contiguous": cases["bwd launcher"],
-            "bwd launcher, model layout": lambda: graph_ms(lambda: kern.selective_scan_bwd(go, gl, *cm, cm_states, wrap=False)),
+            "bwd launcher, model layout": lambda: graph_ms(cm_bwd),
         }
     if copies:  # only the op's forward+backward, once per number of dB/dC copies
         cases = {f"op fwd+bwd, {c} dB/dC copies": (lambda c=c: _op_fb_with(t, go, "_BWD_BC_COPIES", c)) for c in copies}
