@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -41,6 +41,11 @@ if [[ $what == caps ]]; then
   timeout 300 python3 -m benchmarks.probes.scan_variants --maxnreg 0 200 168 128 --small-only --out "$OUT/scan_caps.json" 2>&1 | tee "$OUT/scan_caps.log" | tail -14
   # and the cross-entropy kernel's two log-sum-exp schemes over its configurations (about a minute)
   timeout 200 python3 -m benchmarks.probes.ce_probe --parts rows --out "$OUT/ce_rows.json" 2>&1 | tee "$OUT/ce_rows.log" | tail -20
+fi
+if [[ $what == inmodel ]]; then
+  # The scan forward inside the compiled Mamba-1 step against its eager launch, binaries side by side, and both
+  # binaries' specialisation (about 80 s).
+  timeout 200 python3 -m benchmarks.probes.scan_in_model --out "$OUT/scan_in_model.json" 2>&1 | tee "$OUT/scan_in_model.log" | grep -v "^{" | tail -20
 fi
 if [[ $what == model-bench || $what == all ]]; then
   # Training (both models, ~2 min) comes first; the generation cases take 2-3 min each to compile, so 450 s
