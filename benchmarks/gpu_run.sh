@@ -44,8 +44,11 @@ if [[ $what == caps ]]; then
 fi
 if [[ $what == inmodel ]]; then
   # The scan forward inside the compiled Mamba-1 step against its eager launch, binaries side by side, and both
-  # binaries' specialisation (about 80 s).
+  # binaries' specialisation (about 80 s),
   timeout 200 python3 -m benchmarks.probes.scan_in_model --out "$OUT/scan_in_model.json" 2>&1 | tee "$OUT/scan_in_model.log" | grep -v "^{" | tail -20
+  # then Mamba-1's graphed step with every triton_op left whole (their kernels as Triton's JIT builds them) against
+  # the default (about 3 minutes)
+  timeout 300 python3 -m benchmarks.probes.train_ab --arch mamba1 --mamba1 new ops-opaque new ops-opaque --graph --out "$OUT/train_ab_opaque.json" 2>&1 | tee "$OUT/train_ab_opaque.log" | grep "^|"
 fi
 if [[ $what == model-bench || $what == all ]]; then
   # Training (both models, ~2 min) comes first; the generation cases take 2-3 min each to compile, so 450 s

@@ -9,7 +9,10 @@ passes on CUDA instead of its Triton kernel; "proj-old" = Mamba-1's x_proj and d
 (cross_entropy._CUDA_BLOCK_BYTES); "ce-separate-max" / "ce-running-max" = its kernel's log-sum-exp as a max pass then
 a sum pass / one pass (cross_entropy_triton._SEPARATE_MAX on / off); "conv-rows" / "conv-rows-bwd" = the row kernels
 for channel-last conv input (Mamba-2's xBC) forward and backward / backward only (causal_conv1d_triton._FWD_ROWS,
-_BWD_ROWS), "conv-general" = neither; the conv_rows column counts the calls that took the row kernels while the
+_BWD_ROWS), "conv-general" = neither; "ops-opaque" = every triton_op left whole in the compiled graphs
+(torch._functorch.config.decompose_custom_triton_ops off), so their kernels run as Triton's JIT builds them rather than
+as Inductor does (session 16: Inductor's build of the scan forward took 0.323 ms against 0.282 for the JIT's, on the
+same tensors; benchmarks/probes/scan_in_model.py); the conv_rows column counts the calls that took the row kernels while the
 variant traced and ran (of those where its flags let them be considered). --graph replays each step from one CUDA
 graph (bench_model's --train-graph on).
 (Session 4 A/B'd the conv blocks and the scan backward kernels this way.)
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+import torch._functorch.config
 
 from benchmarks._common import fresh_compiles, write_results
 from benchmarks.bench_model import bench_train
@@ -61,6 +65,7 @@ def _set(variant: str) -> None:
     mixers.SPLIT_XBC_PROJ = {"xbc-split": True, "xbc-joined": False}.get(variant, DEFAULT_XBC_SPLIT)
     conv._FWD_ROWS = {"conv-rows": True, "conv-general": False}.get(variant, DEFAULT_ROWS[0])
     conv._BWD_ROWS = {"conv-rows": True, "conv-rows-bwd": True, "conv-general": False}.get(variant, DEFAULT_ROWS[1])
+    torch._functorch.config.decompose_custom_triton_ops = variant != "ops-opaque"
 
 
 def main():
