@@ -76,7 +76,9 @@ def _ce_rows_kernel(
 # and sum reduced per tile (False). H100, one 130M training block of bf16 logits (benchmarks/probes/ce_probe.py
 # --parts rows, session 16; 5338 rows): at BLOCK_V 4096 / 8 warps, the default, 0.732 ms twice against 0.767 twice;
 # separate also at 8192 / 8 (0.982 against 1.057) and 8192 / 16 (0.755 against 0.808), running at 2048 / 8, 4096 / 4,
-# 2048 / 4 and 1024 / 4 (0.843-0.899 against 0.946-1.124).
+# 2048 / 4 and 1024 / 4 (0.843-0.899 against 0.946-1.124). For 16-bit logits only: the separate max reads each row
+# a third time, which the bf16 timing suggests comes from L2 (about 26 MB of rows in flight against a 50 MB L2); fp32
+# rows are twice as long (about 53 MB in flight) and were not timed, so they keep the running max.
 _SEPARATE_MAX = True
 
 
@@ -94,6 +96,7 @@ def ce_rows(logits: torch.Tensor, labels: torch.Tensor, inv_count: torch.Tensor,
     launcher(_ce_rows_kernel, wrap)[(rows,)](
         logits, labels, inv_count, loss, vocab, logits.stride(0), labels.stride(0), ignore_index,
         COMPUTE_GRAD=compute_grad, BLOCK_V=block_v,
-        SEPARATE_MAX=_SEPARATE_MAX if separate_max is None else separate_max, num_warps=8 if block_v >= 2048 else 4,
+        SEPARATE_MAX=(_SEPARATE_MAX and logits.element_size() == 2) if separate_max is None else separate_max,
+        num_warps=8 if block_v >= 2048 else 4,
     )  # fmt: skip
     return loss
