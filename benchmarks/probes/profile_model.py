@@ -81,6 +81,20 @@ def _gaps(prof, path: str, title: str) -> None:
     print(lines[0].strip(), flush=True)
 
 
+def train_step(model, opt, ids, head_loss):
+    """One bf16-autocast training step of ``model`` on ``ids`` (b, l + 1): the backbone, ``head_loss(hidden, ids)``,
+    backward and the optimizer."""
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = head_loss(model.backbone(ids[:, :-1]), ids)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
 def train(arch: str, out: str, fused: bool = True) -> None:
     """One training step as bench_model --regional times it (fused linear + cross-entropy head unless not
     fused): the top kernels, then the GPU's idle gaps."""
@@ -98,15 +112,7 @@ def train(arch: str, out: str, fused: bool = True) -> None:
             return linear_cross_entropy(hidden.flatten(0, 1), model.lm_head.weight, ids[:, 1:].flatten())
         return F.cross_entropy(model.lm_head(hidden).flatten(0, 1).float(), ids[:, 1:].flatten())
 
-    head_loss = torch.compile(head_loss, fullgraph=True)
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = head_loss(model.backbone(ids[:, :-1]), ids)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step = train_step(model, opt, ids, torch.compile(head_loss, fullgraph=True))
     for _ in range(3):
         step()
     torch.cuda.synchronize()

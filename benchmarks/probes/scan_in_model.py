@@ -38,19 +38,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks._common import graph_ms, write_results
 from benchmarks.bench_model import config_130m
+from benchmarks.probes.profile_model import train_step
 from mamba_compile.models import MambaLM
 from mamba_compile.ops import selective_scan_triton as kern
-
-
-def _step_fn(model, opt, ids, head_loss):
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = head_loss(model.backbone(ids[:, :-1]), ids)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
 
 
 def _record(step, layer: int) -> tuple:
@@ -92,7 +82,7 @@ def main():
     def head_loss(hidden, ids):
         return linear_cross_entropy(hidden.flatten(0, 1), model.lm_head.weight, ids[:, 1:].flatten())
 
-    real = _record(_step_fn(model, opt, ids, head_loss), args.layer)
+    real = _record(train_step(model, opt, ids, head_loss), args.layer)
     u, delta, A, B, C, D, z, bias = real[:8]
     print("recorded:", {k: (tuple(t.shape), tuple(t.stride()), str(t.dtype)) for k, t in
                         dict(u=u, delta=delta, A=A, B=B, C=C, z=z).items()}, flush=True)
@@ -116,7 +106,7 @@ def main():
     # the regional compiled step, profiled
     for layer in model.backbone.layers:
         layer.compile(fullgraph=True)
-    step = _step_fn(model, opt, ids, torch.compile(head_loss, fullgraph=True))
+    step = train_step(model, opt, ids, torch.compile(head_loss, fullgraph=True))
     for _ in range(3):
         step()
     torch.cuda.synchronize()
