@@ -6,8 +6,8 @@ For each row of a (rows, vocab) block of logits (any float dtype, computed in fp
 loss lse - logit[label] (0 where the label is ignore_index), and, when asked, the gradient of the mean loss in a
 second pass, (softmax - onehot) * valid / count, written over the logits in their dtype. Two reads (three with
 SEPARATE_MAX) and one write of the block, where the torch version makes about ten passes over an fp32 copy
-(logsumexp's max, subtract, exp and sum, then subtract, exp, scatter, scale and cast). The count of valid labels is read from a device tensor, so
-nothing waits for the host.
+(logsumexp's max, subtract, exp and sum, then subtract, exp, scatter, scale and cast). The count of valid labels is
+read from a device tensor, so nothing waits for the host.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _ce_rows_kernel(
     target = tl.where(ok & ~bad, label, 0)
     if SEPARATE_MAX:
         # The max, then the sum of exp(x - max), each kept per element across tiles and reduced across the program
-        # once: two reductions a row instead of two a tile, for a third read of the row (expected from L2; untimed).
+        # once: two reductions a row instead of two a tile, for a third read of the row (timings at _SEPARATE_MAX).
         m_el = tl.full([BLOCK_V], float("-inf"), tl.float32)
         for v0 in range(0, vocab, BLOCK_V):
             x = _logits_tile(base, v0, offs, vocab)
