@@ -1,8 +1,10 @@
 """Probe (GPU): Mamba-1 scan forward block configurations, timed as CUDA graphs in alternating rounds.
 
     python3 -m benchmarks.probes.scan_fwd_configs --out $OUT/scan_fwd_configs.json [--configs "[(16, 16, 2), ...]"]
+    TRITON_PTXAS_PATH=/path/to/ptxas python3 -m benchmarks.probes.scan_fwd_configs ...   # built by another ptxas
 
-For each (BLOCK_D, BLOCK_L, num_warps) at b8 d1536 l2048 n16 and b2 d5120 l8192 n16 (bf16 u/delta/z, B/C (b, 1, 16,
+For each (BLOCK_D, BLOCK_L, num_warps[, prefetch]) (prefetch: the L1 prefetch of B/C rows on or off; left out, the
+library's choice for the ptxas in use) at b8 d1536 l2048 n16 and b2 d5120 l8192 n16 (bf16 u/delta/z, B/C (b, 1, 16,
 l) bf16, fp32 A/D/delta_bias, softplus): the forward launcher without and with saving states for the backward,
 medians of three rounds, each round timing every configuration in turn, and the largest difference of its output
 and last state from the default configuration's (the same fp32 math in another order: rounding-level).
@@ -18,8 +20,10 @@ import torch
 from benchmarks._common import device_name, graph_ms, write_results
 from benchmarks.probes.scan_bwd_probe import _args, make_inputs
 from mamba_compile.ops import selective_scan_triton as kern
+from mamba_compile.ops._triton import ptxas_major
 
-CONFIGS = [(32, 16, 2), (16, 16, 2), (32, 16, 4), (8, 16, 1), (16, 8, 1), (16, 16, 4)]
+CONFIGS = [(32, 16, 2, False), (32, 16, 2, True), (16, 16, 1, False), (16, 16, 1, True), (16, 16, 2), (32, 16, 4),
+           (8, 16, 1), (16, 8, 1)]
 
 
 def _rel(a, b) -> float:
@@ -33,15 +37,17 @@ def probe(batch, dim, seqlen, dstate, configs) -> list[dict]:
     ref_out, ref_last, ref_states = kern.selective_scan_fwd(*args, True, wrap=False)
     errs, timers = {}, {}
     for cfg in configs:
+        cfg = tuple(cfg) + (None,) * (4 - len(cfg))
         try:
-            out, last, states = kern.selective_scan_fwd(*args, True, wrap=False, config=cfg)
+            out, last, states = kern.selective_scan_fwd(*args, True, wrap=False, config=cfg[:3], prefetch=cfg[3])
             torch.cuda.synchronize()
         except Exception as e:  # a configuration that does not compile is reported, not fatal
             print(f"{shape} {cfg}: {type(e).__name__}: {str(e)[:300]}", flush=True)
             continue
         errs[cfg] = (_rel(out, ref_out), _rel(last, ref_last), _rel(states, ref_states))
         for save in (False, True):
-            timers[cfg, save] = lambda c=cfg, s=save: graph_ms(lambda: kern.selective_scan_fwd(*args, s, wrap=False, config=c))
+            timers[cfg, save] = lambda c=cfg, s=save: graph_ms(
+                lambda: kern.selective_scan_fwd(*args, s, wrap=False, config=c[:3], prefetch=c[3]))
     times = {k: [] for k in timers}
     for _ in range(3):
         for k, timer in timers.items():
@@ -49,9 +55,9 @@ def probe(batch, dim, seqlen, dstate, configs) -> list[dict]:
     rows = []
     for (cfg, save), ts in times.items():
         e = errs[cfg]
-        rows.append(dict(shape=shape, config=str(cfg), states_saved=save, ms=statistics.median(ts),
-                         runs=" ".join(f"{x:.4f}" for x in ts), out_diff=f"{e[0]:.1e}", last_diff=f"{e[1]:.1e}",
-                         states_diff=f"{e[2]:.1e}"))
+        rows.append(dict(shape=shape, config=str(cfg), ptxas=ptxas_major(args[0]), states_saved=save,
+                         ms=statistics.median(ts), runs=" ".join(f"{x:.4f}" for x in ts), out_diff=f"{e[0]:.1e}",
+                         last_diff=f"{e[1]:.1e}", states_diff=f"{e[2]:.1e}"))
         print(rows[-1], flush=True)
     return rows
 
@@ -63,7 +69,8 @@ def main():
     parser.add_argument("--small-only", action="store_true")
     args = parser.parse_args()
     configs = eval(args.configs) if args.configs else CONFIGS
-    print(f"device: {device_name()}, torch {torch.__version__}", flush=True)
+    ptxas = ptxas_major(torch.empty(0, device="cuda"))
+    print(f"device: {device_name()}, torch {torch.__version__}, ptxas {ptxas}", flush=True)
     rows = probe(8, 1536, 2048, 16, configs)
     if not args.small_only:
         rows += probe(2, 5120, 8192, 16, configs)

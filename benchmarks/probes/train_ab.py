@@ -51,8 +51,9 @@ def _rows_apply_recorded(*args):
 
 
 def _set(variant: str) -> None:
-    # "scan-old": no prefetch and BLOCK_L 8; "scan-bl8": BLOCK_L 8 with the prefetch; "scan-nopf": the prefetch off
-    scan._FWD_PREFETCH = variant not in ("scan-old", "scan-nopf")
+    # "scan-old": no prefetch and BLOCK_L 8; "scan-bl8": BLOCK_L 8 with the prefetch; "scan-nopf": the prefetch off;
+    # "scan-pf": on (otherwise selective_scan_triton.fwd_prefetch decides)
+    scan._FWD_PREFETCH = {"scan-old": False, "scan-nopf": False, "scan-bl8": True, "scan-pf": True}.get(variant)
     bl8 = variant in ("scan-old", "scan-bl8")
     scan.fwd_block_sizes = (lambda dim, dstate, dpg: NEW_FWD_BLOCKS(dim, dstate, dpg)[:1] + (8, 2)) if bl8 \
         else NEW_FWD_BLOCKS

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import importlib
+import os
 
 import torch
 
@@ -151,3 +154,57 @@ def dependent_launch_options(out: torch.Tensor) -> dict:
     if _DEPENDENT_LAUNCHES.get() and type(out) is torch.Tensor and supports_dependent_launch(out.device):
         return {"PDL": True, "launch_pdl": True}
     return {"PDL": False}
+
+
+def ptxas_major(x: torch.Tensor) -> int | None:
+    """Major version of the ptxas that will turn a kernel launched now on ``x`` into machine code, for the launch
+    configurations whose timings depend on it (``selective_scan_triton.fwd_prefetch``); None off CUDA, without
+    triton, or when no ptxas answers.
+
+    An eager launch is built by Triton's JIT, which runs ``TRITON_PTXAS_PATH`` when that is set and its own ptxas
+    otherwise. A launch being traced (``x`` fake) is built later by Inductor, for torch.compile and AOTInductor
+    alike, and Inductor, when ``TRITON_PTXAS_PATH`` is unset, runs the ptxas that torch ships where it ships one (a
+    CUDA 13 ptxas in torch 2.11's cu130 wheels, against Triton 3.6's 12.8): see ``_inductor_ptxas``."""
+    if not HAS_TRITON or x.device.type != "cuda":
+        return None
+    path = os.environ.get("TRITON_PTXAS_PATH")
+    if not path and torch._subclasses.fake_tensor.is_fake(x):
+        path = _inductor_ptxas()
+    return _ptxas_major_at(path)
+
+
+@functools.cache
+def _inductor_ptxas() -> str | None:
+    """The ptxas Inductor sets for its compiles when ``TRITON_PTXAS_PATH`` is unset (None: Triton's own), found by
+    running torch's ``_set_triton_ptxas_path`` (uncached) and taking back the variable it sets. Where it looks
+    differs between torch versions (torch 2.11's cu130 wheel: ``torch/bin/ptxas``)."""
+    fn = None
+    for name in ("torch._inductor.runtime.compile_tasks", "torch._inductor.codecache"):
+        try:
+            fn = getattr(importlib.import_module(name), "_set_triton_ptxas_path")
+            break
+        except (ImportError, AttributeError):
+            continue
+    if fn is None or os.environ.get("TRITON_PTXAS_PATH") is not None:
+        return None
+    try:
+        getattr(fn, "__wrapped__", fn)()
+        return os.environ.get("TRITON_PTXAS_PATH")
+    except Exception:
+        return None
+    finally:
+        os.environ.pop("TRITON_PTXAS_PATH", None)
+
+
+@functools.cache
+def _ptxas_major_at(path: str | None) -> int | None:
+    """Major version of the ptxas Triton runs given ``path`` (None: its own), as Triton resolves it (a path
+    that does not answer falls back to its own)."""
+    try:
+        from triton import knobs
+
+        tool = knobs.NvidiaTool.from_path(path) if path else None
+        tool = tool or knobs.nvidia.ptxas
+        return int(tool.version.split(".")[0])
+    except Exception:  # an older triton without knobs, or no ptxas that runs here
+        return None

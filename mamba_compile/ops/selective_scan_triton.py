@@ -136,7 +136,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._triton import launcher, tl, triton
+from ._triton import launcher, ptxas_major, tl, triton
 
 @triton.jit
 def _lg2_approx(x):
@@ -730,8 +730,8 @@ def _pow2_divisor(n: int, cap: int) -> int:
 
 
 def fwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, int]:
-    """(BLOCK_D, BLOCK_L, num_warps) of the forward by shape: small programs (one or two warps, 8 state
-    values per thread) and BLOCK_L 16 (two 16-byte bf16 vectors of time steps per thread) for dstate <= 16, else
+    """(BLOCK_D, BLOCK_L, num_warps) of the forward by shape: one warp with 8 state values per thread (at dstate
+    <= 16 BLOCK_D 16; (32, 16, 2) until session 17, timings in fwd_prefetch) and BLOCK_L 16 (two 16-byte bf16 vectors of time steps per thread) for dstate <= 16, else
     8. dpg is the channels per B/C group, which BLOCK_D must divide (None when B and C are time-invariant).
     Kernel at b8 d1536 l2048 n16 (H100, benchmarks/probes/scan_sweep.py, session 6), with B/C rows 8 ahead and
     the L1 prefetch: (32, 16, 2) 0.280-0.282 ms, (16, 16, 1) 0.281-0.282, (32, 8, 2) 0.299-0.302, (16, 8, 1)
@@ -749,11 +749,37 @@ def fwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, i
     MUFU/shuffle results; (16, 16, 2) at 2.81 warps issues 0.54 a cycle of 32% more instructions (six shuffles a step
     for the sum over states, 1.43 short-scoreboard stalls per instruction)."""
     BLOCK_N = block_n(dstate)
-    num_warps = 2 if BLOCK_N <= 16 else 1
-    BLOCK_D = max(1, min(256 * num_warps // BLOCK_N, triton.next_power_of_2(dim)))
+    BLOCK_D = max(1, min(256 // BLOCK_N, triton.next_power_of_2(dim)))
     if dpg is not None:
         BLOCK_D = _pow2_divisor(dpg, BLOCK_D)
-    return BLOCK_D, 16 if BLOCK_N <= 16 else 8, num_warps
+    return BLOCK_D, 16 if BLOCK_N <= 16 else 8, 1
+
+
+def fwd_prefetch(dstate: int, save_states: bool, ptxas: int | None) -> bool:
+    """Whether the forward prefetches the B/C rows of the block after next into L1: above 16 states, and at 16 or
+    fewer when it saves states for the backward and a CUDA 13 or later ptxas builds it (``ptxas``, the major
+    version from ``_triton.ptxas_major``: Triton's JIT runs Triton 3.6's ptxas 12.8, Inductor torch 2.11's 13.0).
+
+    ptxas schedules the kernel's loop, and the two versions rank the configurations differently. H100, b8 d1536
+    l2048 / b2 d5120 l8192 n16 bf16, forward launcher as a CUDA graph, medians of three rounds, session 17
+    (benchmarks/probes/scan_fwd_configs.py under each TRITON_PTXAS_PATH, one call), ms saving states / not:
+
+    | (BLOCK_D, warps), prefetch | ptxas 12.8, l2048 | 12.8, l8192 | 13.0, l2048 | 13.0, l8192 |
+    |---|---|---|---|---|
+    | (32, 2), on (the default until then) | 0.283 / 0.267 | 1.107 / 1.043 | 0.321 / 0.263 | 1.306 / 1.024 |
+    | (32, 2), off | 0.282 / 0.289 | 1.037 / 1.041 | 0.323 / 0.283 | 1.243 / 1.050 |
+    | (16, 1), on | 0.308 / 0.276 | 1.208 / 1.072 | 0.276 / 0.277 | 1.072 / 1.076 |
+    | (16, 1), off | 0.279 / 0.263 | 1.078 / 1.033 | 0.300 / 0.266 | 1.145 / 1.010 |
+
+    Earlier calls of the same session, saving states at l2048: (32, 2) on 0.281 / 0.320, off 0.275-0.276 / 0.324;
+    (16, 1) on 0.307 / 0.275-0.277, off 0.278 / 0.301; (16, 2) 0.295 / 0.295; (32, 4) 0.297 / 0.297; (64, 4) 0.319
+    / 0.361; BLOCK_L 8 or 32 slower in every case. In the old default's two binaries (cuobjdump) the loop holds the
+    same 1194 instructions in a different order. This is what the scan forward's 0.320 ms a layer inside the
+    compiled Mamba-1 step, against 0.282 for the same launch made eagerly, had been (session 16's open question):
+    Inductor's CUDA 13 build of (32, 2) with the prefetch. An unknown version (None) counts as 12."""
+    if block_n(dstate) > 16:
+        return True
+    return save_states and ptxas is not None and ptxas >= 13
 
 
 def bwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, int]:
@@ -822,7 +848,9 @@ _ROWS_AHEAD = 8  # the forward reads B/C rows up to ROWS_AHEAD (4 or 8) steps pa
 # (benchmarks/probes/scan_sweep.py, session 3): 8 ahead 0.296 ms, 4 ahead 0.394.
 _FWD_ROWS_AHEAD = 8
 _RELAYOUT_BLOCK_T = 64
-_FWD_PREFETCH = True  # the forward prefetches the B/C rows of the block after next into L1
+# Whether the forward prefetches the B/C rows of the block after next into L1: None, fwd_prefetch decides; True or
+# False for probes.
+_FWD_PREFETCH = None
 _FWD_SEG = 0  # forward time segment (steps, rounded up to whole state chunks); 0: one segment
 
 
@@ -888,6 +916,8 @@ def selective_scan_fwd(
     dstate = A.shape[1]
     dpg = _common_dpg(dim, B, C)
     BLOCK_D, BLOCK_L, num_warps = fwd_block_sizes(dim, dstate, dpg) if config is None else config
+    if prefetch is None:
+        prefetch = _FWD_PREFETCH if _FWD_PREFETCH is not None else fwd_prefetch(dstate, save_states, ptxas_major(u))
     STATE_CHUNK = bwd_block_sizes(dim, dstate, dpg)[1] if state_chunk is None else state_chunk
     BLOCK_L = min(BLOCK_L, STATE_CHUNK)
     _check_config(BLOCK_D, dpg, STATE_CHUNK, BLOCK_L)
@@ -925,7 +955,7 @@ def selective_scan_fwd(
             HAS_H0=initial_state is not None, SAVE_STATES=save_states, B_VARYING=B_lay[0], C_VARYING=C_lay[0],
             BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, BLOCK_L=BLOCK_L, STATE_CHUNK=STATE_CHUNK,
             ROWS_AHEAD=_FWD_ROWS_AHEAD if rows_ahead is None else rows_ahead, SEG=SEG, SEG_PASS=seg_pass,
-            FAST_MATH=u.device.type == "cuda", PREFETCH=_FWD_PREFETCH if prefetch is None else bool(prefetch),
+            FAST_MATH=u.device.type == "cuda", PREFETCH=bool(prefetch),
             num_warps=num_warps, **_caps(_FWD_MAXNREG),
         )  # fmt: skip
 

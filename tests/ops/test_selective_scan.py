@@ -409,6 +409,58 @@ def test_block_sizes_respect_groups():
     assert kern.fwd_block_sizes(64, 256, None)[1] <= kern.bwd_block_sizes(64, 256, None)[1]
 
 
+def _fake_ptxas(tmp_path, release: str) -> str:
+    """An executable that answers --version the way ptxas does, with ``release`` (e.g. "13.0")."""
+    path = tmp_path / f"ptxas-{release}"
+    path.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.1'\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+def test_ptxas_major_follows_the_compiler_that_builds_the_launch(tmp_path, monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from mamba_compile.ops import _triton
+
+    with FakeTensorMode():
+        traced = torch.empty(4, device="cuda")
+    eager_cpu = torch.empty(4)
+    inductor, user = _fake_ptxas(tmp_path, "13.0"), _fake_ptxas(tmp_path, "12.8")
+    monkeypatch.setattr(_triton, "_inductor_ptxas", lambda: inductor)
+    monkeypatch.delenv("TRITON_PTXAS_PATH", raising=False)
+    assert _triton.ptxas_major(traced) == 13  # traced: Inductor's ptxas
+    assert _triton.ptxas_major(eager_cpu) is None  # no CUDA, no kernel to build
+    monkeypatch.setenv("TRITON_PTXAS_PATH", user)
+    assert _triton.ptxas_major(traced) == 12  # the user's choice wins for Inductor as for Triton's JIT
+    monkeypatch.setenv("TRITON_PTXAS_PATH", str(tmp_path / "missing"))
+    monkeypatch.setattr(_triton, "_inductor_ptxas", lambda: None)
+    bundled = _triton._ptxas_major_at(None)  # a path that does not run falls back to Triton's own, as Triton does
+    assert _triton.ptxas_major(traced) == bundled
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+def test_inductor_ptxas_is_found_without_setting_anything(monkeypatch):
+    import os
+
+    from mamba_compile.ops import _triton
+
+    monkeypatch.delenv("TRITON_PTXAS_PATH", raising=False)
+    path = _triton._inductor_ptxas.__wrapped__()
+    assert "TRITON_PTXAS_PATH" not in os.environ
+    assert path is None or os.access(path, os.X_OK)
+
+
+def test_forward_prefetch_by_ptxas():
+    from mamba_compile.ops import selective_scan_triton as kern
+
+    # at 16 states: only when saving states for the backward and built by a CUDA 13 or later ptxas
+    assert [kern.fwd_prefetch(16, save, v) for save in (True, False) for v in (None, 12, 13, 14)] == [
+        False, False, True, True, False, False, False, False]
+    assert all(kern.fwd_prefetch(64, save, v) for save in (True, False) for v in (None, 12, 13))
+    assert kern.fwd_block_sizes(1536, 16, 1536) == (16, 16, 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad inputs: the error type and the argument's name in the message
 
