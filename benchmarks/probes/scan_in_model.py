@@ -23,9 +23,15 @@ eagerly launched). On the model's tensors the eager JIT's binary took 0.282 ms a
 travels with the binary. Inductor's forward has 255 registers, the eager one 254 (backward: 255 and 12 B of spills in
 both). Offline (triton 3.6 and its ptxas 12.8 on CPU), the eager binary's specialisation reproduces its PTX exactly,
 with Inductor's options (debug on, overflow sanitising off) too, and so do the source and triton_meta that Inductor
-emitted for one block in block_code.py (254 registers with the flags Triton gives ptxas): so the training step's
-Inductor build must have been specialised differently. The last run, printing its triton_meta (step 5's
-"divisible by 16" lines), found no device time left.
+emitted for one block in block_code.py (254 registers with the flags Triton gives ptxas). The conclusion drawn then,
+that the training step's build was specialised differently, was wrong.
+
+Session 17: the triton_meta (step 5's lines) matched the eager specialisation exactly, and Inductor's copy of the
+source was identical. The builds differ in their ptxas. Inductor runs torch 2.11's CUDA 13.0 ptxas (torch/bin/ptxas),
+Triton's JIT its own 12.8: the PTX headers say 9.0 and 8.7 (the cache files; run with a fresh TRITON_CACHE_DIR and
+read them there, since step 5 dumps no Inductor binary: its launchers keep none). Eagerly with TRITON_PTXAS_PATH set
+to torch's ptxas, the launcher took 0.321 ms. The forward's configuration now follows the ptxas
+(selective_scan_triton.fwd_prefetch).
 """
 
 from __future__ import annotations
