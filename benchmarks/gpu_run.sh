@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -49,6 +49,12 @@ if [[ $what == inmodel ]]; then
   # then Mamba-1's graphed step with every triton_op left whole (their kernels as Triton's JIT builds them) against
   # the default (about 3 minutes)
   timeout 300 python3 -m benchmarks.probes.train_ab --arch mamba1 --mamba1 new ops-opaque new ops-opaque --graph --out "$OUT/train_ab_opaque.json" 2>&1 | tee "$OUT/train_ab_opaque.log" | grep "^|"
+fi
+if [[ $what == projacc ]]; then
+  # Mamba-1's projection gradients summed inside the matmuls (mixers.ACCUMULATE_PROJ_GRADS): the bf16 compiled step
+  # against eager on the GPU, then the graphed 130M step A/B (about 4 minutes)
+  timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "bf16_training" 2>&1 | tail -3
+  timeout 330 python3 -m benchmarks.probes.train_ab --arch mamba1 --mamba1 new proj-acc new proj-acc --graph --out "$OUT/train_ab_projacc.json" 2>&1 | tee "$OUT/train_ab_projacc.log" | grep "^|"
 fi
 if [[ $what == model-bench || $what == all ]]; then
   # Training (both models, ~2 min) comes first; the generation cases take 2-3 min each to compile, so 450 s

@@ -12,9 +12,11 @@ for channel-last conv input (Mamba-2's xBC) forward and backward / backward only
 _BWD_ROWS), "conv-general" = neither; "ops-opaque" = every triton_op left whole in the compiled graphs
 (torch._functorch.config.decompose_custom_triton_ops off), so their kernels run as Triton's JIT builds them rather than
 as Inductor does (session 16: Inductor's build of the scan forward took 0.323 ms against 0.282 for the JIT's, on the
-same tensors; benchmarks/probes/scan_in_model.py); the conv_rows column counts the calls that took the row kernels while the
-variant traced and ran (of those where its flags let them be considered). --graph replays each step from one CUDA
-graph (bench_model's --train-graph on).
+same tensors, because Inductor ran another ptxas: see selective_scan_triton.fwd_prefetch); "proj-acc" = Mamba-1's
+projections through mixers._InProjXZ / _XDtProj, whose backward sums the gradients meeting at x and at the hidden
+states inside a matmul (mixers.ACCUMULATE_PROJ_GRADS on; "proj-sum" off); the conv_rows column counts the calls that
+took the row kernels while the variant traced and ran (of those where its flags let them be considered). --graph
+replays each step from one CUDA graph (bench_model's --train-graph on).
 (Session 4 A/B'd the conv blocks and the scan backward kernels this way.)
 
     python -m benchmarks.probes.train_ab --out $OUT/train_ab.json [--arch mamba1 mamba2] [--mamba1 new scan-old ...]
@@ -39,6 +41,7 @@ from mamba_compile.ops import selective_scan_triton as scan
 NEW_FWD_BLOCKS = scan.fwd_block_sizes
 DEFAULT_ROWS = (conv._FWD_ROWS, conv._BWD_ROWS)
 DEFAULT_XBC_SPLIT = mixers.SPLIT_XBC_PROJ
+DEFAULT_PROJ_ACC = mixers.ACCUMULATE_PROJ_GRADS
 DEFAULT_CE_BLOCK = ce._CUDA_BLOCK_BYTES
 DEFAULT_SEPARATE_MAX = ce_triton._SEPARATE_MAX
 ROWS_APPLY = conv._rows_apply
@@ -64,6 +67,7 @@ def _set(variant: str) -> None:
     mixers.CHANNEL_MAJOR_PROJ = variant != "proj-old"
     mixers.SPLIT_DT_PROJ = variant != "split-old"
     mixers.SPLIT_XBC_PROJ = {"xbc-split": True, "xbc-joined": False}.get(variant, DEFAULT_XBC_SPLIT)
+    mixers.ACCUMULATE_PROJ_GRADS = variant == "proj-acc" or DEFAULT_PROJ_ACC and variant != "proj-sum"
     conv._FWD_ROWS = {"conv-rows": True, "conv-general": False}.get(variant, DEFAULT_ROWS[0])
     conv._BWD_ROWS = {"conv-rows": True, "conv-rows-bwd": True, "conv-general": False}.get(variant, DEFAULT_ROWS[1])
     torch._functorch.config.decompose_custom_triton_ops = variant != "ops-opaque"

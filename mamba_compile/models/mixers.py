@@ -56,6 +56,12 @@ SPLIT_IN_PROJ = True
 # (benchmarks/probes/train_ab.py --arch mamba2 --mamba2 xbc-joined xbc-split xbc-joined xbc-split --graph, fresh
 # compiles): 64.78 and 64.73 ms split against 65.40 and 65.54 ms as one matmul.
 SPLIT_XBC_PROJ = True
+# Mamba-1's training forward (CHANNEL_MAJOR_PROJ and SPLIT_IN_PROJ, gradients on) through _InProjXZ and _XDtProj:
+# autograd functions whose backward sums the two gradients meeting at a tensor inside a matmul (cuBLAS with beta 1)
+# instead of a matmul and then an Inductor add over the whole tensor. At the conv's output x: the scan's du and
+# x_proj's input gradient, (d_inner, b l), 1.1 ms of the 130M step's adds on an H100; at the hidden states: the
+# two in-projection halves' gradients, (d_model, b l), 0.5 ms. Off until timed (train_ab.py variant "proj-acc").
+ACCUMULATE_PROJ_GRADS = False
 # Above this batch the in-projection is cuBLAS + causal_conv1d_update instead of decode_in, whose GEMV grows
 # with the batch (H100, 130M: decode_in 3.0-3.6 us against cuBLAS 3.4 us + the conv update at b1, but 16.6
 # against 3.6 at b64); the fused state update is kept at every batch (b64: 7.6 us against 15.3 unfused).
@@ -87,6 +93,56 @@ def _conv_silu(conv1d: nn.Conv1d, x: torch.Tensor, conv_state: torch.Tensor | No
                                activation="silu")
     conv_state.copy_(final)
     return out
+
+
+def _matmul_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul on t runs in: autocast's where it is on for t's device, else t's own."""
+    device = t.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else t.dtype
+
+
+class _InProjXZ(torch.autograd.Function):
+    """x = W[:d] hT and z = W[d:] hT as two matmuls (SPLIT_IN_PROJ), with the backward's hidden-state gradient
+    Wx^T dx + Wz^T dz summed inside the second matmul. hT (d_model, b l) and W (2 d, d_model) in one dtype."""
+
+    @staticmethod
+    def forward(ctx, hT: torch.Tensor, weight: torch.Tensor, d: int):
+        ctx.save_for_backward(hT, weight)
+        ctx.d = d
+        return weight[:d] @ hT, weight[d:] @ hT
+
+    @staticmethod
+    def backward(ctx, dx: torch.Tensor | None, dz: torch.Tensor | None):
+        hT, weight = ctx.saved_tensors
+        d = ctx.d
+        dx = torch.zeros_like(dz) if dx is None else dx
+        dz = torch.zeros_like(dx) if dz is None else dz
+        dhT = torch.addmm(weight[:d].T @ dx, weight[d:].T, dz)
+        dweight = torch.cat([dx @ hT.T, dz @ hT.T])
+        return dhT, dweight, None
+
+
+class _XDtProj(torch.autograd.Function):
+    """x_proj and dt_proj on channel-major matrices (CHANNEL_MAJOR_PROJ), passing x through: x (d_inner, b l) in,
+    x, dt (d_inner, b l), B and C (d_state, b l) out. The scan's gradient for u arrives at the passed-through x, and
+    the backward adds x_proj's input gradient to it inside that matmul. Weights in x's dtype."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w_x: torch.Tensor, w_dt: torch.Tensor, dt_rank: int):
+        x_dbl = w_x @ x  # (dt_rank + 2 d_state, b l)
+        dt_low, B, C = x_dbl.split([dt_rank, (w_x.shape[0] - dt_rank) // 2, (w_x.shape[0] - dt_rank) // 2])
+        ctx.save_for_backward(x, w_x, w_dt, dt_low)
+        return x, w_dt @ dt_low, B, C
+
+    @staticmethod
+    def backward(ctx, dx, ddt, dB, dC):
+        x, w_x, w_dt, dt_low = ctx.saved_tensors
+        n = (w_x.shape[0] - dt_low.shape[0]) // 2
+        zeros = x.new_zeros(n, x.shape[1])
+        ddt = x.new_zeros(w_dt.shape[0], x.shape[1]) if ddt is None else ddt
+        dx_dbl = torch.cat([w_dt.T @ ddt, zeros if dB is None else dB, zeros if dC is None else dC])
+        dx = w_x.T @ dx_dbl if dx is None else torch.addmm(dx, w_x.T, dx_dbl)
+        return dx, dx_dbl @ x.T, ddt @ dt_low.T, None
 
 
 class Mamba1Mixer(nn.Module):
@@ -125,7 +181,15 @@ class Mamba1Mixer(nn.Module):
         # (b, channels, l) with time contiguous: the layout the conv and scan kernels read fastest (with
         # time strided by the channel count, the scan measured 2.5x slower in a training step).
         b, l, _ = hidden_states.shape
-        if SPLIT_IN_PROJ:
+        accumulate = ACCUMULATE_PROJ_GRADS and SPLIT_IN_PROJ and CHANNEL_MAJOR_PROJ and torch.is_grad_enabled()
+        if accumulate:
+            dtype = _matmul_dtype(hidden_states)
+            hT = hidden_states.flatten(0, 1).T.to(dtype)
+            xz = _InProjXZ.apply(hT, self.in_proj.weight.to(dtype), self.d_inner)
+            if self.in_proj.bias is not None:
+                xz = [t + bias[:, None].to(t.dtype) for t, bias in zip(xz, self.in_proj.bias.split(self.d_inner))]
+            x, z = (t.unflatten(1, (b, l)).transpose(0, 1) for t in xz)
+        elif SPLIT_IN_PROJ:
             hT = hidden_states.flatten(0, 1).T  # (d_model, b * l)
             x, z = (self._in_proj_rows(hT, rows, b, l) for rows in (slice(0, self.d_inner), slice(self.d_inner, None)))
         else:
@@ -135,7 +199,12 @@ class Mamba1Mixer(nn.Module):
             x, z = xz.unflatten(1, (b, l)).transpose(0, 1).chunk(2, dim=1)  # (b, d_inner, l) each
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
         x = _conv_silu(self.conv1d, x, None if cache is None else cache.conv_states[self.layer_idx])
-        if CHANNEL_MAJOR_PROJ:
+        if accumulate:
+            dtype = _matmul_dtype(x)
+            xm, dt, B, C = _XDtProj.apply(x.transpose(0, 1).reshape(x.shape[1], b * l).to(dtype),
+                                          self.x_proj.weight.to(dtype), self.dt_proj.weight.to(dtype), self.dt_rank)
+            x, dt, B, C = (t.unflatten(1, (b, l)).transpose(0, 1) for t in (xm, dt, B, C))
+        elif CHANNEL_MAJOR_PROJ:
             # x_proj and dt_proj on (channels, b * l) matrices: x keeps xz's layout through the conv (channel, then
             # batch, then time), so this is a view, and dt comes out (d_inner, b * l), time contiguous for the
             # scan. Batched as (b, channels, l), Inductor computed dt_proj time-major and then transposed its

@@ -55,10 +55,15 @@ def test_forward_one_frame_across_lengths(name):
 
 
 @pytest.mark.parametrize("loss", ["logits", "labels"])
-@pytest.mark.parametrize("name", ["mamba1", "mamba2"])
-def test_training_step_one_frame_across_lengths(name, loss):
+@pytest.mark.parametrize("name, accumulate", [("mamba1", False), ("mamba2", False), ("mamba1", True)],
+                         ids=["mamba1", "mamba2", "mamba1-accumulated-proj-grads"])
+def test_training_step_one_frame_across_lengths(name, accumulate, loss, monkeypatch):
     """Compiled training step, with the loss from the logits or fused (model(ids, labels=ids)), against
-    eager cross-entropy of the materialised logits."""
+    eager cross-entropy of the materialised logits (and Mamba-1 through mixers.ACCUMULATE_PROJ_GRADS's autograd
+    functions)."""
+    from mamba_compile.models import mixers
+
+    monkeypatch.setattr(mixers, "ACCUMULATE_PROJ_GRADS", accumulate)
     model = _model(name).train()
     counter = CompileCounterWithBackend("aot_eager")
 

@@ -66,8 +66,12 @@ def test_cuda_graph_generation_equals_eager(name):
     assert torch.equal(compiled, eager) and torch.equal(again, eager)
 
 
-@pytest.mark.parametrize("name", ["mamba1", "mamba2"])
-def test_compiled_bf16_training_step_matches_eager(name):
+@pytest.mark.parametrize("name, accumulate", [("mamba1", False), ("mamba2", False), ("mamba1", True)],
+                         ids=["mamba1", "mamba2", "mamba1-accumulated-proj-grads"])
+def test_compiled_bf16_training_step_matches_eager(name, accumulate, monkeypatch):
+    from mamba_compile.models import mixers
+
+    monkeypatch.setattr(mixers, "ACCUMULATE_PROJ_GRADS", accumulate)
     model = _model(name).cuda().train()
     ids = torch.randint(0, VOCAB, (2, 257), device="cuda")
 
