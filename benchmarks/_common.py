@@ -69,6 +69,20 @@ def device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
+def ptxas_versions() -> dict:
+    """The major versions of the ptxas that build this process's eager Triton launches and Inductor's compiles
+    (they differ on torch 2.11's cu130 wheels, and kernel timings follow: see selective_scan_triton.fwd_prefetch)."""
+    if not torch.cuda.is_available():
+        return {}
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from mamba_compile.ops._triton import ptxas_major
+
+    with FakeTensorMode():
+        traced = torch.empty(0, device="cuda")
+    return {"ptxas_eager": ptxas_major(torch.empty(0, device="cuda")), "ptxas_inductor": ptxas_major(traced)}
+
+
 def write_results(rows: list[dict], path: str | None) -> None:
     """Prints a markdown table of ``rows`` and, with ``path``, writes them as JSON. The columns are every key in
     order of first appearance; a row lacking one gets "" (in the table and in the JSON)."""
@@ -83,4 +97,5 @@ def write_results(rows: list[dict], path: str | None) -> None:
     if path:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w") as f:
-            json.dump({"device": device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+            meta = {"device": device_name(), "torch": torch.__version__, **ptxas_versions()}
+            json.dump({**meta, "rows": rows}, f, indent=1)
