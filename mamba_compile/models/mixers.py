@@ -59,8 +59,12 @@ SPLIT_XBC_PROJ = True
 # Mamba-1's training forward (CHANNEL_MAJOR_PROJ and SPLIT_IN_PROJ, gradients on) through _InProjXZ and _XDtProj:
 # autograd functions whose backward sums the two gradients meeting at a tensor inside a matmul (cuBLAS with beta 1)
 # instead of a matmul and then an Inductor add over the whole tensor. At the conv's output x: the scan's du and
-# x_proj's input gradient, (d_inner, b l), 1.1 ms of the 130M step's adds on an H100; at the hidden states: the
-# two in-projection halves' gradients, (d_model, b l), 0.5 ms. Off until timed (train_ab.py variant "proj-acc").
+# x_proj's input gradient, (d_inner, b l); at the hidden states: the two in-projection halves' gradients, (b l,
+# d_model). In the fifteenth session's profile of the 130M step (H100) those adds were
+# triton_poi_fused_add_empty_like_squeeze_transpose_view (45 us a layer, 1.09 ms a step) and
+# triton_poi_fused_add_permute_t_view (23 us, 0.52 ms). Inductor turns the first into an addmm when it compiles a
+# block alone (benchmarks/probes/block_code.py), but not in the whole model's step. Off until timed (train_ab.py
+# variant "proj-acc").
 ACCUMULATE_PROJ_GRADS = False
 # Above this batch the in-projection is cuBLAS + causal_conv1d_update instead of decode_in, whose GEMV grows
 # with the batch (H100, 130M: decode_in 3.0-3.6 us against cuBLAS 3.4 us + the conv update at b1, but 16.6
@@ -103,7 +107,7 @@ def _matmul_dtype(t: torch.Tensor) -> torch.dtype:
 
 class _InProjXZ(torch.autograd.Function):
     """x = W[:d] hT and z = W[d:] hT as two matmuls (SPLIT_IN_PROJ), with the backward's hidden-state gradient
-    Wx^T dx + Wz^T dz summed inside the second matmul. hT (d_model, b l) and W (2 d, d_model) in one dtype."""
+    dx^T Wx + dz^T Wz summed inside the second matmul. hT (d_model, b l) and W (2 d, d_model) in one dtype."""
 
     @staticmethod
     def forward(ctx, hT: torch.Tensor, weight: torch.Tensor, d: int):
@@ -117,9 +121,10 @@ class _InProjXZ(torch.autograd.Function):
         d = ctx.d
         dx = torch.zeros_like(dz) if dx is None else dx
         dz = torch.zeros_like(dx) if dz is None else dz
-        dhT = torch.addmm(weight[:d].T @ dx, weight[d:].T, dz)
+        # dh (b l, d_model) row-major, as the add+norm backward reads it; hT's gradient is its transpose (a view)
+        dh = torch.addmm(dz.T @ weight[d:], dx.T, weight[:d])
         dweight = torch.cat([dx @ hT.T, dz @ hT.T])
-        return dhT, dweight, None
+        return dh.T, dweight, None
 
 
 class _XDtProj(torch.autograd.Function):
