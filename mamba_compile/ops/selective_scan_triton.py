@@ -916,8 +916,12 @@ def selective_scan_fwd(
     dstate = A.shape[1]
     dpg = _common_dpg(dim, B, C)
     BLOCK_D, BLOCK_L, num_warps = fwd_block_sizes(dim, dstate, dpg) if config is None else config
-    if prefetch is None:
-        prefetch = _FWD_PREFETCH if _FWD_PREFETCH is not None else fwd_prefetch(dstate, save_states, ptxas_major(u))
+    if prefetch is None and _FWD_PREFETCH is not None:
+        prefetch = _FWD_PREFETCH
+    elif prefetch is None:
+        # the ptxas matters only when saving states at dstate <= 16 (ptxas_major costs about 9 us of host time)
+        asks = save_states and block_n(dstate) <= 16
+        prefetch = fwd_prefetch(dstate, save_states, ptxas_major(u) if asks else None)
     STATE_CHUNK = bwd_block_sizes(dim, dstate, dpg)[1] if state_chunk is None else state_chunk
     BLOCK_L = min(BLOCK_L, STATE_CHUNK)
     _check_config(BLOCK_D, dpg, STATE_CHUNK, BLOCK_L)
