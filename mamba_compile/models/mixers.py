@@ -58,8 +58,8 @@ SPLIT_IN_PROJ = True
 SPLIT_XBC_PROJ = True
 # Mamba-1's training forward (CHANNEL_MAJOR_PROJ and SPLIT_IN_PROJ, gradients on) through _InProjXZ and _XDtProj:
 # autograd functions of plain matmuls (Dynamo traces both directions, so the compiler sees everything) whose backward
-# sums the two gradients meeting at a tensor inside a matmul (cuBLAS with beta 1)
-# instead of a matmul and then an Inductor add over the whole tensor. At the conv's output x: the scan's du and
+# sums the two gradients meeting at a tensor inside a matmul (cuBLAS with beta 1) instead of a matmul and then an
+# Inductor add over the whole tensor. At the conv's output x: the scan's du and
 # x_proj's input gradient, (d_inner, b l); at the hidden states: the two in-projection halves' gradients, (b l,
 # d_model). In the fifteenth session's profile of the 130M step (H100) those adds were
 # triton_poi_fused_add_empty_like_squeeze_transpose_view (45 us a layer, 1.09 ms a step) and
