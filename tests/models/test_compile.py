@@ -54,9 +54,11 @@ def test_forward_one_frame_across_lengths(name):
     _assert_one_graph(counter, first)
 
 
-@pytest.mark.parametrize("loss", ["logits", "labels"])
-@pytest.mark.parametrize("name, accumulate", [("mamba1", False), ("mamba2", False), ("mamba1", True)],
-                         ids=["mamba1", "mamba2", "mamba1-accumulated-proj-grads"])
+@pytest.mark.parametrize(
+    "name, accumulate, loss",
+    [("mamba1", False, "logits"), ("mamba1", False, "labels"), ("mamba2", False, "logits"), ("mamba2", False, "labels"),
+     ("mamba1", True, "logits")],
+    ids=["mamba1-logits", "mamba1-labels", "mamba2-logits", "mamba2-labels", "mamba1-accumulated-proj-grads-logits"])
 def test_training_step_one_frame_across_lengths(name, accumulate, loss, monkeypatch):
     """Compiled training step, with the loss from the logits or fused (model(ids, labels=ids)), against
     eager cross-entropy of the materialised logits (and Mamba-1 through mixers.ACCUMULATE_PROJ_GRADS's autograd
