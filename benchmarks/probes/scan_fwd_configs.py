@@ -17,7 +17,7 @@ import statistics
 
 import torch
 
-from benchmarks._common import device_name, graph_ms, write_results
+from benchmarks._common import device_name, graph_ms, ptxas_versions, write_results
 from benchmarks.probes.scan_bwd_probe import _args, make_inputs
 from mamba_compile.ops import selective_scan_triton as kern
 from mamba_compile.ops._triton import ptxas_major
@@ -35,6 +35,7 @@ def probe(batch, dim, seqlen, dstate, configs) -> list[dict]:
     t = make_inputs(batch, dim, seqlen, dstate)
     args = _args(t)
     ref_out, ref_last, ref_states = kern.selective_scan_fwd(*args, True, wrap=False)
+    ptxas = ptxas_major(args[0])
     errs, timers = {}, {}
     for cfg in configs:
         cfg = tuple(cfg) + (None,) * (4 - len(cfg))
@@ -55,7 +56,7 @@ def probe(batch, dim, seqlen, dstate, configs) -> list[dict]:
     rows = []
     for (cfg, save), ts in times.items():
         e = errs[cfg]
-        rows.append(dict(shape=shape, config=str(cfg), ptxas=ptxas_major(args[0]), states_saved=save,
+        rows.append(dict(shape=shape, config=str(cfg), ptxas=ptxas, states_saved=save,
                          ms=statistics.median(ts), runs=" ".join(f"{x:.4f}" for x in ts), out_diff=f"{e[0]:.1e}",
                          last_diff=f"{e[1]:.1e}", states_diff=f"{e[2]:.1e}"))
         print(rows[-1], flush=True)
@@ -69,8 +70,7 @@ def main():
     parser.add_argument("--small-only", action="store_true")
     args = parser.parse_args()
     configs = eval(args.configs) if args.configs else CONFIGS
-    ptxas = ptxas_major(torch.empty(0, device="cuda"))
-    print(f"device: {device_name()}, torch {torch.__version__}, ptxas {ptxas}", flush=True)
+    print(f"device: {device_name()}, torch {torch.__version__}, ptxas {ptxas_versions()}", flush=True)
     rows = probe(8, 1536, 2048, 16, configs)
     if not args.small_only:
         rows += probe(2, 5120, 8192, 16, configs)

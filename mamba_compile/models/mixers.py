@@ -136,7 +136,8 @@ class _XDtProj(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, w_x: torch.Tensor, w_dt: torch.Tensor, dt_rank: int):
         x_dbl = w_x @ x  # (dt_rank + 2 d_state, b l)
-        dt_low, B, C = x_dbl.split([dt_rank, (w_x.shape[0] - dt_rank) // 2, (w_x.shape[0] - dt_rank) // 2])
+        d_state = (w_x.shape[0] - dt_rank) // 2
+        dt_low, B, C = x_dbl.split([dt_rank, d_state, d_state])
         ctx.save_for_backward(x, w_x, w_dt, dt_low)
         return x, w_dt @ dt_low, B, C
 
@@ -192,12 +193,10 @@ class Mamba1Mixer(nn.Module):
             dtype = _matmul_dtype(hidden_states)
             hT = hidden_states.flatten(0, 1).T.to(dtype)
             xz = _InProjXZ.apply(hT, self.in_proj.weight.to(dtype), self.d_inner)
-            if self.in_proj.bias is not None:
-                xz = [t + bias[:, None].to(t.dtype) for t, bias in zip(xz, self.in_proj.bias.split(self.d_inner))]
-            x, z = (t.unflatten(1, (b, l)).transpose(0, 1) for t in xz)
+            x, z = (self._in_proj_rows(hT, rows, b, l, out) for out, rows in zip(xz, self._xz_rows()))
         elif SPLIT_IN_PROJ:
             hT = hidden_states.flatten(0, 1).T  # (d_model, b * l)
-            x, z = (self._in_proj_rows(hT, rows, b, l) for rows in (slice(0, self.d_inner), slice(self.d_inner, None)))
+            x, z = (self._in_proj_rows(hT, rows, b, l) for rows in self._xz_rows())
         else:
             xz = self.in_proj.weight @ hidden_states.flatten(0, 1).T  # (2 * d_inner, b * l)
             if self.in_proj.bias is not None:
@@ -231,9 +230,14 @@ class Mamba1Mixer(nn.Module):
             ssm_state.copy_(last_state)
         return self.out_proj(y.transpose(1, 2))  # (b, l, d_model)
 
-    def _in_proj_rows(self, hT: torch.Tensor, rows: slice, b: int, l: int) -> torch.Tensor:
-        """in_proj's output rows ``rows`` for hT (d_model, b * l), as (b, len(rows), l) with time contiguous."""
-        out = self.in_proj.weight[rows] @ hT  # (len(rows), b * l)
+    def _xz_rows(self) -> tuple[slice, slice]:
+        return slice(0, self.d_inner), slice(self.d_inner, None)
+
+    def _in_proj_rows(self, hT: torch.Tensor, rows: slice, b: int, l: int, out: torch.Tensor | None = None):
+        """in_proj's output rows ``rows`` for hT (d_model, b * l), as (b, len(rows), l) with time contiguous; ``out``,
+        when given, is their matmul already done (len(rows), b * l), the bias still to add."""
+        if out is None:
+            out = self.in_proj.weight[rows] @ hT  # (len(rows), b * l)
         if self.in_proj.bias is not None:
             out = out + self.in_proj.bias[rows, None].to(out.dtype)
         return out.unflatten(1, (b, l)).transpose(0, 1)

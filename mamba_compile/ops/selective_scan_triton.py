@@ -132,6 +132,7 @@ the kernels), False for direct launches in tests (the Triton interpreter on CPU)
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -730,9 +731,10 @@ def _pow2_divisor(n: int, cap: int) -> int:
 
 
 def fwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, int]:
-    """(BLOCK_D, BLOCK_L, num_warps) of the forward by shape: one warp with 8 state values per thread (at dstate
-    <= 16 BLOCK_D 16; (32, 16, 2) until session 17, timings in fwd_prefetch) and BLOCK_L 16 (two 16-byte bf16 vectors of time steps per thread) for dstate <= 16, else
-    8. dpg is the channels per B/C group, which BLOCK_D must divide (None when B and C are time-invariant).
+    """(BLOCK_D, BLOCK_L, num_warps) of the forward by shape: one warp with 8 state values per thread (BLOCK_D 16
+    at dstate <= 16; (32, 16, 2) until session 17, timings in fwd_prefetch), BLOCK_L 16 (two 16-byte bf16 vectors
+    of time steps per thread) for dstate <= 16, else 8. dpg is the channels per B/C group, which BLOCK_D must
+    divide (None when B and C are time-invariant).
     Kernel at b8 d1536 l2048 n16 (H100, benchmarks/probes/scan_sweep.py, session 6), with B/C rows 8 ahead and
     the L1 prefetch: (32, 16, 2) 0.280-0.282 ms, (16, 16, 1) 0.281-0.282, (32, 8, 2) 0.299-0.302, (16, 8, 1)
     0.293, (32, 8, 4) 0.614; without the prefetch (32, 8, 2) 0.294-0.296 and (32, 16, 2) 0.299. At b2 d5120
@@ -755,10 +757,11 @@ def fwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, i
     return BLOCK_D, 16 if BLOCK_N <= 16 else 8, 1
 
 
-def fwd_prefetch(dstate: int, save_states: bool, ptxas: int | None) -> bool:
+def fwd_prefetch(dstate: int, save_states: bool, ptxas: Callable[[], int | None]) -> bool:
     """Whether the forward prefetches the B/C rows of the block after next into L1: above 16 states, and at 16 or
-    fewer when it saves states for the backward and a CUDA 13 or later ptxas builds it (``ptxas``, the major
-    version from ``_triton.ptxas_major``: Triton's JIT runs Triton 3.6's ptxas 12.8, Inductor torch 2.11's 13.0).
+    fewer when it saves states for the backward and a CUDA 13 or later ptxas builds it. ``ptxas`` returns that
+    ptxas's major version (``_triton.ptxas_major``: Triton's JIT runs Triton 3.6's ptxas 12.8, Inductor torch 2.11's
+    13.0); it is called only in the case it decides, since it costs about 9 us of host time.
 
     ptxas schedules the kernel's loop, and the two versions rank the configurations differently. H100, b8 d1536
     l2048 / b2 d5120 l8192 n16 bf16, forward launcher as a CUDA graph, medians of three rounds, session 17
@@ -779,7 +782,10 @@ def fwd_prefetch(dstate: int, save_states: bool, ptxas: int | None) -> bool:
     Inductor's CUDA 13 build of (32, 2) with the prefetch. An unknown version (None) counts as 12."""
     if block_n(dstate) > 16:
         return True
-    return save_states and ptxas is not None and ptxas >= 13
+    if not save_states:
+        return False
+    version = ptxas()
+    return version is not None and version >= 13
 
 
 def bwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, int]:
@@ -916,12 +922,10 @@ def selective_scan_fwd(
     dstate = A.shape[1]
     dpg = _common_dpg(dim, B, C)
     BLOCK_D, BLOCK_L, num_warps = fwd_block_sizes(dim, dstate, dpg) if config is None else config
-    if prefetch is None and _FWD_PREFETCH is not None:
+    if prefetch is None:
         prefetch = _FWD_PREFETCH
-    elif prefetch is None:
-        # the ptxas matters only when saving states at dstate <= 16 (ptxas_major costs about 9 us of host time)
-        asks = save_states and block_n(dstate) <= 16
-        prefetch = fwd_prefetch(dstate, save_states, ptxas_major(u) if asks else None)
+    if prefetch is None:
+        prefetch = fwd_prefetch(dstate, save_states, lambda: ptxas_major(u))
     STATE_CHUNK = bwd_block_sizes(dim, dstate, dpg)[1] if state_chunk is None else state_chunk
     BLOCK_L = min(BLOCK_L, STATE_CHUNK)
     _check_config(BLOCK_D, dpg, STATE_CHUNK, BLOCK_L)

@@ -455,9 +455,9 @@ def test_forward_prefetch_by_ptxas():
     from mamba_compile.ops import selective_scan_triton as kern
 
     # at 16 states: only when saving states for the backward and built by a CUDA 13 or later ptxas
-    assert [kern.fwd_prefetch(16, save, v) for save in (True, False) for v in (None, 12, 13, 14)] == [
+    assert [kern.fwd_prefetch(16, save, lambda v=v: v) for save in (True, False) for v in (None, 12, 13, 14)] == [
         False, False, True, True, False, False, False, False]
-    assert all(kern.fwd_prefetch(64, save, v) for save in (True, False) for v in (None, 12, 13))
+    assert all(kern.fwd_prefetch(64, save, lambda v=v: v) for save in (True, False) for v in (None, 12, 13))
     assert kern.fwd_block_sizes(1536, 16, 1536) == (16, 16, 1)
 
 
