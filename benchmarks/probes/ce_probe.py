@@ -6,8 +6,9 @@ bf16 autocast), the op's one call (loss and both gradients), CUDA-graph replay m
    loss, d hidden and d weight against float64 math on the same bf16-rounded operands (in units of the
    reference's largest magnitude);
 2. the loss/gradient kernel (cross_entropy_triton._ce_rows_kernel) alone on one block of bf16 logits, over
-   BLOCK_V, warps and its two log-sum-exp schemes (SEPARATE_MAX), with its copy floor (two reads and one write of
-   the block) and each variant's largest loss difference from ce_rows' default.
+   BLOCK_V, warps, its two log-sum-exp schemes (SEPARATE_MAX) and its vector width (VEC: 1, as before session 18,
+   or 8 elements), each with its copy floors (two reads and one write of the block; one read and one write) and
+   its largest loss and gradient differences from ce_rows' default.
 
     python -m benchmarks.probes.ce_probe --out $OUT/ce_probe.json [--parts matmul rows]
 """
@@ -88,26 +89,30 @@ def rows_variants(rows_out):
     logits = (torch.randn(rows, VOCAB, device="cuda", generator=g) * 3).bfloat16()
     labels = torch.randint(0, VOCAB, (rows,), device="cuda", generator=g)
     inv = torch.tensor([1.0 / rows], device="cuda")
-    loss_want = kernels.ce_rows(logits.clone(), labels, inv, -100, False)
+    want_grad = logits.clone()
+    loss_want = kernels.ce_rows(want_grad, labels, inv, -100, True)
     floor = floor_ms(3 * logits.numel() * logits.element_size())
+    floor1 = floor_ms(2 * logits.numel() * logits.element_size())
     work = torch.empty_like(logits)
-    configs = [(bv, w, sep) for sep in (False, True)
+    vec = kernels._vector_width(logits)
+    configs = [(bv, w, sep, v) for sep in (False, True) for v in (1, vec)
                for bv, w in ((4096, 8), (2048, 8), (4096, 4), (8192, 8), (8192, 16), (2048, 4), (1024, 4))]
-    for block_v, warps, separate in configs + [(4096, 8, False), (4096, 8, True)]:
+    for block_v, warps, separate, v in configs + [(4096, 8, True, 1), (4096, 8, True, vec)]:
         loss = torch.empty(rows, device="cuda", dtype=torch.float32)
 
-        def run(block_v=block_v, warps=warps, separate=separate, loss=loss):
+        def run(block_v=block_v, warps=warps, separate=separate, loss=loss, v=v):
             work.copy_(logits)
             kernels._ce_rows_kernel[(rows,)](work, labels, inv, loss, VOCAB, work.stride(0), labels.stride(0), -100,
-                                             COMPUTE_GRAD=True, BLOCK_V=block_v, SEPARATE_MAX=separate,
+                                             COMPUTE_GRAD=True, BLOCK_V=block_v, SEPARATE_MAX=separate, VEC=v,
                                              num_warps=warps)
 
         copy_ms = graph_ms(lambda: work.copy_(logits))
         ms = graph_ms(run) - copy_ms
         run()
-        rows_out.append(dict(part="rows", block_v=block_v, warps=warps, separate_max=separate, ms=round(ms, 4),
-                             floor_ratio=round(ms / floor, 2),
-                             loss_err=f"{(loss - loss_want).abs().max().item():.1e}"))
+        rows_out.append(dict(part="rows", block_v=block_v, warps=warps, separate_max=separate, vec=v,
+                             ms=round(ms, 4), floor_ratio=round(ms / floor, 2), one_read_ratio=round(ms / floor1, 2),
+                             loss_err=f"{(loss - loss_want).abs().max().item():.1e}",
+                             grad_err=f"{(work.float() - want_grad.float()).abs().max().item():.1e}"))
         print(rows_out[-1], flush=True)
 
 

@@ -15,8 +15,12 @@ as Inductor does (session 16: Inductor's build of the scan forward took 0.323 ms
 same tensors, because Inductor ran another ptxas: see selective_scan_triton.fwd_prefetch); "proj-acc" = Mamba-1's
 projections through mixers._InProjXZ / _XDtProj, whose backward sums the gradients meeting at x and at the hidden
 states inside a matmul (mixers.ACCUMULATE_PROJ_GRADS on; "proj-sum" off); the conv_rows column counts the calls that
-took the row kernels while the variant traced and ran (of those where its flags let them be considered). --graph
-replays each step from one CUDA graph (bench_model's --train-graph on).
+took the row kernels while the variant traced and ran (of those where its flags let them be considered);
+"ce-scalar" = the cross-entropy kernel's loads and stores one element wide (cross_entropy_triton._VECTORIZE off, as
+before session 18); "mm-autotune" = Inductor's GEMM autotuning (torch._inductor.config.max_autotune_gemm: cuBLAS
+against its Triton templates, per shape, at compile time), "mm-autotune-cd" = that and coordinate-descent tuning of
+the generated kernels (coordinate_descent_tuning). --graph replays each step from one CUDA graph (bench_model's
+--train-graph on).
 (Session 4 A/B'd the conv blocks and the scan backward kernels this way.)
 
     python -m benchmarks.probes.train_ab --out $OUT/train_ab.json [--arch mamba1 mamba2] [--mamba1 new scan-old ...]
@@ -29,6 +33,7 @@ import argparse
 
 import torch
 import torch._functorch.config
+import torch._inductor.config
 
 from benchmarks._common import fresh_compiles, write_results
 from benchmarks.bench_model import bench_train
@@ -71,6 +76,9 @@ def _set(variant: str) -> None:
     conv._FWD_ROWS = {"conv-rows": True, "conv-general": False}.get(variant, DEFAULT_ROWS[0])
     conv._BWD_ROWS = {"conv-rows": True, "conv-rows-bwd": True, "conv-general": False}.get(variant, DEFAULT_ROWS[1])
     torch._functorch.config.decompose_custom_triton_ops = variant != "ops-opaque"
+    ce_triton._VECTORIZE = variant != "ce-scalar"
+    torch._inductor.config.max_autotune_gemm = variant in ("mm-autotune", "mm-autotune-cd")
+    torch._inductor.config.coordinate_descent_tuning = variant == "mm-autotune-cd"
 
 
 def main():
@@ -92,7 +100,8 @@ def main():
             conv._rows_apply = ROWS_APPLY
             rows.append(dict(arch=arch, variant=variant, graph=args.graph,
                              conv_rows=f"{sum(ROWS_TAKEN)}/{len(ROWS_TAKEN)} calls", ms=r["ms"],
-                             quartiles=r["step_ms_q1_q3"], peak_gib=r["peak_gib"]))
+                             quartiles=r["step_ms_q1_q3"], peak_gib=r["peak_gib"],
+                             compile_s=round(r["compile_s"], 1)))
             print(rows[-1], flush=True)
             torch._dynamo.reset()
             torch.cuda.empty_cache()

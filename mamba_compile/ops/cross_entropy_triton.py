@@ -18,6 +18,15 @@ from ._triton import launcher, tl, triton
 
 
 @triton.jit
+def _aligned(vocab, s_row, VEC: tl.constexpr):
+    """vocab and the row stride, written so that the compiler sees multiples of VEC elements (the launcher checked
+    that they are): the row's loads and stores then move VEC elements at a time instead of one. Triton's own
+    hint covers multiples of 16 only, and a padded vocabulary such as 50280 is a multiple of 8. (tl.multiple_of
+    on an argument changes nothing.)"""
+    return (vocab // VEC) * VEC, (s_row // VEC) * VEC
+
+
+@triton.jit
 def _logits_tile(base, v0, offs, vocab):
     """Columns v0 + offs of the row at base, in fp32; -inf past the vocabulary (nothing to the max or the sum)."""
     return tl.load(base + v0 + offs, mask=v0 + offs < vocab, other=float("-inf")).to(tl.float32)
@@ -26,9 +35,10 @@ def _logits_tile(base, v0, offs, vocab):
 @triton.jit
 def _ce_rows_kernel(
     logits_ptr, labels_ptr, inv_count_ptr, loss_ptr, vocab, s_row, s_label, ignore_index,
-    COMPUTE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr, SEPARATE_MAX: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr, SEPARATE_MAX: tl.constexpr, VEC: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0)
+    vocab, s_row = _aligned(vocab, s_row, VEC)
     base = logits_ptr + row.to(tl.int64) * s_row
     offs = tl.arange(0, BLOCK_V)
     label = tl.load(labels_ptr + row * s_label)
@@ -37,6 +47,8 @@ def _ce_rows_kernel(
     # row's loss and gradient NaN instead of reading past the row.
     bad = ok & ((label < 0) | (label >= vocab))
     target = tl.where(ok & ~bad, label, 0)
+    # Read before the reductions, whose barriers every warp passes before any writes the gradient over the row.
+    x_target = tl.load(base + target).to(tl.float32)
     if SEPARATE_MAX:
         # The max, then the sum of exp(x - max), each kept per element across tiles and reduced across the program
         # once: two reductions a row instead of two a tile, for a third read of the row (timings at _SEPARATE_MAX).
@@ -60,7 +72,6 @@ def _ce_rows_kernel(
             s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
             m = m_new
     lse = m + tl.log(s)
-    x_target = tl.load(base + target).to(tl.float32)
     tl.store(loss_ptr + row, tl.where(bad, float("nan"), tl.where(ok, lse - x_target, 0.0)))
     if COMPUTE_GRAD:
         scale = tl.where(bad, float("nan"), tl.where(ok, tl.load(inv_count_ptr), 0.0))
@@ -73,13 +84,37 @@ def _ce_rows_kernel(
 
 
 # The log-sum-exp as a max pass then a sum pass, each reduced once per row (True), or as one pass with a running max
-# and sum reduced per tile (False). H100, one 130M training block of bf16 logits (benchmarks/probes/ce_probe.py
-# --parts rows, session 16; 5338 rows): at BLOCK_V 4096 / 8 warps, the default, 0.732 ms twice against 0.767 twice;
-# separate also at 8192 / 8 (0.982 against 1.057) and 8192 / 16 (0.755 against 0.808), running at 2048 / 8, 4096 / 4,
-# 2048 / 4 and 1024 / 4 (0.843-0.899 against 0.946-1.124). For 16-bit logits only: the separate max reads each row
-# a third time, which the bf16 timing suggests comes from L2 (about 26 MB of rows in flight against a 50 MB L2); fp32
-# rows are twice as long (about 53 MB in flight) and were not timed, so they keep the running max.
+# and sum reduced per tile (False), for rows whose loads go one element at a time (VEC 1: a row length or stride
+# that is odd, or a start that is not 4-byte aligned); rows loaded VEC > 1 elements at a time always take the
+# running max. H100, one 130M training block of bf16 logits (5338 rows of 50280; benchmarks/probes/ce_probe.py
+# --parts rows), ms:
+#   session 16, VEC 1 (every load was one element wide then): at BLOCK_V 4096 / 8 warps 0.732 separate against
+#   0.767 running; separate also at 8192 / 8 (0.982 against 1.057) and 8192 / 16 (0.755 against 0.808), running at
+#   2048 / 8, 4096 / 4, 2048 / 4 and 1024 / 4 (0.843-0.899 against 0.946-1.124). The separate max reads each row a
+#   third time, which the timing suggests comes from L2 (about 26 MB of rows in flight against a 50 MB L2); fp32
+#   rows are twice as long and were not timed, so they keep the running max.
+#   session 18, the same block with VEC 8 (16-byte loads and stores): running 0.548 at 8192 / 16 (1.02x the copy
+#   floor of two reads and a write), 0.590 at 8192 / 8, 0.624-0.629 at 4096 / 4 and 8, 0.655-0.700 at 2048 and
+#   1024; separate 0.607 at 8192 / 16, 0.724-0.849 elsewhere; VEC 1 in the same run 0.733 (4096 / 8, separate),
+#   the old default. A kernel that read each 16-bit row once (int32 pairs in up to 8 tiles kept in
+#   registers for the max, the sum and the gradient; one tile of the whole row made ptxas spill at every warp
+#   count) took 0.731 at best (tiles of 4096 pairs, 16 warps; 0.747-0.781 with 8192 and 16384, 0.80-1.17 on 8 and
+#   32 warps, 2.4-4.6 on 4): one CTA of 255 or 128 registers a thread per SM leaves no second row to load while
+#   one reduces. In the graphed Mamba-1 step (train_ab, one call) 74.77 / 74.55 ms against 74.52 / 73.83 for VEC 8
+#   and the running max here. Not kept.
 _SEPARATE_MAX = True
+
+
+_VECTORIZE = True  # False: every load and store one element wide, as before session 18 (for A/B runs)
+
+
+def _vector_width(logits: torch.Tensor) -> int:
+    """The most elements (up to 16 bytes) that divide the row length, the row stride and the start's alignment."""
+    vec = 16 // logits.element_size() if _VECTORIZE else 1
+    while vec > 1 and (logits.shape[1] % vec or logits.stride(0) % vec
+                       or logits.data_ptr() % (vec * logits.element_size())):
+        vec //= 2
+    return vec
 
 
 def ce_rows(logits: torch.Tensor, labels: torch.Tensor, inv_count: torch.Tensor, ignore_index: int,
@@ -92,11 +127,13 @@ def ce_rows(logits: torch.Tensor, labels: torch.Tensor, inv_count: torch.Tensor,
     loss = torch.empty(rows, device=logits.device, dtype=torch.float32)
     if rows == 0:
         return loss
-    block_v = min(4096, triton.next_power_of_2(vocab))
+    vec = _vector_width(logits)
+    block_v = min(8192 if vec > 1 else 4096, triton.next_power_of_2(vocab))
+    if separate_max is None:
+        separate_max = _SEPARATE_MAX and vec == 1 and logits.element_size() == 2
     launcher(_ce_rows_kernel, wrap)[(rows,)](
         logits, labels, inv_count, loss, vocab, logits.stride(0), labels.stride(0), ignore_index,
-        COMPUTE_GRAD=compute_grad, BLOCK_V=block_v,
-        SEPARATE_MAX=(_SEPARATE_MAX and logits.element_size() == 2) if separate_max is None else separate_max,
-        num_warps=8 if block_v >= 2048 else 4,
+        COMPUTE_GRAD=compute_grad, BLOCK_V=block_v, VEC=vec, SEPARATE_MAX=separate_max,
+        num_warps=16 if block_v >= 8192 else 8 if block_v >= 2048 else 4,
     )  # fmt: skip
     return loss

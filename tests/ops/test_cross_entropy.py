@@ -96,15 +96,10 @@ def test_bad_input(args, exc, name):
         linear_cross_entropy(*args(h, w, labels))
 
 
-# The CUDA path's kernel (cross_entropy_triton.ce_rows; the Triton interpreter on CPU): per-row losses and the
-# gradient written over the logits, against float64 torch. Vocabularies below, at and above one 4096-wide tile;
-# labels with a stride.
-@pytest.mark.parametrize("vocab, dtype", [(37, torch.float32), (4096, torch.float32), (5003, torch.float32),
-                                          (777, torch.bfloat16)], ids=["v37", "v4096", "v5003-two-tiles", "v777-bf16"])
-@pytest.mark.parametrize("compute_grad", [True, False], ids=["grad", "loss-only"])
-@pytest.mark.parametrize("separate_max", [False, True], ids=["running-max", "separate-max"])
-def test_ce_rows_kernel_matches_float64(vocab, dtype, compute_grad, separate_max):
-    from mamba_compile.ops.cross_entropy_triton import ce_rows
+def _check_ce_rows(vocab, dtype, compute_grad, offset=0, **kwargs):
+    """ce_rows on 6 random rows (one label ignored, one the last column; labels with a stride), starting
+    ``offset`` elements into their storage, against float64 torch; returns the vector width it chose."""
+    from mamba_compile.ops import cross_entropy_triton as k
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(vocab)
@@ -113,6 +108,7 @@ def test_ce_rows_kernel_matches_float64(vocab, dtype, compute_grad, separate_max
     labels = torch.randint(0, vocab, (rows,), generator=g)
     labels[2] = -100
     labels[4] = vocab - 1  # the last column, in the last (partial) tile
+    labels[5] = 0
     ok = labels != -100
     count = ok.sum()
     x = logits.double()
@@ -121,10 +117,12 @@ def test_ce_rows_kernel_matches_float64(vocab, dtype, compute_grad, separate_max
     want_grad = (x - lse[:, None]).exp()
     want_grad[ok.nonzero().squeeze(1), labels[ok]] -= 1.0
     want_grad *= (ok / count)[:, None]
-    work = logits.to(device)
+    storage = torch.full((offset + rows * vocab,), float("nan"), dtype=dtype, device=device)
+    work = storage[offset:].view(rows, vocab)
+    work.copy_(logits)
     inv_count = torch.tensor([1.0 / count.item()], device=device)
     strided_labels = torch.stack([labels, labels], dim=1).to(device)[:, 0]  # stride 2
-    loss = ce_rows(work, strided_labels, inv_count, -100, compute_grad, separate_max=separate_max)
+    loss = k.ce_rows(work, strided_labels, inv_count, -100, compute_grad, **kwargs)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-3)
     torch.testing.assert_close(loss.cpu().double(), want_loss, rtol=1e-5, atol=1e-5)
     if compute_grad:
@@ -132,15 +130,40 @@ def test_ce_rows_kernel_matches_float64(vocab, dtype, compute_grad, separate_max
         assert (work[2] == 0).all()  # the ignored row
     else:
         assert torch.equal(work.cpu(), logits)  # untouched
+    assert storage[:offset].isnan().all()  # nothing written before the rows
+    return k._vector_width(work)
 
 
-def test_ce_rows_kernel_out_of_range_label_gives_nan_not_a_stray_read():
+# The CUDA path's kernel (cross_entropy_triton.ce_rows; the Triton interpreter on CPU): per-row losses and the
+# gradient written over the logits, against float64 torch. Vocabularies below, at and above one 4096-wide tile;
+# rows whose loads go 1, 4 or 8 elements at a time (v1000-bf16: 8; v4096: 4).
+@pytest.mark.parametrize("vocab, dtype", [(37, torch.float32), (4096, torch.float32), (5003, torch.float32),
+                                          (777, torch.bfloat16), (1000, torch.bfloat16)],
+                         ids=["v37", "v4096", "v5003-two-tiles", "v777-bf16", "v1000-bf16"])
+@pytest.mark.parametrize("compute_grad", [True, False], ids=["grad", "loss-only"])
+@pytest.mark.parametrize("separate_max", [False, True], ids=["running-max", "separate-max"])
+def test_ce_rows_kernel_matches_float64(vocab, dtype, compute_grad, separate_max):
+    _check_ce_rows(vocab, dtype, compute_grad, separate_max=separate_max)
+
+
+# Loads and stores VEC elements wide only where the rows' length, stride and start allow: rows starting 2 or 1
+# elements past an aligned address, in bf16 and fp32.
+@pytest.mark.parametrize("vocab, dtype, offset, vec", [
+    (1000, torch.bfloat16, 0, 8), (1000, torch.bfloat16, 2, 2), (1000, torch.bfloat16, 1, 1),
+    (1000, torch.float32, 2, 2), (1002, torch.bfloat16, 0, 2), (777, torch.bfloat16, 0, 1)],
+    ids=["bf16-aligned", "bf16-off2", "bf16-off1", "fp32-off2", "bf16-v1002", "bf16-odd"])
+def test_ce_rows_kernel_vector_width(vocab, dtype, offset, vec):
+    assert _check_ce_rows(vocab, dtype, True, offset=offset) == vec
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_ce_rows_kernel_out_of_range_label_gives_nan_not_a_stray_read(dtype):
     """What only an unchecked call (a replayed CUDA graph) can pass: a label outside the vocabulary makes its row's
     loss and gradient NaN; the other rows are untouched by it."""
     from mamba_compile.ops.cross_entropy_triton import ce_rows
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(3)).to(device)
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(3)).to(device, dtype)
     want = ce_rows(logits.clone(), torch.tensor([1, 2, 3, 4], device=device), torch.tensor([0.25], device=device),
                    -100, True)
     work = logits.clone()
