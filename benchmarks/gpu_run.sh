@@ -51,7 +51,7 @@ if [[ $what == inmodel ]]; then
   timeout 300 python3 -m benchmarks.probes.train_ab --arch mamba1 --mamba1 new ops-opaque new ops-opaque --graph --out "$OUT/train_ab_opaque.json" 2>&1 | tee "$OUT/train_ab_opaque.log" | grep "^|"
 fi
 if [[ $what == projacc ]]; then
-  # Mamba-1's projection gradients summed inside the matmuls (mixers.ACCUMULATE_PROJ_GRADS): the bf16 compiled step
+  # Mamba-1's projection gradients summed inside the matmuls (mixers.ACCUMULATE_IN_PROJ_GRADS / _X_PROJ_GRADS): the bf16 compiled step
   # against eager on the GPU, then the graphed 130M step A/B (about 4 minutes)
   timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "bf16_training" 2>&1 | tail -3
   timeout 330 python3 -m benchmarks.probes.train_ab --arch mamba1 --mamba1 new proj-acc new proj-acc --graph --out "$OUT/train_ab_projacc.json" 2>&1 | tee "$OUT/train_ab_projacc.log" | grep "^|"

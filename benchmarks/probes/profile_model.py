@@ -1,6 +1,6 @@
 """Where a 130M model's time goes on the GPU: torch.profiler tables of generation and of a training step.
 
-    python -m benchmarks.probes.profile_model --out $OUT [--arch mamba1 mamba2] [--cases generate train]
+    python -m benchmarks.probes.profile_model --out $OUT [--arch mamba1 mamba2] [--cases generate train] [--sources]
 """
 
 from __future__ import annotations
@@ -81,6 +81,31 @@ def _gaps(prof, path: str, title: str) -> None:
     print(lines[0].strip(), flush=True)
 
 
+def _op_sources(prof, path: str, title: str, min_us: float = 20.0) -> None:
+    """The aten ops whose kernels took at least ``min_us`` each, grouped by name, input shapes and the innermost
+    Python frames that called them (needs record_shapes and with_stack): where the elementwise kernels outside the
+    compiled graphs come from."""
+    groups = {}
+    for e in prof.events():
+        dev_us = e.device_time_total
+        if not e.name.startswith("aten::") or dev_us < min_us or (e.cpu_parent is not None
+                                                                   and e.cpu_parent.name.startswith("aten::")):
+            continue
+        callers, p = [], e.cpu_parent
+        while p is not None and len(callers) < 3:  # the enclosing events: autograd nodes, compiled graphs, modules
+            callers.append(p.name[:60])
+            p = p.cpu_parent
+        stack = [f for f in (e.stack or []) if "torch/" not in f][:2]
+        key = (e.name, str(e.input_shapes)[:120], " <- ".join(callers + stack)[:300])
+        n, t = groups.get(key, (0, 0.0))
+        groups[key] = (n + 1, t + dev_us)
+    lines = [f"\n\n## {title}: aten ops of at least {min_us} us, by shapes and caller"]
+    for (name, shapes, stack), (n, t) in sorted(groups.items(), key=lambda kv: -kv[1][1])[:30]:
+        lines.append(f"- {t / 1e3:.3f} ms in {n} calls: {name} {shapes} <- {stack}")
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def train_step(model, opt, ids, head_loss):
     """One bf16-autocast training step of ``model`` on ``ids`` (b, l + 1): the backbone, ``head_loss(hidden, ids)``,
     backward and the optimizer."""
@@ -95,7 +120,7 @@ def train_step(model, opt, ids, head_loss):
     return step
 
 
-def train(arch: str, out: str, fused: bool = True) -> None:
+def train(arch: str, out: str, fused: bool = True, sources: bool = False) -> None:
     """One training step as bench_model --regional times it (fused linear + cross-entropy head unless not
     fused): the top kernels, then the GPU's idle gaps."""
     from mamba_compile.ops import linear_cross_entropy
@@ -117,13 +142,16 @@ def train(arch: str, out: str, fused: bool = True) -> None:
         step()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=sources,
+                 with_stack=sources) as prof:
         step()
         torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() / 2**30
     title = f"{arch} train step b8x2048 (regional compile, {'fused' if fused else 'plain'} CE head), peak {peak:.2f} GiB"
     _table(prof, out, title, rows=45)
     _gaps(prof, out, title)
+    if sources:
+        _op_sources(prof, out, title)
 
 
 def main() -> None:
@@ -132,13 +160,14 @@ def main() -> None:
     p.add_argument("--arch", nargs="+", default=["mamba1", "mamba2"])
     p.add_argument("--cases", nargs="+", default=["generate", "train"])
     p.add_argument("--state-dtype", default=None, choices=[None, "bfloat16"])
+    p.add_argument("--sources", action="store_true", help="train: also the aten ops by shapes and Python caller")
     args = p.parse_args()
     path = os.path.join(args.out, "profile_model.md")
     sd = getattr(torch, args.state_dtype) if args.state_dtype else None
     for arch in args.arch:
         for case in args.cases:
             try:
-                generate(arch, path, sd) if case == "generate" else train(arch, path)
+                generate(arch, path, sd) if case == "generate" else train(arch, path, sources=args.sources)
             except Exception as e:  # noqa: BLE001
                 import traceback
 

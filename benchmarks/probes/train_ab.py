@@ -14,7 +14,8 @@ _BWD_ROWS), "conv-general" = neither; "ops-opaque" = every triton_op left whole 
 as Inductor does (session 16: Inductor's build of the scan forward took 0.323 ms against 0.282 for the JIT's, on the
 same tensors, because Inductor ran another ptxas: see selective_scan_triton.fwd_prefetch); "proj-acc" = Mamba-1's
 projections through mixers._InProjXZ / _XDtProj, whose backward sums the gradients meeting at x and at the hidden
-states inside a matmul (mixers.ACCUMULATE_PROJ_GRADS on; "proj-sum" off); the conv_rows column counts the calls that
+states inside a matmul (mixers.ACCUMULATE_IN_PROJ_GRADS and ACCUMULATE_X_PROJ_GRADS on; "proj-acc-in" /
+"proj-acc-x" only one of them; "proj-sum" neither); the conv_rows column counts the calls that
 took the row kernels while the variant traced and ran (of those where its flags let them be considered);
 "ce-scalar" = the cross-entropy kernel's loads and stores one element wide (cross_entropy_triton._VECTORIZE off, as
 before session 18); "mm-autotune" = Inductor's GEMM autotuning (torch._inductor.config.max_autotune_gemm: cuBLAS
@@ -46,7 +47,7 @@ from mamba_compile.ops import selective_scan_triton as scan
 NEW_FWD_BLOCKS = scan.fwd_block_sizes
 DEFAULT_ROWS = (conv._FWD_ROWS, conv._BWD_ROWS)
 DEFAULT_XBC_SPLIT = mixers.SPLIT_XBC_PROJ
-DEFAULT_PROJ_ACC = mixers.ACCUMULATE_PROJ_GRADS
+DEFAULT_PROJ_ACC = (mixers.ACCUMULATE_IN_PROJ_GRADS, mixers.ACCUMULATE_X_PROJ_GRADS)
 DEFAULT_CE_BLOCK = ce._CUDA_BLOCK_BYTES
 DEFAULT_SEPARATE_MAX = ce_triton._SEPARATE_MAX
 ROWS_APPLY = conv._rows_apply
@@ -72,7 +73,9 @@ def _set(variant: str) -> None:
     mixers.CHANNEL_MAJOR_PROJ = variant != "proj-old"
     mixers.SPLIT_DT_PROJ = variant != "split-old"
     mixers.SPLIT_XBC_PROJ = {"xbc-split": True, "xbc-joined": False}.get(variant, DEFAULT_XBC_SPLIT)
-    mixers.ACCUMULATE_PROJ_GRADS = variant == "proj-acc" or DEFAULT_PROJ_ACC and variant != "proj-sum"
+    mixers.ACCUMULATE_IN_PROJ_GRADS, mixers.ACCUMULATE_X_PROJ_GRADS = {
+        "proj-acc": (True, True), "proj-acc-in": (True, False), "proj-acc-x": (False, True),
+        "proj-sum": (False, False)}.get(variant, DEFAULT_PROJ_ACC)
     conv._FWD_ROWS = {"conv-rows": True, "conv-general": False}.get(variant, DEFAULT_ROWS[0])
     conv._BWD_ROWS = {"conv-rows": True, "conv-rows-bwd": True, "conv-general": False}.get(variant, DEFAULT_ROWS[1])
     torch._functorch.config.decompose_custom_triton_ops = variant != "ops-opaque"

@@ -64,9 +64,12 @@ SPLIT_XBC_PROJ = True
 # d_model). In the fifteenth session's profile of the 130M step (H100) those adds were
 # triton_poi_fused_add_empty_like_squeeze_transpose_view (45 us a layer, 1.09 ms a step) and
 # triton_poi_fused_add_permute_t_view (23 us, 0.52 ms). Inductor turns the first into an addmm when it compiles a
-# block alone (benchmarks/probes/block_code.py), but not in the whole model's step. Off until timed (train_ab.py
-# variant "proj-acc").
-ACCUMULATE_PROJ_GRADS = False
+# block alone (benchmarks/probes/block_code.py), but not in the whole model's step. The two are separate switches:
+# ACCUMULATE_IN_PROJ_GRADS (_InProjXZ, the hidden states) and ACCUMULATE_X_PROJ_GRADS (_XDtProj, x). Both on, the
+# graphed 130M step on an H100 (train_ab.py --mamba1 new proj-acc new proj-acc --graph, session 18, one call) took
+# 75.31 and 75.15 ms against 75.16 and 74.52 for the defaults: off.
+ACCUMULATE_IN_PROJ_GRADS = False
+ACCUMULATE_X_PROJ_GRADS = False
 # Above this batch the in-projection is cuBLAS + causal_conv1d_update instead of decode_in, whose GEMV grows
 # with the batch (H100, 130M: decode_in 3.0-3.6 us against cuBLAS 3.4 us + the conv update at b1, but 16.6
 # against 3.6 at b64); the fused state update is kept at every batch (b64: 7.6 us against 15.3 unfused).
@@ -188,8 +191,8 @@ class Mamba1Mixer(nn.Module):
         # (b, channels, l) with time contiguous: the layout the conv and scan kernels read fastest (with
         # time strided by the channel count, the scan measured 2.5x slower in a training step).
         b, l, _ = hidden_states.shape
-        accumulate = ACCUMULATE_PROJ_GRADS and SPLIT_IN_PROJ and CHANNEL_MAJOR_PROJ and torch.is_grad_enabled()
-        if accumulate:
+        grads = torch.is_grad_enabled() and CHANNEL_MAJOR_PROJ
+        if ACCUMULATE_IN_PROJ_GRADS and SPLIT_IN_PROJ and grads:
             dtype = _matmul_dtype(hidden_states)
             hT = hidden_states.flatten(0, 1).T.to(dtype)
             xz = _InProjXZ.apply(hT, self.in_proj.weight.to(dtype), self.d_inner)
@@ -204,7 +207,7 @@ class Mamba1Mixer(nn.Module):
             x, z = xz.unflatten(1, (b, l)).transpose(0, 1).chunk(2, dim=1)  # (b, d_inner, l) each
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
         x = _conv_silu(self.conv1d, x, None if cache is None else cache.conv_states[self.layer_idx])
-        if accumulate:
+        if ACCUMULATE_X_PROJ_GRADS and grads:
             dtype = _matmul_dtype(x)
             xm, dt, B, C = _XDtProj.apply(x.transpose(0, 1).reshape(x.shape[1], b * l).to(dtype),
                                           self.x_proj.weight.to(dtype), self.dt_proj.weight.to(dtype), self.dt_rank)

@@ -61,11 +61,12 @@ def test_forward_one_frame_across_lengths(name):
     ids=["mamba1-logits", "mamba1-labels", "mamba2-logits", "mamba2-labels", "mamba1-accumulated-proj-grads-logits"])
 def test_training_step_one_frame_across_lengths(name, accumulate, loss, monkeypatch):
     """Compiled training step, with the loss from the logits or fused (model(ids, labels=ids)), against
-    eager cross-entropy of the materialised logits (and Mamba-1 through mixers.ACCUMULATE_PROJ_GRADS's autograd
+    eager cross-entropy of the materialised logits (and Mamba-1 through mixers.ACCUMULATE_*_PROJ_GRADS's autograd
     functions)."""
     from mamba_compile.models import mixers
 
-    monkeypatch.setattr(mixers, "ACCUMULATE_PROJ_GRADS", accumulate)
+    monkeypatch.setattr(mixers, "ACCUMULATE_IN_PROJ_GRADS", accumulate)
+    monkeypatch.setattr(mixers, "ACCUMULATE_X_PROJ_GRADS", accumulate)
     model = _model(name).train()
     counter = CompileCounterWithBackend("aot_eager")
 

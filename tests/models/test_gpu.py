@@ -71,7 +71,8 @@ def test_cuda_graph_generation_equals_eager(name):
 def test_compiled_bf16_training_step_matches_eager(name, accumulate, monkeypatch):
     from mamba_compile.models import mixers
 
-    monkeypatch.setattr(mixers, "ACCUMULATE_PROJ_GRADS", accumulate)
+    monkeypatch.setattr(mixers, "ACCUMULATE_IN_PROJ_GRADS", accumulate)
+    monkeypatch.setattr(mixers, "ACCUMULATE_X_PROJ_GRADS", accumulate)
     model = _model(name).cuda().train()
     ids = torch.randint(0, VOCAB, (2, 257), device="cuda")
 
