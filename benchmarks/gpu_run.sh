@@ -51,10 +51,12 @@ if [[ $what == inmodel ]]; then
   timeout 300 python3 -m benchmarks.probes.train_ab --arch mamba1 --mamba1 new ops-opaque new ops-opaque --graph --out "$OUT/train_ab_opaque.json" 2>&1 | tee "$OUT/train_ab_opaque.log" | grep "^|"
 fi
 if [[ $what == projacc ]]; then
-  # Mamba-1's projection gradients summed inside the matmuls (mixers.ACCUMULATE_IN_PROJ_GRADS / _X_PROJ_GRADS): the bf16 compiled step
-  # against eager on the GPU, then the graphed 130M step A/B (about 4 minutes)
+  # Mamba-1's projection gradients summed in one launch (mixers.ACCUMULATE_IN_PROJ_GRADS / _X_PROJ_GRADS): the
+  # add_matmul tests and probe, the bf16 compiled step against eager, then the graphed 130M step A/B (about 6 minutes)
+  timeout 100 python3 -m pytest -q -p no:cacheprovider tests/ops/test_add_matmul.py 2>&1 | tail -2
+  timeout 100 python3 -m benchmarks.probes.add_matmul_probe --out "$OUT/add_matmul_probe.json" 2>&1 | grep "^|"
   timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "bf16_training" 2>&1 | tail -3
-  timeout 330 python3 -m benchmarks.probes.train_ab --arch mamba1 --mamba1 new proj-acc new proj-acc --graph --out "$OUT/train_ab_projacc.json" 2>&1 | tee "$OUT/train_ab_projacc.log" | grep "^|"
+  timeout 330 python3 -m benchmarks.probes.train_ab --arch mamba1 --mamba1 new proj-acc-x new proj-acc-x --graph --out "$OUT/train_ab_projacc.json" 2>&1 | tee "$OUT/train_ab_projacc.log" | grep "^|"
 fi
 if [[ $what == model-bench || $what == all ]]; then
   # Training (both models, ~2 min) comes first; the generation cases take 2-3 min each to compile, so 450 s

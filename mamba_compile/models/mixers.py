@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import (
+    add_matmul,
     causal_conv1d,
     causal_conv1d_update,
     decode_in,
@@ -67,7 +68,10 @@ SPLIT_XBC_PROJ = True
 # block alone (benchmarks/probes/block_code.py), but not in the whole model's step. The two are separate switches:
 # ACCUMULATE_IN_PROJ_GRADS (_InProjXZ, the hidden states) and ACCUMULATE_X_PROJ_GRADS (_XDtProj, x). Both on, the
 # graphed 130M step on an H100 (train_ab.py --mamba1 new proj-acc new proj-acc --graph, session 18, one call) took
-# 75.31 and 75.15 ms against 75.16 and 74.52 for the defaults: off.
+# 75.31 and 75.15 ms against 75.16 and 74.52 for the defaults. cuBLAS's addmm for x's sum turned out slower than its
+# mm and an add (82.3 against 76.5 us at (1536, 16384), k 80), so x's now goes through ops.add_matmul (44.5 us);
+# with it, x's alone (proj-acc-x, one call) 74.06 and 74.14 ms against 74.70 and 74.15: within the spread of the
+# defaults' repeats (73.8-74.8 over the session's calls, the first variant of a process the slowest). Both off.
 ACCUMULATE_IN_PROJ_GRADS = False
 ACCUMULATE_X_PROJ_GRADS = False
 # Above this batch the in-projection is cuBLAS + causal_conv1d_update instead of decode_in, whose GEMV grows
@@ -134,7 +138,9 @@ class _InProjXZ(torch.autograd.Function):
 class _XDtProj(torch.autograd.Function):
     """x_proj and dt_proj on channel-major matrices (CHANNEL_MAJOR_PROJ), passing x through: x (d_inner, b l) in,
     x, dt (d_inner, b l), B and C (d_state, b l) out. The scan's gradient for u arrives at the passed-through x, and
-    the backward adds x_proj's input gradient to it inside that matmul. Weights in x's dtype."""
+    the backward adds x_proj's input gradient to it in one launch (ops.add_matmul: on CUDA a Triton kernel that
+    adds the product to the scan's gradient as it writes it; cuBLAS's addmm was slower than its mm and an add).
+    Weights in x's dtype."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w_x: torch.Tensor, w_dt: torch.Tensor, dt_rank: int):
@@ -151,7 +157,7 @@ class _XDtProj(torch.autograd.Function):
         zeros = x.new_zeros(n, x.shape[1])
         ddt = x.new_zeros(w_dt.shape[0], x.shape[1]) if ddt is None else ddt
         dx_dbl = torch.cat([w_dt.T @ ddt, zeros if dB is None else dB, zeros if dC is None else dC])
-        dx = w_x.T @ dx_dbl if dx is None else torch.addmm(dx, w_x.T, dx_dbl)
+        dx = w_x.T @ dx_dbl if dx is None else add_matmul(dx, w_x, dx_dbl)
         return dx, dx_dbl @ x.T, ddt @ dt_low.T, None
 
 

@@ -4,6 +4,7 @@ Importing this package registers ``torch.ops.mamba_compile.*``; nothing else hap
 (no CUDA initialisation, no triton import: kernel modules load on the first CUDA call).
 """
 
+from .add_matmul import add_matmul
 from .causal_conv1d import causal_conv1d, causal_conv1d_update
 from .cross_entropy import linear_cross_entropy
 from .decode_linear import decode_linear
@@ -15,6 +16,7 @@ from .selective_state_update import selective_state_update
 from .ssd import ssd_chunk_scan
 
 __all__ = [
+    "add_matmul",
     "causal_conv1d",
     "causal_conv1d_update",
     "layer_norm",

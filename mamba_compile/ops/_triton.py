@@ -57,6 +57,7 @@ def launcher(kernel, wrap: bool = True):
 _SSD_FWD = ("_chunk_cumsum_fwd_kernel", "_chunk_state_fwd_kernel", "_chunk_state_passing_fwd_kernel", "_bmm_cb_kernel",
             "_chunk_scan_fwd_kernel")
 OP_KERNELS = {
+    "add_matmul": ("add_matmul_triton", ("_add_matmul_kernel",)),
     "causal_conv1d_fwd": ("causal_conv1d_triton", ("_causal_conv1d_fwd_kernel", "_causal_conv1d_fwd_pairs_kernel",
                                                    "_causal_conv1d_fwd_rows_kernel")),
     "causal_conv1d_bwd": ("causal_conv1d_triton", ("_causal_conv1d_bwd_dy_kernel", "_causal_conv1d_bwd_dx_kernel",

@@ -1,0 +1,44 @@
+"""``add_matmul``: c + a^T @ b in one launch, for a product whose inner dimension k is small (up to 256).
+
+Shapes: c (m, n), a (k, m), b (k, n), one dtype; returns (m, n) in c's dtype, the product accumulated in fp32.
+
+What it is for: Mamba-1's backward meets two gradients at the conv's output x, (d_inner, b l) channel-major: the
+scan's du, and x_proj's input gradient x_proj.weight^T @ d(x_dbl), whose k is dt_rank + 2 d_state (80 at 130M).
+On an H100 at the 130M training shape ((1536, 16384), bf16, k 80), cuBLAS takes 26 us for the product and the add
+after it 50 more (76.5 us as a CUDA graph, mm then add); cuBLAS's own addmm with du as the input is slower still
+(82.3 us). Here each program loads its (k, BLOCK_M) and (k, BLOCK_N) tiles once, takes the product on the tensor
+cores and adds it to its tile of c on the way to the output: 44.6 us, one read of c and one write (1.35x their copy
+floor). On CPU, for fp32 or fp64 inputs and for k > 256 it is torch.addmm.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.library import triton_op
+
+from ._checks import FLOAT_DTYPES, check_same_device, check_tensor
+
+MAX_K = 256  # largest inner dimension the kernel takes in one tile
+
+
+def add_matmul(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """c (m, n) + a (k, m)^T @ b (k, n): (m, n) in c's dtype."""
+    _check(c, a, b)
+    return torch.ops.mamba_compile.add_matmul(c, a, b)
+
+
+def _check(c, a, b) -> None:
+    check_tensor("c", c, shape=(None, None), letters="(m, n)", dtypes=FLOAT_DTYPES + (torch.float64,))
+    m, n = c.shape
+    check_tensor("a", a, shape=(None, m), letters="(k, m)", dtypes=(c.dtype,))
+    check_tensor("b", b, shape=(a.shape[0], n), letters="(k, n)", dtypes=(c.dtype,))
+    check_same_device(c=c, a=a, b=b)
+
+
+@triton_op("mamba_compile::add_matmul", mutates_args=())
+def _add_matmul(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if c.device.type == "cuda" and c.element_size() == 2 and a.shape[0] <= MAX_K:
+        from . import add_matmul_triton
+
+        return add_matmul_triton.add_matmul_fwd(c, a, b, wrap=True)
+    return torch.addmm(c, a.T, b)

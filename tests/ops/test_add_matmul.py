@@ -1,0 +1,82 @@
+"""add_matmul (c + a^T b, small k) against float64: its Triton kernel (the interpreter on CPU, directly launched),
+the op on CPU and under compile, and bad input."""
+
+import pytest
+import torch
+import torch._dynamo.testing
+
+from mamba_compile.ops import add_matmul
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _inputs(m, n, k, dtype, device="cpu", seed=0, c_transposed=False):
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(n, m, generator=g).T if c_transposed else torch.randn(m, n, generator=g)  # strides (1, m): a view
+    a = torch.randn(k, m, generator=g) / k**0.5
+    b = torch.randn(k, n, generator=g)
+    return [t.to(device, dtype) for t in (c, a, b)]
+
+
+def _want(c, a, b):
+    return c.double() + a.double().T @ b.double()
+
+
+def _close(got, want, dtype):
+    tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    err = ((got.double().cpu() - want.cpu()).abs().max() / want.abs().max()).item()
+    assert err <= tol, f"relative error {err:.2e} > {tol}"
+
+
+# Tiles that cover the output exactly and partly (masked rows, columns and k), k from 3 to 256, a transposed c.
+@pytest.mark.parametrize("m, n, k, c_transposed", [(64, 128, 16, False), (37, 300, 80, False), (5, 7, 3, False),
+                                                   (130, 129, 256, True)],
+                         ids=["exact", "partial-k80", "tiny", "k256-c-transposed"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_kernel_matches_float64(m, n, k, c_transposed, dtype):
+    from mamba_compile.ops import add_matmul_triton
+
+    c, a, b = _inputs(m, n, k, dtype, DEVICE, seed=m + n + k, c_transposed=c_transposed)
+    out = add_matmul_triton.add_matmul_fwd(c, a, b, wrap=False, config=(32, 64, 4))
+    assert out.dtype == dtype and out.shape == (m, n)
+    _close(out, _want(c, a, b), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_op_matches_float64(dtype):
+    c, a, b = _inputs(33, 65, 80, dtype, seed=1)
+    _close(add_matmul(c, a, b), _want(c, a, b), dtype)
+
+
+def test_opcheck():
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.library.opcheck(torch.ops.mamba_compile.add_matmul, _inputs(9, 12, 5, dtype, seed=2))
+
+
+def test_compile_fullgraph_dynamic_one_frame():
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(add_matmul, fullgraph=True, dynamic=True, backend=counter)
+    for n in (10, 17, 40):
+        c, a, b = _inputs(12, n, 6, torch.float32, seed=n)
+        torch.testing.assert_close(compiled(c, a, b), add_matmul(c, a, b))
+    assert counter.frame_count == 1
+
+
+@pytest.mark.parametrize("args, exc, match", [
+    (lambda c, a, b: (c[0], a, b), ValueError, "c must have 2 dims"),
+    (lambda c, a, b: (c, a[:, :-1], b), ValueError, r"a must have shape \(k, m\)"),
+    (lambda c, a, b: (c, a, b[:-1]), ValueError, r"b must have shape \(k, n\)"),
+    (lambda c, a, b: (c, a.double(), b), TypeError, "a must have dtype"),
+    (lambda c, a, b: (c.int(), a, b), TypeError, "c must have dtype"),
+], ids=["c-rank", "a-m", "b-k", "a-dtype", "c-int"])
+def test_bad_input(args, exc, match):
+    with pytest.raises(exc, match=match):
+        add_matmul(*args(*_inputs(8, 9, 4, torch.float32)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "inductor"])
+def test_cuda_op_matches_float64(compiled):
+    fn = torch.compile(add_matmul, fullgraph=True) if compiled else add_matmul
+    c, a, b = _inputs(1536, 4100, 80, torch.bfloat16, "cuda", seed=3)
+    _close(fn(c, a, b), _want(c, a, b), torch.bfloat16)
