@@ -3,7 +3,7 @@ chunk_state_passing_fwd) at both benchmark shapes, bf16 with 16-bit chunk states
 (do_bench median) and the largest difference from the default configuration's output, relative to its largest
 value (a miscompiled variant shows up there; see the num_stages note in ssd_triton).
 
-    python -m benchmarks.probes.ssd_fwd_sweep
+    python -m benchmarks.probes.ssd_fwd_sweep [--scan-only]
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ SCAN = [dict(block_t=64, block_s=32, num_warps=4, num_stages=2),  # the default 
         dict(block_t=128, block_s=32, num_warps=4, num_stages=2),
         dict(block_t=32, block_s=32, num_warps=4, num_stages=2),
         dict(block_t=32, block_s=64, num_warps=4, num_stages=2)]
+# each of the first six also with the decay of the column tiles before each row tile split into row and column
+# factors (_chunk_scan_y's SEPARABLE), right after it
+SCAN = [c for cfg in SCAN[:6] for c in (cfg, dict(cfg, separable=True))] + SCAN[6:]
 PASSING = [dict(block_n=64, block_k=64, num_warps=4, num_stages=2),
            dict(block_n=32, block_k=64, num_warps=4, num_stages=2),
            dict(block_n=64, block_k=128, num_warps=4, num_stages=2),
@@ -32,13 +35,19 @@ PASSING = [dict(block_n=64, block_k=64, num_warps=4, num_stages=2),
 
 
 def main() -> None:
+    import argparse
+
     from mamba_compile.ops import ssd_triton as kt
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--scan-only", action="store_true", help="chunk_scan_fwd's configurations only")
+    scan_only = p.parse_args().scan_only
 
     for name, shape in SHAPES.items():
         print(f"\n## {name}", flush=True)
         t, x, dt, A, B, C, D, z, bias, dtp, dA_cs = shape_inputs(shape)
         want_prev = None
-        for cfg in PASSING:
+        for cfg in PASSING[: 1 if scan_only else None]:
             try:
                 f = lambda: kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype, wrap=False,
                                                        **cfg)
