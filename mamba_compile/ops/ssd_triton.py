@@ -29,6 +29,9 @@ softplus (benchmarks/bench_ssd.py has the op's times beside the reference's; the
     column tiles 0.181, 64-wide 0.192, bf16 C B^T 0.182 / 0.192 (less exact for no gain). One pipeline stage
     is faster (0.162-0.167) but Triton 3.6 miscompiles it with a 16-bit incoming state (relative error 0.9 at
     b1 l777 h4 p32 g2 n64 chunk 64) and, without a C B^T input, faults with an illegal address: keep two.
+    The split decay of _chunk_scan_y's SEPARABLE (session 18; 135 registers against 128 in a local sm_90 build,
+    no spills) has not run on a GPU: benchmarks/probes/ssd_fwd_sweep.py --scan-only times it beside each tile
+    configuration, and SCAN_FWD_CONFIG keeps it off until then.
     Backward kernels (session 8, benchmarks/probes/ssd_bwd.py, chunk-boundary states and their gradients
     stored in 16 bits): gate_bwd 0.100 with z (nothing without), bwd_dx 0.284-0.314 (with dD's sums), dcb 0.091,
     dB 0.085, dC 0.090, chunk_state_passing recompute 0.064, state_passing_bwd 0.048-0.079, dprev 0.055, dt_bwd
@@ -547,9 +550,10 @@ def _chunk_scan_y(
     SEPARABLE (with C B^T read, without seq_idx): for the column tiles that lie wholly before the row tile, the decay
     exp(a_t - a_s) = exp(a_t - a_t0) exp(a_t0 - a_s) is split into a row factor, applied once to their summed
     products, and a column factor folded into x's rows, so that C B^T's tile goes into the dot as it is loaded,
-    without an exp, a product and a mask per (t, s) pair. Both factors are at most 1 where the log-decay a does
-    not increase (dt A <= 0, as with A < 0 and dt >= 0), which the program checks from a itself; where it does
-    increase it takes the pairwise form for every tile, so neither factor can overflow."""
+    without an exp, a product and a mask per (t, s) pair. Both factors are at most 1 when a_t <= a_t0 <= a_s for
+    every row t of the tile and every earlier s, which holds where the log-decay a does not increase (dt A <= 0,
+    as with A < 0 and dt >= 0). The program checks exactly that from a; where it fails it takes the pairwise form
+    for every tile, so neither factor can overflow."""
     offs_t = t0 + tl.arange(0, BLOCK_T)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
