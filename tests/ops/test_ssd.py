@@ -594,6 +594,15 @@ def test_cuda_matches_oracle(shape, opts, act_dtype, tol, chunk_size):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("shape, opts, act_dtype, tol, chunk_size", GPU_CASES[:4])
+def test_cuda_separable_decay_matches_oracle(shape, opts, act_dtype, tol, chunk_size, monkeypatch):
+    """GPU_CASES' first four with chunk_scan's split decay (SCAN_FWD_CONFIG["separable"]): the compiled kernels
+    against the oracle, forward and backward."""
+    monkeypatch.setitem(importlib.import_module("mamba_compile.ops.ssd_triton").SCAN_FWD_CONFIG, "separable", True)
+    test_cuda_matches_oracle(shape, opts, act_dtype, tol, chunk_size)
+
+
+@pytest.mark.gpu
 def test_cuda_training_shape_matches_cpu_path():
     """The benchmark shape (bf16, D, z, dt_bias, softplus, chunk 256) against the CPU path in float32."""
     inputs = make_inputs(2, 2048, 24, 64, 1, 128, act_dtype=torch.bfloat16, init=False, seed=12)
