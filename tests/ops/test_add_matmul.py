@@ -1,5 +1,5 @@
 """add_matmul (c + a^T b, small k) against float64: its Triton kernel (the interpreter on CPU, directly launched),
-the op on CPU and under compile, and bad input."""
+the op on CPU, under compile and through torch.export, and bad input."""
 
 import pytest
 import torch
@@ -60,6 +60,26 @@ def test_compile_fullgraph_dynamic_one_frame():
         c, a, b = _inputs(12, n, 6, torch.float32, seed=n)
         torch.testing.assert_close(compiled(c, a, b), add_matmul(c, a, b))
     assert counter.frame_count == 1
+
+
+class _AddMatmul(torch.nn.Module):
+    def __init__(self, m, k):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.randn(k, m, generator=torch.Generator().manual_seed(4)))
+
+    def forward(self, c, b):
+        return add_matmul(c, self.a, b)
+
+
+def test_export_matches_eager():
+    mod = _AddMatmul(12, 6)
+    c, _, b = _inputs(12, 20, 6, torch.float32, seed=5)
+    n = torch.export.Dim("n", min=2, max=4096)
+    ep = torch.export.export(mod, (c, b), dynamic_shapes=({1: n}, {1: n}))
+    assert any("add_matmul" in str(node.target) for node in ep.graph.nodes)
+    torch.testing.assert_close(ep.module()(c, b), mod(c, b))
+    c2, _, b2 = _inputs(12, 33, 6, torch.float32, seed=6)  # another width through the same program
+    torch.testing.assert_close(ep.module()(c2, b2), mod(c2, b2))
 
 
 @pytest.mark.parametrize("args, exc, match", [
