@@ -95,7 +95,7 @@ def _ce_rows_kernel(
 #   rows are twice as long and were not timed, so they keep the running max.
 #   session 18, the same block with VEC 8 (16-byte loads and stores): running 0.548 at 8192 / 16 (1.02x the copy
 #   floor of two reads and a write), 0.590 at 8192 / 8, 0.624-0.629 at 4096 / 4 and 8, 0.655-0.700 at 2048 and
-#   1024; separate 0.607 at 8192 / 16, 0.724-0.849 elsewhere; VEC 1 in the same run 0.733 (4096 / 8, separate),
+#   1024; separate 0.607 at 8192 / 16, 0.724-0.859 elsewhere; VEC 1 in the same run 0.733 (4096 / 8, separate),
 #   the old default. A kernel that read each 16-bit row once (int32 pairs in up to 8 tiles kept in
 #   registers for the max, the sum and the gradient; one tile of the whole row made ptxas spill at every warp
 #   count) took 0.731 at best (tiles of 4096 pairs, 16 warps; 0.747-0.781 with 8192 and 16384, 0.80-1.17 on 8 and
