@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|separable]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -57,13 +57,6 @@ if [[ $what == projacc ]]; then
   timeout 100 python3 -m benchmarks.probes.add_matmul_probe --out "$OUT/add_matmul_probe.json" 2>&1 | grep "^|"
   timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "bf16_training" 2>&1 | tail -3
   timeout 330 python3 -m benchmarks.probes.train_ab --arch mamba1 --mamba1 new proj-acc-x new proj-acc-x --graph --out "$OUT/train_ab_projacc.json" 2>&1 | tee "$OUT/train_ab_projacc.log" | grep "^|"
-fi
-if [[ $what == separable ]]; then
-  # The SSD forward's split decay (ssd_triton.SCAN_FWD_CONFIG["separable"], off): its GPU tests against the oracle,
-  # then chunk_scan_fwd timed with and without it beside each tile configuration, both benchmark shapes (about
-  # 4 minutes). Turn it on if it wins at both shapes, then run bench_ssd beside the reference.
-  timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_ssd.py -k separable 2>&1 | tail -3
-  timeout 330 python3 -m benchmarks.probes.ssd_fwd_sweep --scan-only 2>&1 | tee "$OUT/ssd_fwd_sweep.log" | grep -v "^$"
 fi
 if [[ $what == model-bench || $what == all ]]; then
   # Training (both models, ~2 min) comes first; the generation cases take 2-3 min each to compile, so 450 s

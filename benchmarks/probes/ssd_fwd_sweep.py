@@ -22,9 +22,6 @@ SCAN = [dict(block_t=64, block_s=32, num_warps=4, num_stages=2),  # the default 
         dict(block_t=128, block_s=32, num_warps=4, num_stages=2),
         dict(block_t=32, block_s=32, num_warps=4, num_stages=2),
         dict(block_t=32, block_s=64, num_warps=4, num_stages=2)]
-# each of the first six also with the decay of the column tiles before each row tile split into row and column
-# factors (_chunk_scan_y's SEPARABLE), right after it
-SCAN = [c for cfg in SCAN[:6] for c in (cfg, dict(cfg, separable=True))] + SCAN[6:]
 PASSING = [dict(block_n=64, block_k=64, num_warps=4, num_stages=2),
            dict(block_n=32, block_k=64, num_warps=4, num_stages=2),
            dict(block_n=64, block_k=128, num_warps=4, num_stages=2),

@@ -29,9 +29,12 @@ softplus (benchmarks/bench_ssd.py has the op's times beside the reference's; the
     column tiles 0.181, 64-wide 0.192, bf16 C B^T 0.182 / 0.192 (less exact for no gain). One pipeline stage
     is faster (0.162-0.167) but Triton 3.6 miscompiles it with a 16-bit incoming state (relative error 0.9 at
     b1 l777 h4 p32 g2 n64 chunk 64) and, without a C B^T input, faults with an illegal address: keep two.
-    The split decay of _chunk_scan_y's SEPARABLE (session 18; 135 registers against 128 in a local sm_90 build,
-    no spills) has not run on a GPU: benchmarks/probes/ssd_fwd_sweep.py --scan-only times it beside each tile
-    configuration, and SCAN_FWD_CONFIG keeps it off until then.
+    Tried and removed (sessions 18-19, benchmarks/probes/ssd_fwd_sweep.py --scan-only): for the column tiles wholly
+    before a row tile, exp(a_t - a_s) split into a row factor exp(a_t - a_t0) applied after the dots and a column
+    factor exp(a_t0 - a_s) folded into x, so C B^T went into the dot as loaded (a per-program check of
+    a_t <= a_t0 <= a_s kept both factors at most 1). Slower in every configuration: 0.224 against 0.178 ms at the
+    default tiles, 0.196-0.339 against 0.189-0.320 at five others; 0.708 against 0.565 at b2 l8192 h80. The
+    per-pair exp and mask it saved were not what the kernel waits on.
     Backward kernels (session 8, benchmarks/probes/ssd_bwd.py, chunk-boundary states and their gradients
     stored in 16 bits): gate_bwd 0.100 with z (nothing without), bwd_dx 0.284-0.314 (with dD's sums), dcb 0.091,
     dB 0.085, dC 0.090, chunk_state_passing recompute 0.064, state_passing_bwd 0.048-0.079, dprev 0.055, dt_bwd
@@ -541,48 +544,16 @@ def _chunk_scan_y(
     s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, s_cb_t, s_cb_s, s_a_l, s_q_l, s_s_p, s_s_n,
     HAS_SEQ_IDX: tl.constexpr, HAS_CB: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    SEPARABLE: tl.constexpr = False, CHUNK: tl.constexpr = 16,
 ):
     """SSM part of y for rows t0 .. t0+BLOCK_T of one chunk and head (pointers already at that chunk/head/group;
     seq_ptr at the batch row). C B^T is read from cb_ptr when HAS_CB, else computed per tile. Returns (the
-    incoming-state part, the whole), (BLOCK_T, BLOCK_P) float32 tiles.
-
-    SEPARABLE (with C B^T read, without seq_idx): for the column tiles that lie wholly before the row tile, the decay
-    exp(a_t - a_s) = exp(a_t - a_t0) exp(a_t0 - a_s) is split into a row factor, applied once to their summed
-    products, and a column factor folded into x's rows, so that C B^T's tile goes into the dot as it is loaded,
-    without an exp, a product and a mask per (t, s) pair. Both factors are at most 1 when a_t <= a_t0 <= a_s for
-    every row t of the tile and every earlier s, which holds where the log-decay a does not increase (dt A <= 0,
-    as with A < 0 and dt >= 0). The program checks exactly that from a; where it fails it takes the pairwise form
-    for every tile, so neither factor can overflow."""
+    incoming-state part, the whole), (BLOCK_T, BLOCK_P) float32 tiles."""
     offs_t = t0 + tl.arange(0, BLOCK_T)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     t_ok = offs_t < limit
     n_ok = offs_n < dstate
     a_t = tl.load(dacs_ptr + offs_t * s_a_l, mask=t_ok, other=0.0)
-    SPLIT: tl.constexpr = SEPARABLE and HAS_CB and not HAS_SEQ_IDX
-    if SPLIT:  # first, with nothing else live: C and the state come after
-        s_start = t0 - t0
-        acc = tl.zeros([BLOCK_T, BLOCK_P], tl.float32)
-        n_before = t0 // BLOCK_S  # column tiles wholly before the row tile (t0 < limit whenever there are any)
-        a_t0 = tl.load(dacs_ptr + t0 * s_a_l, mask=n_before > 0, other=0.0)
-        offs_c = tl.arange(0, CHUNK)
-        a_before = tl.load(dacs_ptr + offs_c * s_a_l, mask=offs_c < n_before * BLOCK_S, other=float("inf"))
-        monotone = (tl.max(tl.where(t_ok, a_t, float("-inf")), axis=0) <= a_t0) & (a_t0 <= tl.min(a_before, axis=0))
-        if monotone & (n_before > 0):
-            for s0 in range(0, n_before * BLOCK_S, BLOCK_S):
-                offs_s = s0 + tl.arange(0, BLOCK_S)
-                cb = tl.load(cb_ptr + offs_t[:, None] * s_cb_t + offs_s[None, :] * s_cb_s, mask=t_ok[:, None],
-                             other=0.0)
-                col = tl.exp(a_t0 - tl.load(dacs_ptr + offs_s * s_a_l)) * tl.load(dtp_ptr + offs_s * s_a_l)
-                x_s = tl.load(x_ptr + offs_s[:, None] * s_x_l + offs_p[None, :] * s_x_p,
-                              mask=offs_p[None, :] < headdim, other=0.0)
-                x_s = (x_s.to(tl.float32) * col[:, None]).to(x_s.dtype)
-                acc += _dot(cb.to(x_s.dtype), x_s, IEEE)
-            acc = acc * tl.exp(a_t - a_t0)[:, None]
-            s_start = n_before * BLOCK_S
-    else:
-        s_start = 0
     c_t = tl.load(c_ptr + offs_t[:, None] * s_c_l + offs_n[None, :] * s_c_n, mask=t_ok[:, None] & n_ok[None, :],
                   other=0.0)
     # Incoming state: a float32 state takes a float32 (tf32 for 16-bit C) dot; a 16-bit one (the forward of
@@ -590,21 +561,18 @@ def _chunk_scan_y(
     s_t = tl.load(prev_ptr + offs_n[:, None] * s_s_n + offs_p[None, :] * s_s_p,
                   mask=n_ok[:, None] & (offs_p[None, :] < headdim), other=0.0)
     if s_t.dtype == tl.float32:
-        acc_state = _dot(c_t.to(tl.float32), s_t, IEEE)
+        acc = _dot(c_t.to(tl.float32), s_t, IEEE)
     else:
-        acc_state = _dot(c_t, s_t, IEEE)
+        acc = _dot(c_t, s_t, IEEE)
     scale = tl.exp(a_t)
     if HAS_SEQ_IDX:
         seq_t = tl.load(seq_ptr + (start + offs_t) * s_q_l, mask=t_ok, other=-1)
         seq_before = tl.load(seq_ptr + (start - 1) * s_q_l, mask=pid_c > 0, other=0)
         scale = tl.where(seq_t == seq_before, scale, 0.0)
-    acc_state = acc_state * scale[:, None]
-    if SPLIT:
-        acc += acc_state
-    else:  # the same instructions as before the split existed (session 17's kernel, checked in the PTX)
-        acc = acc_state
+    acc = acc * scale[:, None]
+    acc_state = acc
     hi = tl.minimum(t0 + BLOCK_T, limit)
-    for s0 in range(s_start, hi, BLOCK_S):
+    for s0 in range(0, hi, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S)
         s_ok = offs_s < limit
         if HAS_CB:
@@ -645,7 +613,6 @@ def _chunk_scan_fwd_kernel(
     CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_CB: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, KEEP_PRE: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    SEPARABLE: tl.constexpr,
 ):
     """out = (y + D x) silu(z); with KEEP_PRE, also y + D x (out's strides) for the backward's dz."""
     pid_bc, pid_h, pid_t = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -665,7 +632,7 @@ def _chunk_scan_fwd_kernel(
         seq_ptr + pid_b * s_q_b, prev_ptr + pid_b * s_s_b + pid_c * s_s_c + pid_h * s_s_h,
         pid_c, start, limit, t0, headdim, dstate,
         s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, s_cb_t, s_cb_s, s_a_l, s_q_l, s_s_p, s_s_n,
-        HAS_SEQ_IDX, HAS_CB, IEEE, BLOCK_T, BLOCK_S, BLOCK_P, BLOCK_N, SEPARABLE, CHUNK,
+        HAS_SEQ_IDX, HAS_CB, IEEE, BLOCK_T, BLOCK_S, BLOCK_P, BLOCK_N,
     )
     offs_t = t0 + tl.arange(0, BLOCK_T)
     offs_p = tl.arange(0, BLOCK_P)
@@ -698,10 +665,8 @@ def _d_strides(D):
     return (D.stride(0), D.stride(1)) if D.dim() == 2 else (D.stride(0), 0)
 
 
-# num_stages must stay 2: see the module docstring (a Triton 3.6 miscompile with one stage). separable: the decay of
-# the column tiles before each row tile split into row and column factors (_chunk_scan_y's SEPARABLE): about 2048
-# fewer exps, products and selects per column tile; not yet timed on a GPU, so off.
-SCAN_FWD_CONFIG = dict(block_t=64, block_s=32, num_warps=4, num_stages=2, separable=False)
+# num_stages must stay 2: see the module docstring (a Triton 3.6 miscompile with one stage).
+SCAN_FWD_CONFIG = dict(block_t=64, block_s=32, num_warps=4, num_stages=2)
 
 
 def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, cb=None, pre_gate=None, config=None, wrap):
@@ -731,8 +696,8 @@ def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, cb=None, pre_gat
         *prev.stride(), *_d_strides(D), *zz.stride(), *out.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_CB=cb is not None, HAS_D=D is not None,
         HAS_Z=z is not None, KEEP_PRE=pre_gate is not None and z is not None, IEEE=_ieee(x, B, C), BLOCK_T=block_t,
-        BLOCK_S=block_s, BLOCK_P=_pow2(headdim), BLOCK_N=_pow2(dstate), SEPARABLE=cfg["separable"],
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        BLOCK_S=block_s, BLOCK_P=_pow2(headdim), BLOCK_N=_pow2(dstate), num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     return out
 

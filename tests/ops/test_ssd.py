@@ -411,39 +411,6 @@ def test_triton_kernels_match_oracle_several_tiles_per_chunk(nseq, z, monkeypatc
 
 
 @needs_triton
-@pytest.mark.parametrize("case", ["non-increasing", "bump-before-tile", "rising-in-tile", "seq_idx"])
-def test_triton_separable_decay_forward(case, monkeypatch):
-    """chunk_scan's forward with the decay of the column tiles before each row tile split into row and column
-    factors (SCAN_FWD_CONFIG["separable"]; 32-wide row tiles, 16-wide column tiles, 64-long chunks, so the row
-    tiles at steps 32 and 96 have column tiles before them): against the oracle, and against the pairwise form.
-    The split holds where both factors are at most 1, even after the log-decay rose earlier in the chunk (dt < 0
-    at steps 70-73, no softplus): there its rounding differs from the pairwise form's, which shows that it ran.
-    Where the log-decay rises inside those row tiles (steps 33-35 and 97-99), and with packed sequences
-    (seq_idx), every tile takes the pairwise form: the same bits."""
-    if torch.cuda.is_available():
-        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
-    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
-    monkeypatch.setitem(kt.SCAN_FWD_CONFIG, "block_t", 32)
-    monkeypatch.setitem(kt.SCAN_FWD_CONFIG, "block_s", 16)
-    # 150 = 2 chunks of 64 + 22; 3 heads, headdim 8, dstate 12
-    rises = {"bump-before-tile": [slice(70, 74)], "rising-in-tile": [slice(33, 36), slice(97, 100)]}.get(case, [])
-    inputs = make_inputs(1, 150, 3, 8, 1, 12, nseq=3 if case == "seq_idx" else 0, dt_bias=not rises, seed=21)
-    inputs["cu_seqlens"] = None
-    kw = dict(chunk_size=64, dt_softplus=not rises)
-    if rises:
-        inputs["dt"] = inputs["dt"].abs() * 0.5 + 0.05
-        for steps in rises:
-            inputs["dt"][:, steps] = -0.3  # dt A > 0: the log-decay rises
-    monkeypatch.setitem(kt.SCAN_FWD_CONFIG, "separable", True)
-    check_against_oracle(_triton_fn, inputs, 1e-4, **kw)
-    with torch.no_grad():
-        split = _triton_fn(inputs, **kw)[0]
-        monkeypatch.setitem(kt.SCAN_FWD_CONFIG, "separable", False)
-        pairwise = _triton_fn(inputs, **kw)[0]
-    assert torch.equal(split, pairwise) == (case in ("rising-in-tile", "seq_idx"))
-
-
-@needs_triton
 def test_first_call_finds_the_pipelines_launches():
     """The first eager CUDA call compiles ahead the kernels _recorded_launches finds by running the pipelines on
     meta tensors: the forward's four, and with the backward its kernels too, nothing launched."""
@@ -591,15 +558,6 @@ def test_cuda_matches_oracle(shape, opts, act_dtype, tol, chunk_size):
     for k in rgrads:
         assert grads[k].dtype == inputs[k].dtype
         assert_close(grads[k].cpu(), rgrads[k], tol, "d" + k)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("shape, opts, act_dtype, tol, chunk_size", GPU_CASES[:4])
-def test_cuda_separable_decay_matches_oracle(shape, opts, act_dtype, tol, chunk_size, monkeypatch):
-    """GPU_CASES' first four with chunk_scan's split decay (SCAN_FWD_CONFIG["separable"]): the compiled kernels
-    against the oracle, forward and backward."""
-    monkeypatch.setitem(importlib.import_module("mamba_compile.ops.ssd_triton").SCAN_FWD_CONFIG, "separable", True)
-    test_cuda_matches_oracle(shape, opts, act_dtype, tol, chunk_size)
 
 
 @pytest.mark.gpu
