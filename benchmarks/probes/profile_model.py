@@ -1,6 +1,6 @@
 """Where a 130M model's time goes on the GPU: torch.profiler tables of generation and of a training step.
 
-    python -m benchmarks.probes.profile_model --out $OUT [--arch mamba1 mamba2] [--cases generate train] [--sources]
+    python -m benchmarks.probes.profile_model --out $OUT [--arch mamba1 mamba2] [--cases generate train] [--sources] [--kernels]
 """
 
 from __future__ import annotations
@@ -120,7 +120,25 @@ def train_step(model, opt, ids, head_loss):
     return step
 
 
-def train(arch: str, out: str, fused: bool = True, sources: bool = False) -> None:
+def _kernel_list(prof, path: str, title: str) -> None:
+    """Every GPU kernel of the profile by name, with its launch count and total time, most launches first: what a
+    layer launches, and which launches are too short to be worth their place in a CUDA graph."""
+    rows = {}
+    for e in prof.events():
+        if (e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+                and not e.name.startswith("## ")):
+            n, t = rows.get(e.name, (0, 0.0))
+            rows[e.name] = (n + 1, t + e.device_time_total)
+    lines = [f"\n\n## {title}: all kernels ({sum(n for n, _ in rows.values())} launches, "
+             f"{sum(t for _, t in rows.values()) / 1e3:.2f} ms)", "", "| launches | total ms | mean us | kernel |",
+             "|---|---|---|---|"]
+    for name, (n, t) in sorted(rows.items(), key=lambda kv: (-kv[1][0], -kv[1][1])):
+        lines.append(f"| {n} | {t / 1e3:.3f} | {t / n:.1f} | {name[:110]} |")
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def train(arch: str, out: str, fused: bool = True, sources: bool = False, kernels: bool = False) -> None:
     """One training step as bench_model --regional times it (fused linear + cross-entropy head unless not
     fused): the top kernels, then the GPU's idle gaps."""
     from mamba_compile.ops import linear_cross_entropy
@@ -152,6 +170,8 @@ def train(arch: str, out: str, fused: bool = True, sources: bool = False) -> Non
     _gaps(prof, out, title)
     if sources:
         _op_sources(prof, out, title)
+    if kernels:
+        _kernel_list(prof, out, title)
 
 
 def main() -> None:
@@ -161,13 +181,14 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", default=["generate", "train"])
     p.add_argument("--state-dtype", default=None, choices=[None, "bfloat16"])
     p.add_argument("--sources", action="store_true", help="train: also the aten ops by shapes and Python caller")
+    p.add_argument("--kernels", action="store_true", help="train: also every kernel with its launch count")
     args = p.parse_args()
     path = os.path.join(args.out, "profile_model.md")
     sd = getattr(torch, args.state_dtype) if args.state_dtype else None
     for arch in args.arch:
         for case in args.cases:
             try:
-                generate(arch, path, sd) if case == "generate" else train(arch, path, sources=args.sources)
+                generate(arch, path, sd) if case == "generate" else train(arch, path, sources=args.sources, kernels=args.kernels)
             except Exception as e:  # noqa: BLE001
                 import traceback
 

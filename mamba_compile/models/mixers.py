@@ -21,6 +21,7 @@ from torch import nn
 
 from ..ops import (
     add_matmul,
+    add_matmul_,
     causal_conv1d,
     causal_conv1d_update,
     decode_in,
@@ -71,9 +72,15 @@ SPLIT_XBC_PROJ = True
 # 75.31 and 75.15 ms against 75.16 and 74.52 for the defaults. cuBLAS's addmm for x's sum turned out slower than its
 # mm and an add (82.3 against 76.5 us at (1536, 16384), k 80), so x's now goes through ops.add_matmul (44.5 us);
 # with it, x's alone (proj-acc-x, one call) 74.06 and 74.14 ms against 74.70 and 74.15: within the spread of the
-# defaults' repeats (73.8-74.8 over the session's calls, the first variant of a process the slowest). Both off.
+# defaults' repeats (73.8-74.8 over the session's calls, the first variant of a process the slowest). Session 19
+# (train_ab --discard-first, the first variant run once more and dropped): x's alone 73.21 and 73.35 ms against 74.50
+# and 74.64 for both off (quartiles 73.1-73.5 against 74.3-74.7), so it is on. The profiled step's kernels took
+# 72.69 ms against 73.04 (the add kernel, 1.10 ms, and a GEMM, 0.52, gone; add_matmul 1.00). The in-projection's sum
+# then went in place (ops.add_matmul_: torch.addmm had copied the first product into a fresh output first, 0.35 ms a
+# step of device-to-device copies): both on 73.53 and 73.90 ms against 73.92 and 73.43 for x's alone, on another
+# machine in one call: no gain beyond the spread, so it stays off.
 ACCUMULATE_IN_PROJ_GRADS = False
-ACCUMULATE_X_PROJ_GRADS = False
+ACCUMULATE_X_PROJ_GRADS = True
 # Above this batch the in-projection is cuBLAS + causal_conv1d_update instead of decode_in, whose GEMV grows
 # with the batch (H100, 130M: decode_in 3.0-3.6 us against cuBLAS 3.4 us + the conv update at b1, but 16.6
 # against 3.6 at b64); the fused state update is kept at every batch (b64: 7.6 us against 15.3 unfused).
@@ -129,8 +136,10 @@ class _InProjXZ(torch.autograd.Function):
         d = ctx.d
         dx = torch.zeros_like(dz) if dx is None else dx
         dz = torch.zeros_like(dx) if dz is None else dz
-        # dh (b l, d_model) row-major, as the add+norm backward reads it; hT's gradient is its transpose (a view)
-        dh = torch.addmm(dz.T @ weight[d:], dx.T, weight[:d])
+        # dh (b l, d_model) row-major, as the add+norm backward reads it; hT's gradient is its transpose (a view). The
+        # second product is added in place into the first's buffer (an out-of-place addmm would copy it first).
+        dh = dz.T @ weight[d:]
+        add_matmul_(dh, dx, weight[:d])
         dweight = torch.cat([dx @ hT.T, dz @ hT.T])
         return dh.T, dweight, None
 

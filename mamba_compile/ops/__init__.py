@@ -4,7 +4,7 @@ Importing this package registers ``torch.ops.mamba_compile.*``; nothing else hap
 (no CUDA initialisation, no triton import: kernel modules load on the first CUDA call).
 """
 
-from .add_matmul import add_matmul
+from .add_matmul import add_matmul, add_matmul_
 from .causal_conv1d import causal_conv1d, causal_conv1d_update
 from .cross_entropy import linear_cross_entropy
 from .decode_linear import decode_linear
@@ -17,6 +17,7 @@ from .ssd import ssd_chunk_scan
 
 __all__ = [
     "add_matmul",
+    "add_matmul_",
     "causal_conv1d",
     "causal_conv1d_update",
     "layer_norm",

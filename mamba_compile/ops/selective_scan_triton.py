@@ -851,7 +851,11 @@ def block_n(dstate: int) -> int:
 
 _ROWS_AHEAD = 8  # the forward reads B/C rows up to ROWS_AHEAD (4 or 8) steps past the end of the padded copy
 # B/C rows the forward loads ahead of their step, 4 or 8. H100, b8 d1536 l2048 n16 bf16, kernel alone
-# (benchmarks/probes/scan_sweep.py, session 3): 8 ahead 0.296 ms, 4 ahead 0.394.
+# (benchmarks/probes/scan_sweep.py, session 3): 8 ahead 0.296 ms, 4 ahead 0.394. Session 19, with the L1 prefetch
+# of the rows after next making them L1 hits, 4 ahead frees registers (local sm_90 build: 168 instead of 255 at
+# (16, 16, 1), 96 at (8, 16, 1)) but is slower in every case (scan_fwd_configs.py, launcher as a CUDA graph, not
+# saving / saving states): (16, 16, 1) 0.313 / 0.325 ms against 0.262 / 0.277 for the default, (32, 16, 2) 0.292 /
+# 0.355, (8, 16, 1) 0.314 / 0.388, BLOCK_L 32 0.364-0.592; at b2 d5120 l8192 1.165-2.244 against 1.026 / 1.078.
 _FWD_ROWS_AHEAD = 8
 _RELAYOUT_BLOCK_T = 64
 # Whether the forward prefetches the B/C rows of the block after next into L1: None, fwd_prefetch decides; True or

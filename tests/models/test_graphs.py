@@ -34,7 +34,7 @@ def _graph(config) -> str:
 class TestBlockGraphs(expecttest.TestCase):
     def test_mamba1_block(self):
         graph = _graph(mamba1())
-        for op in ("add_norm", "causal_conv1d_fwd", "selective_scan_fwd"):
+        for op in ("add_norm", "causal_conv1d_fwd", "selective_scan_fwd", "add_matmul"):
             self.assertIn(f"mamba_compile.{op}", graph.replace("torch.ops.", ""))
         self.assertExpectedInline(graph, """\
 class GraphModule(torch.nn.Module):
@@ -80,34 +80,80 @@ class GraphModule(torch.nn.Module):
         causal_conv1d_fwd = torch.ops.mamba_compile.causal_conv1d_fwd(x, weight, l_self_modules_mixer_modules_conv1d_parameters_bias_, None, None, False, True);  x = weight = l_self_modules_mixer_modules_conv1d_parameters_bias_ = None
         out_3: "f32[2, 128, 16]" = causal_conv1d_fwd[0];  causal_conv1d_fwd = None
 
-        transpose_2: "f32[128, 2, 16]" = out_3.transpose(0, 1)
+        transpose_2: "f32[128, 2, 16]" = out_3.transpose(0, 1);  out_3 = None
         reshape: "f32[128, 32]" = transpose_2.reshape(128, 32);  transpose_2 = None
-        x_dbl: "f32[20, 32]" = l_self_modules_mixer_modules_x_proj_parameters_weight_ @ reshape;  l_self_modules_mixer_modules_x_proj_parameters_weight_ = reshape = None
+        out_4: "f32[128, 32]" = reshape.to(torch.float32);  reshape = None
 
-        unflatten_2: "f32[20, 2, 16]" = x_dbl.unflatten(1, (2, 16));  x_dbl = None
-        transpose_3: "f32[2, 20, 16]" = unflatten_2.transpose(0, 1);  unflatten_2 = None
+        arg: "f32[20, 128]" = l_self_modules_mixer_modules_x_proj_parameters_weight_.to(torch.float32);  l_self_modules_mixer_modules_x_proj_parameters_weight_ = None
+        arg_1: "f32[128, 4]" = l_self_modules_mixer_modules_dt_proj_parameters_weight_.to(torch.float32);  l_self_modules_mixer_modules_dt_proj_parameters_weight_ = None
 
-        split = transpose_3.split([4, 8, 8], dim = 1);  transpose_3 = None
-        dt: "f32[2, 4, 16]" = split[0]
-        B: "f32[2, 8, 16]" = split[1]
-        C: "f32[2, 8, 16]" = split[2];  split = None
+        getattr_2: "f32[4, 128]" = arg_1.T
 
-        transpose_4: "f32[4, 2, 16]" = dt.transpose(0, 1);  dt = None
-        flatten_1: "f32[4, 32]" = transpose_4.flatten(1);  transpose_4 = None
-        dt_1: "f32[128, 32]" = l_self_modules_mixer_modules_dt_proj_parameters_weight_ @ flatten_1;  l_self_modules_mixer_modules_dt_proj_parameters_weight_ = flatten_1 = None
+        getattr_3: "f32[32, 128]" = out_4.T
 
-        unflatten_3: "f32[128, 2, 16]" = dt_1.unflatten(1, (2, 16));  dt_1 = None
-        dt_2: "f32[2, 128, 16]" = unflatten_3.transpose(0, 1);  unflatten_3 = None
+        fwd_body_0 = self.fwd_body_0
+        bwd_body_0 = self.bwd_body_0
+        autograd_function_apply = torch.ops.higher_order.autograd_function_apply(fwd_body_0, bwd_body_0, arg, out_4, arg_1, getattr_2, getattr_3, non_differentiable_idx = [], saved_for_backward_idx = [0, 2]);  fwd_body_0 = bwd_body_0 = arg = out_4 = arg_1 = getattr_2 = getattr_3 = None
+        xm: "f32[128, 32]" = autograd_function_apply[0]
+        getitem_9: "f32[128, 32]" = autograd_function_apply[1]
+        getitem_10: "f32[8, 32]" = autograd_function_apply[2]
+        getitem_11: "f32[8, 32]" = autograd_function_apply[3];  autograd_function_apply = None
+
+        unflatten_2: "f32[128, 2, 16]" = xm.unflatten(1, (2, 16));  xm = None
+        x_1: "f32[2, 128, 16]" = unflatten_2.transpose(0, 1);  unflatten_2 = None
+        unflatten_3: "f32[128, 2, 16]" = getitem_9.unflatten(1, (2, 16));  getitem_9 = None
+        dt: "f32[2, 128, 16]" = unflatten_3.transpose(0, 1);  unflatten_3 = None
+        unflatten_4: "f32[8, 2, 16]" = getitem_10.unflatten(1, (2, 16));  getitem_10 = None
+        B: "f32[2, 8, 16]" = unflatten_4.transpose(0, 1);  unflatten_4 = None
+        unflatten_5: "f32[8, 2, 16]" = getitem_11.unflatten(1, (2, 16));  getitem_11 = None
+        C: "f32[2, 8, 16]" = unflatten_5.transpose(0, 1);  unflatten_5 = None
 
         value: "f32[128]" = l_self_modules_mixer_parameters_d_.float();  l_self_modules_mixer_parameters_d_ = None
         value_1: "f32[128]" = l_self_modules_mixer_modules_dt_proj_parameters_bias_.float();  l_self_modules_mixer_modules_dt_proj_parameters_bias_ = None
 
-        selective_scan_fwd = torch.ops.mamba_compile.selective_scan_fwd(out_3, dt_2, A, B, C, value, z, value_1, True, None, True);  out_3 = dt_2 = A = B = C = value = z = value_1 = None
-        out_4: "f32[2, 128, 16]" = selective_scan_fwd[0];  selective_scan_fwd = None
+        selective_scan_fwd = torch.ops.mamba_compile.selective_scan_fwd(x_1, dt, A, B, C, value, z, value_1, True, None, True);  x_1 = dt = A = B = C = value = z = value_1 = None
+        out_5: "f32[2, 128, 16]" = selective_scan_fwd[0];  selective_scan_fwd = None
 
-        transpose_6: "f32[2, 16, 128]" = out_4.transpose(1, 2);  out_4 = None
-        hidden_states: "f32[2, 16, 64]" = torch._C._nn.linear(transpose_6, l_self_modules_mixer_modules_out_proj_parameters_weight_, None);  transpose_6 = l_self_modules_mixer_modules_out_proj_parameters_weight_ = None
+        transpose_7: "f32[2, 16, 128]" = out_5.transpose(1, 2);  out_5 = None
+        hidden_states: "f32[2, 16, 64]" = torch._C._nn.linear(transpose_7, l_self_modules_mixer_modules_out_proj_parameters_weight_, None);  transpose_7 = l_self_modules_mixer_modules_out_proj_parameters_weight_ = None
         return (hidden_states, r)
+
+    class fwd_body_0(torch.nn.Module):
+        def forward(self, to_1: "f32[20, 128]", to: "f32[128, 32]", to_2: "f32[128, 4]", getattr_2: "f32[4, 128]", getattr_3: "f32[32, 128]"):
+            _set_grad_enabled = torch._C._set_grad_enabled(False);  _set_grad_enabled = None
+
+            x_dbl: "f32[20, 32]" = to_1 @ to
+
+            split = x_dbl.split([4, 8, 8]);  x_dbl = None
+            dt_low: "f32[4, 32]" = split[0]
+            B: "f32[8, 32]" = split[1]
+            C: "f32[8, 32]" = split[2];  split = None
+
+            out: "f32[128, 32]" = to_2 @ dt_low;  to_2 = None
+
+            _set_grad_enabled_1 = torch._C._set_grad_enabled(True);  _set_grad_enabled_1 = None
+
+            view_as: "f32[128, 32]" = to.view_as(to)
+
+            getattr_4: "f32[32, 4]" = dt_low.T;  dt_low = None
+            return ((view_as, out, B, C), (to, getattr_2, to_1, getattr_3, getattr_4))
+
+    class bwd_body_0(torch.nn.Module):
+        def forward(self, dx: "f32[128, 32]", ddt: "f32[128, 32]", d_b: "f32[8, 32]", d_c: "f32[8, 32]", out_4: "f32[128, 32]", getattr_2: "f32[4, 128]", arg: "f32[20, 128]", getattr_3: "f32[32, 128]", getattr_4: "f32[32, 4]"):
+            _set_grad_enabled = torch._C._set_grad_enabled(False);  _set_grad_enabled = None
+
+            zeros: "f32[8, 32]" = out_4.new_zeros(8, 32);  out_4 = zeros = None
+
+            matmul: "f32[4, 32]" = getattr_2 @ ddt;  getattr_2 = None
+            dx_dbl: "f32[20, 32]" = torch.cat([matmul, d_b, d_c]);  matmul = d_b = d_c = None
+
+            dx_1: "f32[128, 32]" = torch.ops.mamba_compile.add_matmul(dx, arg, dx_dbl);  dx = arg = None
+
+            matmul_1: "f32[20, 128]" = dx_dbl @ getattr_3;  dx_dbl = getattr_3 = None
+            matmul_2: "f32[128, 4]" = ddt @ getattr_4;  ddt = getattr_4 = None
+
+            _set_grad_enabled_1 = torch._C._set_grad_enabled(True);  _set_grad_enabled_1 = None
+            return (matmul_1, dx_1, matmul_2, None, None)
 """)
 
     def test_mamba2_block(self):

@@ -1,11 +1,14 @@
 """add_matmul (c + a^T b, small k) against float64: its Triton kernel (the interpreter on CPU, directly launched),
-the op on CPU, under compile and through torch.export, and bad input."""
+the op on CPU, under compile and through torch.export, and bad input; add_matmul_ (c += a^T b, in place, any k):
+against float64, opcheck, and written into its argument's buffer under Inductor."""
 
 import pytest
 import torch
 import torch._dynamo.testing
 
-from mamba_compile.ops import add_matmul
+from torch._inductor.utils import run_and_get_code
+
+from mamba_compile.ops import add_matmul, add_matmul_
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -92,6 +95,55 @@ def test_export_matches_eager():
 def test_bad_input(args, exc, match):
     with pytest.raises(exc, match=match):
         add_matmul(*args(*_inputs(8, 9, 4, torch.float32)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_inplace_matches_float64(dtype):
+    c, a, b = _inputs(33, 65, 300, dtype, seed=7)  # k past the out-of-place kernel's 256
+    want = _want(c, a, b)
+    buf = c.clone()
+    assert add_matmul_(buf, a, b) is None
+    _close(buf, want, dtype)
+
+
+def test_inplace_opcheck():
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.library.opcheck(torch.ops.mamba_compile.add_matmul_, _inputs(9, 12, 5, dtype, seed=8))
+
+
+def test_inplace_writes_into_the_product_under_inductor():
+    # What Mamba-1's in-projection backward does: a first product, then a second added into its buffer. Inductor must
+    # pass the first product's buffer itself to the op (reinplaced), not a clone of it.
+    def f(a1, b1, a2, b2):
+        c = a1.T @ b1
+        add_matmul_(c, a2, b2)
+        return c
+
+    a1, b1, a2, b2 = (torch.randn(k, n, generator=torch.Generator().manual_seed(k + n))
+                      for k, n in ((7, 24), (7, 10), (40, 24), (40, 10)))
+    got, (code,) = run_and_get_code(torch.compile(f, fullgraph=True), a1, b1, a2, b2)
+    torch.testing.assert_close(got, a1.T @ b1 + a2.T @ b2)
+    calls = [line for line in code.splitlines() if "torch.ops.mamba_compile.add_matmul_.default(" in line]
+    assert len(calls) == 1, code
+    buf = calls[0].split("(")[1].split(",")[0].strip()
+    assert f"extern_kernels.mm(" in code and f"out={buf})" in code, code  # the op's c is the mm's own output
+    assert "clone" not in code and "copy_" not in code, code
+
+
+def test_inplace_bad_input():
+    c, a, b = _inputs(8, 9, 4, torch.float32)
+    with pytest.raises(ValueError, match=r"b must have shape \(k, n\)"):
+        add_matmul_(c, a, b[:-1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "inductor"])
+def test_cuda_inplace_matches_float64(compiled):
+    fn = torch.compile(add_matmul_, fullgraph=True) if compiled else add_matmul_
+    c, a, b = _inputs(4096, 768, 1536, torch.bfloat16, "cuda", seed=9)
+    want = _want(c, a, b)
+    fn(c, a, b)
+    _close(c, want, torch.bfloat16)
 
 
 @pytest.mark.gpu
