@@ -1,6 +1,7 @@
 """Where a 130M model's time goes on the GPU: torch.profiler tables of generation and of a training step.
 
-    python -m benchmarks.probes.profile_model --out $OUT [--arch mamba1 mamba2] [--cases generate train] [--sources] [--kernels]
+    python -m benchmarks.probes.profile_model --out $OUT [--arch mamba1 mamba2] [--cases generate train] [--sources]
+        [--kernels]
 """
 
 from __future__ import annotations
@@ -134,6 +135,19 @@ def _kernel_list(prof, path: str, title: str) -> None:
              "|---|---|---|---|"]
     for name, (n, t) in sorted(rows.items(), key=lambda kv: (-kv[1][0], -kv[1][1])):
         lines.append(f"| {n} | {t / 1e3:.3f} | {t / n:.1f} | {name[:110]} |")
+    # who asks for the memsets: the host events enclosing each cudaMemsetAsync call
+    callers = {}
+    for e in prof.events():
+        if e.name.startswith("cudaMemset"):
+            chain, p = [], e.cpu_parent
+            while p is not None and len(chain) < 4:
+                chain.append(p.name[:50])
+                p = p.cpu_parent
+            key = " <- ".join(chain) or "(no enclosing event)"
+            callers[key] = callers.get(key, 0) + 1
+    if callers:
+        lines += ["", "| memset calls | called from |", "|---|---|"]
+        lines += [f"| {n} | {key} |" for key, n in sorted(callers.items(), key=lambda kv: -kv[1])]
     with open(path, "a") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -188,7 +202,10 @@ def main() -> None:
     for arch in args.arch:
         for case in args.cases:
             try:
-                generate(arch, path, sd) if case == "generate" else train(arch, path, sources=args.sources, kernels=args.kernels)
+                if case == "generate":
+                    generate(arch, path, sd)
+                else:
+                    train(arch, path, sources=args.sources, kernels=args.kernels)
             except Exception as e:  # noqa: BLE001
                 import traceback
 

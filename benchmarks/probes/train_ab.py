@@ -20,8 +20,10 @@ took the row kernels while the variant traced and ran (of those where its flags 
 "ce-scalar" = the cross-entropy kernel's loads and stores one element wide (cross_entropy_triton._VECTORIZE off, as
 before session 18); "mm-autotune" = Inductor's GEMM autotuning (torch._inductor.config.max_autotune_gemm: cuBLAS
 against its Triton templates, per shape, at compile time), "mm-autotune-cd" = that and coordinate-descent tuning of
-the generated kernels (coordinate_descent_tuning). --graph replays each step from one CUDA graph (bench_model's
---train-graph on).
+the generated kernels (coordinate_descent_tuning); "combo" = Inductor's combo kernels
+(torch._inductor.config.combo_kernels: independent small kernels of a graph, the weight casts and bias-gradient sums,
+fused into one launch), "proj-acc-combo" = that and proj-acc. --graph replays each step from one CUDA graph
+(bench_model's --train-graph on).
 (Session 4 A/B'd the conv blocks and the scan backward kernels this way.)
 
     python -m benchmarks.probes.train_ab --out $OUT/train_ab.json [--arch mamba1 mamba2] [--mamba1 new scan-old ...]
@@ -75,13 +77,14 @@ def _set(variant: str) -> None:
     mixers.SPLIT_XBC_PROJ = {"xbc-split": True, "xbc-joined": False}.get(variant, DEFAULT_XBC_SPLIT)
     mixers.ACCUMULATE_IN_PROJ_GRADS, mixers.ACCUMULATE_X_PROJ_GRADS = {
         "proj-acc": (True, True), "proj-acc-in": (True, False), "proj-acc-x": (False, True),
-        "proj-sum": (False, False)}.get(variant, DEFAULT_PROJ_ACC)
+        "proj-sum": (False, False), "proj-acc-combo": (True, True)}.get(variant, DEFAULT_PROJ_ACC)
     conv._FWD_ROWS = {"conv-rows": True, "conv-general": False}.get(variant, DEFAULT_ROWS[0])
     conv._BWD_ROWS = {"conv-rows": True, "conv-rows-bwd": True, "conv-general": False}.get(variant, DEFAULT_ROWS[1])
     torch._functorch.config.decompose_custom_triton_ops = variant != "ops-opaque"
     ce_triton._VECTORIZE = variant != "ce-scalar"
     torch._inductor.config.max_autotune_gemm = variant in ("mm-autotune", "mm-autotune-cd")
     torch._inductor.config.coordinate_descent_tuning = variant == "mm-autotune-cd"
+    torch._inductor.config.combo_kernels = variant in ("combo", "proj-acc-combo")
 
 
 def main():

@@ -58,17 +58,22 @@ class GraphModule(torch.nn.Module):
 
         flatten: "f32[32, 64]" = out.flatten(0, 1);  out = None
         getattr_1: "f32[64, 32]" = flatten.T;  flatten = None
+        arg: "f32[64, 32]" = getattr_1.to(torch.float32);  getattr_1 = None
 
-        getitem_4: "f32[128, 64]" = l_self_modules_mixer_modules_in_proj_parameters_weight_[slice(0, 128, None)]
-        out_1: "f32[128, 32]" = getitem_4 @ getattr_1;  getitem_4 = None
+        arg_1: "f32[256, 64]" = l_self_modules_mixer_modules_in_proj_parameters_weight_.to(torch.float32);  l_self_modules_mixer_modules_in_proj_parameters_weight_ = None
 
-        unflatten: "f32[128, 2, 16]" = out_1.unflatten(1, (2, 16));  out_1 = None
+        getattr_2: "f32[32, 64]" = arg.T
+        getattr_3: "f32[32, 64]" = arg.T
+
+        fwd_body_0 = self.fwd_body_0
+        bwd_body_0 = self.bwd_body_0
+        autograd_function_apply = torch.ops.higher_order.autograd_function_apply(fwd_body_0, bwd_body_0, arg_1, arg, getattr_2, getattr_3, non_differentiable_idx = [], saved_for_backward_idx = [0]);  fwd_body_0 = bwd_body_0 = arg_1 = arg = getattr_2 = getattr_3 = None
+        getitem_4: "f32[128, 32]" = autograd_function_apply[0]
+        getitem_5: "f32[128, 32]" = autograd_function_apply[1];  autograd_function_apply = None
+
+        unflatten: "f32[128, 2, 16]" = getitem_4.unflatten(1, (2, 16));  getitem_4 = None
         x: "f32[2, 128, 16]" = unflatten.transpose(0, 1);  unflatten = None
-
-        getitem_5: "f32[128, 64]" = l_self_modules_mixer_modules_in_proj_parameters_weight_[slice(128, None, None)];  l_self_modules_mixer_modules_in_proj_parameters_weight_ = None
-        out_2: "f32[128, 32]" = getitem_5 @ getattr_1;  getitem_5 = getattr_1 = None
-
-        unflatten_1: "f32[128, 2, 16]" = out_2.unflatten(1, (2, 16));  out_2 = None
+        unflatten_1: "f32[128, 2, 16]" = getitem_5.unflatten(1, (2, 16));  getitem_5 = None
         z: "f32[2, 128, 16]" = unflatten_1.transpose(0, 1);  unflatten_1 = None
 
         float_1: "f32[128, 8]" = l_self_modules_mixer_parameters_a_log_.float();  l_self_modules_mixer_parameters_a_log_ = None
@@ -78,26 +83,26 @@ class GraphModule(torch.nn.Module):
         weight: "f32[128, 4]" = l_self_modules_mixer_modules_conv1d_parameters_weight_.squeeze(1);  l_self_modules_mixer_modules_conv1d_parameters_weight_ = None
 
         causal_conv1d_fwd = torch.ops.mamba_compile.causal_conv1d_fwd(x, weight, l_self_modules_mixer_modules_conv1d_parameters_bias_, None, None, False, True);  x = weight = l_self_modules_mixer_modules_conv1d_parameters_bias_ = None
-        out_3: "f32[2, 128, 16]" = causal_conv1d_fwd[0];  causal_conv1d_fwd = None
+        out_1: "f32[2, 128, 16]" = causal_conv1d_fwd[0];  causal_conv1d_fwd = None
 
-        transpose_2: "f32[128, 2, 16]" = out_3.transpose(0, 1);  out_3 = None
+        transpose_2: "f32[128, 2, 16]" = out_1.transpose(0, 1);  out_1 = None
         reshape: "f32[128, 32]" = transpose_2.reshape(128, 32);  transpose_2 = None
-        out_4: "f32[128, 32]" = reshape.to(torch.float32);  reshape = None
+        out_2: "f32[128, 32]" = reshape.to(torch.float32);  reshape = None
 
-        arg: "f32[20, 128]" = l_self_modules_mixer_modules_x_proj_parameters_weight_.to(torch.float32);  l_self_modules_mixer_modules_x_proj_parameters_weight_ = None
-        arg_1: "f32[128, 4]" = l_self_modules_mixer_modules_dt_proj_parameters_weight_.to(torch.float32);  l_self_modules_mixer_modules_dt_proj_parameters_weight_ = None
+        arg_2: "f32[20, 128]" = l_self_modules_mixer_modules_x_proj_parameters_weight_.to(torch.float32);  l_self_modules_mixer_modules_x_proj_parameters_weight_ = None
+        arg_3: "f32[128, 4]" = l_self_modules_mixer_modules_dt_proj_parameters_weight_.to(torch.float32);  l_self_modules_mixer_modules_dt_proj_parameters_weight_ = None
 
-        getattr_2: "f32[4, 128]" = arg_1.T
+        getattr_4: "f32[4, 128]" = arg_3.T
 
-        getattr_3: "f32[32, 128]" = out_4.T
+        getattr_5: "f32[32, 128]" = out_2.T
 
-        fwd_body_0 = self.fwd_body_0
-        bwd_body_0 = self.bwd_body_0
-        autograd_function_apply = torch.ops.higher_order.autograd_function_apply(fwd_body_0, bwd_body_0, arg, out_4, arg_1, getattr_2, getattr_3, non_differentiable_idx = [], saved_for_backward_idx = [0, 2]);  fwd_body_0 = bwd_body_0 = arg = out_4 = arg_1 = getattr_2 = getattr_3 = None
-        xm: "f32[128, 32]" = autograd_function_apply[0]
-        getitem_9: "f32[128, 32]" = autograd_function_apply[1]
-        getitem_10: "f32[8, 32]" = autograd_function_apply[2]
-        getitem_11: "f32[8, 32]" = autograd_function_apply[3];  autograd_function_apply = None
+        fwd_body_1 = self.fwd_body_1
+        bwd_body_1 = self.bwd_body_1
+        autograd_function_apply_1 = torch.ops.higher_order.autograd_function_apply(fwd_body_1, bwd_body_1, arg_2, out_2, arg_3, getattr_4, getattr_5, non_differentiable_idx = [], saved_for_backward_idx = [0, 2]);  fwd_body_1 = bwd_body_1 = arg_2 = out_2 = arg_3 = getattr_4 = getattr_5 = None
+        xm: "f32[128, 32]" = autograd_function_apply_1[0]
+        getitem_9: "f32[128, 32]" = autograd_function_apply_1[1]
+        getitem_10: "f32[8, 32]" = autograd_function_apply_1[2]
+        getitem_11: "f32[8, 32]" = autograd_function_apply_1[3];  autograd_function_apply_1 = None
 
         unflatten_2: "f32[128, 2, 16]" = xm.unflatten(1, (2, 16));  xm = None
         x_1: "f32[2, 128, 16]" = unflatten_2.transpose(0, 1);  unflatten_2 = None
@@ -112,45 +117,78 @@ class GraphModule(torch.nn.Module):
         value_1: "f32[128]" = l_self_modules_mixer_modules_dt_proj_parameters_bias_.float();  l_self_modules_mixer_modules_dt_proj_parameters_bias_ = None
 
         selective_scan_fwd = torch.ops.mamba_compile.selective_scan_fwd(x_1, dt, A, B, C, value, z, value_1, True, None, True);  x_1 = dt = A = B = C = value = z = value_1 = None
-        out_5: "f32[2, 128, 16]" = selective_scan_fwd[0];  selective_scan_fwd = None
+        out_3: "f32[2, 128, 16]" = selective_scan_fwd[0];  selective_scan_fwd = None
 
-        transpose_7: "f32[2, 16, 128]" = out_5.transpose(1, 2);  out_5 = None
+        transpose_7: "f32[2, 16, 128]" = out_3.transpose(1, 2);  out_3 = None
         hidden_states: "f32[2, 16, 64]" = torch._C._nn.linear(transpose_7, l_self_modules_mixer_modules_out_proj_parameters_weight_, None);  transpose_7 = l_self_modules_mixer_modules_out_proj_parameters_weight_ = None
         return (hidden_states, r)
 
     class fwd_body_0(torch.nn.Module):
-        def forward(self, to_1: "f32[20, 128]", to: "f32[128, 32]", to_2: "f32[128, 4]", getattr_2: "f32[4, 128]", getattr_3: "f32[32, 128]"):
+        def forward(self, to_1: "f32[256, 64]", to: "f32[64, 32]", getattr_2: "f32[32, 64]", getattr_3: "f32[32, 64]"):
             _set_grad_enabled = torch._C._set_grad_enabled(False);  _set_grad_enabled = None
 
-            x_dbl: "f32[20, 32]" = to_1 @ to
+            getitem: "f32[128, 64]" = to_1[slice(None, 128, None)]
+            out: "f32[128, 32]" = getitem @ to;  getitem = None
+            getitem_1: "f32[128, 64]" = to_1[slice(128, None, None)]
+            out_1: "f32[128, 32]" = getitem_1 @ to;  getitem_1 = to = None
+
+            _set_grad_enabled_1 = torch._C._set_grad_enabled(True);  _set_grad_enabled_1 = None
+            return ((out, out_1), (to_1, getattr_2, getattr_3))
+
+    class bwd_body_0(torch.nn.Module):
+        def forward(self, dx: "f32[128, 32]", dz: "f32[128, 32]", arg_1: "f32[256, 64]", getattr_2: "f32[32, 64]", getattr_3: "f32[32, 64]"):
+            _set_grad_enabled = torch._C._set_grad_enabled(False);  _set_grad_enabled = None
+
+            getattr_1: "f32[32, 128]" = dz.T
+            getitem: "f32[128, 64]" = arg_1[slice(128, None, None)]
+            dh: "f32[32, 64]" = getattr_1 @ getitem;  getattr_1 = getitem = None
+
+            t: "f32[128, 64]" = arg_1[slice(None, 128, None)];  arg_1 = None
+
+            add_matmul_ = torch.ops.mamba_compile.add_matmul_(dh, dx, t);  t = add_matmul_ = None
+
+            matmul_1: "f32[128, 64]" = dx @ getattr_2;  dx = getattr_2 = None
+            matmul_2: "f32[128, 64]" = dz @ getattr_3;  dz = getattr_3 = None
+            dweight: "f32[256, 64]" = torch.cat([matmul_1, matmul_2]);  matmul_1 = matmul_2 = None
+
+            getattr_4: "f32[64, 32]" = dh.T;  dh = None
+
+            _set_grad_enabled_1 = torch._C._set_grad_enabled(True);  _set_grad_enabled_1 = None
+            return (dweight, getattr_4, None, None)
+
+    class fwd_body_1(torch.nn.Module):
+        def forward(self, to_3: "f32[20, 128]", to_2: "f32[128, 32]", to_4: "f32[128, 4]", getattr_4: "f32[4, 128]", getattr_5: "f32[32, 128]"):
+            _set_grad_enabled = torch._C._set_grad_enabled(False);  _set_grad_enabled = None
+
+            x_dbl: "f32[20, 32]" = to_3 @ to_2
 
             split = x_dbl.split([4, 8, 8]);  x_dbl = None
             dt_low: "f32[4, 32]" = split[0]
             B: "f32[8, 32]" = split[1]
             C: "f32[8, 32]" = split[2];  split = None
 
-            out: "f32[128, 32]" = to_2 @ dt_low;  to_2 = None
+            out: "f32[128, 32]" = to_4 @ dt_low;  to_4 = None
 
             _set_grad_enabled_1 = torch._C._set_grad_enabled(True);  _set_grad_enabled_1 = None
 
-            view_as: "f32[128, 32]" = to.view_as(to)
+            view_as: "f32[128, 32]" = to_2.view_as(to_2)
 
-            getattr_4: "f32[32, 4]" = dt_low.T;  dt_low = None
-            return ((view_as, out, B, C), (to, getattr_2, to_1, getattr_3, getattr_4))
+            getattr_6: "f32[32, 4]" = dt_low.T;  dt_low = None
+            return ((view_as, out, B, C), (to_2, getattr_4, to_3, getattr_5, getattr_6))
 
-    class bwd_body_0(torch.nn.Module):
-        def forward(self, dx: "f32[128, 32]", ddt: "f32[128, 32]", d_b: "f32[8, 32]", d_c: "f32[8, 32]", out_4: "f32[128, 32]", getattr_2: "f32[4, 128]", arg: "f32[20, 128]", getattr_3: "f32[32, 128]", getattr_4: "f32[32, 4]"):
+    class bwd_body_1(torch.nn.Module):
+        def forward(self, dx: "f32[128, 32]", ddt: "f32[128, 32]", d_b: "f32[8, 32]", d_c: "f32[8, 32]", out_2: "f32[128, 32]", getattr_4: "f32[4, 128]", arg_2: "f32[20, 128]", getattr_5: "f32[32, 128]", getattr_6: "f32[32, 4]"):
             _set_grad_enabled = torch._C._set_grad_enabled(False);  _set_grad_enabled = None
 
-            zeros: "f32[8, 32]" = out_4.new_zeros(8, 32);  out_4 = zeros = None
+            zeros: "f32[8, 32]" = out_2.new_zeros(8, 32);  out_2 = zeros = None
 
-            matmul: "f32[4, 32]" = getattr_2 @ ddt;  getattr_2 = None
+            matmul: "f32[4, 32]" = getattr_4 @ ddt;  getattr_4 = None
             dx_dbl: "f32[20, 32]" = torch.cat([matmul, d_b, d_c]);  matmul = d_b = d_c = None
 
-            dx_1: "f32[128, 32]" = torch.ops.mamba_compile.add_matmul(dx, arg, dx_dbl);  dx = arg = None
+            dx_1: "f32[128, 32]" = torch.ops.mamba_compile.add_matmul(dx, arg_2, dx_dbl);  dx = arg_2 = None
 
-            matmul_1: "f32[20, 128]" = dx_dbl @ getattr_3;  dx_dbl = getattr_3 = None
-            matmul_2: "f32[128, 4]" = ddt @ getattr_4;  ddt = getattr_4 = None
+            matmul_1: "f32[20, 128]" = dx_dbl @ getattr_5;  dx_dbl = getattr_5 = None
+            matmul_2: "f32[128, 4]" = ddt @ getattr_6;  ddt = getattr_6 = None
 
             _set_grad_enabled_1 = torch._C._set_grad_enabled(True);  _set_grad_enabled_1 = None
             return (matmul_1, dx_1, matmul_2, None, None)

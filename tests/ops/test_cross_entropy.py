@@ -32,6 +32,15 @@ def test_matches_materialised_logits(monkeypatch, block_rows):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_no_rows_gives_zero_gradients():
+    # the weight gradient is written by the first block's matmul; with no block at all it must still be zeros
+    h, w, labels = _inputs(0, 4, 9)
+    loss = linear_cross_entropy(h, w, labels)
+    assert torch.isnan(loss) and torch.isnan(F.cross_entropy(h @ w.T, labels))
+    dh, dw = torch.autograd.grad(loss, (h, w))
+    assert dh.shape == (0, 4) and torch.equal(dw, torch.zeros_like(w))
+
+
 def test_gradcheck():
     h, w, labels = _inputs(6, 4, 9, ignored=(2,))
     torch.autograd.gradcheck(lambda h, w: linear_cross_entropy(h, w, labels), (h, w))
