@@ -22,8 +22,9 @@ before session 18); "mm-autotune" = Inductor's GEMM autotuning (torch._inductor.
 against its Triton templates, per shape, at compile time), "mm-autotune-cd" = that and coordinate-descent tuning of
 the generated kernels (coordinate_descent_tuning); "combo" = Inductor's combo kernels
 (torch._inductor.config.combo_kernels: independent small kernels of a graph, the weight casts and bias-gradient sums,
-fused into one launch), "proj-acc-combo" = that and proj-acc. --graph replays each step from one CUDA graph
-(bench_model's --train-graph on).
+fused into one launch), "proj-acc-combo" = that and proj-acc; "bc8" / "bc4" = the scan backward's varying dB/dC
+atomics spread over 8 / 4 copies instead of selective_scan_triton._BWD_BC_COPIES (fewer to zero-fill and sum).
+--graph replays each step from one CUDA graph (bench_model's --train-graph on).
 (Session 4 A/B'd the conv blocks and the scan backward kernels this way.)
 
     python -m benchmarks.probes.train_ab --out $OUT/train_ab.json [--arch mamba1 mamba2] [--mamba1 new scan-old ...]
@@ -52,6 +53,7 @@ DEFAULT_XBC_SPLIT = mixers.SPLIT_XBC_PROJ
 DEFAULT_PROJ_ACC = (mixers.ACCUMULATE_IN_PROJ_GRADS, mixers.ACCUMULATE_X_PROJ_GRADS)
 DEFAULT_CE_BLOCK = ce._CUDA_BLOCK_BYTES
 DEFAULT_SEPARATE_MAX = ce_triton._SEPARATE_MAX
+DEFAULT_BC_COPIES = scan._BWD_BC_COPIES
 ROWS_APPLY = conv._rows_apply
 ROWS_TAKEN = []  # _rows_apply's answers while a variant traced: whether the conv row kernels are in its graphs
 
@@ -85,6 +87,7 @@ def _set(variant: str) -> None:
     torch._inductor.config.max_autotune_gemm = variant in ("mm-autotune", "mm-autotune-cd")
     torch._inductor.config.coordinate_descent_tuning = variant == "mm-autotune-cd"
     torch._inductor.config.combo_kernels = variant in ("combo", "proj-acc-combo")
+    scan._BWD_BC_COPIES = {"bc8": 8, "bc4": 4}.get(variant, DEFAULT_BC_COPIES)
 
 
 def main():
