@@ -82,6 +82,16 @@ def _gaps(prof, path: str, title: str) -> None:
     print(lines[0].strip(), flush=True)
 
 
+def _enclosing(event, depth: int, width: int) -> list[str]:
+    """The names (cut to ``width``) of up to ``depth`` host events enclosing ``event``, innermost first: the autograd
+    nodes, compiled graphs and modules it ran in."""
+    names, p = [], event.cpu_parent
+    while p is not None and len(names) < depth:
+        names.append(p.name[:width])
+        p = p.cpu_parent
+    return names
+
+
 def _op_sources(prof, path: str, title: str, min_us: float = 20.0) -> None:
     """The aten ops whose kernels took at least ``min_us`` each, grouped by name, input shapes and the innermost
     Python frames that called them (needs record_shapes and with_stack): where the elementwise kernels outside the
@@ -92,10 +102,7 @@ def _op_sources(prof, path: str, title: str, min_us: float = 20.0) -> None:
         if not e.name.startswith("aten::") or dev_us < min_us or (e.cpu_parent is not None
                                                                    and e.cpu_parent.name.startswith("aten::")):
             continue
-        callers, p = [], e.cpu_parent
-        while p is not None and len(callers) < 3:  # the enclosing events: autograd nodes, compiled graphs, modules
-            callers.append(p.name[:60])
-            p = p.cpu_parent
+        callers = _enclosing(e, 3, 60)
         stack = [f for f in (e.stack or []) if "torch/" not in f][:2]
         key = (e.name, str(e.input_shapes)[:120], " <- ".join(callers + stack)[:300])
         n, t = groups.get(key, (0, 0.0))
@@ -139,11 +146,7 @@ def _kernel_list(prof, path: str, title: str) -> None:
     callers = {}
     for e in prof.events():
         if e.name.startswith("cudaMemset"):
-            chain, p = [], e.cpu_parent
-            while p is not None and len(chain) < 4:
-                chain.append(p.name[:50])
-                p = p.cpu_parent
-            key = " <- ".join(chain) or "(no enclosing event)"
+            key = " <- ".join(_enclosing(e, 4, 50)) or "(no enclosing event)"
             callers[key] = callers.get(key, 0) + 1
     if callers:
         lines += ["", "| memset calls | called from |", "|---|---|"]

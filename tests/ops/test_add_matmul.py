@@ -5,7 +5,6 @@ against float64, opcheck, and written into its argument's buffer under Inductor.
 import pytest
 import torch
 import torch._dynamo.testing
-
 from torch._inductor.utils import run_and_get_code
 
 from mamba_compile.ops import add_matmul, add_matmul_
@@ -126,7 +125,7 @@ def test_inplace_writes_into_the_product_under_inductor():
     calls = [line for line in code.splitlines() if "torch.ops.mamba_compile.add_matmul_.default(" in line]
     assert len(calls) == 1, code
     buf = calls[0].split("(")[1].split(",")[0].strip()
-    assert f"extern_kernels.mm(" in code and f"out={buf})" in code, code  # the op's c is the mm's own output
+    assert "extern_kernels.mm(" in code and f"out={buf})" in code, code  # the op's c is the mm's own output
     assert "clone" not in code and "copy_" not in code, code
 
 

@@ -327,7 +327,7 @@ def test_triton_bwd_parts_match_oracle(opts, softplus, shape, bwd_config, gather
     (dict(B_kind="bnl", C_kind="bnl"), (2, 6, 11, 5), (2, 4, 1), 3),  # three channel blocks, one per copy
     (dict(B_kind="bnl", C_kind="bgnl", ngroups=2), (1, 8, 45, 3), (2, 16, 1), 2),  # four blocks over two copies
     (dict(B_kind="bgnl", C_kind="dn", ngroups=2), (2, 4, 33, 2), (2, 16, 1), 5),  # more copies than blocks
-    (dict(B_kind="bnl", C_kind="bnl"), (1, 24, 11, 2), (2, 4, 1), 11),  # more copies than _SUM_SLICES loads at once
+    (dict(B_kind="bnl", C_kind="bnl"), (1, 24, 11, 2), (2, 4, 1), 11),  # an odd number of copies, more than 8
 ], ids=["bnl-3copies", "bgnl2-2copies", "bgnl2-dn-5copies", "bnl-11copies"])
 @pytest.mark.parametrize("pad", [0, 7], ids=["packed", "pad7"])
 def test_triton_bwd_dbc_copies_match_oracle(opts, shape, bwd_config, copies, pad, monkeypatch):
