@@ -4,7 +4,7 @@ Importing this package registers ``torch.ops.mamba_compile.*``; nothing else hap
 (no CUDA initialisation, no triton import: kernel modules load on the first CUDA call).
 """
 
-from .add_matmul import add_matmul, add_matmul_
+from .add_matmul import add_matmul, add_matmul_, matmul_into_
 from .causal_conv1d import causal_conv1d, causal_conv1d_update
 from .cross_entropy import linear_cross_entropy
 from .decode_linear import decode_linear
@@ -30,6 +30,7 @@ __all__ = [
     "mamba1_decode_ssm",
     "mamba2_decode_ssm",
     "mamba2_decode_ssm_gated",
+    "matmul_into_",
     "rms_norm",
     "rms_norm_gated",
     "selective_scan",

@@ -17,6 +17,14 @@ input into that output (a 25 MB device-to-device copy per layer at the 130M trai
 of the step). As a custom op that mutates c, applied to the first product's fresh buffer, Inductor's reinplacing
 lets it write there. It is opaque to the compiler (its body runs eagerly, inside CUDA graphs too) and has no
 autograd: it is for use inside backward formulas.
+
+``matmul_into_`` writes c = a^T @ b into c, for any k, and c may be float32 where a and b are bf16/fp16: on CUDA
+cuBLAS then accumulates and writes fp32 itself (``out_dtype``); elsewhere the product is rounded to a and b's dtype
+and cast (as a 16-bit matmul and a cast would give). What it is for: the fp32 weight gradients of layers that run
+in 16 bits under autocast. A matmul in bf16 and a cast of its result to the fp32 parameter's dtype is one more
+launch per weight (four a Mamba-1 layer), and a gradient assembled from two products (the split in-projection's
+halves) one more copy; with c a slice of the gradient's buffer each product writes its rows in place (reinplaced
+by Inductor like ``add_matmul_``). Opaque, no autograd.
 """
 
 from __future__ import annotations
@@ -35,12 +43,36 @@ def add_matmul(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     return torch.ops.mamba_compile.add_matmul(c, a, b)
 
 
-def _check(c, a, b) -> None:
+def _check(c, a, b, wider_c: bool = False) -> None:
     check_tensor("c", c, shape=(None, None), letters="(m, n)", dtypes=FLOAT_DTYPES + (torch.float64,))
     m, n = c.shape
-    check_tensor("a", a, shape=(None, m), letters="(k, m)", dtypes=(c.dtype,))
-    check_tensor("b", b, shape=(a.shape[0], n), letters="(k, n)", dtypes=(c.dtype,))
+    # wider_c: a and b may be 16-bit where c is float32
+    a_dtypes = (c.dtype,) + ((torch.bfloat16, torch.float16) if wider_c and c.dtype == torch.float32 else ())
+    check_tensor("a", a, shape=(None, m), letters="(k, m)", dtypes=a_dtypes)
+    check_tensor("b", b, shape=(a.shape[0], n), letters="(k, n)", dtypes=(a.dtype,))
     check_same_device(c=c, a=a, b=b)
+
+
+def gemm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool = False,
+              out_dtype_gemm: bool = True) -> None:
+    """out (+)= a @ b, out perhaps of a wider dtype than a and b (float32 from bf16/fp16). On CUDA (with
+    ``out_dtype_gemm``) cuBLAS writes and accumulates into float32 from 16-bit operands itself (``out_dtype``);
+    elsewhere the product is rounded to the operands' dtype, then cast and added: a copy and an add over ``out``."""
+    if out.dtype == a.dtype:
+        if accumulate:
+            out.addmm_(a, b)
+        else:
+            torch.mm(a, b, out=out)
+    elif (out_dtype_gemm and out.device.type == "cuda" and out.dtype == torch.float32
+          and a.dtype in (torch.bfloat16, torch.float16)):
+        if accumulate:
+            torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
+        else:
+            torch.mm(a, b, out_dtype=out.dtype, out=out)
+    elif accumulate:
+        out += (a @ b).to(out.dtype)
+    else:
+        out.copy_(a @ b)
 
 
 def add_matmul_(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -55,6 +87,22 @@ def _add_matmul_inplace(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> No
 
 
 @_add_matmul_inplace.register_fake
+def _(c, a, b) -> None:
+    return None
+
+
+def matmul_into_(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """c (m, n) = a (k, m)^T @ b (k, n), written into c; c is a and b's dtype, or float32 where they are 16-bit."""
+    _check(c, a, b, wider_c=True)
+    torch.ops.mamba_compile.matmul_into_(c, a, b)
+
+
+@torch.library.custom_op("mamba_compile::matmul_into_", mutates_args=("c",))
+def _matmul_into_inplace(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    gemm_into(c, a.T, b)
+
+
+@_matmul_into_inplace.register_fake
 def _(c, a, b) -> None:
     return None
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import FLOAT_DTYPES, check_same_device, check_tensor, values_readable
+from .add_matmul import gemm_into
 
 _BLOCK_ELEMENTS = 1 << 26  # logits of one block of rows on the torch path (fp32 copies: 256 MiB)
 # On CUDA the block's logits are in the matmul's dtype, this many bytes of them (bf16 under autocast: 2^28 logits), and
@@ -114,25 +115,9 @@ def _linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
 
 
 def _matmul_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool = False) -> None:
-    """out (+)= a @ b, with out contiguous and perhaps of a wider dtype than a and b. CUDA's cuBLAS writes (and
-    accumulates into) fp32 from bf16/fp16 operands itself (``out_dtype``); elsewhere the product is rounded to the
-    operands' dtype and then cast and added, a copy and an add over ``out`` that at the 130M shape cost
-    0.3 ms per block of rows (3.7 ms of an H100 training step)."""
-    if out.dtype == a.dtype:
-        if accumulate:
-            out.addmm_(a, b)
-        else:
-            torch.mm(a, b, out=out)
-    elif (_CUDA_OUT_DTYPE and out.device.type == "cuda" and out.dtype == torch.float32
-          and a.dtype in (torch.bfloat16, torch.float16)):
-        if accumulate:
-            torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
-        else:
-            torch.mm(a, b, out_dtype=out.dtype, out=out)
-    elif accumulate:
-        out += (a @ b).to(out.dtype)
-    else:
-        out.copy_(a @ b)
+    """out (+)= a @ b (add_matmul.gemm_into): rounded to 16 bits, then cast and added, the product cost a copy and an
+    add over ``out`` that at the 130M shape took 0.3 ms per block of rows (3.7 ms of an H100 training step)."""
+    gemm_into(out, a, b, accumulate, out_dtype_gemm=_CUDA_OUT_DTYPE)
 
 
 @_linear_cross_entropy.register_fake

@@ -1,13 +1,14 @@
 """add_matmul (c + a^T b, small k) against float64: its Triton kernel (the interpreter on CPU, directly launched),
 the op on CPU, under compile and through torch.export, and bad input; add_matmul_ (c += a^T b, in place, any k):
-against float64, opcheck, and written into its argument's buffer under Inductor."""
+against float64, opcheck, and written into its argument's buffer under Inductor; matmul_into_ (c = a^T b written
+into c, c perhaps float32 from 16-bit a and b) likewise, into row slices of one buffer."""
 
 import pytest
 import torch
 import torch._dynamo.testing
 from torch._inductor.utils import run_and_get_code
 
-from mamba_compile.ops import add_matmul, add_matmul_
+from mamba_compile.ops import add_matmul, add_matmul_, matmul_into_
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -151,3 +152,59 @@ def test_cuda_op_matches_float64(compiled):
     fn = torch.compile(add_matmul, fullgraph=True) if compiled else add_matmul
     c, a, b = _inputs(1536, 4100, 80, torch.bfloat16, "cuda", seed=3)
     _close(fn(c, a, b), _want(c, a, b), torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype, c_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                            (torch.bfloat16, torch.float32)], ids=["fp32", "bf16", "bf16-into-fp32"])
+def test_into_matches_float64(dtype, c_dtype):
+    c, a, b = _inputs(33, 65, 300, dtype, seed=10)
+    c = c.to(c_dtype)  # random contents: every element must be overwritten
+    assert matmul_into_(c, a, b) is None
+    assert c.dtype == c_dtype
+    _close(c, a.double().T @ b.double(), dtype)
+
+
+def test_into_opcheck():
+    for dtype, c_dtype in ((torch.float32, torch.float32), (torch.bfloat16, torch.float32)):
+        c, a, b = _inputs(9, 12, 5, dtype, seed=11)
+        torch.library.opcheck(torch.ops.mamba_compile.matmul_into_, (c.to(c_dtype), a, b))
+
+
+def test_into_writes_rows_of_one_buffer_under_inductor():
+    # What Mamba-1's in-projection backward does with its weight gradient: each half's product written into its rows
+    # of one fresh buffer. Inductor must pass slices of that buffer to the op, not clones, and concatenate nothing.
+    def f(a1, a2, b):
+        out = b.new_empty(a1.shape[1] + a2.shape[1], b.shape[1])
+        matmul_into_(out[: a1.shape[1]], a1, b)
+        matmul_into_(out[a1.shape[1] :], a2, b)
+        return out
+
+    a1, a2, b = (torch.randn(40, n, generator=torch.Generator().manual_seed(n)) for n in (7, 9, 12))
+    got, (code,) = run_and_get_code(torch.compile(f, fullgraph=True), a1, a2, b)
+    torch.testing.assert_close(got, torch.cat([a1.T @ b, a2.T @ b]))
+    calls = [line for line in code.splitlines() if "torch.ops.mamba_compile.matmul_into_.default(" in line]
+    assert len(calls) == 2 and all("(reinterpret_tensor(buf" in line for line in calls), code  # views of one buffer
+    assert "clone" not in code and "copy_" not in code and "cat" not in code, code
+
+
+@pytest.mark.parametrize("args, exc, match", [
+    (lambda c, a, b: (c.bfloat16(), a, b), TypeError, "a must have dtype"),  # a wider than c
+    (lambda c, a, b: (c, a.bfloat16(), b), TypeError, "b must have dtype"),  # a and b differ
+    (lambda c, a, b: (c, a, b[:, :-1]), ValueError, r"b must have shape \(k, n\)"),
+], ids=["c-narrower", "a-b-dtypes", "b-n"])
+def test_into_bad_input(args, exc, match):
+    with pytest.raises(exc, match=match):
+        matmul_into_(*args(*_inputs(8, 9, 4, torch.float32)))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "inductor"])
+def test_cuda_into_fp32_from_bf16(compiled):
+    # cuBLAS writes fp32 from bf16 operands: far closer to float64 than a bf16 product cast (relative 4e-3).
+    fn = torch.compile(matmul_into_, fullgraph=True) if compiled else matmul_into_
+    _, a, b = _inputs(1536, 768, 16384, torch.bfloat16, "cuda", seed=12)
+    c = torch.randn(1536, 768, device="cuda")
+    fn(c, a, b)
+    want = a.double().T @ b.double()
+    err = ((c.double() - want).abs().max() / want.abs().max()).item()
+    assert err <= 1e-5, f"relative error {err:.2e}"
