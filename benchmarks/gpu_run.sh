@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -58,6 +58,17 @@ if [[ $what == projacc ]]; then
   timeout 100 python3 -m benchmarks.probes.add_matmul_probe --out "$OUT/add_matmul_probe.json" 2>&1 | grep "^|"
   timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "bf16_training" 2>&1 | tail -3
   timeout 330 python3 -m benchmarks.probes.train_ab --arch mamba1 --mamba1 new proj-sum new proj-sum --graph --discard-first --out "$OUT/train_ab_projacc.json" 2>&1 | tee "$OUT/train_ab_projacc.log" | grep "^|"
+fi
+if [[ $what == wgrad ]]; then
+  # Mamba-1's weight gradients in fp32 from the GEMMs (mixers.FP32_WEIGHT_GRADS) and the embedding's gradient as
+  # index_select's (model.EMBEDDING_INDEX_SELECT): matmul_into_'s GPU tests and the bf16 compiled step against eager,
+  # which GEMMs bring a cuBLAS memset (gemm_memsets), then the graphed 130M step with the weight gradients in fp32,
+  # cast back from bf16 (the default) and both switches off, twice each, the first variant discarded (about 8
+  # minutes)
+  timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_add_matmul.py 2>&1 | tail -2
+  timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "bf16_training" 2>&1 | tail -3
+  timeout 100 python3 -m benchmarks.probes.gemm_memsets --out "$OUT/gemm_memsets.json" 2>&1 | grep "^|"
+  timeout 400 python3 -m benchmarks.probes.train_ab --arch mamba1 --mamba1 wgrad-fp32 new both-old wgrad-fp32 new both-old --graph --discard-first --out "$OUT/train_ab_wgrad.json" 2>&1 | tee "$OUT/train_ab_wgrad.log" | grep "^|"
 fi
 if [[ $what == model-bench || $what == all ]]; then
   # Training (both models, ~2 min) comes first; the generation cases take 2-3 min each to compile, so 450 s

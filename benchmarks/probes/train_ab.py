@@ -23,7 +23,11 @@ against its Triton templates, per shape, at compile time), "mm-autotune-cd" = th
 the generated kernels (coordinate_descent_tuning); "combo" = Inductor's combo kernels
 (torch._inductor.config.combo_kernels: independent small kernels of a graph, the weight casts and bias-gradient sums,
 fused into one launch), "proj-acc-combo" = that and proj-acc; "bc8" / "bc4" = the scan backward's varying dB/dC
-atomics spread over 8 / 4 copies instead of selective_scan_triton._BWD_BC_COPIES (fewer to zero-fill and sum).
+atomics spread over 8 / 4 copies instead of selective_scan_triton._BWD_BC_COPIES (fewer to zero-fill and sum);
+"wgrad-fp32" / "wgrad-cast" = Mamba-1's projection weights cast to bf16 inside its autograd functions, their
+gradients written in fp32 by the GEMMs / cast to bf16 before them, the gradients taken in bf16 and cast back
+(mixers.FP32_WEIGHT_GRADS on / off); "emb-sort" = the embedding's gradient from nn.Embedding's sort-based backward
+(model.EMBEDDING_INDEX_SELECT off); "both-old" = emb-sort with wgrad-cast.
 --graph replays each step from one CUDA graph (bench_model's --train-graph on).
 (Session 4 A/B'd the conv blocks and the scan backward kernels this way.)
 
@@ -42,6 +46,7 @@ import torch._inductor.config
 from benchmarks._common import fresh_compiles, write_results
 from benchmarks.bench_model import bench_train
 from mamba_compile.models import mixers
+from mamba_compile.models import model as lm
 from mamba_compile.ops import causal_conv1d_triton as conv
 from mamba_compile.ops import cross_entropy as ce
 from mamba_compile.ops import cross_entropy_triton as ce_triton
@@ -54,6 +59,7 @@ DEFAULT_PROJ_ACC = (mixers.ACCUMULATE_IN_PROJ_GRADS, mixers.ACCUMULATE_X_PROJ_GR
 DEFAULT_CE_BLOCK = ce._CUDA_BLOCK_BYTES
 DEFAULT_SEPARATE_MAX = ce_triton._SEPARATE_MAX
 DEFAULT_BC_COPIES = scan._BWD_BC_COPIES
+DEFAULT_FP32_WGRAD = mixers.FP32_WEIGHT_GRADS
 ROWS_APPLY = conv._rows_apply
 ROWS_TAKEN = []  # _rows_apply's answers while a variant traced: whether the conv row kernels are in its graphs
 
@@ -88,6 +94,9 @@ def _set(variant: str) -> None:
     torch._inductor.config.coordinate_descent_tuning = variant == "mm-autotune-cd"
     torch._inductor.config.combo_kernels = variant in ("combo", "proj-acc-combo")
     scan._BWD_BC_COPIES = {"bc8": 8, "bc4": 4}.get(variant, DEFAULT_BC_COPIES)
+    mixers.FP32_WEIGHT_GRADS = {"wgrad-fp32": True, "wgrad-cast": False, "both-old": False}.get(variant,
+                                                                                               DEFAULT_FP32_WGRAD)
+    lm.EMBEDDING_INDEX_SELECT = variant not in ("emb-sort", "both-old")
 
 
 def main():

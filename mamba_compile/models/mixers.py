@@ -31,6 +31,7 @@ from ..ops import (
     mamba1_decode_ssm,
     mamba2_decode_ssm,
     mamba2_decode_ssm_gated,
+    matmul_into_,
     rms_norm_gated,
     selective_scan,
     selective_state_update,
@@ -83,6 +84,15 @@ SPLIT_XBC_PROJ = True
 # GEMM with beta 1 0.11 ms slower than the plain one: about 0.55 ms less kernel time. On.
 ACCUMULATE_IN_PROJ_GRADS = True
 ACCUMULATE_X_PROJ_GRADS = True
+# Mamba-1's training forward under autocast: in_proj, x_proj, dt_proj (through _InProjXZ and _XDtProj) and out_proj
+# (through _Linear) take their fp32 weights and cast them themselves, and their backward writes each weight's
+# gradient in fp32 straight from the GEMM (ops.matmul_into_), where autocast's linear rounds it to bf16 and a
+# separate kernel casts it back (four launches a layer). Session 20, 130M step on an H100: the profiled step had 1151
+# launches instead of about 1250 and the same kernel time (71.57 ms; the fp32-output GEMMs cost what the casts
+# saved); the graphed step (train_ab --graph --discard-first, two calls, alternating) took 72.92, 73.42, 72.88 and
+# 73.59 ms against 72.89, 72.97, 72.89 and 72.90 with it off. Off: no faster, and less steady. The in-projection's
+# two halves are written into one gradient buffer either way (no concatenation).
+FP32_WEIGHT_GRADS = False
 # Above this batch the in-projection is cuBLAS + causal_conv1d_update instead of decode_in, whose GEMV grows
 # with the batch (H100, 130M: decode_in 3.0-3.6 us against cuBLAS 3.4 us + the conv update at b1, but 16.6
 # against 3.6 at b64); the fused state update is kept at every batch (b64: 7.6 us against 15.3 unfused).
@@ -124,26 +134,31 @@ def _matmul_dtype(t: torch.Tensor) -> torch.dtype:
 
 class _InProjXZ(torch.autograd.Function):
     """x = W[:d] hT and z = W[d:] hT as two matmuls (SPLIT_IN_PROJ), with the backward's hidden-state gradient
-    dx^T Wx + dz^T Wz summed inside the second matmul. hT (d_model, b l) and W (2 d, d_model) in one dtype."""
+    dx^T Wx + dz^T Wz summed inside the second matmul. hT (d_model, b l) in ``dtype``; W (2 d, d_model) in its own
+    dtype (the parameter's), cast to ``dtype`` here; its gradient in W's dtype, each half's product written into its
+    rows of it (ops.matmul_into_: float32 from 16-bit operands straight from the GEMM, no cast and no concatenation)."""
 
     @staticmethod
-    def forward(ctx, hT: torch.Tensor, weight: torch.Tensor, d: int):
-        ctx.save_for_backward(hT, weight)
-        ctx.d = d
-        return weight[:d] @ hT, weight[d:] @ hT
+    def forward(ctx, hT: torch.Tensor, weight: torch.Tensor, d: int, dtype: torch.dtype):
+        w = weight.to(dtype)
+        ctx.save_for_backward(hT, w)
+        ctx.d, ctx.weight_dtype = d, weight.dtype
+        return w[:d] @ hT, w[d:] @ hT
 
     @staticmethod
     def backward(ctx, dx: torch.Tensor | None, dz: torch.Tensor | None):
-        hT, weight = ctx.saved_tensors
+        hT, w = ctx.saved_tensors
         d = ctx.d
         dx = torch.zeros_like(dz) if dx is None else dx
         dz = torch.zeros_like(dx) if dz is None else dz
         # dh (b l, d_model) row-major, as the add+norm backward reads it; hT's gradient is its transpose (a view). The
         # second product is added in place into the first's buffer (an out-of-place addmm would copy it first).
-        dh = dz.T @ weight[d:]
-        add_matmul_(dh, dx, weight[:d])
-        dweight = torch.cat([dx @ hT.T, dz @ hT.T])
-        return dh.T, dweight, None
+        dh = dz.T @ w[d:]
+        add_matmul_(dh, dx, w[:d])
+        dweight = hT.new_empty(w.shape, dtype=ctx.weight_dtype)
+        matmul_into_(dweight[:d], dx.T, hT.T)
+        matmul_into_(dweight[d:], dz.T, hT.T)
+        return dh.T, dweight, None, None
 
 
 class _XDtProj(torch.autograd.Function):
@@ -151,15 +166,18 @@ class _XDtProj(torch.autograd.Function):
     x, dt (d_inner, b l), B and C (d_state, b l) out. The scan's gradient for u arrives at the passed-through x, and
     the backward adds x_proj's input gradient to it in one launch (ops.add_matmul: on CUDA a Triton kernel that
     adds the product to the scan's gradient as it writes it; cuBLAS's addmm was slower than its mm and an add).
-    Weights in x's dtype."""
+    x in ``dtype``; the weights in their own (the parameters'), cast here, their gradients written in it by the GEMMs
+    (ops.matmul_into_)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w_x: torch.Tensor, w_dt: torch.Tensor, dt_rank: int):
-        x_dbl = w_x @ x  # (dt_rank + 2 d_state, b l)
+    def forward(ctx, x: torch.Tensor, w_x: torch.Tensor, w_dt: torch.Tensor, dt_rank: int, dtype: torch.dtype):
+        wx, wdt = w_x.to(dtype), w_dt.to(dtype)
+        x_dbl = wx @ x  # (dt_rank + 2 d_state, b l)
         d_state = (w_x.shape[0] - dt_rank) // 2
         dt_low, B, C = x_dbl.split([dt_rank, d_state, d_state])
-        ctx.save_for_backward(x, w_x, w_dt, dt_low)
-        return x, w_dt @ dt_low, B, C
+        ctx.save_for_backward(x, wx, wdt, dt_low)
+        ctx.weight_dtypes = w_x.dtype, w_dt.dtype
+        return x, wdt @ dt_low, B, C
 
     @staticmethod
     def backward(ctx, dx, ddt, dB, dC):
@@ -169,7 +187,38 @@ class _XDtProj(torch.autograd.Function):
         ddt = x.new_zeros(w_dt.shape[0], x.shape[1]) if ddt is None else ddt
         dx_dbl = torch.cat([w_dt.T @ ddt, zeros if dB is None else dB, zeros if dC is None else dC])
         dx = w_x.T @ dx_dbl if dx is None else add_matmul(dx, w_x, dx_dbl)
-        return dx, dx_dbl @ x.T, ddt @ dt_low.T, None
+        dw_x = x.new_empty(w_x.shape, dtype=ctx.weight_dtypes[0])
+        matmul_into_(dw_x, dx_dbl.T, x.T)
+        dw_dt = x.new_empty(w_dt.shape, dtype=ctx.weight_dtypes[1])
+        matmul_into_(dw_dt, ddt.T, dt_low.T)
+        return dx, dw_x, dw_dt, None, None
+
+
+class _Linear(torch.autograd.Function):
+    """x @ W^T without a bias, x (..., k) in ``dtype`` and W (n, k) in its own dtype (the parameter's), cast here; W's
+    gradient is written in W's dtype by the GEMM (ops.matmul_into_), not rounded to ``dtype`` and cast back as
+    autocast's linear does (one launch less per weight and step). x's gradient comes out in x's layout when x, as
+    rows (-1, k), is column-major (Mamba-1's out_proj input, the scan's (b, d_inner, l) output transposed): the scan
+    backward then reads it with time contiguous. Row-major, the 130M training step's scan backward took 1.46 ms a
+    layer instead of 1.32 (H100, session 20)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype):
+        w = weight.to(dtype)
+        x2 = x.to(dtype).reshape(-1, x.shape[-1])
+        ctx.save_for_backward(x2, w)
+        ctx.weight_dtype = weight.dtype
+        ctx.column_major = x2.stride(0) == 1 and x2.shape[1] > 1
+        return (x2 @ w.T).unflatten(0, x.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        x2, w = ctx.saved_tensors
+        dout2 = dout.reshape(-1, dout.shape[-1])
+        dweight = x2.new_empty(w.shape, dtype=ctx.weight_dtype)
+        matmul_into_(dweight, dout2, x2)
+        dx2 = (w.T @ dout2.T).T if ctx.column_major else dout2 @ w
+        return dx2.unflatten(0, dout.shape[:-1]), dweight, None
 
 
 class Mamba1Mixer(nn.Module):
@@ -212,7 +261,7 @@ class Mamba1Mixer(nn.Module):
         if ACCUMULATE_IN_PROJ_GRADS and SPLIT_IN_PROJ and grads:
             dtype = _matmul_dtype(hidden_states)
             hT = hidden_states.flatten(0, 1).T.to(dtype)
-            xz = _InProjXZ.apply(hT, self.in_proj.weight.to(dtype), self.d_inner)
+            xz = _InProjXZ.apply(hT, self._weight(self.in_proj, dtype), self.d_inner, dtype)
             x, z = (self._in_proj_rows(hT, rows, b, l, out) for out, rows in zip(xz, self._xz_rows()))
         elif SPLIT_IN_PROJ:
             hT = hidden_states.flatten(0, 1).T  # (d_model, b * l)
@@ -227,7 +276,8 @@ class Mamba1Mixer(nn.Module):
         if ACCUMULATE_X_PROJ_GRADS and grads:
             dtype = _matmul_dtype(x)
             xm, dt, B, C = _XDtProj.apply(x.transpose(0, 1).reshape(x.shape[1], b * l).to(dtype),
-                                          self.x_proj.weight.to(dtype), self.dt_proj.weight.to(dtype), self.dt_rank)
+                                          self._weight(self.x_proj, dtype), self._weight(self.dt_proj, dtype),
+                                          self.dt_rank, dtype)
             x, dt, B, C = (t.unflatten(1, (b, l)).transpose(0, 1) for t in (xm, dt, B, C))
         elif CHANNEL_MAJOR_PROJ:
             # x_proj and dt_proj on (channels, b * l) matrices: x keeps xz's layout through the conv (channel, then
@@ -248,7 +298,17 @@ class Mamba1Mixer(nn.Module):
             ssm_state = cache.ssm_states[self.layer_idx]
             y, last_state = selective_scan(x, dt, A, B, C, **kwargs, initial_state=ssm_state, return_last_state=True)
             ssm_state.copy_(last_state)
+        if FP32_WEIGHT_GRADS and grads and self.out_proj.bias is None:
+            dtype = _matmul_dtype(y)
+            return _Linear.apply(y.transpose(1, 2), self._weight(self.out_proj, dtype), dtype)
         return self.out_proj(y.transpose(1, 2))  # (b, l, d_model)
+
+    @staticmethod
+    def _weight(linear: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
+        """A projection's weight for the training-forward autograd functions, which cast it to ``dtype`` themselves
+        and write its gradient in its own dtype (FP32_WEIGHT_GRADS); with that off, cast here, so that the gradient
+        is taken in ``dtype`` and cast back by autograd."""
+        return linear.weight if FP32_WEIGHT_GRADS else linear.weight.to(dtype)
 
     def _xz_rows(self) -> tuple[slice, slice]:
         return slice(0, self.d_inner), slice(self.d_inner, None)

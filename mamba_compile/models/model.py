@@ -23,6 +23,11 @@ from . import mixers
 from .mixers import MHA, Mamba1Mixer, Mamba2Mixer
 
 
+# The training step's embedding gradient as index_select's (an atomic index_add into zeros) instead of
+# nn.Embedding's sort-based backward (see MixerModel._embed). Read at call time.
+EMBEDDING_INDEX_SELECT = True
+
+
 @dataclass
 class LMOutput:
     logits: torch.Tensor | None  # (batch, seqlen, padded_vocab_size); None when the loss was asked for
@@ -101,10 +106,21 @@ class MixerModel(nn.Module):
     def forward(self, input_ids, cache=None, step: bool = False):
         if step and self._block_steps(input_ids.shape[0]):
             return self._fused_step(input_ids, cache)
-        hidden_states, residual = self.embedding(input_ids), None
+        hidden_states, residual = self._embed(input_ids), None
         for layer in self.layers:
             hidden_states, residual = layer(hidden_states, residual, cache, step)
         return self.norm_f(hidden_states, residual, prenorm=False)
+
+    def _embed(self, input_ids):
+        """The embedding rows of input_ids. While training an fp32 table (EMBEDDING_INDEX_SELECT), as index_select,
+        whose gradient is an atomic index_add into a zero-filled table, rather than nn.Embedding's sort-based
+        backward; under torch.use_deterministic_algorithms, and for 16-bit tables (whose atomic adds would round
+        at every repeated id), nn.Embedding."""
+        weight = self.embedding.weight
+        if (EMBEDDING_INDEX_SELECT and torch.is_grad_enabled() and weight.requires_grad
+                and weight.dtype == torch.float32 and not torch.are_deterministic_algorithms_enabled()):
+            return weight.index_select(0, input_ids.reshape(-1)).unflatten(0, input_ids.shape)
+        return self.embedding(input_ids)
 
     def _block_steps(self, batch: int) -> bool:
         """Whether a decode step goes through the mixers' block_step (read at call time: a compiled step is

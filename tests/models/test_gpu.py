@@ -66,13 +66,16 @@ def test_cuda_graph_generation_equals_eager(name):
     assert torch.equal(compiled, eager) and torch.equal(again, eager)
 
 
-@pytest.mark.parametrize("name, accumulate", [("mamba1", False), ("mamba2", False), ("mamba1", True)],
-                         ids=["mamba1", "mamba2", "mamba1-accumulated-proj-grads"])
-def test_compiled_bf16_training_step_matches_eager(name, accumulate, monkeypatch):
+@pytest.mark.parametrize("name, accumulate, fp32_weight_grads",
+                         [("mamba1", False, False), ("mamba2", False, False), ("mamba1", True, False),
+                          ("mamba1", True, True)],
+                         ids=["mamba1", "mamba2", "mamba1-accumulated-proj-grads", "mamba1-fp32-weight-grads"])
+def test_compiled_bf16_training_step_matches_eager(name, accumulate, fp32_weight_grads, monkeypatch):
     from mamba_compile.models import mixers
 
     monkeypatch.setattr(mixers, "ACCUMULATE_IN_PROJ_GRADS", accumulate)
     monkeypatch.setattr(mixers, "ACCUMULATE_X_PROJ_GRADS", accumulate)
+    monkeypatch.setattr(mixers, "FP32_WEIGHT_GRADS", fp32_weight_grads)
     model = _model(name).cuda().train()
     ids = torch.randint(0, VOCAB, (2, 257), device="cuda")
 

@@ -62,12 +62,13 @@ class GraphModule(torch.nn.Module):
 
         arg_1: "f32[256, 64]" = l_self_modules_mixer_modules_in_proj_parameters_weight_.to(torch.float32);  l_self_modules_mixer_modules_in_proj_parameters_weight_ = None
 
-        getattr_2: "f32[32, 64]" = arg.T
-        getattr_3: "f32[32, 64]" = arg.T
+        t: "f32[32, 64]" = arg.T
+
+        t_1: "f32[32, 64]" = arg.T
 
         fwd_body_0 = self.fwd_body_0
         bwd_body_0 = self.bwd_body_0
-        autograd_function_apply = torch.ops.higher_order.autograd_function_apply(fwd_body_0, bwd_body_0, arg_1, arg, getattr_2, getattr_3, non_differentiable_idx = [], saved_for_backward_idx = [0]);  fwd_body_0 = bwd_body_0 = arg_1 = arg = getattr_2 = getattr_3 = None
+        autograd_function_apply = torch.ops.higher_order.autograd_function_apply(fwd_body_0, bwd_body_0, arg_1, arg, t, t_1, non_differentiable_idx = [], saved_for_backward_idx = [0, 1]);  fwd_body_0 = bwd_body_0 = arg_1 = arg = t = t_1 = None
         getitem_4: "f32[128, 32]" = autograd_function_apply[0]
         getitem_5: "f32[128, 32]" = autograd_function_apply[1];  autograd_function_apply = None
 
@@ -92,13 +93,11 @@ class GraphModule(torch.nn.Module):
         arg_2: "f32[20, 128]" = l_self_modules_mixer_modules_x_proj_parameters_weight_.to(torch.float32);  l_self_modules_mixer_modules_x_proj_parameters_weight_ = None
         arg_3: "f32[128, 4]" = l_self_modules_mixer_modules_dt_proj_parameters_weight_.to(torch.float32);  l_self_modules_mixer_modules_dt_proj_parameters_weight_ = None
 
-        getattr_4: "f32[4, 128]" = arg_3.T
-
-        getattr_5: "f32[32, 128]" = out_2.T
+        t_2: "f32[32, 128]" = out_2.T
 
         fwd_body_1 = self.fwd_body_1
         bwd_body_1 = self.bwd_body_1
-        autograd_function_apply_1 = torch.ops.higher_order.autograd_function_apply(fwd_body_1, bwd_body_1, arg_2, out_2, arg_3, getattr_4, getattr_5, non_differentiable_idx = [], saved_for_backward_idx = [0, 2]);  fwd_body_1 = bwd_body_1 = arg_2 = out_2 = arg_3 = getattr_4 = getattr_5 = None
+        autograd_function_apply_1 = torch.ops.higher_order.autograd_function_apply(fwd_body_1, bwd_body_1, arg_2, arg_3, out_2, t_2, non_differentiable_idx = [], saved_for_backward_idx = [0, 2]);  fwd_body_1 = bwd_body_1 = arg_2 = arg_3 = out_2 = t_2 = None
         xm: "f32[128, 32]" = autograd_function_apply_1[0]
         getitem_9: "f32[128, 32]" = autograd_function_apply_1[1]
         getitem_10: "f32[8, 32]" = autograd_function_apply_1[2]
@@ -124,32 +123,42 @@ class GraphModule(torch.nn.Module):
         return (hidden_states, r)
 
     class fwd_body_0(torch.nn.Module):
-        def forward(self, to_1: "f32[256, 64]", to: "f32[64, 32]", getattr_2: "f32[32, 64]", getattr_3: "f32[32, 64]"):
+        def forward(self, to_1: "f32[256, 64]", to_0: "f32[64, 32]", t: "f32[32, 64]", t_1: "f32[32, 64]"):
             _set_grad_enabled = torch._C._set_grad_enabled(False);  _set_grad_enabled = None
 
-            getitem: "f32[128, 64]" = to_1[slice(None, 128, None)]
-            out: "f32[128, 32]" = getitem @ to;  getitem = None
-            getitem_1: "f32[128, 64]" = to_1[slice(128, None, None)]
-            out_1: "f32[128, 32]" = getitem_1 @ to;  getitem_1 = to = None
+            w: "f32[256, 64]" = to_1.to(torch.float32);  to_1 = None
+
+            getitem: "f32[128, 64]" = w[slice(None, 128, None)]
+            out: "f32[128, 32]" = getitem @ to_0;  getitem = None
+            getitem_1: "f32[128, 64]" = w[slice(128, None, None)]
+            out_1: "f32[128, 32]" = getitem_1 @ to_0;  getitem_1 = None
 
             _set_grad_enabled_1 = torch._C._set_grad_enabled(True);  _set_grad_enabled_1 = None
-            return ((out, out_1), (to_1, getattr_2, getattr_3))
+            return ((out, out_1), (w, to_0, t, t_1))
 
     class bwd_body_0(torch.nn.Module):
-        def forward(self, dx: "f32[128, 32]", dz: "f32[128, 32]", arg_1: "f32[256, 64]", getattr_2: "f32[32, 64]", getattr_3: "f32[32, 64]"):
+        def forward(self, dx: "f32[128, 32]", dz: "f32[128, 32]", w: "f32[256, 64]", arg: "f32[64, 32]", t_3: "f32[32, 64]", t_6: "f32[32, 64]"):
             _set_grad_enabled = torch._C._set_grad_enabled(False);  _set_grad_enabled = None
 
             getattr_1: "f32[32, 128]" = dz.T
-            getitem: "f32[128, 64]" = arg_1[slice(128, None, None)]
+            getitem: "f32[128, 64]" = w[slice(128, None, None)]
             dh: "f32[32, 64]" = getattr_1 @ getitem;  getattr_1 = getitem = None
 
-            t: "f32[128, 64]" = arg_1[slice(None, 128, None)];  arg_1 = None
+            t: "f32[128, 64]" = w[slice(None, 128, None)];  w = None
 
             add_matmul_ = torch.ops.mamba_compile.add_matmul_(dh, dx, t);  t = add_matmul_ = None
 
-            matmul_1: "f32[128, 64]" = dx @ getattr_2;  dx = getattr_2 = None
-            matmul_2: "f32[128, 64]" = dz @ getattr_3;  dz = getattr_3 = None
-            dweight: "f32[256, 64]" = torch.cat([matmul_1, matmul_2]);  matmul_1 = matmul_2 = None
+            dweight: "f32[256, 64]" = arg.new_empty((256, 64), dtype = torch.float32);  arg = None
+
+            t_1: "f32[128, 64]" = dweight[slice(None, 128, None)]
+            t_2: "f32[32, 128]" = dx.T;  dx = None
+
+            matmul_into_ = torch.ops.mamba_compile.matmul_into_(t_1, t_2, t_3);  t_1 = t_2 = t_3 = matmul_into_ = None
+
+            t_4: "f32[128, 64]" = dweight[slice(128, None, None)]
+            t_5: "f32[32, 128]" = dz.T;  dz = None
+
+            matmul_into__1 = torch.ops.mamba_compile.matmul_into_(t_4, t_5, t_6);  t_4 = t_5 = t_6 = matmul_into__1 = None
 
             getattr_4: "f32[64, 32]" = dh.T;  dh = None
 
@@ -157,41 +166,55 @@ class GraphModule(torch.nn.Module):
             return (dweight, getattr_4, None, None)
 
     class fwd_body_1(torch.nn.Module):
-        def forward(self, to_3: "f32[20, 128]", to_2: "f32[128, 32]", to_4: "f32[128, 4]", getattr_4: "f32[4, 128]", getattr_5: "f32[32, 128]"):
+        def forward(self, to_3: "f32[20, 128]", to_4: "f32[128, 4]", to_2: "f32[128, 32]", t_2: "f32[32, 128]"):
             _set_grad_enabled = torch._C._set_grad_enabled(False);  _set_grad_enabled = None
 
-            x_dbl: "f32[20, 32]" = to_3 @ to_2
+            wx: "f32[20, 128]" = to_3.to(torch.float32);  to_3 = None
+            wdt: "f32[128, 4]" = to_4.to(torch.float32);  to_4 = None
+
+            x_dbl: "f32[20, 32]" = wx @ to_2
 
             split = x_dbl.split([4, 8, 8]);  x_dbl = None
             dt_low: "f32[4, 32]" = split[0]
             B: "f32[8, 32]" = split[1]
             C: "f32[8, 32]" = split[2];  split = None
 
-            out: "f32[128, 32]" = to_4 @ dt_low;  to_4 = None
+            out: "f32[128, 32]" = wdt @ dt_low
 
             _set_grad_enabled_1 = torch._C._set_grad_enabled(True);  _set_grad_enabled_1 = None
 
             view_as: "f32[128, 32]" = to_2.view_as(to_2)
 
-            getattr_6: "f32[32, 4]" = dt_low.T;  dt_low = None
-            return ((view_as, out, B, C), (to_2, getattr_4, to_3, getattr_5, getattr_6))
+            getattr_1: "f32[4, 128]" = wdt.T;  wdt = None
+
+            t: "f32[32, 4]" = dt_low.T;  dt_low = None
+            return ((view_as, out, B, C), (to_2, getattr_1, wx, t_2, t))
 
     class bwd_body_1(torch.nn.Module):
-        def forward(self, dx: "f32[128, 32]", ddt: "f32[128, 32]", d_b: "f32[8, 32]", d_c: "f32[8, 32]", out_2: "f32[128, 32]", getattr_4: "f32[4, 128]", arg_2: "f32[20, 128]", getattr_5: "f32[32, 128]", getattr_6: "f32[32, 4]"):
+        def forward(self, dx: "f32[128, 32]", ddt: "f32[128, 32]", d_b: "f32[8, 32]", d_c: "f32[8, 32]", out_2: "f32[128, 32]", getattr_1: "f32[4, 128]", wx: "f32[20, 128]", t_2: "f32[32, 128]", t_4: "f32[32, 4]"):
             _set_grad_enabled = torch._C._set_grad_enabled(False);  _set_grad_enabled = None
 
-            zeros: "f32[8, 32]" = out_2.new_zeros(8, 32);  out_2 = zeros = None
+            zeros: "f32[8, 32]" = out_2.new_zeros(8, 32);  zeros = None
 
-            matmul: "f32[4, 32]" = getattr_4 @ ddt;  getattr_4 = None
+            matmul: "f32[4, 32]" = getattr_1 @ ddt;  getattr_1 = None
             dx_dbl: "f32[20, 32]" = torch.cat([matmul, d_b, d_c]);  matmul = d_b = d_c = None
 
-            dx_1: "f32[128, 32]" = torch.ops.mamba_compile.add_matmul(dx, arg_2, dx_dbl);  dx = arg_2 = None
+            dx_1: "f32[128, 32]" = torch.ops.mamba_compile.add_matmul(dx, wx, dx_dbl);  dx = wx = None
 
-            matmul_1: "f32[20, 128]" = dx_dbl @ getattr_5;  dx_dbl = getattr_5 = None
-            matmul_2: "f32[128, 4]" = ddt @ getattr_6;  ddt = getattr_6 = None
+            dw_x: "f32[20, 128]" = out_2.new_empty((20, 128), dtype = torch.float32)
+
+            t: "f32[32, 20]" = dx_dbl.T;  dx_dbl = None
+
+            matmul_into_ = torch.ops.mamba_compile.matmul_into_(dw_x, t, t_2);  t = t_2 = matmul_into_ = None
+
+            dw_dt: "f32[128, 4]" = out_2.new_empty((128, 4), dtype = torch.float32);  out_2 = None
+
+            t_3: "f32[32, 128]" = ddt.T;  ddt = None
+
+            matmul_into__1 = torch.ops.mamba_compile.matmul_into_(dw_dt, t_3, t_4);  t_3 = t_4 = matmul_into__1 = None
 
             _set_grad_enabled_1 = torch._C._set_grad_enabled(True);  _set_grad_enabled_1 = None
-            return (matmul_1, dx_1, matmul_2, None, None)
+            return (dw_x, dw_dt, dx_1, None)
 """)
 
     def test_mamba2_block(self):

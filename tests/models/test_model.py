@@ -3,6 +3,7 @@ different-length prompts = each alone), sampling options, bad inputs."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from mamba_compile import MambaLM
@@ -284,15 +285,70 @@ def test_graphed_train_step_refuses_a_changed_optimizer_after_capture():
         step._check_hyperparameters()
 
 
+@pytest.mark.parametrize("layout", ["row-major", "column-major"])
+def test_linear_input_gradient_in_the_input_layout(layout):
+    """mixers._Linear (Mamba-1's out_proj while training): F.linear's values, and x's gradient with x's strides, so
+    that the scan's backward reads its output gradient with time contiguous (column-major: x is the scan's (b, d, l)
+    output transposed)."""
+    from mamba_compile.models.mixers import _Linear
+
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(2, 7, 5, generator=g) if layout == "row-major" else torch.randn(5, 2, 7, generator=g)
+    x = (base if layout == "row-major" else base.permute(1, 2, 0)).requires_grad_()  # (b 2, l 7, k 5)
+    weight = torch.randn(3, 5, generator=g, requires_grad=True)
+    out = _Linear.apply(x, weight, torch.float32)
+    dout = torch.randn(out.shape, generator=g)
+    dx, dw = torch.autograd.grad(out, (x, weight), dout)
+    want = F.linear(x, weight)
+    want_dx, want_dw = torch.autograd.grad(want, (x, weight), dout)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(dx, want_dx)
+    torch.testing.assert_close(dw, want_dw)
+    assert dx.stride() == x.stride(), (dx.stride(), x.stride())
+
+
+def test_training_embedding_gradient_equals_nn_embedding(monkeypatch):
+    """MixerModel._embed while training (model.EMBEDDING_INDEX_SELECT): index_select, whose gradient is an index_add
+    into zeros, gives the tied table (embedding + LM head) the gradient nn.Embedding gives, repeated ids included;
+    nn.Embedding under deterministic algorithms and without gradients."""
+    from mamba_compile.models import model as model_module
+
+    model, ids = _model("mamba1").train(), _ids(2, 40)
+    ids[0, :6] = 7  # one id six times, besides the repeats a 200-token vocabulary gives 80 draws
+
+    def grads():
+        model.zero_grad()
+        model(ids).logits.float().logsumexp(-1).mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    # a view of index_select's rows
+    assert type(model.backbone._embed(ids).grad_fn.next_functions[0][0]).__name__ == "IndexSelectBackward0"
+    got = grads()
+    with torch.no_grad():
+        assert model.backbone._embed(ids).grad_fn is None
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert type(model.backbone._embed(ids).grad_fn).__name__ == "EmbeddingBackward0"
+    finally:
+        torch.use_deterministic_algorithms(False)
+    monkeypatch.setattr(model_module, "EMBEDDING_INDEX_SELECT", False)
+    assert type(model.backbone._embed(ids).grad_fn).__name__ == "EmbeddingBackward0"
+    want = grads()
+    assert got.keys() == want.keys()
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-5, atol=1e-7, msg=lambda m, n=n: f"{n}: {m}")
+
+
 @pytest.mark.parametrize(
     "name, flags",
     [("mamba1", dict(SPLIT_IN_PROJ=False)), ("mamba1_bias", dict(SPLIT_IN_PROJ=False)),
      ("mamba1", dict(ACCUMULATE_IN_PROJ_GRADS=False)), ("mamba1", dict(ACCUMULATE_X_PROJ_GRADS=False)),
      ("mamba1_bias", dict(ACCUMULATE_IN_PROJ_GRADS=False, ACCUMULATE_X_PROJ_GRADS=False)),
+     ("mamba1", dict(FP32_WEIGHT_GRADS=True)),
      ("mamba2", dict(SPLIT_XBC_PROJ=False)), ("mamba2_options", dict(SPLIT_XBC_PROJ=False)),
      ("mamba2", dict(SPLIT_DT_PROJ=False)), ("mamba2_options", dict(SPLIT_DT_PROJ=False))],
     ids=["mamba1-one-matmul", "mamba1-bias-one-matmul", "mamba1-summed-in-proj-grads", "mamba1-summed-x-grads",
-         "mamba1-bias-summed-grads",
+         "mamba1-bias-summed-grads", "mamba1-fp32-weight-grads",
          "mamba2-xbc-joined", "mamba2-options-xbc-joined",
          "mamba2-one-matmul", "mamba2-options-one-matmul"])
 def test_in_projection_layouts_agree(name, flags, monkeypatch):
