@@ -35,7 +35,9 @@ _BLOCK_ELEMENTS = 1 << 26  # logits of one block of rows on the torch path (fp32
 # (benchmarks/probes/ce_probe.py): 9.80 ms with 1334-row blocks (2^26 logits), 8.75-8.95 with 2669, 8.44 with 4004,
 # 8.35 with 5338 (2^28, 512 MiB, peak 2.06 GiB), 8.20 with 10677 (peak 2.63 GiB). The graphed Mamba-1 training step
 # (benchmarks/probes/train_ab.py, 2^28 logits against 2^27, one call): 76.68 and 76.27 ms against 76.87 and 76.93,
-# 0.4 GiB more peak.
+# 0.4 GiB more peak. Session 20: the 16384 rows spread evenly over the four blocks (4096 each, instead of three of 5338
+# and one of 370) made the op no faster (the op as a CUDA graph, alternating, three rounds: 7.83, 7.99, 8.05 ms against 7.80, 7.92,
+# 8.05); not kept.
 _CUDA_BLOCK_BYTES = 1 << 29
 _CUDA_KERNEL = True  # CUDA blocks through cross_entropy_triton (False: the torch passes, as on CPU; for A/B runs)
 _CUDA_OUT_DTYPE = True  # CUDA gradient matmuls write fp32 d weight / d hidden from bf16/fp16 directly (False: A/B)
