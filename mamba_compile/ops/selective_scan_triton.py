@@ -826,7 +826,11 @@ _BWD_BC_COPIES = 16
 # pad 0 1.641 ms, 32 1.598, 1056 1.608; in one that began with the op, 0 1.612, 16 1.614, 32 1.618, 64 1.632,
 # 128 1.589. No pad is better in both: the 2-3% spread follows where the buffers land, not the stride, so 0 stays.
 _BWD_BC_COPY_PAD = 0
-_SUM_BLOCK = 1024  # elements per program of _bwd_sums_kernel
+# Elements per program of _bwd_sums_kernel. Session 20 (H100): loading four slices of a sum at once instead of one
+# (more loads in flight per thread) left the backward launcher at 1.358 ms against 1.359 (l2048, five rounds
+# alternating) and 4.452 against 4.442 (l8192); in the profiled 130M training step the kernel took 18.7 us against
+# 19.8-20.0 in earlier profiles. The copies it sums were just written through L2 by the scan's atomics: not kept.
+_SUM_BLOCK = 1024
 # The backward's reverse scan as a forward scan in reversed time between two tl.gather flips (False:
 # Triton's reverse scan; timings in the module docstring).
 _BWD_GATHER_FLIP = True
