@@ -83,7 +83,7 @@ def add_matmul_(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 
 @torch.library.custom_op("mamba_compile::add_matmul_", mutates_args=("c",))
 def _add_matmul_inplace(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    c.addmm_(a.T, b)
+    gemm_into(c, a.T, b, accumulate=True)
 
 
 @_add_matmul_inplace.register_fake

@@ -36,8 +36,8 @@ _BLOCK_ELEMENTS = 1 << 26  # logits of one block of rows on the torch path (fp32
 # 8.35 with 5338 (2^28, 512 MiB, peak 2.06 GiB), 8.20 with 10677 (peak 2.63 GiB). The graphed Mamba-1 training step
 # (benchmarks/probes/train_ab.py, 2^28 logits against 2^27, one call): 76.68 and 76.27 ms against 76.87 and 76.93,
 # 0.4 GiB more peak. Session 20: the 16384 rows spread evenly over the four blocks (4096 each, instead of three of 5338
-# and one of 370) made the op no faster (the op as a CUDA graph, alternating, three rounds: 7.83, 7.99, 8.05 ms against 7.80, 7.92,
-# 8.05); not kept.
+# and one of 370) made the op no faster (the op as a CUDA graph, alternating, three rounds: 7.83, 7.99, 8.05 ms
+# against 7.80, 7.92, 8.05); not kept.
 _CUDA_BLOCK_BYTES = 1 << 29
 _CUDA_KERNEL = True  # CUDA blocks through cross_entropy_triton (False: the torch passes, as on CPU; for A/B runs)
 _CUDA_OUT_DTYPE = True  # CUDA gradient matmuls write fp32 d weight / d hidden from bf16/fp16 directly (False: A/B)
@@ -117,8 +117,9 @@ def _linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
 
 
 def _matmul_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool = False) -> None:
-    """out (+)= a @ b (add_matmul.gemm_into): rounded to 16 bits, then cast and added, the product cost a copy and an
-    add over ``out`` that at the 130M shape took 0.3 ms per block of rows (3.7 ms of an H100 training step)."""
+    """out (+)= a @ b through add_matmul.gemm_into, with cuBLAS writing fp32 from 16-bit operands unless
+    _CUDA_OUT_DTYPE is off (an A/B switch). Rounded to 16 bits instead, then cast and added, the product cost a copy
+    and an add over ``out``: 0.3 ms per block of rows at the 130M shape (3.7 ms of an H100 training step)."""
     gemm_into(out, a, b, accumulate, out_dtype_gemm=_CUDA_OUT_DTYPE)
 
 
