@@ -88,8 +88,8 @@ ACCUMULATE_X_PROJ_GRADS = True
 # (through _Linear) take their fp32 weights and cast them themselves, and their backward writes each weight's
 # gradient in fp32 straight from the GEMM (ops.matmul_into_), where autocast's linear rounds it to bf16 and a
 # separate kernel casts it back (four launches a layer). Session 20, 130M step on an H100: the profiled step had 1151
-# launches instead of about 1250 and the same kernel time (71.57 ms; the fp32-output GEMMs cost what the casts
-# saved); the graphed step (train_ab --graph --discard-first, two calls, alternating) took 72.92, 73.42, 72.88 and
+# launches and 71.57 ms of kernels, against 1277 and 71.62 ms in session 19's profile (which also had nn.Embedding's
+# backward); the graphed step (train_ab --graph --discard-first, two calls, alternating) took 72.92, 73.42, 72.88 and
 # 73.59 ms against 72.89, 72.97, 72.89 and 72.90 with it off. Off: no faster, and less steady. The in-projection's
 # two halves are written into one gradient buffer either way (no concatenation).
 FP32_WEIGHT_GRADS = False
