@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -69,6 +69,14 @@ if [[ $what == wgrad ]]; then
   timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "bf16_training" 2>&1 | tail -3
   timeout 100 python3 -m benchmarks.probes.gemm_memsets --out "$OUT/gemm_memsets.json" 2>&1 | grep "^|"
   timeout 400 python3 -m benchmarks.probes.train_ab --arch mamba1 --mamba1 wgrad-fp32 new both-old wgrad-fp32 new both-old --graph --discard-first --out "$OUT/train_ab_wgrad.json" 2>&1 | tee "$OUT/train_ab_wgrad.log" | grep "^|"
+fi
+if [[ $what == runs ]]; then
+  # The conv's run-per-thread backward: the conv tests on the GPU, the probe's configurations against the pair
+  # kernel, then Mamba-1's graphed 130M step with it (the default) against the pair kernel, twice each, the first
+  # variant discarded (about 7 minutes)
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/ops/test_causal_conv1d.py -k "gpu or direct or runs" 2>&1 | tee "$OUT/gpu_tests_conv.log" | tail -3
+  timeout 120 python3 -m benchmarks.probes.conv_probe --parts runs --out "$OUT/conv_runs.json" 2>&1 | tee "$OUT/conv_runs.log" | grep "^|"
+  timeout 300 python3 -m benchmarks.probes.train_ab --arch mamba1 --mamba1 new conv-pairs new conv-pairs --graph --discard-first --out "$OUT/train_ab_runs.json" 2>&1 | tee "$OUT/train_ab_runs.log" | grep "^|"
 fi
 if [[ $what == model-bench || $what == all ]]; then
   # Training (both models, ~2 min) comes first; the generation cases take 2-3 min each to compile, so 450 s

@@ -10,9 +10,11 @@
    _causal_conv1d_bwd_rows_kernel) over configurations, checked against the general kernels;
 3. the backward at the first shape: the two-kernel path (fp32 dy written, then read) against the one-kernel pair
    backward (causal_conv1d_triton._causal_conv1d_bwd_pairs_kernel) over a few blocks, each checked against the
-   two-kernel path's gradients (dx must agree bit for bit), with the copy floor of reading x and dout and writing dx.
+   two-kernel path's gradients (dx must agree bit for bit), with the copy floor of reading x and dout and writing dx;
+4. (``runs``) the run-per-thread backward (_causal_conv1d_bwd_chunks_kernel) over configurations against the pair
+   backward, time-contiguous and in the Mamba-1 mixer's channel-major layout, three rounds alternating.
 
-    python -m benchmarks.probes.conv_probe --out $OUT/conv_probe.json [--parts fwd m2 bwd]
+    python -m benchmarks.probes.conv_probe --out $OUT/conv_probe.json [--parts fwd m2 bwd runs]
 """
 
 from __future__ import annotations
@@ -142,13 +144,53 @@ def backward_variants(rows):
         print(rows[-1], flush=True)
 
 
+def runs_variants(rows):
+    """The run-per-thread backward (_causal_conv1d_bwd_chunks_kernel) over configurations (BLOCK_D, NT, NV, warps)
+    against the pair backward, on contiguous x and on the Mamba-1 mixer's channel-major x (a (b, d, l) view of a
+    (d, b, l) buffer), rounds alternating."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    b, d, l = 8, 1536, 2048
+    layouts = {
+        "contiguous": lambda: torch.randn(b, d, l, device="cuda", dtype=torch.bfloat16, generator=g),
+        "channel-major": lambda: torch.randn(d, b, l, device="cuda", dtype=torch.bfloat16, generator=g).transpose(0, 1),
+    }
+    # session 21's first sweep: (4, 32, 1, 4), (2, 64, 1, 4), (1, 128, 1, 4), (8, 16, 1, 4), (8, 16, 2, 4),
+    # (4, 32, 2, 4), (2, 64, 2, 4), (4, 64, 1, 8), (2, 32, 1, 2), (8, 32, 1, 8); timings in _bwd_chunks_blocks
+    configs = [None, (2, 64, 2, 4), (1, 128, 2, 4), (2, 64, 4, 4), (4, 32, 4, 4), (1, 64, 2, 2), (2, 32, 2, 2),
+               (1, 64, 4, 2), (4, 64, 2, 8)]
+    for layout, make in layouts.items():
+        x, dout = make(), make()
+        weight, bias = _inputs(x)
+        floor = floor_ms(3 * nbytes(x))
+        want = kernels.causal_conv1d_bwd(x, weight, bias, None, None, dout, None, True, wrap=False, chunks=False)
+        times = {}
+        for rnd in range(3):
+            for cfg in configs:
+                def bwd(cfg=cfg):
+                    return kernels.causal_conv1d_bwd(x, weight, bias, None, None, dout, None, True, wrap=False,
+                                                     chunks=cfg is not None, chunks_config=cfg)
+                if rnd == 0:
+                    got = bwd()
+                    dx_diff = ((got[0].float() - want[0].float()).abs().max() / want[0].float().abs().max()).item()
+                    dw_err = ((got[1] - want[1]).abs().max() / want[1].abs().max()).item()
+                    times[cfg] = dict(dx=dx_diff, dw=dw_err, ms=[])
+                times[cfg]["ms"].append(graph_ms(bwd))
+        for cfg, t in times.items():
+            ms = sorted(t["ms"])[1]
+            rows.append(dict(part=f"bwd {layout}", kernel="pairs" if cfg is None else "runs",
+                             blocks="default" if cfg is None else "x".join(map(str, cfg)), bwd_ms=ms,
+                             ratio=ms / floor, rounds=" ".join(f"{m:.4f}" for m in t["ms"]),
+                             max_rel_diff=f"dx {t['dx']:.1e} dw {t['dw']:.1e}"))
+            print(rows[-1], flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
     parser.add_argument("--parts", nargs="+", default=["fwd", "m2", "bwd"])
     args = parser.parse_args()
     rows = []
-    parts = dict(fwd=forward_variants, m2=mamba2_layout, bwd=backward_variants)
+    parts = dict(fwd=forward_variants, m2=mamba2_layout, bwd=backward_variants, runs=runs_variants)
     for name in args.parts:
         parts[name](rows)
     write_results(rows, args.out)

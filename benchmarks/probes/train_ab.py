@@ -27,7 +27,11 @@ atomics spread over 8 / 4 copies instead of selective_scan_triton._BWD_BC_COPIES
 "wgrad-fp32" / "wgrad-cast" = Mamba-1's projection weights cast to bf16 inside its autograd functions, their
 gradients written in fp32 by the GEMMs / cast to bf16 before them, the gradients taken in bf16 and cast back
 (mixers.FP32_WEIGHT_GRADS on / off); "emb-sort" = the embedding's gradient from nn.Embedding's sort-based backward
-(model.EMBEDDING_INDEX_SELECT off); "both-old" = emb-sort with wgrad-cast.
+(model.EMBEDDING_INDEX_SELECT off); "both-old" = emb-sort with wgrad-cast; "pdl" = Inductor's programmatic
+dependent launch for the kernels it generates (torch._inductor.config.triton.enable_pdl: each waits for the kernel
+before it only where it reads what that one wrote, and lets the next one launch after its loads; Hopper);
+"conv-pairs" = Mamba-1's conv backward by the pair kernel rather than the run-per-thread one
+(causal_conv1d_triton._BWD_CHUNKS off).
 --graph replays each step from one CUDA graph (bench_model's --train-graph on).
 (Session 4 A/B'd the conv blocks and the scan backward kernels this way.)
 
@@ -97,6 +101,8 @@ def _set(variant: str) -> None:
     mixers.FP32_WEIGHT_GRADS = {"wgrad-fp32": True, "wgrad-cast": False, "both-old": False}.get(variant,
                                                                                                DEFAULT_FP32_WGRAD)
     lm.EMBEDDING_INDEX_SELECT = variant not in ("emb-sort", "both-old")
+    torch._inductor.config.triton.enable_pdl = variant == "pdl"
+    conv._BWD_CHUNKS = variant != "conv-pairs"
 
 
 def main():

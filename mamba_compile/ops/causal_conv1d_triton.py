@@ -532,6 +532,129 @@ def _causal_conv1d_bwd_pairs_kernel(
 
 
 # ----------------------------------------------------------------------------------------------
+# The same backward with each thread owning a run of CH consecutive pairs (2 CH steps) of one channel, loaded as one
+# vector and split into per-step register tiles ([BLOCK_D, NT] each, one element per thread). The steps a run needs
+# from its neighbours (x: HALO pairs before and after, for the pre-activations; dout: HALO pairs after, for dy at
+# the W-1 steps past the run that its dx reads) come from two small vector loads. So dy is computed once per step
+# plus W - 1 steps of halo per run (1.19x the steps at CH 8, W 4), where the pair kernel recomputes it for three
+# pair offsets (3x), and dweight reads the x steps already in registers. The sums are the pair kernel's: dy the
+# same expression, dx its taps in the same order; dweight / dbias are summed in another order. Local SASS for sm_90
+# (triton 3.6, 130M training launch, 4 pairs a thread in both): 576 instructions against the pair kernel's 936, 22
+# MUFU against 40, no spills; Triton keeps the splits, joins and reshapes in registers (no layout conversion but
+# the five per-channel sums' at the end). On an H100 at b8 d1536 l2048 w4 bf16: 0.063-0.065 ms against 0.113 for
+# the pair kernel (timings in _bwd_chunks_blocks), and Mamba-1's graphed 130M training step 71.7-72.5 ms against
+# 72.7-73.6 with the pair kernel (session 21, benchmarks/probes/train_ab.py, rounds alternating in one process).
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _unstack2(v):
+    """[..., 2] -> (v[..., 0], v[..., 1])."""
+    return tl.split(v)
+
+
+@triton.jit
+def _unstack4(v):
+    """[A, B, 4] -> its four [A, B] slices along the last axis, in order."""
+    e, o = tl.split(tl.reshape(v, (v.shape[0], v.shape[1], 2, 2)))  # e = slices 0, 2; o = 1, 3
+    e0, e1 = tl.split(e)
+    o0, o1 = tl.split(o)
+    return e0, o0, e1, o1
+
+
+@triton.jit
+def _stack4(v0, v1, v2, v3):
+    """The inverse of _unstack4."""
+    j = tl.join(tl.join(v0, v2), tl.join(v1, v3))  # [A, B, 2 (i), 2 (j)] = v[2 i + j]
+    return tl.reshape(j, (v0.shape[0], v0.shape[1], 4))
+
+
+@triton.jit
+def _steps(v, IS_BF16: tl.constexpr):
+    """The steps of int32 pair tiles v (a tuple of [A, B] tiles) as fp32 tiles, two per pair, in time order."""
+    out = ()
+    for i in tl.static_range(len(v)):
+        lo, hi = _unpack_lo_hi(v[i], IS_BF16)
+        out = out + (lo, hi)
+    return out
+
+
+@triton.jit
+def _causal_conv1d_bwd_chunks_kernel(
+    x_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_part_ptr, db_part_ptr, L, D,
+    stride_xb, stride_xd, stride_wd, stride_ww, stride_gb, stride_gd, stride_dxb, stride_dxd,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, IS_BF16: tl.constexpr,
+    BLOCK_D: tl.constexpr, NT: tl.constexpr, NV: tl.constexpr,
+):
+    # strides of x, dout and dx in elements (even); L even. A program: BLOCK_D channels x NT runs of CH = 4 NV pairs,
+    # each read as NV 16-byte vectors (4 pairs: Triton keeps a 16-byte vector in one thread, so the splits into
+    # steps stay in registers).
+    CH: tl.constexpr = 4 * NV
+    HALO: tl.constexpr = 2  # pairs: ceil((W - 1) / 2) <= 2 for W <= 4
+    S0: tl.constexpr = 2 * HALO  # index of the run's first step in the tuple of x steps
+    pid_m, b, offs_d, offs_m, d_mask, M = _pair_program(L, D, BLOCK_D, NT * CH)
+    run = pid_m * (NT * CH) + tl.arange(0, NT)[None, :, None] * CH  # first pair of each run, [1, NT, 1]
+    dm = d_mask[:, None, None]
+    xp = _pair_rows(x_ptr, b, offs_d, stride_xb, stride_xd)[:, :, None]  # [BLOCK_D, 1, 1]
+    gp = _pair_rows(dout_ptr, b, offs_d, stride_gb, stride_gd)[:, :, None]
+    j2 = run + tl.arange(0, HALO)[None, None, :]
+    x_pairs = _unstack2(tl.load(xp + j2 - HALO, mask=dm & (j2 >= HALO) & (j2 - HALO < M), other=0))
+    g_pairs = ()
+    for v in tl.static_range(NV):
+        j4 = run + 4 * v + tl.arange(0, 4)[None, None, :]
+        x_pairs = x_pairs + _unstack4(tl.load(xp + j4, mask=dm & (j4 < M), other=0))
+        g_pairs = g_pairs + _unstack4(tl.load(gp + j4, mask=dm & (j4 < M), other=0))
+    x_pairs = x_pairs + _unstack2(tl.load(xp + j2 + CH, mask=dm & (j2 + CH < M), other=0))
+    g_pairs = g_pairs + _unstack2(tl.load(gp + j2 + CH, mask=dm & (j2 + CH < M), other=0))
+    # steps s0 - 2 HALO .. s0 + 2 (CH + HALO) - 1 of x, and s0 .. s0 + 2 (CH + HALO) - 1 of dout (s0 = 2 run)
+    xs = _steps(x_pairs, IS_BF16)
+    gs = _steps(g_pairs, IS_BF16)
+
+    taps = ()
+    for k in tl.static_range(W):
+        taps = taps + (tl.load(w_ptr + offs_d * stride_wd + k * stride_ww, mask=d_mask, other=0.0).to(tl.float32)[:, None],)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[:, None]
+    # dy at the run's 2 CH steps and the W - 1 after them (0 past the sequence: dout reads 0 there)
+    dy = ()
+    for t in tl.static_range(2 * CH + W - 1):
+        g = gs[t]
+        if SILU:
+            pre = taps[0] * xs[S0 + t - (W - 1)]
+            for k in tl.static_range(1, W):
+                pre += taps[k] * xs[S0 + t - (W - 1) + k]
+            if HAS_BIAS:
+                pre += bias
+            g = _dsilu(g, pre)
+        dy = dy + (g,)
+    # dx[s] = sum_j weight[W-1-j] dy[s + j], j ascending
+    dx = ()
+    for t in tl.static_range(2 * CH):
+        acc = taps[W - 1] * dy[t]
+        for j in tl.static_range(1, W):
+            acc += taps[W - 1 - j] * dy[t + j]
+        dx = dx + (acc,)
+    dxp = _pair_rows(dx_ptr, b, offs_d, stride_dxb, stride_dxd)[:, :, None]
+    for v in tl.static_range(NV):
+        p = ()
+        for i in tl.static_range(4 * v, 4 * v + 4):
+            p = p + (_pack_lo_hi(dx[2 * i], dx[2 * i + 1], IS_BF16),)
+        j4 = run + 4 * v + tl.arange(0, 4)[None, None, :]
+        tl.store(dxp + j4, _stack4(p[0], p[1], p[2], p[3]), mask=dm & (j4 < M))
+
+    # dweight[k] partial = sum over the run's steps s of dy[s] x[s + k - (W-1)]
+    part = (b * tl.num_programs(0) + pid_m) * D
+    for k in tl.static_range(W):
+        acc = dy[0] * xs[S0 + k - (W - 1)]
+        for t in tl.static_range(1, 2 * CH):
+            acc += dy[t] * xs[S0 + t + k - (W - 1)]
+        tl.store(dw_part_ptr + (part + offs_d) * W + k, tl.sum(acc, axis=1), mask=d_mask)
+    if HAS_BIAS:
+        acc = dy[0]
+        for t in tl.static_range(1, 2 * CH):
+            acc += dy[t]
+        tl.store(db_part_ptr + part + offs_d, tl.sum(acc, axis=1), mask=d_mask)
+
+
+# ----------------------------------------------------------------------------------------------
 # Backward of channel-last x (Mamba-2's xBC, a slice of the in-projection's rows) in one kernel that walks time
 # row by row. A row is BLOCK_D contiguous channels, VEC of them per thread; a block of R rows is loaded as one
 # [BLOCK_D, R] tile whose rows sit in each thread's registers (one block ahead), and each step takes one row: the
@@ -744,6 +867,7 @@ def _rows_apply(width, seq_idx, initial_states, *tensors) -> bool:
 
 
 _BWD_PAIRS = True  # the one-kernel pair backward where it applies
+_BWD_CHUNKS = True  # there, the run-per-thread kernel (_causal_conv1d_bwd_chunks_kernel); False: the pair kernel
 
 
 def _bwd_pairs_blocks(L) -> tuple[int, int]:
@@ -761,20 +885,55 @@ def _bwd_pairs_blocks(L) -> tuple[int, int]:
     return max(1, 1024 // block_l), block_l // 2
 
 
+_BWD_CHUNKS_NV = 2  # 16-byte vectors (4 pairs) per run
+_BWD_CHUNKS_NT = 128  # runs per channel and program, at most
+
+
+def _bwd_chunks_blocks(L) -> tuple[int, int, int, int]:
+    """(BLOCK_D, NT, NV, num_warps) of the run-per-thread backward: NT runs of 4 NV pairs per channel, one per
+    thread, 128 threads. b8 d1536 l2048 w4 bf16 silu bias on an H100 (session 21, benchmarks/probes/conv_probe.py
+    --parts runs, CUDA-graph replay, medians of three rounds alternating; floor 0.050 ms), time-contiguous / the
+    Mamba-1 mixer's channel-major x: the pair kernel 0.113 / 0.113 ms; (BLOCK_D, NT, NV, warps) (1, 128, 2, 4)
+    0.063 / 0.065 (the default: a channel's 2048 steps in one program), (1, 64, 2, 2) 0.064 / 0.066, (2, 64, 2, 4)
+    0.066 / 0.068, (1, 64, 4, 2) 0.066 / 0.068, (2, 32, 2, 2) 0.071 / 0.072, (4, 64, 2, 8) 0.073 / 0.074,
+    (2, 64, 4, 4) 0.077 / 0.074, (4, 32, 4, 4) 0.075 / 0.077, (4, 32, 2, 4) 0.073 / 0.075, (8, 16, 2, 4) 0.078 / 0.080, (1, 128, 1, 4) 0.077 / 0.079,
+    (2, 32, 1, 2) 0.077 / 0.077, (4, 32, 1, 4) 0.082 / 0.082, (2, 64, 1, 4) 0.083 / 0.083, (4, 64, 1, 8) 0.095 /
+    0.095, (8, 16, 1, 4) 0.102 / 0.103, (8, 32, 1, 8) 0.107 / 0.108. dx within a 16-bit rounding step of the pair
+    kernel's (ptxas contracts differently), dweight within 2e-7."""
+    nv = _BWD_CHUNKS_NV
+    nt = min(_BWD_CHUNKS_NT, max(2, triton.next_power_of_2(triton.cdiv(_static(L, 1 << 20) // 2, 4 * nv))))
+    return max(1, 128 // nt), nt, nv, 4
+
+
 def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu: bool,
                       *, wrap: bool = True, block_d: int | None = None, block_l: int | None = None,
                       num_warps: int = 4, pairs: bool | None = None, rows: bool | None = None,
-                      rows_config: tuple[int, int, int, int, int] | None = None):
+                      rows_config: tuple[int, int, int, int, int] | None = None, chunks: bool | None = None,
+                      chunks_config: tuple[int, int, int, int] | None = None):
     """Returns (dx, dweight, dbias, dinitial_states); dbias / dinitial_states are empty tensors when
     bias / initial_states are None. ``pairs`` forces the one-kernel pair backward on (where it applies) or
-    off; None: ``_BWD_PAIRS``. ``rows`` likewise for the row-walking channel-last backward (``_BWD_ROWS``), with
-    ``rows_config`` = (BLOCK_D, R, SEG, VEC, num_warps) in place of ``_rows_config()``."""
+    off; None: ``_BWD_PAIRS``; ``chunks`` picks its run-per-thread variant (None: ``_BWD_CHUNKS``), with
+    ``chunks_config`` = (BLOCK_D, NT, NV, num_warps) in place of ``_bwd_chunks_blocks``. ``rows`` likewise for the
+    row-walking channel-last backward (``_BWD_ROWS``), with ``rows_config`` = (BLOCK_D, R, SEG, VEC, num_warps) in
+    place of ``_rows_config()``."""
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
     bias = bias.contiguous() if bias is not None else None
     dx = torch.empty_like(x)
-    if ((_BWD_PAIRS if pairs is None else pairs) and dfinal_states is None
-            and _pairs_apply(x, dx, seq_idx, initial_states, dout)):
+    pairs_ok = ((_BWD_PAIRS if pairs is None else pairs) and dfinal_states is None
+                and _pairs_apply(x, dx, seq_idx, initial_states, dout))
+    if pairs_ok and (_BWD_CHUNKS if chunks is None else chunks):
+        bd, nt, nv, nw = chunks_config or _bwd_chunks_blocks(seqlen)
+        n_m = triton.cdiv(seqlen // 2, nt * 4 * nv)
+        dw_part, db_part = _partials(x, batch * n_m, width)
+        launcher(_causal_conv1d_bwd_chunks_kernel, wrap)[(n_m, triton.cdiv(dim, bd), batch)](
+            x, weight, _or_dummy(bias, weight), dout, dx, dw_part, db_part, seqlen, dim,
+            x.stride(0), x.stride(1), *weight.stride(), dout.stride(0), dout.stride(1), dx.stride(0), dx.stride(1),
+            W=width, HAS_BIAS=bias is not None, SILU=silu, IS_BF16=x.dtype == torch.bfloat16,
+            BLOCK_D=bd, NT=nt, NV=nv, num_warps=nw,
+        )
+        return (dx, *_sum_partials(dw_part, db_part, weight, bias, x), x.new_empty(0))
+    if pairs_ok:
         bd, bm = _bwd_pairs_blocks(seqlen)
         block_d, block_m = block_d or bd, block_l // 2 if block_l else bm
         n_m = triton.cdiv(seqlen // 2, block_m)

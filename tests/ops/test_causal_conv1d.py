@@ -571,24 +571,39 @@ def test_triton_pairs_kernel_direct(dtype, width, seqlen):
     torch.testing.assert_close(out, general[0], rtol=0, atol=0)
 
 
+def _nan_framed(batch, dim, seqlen, generator, device, dtype):
+    """Random (batch, dim, seqlen) values inside a NaN-filled buffer with two NaN steps before and after each row:
+    a kernel reading outside the tensor puts NaN into what it computes."""
+    buf = torch.full((batch, dim, seqlen + 4), float("nan"), device=device, dtype=dtype)
+    x = buf[..., 2:seqlen + 2]
+    x.copy_(torch.randn(batch, dim, seqlen, generator=generator).to(device, dtype))
+    return x
+
+
+@pytest.mark.parametrize("kernel,dtype", [("pairs", torch.bfloat16), ("pairs", torch.float16),
+                                          ("runs-nv1", torch.bfloat16), ("runs-nv1", torch.float16),
+                                          ("runs-nv2", torch.bfloat16)],
+                         ids=["pairs-bf16", "pairs-fp16", "runs-nv1-bf16", "runs-nv1-fp16", "runs-nv2-bf16"])
 @pytest.mark.parametrize("silu", [True, False], ids=["silu", "none"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("width,seqlen", [(4, 14), (3, 6), (2, 2), (4, 16)], ids=["w4-l14", "w3-l6", "w2-l2", "w4-l16"])
-def test_triton_pairs_backward_direct(dtype, width, seqlen, silu):
-    """The one-kernel pair backward (dy recomputed at the W+1 steps each output pair reads) against float64
-    autograd of the reference; blocks of 4 pairs so the recomputed steps cross block boundaries. dx follows the
-    two-kernel path's arithmetic (same dy, same order of taps): under the interpreter the same bits, compiled within
-    a 16-bit rounding step (ptxas contracts into FMAs differently); dweight / dbias are summed in another order."""
+@pytest.mark.parametrize("width,seqlen", [(4, 14), (3, 6), (2, 2), (4, 24)], ids=["w4-l14", "w3-l6", "w2-l2", "w4-l24"])
+def test_triton_pairs_backward_direct(dtype, width, seqlen, silu, kernel):
+    """The one-kernel 16-bit backwards against float64 autograd of the reference: the pair kernel (dy recomputed at
+    the W+1 steps each output pair reads; blocks of 4 pairs) and the run-per-thread kernel (a thread's 4 or 8 pairs
+    split into steps, dy once per step; two runs a program), so that tiles, runs and halos cross block boundaries.
+    x and dout sit in NaN-framed buffers, so a read outside them shows. dx follows the two-kernel path's arithmetic
+    (same dy, same order of taps): under the interpreter the same bits, compiled within a 16-bit rounding step (ptxas
+    contracts into FMAs differently); dweight / dbias are summed in another order."""
     from mamba_compile.ops import causal_conv1d_triton as kernels
 
     device = "cuda" if HAS_CUDA else "cpu"
     g = torch.Generator().manual_seed(30 + width + seqlen)
-    x = torch.randn(2, 6, seqlen, generator=g).to(device, dtype)
+    x = _nan_framed(2, 6, seqlen, g, device, dtype)
     weight, bias = torch.randn(6, width, generator=g).to(device), torch.randn(6, generator=g).to(device)
-    dout = torch.randn(2, 6, seqlen, generator=g).to(device, dtype)
+    dout = _nan_framed(2, 6, seqlen, g, device, dtype)
+    chosen = dict(chunks=False) if kernel == "pairs" else dict(chunks=True, chunks_config=(2, 2, int(kernel[-1]), 1))
     got = kernels.causal_conv1d_bwd(x, weight, bias, None, None, dout, None, silu, wrap=False, block_d=4,
-                                    block_l=8, pairs=True)
-    assert kernels._pairs_apply(x, got[0], None, None, dout)  # the pair kernel is what ran
+                                    block_l=8, pairs=True, **chosen)
+    assert kernels._pairs_apply(x, got[0], None, None, dout)  # a one-kernel backward is what ran
     xr, wr, br = (t.cpu().double().requires_grad_() for t in (x, weight, bias))
     ref_out, _ = causal_conv1d_ref(xr, wr, br, None, None, "silu" if silu else None)
     want = torch.autograd.grad((ref_out * dout.cpu().double()).sum(), [xr, wr, br])
@@ -602,6 +617,26 @@ def test_triton_pairs_backward_direct(dtype, width, seqlen, silu):
         _assert_close(got[0].cpu(), two[0].cpu(), 8e-3, "dx")
     for name, a, b in zip(("dweight", "dbias"), got[1:3], two[1:3]):
         _assert_close(a.cpu(), b.cpu(), 1e-6, name)
+
+
+def test_runs_backward_is_the_default_where_pairs_apply(monkeypatch):
+    """A 16-bit backward with contiguous time takes the run-per-thread kernel, fp32 the two-kernel path; its
+    blocks hold 128 threads, one run each, at any length."""
+    from mamba_compile.ops import causal_conv1d_triton as kernels
+
+    launched, launcher = [], kernels.launcher
+    monkeypatch.setattr(kernels, "launcher", lambda k, wrap=True: launched.append(k.fn.__name__) or launcher(k, wrap))
+    g = torch.Generator().manual_seed(5)
+    x, dout, w = (torch.randn(*shape, generator=g).to("cuda" if HAS_CUDA else "cpu")
+                  for shape in ((1, 3, 10), (1, 3, 10), (3, 4)))
+    kernels.causal_conv1d_bwd(x.bfloat16(), w, None, None, None, dout.bfloat16(), None, True, wrap=False)
+    assert launched == ["_causal_conv1d_bwd_chunks_kernel"]
+    launched.clear()
+    kernels.causal_conv1d_bwd(x, w, None, None, None, dout, None, True, wrap=False)
+    assert launched == ["_causal_conv1d_bwd_dy_kernel", "_causal_conv1d_bwd_dx_kernel"]
+    for seqlen in (2, 6, 64, 2048, 8192):
+        block_d, nt, nv, warps = kernels._bwd_chunks_blocks(seqlen)
+        assert block_d * nt == 32 * warps
 
 
 def test_bad_input_beyond_32bit_offsets_on_cuda_is_refused():
