@@ -112,6 +112,13 @@ def _fake_cases():
                                   conv_dout(layout, dtype), None, True)
         return launched
 
+    def conv_bwd_pairs():  # the pair backward, which _BWD_CHUNKS (on by default) replaces by the run kernel
+        from mamba_compile.ops import causal_conv1d_triton
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(causal_conv1d_triton, "_BWD_CHUNKS", False)
+            return conv_bwd("time", bf16)
+
     def conv_init():
         with _recording() as launched:
             ops.causal_conv1d_fwd(t(2, 64, 40, dtype=f32), t(64, 4, dtype=f32), None, None, t(2, 64, 3, dtype=f32),
@@ -149,13 +156,13 @@ def _fake_cases():
 
     cases = [(f"causal_conv1d_{d}", lambda d=d, layout=layout, dtype=dtype: (conv_fwd if d == "fwd" else conv_bwd)(
         layout, dtype)) for d in ("fwd", "bwd") for layout in ("time", "channel_last") for dtype in (bf16, f32)]
-    return cases + [("causal_conv1d_fwd", conv_init), ("selective_scan_fwd", scan_fwd),
-                    ("ssd_chunk_scan_fwd", ssd_fwd), ("ssd_chunk_scan_bwd", lambda: ssd_bwd(True)),
-                    ("ssd_chunk_scan_bwd", lambda: ssd_bwd(False))]
+    return cases + [("causal_conv1d_bwd", conv_bwd_pairs), ("causal_conv1d_fwd", conv_init),
+                    ("selective_scan_fwd", scan_fwd), ("ssd_chunk_scan_fwd", ssd_fwd),
+                    ("ssd_chunk_scan_bwd", lambda: ssd_bwd(True)), ("ssd_chunk_scan_bwd", lambda: ssd_bwd(False))]
 
 
 def test_traced_launches_stay_within_the_lists():
-    """Each multi-kernel op, through the branches above (conv: pair, row and general kernels, initial states;
+    """Each multi-kernel op, through the branches above (conv: run, pair, row and general kernels, initial states;
     SSD: kept or recomputed pre-gate), launches only kernels listed for it. The selective-scan backward is left
     out: its launcher slices fake CUDA tensors, which a CPU-only build of torch refuses (its list, read off the
     code, includes the forward kernel it runs when the forward saved no states)."""
