@@ -11,7 +11,7 @@
 3. the backward at the first shape: the two-kernel path (fp32 dy written, then read) against the one-kernel pair
    backward (causal_conv1d_triton._causal_conv1d_bwd_pairs_kernel) over a few blocks, each checked against the
    two-kernel path's gradients (dx must agree bit for bit), with the copy floor of reading x and dout and writing dx;
-4. (``runs``) the run-per-thread backward (_causal_conv1d_bwd_chunks_kernel) over configurations against the pair
+4. (``runs``) the run-per-thread backward (_causal_conv1d_bwd_runs_kernel) over configurations against the pair
    backward, time-contiguous and in the Mamba-1 mixer's channel-major layout, three rounds alternating.
 
     python -m benchmarks.probes.conv_probe --out $OUT/conv_probe.json [--parts fwd m2 bwd runs]
@@ -145,7 +145,7 @@ def backward_variants(rows):
 
 
 def runs_variants(rows):
-    """The run-per-thread backward (_causal_conv1d_bwd_chunks_kernel) over configurations (BLOCK_D, NT, NV, warps)
+    """The run-per-thread backward (_causal_conv1d_bwd_runs_kernel) over configurations (BLOCK_D, NT, NV, warps)
     against the pair backward, on contiguous x and on the Mamba-1 mixer's channel-major x (a (b, d, l) view of a
     (d, b, l) buffer), rounds alternating."""
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -155,20 +155,20 @@ def runs_variants(rows):
         "channel-major": lambda: torch.randn(d, b, l, device="cuda", dtype=torch.bfloat16, generator=g).transpose(0, 1),
     }
     # session 21's first sweep: (4, 32, 1, 4), (2, 64, 1, 4), (1, 128, 1, 4), (8, 16, 1, 4), (8, 16, 2, 4),
-    # (4, 32, 2, 4), (2, 64, 2, 4), (4, 64, 1, 8), (2, 32, 1, 2), (8, 32, 1, 8); timings in _bwd_chunks_blocks
+    # (4, 32, 2, 4), (2, 64, 2, 4), (4, 64, 1, 8), (2, 32, 1, 2), (8, 32, 1, 8); timings in _bwd_runs_blocks
     configs = [None, (2, 64, 2, 4), (1, 128, 2, 4), (2, 64, 4, 4), (4, 32, 4, 4), (1, 64, 2, 2), (2, 32, 2, 2),
                (1, 64, 4, 2), (4, 64, 2, 8)]
     for layout, make in layouts.items():
         x, dout = make(), make()
         weight, bias = _inputs(x)
         floor = floor_ms(3 * nbytes(x))
-        want = kernels.causal_conv1d_bwd(x, weight, bias, None, None, dout, None, True, wrap=False, chunks=False)
+        want = kernels.causal_conv1d_bwd(x, weight, bias, None, None, dout, None, True, wrap=False, runs=False)
         times = {}
         for rnd in range(3):
             for cfg in configs:
                 def bwd(cfg=cfg):
                     return kernels.causal_conv1d_bwd(x, weight, bias, None, None, dout, None, True, wrap=False,
-                                                     chunks=cfg is not None, chunks_config=cfg)
+                                                     runs=cfg is not None, runs_config=cfg)
                 if rnd == 0:
                     got = bwd()
                     dx_diff = ((got[0].float() - want[0].float()).abs().max() / want[0].float().abs().max()).item()

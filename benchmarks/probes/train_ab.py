@@ -31,7 +31,7 @@ gradients written in fp32 by the GEMMs / cast to bf16 before them, the gradients
 dependent launch for the kernels it generates (torch._inductor.config.triton.enable_pdl: each waits for the kernel
 before it only where it reads what that one wrote, and lets the next one launch after its loads; Hopper);
 "conv-pairs" = Mamba-1's conv backward by the pair kernel rather than the run-per-thread one
-(causal_conv1d_triton._BWD_CHUNKS off).
+(causal_conv1d_triton._BWD_RUNS off).
 --graph replays each step from one CUDA graph (bench_model's --train-graph on).
 (Session 4 A/B'd the conv blocks and the scan backward kernels this way.)
 
@@ -102,7 +102,7 @@ def _set(variant: str) -> None:
                                                                                                DEFAULT_FP32_WGRAD)
     lm.EMBEDDING_INDEX_SELECT = variant not in ("emb-sort", "both-old")
     torch._inductor.config.triton.enable_pdl = variant == "pdl"
-    conv._BWD_CHUNKS = variant != "conv-pairs"
+    conv._BWD_RUNS = variant != "conv-pairs"
 
 
 def main():

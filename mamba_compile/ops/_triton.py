@@ -61,7 +61,7 @@ OP_KERNELS = {
     "causal_conv1d_fwd": ("causal_conv1d_triton", ("_causal_conv1d_fwd_kernel", "_causal_conv1d_fwd_pairs_kernel",
                                                    "_causal_conv1d_fwd_rows_kernel")),
     "causal_conv1d_bwd": ("causal_conv1d_triton", ("_causal_conv1d_bwd_dy_kernel", "_causal_conv1d_bwd_dx_kernel",
-                                                   "_causal_conv1d_bwd_pairs_kernel", "_causal_conv1d_bwd_chunks_kernel",
+                                                   "_causal_conv1d_bwd_pairs_kernel", "_causal_conv1d_bwd_runs_kernel",
                                                    "_causal_conv1d_bwd_rows_kernel")),
     "causal_conv1d_update": ("causal_conv1d_triton", ("_causal_conv1d_update_kernel",)),
     "decode_linear": ("decode_linear_triton", ("_decode_linear_kernel",)),

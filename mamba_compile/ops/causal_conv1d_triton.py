@@ -532,17 +532,17 @@ def _causal_conv1d_bwd_pairs_kernel(
 
 
 # ----------------------------------------------------------------------------------------------
-# The same backward with each thread owning a run of CH consecutive pairs (2 CH steps) of one channel, loaded as one
-# vector and split into per-step register tiles ([BLOCK_D, NT] each, one element per thread). The steps a run needs
-# from its neighbours (x: HALO pairs before and after, for the pre-activations; dout: HALO pairs after, for dy at
-# the W-1 steps past the run that its dx reads) come from two small vector loads. So dy is computed once per step
-# plus W - 1 steps of halo per run (1.19x the steps at CH 8, W 4), where the pair kernel recomputes it for three
+# The same backward with each thread owning a run of RUN consecutive pairs (2 RUN steps) of one channel, loaded as
+# 16-byte vectors and split into per-step register tiles ([BLOCK_D, NT] each, one element per thread). The steps a
+# run needs from its neighbours (x: HALO pairs before and after, for the pre-activations; dout: HALO pairs after,
+# for dy at the W-1 steps past the run that its dx reads) come from small vector loads of their own. So dy is computed once per step
+# plus W - 1 steps of halo per run (1.19x the steps at RUN 8, W 4), where the pair kernel recomputes it for three
 # pair offsets (3x), and dweight reads the x steps already in registers. The sums are the pair kernel's: dy the
 # same expression, dx its taps in the same order; dweight / dbias are summed in another order. Local SASS for sm_90
 # (triton 3.6, 130M training launch, 4 pairs a thread in both): 576 instructions against the pair kernel's 936, 22
 # MUFU against 40, no spills; Triton keeps the splits, joins and reshapes in registers (no layout conversion but
 # the five per-channel sums' at the end). On an H100 at b8 d1536 l2048 w4 bf16: 0.063-0.065 ms against 0.113 for
-# the pair kernel (timings in _bwd_chunks_blocks), and Mamba-1's graphed 130M training step 71.7-72.5 ms against
+# the pair kernel (timings in _bwd_runs_blocks), and Mamba-1's graphed 130M training step 71.7-72.5 ms against
 # 72.7-73.6 with the pair kernel (session 21, benchmarks/probes/train_ab.py, rounds alternating in one process).
 # ----------------------------------------------------------------------------------------------
 @triton.jit
@@ -578,20 +578,20 @@ def _steps(v, IS_BF16: tl.constexpr):
 
 
 @triton.jit
-def _causal_conv1d_bwd_chunks_kernel(
+def _causal_conv1d_bwd_runs_kernel(
     x_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_part_ptr, db_part_ptr, L, D,
     stride_xb, stride_xd, stride_wd, stride_ww, stride_gb, stride_gd, stride_dxb, stride_dxd,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, IS_BF16: tl.constexpr,
     BLOCK_D: tl.constexpr, NT: tl.constexpr, NV: tl.constexpr,
 ):
-    # strides of x, dout and dx in elements (even); L even. A program: BLOCK_D channels x NT runs of CH = 4 NV pairs,
+    # strides of x, dout and dx in elements (even); L even. A program: BLOCK_D channels x NT runs of RUN = 4 NV pairs,
     # each read as NV 16-byte vectors (4 pairs: Triton keeps a 16-byte vector in one thread, so the splits into
     # steps stay in registers).
-    CH: tl.constexpr = 4 * NV
+    RUN: tl.constexpr = 4 * NV
     HALO: tl.constexpr = 2  # pairs: ceil((W - 1) / 2) <= 2 for W <= 4
     S0: tl.constexpr = 2 * HALO  # index of the run's first step in the tuple of x steps
-    pid_m, b, offs_d, offs_m, d_mask, M = _pair_program(L, D, BLOCK_D, NT * CH)
-    run = pid_m * (NT * CH) + tl.arange(0, NT)[None, :, None] * CH  # first pair of each run, [1, NT, 1]
+    pid_m, b, offs_d, offs_m, d_mask, M = _pair_program(L, D, BLOCK_D, NT * RUN)
+    run = pid_m * (NT * RUN) + tl.arange(0, NT)[None, :, None] * RUN  # first pair of each run, [1, NT, 1]
     dm = d_mask[:, None, None]
     xp = _pair_rows(x_ptr, b, offs_d, stride_xb, stride_xd)[:, :, None]  # [BLOCK_D, 1, 1]
     gp = _pair_rows(dout_ptr, b, offs_d, stride_gb, stride_gd)[:, :, None]
@@ -602,9 +602,9 @@ def _causal_conv1d_bwd_chunks_kernel(
         j4 = run + 4 * v + tl.arange(0, 4)[None, None, :]
         x_pairs = x_pairs + _unstack4(tl.load(xp + j4, mask=dm & (j4 < M), other=0))
         g_pairs = g_pairs + _unstack4(tl.load(gp + j4, mask=dm & (j4 < M), other=0))
-    x_pairs = x_pairs + _unstack2(tl.load(xp + j2 + CH, mask=dm & (j2 + CH < M), other=0))
-    g_pairs = g_pairs + _unstack2(tl.load(gp + j2 + CH, mask=dm & (j2 + CH < M), other=0))
-    # steps s0 - 2 HALO .. s0 + 2 (CH + HALO) - 1 of x, and s0 .. s0 + 2 (CH + HALO) - 1 of dout (s0 = 2 run)
+    x_pairs = x_pairs + _unstack2(tl.load(xp + j2 + RUN, mask=dm & (j2 + RUN < M), other=0))
+    g_pairs = g_pairs + _unstack2(tl.load(gp + j2 + RUN, mask=dm & (j2 + RUN < M), other=0))
+    # steps s0 - 2 HALO .. s0 + 2 (RUN + HALO) - 1 of x, and s0 .. s0 + 2 (RUN + HALO) - 1 of dout (s0 = 2 run)
     xs = _steps(x_pairs, IS_BF16)
     gs = _steps(g_pairs, IS_BF16)
 
@@ -613,9 +613,9 @@ def _causal_conv1d_bwd_chunks_kernel(
         taps = taps + (tl.load(w_ptr + offs_d * stride_wd + k * stride_ww, mask=d_mask, other=0.0).to(tl.float32)[:, None],)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[:, None]
-    # dy at the run's 2 CH steps and the W - 1 after them (0 past the sequence: dout reads 0 there)
+    # dy at the run's 2 RUN steps and the W - 1 after them (0 past the sequence: dout reads 0 there)
     dy = ()
-    for t in tl.static_range(2 * CH + W - 1):
+    for t in tl.static_range(2 * RUN + W - 1):
         g = gs[t]
         if SILU:
             pre = taps[0] * xs[S0 + t - (W - 1)]
@@ -627,7 +627,7 @@ def _causal_conv1d_bwd_chunks_kernel(
         dy = dy + (g,)
     # dx[s] = sum_j weight[W-1-j] dy[s + j], j ascending
     dx = ()
-    for t in tl.static_range(2 * CH):
+    for t in tl.static_range(2 * RUN):
         acc = taps[W - 1] * dy[t]
         for j in tl.static_range(1, W):
             acc += taps[W - 1 - j] * dy[t + j]
@@ -644,12 +644,12 @@ def _causal_conv1d_bwd_chunks_kernel(
     part = (b * tl.num_programs(0) + pid_m) * D
     for k in tl.static_range(W):
         acc = dy[0] * xs[S0 + k - (W - 1)]
-        for t in tl.static_range(1, 2 * CH):
+        for t in tl.static_range(1, 2 * RUN):
             acc += dy[t] * xs[S0 + t + k - (W - 1)]
         tl.store(dw_part_ptr + (part + offs_d) * W + k, tl.sum(acc, axis=1), mask=d_mask)
     if HAS_BIAS:
         acc = dy[0]
-        for t in tl.static_range(1, 2 * CH):
+        for t in tl.static_range(1, 2 * RUN):
             acc += dy[t]
         tl.store(db_part_ptr + part + offs_d, tl.sum(acc, axis=1), mask=d_mask)
 
@@ -867,7 +867,7 @@ def _rows_apply(width, seq_idx, initial_states, *tensors) -> bool:
 
 
 _BWD_PAIRS = True  # the one-kernel pair backward where it applies
-_BWD_CHUNKS = True  # there, the run-per-thread kernel (_causal_conv1d_bwd_chunks_kernel); False: the pair kernel
+_BWD_RUNS = True  # there, the run-per-thread kernel (_causal_conv1d_bwd_runs_kernel); False: the pair kernel
 
 
 def _bwd_pairs_blocks(L) -> tuple[int, int]:
@@ -885,11 +885,11 @@ def _bwd_pairs_blocks(L) -> tuple[int, int]:
     return max(1, 1024 // block_l), block_l // 2
 
 
-_BWD_CHUNKS_NV = 2  # 16-byte vectors (4 pairs) per run
-_BWD_CHUNKS_NT = 128  # runs per channel and program, at most
+_BWD_RUNS_NV = 2  # 16-byte vectors (4 pairs) per run
+_BWD_RUNS_NT = 128  # runs per channel and program, at most
 
 
-def _bwd_chunks_blocks(L) -> tuple[int, int, int, int]:
+def _bwd_runs_blocks(L) -> tuple[int, int, int, int]:
     """(BLOCK_D, NT, NV, num_warps) of the run-per-thread backward: NT runs of 4 NV pairs per channel, one per
     thread, 128 threads. b8 d1536 l2048 w4 bf16 silu bias on an H100 (session 21, benchmarks/probes/conv_probe.py
     --parts runs, CUDA-graph replay, medians of three rounds alternating; floor 0.050 ms), time-contiguous / the
@@ -900,20 +900,20 @@ def _bwd_chunks_blocks(L) -> tuple[int, int, int, int]:
     (2, 32, 1, 2) 0.077 / 0.077, (4, 32, 1, 4) 0.082 / 0.082, (2, 64, 1, 4) 0.083 / 0.083, (4, 64, 1, 8) 0.095 /
     0.095, (8, 16, 1, 4) 0.102 / 0.103, (8, 32, 1, 8) 0.107 / 0.108. dx within a 16-bit rounding step of the pair
     kernel's (ptxas contracts differently), dweight within 2e-7."""
-    nv = _BWD_CHUNKS_NV
-    nt = min(_BWD_CHUNKS_NT, max(2, triton.next_power_of_2(triton.cdiv(_static(L, 1 << 20) // 2, 4 * nv))))
+    nv = _BWD_RUNS_NV
+    nt = min(_BWD_RUNS_NT, max(2, triton.next_power_of_2(triton.cdiv(_static(L, 1 << 20) // 2, 4 * nv))))
     return max(1, 128 // nt), nt, nv, 4
 
 
 def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu: bool,
                       *, wrap: bool = True, block_d: int | None = None, block_l: int | None = None,
                       num_warps: int = 4, pairs: bool | None = None, rows: bool | None = None,
-                      rows_config: tuple[int, int, int, int, int] | None = None, chunks: bool | None = None,
-                      chunks_config: tuple[int, int, int, int] | None = None):
+                      rows_config: tuple[int, int, int, int, int] | None = None, runs: bool | None = None,
+                      runs_config: tuple[int, int, int, int] | None = None):
     """Returns (dx, dweight, dbias, dinitial_states); dbias / dinitial_states are empty tensors when
     bias / initial_states are None. ``pairs`` forces the one-kernel pair backward on (where it applies) or
-    off; None: ``_BWD_PAIRS``; ``chunks`` picks its run-per-thread variant (None: ``_BWD_CHUNKS``), with
-    ``chunks_config`` = (BLOCK_D, NT, NV, num_warps) in place of ``_bwd_chunks_blocks``. ``rows`` likewise for the
+    off; None: ``_BWD_PAIRS``; ``runs`` picks its run-per-thread variant (None: ``_BWD_RUNS``), with
+    ``runs_config`` = (BLOCK_D, NT, NV, num_warps) in place of ``_bwd_runs_blocks``. ``rows`` likewise for the
     row-walking channel-last backward (``_BWD_ROWS``), with ``rows_config`` = (BLOCK_D, R, SEG, VEC, num_warps) in
     place of ``_rows_config()``."""
     batch, dim, seqlen = x.shape
@@ -922,11 +922,11 @@ def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_sta
     dx = torch.empty_like(x)
     pairs_ok = ((_BWD_PAIRS if pairs is None else pairs) and dfinal_states is None
                 and _pairs_apply(x, dx, seq_idx, initial_states, dout))
-    if pairs_ok and (_BWD_CHUNKS if chunks is None else chunks):
-        bd, nt, nv, nw = chunks_config or _bwd_chunks_blocks(seqlen)
+    if pairs_ok and (_BWD_RUNS if runs is None else runs):
+        bd, nt, nv, nw = runs_config or _bwd_runs_blocks(seqlen)
         n_m = triton.cdiv(seqlen // 2, nt * 4 * nv)
         dw_part, db_part = _partials(x, batch * n_m, width)
-        launcher(_causal_conv1d_bwd_chunks_kernel, wrap)[(n_m, triton.cdiv(dim, bd), batch)](
+        launcher(_causal_conv1d_bwd_runs_kernel, wrap)[(n_m, triton.cdiv(dim, bd), batch)](
             x, weight, _or_dummy(bias, weight), dout, dx, dw_part, db_part, seqlen, dim,
             x.stride(0), x.stride(1), *weight.stride(), dout.stride(0), dout.stride(1), dx.stride(0), dx.stride(1),
             W=width, HAS_BIAS=bias is not None, SILU=silu, IS_BF16=x.dtype == torch.bfloat16,

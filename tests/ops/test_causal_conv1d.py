@@ -600,7 +600,7 @@ def test_triton_pairs_backward_direct(dtype, width, seqlen, silu, kernel):
     x = _nan_framed(2, 6, seqlen, g, device, dtype)
     weight, bias = torch.randn(6, width, generator=g).to(device), torch.randn(6, generator=g).to(device)
     dout = _nan_framed(2, 6, seqlen, g, device, dtype)
-    chosen = dict(chunks=False) if kernel == "pairs" else dict(chunks=True, chunks_config=(2, 2, int(kernel[-1]), 1))
+    chosen = dict(runs=False) if kernel == "pairs" else dict(runs=True, runs_config=(2, 2, int(kernel[-1]), 1))
     got = kernels.causal_conv1d_bwd(x, weight, bias, None, None, dout, None, silu, wrap=False, block_d=4,
                                     block_l=8, pairs=True, **chosen)
     assert kernels._pairs_apply(x, got[0], None, None, dout)  # a one-kernel backward is what ran
@@ -630,12 +630,12 @@ def test_runs_backward_is_the_default_where_pairs_apply(monkeypatch):
     x, dout, w = (torch.randn(*shape, generator=g).to("cuda" if HAS_CUDA else "cpu")
                   for shape in ((1, 3, 10), (1, 3, 10), (3, 4)))
     kernels.causal_conv1d_bwd(x.bfloat16(), w, None, None, None, dout.bfloat16(), None, True, wrap=False)
-    assert launched == ["_causal_conv1d_bwd_chunks_kernel"]
+    assert launched == ["_causal_conv1d_bwd_runs_kernel"]
     launched.clear()
     kernels.causal_conv1d_bwd(x, w, None, None, None, dout, None, True, wrap=False)
     assert launched == ["_causal_conv1d_bwd_dy_kernel", "_causal_conv1d_bwd_dx_kernel"]
     for seqlen in (2, 6, 64, 2048, 8192):
-        block_d, nt, nv, warps = kernels._bwd_chunks_blocks(seqlen)
+        block_d, nt, nv, warps = kernels._bwd_runs_blocks(seqlen)
         assert block_d * nt == 32 * warps
 
 

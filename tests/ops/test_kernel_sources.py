@@ -112,11 +112,11 @@ def _fake_cases():
                                   conv_dout(layout, dtype), None, True)
         return launched
 
-    def conv_bwd_pairs():  # the pair backward, which _BWD_CHUNKS (on by default) replaces by the run kernel
+    def conv_bwd_pairs():  # the pair backward, which _BWD_RUNS (on by default) replaces by the run kernel
         from mamba_compile.ops import causal_conv1d_triton
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(causal_conv1d_triton, "_BWD_CHUNKS", False)
+            mp.setattr(causal_conv1d_triton, "_BWD_RUNS", False)
             return conv_bwd("time", bf16)
 
     def conv_init():
