@@ -84,7 +84,10 @@ def bench_update(rows, batch=64, dim=1536 * 2, width=4, state_len=3, circular=Fa
 
 
 def sweep_blocks(rows, batch=8, dim=1536, seqlen=2048, width=4):
-    """Direct kernel launches over block sizes: forward and backward kernels alone."""
+    """Direct kernel launches over block sizes: forward and backward kernels alone. The 16-bit forward and the pair
+    backward take these blocks; the run-per-thread backward that the op runs by default has its own configurations
+    (``causal_conv1d_triton._bwd_runs_blocks``, swept by ``benchmarks/probes/conv_probe.py --parts runs``), so the
+    backward column is the pair kernel's."""
     from mamba_compile.ops import causal_conv1d_triton as kernels
 
     x, weight, bias, _ = _conv_inputs(batch, dim, seqlen, width)
@@ -99,7 +102,7 @@ def sweep_blocks(rows, batch=8, dim=1536, seqlen=2048, width=4):
 
         def bwd():
             return kernels.causal_conv1d_bwd(x, weight, bias, None, None, dout, None, True, wrap=False,
-                                             block_d=block_d, block_l=block_l, num_warps=warps)
+                                             block_d=block_d, block_l=block_l, num_warps=warps, runs=False)
 
         fwd(), bwd()
         f_ms, b_ms = graph_ms(fwd), graph_ms(bwd)
