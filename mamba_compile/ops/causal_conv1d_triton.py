@@ -533,24 +533,18 @@ def _causal_conv1d_bwd_pairs_kernel(
 
 # ----------------------------------------------------------------------------------------------
 # The same backward with each thread owning a run of RUN consecutive pairs (2 RUN steps) of one channel, loaded as
-# 16-byte vectors and split into per-step register tiles ([BLOCK_D, NT] each, one element per thread). The steps a
-# run needs from its neighbours (x: HALO pairs before and after, for the pre-activations; dout: HALO pairs after,
-# for dy at the W-1 steps past the run that its dx reads) come from small vector loads of their own. So dy is computed once per step
-# plus W - 1 steps of halo per run (1.19x the steps at RUN 8, W 4), where the pair kernel recomputes it for three
-# pair offsets (3x), and dweight reads the x steps already in registers. The sums are the pair kernel's: dy the
-# same expression, dx its taps in the same order; dweight / dbias are summed in another order. Local SASS for sm_90
-# (triton 3.6, 130M training launch, 4 pairs a thread in both): 576 instructions against the pair kernel's 936, 22
-# MUFU against 40, no spills; Triton keeps the splits, joins and reshapes in registers (no layout conversion but
-# the five per-channel sums' at the end). On an H100 at b8 d1536 l2048 w4 bf16: 0.063-0.065 ms against 0.113 for
-# the pair kernel (timings in _bwd_runs_blocks), and Mamba-1's graphed 130M training step 71.7-72.5 ms against
-# 72.7-73.6 with the pair kernel (session 21, benchmarks/probes/train_ab.py, rounds alternating in one process).
+# 16-byte vectors and split into per-step register tiles ([BLOCK_D, NT] each, one element per thread). The steps a run
+# needs from its neighbours (x: HALO pairs before and after, for the pre-activations; dout: HALO pairs after, for dy at
+# the W-1 steps past the run that its dx reads) come from small vector loads of their own. So dy is computed once per
+# step plus W - 1 steps of halo per run (1.19x the steps at RUN 8, W 4), where the pair kernel recomputes it for three
+# pair offsets (3x), and dweight reads the x steps already in registers. The sums are the pair kernel's: dy the same
+# expression, dx its taps in the same order; dweight / dbias are summed in another order. Local SASS for sm_90 (triton
+# 3.6, 130M training launch, 4 pairs a thread in both): 576 instructions against the pair kernel's 936, 22 MUFU against
+# 40, no spills; Triton keeps the splits, joins and reshapes in registers (no layout conversion but the five per-channel
+# sums' at the end). On an H100 at b8 d1536 l2048 w4 bf16: 0.063-0.065 ms against 0.113 for the pair kernel (timings in
+# _bwd_runs_blocks), and Mamba-1's graphed 130M training step 71.7-72.5 ms against 72.7-73.6 with the pair kernel
+# (session 21, benchmarks/probes/train_ab.py, rounds alternating in one process).
 # ----------------------------------------------------------------------------------------------
-@triton.jit
-def _unstack2(v):
-    """[..., 2] -> (v[..., 0], v[..., 1])."""
-    return tl.split(v)
-
-
 @triton.jit
 def _unstack4(v):
     """[A, B, 4] -> its four [A, B] slices along the last axis, in order."""
@@ -596,21 +590,21 @@ def _causal_conv1d_bwd_runs_kernel(
     xp = _pair_rows(x_ptr, b, offs_d, stride_xb, stride_xd)[:, :, None]  # [BLOCK_D, 1, 1]
     gp = _pair_rows(dout_ptr, b, offs_d, stride_gb, stride_gd)[:, :, None]
     j2 = run + tl.arange(0, HALO)[None, None, :]
-    x_pairs = _unstack2(tl.load(xp + j2 - HALO, mask=dm & (j2 >= HALO) & (j2 - HALO < M), other=0))
+    x_pairs = tl.split(tl.load(xp + j2 - HALO, mask=dm & (j2 >= HALO) & (j2 - HALO < M), other=0))
     g_pairs = ()
     for v in tl.static_range(NV):
         j4 = run + 4 * v + tl.arange(0, 4)[None, None, :]
         x_pairs = x_pairs + _unstack4(tl.load(xp + j4, mask=dm & (j4 < M), other=0))
         g_pairs = g_pairs + _unstack4(tl.load(gp + j4, mask=dm & (j4 < M), other=0))
-    x_pairs = x_pairs + _unstack2(tl.load(xp + j2 + RUN, mask=dm & (j2 + RUN < M), other=0))
-    g_pairs = g_pairs + _unstack2(tl.load(gp + j2 + RUN, mask=dm & (j2 + RUN < M), other=0))
+    x_pairs = x_pairs + tl.split(tl.load(xp + j2 + RUN, mask=dm & (j2 + RUN < M), other=0))
+    g_pairs = g_pairs + tl.split(tl.load(gp + j2 + RUN, mask=dm & (j2 + RUN < M), other=0))
     # steps s0 - 2 HALO .. s0 + 2 (RUN + HALO) - 1 of x, and s0 .. s0 + 2 (RUN + HALO) - 1 of dout (s0 = 2 run)
     xs = _steps(x_pairs, IS_BF16)
     gs = _steps(g_pairs, IS_BF16)
 
     taps = ()
     for k in tl.static_range(W):
-        taps = taps + (tl.load(w_ptr + offs_d * stride_wd + k * stride_ww, mask=d_mask, other=0.0).to(tl.float32)[:, None],)
+        taps = taps + (_tap(w_ptr, offs_d, k, stride_wd, stride_ww, d_mask),)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)[:, None]
     # dy at the run's 2 RUN steps and the W - 1 after them (0 past the sequence: dout reads 0 there)
@@ -892,14 +886,18 @@ _BWD_RUNS_NT = 128  # runs per channel and program, at most
 def _bwd_runs_blocks(L) -> tuple[int, int, int, int]:
     """(BLOCK_D, NT, NV, num_warps) of the run-per-thread backward: NT runs of 4 NV pairs per channel, one per
     thread, 128 threads. b8 d1536 l2048 w4 bf16 silu bias on an H100 (session 21, benchmarks/probes/conv_probe.py
-    --parts runs, CUDA-graph replay, medians of three rounds alternating; floor 0.050 ms), time-contiguous / the
-    Mamba-1 mixer's channel-major x: the pair kernel 0.113 / 0.113 ms; (BLOCK_D, NT, NV, warps) (1, 128, 2, 4)
-    0.063 / 0.065 (the default: a channel's 2048 steps in one program), (1, 64, 2, 2) 0.064 / 0.066, (2, 64, 2, 4)
-    0.066 / 0.068, (1, 64, 4, 2) 0.066 / 0.068, (2, 32, 2, 2) 0.071 / 0.072, (4, 64, 2, 8) 0.073 / 0.074,
-    (2, 64, 4, 4) 0.077 / 0.074, (4, 32, 4, 4) 0.075 / 0.077, (4, 32, 2, 4) 0.073 / 0.075, (8, 16, 2, 4) 0.078 / 0.080, (1, 128, 1, 4) 0.077 / 0.079,
-    (2, 32, 1, 2) 0.077 / 0.077, (4, 32, 1, 4) 0.082 / 0.082, (2, 64, 1, 4) 0.083 / 0.083, (4, 64, 1, 8) 0.095 /
-    0.095, (8, 16, 1, 4) 0.102 / 0.103, (8, 32, 1, 8) 0.107 / 0.108. dx within a 16-bit rounding step of the pair
-    kernel's (ptxas contracts differently), dweight within 2e-7."""
+    --parts runs, two calls, CUDA-graph replay, medians of three rounds alternating; floor 0.050 ms), ms
+    time-contiguous / in the Mamba-1 mixer's channel-major x, against 0.113 / 0.113 for the pair kernel:
+
+        (1, 128, 2, 4) 0.063 / 0.065 (the default: a channel's 2048 steps in one program)
+        (1, 64, 2, 2) 0.064 / 0.066    (2, 64, 2, 4) 0.066 / 0.068    (1, 64, 4, 2) 0.066 / 0.068
+        (2, 32, 2, 2) 0.071 / 0.072    (4, 64, 2, 8) 0.073 / 0.074    (2, 64, 4, 4) 0.077 / 0.074
+        (4, 32, 4, 4) 0.075 / 0.077    (4, 32, 2, 4) 0.073 / 0.075    (8, 16, 2, 4) 0.078 / 0.080
+        (1, 128, 1, 4) 0.077 / 0.079   (2, 32, 1, 2) 0.077 / 0.077    (4, 32, 1, 4) 0.082 / 0.082
+        (2, 64, 1, 4) 0.083 / 0.083    (4, 64, 1, 8) 0.095 / 0.095    (8, 16, 1, 4) 0.102 / 0.103
+        (8, 32, 1, 8) 0.107 / 0.108
+
+    dx within a 16-bit rounding step of the pair kernel's (ptxas contracts differently), dweight within 2e-7."""
     nv = _BWD_RUNS_NV
     nt = min(_BWD_RUNS_NT, max(2, triton.next_power_of_2(triton.cdiv(_static(L, 1 << 20) // 2, 4 * nv))))
     return max(1, 128 // nt), nt, nv, 4
@@ -920,29 +918,23 @@ def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_sta
     width = weight.shape[1]
     bias = bias.contiguous() if bias is not None else None
     dx = torch.empty_like(x)
-    pairs_ok = ((_BWD_PAIRS if pairs is None else pairs) and dfinal_states is None
-                and _pairs_apply(x, dx, seq_idx, initial_states, dout))
-    if pairs_ok and (_BWD_RUNS if runs is None else runs):
-        bd, nt, nv, nw = runs_config or _bwd_runs_blocks(seqlen)
-        n_m = triton.cdiv(seqlen // 2, nt * 4 * nv)
+    if ((_BWD_PAIRS if pairs is None else pairs) and dfinal_states is None
+            and _pairs_apply(x, dx, seq_idx, initial_states, dout)):
+        if _BWD_RUNS if runs is None else runs:  # the run-per-thread kernel
+            block_d, nt, nv, num_warps = runs_config or _bwd_runs_blocks(seqlen)
+            kernel, blocks = _causal_conv1d_bwd_runs_kernel, dict(NT=nt, NV=nv)
+            n_m = triton.cdiv(seqlen // 2, nt * 4 * nv)
+        else:  # the pair kernel
+            bd, bm = _bwd_pairs_blocks(seqlen)
+            block_d, block_m = block_d or bd, block_l // 2 if block_l else bm
+            kernel, blocks = _causal_conv1d_bwd_pairs_kernel, dict(BLOCK_M=block_m)
+            n_m = triton.cdiv(seqlen // 2, block_m)
         dw_part, db_part = _partials(x, batch * n_m, width)
-        launcher(_causal_conv1d_bwd_runs_kernel, wrap)[(n_m, triton.cdiv(dim, bd), batch)](
+        launcher(kernel, wrap)[(n_m, triton.cdiv(dim, block_d), batch)](
             x, weight, _or_dummy(bias, weight), dout, dx, dw_part, db_part, seqlen, dim,
             x.stride(0), x.stride(1), *weight.stride(), dout.stride(0), dout.stride(1), dx.stride(0), dx.stride(1),
             W=width, HAS_BIAS=bias is not None, SILU=silu, IS_BF16=x.dtype == torch.bfloat16,
-            BLOCK_D=bd, NT=nt, NV=nv, num_warps=nw,
-        )
-        return (dx, *_sum_partials(dw_part, db_part, weight, bias, x), x.new_empty(0))
-    if pairs_ok:
-        bd, bm = _bwd_pairs_blocks(seqlen)
-        block_d, block_m = block_d or bd, block_l // 2 if block_l else bm
-        n_m = triton.cdiv(seqlen // 2, block_m)
-        dw_part, db_part = _partials(x, batch * n_m, width)
-        launcher(_causal_conv1d_bwd_pairs_kernel, wrap)[(n_m, triton.cdiv(dim, block_d), batch)](
-            x, weight, _or_dummy(bias, weight), dout, dx, dw_part, db_part, seqlen, dim,
-            x.stride(0), x.stride(1), *weight.stride(), dout.stride(0), dout.stride(1), dx.stride(0), dx.stride(1),
-            W=width, HAS_BIAS=bias is not None, SILU=silu, IS_BF16=x.dtype == torch.bfloat16,
-            BLOCK_D=block_d, BLOCK_M=block_m, num_warps=num_warps,
+            BLOCK_D=block_d, **blocks, num_warps=num_warps,
         )
         return (dx, *_sum_partials(dw_part, db_part, weight, bias, x), x.new_empty(0))
     if ((_BWD_ROWS if rows is None else rows) and dfinal_states is None
