@@ -64,9 +64,10 @@ def bench_shape(batch, dim, seqlen, dstate) -> list[dict]:
 
     rows = []
     # The eager forward costs about 0.2-0.4 ms of host time per call on the GPU machine, as much as its GPU time:
-    # the "fwd, CUDA graph" row is the GPU's own time (the reference's number is eager do_bench).
+    # the "CUDA graph" rows are the GPU's own time (the reference's number is eager do_bench).
     cases = (("fwd", fwd, bench_ms, floor_ms(io), ref_fwd), ("fwd, CUDA graph", fwd, graph_ms, floor_ms(io), ref_fwd),
-             ("fwd+bwd", fwd_bwd, bench_ms, 3 * floor_ms(io), ref_fb))  # fmt: skip
+             ("fwd+bwd", fwd_bwd, bench_ms, 3 * floor_ms(io), ref_fb),
+             ("fwd+bwd, CUDA graph", fwd_bwd, graph_ms, 3 * floor_ms(io), ref_fb))  # fmt: skip
     for case, fn, timer, floor, ref in cases:
         fn()
         torch.cuda.synchronize()
@@ -112,7 +113,8 @@ def sweep(batch, dim, seqlen, dstate) -> list[dict]:
     ref_out, ref_grads = _cpu_reference(tc, go_c, gl_c)
     rows = []
     for cfg in FWD_CONFIGS:
-        name = "default " + str(kern.fwd_block_sizes(dim, dstate, dim)) if cfg is None else str(cfg)
+        lanes = kern._FWD_LANES and kern.lane_layout_fits(t["u"], t["delta"], t["z"])
+        name = "default " + str(kern.fwd_block_sizes(dim, dstate, dim, lanes)) if cfg is None else str(cfg)
         try:
             def fn(a=args):
                 return kern.selective_scan_fwd(*a, False, wrap=False, config=cfg)

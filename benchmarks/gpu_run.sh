@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -82,4 +82,29 @@ if [[ $what == model-bench || $what == all ]]; then
   # Training (both models, ~2 min) comes first; the generation cases take 2-3 min each to compile, so 450 s
   # covers about two of the six: run `bench_model --cases generate --arch mamba1` (or mamba2) in calls of their own.
   timeout 450 python3 -m benchmarks.bench_model --regional --out "$OUT/bench_model.json" 2>&1 | tee "$OUT/bench_model.log" | tail -60
+fi
+if [[ $what == lanes ]]; then
+  # The scan forward's lane shuffles: the scan's GPU tests (about 4 minutes), then the forward's blocks with and
+  # without the lanes (and with y summed per step rather than per block), at both shapes (about 2 minutes)
+  timeout 330 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_selective_scan.py 2>&1 | tee "$OUT/gpu_tests_scan.log" | tail -3
+  timeout 240 python3 -m benchmarks.probes.scan_fwd_configs --out "$OUT/scan_fwd_configs.json" --configs "[(16, 16, 1, None, None, False), (8, 16, 1, True, None, True, False), (8, 16, 1, True, None, True, True), (32, 16, 4, True, None, True, True)]" 2>&1 | grep "^| b" | cut -d"|" -f2-7
+fi
+if [[ $what == lanes-inductor ]]; then
+  # The same blocks built by Inductor's ptxas, the op benchmark (graphed forward and forward+backward), then Mamba-1's
+  # graphed training step with the lanes and without, alternating (about 4 minutes)
+  P13=$(python3 -c "from mamba_compile.ops import _triton; print(_triton._inductor_ptxas.__wrapped__())")
+  TRITON_PTXAS_PATH=$P13 timeout 200 python3 -m benchmarks.probes.scan_fwd_configs --small-only --out "$OUT/scan_fwd_configs13.json" --configs "[(16, 16, 1, None, None, False), (8, 16, 1, True, None, True, True), (32, 16, 4, True, None, True, True)]" 2>&1 | grep "^| b" | cut -d"|" -f2-7
+  timeout 200 python3 -m benchmarks.bench_selective_scan --out "$OUT/bench_selective_scan.json" 2>&1 | tee "$OUT/bench_selective_scan.log" | grep "^| selective" | head -8
+  timeout 330 python3 -m benchmarks.probes.train_ab --arch mamba1 --mamba1 new scan-nolanes new scan-nolanes --graph --out "$OUT/train_ab.json" 2>&1 | tee "$OUT/train_ab.log" | grep "^|"
+fi
+if [[ $what == scan-ncu ]]; then
+  # ncu's scheduler, warp-state and occupancy sections for the scan forward with the lanes and without (about a minute)
+  if command -v ncu >/dev/null; then
+    for v in "" --no-lanes; do
+      echo "== ncu $v"
+      timeout 120 ncu --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section Occupancy -k regex:_selective_scan_fwd -c 1 python3 -m benchmarks.probes.scan_ncu $v 2>&1 | grep -v "^==PROF==" | tail -60
+    done 2>&1 | tee "$OUT/ncu_fwd.log" | grep -E "Issued|Eligible|Active Warps|Warp Cycles|Achieved"
+  else
+    echo "no ncu"
+  fi
 fi

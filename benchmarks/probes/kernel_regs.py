@@ -59,7 +59,7 @@ def compile_sm90(kernel, args, kwargs, maxnreg: int | None):
     values.update({k: v for k, v in kwargs.items() if k in names})
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(names):
-        v = values[name]
+        v = values[name] if name in values else kernel.params[i].default  # a constexpr the launch left at its default
         if i in kernel.constexprs:
             signature[name], constexprs[name] = "constexpr", v
         elif isinstance(v, torch.Tensor):

@@ -3,8 +3,9 @@
     python3 -m benchmarks.probes.scan_fwd_configs --out $OUT/scan_fwd_configs.json [--configs "[(16, 16, 2), ...]"]
     TRITON_PTXAS_PATH=/path/to/ptxas python3 -m benchmarks.probes.scan_fwd_configs ...   # built by another ptxas
 
-For each (BLOCK_D, BLOCK_L, num_warps[, prefetch[, rows_ahead]]) (prefetch: the L1 prefetch of B/C rows on or off;
-rows_ahead: how many steps ahead B/C rows are loaded, 4 or 8; left out, the library's choices) at b8 d1536 l2048 n16 and b2 d5120 l8192 n16 (bf16 u/delta/z, B/C (b, 1, 16,
+For each (BLOCK_D, BLOCK_L, num_warps[, prefetch[, rows_ahead[, lanes[, lane_y]]]]) (prefetch: the L1 prefetch of B/C
+rows on or off; rows_ahead: how many steps ahead B/C rows are loaded, 4 or 8; lanes: step columns by lane shuffles
+where they apply, on or off; lane_y: with them, y summed across lanes once a block; left out, the library's choices) at b8 d1536 l2048 n16 and b2 d5120 l8192 n16 (bf16 u/delta/z, B/C (b, 1, 16,
 l) bf16, fp32 A/D/delta_bias, softplus): the forward launcher without and with saving states for the backward,
 medians of three rounds, each round timing every configuration in turn, and the largest difference of its output
 and last state from the default configuration's (the same fp32 math in another order: rounding-level).
@@ -38,10 +39,10 @@ def probe(batch, dim, seqlen, dstate, configs) -> list[dict]:
     ptxas = ptxas_major(args[0])
     errs, timers = {}, {}
     for cfg in configs:
-        cfg = tuple(cfg) + (None,) * (5 - len(cfg))
+        cfg = tuple(cfg) + (None,) * (7 - len(cfg))
         try:
             out, last, states = kern.selective_scan_fwd(*args, True, wrap=False, config=cfg[:3], prefetch=cfg[3],
-                                                        rows_ahead=cfg[4])
+                                                        rows_ahead=cfg[4], lanes=cfg[5], lane_y=cfg[6])
             torch.cuda.synchronize()
         except Exception as e:  # a configuration that does not compile is reported, not fatal
             print(f"{shape} {cfg}: {type(e).__name__}: {str(e)[:300]}", flush=True)
@@ -49,7 +50,8 @@ def probe(batch, dim, seqlen, dstate, configs) -> list[dict]:
         errs[cfg] = (_rel(out, ref_out), _rel(last, ref_last), _rel(states, ref_states))
         for save in (False, True):
             timers[cfg, save] = lambda c=cfg, s=save: graph_ms(
-                lambda: kern.selective_scan_fwd(*args, s, wrap=False, config=c[:3], prefetch=c[3], rows_ahead=c[4]))
+                lambda: kern.selective_scan_fwd(*args, s, wrap=False, config=c[:3], prefetch=c[3], rows_ahead=c[4],
+                                                  lanes=c[5], lane_y=c[6]))
     times = {k: [] for k in timers}
     for _ in range(3):
         for k, timer in timers.items():
@@ -67,7 +69,7 @@ def probe(batch, dim, seqlen, dstate, configs) -> list[dict]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None)
-    parser.add_argument("--configs", default=None, help="Python list of (BLOCK_D, BLOCK_L, num_warps[, prefetch[, rows_ahead]])")
+    parser.add_argument("--configs", default=None, help="Python list of (BLOCK_D, BLOCK_L, num_warps[, prefetch[, rows_ahead[, lanes[, lane_y]]]])")
     parser.add_argument("--small-only", action="store_true")
     args = parser.parse_args()
     configs = eval(args.configs) if args.configs else CONFIGS

@@ -31,7 +31,8 @@ gradients written in fp32 by the GEMMs / cast to bf16 before them, the gradients
 dependent launch for the kernels it generates (torch._inductor.config.triton.enable_pdl: each waits for the kernel
 before it only where it reads what that one wrote, and lets the next one launch after its loads; Hopper);
 "conv-pairs" = Mamba-1's conv backward by the pair kernel rather than the run-per-thread one
-(causal_conv1d_triton._BWD_RUNS off).
+(causal_conv1d_triton._BWD_RUNS off); "scan-nolanes" = the scan forward without its lane-shuffle columns, so on its
+generic blocks (selective_scan_triton._FWD_LANES off; the scan-old/bl8/nopf/pf variants are off the lanes too).
 --graph replays each step from one CUDA graph (bench_model's --train-graph on).
 (Session 4 A/B'd the conv blocks and the scan backward kernels this way.)
 
@@ -78,8 +79,9 @@ def _set(variant: str) -> None:
     # "scan-pf": on (otherwise selective_scan_triton.fwd_prefetch decides)
     scan._FWD_PREFETCH = {"scan-old": False, "scan-nopf": False, "scan-bl8": True, "scan-pf": True}.get(variant)
     bl8 = variant in ("scan-old", "scan-bl8")
-    scan.fwd_block_sizes = (lambda dim, dstate, dpg: NEW_FWD_BLOCKS(dim, dstate, dpg)[:1] + (8, 2)) if bl8 \
-        else NEW_FWD_BLOCKS
+    scan.fwd_block_sizes = (lambda dim, dstate, dpg, lanes=False: NEW_FWD_BLOCKS(dim, dstate, dpg)[:1] + (8, 2)) \
+        if bl8 else NEW_FWD_BLOCKS
+    scan._FWD_LANES = variant not in ("scan-nolanes", "scan-old", "scan-bl8", "scan-nopf", "scan-pf")
     ce._CUDA_KERNEL = variant != "ce-torch"
     ce._CUDA_OUT_DTYPE = variant != "ce-cast"
     ce_triton._SEPARATE_MAX = {"ce-separate-max": True, "ce-running-max": False}.get(variant, DEFAULT_SEPARATE_MAX)

@@ -2,12 +2,17 @@
 
     h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,   y_t = C_t h_t + D u_t,   out_t = y_t silu(z_t)
 
-Forward: sequential in time. One program (one or two warps) owns BLOCK_D channels of one batch row and all
+Forward: sequential in time. One program (one to four warps) owns BLOCK_D channels of one batch row and all
 dstate states, a [BLOCK_N, BLOCK_D] fp32 tile in registers, and walks time one step at a time: a block
-of BLOCK_L steps of u/delta/z is a [BLOCK_L, BLOCK_D] tile whose time axis lies inside each thread
-(8 bf16 = one 16-byte vector), and a statically unrolled loop takes one column per step, so a step costs
-per state one exp2 (the floor: b*d*l*n exponentials), two multiplies and two FMAs, with no cross-thread
-scan. Each step is a short dependent chain, so loads are pipelined by hand: u/delta/z one block ahead,
+of BLOCK_L steps of u/delta/z is a [BLOCK_L, BLOCK_D] tile whose time axis lies inside each thread,
+and a statically unrolled loop takes one column per step, so a step costs per state one exp2 (the floor:
+b*d*l*n exponentials), two multiplies and two FMAs, with no scan across threads. At 16 states with time-contiguous
+inputs on CUDA (the Mamba-1 case) a warp holds 8 channels, 4 states per thread, and two helpers in inline PTX move a
+step's dt and dt u to the threads of its channel with one shuffle each (_lane_column) and sum y over a channel's
+threads once a block (_lane_reduce_scatter), relying on the register layout Triton 3.6 gives these tiles (see
+fwd_block_sizes: 0.262 -> 0.203 ms at b8 d1536 l2048 n16, session 22). Elsewhere the columns and sums are plain
+Triton reductions, and a warp holds 16 channels, 8 states per thread.
+Each step is a short dependent chain, so loads are pipelined by hand: u/delta/z one block ahead,
 B/C rows ROWS_AHEAD (4 or 8) steps ahead (without this, every step waited a full L1/L2 round trip:
 0.85 ms instead of 0.42 ms at b8 d1536 l2048 n16 on an H100, BLOCK_D 16, one warp), and the rows of the
 block after next are prefetched into L1 (PREFETCH): ptxas, at the register limit, issues the row loads late
@@ -188,6 +193,83 @@ def _column(tile, sel):
     return tl.sum(tl.where(sel, tile, -0.0), axis=0)
 
 
+# The lane kernels' register layout. With u, delta and z contiguous in time, Triton 3.6 lays out the forward's [16,
+# BLOCK_D] tiles (16 steps or 16 states by 8 channels a warp) with four values along the first axis in each thread,
+# four threads along it and eight along the channels: lane = i + 4 d, register r holds row 4 i + r. The state tile and
+# the step tiles share it, so row j of a step tile sits in register j % 4 of lanes i = j // 4. The two helpers below
+# move data between lanes by that map with inline PTX (warp shuffles), which Triton cannot express: a step's column in
+# one shuffle instead of a two-round butterfly sum, and y's sums over a channel's four lanes once a block instead of
+# once a step. They are correct only under that layout: lane_layout_fits and _lanes_in_blocks say where it holds, and
+# test_cuda_fwd_lane_columns_match_column_sums checks it on the GPU against the generic sums.
+
+
+def _lane_column_asm(reg: int) -> str:
+    # $4..$7: this thread's four registers of the tile; $8: the row group j // 4. Every output: the source register
+    # of lane (lane & ~3) | (j // 4), the thread of the same channel that holds row j.
+    return ("{ .reg .b32 l, t; mov.u32 l, %laneid; and.b32 l, l, 0xfffffffc; or.b32 l, l, $8; "
+            f"shfl.sync.idx.b32 t, ${4 + reg}, l, 0x1f, 0xffffffff; mov.b32 $0, t; mov.b32 $1, t; mov.b32 $2, t; "
+            "mov.b32 $3, t; }")
+
+
+_LANE_COLUMN_ASM0 = tl.constexpr(_lane_column_asm(0))
+_LANE_COLUMN_ASM1 = tl.constexpr(_lane_column_asm(1))
+_LANE_COLUMN_ASM2 = tl.constexpr(_lane_column_asm(2))
+_LANE_COLUMN_ASM3 = tl.constexpr(_lane_column_asm(3))
+_LANE_COLUMN_CONS = tl.constexpr("=r,=r,=r,=r," + ",".join(["r"] * 8))
+
+
+@triton.jit
+def _lane_column(tile, j: tl.constexpr):
+    """Row j of a [16, BLOCK_D] step tile, broadcast over the tile's first axis (so shaped like the state tile): one
+    warp shuffle from the thread that holds it (layout above; CUDA only)."""
+    group = tl.full(tile.shape, j // 4, tl.int32)
+    if j % 4 == 0:
+        out = tl.inline_asm_elementwise(_LANE_COLUMN_ASM0, _LANE_COLUMN_CONS, [tile, group], dtype=tl.float32,
+                                        is_pure=True, pack=4)
+    elif j % 4 == 1:
+        out = tl.inline_asm_elementwise(_LANE_COLUMN_ASM1, _LANE_COLUMN_CONS, [tile, group], dtype=tl.float32,
+                                        is_pure=True, pack=4)
+    elif j % 4 == 2:
+        out = tl.inline_asm_elementwise(_LANE_COLUMN_ASM2, _LANE_COLUMN_CONS, [tile, group], dtype=tl.float32,
+                                        is_pure=True, pack=4)
+    else:
+        out = tl.inline_asm_elementwise(_LANE_COLUMN_ASM3, _LANE_COLUMN_CONS, [tile, group], dtype=tl.float32,
+                                        is_pure=True, pack=4)
+    return out
+
+
+def _reduce_scatter_asm() -> str:
+    """$4 + 4 m + k: this thread's partial sum (its four states) of step 4 m + k of the block; $0..$3: the sums over
+    the channel's four threads of steps 4 i + k, i = lane & 3, the rows this thread holds in the step tiles. Two
+    butterfly rounds, each halving what is kept: across lane bit 1 (keep step groups 2 b1 and 2 b1 + 1, send the
+    other two), then across bit 0. 12 shuffles and 12 adds a block, against 2 and 2 a step for a per-step sum."""
+    lines = ["{", ".reg .pred b1, b0;", ".reg .b32 l, s<8>, k<8>, r<8>, q<4>, w<4>, v<4>;", "mov.u32 l, %laneid;",
+             "and.b32 l, l, 3;", "setp.ge.u32 b1, l, 2;", "and.b32 l, l, 1;", "setp.ne.u32 b0, l, 0;"]
+    for g in range(2):
+        for k in range(4):
+            i = 4 * g + k
+            lo, hi = f"${4 + 4 * g + k}", f"${12 + 4 * g + k}"
+            lines += [f"selp.b32 s{i}, {lo}, {hi}, b1;", f"selp.b32 k{i}, {hi}, {lo}, b1;",
+                      f"shfl.sync.bfly.b32 r{i}, s{i}, 2, 0x1f, 0xffffffff;", f"add.f32 k{i}, k{i}, r{i};"]
+    for k in range(4):
+        lines += [f"selp.b32 q{k}, k{k}, k{4 + k}, b0;", f"selp.b32 w{k}, k{4 + k}, k{k}, b0;",
+                  f"shfl.sync.bfly.b32 v{k}, q{k}, 1, 0x1f, 0xffffffff;", f"add.f32 ${k}, w{k}, v{k};"]
+    return " ".join(lines + ["}"])
+
+
+_REDUCE_SCATTER_ASM = tl.constexpr(_reduce_scatter_asm())
+_REDUCE_SCATTER_CONS = tl.constexpr("=r,=r,=r,=r," + ",".join(["r"] * 16))
+
+
+@triton.jit
+def _lane_reduce_scatter(T0, T1, T2, T3):
+    """A block's y from its partial sums: T_m[i, k, d] ([4, 4, BLOCK_D], the reshaped tile layout) is thread i's
+    partial sum of step 4 m + k for channel d; the result, reshaped to [16, BLOCK_D], is y in the step tiles' layout
+    (see _reduce_scatter_asm; CUDA only)."""
+    return tl.inline_asm_elementwise(_REDUCE_SCATTER_ASM, _REDUCE_SCATTER_CONS, [T0, T1, T2, T3], dtype=tl.float32,
+                                     is_pure=True, pack=4)
+
+
 # ---------------------------------------------------------------------------------------------
 # Kernels.
 
@@ -221,7 +303,7 @@ def _selective_scan_fwd_kernel(
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, B_VARYING: tl.constexpr, C_VARYING: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, STATE_CHUNK: tl.constexpr,
     ROWS_AHEAD: tl.constexpr, SEG: tl.constexpr, SEG_PASS: tl.constexpr, FAST_MATH: tl.constexpr,
-    PREFETCH: tl.constexpr = False,
+    PREFETCH: tl.constexpr = False, LANE_COLUMNS: tl.constexpr = False, LANE_Y: tl.constexpr = False,
 ):  # fmt: skip
     # Time is cut into segments of SEG steps (a multiple of STATE_CHUNK), one per program_id(2), so that
     # more programs run at once. SEG_PASS 1 runs each segment but the last from a zero state, keeping
@@ -339,7 +421,8 @@ def _selective_scan_fwd_kernel(
                 pf_zero += tl.max(pf_c, axis=0)
         u_raw, dl_raw = u_nxt, dl_nxt
         mask_nx = (offs_l + BLOCK_L < l_end)[:, None] & mask_d[None, :]
-        u_nxt = tl.load(u_blk + (l0 + BLOCK_L + pf_zero) * s_u_l, mask=mask_nx, other=0.0)
+        # (times BLOCK_L: an offset of unknown divisibility would split the vector load into single elements)
+        u_nxt = tl.load(u_blk + (l0 + BLOCK_L + pf_zero * BLOCK_L) * s_u_l, mask=mask_nx, other=0.0)
         dl_nxt = tl.load(dl_blk + (l0 + BLOCK_L) * s_dl_l, mask=mask_nx, other=0.0)
         if HAS_Z:
             z_raw = z_nxt
@@ -353,30 +436,60 @@ def _selective_scan_fwd_kernel(
         if SEG_PASS == 1:
             dt_acc += dt
         y = tl.zeros([BLOCK_L, BLOCK_D], tl.float32)
+        if LANE_Y:
+            T0 = tl.zeros([4, 4, BLOCK_D], tl.float32)
+            T1 = tl.zeros([4, 4, BLOCK_D], tl.float32)
+            T2 = tl.zeros([4, 4, BLOCK_D], tl.float32)
+            T3 = tl.zeros([4, 4, BLOCK_D], tl.float32)
+            kidx = tl.arange(0, 4)[None, :, None]
+        # This block's first B/C rows: each step's row load is a constant offset from them, which ptxas folds into the
+        # load (from the copy's start, the rows of the next block had a 64-bit address computed each, one IMAD.WIDE
+        # and an add a row: local sm_90 SASS of the lane kernel 603 -> 579 instructions a block; generic 1077 -> 1055).
+        if B_VARYING:
+            B_blk = B_base + (l0 - l_begin) * s_B_l
+        if C_VARYING:
+            C_blk = C_base + (l0 - l_begin) * s_C_l
         for j in tl.static_range(BLOCK_L):
             sel = (offs_t == j)[:, None]
-            dt_j = _column(dt, sel)
-            dtu_j = _column(dtu, sel)
+            if LANE_COLUMNS:  # one shuffle from the lane that holds step j (layout assumed: see _lane_column)
+                dt_j = _lane_column(dt, j)
+                dtu_j = _lane_column(dtu, j)
+            else:
+                dt_j = _column(dt, sel)[None, :]
+                dtu_j = _column(dtu, sel)[None, :]
             if B_VARYING:  # padded copies: no mask, so a row is one vector load
                 Bt = B_r0[:, None]
                 if ROWS_AHEAD == 8:
                     B_r0, B_r1, B_r2, B_r3, B_r4, B_r5, B_r6 = B_r1, B_r2, B_r3, B_r4, B_r5, B_r6, B_r7
-                    B_r7 = tl.load(B_base + (l0 - l_begin + j + 8) * s_B_l)
+                    B_r7 = tl.load(B_blk + (j + 8) * s_B_l)
                 else:
                     B_r0, B_r1, B_r2 = B_r1, B_r2, B_r3
-                    B_r3 = tl.load(B_base + (l0 - l_begin + j + 4) * s_B_l)
+                    B_r3 = tl.load(B_blk + (j + 4) * s_B_l)
             if C_VARYING and SEG_PASS != 1:
                 Ct = C_r0[:, None]
                 if ROWS_AHEAD == 8:
                     C_r0, C_r1, C_r2, C_r3, C_r4, C_r5, C_r6 = C_r1, C_r2, C_r3, C_r4, C_r5, C_r6, C_r7
-                    C_r7 = tl.load(C_base + (l0 - l_begin + j + 8) * s_C_l)
+                    C_r7 = tl.load(C_blk + (j + 8) * s_C_l)
                 else:
                     C_r0, C_r1, C_r2 = C_r1, C_r2, C_r3
-                    C_r3 = tl.load(C_base + (l0 - l_begin + j + 4) * s_C_l)
-            h = tl.exp2(A2 * dt_j[None, :]) * h + Bt * dtu_j[None, :]
+                    C_r3 = tl.load(C_blk + (j + 4) * s_C_l)
+            h = tl.exp2(A2 * dt_j) * h + Bt * dtu_j
             if SEG_PASS != 1:
-                y = tl.where(sel, tl.sum(Ct * h, axis=0)[None, :], y)
+                if LANE_Y:  # this lane's partial sum of step j, reduced across lanes after the block
+                    pj = tl.sum(tl.reshape(Ct * h, [4, 4, BLOCK_D]), axis=1)[:, None, :]
+                    if j // 4 == 0:
+                        T0 = tl.where(kidx == j % 4, pj, T0)
+                    elif j // 4 == 1:
+                        T1 = tl.where(kidx == j % 4, pj, T1)
+                    elif j // 4 == 2:
+                        T2 = tl.where(kidx == j % 4, pj, T2)
+                    else:
+                        T3 = tl.where(kidx == j % 4, pj, T3)
+                else:
+                    y = tl.where(sel, tl.sum(Ct * h, axis=0)[None, :], y)
         if SEG_PASS != 1:
+            if LANE_Y:
+                y = tl.reshape(_lane_reduce_scatter(T0, T1, T2, T3), [BLOCK_L, BLOCK_D])
             if HAS_D:
                 y += Dv[None, :] * u
             if HAS_Z:
@@ -730,12 +843,36 @@ def _pow2_divisor(n: int, cap: int) -> int:
     return p
 
 
-def fwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, int]:
-    """(BLOCK_D, BLOCK_L, num_warps) of the forward by shape: one warp with 8 state values per thread (BLOCK_D 16
-    at dstate <= 16; (32, 16, 2) until session 17, timings in fwd_prefetch), BLOCK_L 16 (two 16-byte bf16 vectors
-    of time steps per thread) for dstate <= 16, else 8. dpg is the channels per B/C group, which BLOCK_D must
+def fwd_block_sizes(dim: int, dstate: int, dpg: int | None, lanes: bool = False) -> tuple[int, int, int]:
+    """(BLOCK_D, BLOCK_L, num_warps) of the forward by shape. dpg is the channels per B/C group, which BLOCK_D must
     divide (None when B and C are time-invariant).
-    Kernel at b8 d1536 l2048 n16 (H100, benchmarks/probes/scan_sweep.py, session 6), with B/C rows 8 ahead and
+
+    With ``lanes`` (lane_layout_fits) and 16 states: 8 channels a warp, four states per thread, up to four warps
+    (32, 16, 4), the layout the lane shuffles assume (_lanes_in_blocks). Session 22, H100, forward launcher as a CUDA
+    graph (benchmarks/probes/scan_fwd_configs.py, three rounds), ms not saving / saving states:
+
+    | blocks | ptxas 12.8, l2048 | 12.8, b2 d5120 l8192 | 13.0, l2048 |
+    |---|---|---|---|
+    | (16, 16, 1), the generic default | 0.263 / 0.262 | 1.028 / 1.028 | 0.262 / 0.251 |
+    | (8, 16, 1), lane columns, column sums for y | 0.216 / 0.239 | 0.863 / 0.968 | |
+    | (8, 16, 1), lane columns and y | 0.203 / 0.216 | 0.861 / 0.901 | 0.213 / 0.218 |
+    | (32, 16, 4), lane columns and y | 0.203 / 0.215 | 0.820 / 0.874 | 0.211 / 0.216 |
+
+    Every lane row with the L1 prefetch (fwd_prefetch). Why the narrower warps win: at (16, 16, 1) each thread holds
+    8 states, and the 768 warps of the 130M shape leave 2 on some schedulers and 1 on others (1.45 on average, and the
+    loaded ones set the time); 4 states a thread make 1536 warps, 2.9 a scheduler, evenly spread. The price was the
+    cross-lane work of spreading a channel's states over 4 threads (a two-round butterfly for each step's dt and dt u
+    columns and for y: 6 shuffles a step), which made (8, 16, 1) no faster before (0.269 against 0.268 ms, session 11;
+    731 SASS instructions a block of 16 steps, 2193 per scheduler at 3 warps against 1115 x 2 = 2230). The lane
+    shuffles cut that to 579 (columns) and 563 (and y) instructions a block (local sm_90 build, triton 3.6).
+    ncu (session 22): 2.80 warps a scheduler issuing 0.52 instructions a cycle, against 1.45 and 0.46. Four warps a
+    program spread each program's warps over all four schedulers of an SM.
+
+    Without the lanes: one warp with 8 state values per thread (BLOCK_D 16 at dstate <= 16; (32, 16, 2) until session
+    17, timings in fwd_prefetch), BLOCK_L 16 (two 16-byte bf16 vectors of time steps per thread) for dstate <= 16,
+    else 8.
+
+    Generic kernel at b8 d1536 l2048 n16 (H100, benchmarks/probes/scan_sweep.py, session 6), with B/C rows 8 ahead and
     the L1 prefetch: (32, 16, 2) 0.280-0.282 ms, (16, 16, 1) 0.281-0.282, (32, 8, 2) 0.299-0.302, (16, 8, 1)
     0.293, (32, 8, 4) 0.614; without the prefetch (32, 8, 2) 0.294-0.296 and (32, 16, 2) 0.299. At b2 d5120
     l8192: (32, 16, 2) 1.067-1.076 against 1.134-1.141 for (32, 8, 2) without the prefetch. Session 3, through the
@@ -751,13 +888,19 @@ def fwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, i
     MUFU/shuffle results; (16, 16, 2) at 2.81 warps issues 0.54 a cycle of 32% more instructions (six shuffles a step
     for the sum over states, 1.43 short-scoreboard stalls per instruction)."""
     BLOCK_N = block_n(dstate)
+    if lanes and BLOCK_N == 16:
+        BLOCK_D = max(8, min(32, triton.next_power_of_2(dim)))
+        if dpg is not None:
+            BLOCK_D = _pow2_divisor(dpg, BLOCK_D)
+        if BLOCK_D >= 8:
+            return BLOCK_D, 16, BLOCK_D // 8
     BLOCK_D = max(1, min(256 // BLOCK_N, triton.next_power_of_2(dim)))
     if dpg is not None:
         BLOCK_D = _pow2_divisor(dpg, BLOCK_D)
     return BLOCK_D, 16 if BLOCK_N <= 16 else 8, 1
 
 
-def fwd_prefetch(dstate: int, save_states: bool, ptxas: Callable[[], int | None]) -> bool:
+def fwd_prefetch(dstate: int, save_states: bool, ptxas: Callable[[], int | None], lanes: bool = False) -> bool:
     """Whether the forward prefetches the B/C rows of the block after next into L1: above 16 states, and at 16 or
     fewer when it saves states for the backward and a CUDA 13 or later ptxas builds it. ``ptxas`` returns that
     ptxas's major version (``_triton.ptxas_major``: Triton's JIT runs Triton 3.6's ptxas 12.8, Inductor torch 2.11's
@@ -779,8 +922,12 @@ def fwd_prefetch(dstate: int, save_states: bool, ptxas: Callable[[], int | None]
     / 0.361; BLOCK_L 8 or 32 slower in every case. In the old default's two binaries (cuobjdump) the loop holds the
     same 1194 instructions in a different order. This is what the scan forward's 0.320 ms a layer inside the
     compiled Mamba-1 step, against 0.282 for the same launch made eagerly, had been (session 16's open question):
-    Inductor's CUDA 13 build of (32, 2) with the prefetch. An unknown version (None) counts as 12."""
-    if block_n(dstate) > 16:
+    Inductor's CUDA 13 build of (32, 2) with the prefetch. An unknown version (None) counts as 12.
+
+    With the lane columns (``lanes``) the prefetch is always on: at (8, 16, 1), session 22, ptxas 12.8, ms not saving
+    / saving states, 0.239 / 0.261 with it against 0.268 / 0.284 without (0.876 / 0.986 against 1.003 / 1.065 at l8192);
+    under 13.0, 0.236 / 0.260 against 0.264 / 0.284. Rows loaded 4 steps ahead instead of 8: 0.551 / 0.371."""
+    if block_n(dstate) > 16 or lanes:
         return True
     if not save_states:
         return False
@@ -868,6 +1015,28 @@ _FWD_PREFETCH = None
 _FWD_SEG = 0  # forward time segment (steps, rounded up to whole state chunks); 0: one segment
 
 
+# The forward's step columns by one lane shuffle each (_lane_column) wherever lane_layout_fits allows; False: the
+# generic column sums everywhere (probes).
+_FWD_LANES = True
+_FWD_LANE_Y = True  # with the lane columns, y summed over a channel's lanes once a block (_lane_reduce_scatter)
+
+
+def lane_layout_fits(u: Tensor, delta: Tensor, z: Tensor | None) -> bool:
+    """Whether the forward may take its step columns with ``_lane_column``: CUDA (inline PTX), Triton 3.6 (whose
+    register layout of the kernel's [16, BLOCK_D] tiles the shuffle assumes, checked on the GPU by
+    test_cuda_fwd_lane_columns_match_column_sums) and u, delta, z contiguous in time (the loads that fix that layout).
+    The blocks must fit too (``_lanes_in_blocks``)."""
+    if u.device.type != "cuda" or not triton.__version__.startswith("3.6."):
+        return False
+    return all(t is None or t.stride(2) == 1 for t in (u, delta, z))
+
+
+def _lanes_in_blocks(BLOCK_D: int, BLOCK_L: int, BLOCK_N: int, num_warps: int) -> bool:
+    # 16 steps and 16 states over the 4 x 8 lanes of each warp, 8 channels a warp: 4 values along the first axis per
+    # thread, 4 threads along it (lane = i + 4 d)
+    return (BLOCK_L, BLOCK_N) == (16, 16) and BLOCK_D == 8 * num_warps
+
+
 def _bc_layouts(B: Tensor, C: Tensor, dim: int, BLOCK_N: int, seqlen_pad: int, wrap: bool):
     """Forward's views of B and C, each (varying, channels per group, tensor, strides (b, group-or-channel, l, n)).
     Varying B/C go time-major, fp32, zero-padded to (batch, ngroups, seqlen_pad + _ROWS_AHEAD, BLOCK_N): a step's
@@ -920,7 +1089,7 @@ def _strides3(t: Tensor | None) -> tuple:
 def selective_scan_fwd(
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states, *, wrap: bool,
     config=None, state_chunk: int | None = None, rows_ahead: int | None = None, seg: int | None = None,
-    prefetch: int | None = None,
+    prefetch: int | None = None, lanes: bool | None = None, lane_y: bool | None = None,
 ):
     """Forward launch: out (u's dtype), last_state (fp32), chunk_states (fp32, the state entering every
     ``state_chunk`` steps, then the last state; empty unless save_states). ``config`` = (BLOCK_D, BLOCK_L,
@@ -929,11 +1098,13 @@ def selective_scan_fwd(
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
     dpg = _common_dpg(dim, B, C)
-    BLOCK_D, BLOCK_L, num_warps = fwd_block_sizes(dim, dstate, dpg) if config is None else config
+    lanes = (_FWD_LANES if lanes is None else lanes) and lane_layout_fits(u, delta, z)
+    BLOCK_D, BLOCK_L, num_warps = fwd_block_sizes(dim, dstate, dpg, lanes) if config is None else config
+    lanes = lanes and _lanes_in_blocks(BLOCK_D, BLOCK_L, block_n(dstate), num_warps)
     if prefetch is None:
         prefetch = _FWD_PREFETCH
     if prefetch is None:
-        prefetch = fwd_prefetch(dstate, save_states, lambda: ptxas_major(u))
+        prefetch = fwd_prefetch(dstate, save_states, lambda: ptxas_major(u), lanes)
     STATE_CHUNK = bwd_block_sizes(dim, dstate, dpg)[1] if state_chunk is None else state_chunk
     BLOCK_L = min(BLOCK_L, STATE_CHUNK)
     _check_config(BLOCK_D, dpg, STATE_CHUNK, BLOCK_L)
@@ -971,7 +1142,8 @@ def selective_scan_fwd(
             HAS_H0=initial_state is not None, SAVE_STATES=save_states, B_VARYING=B_lay[0], C_VARYING=C_lay[0],
             BLOCK_D=BLOCK_D, BLOCK_N=BLOCK_N, BLOCK_L=BLOCK_L, STATE_CHUNK=STATE_CHUNK,
             ROWS_AHEAD=_FWD_ROWS_AHEAD if rows_ahead is None else rows_ahead, SEG=SEG, SEG_PASS=seg_pass,
-            FAST_MATH=u.device.type == "cuda", PREFETCH=bool(prefetch),
+            FAST_MATH=u.device.type == "cuda", PREFETCH=bool(prefetch), LANE_COLUMNS=lanes,
+            LANE_Y=lanes and (_FWD_LANE_Y if lane_y is None else lane_y),
             num_warps=num_warps, **_caps(_FWD_MAXNREG),
         )  # fmt: skip
 

@@ -591,6 +591,65 @@ def test_cuda_fwd_prefetch_changes_nothing(B_kind, seqlen, config):
         assert torch.equal(a, b), name
 
 
+LANE_CASES = [
+    pytest.param((8, 16, 1), dict(), 1000, False, torch.bfloat16, id="b8-l1000"),
+    pytest.param((8, 16, 1), dict(B_kind="bgnl", C_kind="bgnl", ngroups=4), 37, False, torch.bfloat16, id="grouped-l37"),
+    pytest.param((8, 16, 1), dict(B_kind="dn", z=False, D=False, initial_state=False), 515, False, torch.float32,
+                 id="dn-noz-fp32"),
+    pytest.param((8, 16, 1), dict(delta_bias=False, softplus=False), 2048, True, torch.bfloat16,
+                 id="channel-major-nosoftplus"),
+    pytest.param((32, 16, 4), dict(), 1000, True, torch.bfloat16, id="w4-channel-major"),
+    pytest.param((16, 16, 2), dict(C_kind="dn"), 300, False, torch.float16, id="w2-fp16"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("lane_y", [True, False], ids=["y-scatter", "y-sums"])
+@pytest.mark.parametrize("config, opts, seqlen, channel_major, act_dtype", LANE_CASES)
+def test_cuda_fwd_lane_columns_match_column_sums(config, opts, seqlen, channel_major, act_dtype, lane_y):
+    """The forward's step columns taken by one lane shuffle, and y summed across lanes once a block (inline PTX that
+    assumes Triton's register layout), give what the generic column and state sums give: the same values go into the
+    same fp32 math, summed in another order."""
+    from mamba_compile.ops import selective_scan_triton as kern
+
+    softplus = opts.get("softplus", True)
+    inputs = make_inputs(2, 96, seqlen, 16, act_dtype=act_dtype, device="cuda", **opts)
+    if channel_major:  # the Mamba-1 mixer's layout, strides (l, b l, 1)
+        for k in ("u", "delta", "z"):
+            if inputs[k] is not None:
+                inputs[k] = inputs[k].transpose(0, 1).contiguous().transpose(0, 1)
+    args = list(inputs.values())
+    assert kern.lane_layout_fits(args[0], args[1], args[6]) and kern._lanes_in_blocks(*config[:2], 16, config[2])
+    with torch.no_grad():
+        on = kern.selective_scan_fwd(*args[:8], softplus, args[8], True, wrap=False, config=config, lanes=True,
+                                     lane_y=lane_y)
+        off = kern.selective_scan_fwd(*args[:8], softplus, args[8], True, wrap=False, config=config, lanes=False)
+    tol = 1e-2 if act_dtype != torch.float32 else 1e-5  # 16-bit outputs: rounding of nearly equal fp32 values
+    assert_rel(on[0], off[0], tol, "out")
+    assert_rel(on[1], off[1], 1e-5, "last_state")
+    assert_rel(on[2], off[2], 1e-5, "chunk_states")
+
+
+def test_lane_columns_where_their_layout_holds():
+    from mamba_compile.ops import selective_scan_triton as kern
+
+    u = torch.randn(2, 16, 64)
+    assert not kern.lane_layout_fits(u, u, u)  # CPU: no inline PTX
+    # 8 channels a warp, 16 steps, 16 states
+    assert [kern._lanes_in_blocks(*c) for c in ((8, 16, 16, 1), (32, 16, 16, 4), (16, 16, 16, 1), (8, 8, 16, 1),
+                                                 (8, 16, 32, 1))] == [True, True, False, False, False]
+    # the blocks the lanes want, where the groups allow them; the generic ones otherwise
+    assert kern.fwd_block_sizes(1536, 16, 1536, lanes=True) == (32, 16, 4)
+    assert kern.fwd_block_sizes(1536, 16, 16, lanes=True) == (16, 16, 2)
+    assert kern.fwd_block_sizes(4, 16, None, lanes=True) == (8, 16, 1)
+    assert kern.fwd_block_sizes(1536, 16, 12, lanes=True) == kern.fwd_block_sizes(1536, 16, 12) == (4, 16, 1)
+    assert all(kern._lanes_in_blocks(*kern.fwd_block_sizes(dim, 16, dpg, lanes=True)[:2], 16,
+                                     kern.fwd_block_sizes(dim, 16, dpg, lanes=True)[2])
+               for dim, dpg in ((1536, 1536), (1536, 768), (96, 24), (64, None), (8, 8)))
+    assert kern.fwd_block_sizes(1536, 64, 1536, lanes=True) == kern.fwd_block_sizes(1536, 64, 1536)
+    assert all(kern.fwd_prefetch(16, save, lambda v=v: v, lanes=True) for save in (True, False) for v in (None, 12, 13))
+
+
 @pytest.mark.gpu
 def test_cuda_training_shape_matches_cpu_path():
     inputs = make_inputs(8, 1536, 2048, 16, act_dtype=torch.bfloat16, device="cuda")
