@@ -112,8 +112,8 @@ def sweep(batch, dim, seqlen, dstate) -> list[dict]:
     gl_c = torch.randn(2, 128, dstate, device="cuda", generator=gen)
     ref_out, ref_grads = _cpu_reference(tc, go_c, gl_c)
     rows = []
+    lanes = kern._FWD_LANES and kern.lane_layout_fits(t["u"], t["delta"], t["z"])
     for cfg in FWD_CONFIGS:
-        lanes = kern._FWD_LANES and kern.lane_layout_fits(t["u"], t["delta"], t["z"])
         name = "default " + str(kern.fwd_block_sizes(dim, dstate, dim, lanes)) if cfg is None else str(cfg)
         try:
             def fn(a=args):

@@ -1100,15 +1100,15 @@ def selective_scan_fwd(
     dpg = _common_dpg(dim, B, C)
     lanes = (_FWD_LANES if lanes is None else lanes) and lane_layout_fits(u, delta, z)
     BLOCK_D, BLOCK_L, num_warps = fwd_block_sizes(dim, dstate, dpg, lanes) if config is None else config
-    lanes = lanes and _lanes_in_blocks(BLOCK_D, BLOCK_L, block_n(dstate), num_warps)
-    if prefetch is None:
-        prefetch = _FWD_PREFETCH
-    if prefetch is None:
-        prefetch = fwd_prefetch(dstate, save_states, lambda: ptxas_major(u), lanes)
     STATE_CHUNK = bwd_block_sizes(dim, dstate, dpg)[1] if state_chunk is None else state_chunk
     BLOCK_L = min(BLOCK_L, STATE_CHUNK)
     _check_config(BLOCK_D, dpg, STATE_CHUNK, BLOCK_L)
     BLOCK_N = block_n(dstate)
+    lanes = lanes and _lanes_in_blocks(BLOCK_D, BLOCK_L, BLOCK_N, num_warps)  # the blocks as launched
+    if prefetch is None:
+        prefetch = _FWD_PREFETCH
+    if prefetch is None:
+        prefetch = fwd_prefetch(dstate, save_states, lambda: ptxas_major(u), lanes)
     seqlen_pad = (seqlen + BLOCK_L - 1) // BLOCK_L * BLOCK_L
     B_lay, C_lay = _bc_layouts(B, C, dim, BLOCK_N, seqlen_pad, wrap)
     # the kernel takes a varying copy's row stride to be BLOCK_N

@@ -630,6 +630,22 @@ def test_cuda_fwd_lane_columns_match_column_sums(config, opts, seqlen, channel_m
     assert_rel(on[2], off[2], 1e-5, "chunk_states")
 
 
+@pytest.mark.gpu
+def test_cuda_fwd_lanes_dropped_below_their_tile():
+    """A saved-state interval of 8 steps shortens the forward's blocks below the 16 steps the lane shuffles assume:
+    the launch then takes the generic sums, so its outputs equal the lanes-off launch's bit for bit."""
+    from mamba_compile.ops import selective_scan_triton as kern
+
+    args = list(make_inputs(2, 96, 300, 16, act_dtype=torch.bfloat16, device="cuda").values())
+    with torch.no_grad():
+        on = kern.selective_scan_fwd(*args[:8], True, args[8], True, wrap=False, config=(8, 16, 1), state_chunk=8,
+                                     lanes=True)
+        off = kern.selective_scan_fwd(*args[:8], True, args[8], True, wrap=False, config=(8, 16, 1), state_chunk=8,
+                                      lanes=False)
+    for name, a, b in zip(("out", "last_state", "chunk_states"), on, off):
+        assert torch.equal(a, b), name
+
+
 def test_lane_columns_where_their_layout_holds():
     from mamba_compile.ops import selective_scan_triton as kern
 
@@ -643,9 +659,9 @@ def test_lane_columns_where_their_layout_holds():
     assert kern.fwd_block_sizes(1536, 16, 16, lanes=True) == (16, 16, 2)
     assert kern.fwd_block_sizes(4, 16, None, lanes=True) == (8, 16, 1)
     assert kern.fwd_block_sizes(1536, 16, 12, lanes=True) == kern.fwd_block_sizes(1536, 16, 12) == (4, 16, 1)
-    assert all(kern._lanes_in_blocks(*kern.fwd_block_sizes(dim, 16, dpg, lanes=True)[:2], 16,
-                                     kern.fwd_block_sizes(dim, 16, dpg, lanes=True)[2])
-               for dim, dpg in ((1536, 1536), (1536, 768), (96, 24), (64, None), (8, 8)))
+    for dim, dpg in ((1536, 1536), (1536, 768), (96, 24), (64, None), (8, 8)):
+        block_d, block_l, num_warps = kern.fwd_block_sizes(dim, 16, dpg, lanes=True)
+        assert kern._lanes_in_blocks(block_d, block_l, 16, num_warps)
     assert kern.fwd_block_sizes(1536, 64, 1536, lanes=True) == kern.fwd_block_sizes(1536, 64, 1536)
     assert all(kern.fwd_prefetch(16, save, lambda v=v: v, lanes=True) for save in (True, False) for v in (None, 12, 13))
 
