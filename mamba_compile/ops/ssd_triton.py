@@ -702,6 +702,234 @@ def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, cb=None, pre_gat
     return out
 
 
+# ----------------------------------------------------------------------------------------------------
+# The whole forward in one kernel (no seq_idx): one program per (chunk, batch, head). A program processes dt
+# (bias, softplus, clamp, the chunk's cumsum of dt A), builds the state its chunk adds, waits for the state
+# entering its chunk, writes the state leaving it, and computes its chunk's output (C B^T per row and column
+# tile, on the tensor cores, the decay applied in the dot's own registers). The chunk-boundary states never go to
+# memory: they pass through `final` (the running state of each (batch, head), float32), which ends as the final
+# state. Ordering: a program takes a ticket (an atomic counter) instead of reading its program id, and tickets
+# run chunk-major, so a program waits only on a program that took its ticket earlier, and so is running or
+# done: no deadlock whatever order the hardware starts programs in. A flag per (batch, head) counts the chunks
+# whose state has been passed on; the waits are short because a program builds its own chunk's state (a quarter
+# of its dots) before it waits.
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _chunk_state(acc, x_ptr, b_ptr, dtp_ptr, dacs_ptr, a_last, limit, offs_p, offs_n, p_ok, n_ok,
+                 s_x_l, s_x_p, s_b_l, s_b_n, s_a_l, IEEE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + the state one chunk adds, as (dstate, headdim): sum_s exp(a_last - a_s) dt_s B_s^T x_s (pointers at the
+    chunk's first row)."""
+    offs_k = tl.arange(0, BLOCK_K)
+    for k0 in range(0, limit, BLOCK_K):
+        t = k0 + offs_k
+        ok = t < limit
+        b_t = tl.load(b_ptr + t[None, :] * s_b_l + offs_n[:, None] * s_b_n, mask=n_ok[:, None] & ok[None, :],
+                      other=0.0)
+        w = tl.exp(a_last - tl.load(dacs_ptr + t * s_a_l, mask=ok, other=0.0)) * tl.load(
+            dtp_ptr + t * s_a_l, mask=ok, other=0.0)
+        w = tl.where(ok, w, 0.0)
+        x_t = tl.load(x_ptr + t[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=ok[:, None] & p_ok[None, :],
+                      other=0.0)
+        acc += _dot((b_t.to(tl.float32) * w[None, :]).to(x_t.dtype), x_t, IEEE)
+    return acc
+
+
+@triton.jit
+def _state_in(state, init, flag, c, pn_ok, HAS_INIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr):
+    """The state entering chunk c, float32 (dstate, headdim): the initial state (or zeros) for the first chunk, else
+    what chunk c - 1's program left in ``state``, once ``flag`` says it has."""
+    if c == 0:
+        if HAS_INIT:
+            prev = tl.load(init, mask=pn_ok, other=0.0).to(tl.float32)
+        else:
+            prev = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
+    else:
+        done = tl.atomic_add(flag, 0, sem="acquire")
+        while done < c:
+            done = tl.atomic_add(flag, 0, sem="acquire")
+        prev = tl.load(state, mask=pn_ok, other=0.0, cache_modifier=".cg")  # L2: written by another SM
+    return prev
+
+
+@triton.jit
+def _ssd_fused_fwd_kernel(
+    x_ptr, dt_ptr, A_ptr, bias_ptr, b_ptr, c_ptr, cb_ptr, d_ptr, z_ptr, init_ptr, out_ptr, pre_ptr, final_ptr,
+    dtp_ptr, dacs_ptr, ws_ptr,
+    seqlen, nheads, nbh, headdim, dstate, heads_per_group, dt_min, dt_max,
+    s_x_b, s_x_l, s_x_h, s_x_p,
+    s_dt_b, s_dt_l, s_dt_h,
+    s_b_b, s_b_l, s_b_g, s_b_n,
+    s_c_b, s_c_l, s_c_g, s_c_n,
+    s_cb_b, s_cb_c, s_cb_g, s_cb_t, s_cb_s,
+    s_d_h, s_d_p,
+    s_z_b, s_z_l, s_z_h, s_z_p,
+    s_i_b, s_i_h, s_i_p, s_i_n,
+    s_o_b, s_o_l, s_o_h, s_o_p,
+    s_f_b, s_f_h, s_f_p, s_f_n,
+    s_a_b, s_a_h, s_a_c, s_a_l,
+    CHUNK: tl.constexpr, HAS_CB: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr,
+    HAS_INIT: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, KEEP_PRE: tl.constexpr, IEEE: tl.constexpr,
+    WAIT_FIRST: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """out = (y + D x) silu(z) for one chunk of one (batch, head); with KEEP_PRE also y + D x. ws: int32, zeroed:
+    [0] the ticket counter, [1 + batch * nheads + head] the chunks passed on for that (batch, head)."""
+    tile = tl.atomic_add(ws_ptr, 1)
+    c = tile // nbh
+    bh = tile % nbh
+    b = bh // nheads
+    h = bh % nheads
+    g = h // heads_per_group
+    start = c * CHUNK
+    limit = tl.minimum(CHUNK, seqlen - start)
+
+    # dt as the SSM sees it and a_t = sum_{s <= t} dt_s A within the chunk, kept in scratch for the tiles below.
+    offs_l = tl.arange(0, CHUNK)
+    l_ok = offs_l < limit
+    dt = tl.load(dt_ptr + b * s_dt_b + (start + offs_l) * s_dt_l + h * s_dt_h, mask=l_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + h).to(tl.float32)
+    if SOFTPLUS:
+        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+    if HAS_LIMIT:
+        dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
+    dt = tl.where(l_ok, dt, 0.0)
+    a = tl.cumsum(dt * tl.load(A_ptr + h).to(tl.float32), axis=0)
+    dtp_ptr += b * s_a_b + h * s_a_h + c * s_a_c
+    dacs_ptr += b * s_a_b + h * s_a_h + c * s_a_c
+    tl.store(dtp_ptr + offs_l * s_a_l, dt)
+    tl.store(dacs_ptr + offs_l * s_a_l, a)
+    tl.debug_barrier()  # the scratch rows are read back by other threads of this program
+    a_last = tl.load(dacs_ptr + (limit - 1) * s_a_l)
+
+    offs_p = tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    p_ok = offs_p < headdim
+    n_ok = offs_n < dstate
+    x_ptr += b * s_x_b + start * s_x_l + h * s_x_h
+    b_ptr += b * s_b_b + start * s_b_l + g * s_b_g
+    c_ptr += b * s_c_b + start * s_c_l + g * s_c_g
+    cb_ptr += b * s_cb_b + c * s_cb_c + g * s_cb_g
+
+    # Pass the state on through final (this (batch, head)'s running state): S_out = exp(a_last) S_in + the state
+    # this chunk adds. WAIT_FIRST: S_in first, the chunk's dots accumulating onto exp(a_last) S_in (one state's
+    # registers, the dots on the chain); else the chunk's state first (two states' registers, the wait after).
+    flag = ws_ptr + 1 + bh
+    state = final_ptr + b * s_f_b + h * s_f_h + offs_n[:, None] * s_f_n + offs_p[None, :] * s_f_p
+    pn_ok = n_ok[:, None] & p_ok[None, :]
+    init_ptr += b * s_i_b + h * s_i_h + offs_n[:, None] * s_i_n + offs_p[None, :] * s_i_p
+    if WAIT_FIRST:
+        prev = _state_in(state, init_ptr, flag, c, pn_ok, HAS_INIT, BLOCK_N, BLOCK_P)
+        s_in = prev if IEEE else prev.to(x_ptr.dtype.element_ty)
+        tl.debug_barrier()  # every thread has read S_in before any overwrites it
+        s_out = _chunk_state(tl.exp(a_last) * prev, x_ptr, b_ptr, dtp_ptr, dacs_ptr, a_last, limit, offs_p, offs_n,
+                             p_ok, n_ok, s_x_l, s_x_p, s_b_l, s_b_n, s_a_l, IEEE, BLOCK_K)
+    else:
+        added = _chunk_state(tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32), x_ptr, b_ptr, dtp_ptr, dacs_ptr, a_last,
+                             limit, offs_p, offs_n, p_ok, n_ok, s_x_l, s_x_p, s_b_l, s_b_n, s_a_l, IEEE, BLOCK_K)
+        prev = _state_in(state, init_ptr, flag, c, pn_ok, HAS_INIT, BLOCK_N, BLOCK_P)
+        s_in = prev if IEEE else prev.to(x_ptr.dtype.element_ty)
+        tl.debug_barrier()  # every thread has read S_in before any overwrites it
+        s_out = tl.exp(a_last) * prev + added
+    tl.store(state, s_out, mask=pn_ok)
+    tl.debug_barrier()  # S_out is stored by every thread before the flag says so
+    tl.atomic_xchg(flag, c + 1, sem="release")
+
+    # y_t = exp(a_t) C_t S_in + sum_{s <= t} (C_t . B_s) exp(a_t - a_s) dt_s x_s, row tile by row tile. S_in is
+    # used in x's dtype for 16-bit inputs, as the multi-kernel path stores it.
+    if HAS_D:
+        d = tl.load(d_ptr + h * s_d_h + offs_p * s_d_p, mask=p_ok, other=0.0).to(tl.float32)
+    offs_tt = tl.arange(0, BLOCK_T)
+    offs_ss = tl.arange(0, BLOCK_S)
+    for t0 in range(0, limit, BLOCK_T):
+        offs_t = t0 + offs_tt
+        t_ok = offs_t < limit
+        a_t = tl.load(dacs_ptr + offs_t * s_a_l, mask=t_ok, other=0.0)
+        c_t = tl.load(c_ptr + offs_t[:, None] * s_c_l + offs_n[None, :] * s_c_n, mask=t_ok[:, None] & n_ok[None, :],
+                      other=0.0)
+        acc = _dot(c_t, s_in, IEEE) * tl.exp(a_t)[:, None]
+        for s0 in range(0, tl.minimum(t0 + BLOCK_T, limit), BLOCK_S):
+            offs_s = s0 + offs_ss
+            s_ok = offs_s < limit
+            if HAS_CB:
+                cb = tl.load(cb_ptr + offs_t[:, None] * s_cb_t + offs_s[None, :] * s_cb_s,
+                             mask=t_ok[:, None] & s_ok[None, :], other=0.0).to(tl.float32)
+            else:
+                b_s = tl.load(b_ptr + offs_s[None, :] * s_b_l + offs_n[:, None] * s_b_n,
+                              mask=n_ok[:, None] & s_ok[None, :], other=0.0)
+                cb = _dot(c_t, b_s, IEEE)
+            a_s = tl.load(dacs_ptr + offs_s * s_a_l, mask=s_ok, other=0.0)
+            dt_s = tl.load(dtp_ptr + offs_s * s_a_l, mask=s_ok, other=0.0)
+            keep = (offs_t[:, None] >= offs_s[None, :]) & s_ok[None, :]
+            cb = tl.where(keep, cb * tl.exp(a_t[:, None] - a_s[None, :]) * dt_s[None, :], 0.0)
+            x_s = tl.load(x_ptr + offs_s[:, None] * s_x_l + offs_p[None, :] * s_x_p,
+                          mask=s_ok[:, None] & p_ok[None, :], other=0.0)
+            acc += _dot(cb.to(x_s.dtype), x_s, IEEE)
+        mask = t_ok[:, None] & p_ok[None, :]
+        if HAS_D:
+            x_t = tl.load(x_ptr + offs_t[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=mask, other=0.0)
+            acc += x_t.to(tl.float32) * d[None, :]
+        rows = b * s_o_b + (start + offs_t[:, None]) * s_o_l + h * s_o_h + offs_p[None, :] * s_o_p
+        if HAS_Z:
+            if KEEP_PRE:
+                tl.store(pre_ptr + rows, acc, mask=mask)
+            zv = tl.load(z_ptr + b * s_z_b + (start + offs_t[:, None]) * s_z_l + h * s_z_h + offs_p[None, :] * s_z_p,
+                         mask=mask, other=0.0).to(tl.float32)
+            acc = acc * zv * tl.sigmoid(zv)
+        tl.store(out_ptr + rows, acc, mask=mask)
+
+
+# H100 defaults (benchmarks/probes/ssd_fwd_sweep.py --fused); tests shrink the tiles to exercise several per chunk.
+FUSED_FWD_CONFIG = dict(block_t=64, block_s=64, block_k=64, num_warps=4, num_stages=2, wait_first=False)
+FUSED_FWD = True  # the one-kernel forward where it applies (fused_fwd_fits); False: the multi-kernel pipeline
+_FUSED_MAX_STATE = 128 * 64  # dstate x headdim elements a program holds per state (registers: 64 a thread)
+
+
+def fused_fwd_fits(x, B, seq_idx, cu_seqlens) -> bool:
+    """Whether ssd_fused_fwd takes these inputs: one sequence per batch row, 16-bit activations (float32 ones take
+    the multi-kernel path's exact dots) and a state that fits a program."""
+    return (FUSED_FWD and seq_idx is None and cu_seqlens is None and not _ieee(x, B)
+            and _pow2(x.shape[3]) * _pow2(B.shape[3]) <= _FUSED_MAX_STATE)
+
+
+def ssd_fused_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_min, dt_max,
+                  has_limit, *, keep_pre_gate=False, cb=None, config=None, wrap):
+    """(out, final_states float32 (batch, nheads, headdim, dstate), pre_gate or None) in one launch (plus the
+    zeroing of its ticket counter and flags). pre_gate: y + D x, with z and keep_pre_gate only. cb: bmm_cb_fwd's
+    C B^T to read, or None to compute it per tile; config: FUSED_FWD_CONFIG's keys, and maxnreg."""
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    nchunks = triton.cdiv(seqlen, chunk_size)
+    cfg = {**FUSED_FWD_CONFIG, **(config or {})}
+    out = torch.empty_like(x)
+    final = torch.empty(batch, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
+    pre_gate = torch.empty_like(x) if keep_pre_gate and z is not None else None
+    dtp = torch.empty(batch, nheads, nchunks, chunk_size, device=x.device, dtype=torch.float32)
+    dA_cs = torch.empty_like(dtp)
+    ws = torch.zeros(1 + batch * nheads, device=x.device, dtype=torch.int32)
+    init = initial_states if initial_states is not None else final
+    zz = z if z is not None else x
+    c5 = cb if cb is not None else dtp[None]  # any 5-d tensor: never read without HAS_CB
+    extra = {"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}
+    _launch(_ssd_fused_fwd_kernel, wrap)[(nchunks * batch * nheads,)](
+        x, dt, A, dt_bias if dt_bias is not None else A, B, C, c5, D if D is not None else A, zz, init, out,
+        pre_gate if pre_gate is not None else out, final, dtp, dA_cs, ws,
+        seqlen, nheads, batch * nheads, headdim, dstate, nheads // ngroups, float(dt_min), float(min(dt_max, 3.0e38)),
+        *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *c5.stride(), *_d_strides(D), *zz.stride(),
+        *init.stride(),
+        *out.stride(), *final.stride(), *dtp.stride(),
+        CHUNK=chunk_size, HAS_CB=cb is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
+        HAS_LIMIT=has_limit, HAS_INIT=initial_states is not None, HAS_D=D is not None, HAS_Z=z is not None,
+        KEEP_PRE=pre_gate is not None, IEEE=_ieee(x, B, C), WAIT_FIRST=cfg["wait_first"],
+        BLOCK_T=min(cfg["block_t"], chunk_size), BLOCK_S=min(cfg["block_s"], chunk_size),
+        BLOCK_K=min(cfg["block_k"], chunk_size), BLOCK_P=_pow2(headdim), BLOCK_N=_pow2(dstate),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **extra,
+    )
+    return out, final, pre_gate
+
+
 @triton.jit
 def _gate_grads(dout, out_x, z):
     """For out = out_x silu(z): (dy, dz) with dy = dout silu(z) rounded to dout's dtype (and used so everywhere),
