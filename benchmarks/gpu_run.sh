@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-fused|ssd-fused-probe]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -107,17 +107,4 @@ if [[ $what == scan-ncu ]]; then
   else
     echo "no ncu"
   fi
-fi
-if [[ $what == ssd-fused-probe ]]; then
-  # The fused forward's GPU tests, then the probe alone (about 4 minutes)
-  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/ops/test_ssd.py -k fused 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -9
-  timeout 300 python3 -m benchmarks.probes.ssd_fused_probe --out "$OUT/ssd_fused_probe.json" 2>&1 | tee "$OUT/ssd_fused_probe.log" | grep "^|"
-fi
-if [[ $what == ssd-fused ]]; then
-  # The SSD one-kernel forward: the SSD GPU tests (the fused path against the oracle and the multi-kernel one),
-  # the probe's tile configurations and the op with the fused forward on and off beside the reference, then the
-  # SSD benchmark (about 7 minutes)
-  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=8 tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -14
-  timeout 200 python3 -m benchmarks.probes.ssd_fused_probe --out "$OUT/ssd_fused_probe.json" 2>&1 | tee "$OUT/ssd_fused_probe.log" | grep "^|"
-  timeout 180 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\||first call"
 fi

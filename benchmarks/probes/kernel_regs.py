@@ -152,22 +152,7 @@ def ce_rows_launch(separate_max=False, rows=5338, vocab=50280):
                       "_ce_rows_kernel")
 
 
-def ssd_fused_launch(batch=8, seqlen=2048, nheads=24, headdim=64, dstate=128, config=None):
-    """The SSD one-kernel forward at the issue's shape (bf16, D, z, dt_bias, softplus, chunk 256); config: its
-    FUSED_FWD_CONFIG keys, and cb=True to read C B^T."""
-    from mamba_compile.ops import ssd_triton as k
-
-    x = torch.empty(batch, seqlen, nheads, headdim, dtype=torch.bfloat16)
-    dt = torch.empty(batch, seqlen, nheads, dtype=torch.bfloat16)
-    B = torch.empty(batch, seqlen, 1, dstate, dtype=torch.bfloat16)
-    h = torch.empty(nheads)
-    cb = torch.empty(batch, seqlen // 256, 1, 256, 256) if (config or {}).pop("cb", False) else None
-    launches = capture(k, k.ssd_fused_fwd, x, dt, h, B, B, 256, h, x, h, None, True, 0.0, float("inf"), False,
-                       keep_pre_gate=True, cb=cb, config=config, wrap=False)
-    return _launch_of(launches, "_ssd_fused_fwd_kernel")
-
-
-KERNELS = {"scan_bwd": scan_bwd_launch, "ssd_fused": ssd_fused_launch, "scan_fwd": scan_fwd_launch, "ce_rows": ce_rows_launch,
+KERNELS = {"scan_bwd": scan_bwd_launch, "scan_fwd": scan_fwd_launch, "ce_rows": ce_rows_launch,
            "ce_rows_separate_max": lambda: ce_rows_launch(separate_max=True)}
 
 

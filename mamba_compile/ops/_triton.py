@@ -55,7 +55,7 @@ def launcher(kernel, wrap: bool = True):
 # The kernels each triton_op of this package can launch, by module (tests/ops/test_kernel_sources.py checks that
 # every kernel of a module is listed and that the traced launches of the multi-kernel ops stay within their lists).
 _SSD_FWD = ("_chunk_cumsum_fwd_kernel", "_chunk_state_fwd_kernel", "_chunk_state_passing_fwd_kernel", "_bmm_cb_kernel",
-            "_chunk_scan_fwd_kernel", "_ssd_fused_fwd_kernel")
+            "_chunk_scan_fwd_kernel")
 OP_KERNELS = {
     "add_matmul": ("add_matmul_triton", ("_add_matmul_kernel",)),
     "causal_conv1d_fwd": ("causal_conv1d_triton", ("_causal_conv1d_fwd_kernel", "_causal_conv1d_fwd_pairs_kernel",

@@ -436,11 +436,6 @@ def _fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_i
     backward's dz then needs no recompute of y), else empty."""
     from . import ssd_triton as kt
 
-    if kt.fused_fwd_fits(x, B, seq_idx, cu_seqlens):
-        out, final_states, pre_gate = kt.ssd_fused_fwd(
-            x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_softplus, dt_min, dt_max,
-            _has_dt_limit(dt_min, dt_max), keep_pre_gate=keep_pre_gate, wrap=wrap)
-        return out, final_states, _empty(final_states), pre_gate if pre_gate is not None else _empty(x)
     dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max,
                                      _has_dt_limit(dt_min, dt_max), wrap=wrap)
     # The state entering each chunk is read once, by chunk_scan.

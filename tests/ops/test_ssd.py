@@ -370,9 +370,6 @@ KERNEL_CASES = [
     pytest.param(dict(batch=2, nheads=4, ngroups=2, nseq=3), dict(dt_softplus=True), False, id="seq_idx-b2-g2"),
     # 16-bit: the forward keeps the chunk states in C's dtype (fp16: the interpreter's bf16 dots are unreliable)
     pytest.param(dict(act_dtype=torch.float16), dict(dt_softplus=True), False, id="fp16-states"),
-    # the multi-kernel forward, which 16-bit inputs without seq_idx skip while ssd_fused_fwd takes them
-    pytest.param(dict(unfused=True, act_dtype=torch.float16, D="hp"), dict(dt_softplus=True), False,
-                 id="fp16-unfused"),
 ]
 
 
@@ -386,8 +383,6 @@ def test_triton_kernels_match_oracle(opts, kw, varlen, monkeypatch):
     keep = kw.pop("keep_pre_gate", True)
     fn = (lambda i, **k: _triton_fn(_strided(i), **k, keep_pre_gate=keep)) if opts.pop("strided", False) else (
         lambda i, **k: _triton_fn(i, **k, keep_pre_gate=keep))
-    if opts.pop("unfused", False):
-        monkeypatch.setattr(importlib.import_module("mamba_compile.ops.ssd_triton"), "FUSED_FWD", False)
     if opts.pop("nosplit", False):  # dB and dC written by one program per group (the large-batch layout)
         monkeypatch.setattr(importlib.import_module("mamba_compile.ops.ssd_triton"), "_TARGET_PROGRAMS", 1)
     batch, nheads, ngroups = opts.pop("batch", 1), opts.pop("nheads", 3), opts.pop("ngroups", 1)
@@ -416,55 +411,16 @@ def test_triton_kernels_match_oracle_several_tiles_per_chunk(nseq, z, monkeypatc
 
 
 @needs_triton
-@pytest.mark.parametrize(
-    "chunk_size, seqlen, config, act_dtype, with_cb",
-    [(32, 75, dict(block_t=16, block_s=16, block_k=16), torch.float32, False),  # several tiles a chunk, a partial one
-     (16, 70, dict(block_t=16, block_s=16, block_k=16), torch.float16, False),  # five chunks passed on, 16-bit S_in
-     (32, 40, dict(block_t=32, block_s=16, block_k=32), torch.float32, False),  # columns narrower than rows
-     (32, 75, dict(block_t=16, block_s=16, block_k=16), torch.float16, True),  # C B^T read from bmm_cb_fwd
-     (16, 70, dict(block_t=16, block_s=16, block_k=16, wait_first=True), torch.float16, True)],  # S_in, then dots
-    ids=["fp32-tiles16", "fp16-5chunks", "fp32-t32-s16", "fp16-cb-read", "fp16-wait-first"])
-def test_triton_fused_forward_matches_pipeline(chunk_size, seqlen, config, act_dtype, with_cb, monkeypatch):
-    """ssd_fused_fwd (the forward in one kernel, states passed between programs) gives the multi-kernel
-    pipeline's output, final state and pre-gate output, and the oracle's."""
-    if torch.cuda.is_available():
-        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
-    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
-    t = make_inputs(2, seqlen, 4, 8, 2, 12, act_dtype=act_dtype, seed=seqlen)
-    assert kt.fused_fwd_fits(t["x"], t["B"], None, None) == (act_dtype != torch.float32)
-    cb = kt.bmm_cb_fwd(t["C"], t["B"], chunk_size, wrap=False) if with_cb else None
-    fused = kt.ssd_fused_fwd(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size, t["D"], t["z"], t["dt_bias"],
-                             t["initial_states"], True, 0.0, ssd_module._OPEN_BOUND, False, keep_pre_gate=True,
-                             cb=cb, config=config, wrap=False)
-    monkeypatch.setattr(kt, "FUSED_FWD", False)
-    multi = ssd_module._fwd_triton(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size, t["D"], t["z"], t["dt_bias"],
-                                   t["initial_states"], None, None, True, 0.0, ssd_module._OPEN_BOUND, wrap=False,
-                                   keep_pre_gate=True)
-    tol = 1e-5 if act_dtype == torch.float32 else 1e-2
-    for name, got, want in zip(("out", "final_states", "pre_gate"), fused, (multi[0], multi[1], multi[3])):
-        assert got.dtype == want.dtype and got.shape == want.shape, name
-        assert_close(got, want, tol, name)
-    want_out, want_final, _ = oracle(t, dt_softplus=True)
-    assert_close(fused[0], want_out, 1e-4 if act_dtype == torch.float32 else 2e-2, "out vs oracle")
-    assert_close(fused[1], want_final, 1e-4 if act_dtype == torch.float32 else 2e-2, "final vs oracle")
-
-
-@needs_triton
 def test_first_call_finds_the_pipelines_launches():
     """The first eager CUDA call compiles ahead the kernels _recorded_launches finds by running the pipelines on
-    meta tensors: the forward's one (16-bit inputs, one sequence a row) or four, and with the backward its kernels
-    too, nothing launched."""
-    t = make_inputs(1, 70, 4, 16, 2, 16, act_dtype=torch.bfloat16)
+    meta tensors: the forward's four, and with the backward its kernels too, nothing launched."""
+    t = make_inputs(1, 70, 4, 16, 2, 16)
     args = (t["x"], t["dt"], t["A"], t["B"], t["C"], 32, t["D"], t["z"], t["dt_bias"], t["initial_states"], None,
             None, True, 0.0, ssd_module._OPEN_BOUND, True)
     fwd, bwd = ssd_module._recorded_launches(args, with_backward=True)
     names = lambda jobs: [job[0].fn.__name__ for job in jobs]  # noqa: E731
-    assert names(fwd) == ["_ssd_fused_fwd_kernel"]
-    multi = ["_chunk_cumsum_fwd_kernel", "_chunk_state_passing_fwd_kernel", "_bmm_cb_kernel", "_chunk_scan_fwd_kernel"]
-    packed = args[:10] + (torch.zeros(1, 70, dtype=torch.int32),) + args[11:]
-    assert names(ssd_module._recorded_launches(packed, with_backward=False)[0]) == multi
-    fp32 = tuple(a.float() if isinstance(a, torch.Tensor) else a for a in args)
-    assert names(ssd_module._recorded_launches(fp32, with_backward=False)[0]) == multi
+    assert names(fwd) == ["_chunk_cumsum_fwd_kernel", "_chunk_state_passing_fwd_kernel", "_bmm_cb_kernel",
+                          "_chunk_scan_fwd_kernel"]
     assert "_chunk_scan_bwd_dx_kernel" in names(bwd) and "_dt_bwd_kernel" in names(bwd)
     # the kept pre-gate output: dz from the elementwise kernel; without it, y is recomputed
     assert "_gate_bwd_kernel" in names(bwd) and "_chunk_scan_bwd_dz_kernel" not in names(bwd)
@@ -656,36 +612,3 @@ def test_cuda_compile_inductor():
         assert_close(o, r, 1e-2, "out")
     for k in rgrads:
         assert_close(grads[k], rgrads[k], 1e-2, "d" + k)
-
-
-FUSED_GPU_CASES = [
-    pytest.param(dict(batch=4, seqlen=2048, nheads=8, headdim=64, ngroups=1, dstate=128), torch.bfloat16, 256,
-                 id="bf16-l2048-chunk256"),
-    pytest.param(dict(batch=2, seqlen=4100, nheads=6, headdim=64, ngroups=2, dstate=64), torch.bfloat16, 64,
-                 id="bf16-65chunks-partial"),  # a long chain of state passing
-    pytest.param(dict(batch=2, seqlen=1000, nheads=4, headdim=48, ngroups=4, dstate=128), torch.bfloat16, 128,
-                 id="bf16-p48-chunk128"),
-    pytest.param(dict(batch=3, seqlen=333, nheads=4, headdim=32, ngroups=2, dstate=64), torch.float16, 64,
-                 id="fp16-p32"),
-]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("shape, act_dtype, chunk_size", FUSED_GPU_CASES)
-def test_cuda_fused_forward_matches_pipeline(shape, act_dtype, chunk_size, monkeypatch):
-    """The one-kernel forward against the multi-kernel one on the GPU, with initial states, and the same bits
-    over repeated launches (the states pass between programs through memory: a missed wait would show)."""
-    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
-    t = _to(make_inputs(**shape, act_dtype=act_dtype, seed=21), "cuda")
-    args = (t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size, t["D"], t["z"], t["dt_bias"], t["initial_states"],
-            None, None, True, 0.0, ssd_module._OPEN_BOUND)
-    assert kt.fused_fwd_fits(t["x"], t["B"], None, None)
-    fused = ssd_module._fwd_triton(*args, wrap=False, keep_pre_gate=True)
-    for _ in range(10):
-        again = ssd_module._fwd_triton(*args, wrap=False, keep_pre_gate=True)
-        for i in (0, 1, 3):
-            assert torch.equal(again[i], fused[i])
-    monkeypatch.setattr(kt, "FUSED_FWD", False)
-    multi = ssd_module._fwd_triton(*args, wrap=False, keep_pre_gate=True)
-    for name, i in (("out", 0), ("final_states", 1), ("pre_gate", 3)):
-        assert_close(fused[i], multi[i], 2e-2, name)
