@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -107,4 +107,20 @@ if [[ $what == scan-ncu ]]; then
   else
     echo "no ncu"
   fi
+fi
+if [[ $what == ssd-passing-bwd-probe ]]; then
+  timeout 250 python3 -m benchmarks.probes.ssd_passing_bwd --out "$OUT/ssd_passing_bwd.json" 2>&1 | tee "$OUT/ssd_passing_bwd.log" | grep "^|"
+fi
+if [[ $what == ssd-passing-bwd ]]; then
+  # The SSD backward's reverse pass in one kernel: the SSD GPU tests, then the probe against the two kernels and
+  # the op's graphed forward+backward with either (about 5 minutes)
+  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -9
+  timeout 250 python3 -m benchmarks.probes.ssd_passing_bwd --out "$OUT/ssd_passing_bwd.json" 2>&1 | tee "$OUT/ssd_passing_bwd.log" | grep "^|"
+fi
+if [[ $what == ssd ]]; then
+  # The SSD GPU tests, Mamba-2's training-step GPU tests, and the SSD benchmark beside the reference (about 8
+  # minutes; the reference from .ref/, carried)
+  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -9
+  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "mamba2 and (training or train_step)" 2>&1 | tee "$OUT/gpu_tests_m2.log" | tail -3
+  timeout 250 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\||first call"
 fi

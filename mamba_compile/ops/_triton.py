@@ -81,6 +81,7 @@ OP_KERNELS = {
     "selective_state_update": ("selective_state_update_triton", ("_state_update_fwd_kernel",)),
     "ssd_chunk_scan_fwd": ("ssd_triton", _SSD_FWD),
     "ssd_chunk_scan_bwd": ("ssd_triton", _SSD_FWD + ("_dt_bwd_kernel", "_state_passing_bwd_kernel",
+                                                     "_chunk_state_passing_bwd_kernel",
                                                      "_chunk_scan_bwd_dz_kernel", "_gate_bwd_kernel",
                                                      "_chunk_scan_bwd_dx_kernel", "_chunk_scan_bwd_dcb_kernel",
                                                      "_chunk_scan_bwd_dbc_kernel")),

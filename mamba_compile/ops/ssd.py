@@ -472,15 +472,18 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
         dy, dz = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, seq_idx, wrap=wrap)
     else:
         dy, dz = kt.gate_bwd(dout, z, pre_gate, wrap=wrap)
-    # Gradient reaching the state that enters each chunk from the outputs of that chunk.
-    dprev = kt.chunk_state_fwd(dy, C, dtp, dA_cs, seq_idx, from_start=True, wrap=wrap)
+    # The reverse pass over the chunks: the state gradients, each chunk's outputs adding theirs to the state that
+    # enters it. With varlen-state gradients, those add to it too, between the two kernels.
     ddt_v = dx_extra = dB_extra = da_v = None
     if dvarlen is not None and cu_seqlens is not None:
+        dprev = kt.chunk_state_fwd(dy, C, dtp, dA_cs, seq_idx, from_start=True, wrap=wrap)
         dx_extra, dB_extra, ddt_v, da_v, dprev_v = _varlen_states_bwd(
             dvarlen.float(), x, dtp, dA_cs, B, prev, cu_seqlens)
-        dprev = dprev + dprev_v
-    dend, dinit, dchunk = kt.state_passing_bwd(dprev, dA_cs, prev, dfinal, seq_idx, seqlen,
-                                               initial_states is not None, dend_dtype=st_dtype, wrap=wrap)
+        dend, dinit, dchunk = kt.state_passing_bwd(dprev + dprev_v, dA_cs, prev, dfinal, seq_idx, seqlen,
+                                                   initial_states is not None, dend_dtype=st_dtype, wrap=wrap)
+    else:
+        dend, dinit, dchunk = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, seq_idx, seqlen,
+                                                         initial_states is not None, dend_dtype=st_dtype, wrap=wrap)
     dx, ddt_x, col, colstate, row, dD = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx,
                                                          dx_extra=dx_extra, wrap=wrap)
     # dL/d(C_t . B_s), the group's heads summed once, then dB and dC from it and the chunk-boundary states;

@@ -6,8 +6,10 @@ stored in C's dtype for 16-bit inputs, as the reference does) -> bmm_cb (C B^T o
 instead of once per head) -> chunk_scan (reads C B^T, incoming-state term, D skip and z gate fused; with a gate and
 a backward to come it also writes y + D x). Backward: chunk_state_passing again (states stored as the forward stores
 them), the gate's backward (gate_bwd: elementwise from the kept y + D x, nothing without z; chunk_scan_bwd_dz
-recomputes y when z is given without it), chunk_state in from-start mode (state gradient from each chunk's outputs),
-state_passing_bwd (and the log-decay term of pairs spanning a chunk), chunk_scan_bwd_dx (dx, dL/d dt, dD and the
+recomputes y when z is given without it), chunk_state_passing_bwd (the reverse pass over the chunks, each chunk's
+outputs adding their gradient to the state entering it on the way, and the log-decay term of pairs spanning a
+chunk; with varlen-state gradients, chunk_state in from-start mode then state_passing_bwd, those gradients added
+between the two), chunk_scan_bwd_dx (dx, dL/d dt, dD and the
 within-chunk pair sums of the log-decay gradient), chunk_scan_bwd_dcb (dL/d(C_t . B_s), the group's heads summed
 once), chunk_scan_bwd_dB / _dC (from it and the chunk-boundary states; dC also gives dy_t . y_state_t, the pairs
 whose earlier index lies before the chunk; heads split over a few programs when there are few chunks; no atomics
@@ -29,6 +31,11 @@ softplus (benchmarks/bench_ssd.py has the op's times beside the reference's; the
     column tiles 0.181, 64-wide 0.192, bf16 C B^T 0.182 / 0.192 (less exact for no gain). One pipeline stage
     is faster (0.162-0.167) but Triton 3.6 miscompiles it with a 16-bit incoming state (relative error 0.9 at
     b1 l777 h4 p32 g2 n64 chunk 64) and, without a C B^T input, faults with an illegal address: keep two.
+    Session 23 (ssd_bisect.py with the incoming-state dot movable; the variant was not kept): one stage with the
+    default 32-wide column tiles is correct at both of its shapes and takes 0.170 against 0.178 ms, but the
+    64-wide one-stage build is still wrong (0.90). A miscompile that depends on the tile width could reach the
+    32-wide build at another shape, so two stages stay. With the state dot after the column tiles, one stage
+    at 64 wide is correct, 0.174 ms (32 wide: 0.188; two stages: 0.193-0.211): no gain either.
     Tried and removed (sessions 18-19, benchmarks/probes/ssd_fwd_sweep.py --scan-only): for the column tiles wholly
     before a row tile, exp(a_t - a_s) split into a row factor exp(a_t - a_t0) applied after the dots and a column
     factor exp(a_t0 - a_s) folded into x, so C B^T went into the dot as loaded (a per-program check of
@@ -47,7 +54,8 @@ softplus (benchmarks/bench_ssd.py has the op's times beside the reference's; the
     it brings the kernel back to chunk_scan's loop plus the state's dots at lower occupancy.
     Backward kernels (session 8, benchmarks/probes/ssd_bwd.py, chunk-boundary states and their gradients
     stored in 16 bits): gate_bwd 0.100 with z (nothing without), bwd_dx 0.284-0.314 (with dD's sums), dcb 0.091,
-    dB 0.085, dC 0.090, chunk_state_passing recompute 0.064, state_passing_bwd 0.048-0.079, dprev 0.055, dt_bwd
+    dB 0.085, dC 0.090, chunk_state_passing recompute 0.064, state_passing_bwd 0.048-0.079, dprev 0.055 (the last
+    two 0.092 together in session 23, as chunk_state_passing_bwd 0.066; at b2 l8192 h80 0.298 and 0.235), dt_bwd
     0.022. With float32 states (session 7 and the float32 paths): dx 0.348, dB 0.194, dC 0.220, recompute 0.083,
     state_passing_bwd 0.063. At b2 l8192 h80: gate_bwd 0.32, dx 0.90-0.99, dB 0.18, dC 0.20, dt_bwd
     0.04-0.13, dcb 0.26 (float32 states: dx 1.12, dB 0.56, dC 0.64).
@@ -489,6 +497,112 @@ def state_passing_bwd(dprev, dA_cs, prev, dfinal, seq_idx, seqlen, has_init, *, 
         *dchunk.stride(),
         CHUNK=dA_cs.shape[-1], HAS_DFINAL=dfinal is not None, HAS_INIT=has_init,
         HAS_SEQ_IDX=seq_idx is not None, BLOCK=block, num_warps=4,
+    )
+    return dend, dinit, dchunk
+
+
+@triton.jit
+def _chunk_state_passing_bwd_kernel(
+    dy_ptr, c_ptr, dacs_ptr, seq_ptr, prev_ptr, dfinal_ptr, dend_ptr, dinit_ptr, dchunk_ptr,
+    seqlen, nchunks, headdim, dstate, heads_per_group,
+    s_y_b, s_y_l, s_y_h, s_y_p,
+    s_c_b, s_c_l, s_c_g, s_c_n,
+    s_a_b, s_a_h, s_a_c, s_a_l,
+    s_q_b, s_q_l,
+    s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
+    s_f_b, s_f_h, s_f_p, s_f_n,
+    s_i_b, s_i_h, s_i_p, s_i_n,
+    s_k_b, s_k_h, s_k_c, s_k_m,
+    CHUNK: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ_IDX: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """The reverse pass over the chunks with the gradient each chunk's outputs send to its incoming state formed on
+    the way, so it never leaves registers: dend[c] = g (the gradient of the state after chunk c), then g = sum_t
+    exp(a_t) [seq_t == seq_before] dy_t^T C_t + scale_c g, the gradient of the state entering chunk c (d initial
+    states after chunk 0). Also this block's part of <dend[c], scale_c S_in[c]>, as state_passing_bwd gives it.
+    prev and dend share a layout: (batch, nchunks, nheads, headdim, dstate)."""
+    pid_b, pid_h, pid_pn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    npb = tl.cdiv(headdim, BLOCK_P)
+    offs_p = (pid_pn % npb) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = (pid_pn // npb) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    p_ok = offs_p < headdim
+    n_ok = offs_n < dstate
+    pn_ok = p_ok[:, None] & n_ok[None, :]
+    dy_ptr += pid_b * s_y_b + pid_h * s_y_h
+    c_ptr += pid_b * s_c_b + (pid_h // heads_per_group) * s_c_g
+    dacs_ptr += pid_b * s_a_b + pid_h * s_a_h
+    seq_ptr += pid_b * s_q_b
+    dchunk_ptr += pid_b * s_k_b + pid_h * s_k_h + pid_pn * s_k_m
+    states = pid_b * s_s_b + pid_h * s_s_h + offs_p[:, None] * s_s_p + offs_n[None, :] * s_s_n
+    if HAS_DFINAL:
+        g = tl.load(dfinal_ptr + pid_b * s_f_b + pid_h * s_f_h + offs_p[:, None] * s_f_p + offs_n[None, :] * s_f_n,
+                    mask=pn_ok, other=0.0).to(tl.float32)
+    else:
+        g = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    for i in range(nchunks):
+        c = nchunks - 1 - i
+        start = c * CHUNK
+        limit = tl.minimum(CHUNK, seqlen - start)
+        tl.store(dend_ptr + states + c * s_s_c, g, mask=pn_ok)
+        scale = _chunk_decay(dacs_ptr, seq_ptr, c, seqlen, s_a_c, s_a_l, s_q_l, CHUNK, HAS_SEQ_IDX)
+        s_in = tl.load(prev_ptr + states + c * s_s_c, mask=pn_ok, other=0.0).to(tl.float32)
+        tl.store(dchunk_ptr + c * s_k_c, scale * tl.sum(tl.sum(g * s_in, axis=1), axis=0))
+        if HAS_SEQ_IDX:
+            seq_ref = tl.load(seq_ptr + (start - 1) * s_q_l, mask=c > 0, other=0)
+        acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+        for k in range(0, limit, BLOCK_K):
+            t = k + offs_k
+            ok = t < limit
+            dy_t = tl.load(dy_ptr + (start + t[None, :]) * s_y_l + offs_p[:, None] * s_y_p,
+                           mask=p_ok[:, None] & ok[None, :], other=0.0)
+            c_t = tl.load(c_ptr + (start + t[:, None]) * s_c_l + offs_n[None, :] * s_c_n,
+                          mask=ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
+            w = tl.exp(tl.load(dacs_ptr + c * s_a_c + t * s_a_l, mask=ok, other=0.0))
+            if HAS_SEQ_IDX:
+                seq = tl.load(seq_ptr + (start + t) * s_q_l, mask=ok, other=-1)
+                w = tl.where(seq == seq_ref, w, 0.0)
+            w = tl.where(ok, w, 0.0)
+            acc += _dot(dy_t, (c_t * w[:, None]).to(dy_t.dtype), IEEE)
+        g = acc + scale * g
+    if HAS_INIT:
+        tl.store(dinit_ptr + pid_b * s_i_b + pid_h * s_i_h + offs_p[:, None] * s_i_p + offs_n[None, :] * s_i_n, g,
+                 mask=pn_ok)
+
+
+# H100, 16-bit states (benchmarks/probes/ssd_passing_bwd.py, session 23): 0.066 ms at b8 l2048 h24 p64 n128
+# against 0.092 for the two kernels, 0.236 against 0.297 at b2 l8192 h80; 64-step tiles with two stages took
+# 0.114 and 0.430, 128-step ones 0.098 and 0.366.
+PASSING_BWD_CONFIG = dict(block_p=64, block_n=64, block_k=32, num_warps=4, num_stages=3)
+
+
+def chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, seq_idx, seqlen, has_init, *, dend_dtype=torch.float32,
+                            config=None, wrap):
+    """chunk_state_fwd(dy, C, from_start=True) followed by state_passing_bwd, in one kernel (seq_idx included; the
+    gradients of packed sequences' varlen states take the two kernels, which add their part to dprev between
+    them). prev: the states entering the chunks, (batch, nchunks, nheads, headdim, dstate). Returns (dend, dinit,
+    dchunk) as state_passing_bwd does."""
+    batch, seqlen_, nheads, headdim = dy.shape
+    ngroups, dstate = C.shape[2], C.shape[3]
+    _, _, nchunks, chunk_size = dA_cs.shape
+    cfg = {**PASSING_BWD_CONFIG, **(config or {})}
+    block_p, block_n = min(cfg["block_p"], _pow2(headdim)), min(cfg["block_n"], _pow2(dstate))
+    dend = torch.empty(batch, nchunks, nheads, headdim, dstate, device=dy.device, dtype=dend_dtype)
+    dinit = torch.empty(batch, nheads, headdim, dstate, device=dy.device, dtype=torch.float32)
+    nparts = triton.cdiv(headdim, block_p) * triton.cdiv(dstate, block_n)
+    dchunk = torch.empty(batch, nheads, nchunks, nparts, device=dy.device, dtype=torch.float32)
+    prev = prev.contiguous()  # dend's strides address both
+    f = dfinal if dfinal is not None else dinit
+    q = seq_idx if seq_idx is not None else dA_cs
+    _launch(_chunk_state_passing_bwd_kernel, wrap)[(batch, nheads, nparts)](
+        dy, C, dA_cs, q, prev, f, dend, dinit, dchunk,
+        seqlen, nchunks, headdim, dstate, nheads // ngroups,
+        *dy.stride(), *C.stride(), *dA_cs.stride(),
+        q.stride(0), q.stride(1) if seq_idx is not None else 0,
+        *prev.stride(), *f.stride(), *dinit.stride(), *dchunk.stride(),
+        CHUNK=chunk_size, HAS_DFINAL=dfinal is not None, HAS_INIT=has_init, HAS_SEQ_IDX=seq_idx is not None,
+        IEEE=_ieee(dy, C), BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(cfg["block_k"], chunk_size),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return dend, dinit, dchunk
 

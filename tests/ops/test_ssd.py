@@ -451,6 +451,35 @@ def test_triton_state_passing_steps_inside_chunks(nseq):
     assert_close(final16, want, 1e-4, "final_states")
 
 
+@needs_triton
+@pytest.mark.parametrize("nseq, dfinal, init, config", [
+    (0, True, True, dict(block_p=16, block_n=16, block_k=16)),  # several (p, n) blocks, steps within chunks
+    (3, False, True, dict(block_k=32)),  # seq_idx: the reset between sequences in both directions
+    (0, True, False, dict(block_p=8, block_n=32, block_k=16))], ids=["blocks16", "seq_idx", "p8-n32"])
+def test_triton_state_passing_bwd_matches_two_kernels(nseq, dfinal, init, config):
+    """chunk_state_passing_bwd (dprev formed inside the reverse pass) gives chunk_state_fwd(from_start) followed by
+    state_passing_bwd: dend, dinit and the per-chunk log-decay sums."""
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
+    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
+    t = make_inputs(2 if not nseq else 1, 70, 4, 12, 2, 24, nseq=nseq, seed=9)
+    dtp, dA_cs = kt.chunk_cumsum_fwd(t["dt"], t["A"], t["dt_bias"], 32, True, 0.0, ssd_module._OPEN_BOUND, False,
+                                     wrap=False)
+    prev, final = kt.chunk_state_passing_fwd(t["x"], t["B"], dtp, dA_cs, t["initial_states"], t["seq_idx"],
+                                             wrap=False)
+    g = torch.Generator().manual_seed(3)
+    dy = torch.randn(t["x"].shape, generator=g)
+    df = torch.randn(final.shape, generator=g) if dfinal else None
+    dprev = kt.chunk_state_fwd(dy, t["C"], dtp, dA_cs, t["seq_idx"], from_start=True, wrap=False)
+    want = kt.state_passing_bwd(dprev, dA_cs, prev, df, t["seq_idx"], 70, init, wrap=False)
+    got = kt.chunk_state_passing_bwd(dy, t["C"], dA_cs, prev, df, t["seq_idx"], 70, init, config=config,
+                                     wrap=False)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)  # dend
+    if init:
+        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)  # dinit
+    torch.testing.assert_close(got[2].sum(-1), want[2].sum(-1), rtol=1e-4, atol=1e-4)  # dchunk, summed parts
+
+
 # ---------------------------------------------------------------------------------------------------
 # Bad inputs
 # ---------------------------------------------------------------------------------------------------
