@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -123,4 +123,9 @@ if [[ $what == ssd ]]; then
   timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -9
   timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "mamba2 and (training or train_step)" 2>&1 | tee "$OUT/gpu_tests_m2.log" | tail -3
   timeout 250 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\||first call"
+fi
+if [[ $what == ssd-passing-fwd ]]; then
+  # chunk_state_passing_fwd's configurations, then the op with its default and with 32-step tiles, alternating
+  # (about 2 minutes)
+  timeout 300 python3 -m benchmarks.probes.ssd_fwd_sweep --passing-only 2>&1 | tee "$OUT/ssd_passing_fwd.log" | grep -E "^##|state_passing|^op"
 fi

@@ -413,7 +413,9 @@ def chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, *, prev_d
     final = torch.empty(batch, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
     block_p = block_p or _pow2(headdim)
     # H100, b8 l2048 h24 p64 n128: 16-bit prev 0.065 ms with 64 (0.078 with 128); float32 prev 0.082 ms with
-    # 128 (0.114 with 64); the same order at b2 l8192 h80.
+    # 128 (0.114 with 64); the same order at b2 l8192 h80. Session 23 (ssd_fwd_sweep.py --passing-only, graphs):
+    # 0.059 ms by default, 0.052-0.056 with three or four stages (0.195-0.212 against 0.208 at l8192), which moved
+    # the op's graphed forward by 0.0015 ms (0.241 against 0.2425) and its forward+backward not at all: kept.
     block_n = block_n or min(64 if prev_dtype != torch.float32 else 128, _pow2(dstate))
     init = initial_states if initial_states is not None else final
     q = seq_idx if seq_idx is not None else dtp
