@@ -1041,7 +1041,10 @@ def _chunk_scan_bwd_dx_kernel(
         offs_t = t0 + tl.arange(0, BLOCK_T)
         t_ok = offs_t < limit
         # C_t . B_s per head, not read from bmm_cb_fwd's tiles (fp32, read transposed): 0.364 ms against 0.399
-        # at b8 l2048 h24, 1.155 against 1.255 at b2 l8192 h80 (H100, benchmarks/probes/ssd_bwd.py).
+        # at b8 l2048 h24, 1.155 against 1.255 at b2 l8192 h80 (H100, benchmarks/probes/ssd_bwd.py). Session 23:
+        # 32-wide column tiles under the 64-row tiles, with three stages, took 0.302 against 0.305 ms (0.971
+        # against 0.972 at l8192; two stages 0.354, 16 wide 0.357) and left the op's graphed forward+backward at
+        # 1.080 ms: not kept.
         c_t = tl.load(c_ptr + offs_t[None, :] * s_c_l + offs_n[:, None] * s_c_n,
                       mask=n_ok[:, None] & t_ok[None, :], other=0.0)
         cb = _dot(b_s, c_t.to(b_s.dtype), IEEE)
