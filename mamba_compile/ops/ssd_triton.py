@@ -244,6 +244,45 @@ def dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_extra, da, col, colstate, row, dchunk
 
 
 @triton.jit
+def _chunk_state_sum(u_ptr, v_ptr, dtp_ptr, dacs_ptr, seq_ptr, start, limit, a_last, seq_ref, offs_p, offs_n, p_ok,
+                     n_ok, s_u_l, s_u_p, s_v_l, s_v_n, s_a_l, s_q_l, FROM_START: tl.constexpr,
+                     HAS_SEQ_IDX: tl.constexpr, IEEE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+    """sum_t u_t^T w_t v_t over one chunk's steps (start .. start + limit of u and v, whose pointers are at the batch
+    and head or group), a (BLOCK_P, BLOCK_N) float32 tile: w_t = exp(a_t) (FROM_START) or exp(a_last - a_t) dt_t,
+    zero where seq_t != seq_ref. dtp/dacs at the chunk, seq at the batch row."""
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    for k in range(0, limit, BLOCK_K):
+        t = k + offs_k
+        ok = t < limit
+        u_t = tl.load(u_ptr + (start + t[None, :]) * s_u_l + offs_p[:, None] * s_u_p, mask=p_ok[:, None] & ok[None, :],
+                      other=0.0)
+        v_t = tl.load(v_ptr + (start + t[:, None]) * s_v_l + offs_n[None, :] * s_v_n, mask=ok[:, None] & n_ok[None, :],
+                      other=0.0).to(tl.float32)
+        a = tl.load(dacs_ptr + t * s_a_l, mask=ok, other=0.0)
+        if FROM_START:
+            w = tl.exp(a)
+        else:
+            w = tl.exp(a_last - a) * tl.load(dtp_ptr + t * s_a_l, mask=ok, other=0.0)
+        if HAS_SEQ_IDX:
+            seq = tl.load(seq_ptr + (start + t) * s_q_l, mask=ok, other=-1)
+            w = tl.where(seq == seq_ref, w, 0.0)
+        w = tl.where(ok, w, 0.0)
+        acc += _dot(u_t, (v_t * w[:, None]).to(u_t.dtype), IEEE)
+    return acc
+
+
+@triton.jit
+def _pn_block(pid_pn, headdim, dstate, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Program pid_pn's (headdim, dstate) block of a state: its offsets and masks."""
+    npb = tl.cdiv(headdim, BLOCK_P)
+    offs_p = (pid_pn % npb) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = (pid_pn // npb) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return offs_p, offs_n, offs_p < headdim, offs_n < dstate
+
+
+@triton.jit
 def _chunk_state_fwd_kernel(
     x_ptr, y_ptr, dtp_ptr, dacs_ptr, seq_ptr, out_ptr,
     seqlen, headdim, dstate, heads_per_group,
@@ -260,39 +299,23 @@ def _chunk_state_fwd_kernel(
     pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
     start = pid_c * CHUNK
     limit = tl.minimum(CHUNK, seqlen - start)
-    x_ptr += pid_b * s_x_b + start * s_x_l + pid_h * s_x_h
-    y_ptr += pid_b * s_y_b + start * s_y_l + (pid_h // heads_per_group) * s_y_g
     dtp_ptr += pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c
     dacs_ptr += pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c
+    seq_ptr += pid_b * s_q_b
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
     a_last = tl.load(dacs_ptr + (limit - 1) * s_a_l)
+    seq_ref = 0
     if HAS_SEQ_IDX:
-        seq_ptr += pid_b * s_q_b
         if FROM_START:
             seq_ref = tl.load(seq_ptr + (start - 1) * s_q_l, mask=pid_c > 0, other=0)
         else:
             seq_ref = tl.load(seq_ptr + (start + limit - 1) * s_q_l)
-    acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
-    for k in range(0, limit, BLOCK_K):
-        t = k + offs_k
-        ok = t < limit
-        xt = tl.load(x_ptr + t[None, :] * s_x_l + offs_p[:, None] * s_x_p,
-                     mask=(offs_p[:, None] < headdim) & ok[None, :], other=0.0)
-        yv = tl.load(y_ptr + t[:, None] * s_y_l + offs_n[None, :] * s_y_n,
-                     mask=ok[:, None] & (offs_n[None, :] < dstate), other=0.0).to(tl.float32)
-        a = tl.load(dacs_ptr + t * s_a_l, mask=ok, other=0.0)
-        if FROM_START:
-            w = tl.exp(a)
-        else:
-            w = tl.exp(a_last - a) * tl.load(dtp_ptr + t * s_a_l, mask=ok, other=0.0)
-        if HAS_SEQ_IDX:
-            seq = tl.load(seq_ptr + (start + t) * s_q_l, mask=ok, other=-1)
-            w = tl.where(seq == seq_ref, w, 0.0)
-        w = tl.where(ok, w, 0.0)
-        yv = (yv * w[:, None]).to(xt.dtype)
-        acc += _dot(xt, yv, IEEE)
+    x_ptr += pid_b * s_x_b + pid_h * s_x_h
+    y_ptr += pid_b * s_y_b + (pid_h // heads_per_group) * s_y_g
+    acc = _chunk_state_sum(x_ptr, y_ptr, dtp_ptr, dacs_ptr, seq_ptr, start, limit, a_last, seq_ref, offs_p, offs_n,
+                           offs_p < headdim, offs_n < dstate, s_x_l, s_x_p, s_y_l, s_y_n, s_a_l, s_q_l, FROM_START,
+                           HAS_SEQ_IDX, IEEE, BLOCK_P, BLOCK_N, BLOCK_K)
     out_ptr += pid_b * s_o_b + pid_c * s_o_c + pid_h * s_o_h
     tl.store(out_ptr + offs_p[:, None] * s_o_p + offs_n[None, :] * s_o_n, acc,
              mask=(offs_p[:, None] < headdim) & (offs_n[None, :] < dstate))
@@ -356,12 +379,7 @@ def _chunk_state_passing_fwd_kernel(
     """prev[c] = S_in of chunk c (stored in prev's dtype), final = the state after the last chunk; the state a
     chunk adds is sum_s x_s^T exp(a_last - a_s) dt_s [seq_s == seq_last] B_s, as in _chunk_state_fwd_kernel."""
     pid_b, pid_h, pid_pn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    npb = tl.cdiv(headdim, BLOCK_P)
-    offs_p = (pid_pn % npb) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = (pid_pn // npb) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    p_ok = offs_p < headdim
-    n_ok = offs_n < dstate
+    offs_p, offs_n, p_ok, n_ok = _pn_block(pid_pn, headdim, dstate, BLOCK_P, BLOCK_N)
     pn_ok = p_ok[:, None] & n_ok[None, :]
     x_ptr += pid_b * s_x_b + pid_h * s_x_h
     b_ptr += pid_b * s_b_b + (pid_h // heads_per_group) * s_b_g
@@ -377,23 +395,12 @@ def _chunk_state_passing_fwd_kernel(
         start = c * CHUNK
         limit = tl.minimum(CHUNK, seqlen - start)
         a_last = tl.load(dacs_ptr + c * s_a_c + (limit - 1) * s_a_l)
+        seq_ref = 0
         if HAS_SEQ_IDX:
             seq_ref = tl.load(seq_ptr + (start + limit - 1) * s_q_l)
-        acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
-        for k in range(0, limit, BLOCK_K):
-            t = k + offs_k
-            ok = t < limit
-            xt = tl.load(x_ptr + (start + t[None, :]) * s_x_l + offs_p[:, None] * s_x_p,
-                         mask=p_ok[:, None] & ok[None, :], other=0.0)
-            bv = tl.load(b_ptr + (start + t[:, None]) * s_b_l + offs_n[None, :] * s_b_n,
-                         mask=ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
-            a = tl.load(dacs_ptr + c * s_a_c + t * s_a_l, mask=ok, other=0.0)
-            w = tl.exp(a_last - a) * tl.load(dtp_ptr + c * s_a_c + t * s_a_l, mask=ok, other=0.0)
-            if HAS_SEQ_IDX:
-                seq = tl.load(seq_ptr + (start + t) * s_q_l, mask=ok, other=-1)
-                w = tl.where(seq == seq_ref, w, 0.0)
-            w = tl.where(ok, w, 0.0)
-            acc += _dot(xt, (bv * w[:, None]).to(xt.dtype), IEEE)
+        acc = _chunk_state_sum(x_ptr, b_ptr, dtp_ptr + c * s_a_c, dacs_ptr + c * s_a_c, seq_ptr, start, limit, a_last,
+                               seq_ref, offs_p, offs_n, p_ok, n_ok, s_x_l, s_x_p, s_b_l, s_b_n, s_a_l, s_q_l, False,
+                               HAS_SEQ_IDX, IEEE, BLOCK_P, BLOCK_N, BLOCK_K)
         tl.store(prev_ptr + pid_b * s_s_b + c * s_s_c + pid_h * s_s_h + offs_p[:, None] * s_s_p
                  + offs_n[None, :] * s_s_n, run, mask=pn_ok)
         scale = _chunk_decay(dacs_ptr, seq_ptr, c, seqlen, s_a_c, s_a_l, s_q_l, CHUNK, HAS_SEQ_IDX)
@@ -524,12 +531,7 @@ def _chunk_state_passing_bwd_kernel(
     states after chunk 0). Also this block's part of <dend[c], scale_c S_in[c]>, as state_passing_bwd gives it.
     prev and dend share a layout: (batch, nchunks, nheads, headdim, dstate)."""
     pid_b, pid_h, pid_pn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    npb = tl.cdiv(headdim, BLOCK_P)
-    offs_p = (pid_pn % npb) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = (pid_pn // npb) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    p_ok = offs_p < headdim
-    n_ok = offs_n < dstate
+    offs_p, offs_n, p_ok, n_ok = _pn_block(pid_pn, headdim, dstate, BLOCK_P, BLOCK_N)
     pn_ok = p_ok[:, None] & n_ok[None, :]
     dy_ptr += pid_b * s_y_b + pid_h * s_y_h
     c_ptr += pid_b * s_c_b + (pid_h // heads_per_group) * s_c_g
@@ -550,22 +552,12 @@ def _chunk_state_passing_bwd_kernel(
         scale = _chunk_decay(dacs_ptr, seq_ptr, c, seqlen, s_a_c, s_a_l, s_q_l, CHUNK, HAS_SEQ_IDX)
         s_in = tl.load(prev_ptr + states + c * s_s_c, mask=pn_ok, other=0.0).to(tl.float32)
         tl.store(dchunk_ptr + c * s_k_c, scale * tl.sum(tl.sum(g * s_in, axis=1), axis=0))
+        seq_ref = 0
         if HAS_SEQ_IDX:
             seq_ref = tl.load(seq_ptr + (start - 1) * s_q_l, mask=c > 0, other=0)
-        acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
-        for k in range(0, limit, BLOCK_K):
-            t = k + offs_k
-            ok = t < limit
-            dy_t = tl.load(dy_ptr + (start + t[None, :]) * s_y_l + offs_p[:, None] * s_y_p,
-                           mask=p_ok[:, None] & ok[None, :], other=0.0)
-            c_t = tl.load(c_ptr + (start + t[:, None]) * s_c_l + offs_n[None, :] * s_c_n,
-                          mask=ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
-            w = tl.exp(tl.load(dacs_ptr + c * s_a_c + t * s_a_l, mask=ok, other=0.0))
-            if HAS_SEQ_IDX:
-                seq = tl.load(seq_ptr + (start + t) * s_q_l, mask=ok, other=-1)
-                w = tl.where(seq == seq_ref, w, 0.0)
-            w = tl.where(ok, w, 0.0)
-            acc += _dot(dy_t, (c_t * w[:, None]).to(dy_t.dtype), IEEE)
+        acc = _chunk_state_sum(dy_ptr, c_ptr, dacs_ptr + c * s_a_c, dacs_ptr + c * s_a_c, seq_ptr, start, limit, 0.0,
+                               seq_ref, offs_p, offs_n, p_ok, n_ok, s_y_l, s_y_p, s_c_l, s_c_n, s_a_l, s_q_l, True,
+                               HAS_SEQ_IDX, IEEE, BLOCK_P, BLOCK_N, BLOCK_K)
         g = acc + scale * g
     if HAS_INIT:
         tl.store(dinit_ptr + pid_b * s_i_b + pid_h * s_i_h + offs_p[:, None] * s_i_p + offs_n[None, :] * s_i_n, g,
