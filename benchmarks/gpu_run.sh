@@ -108,13 +108,12 @@ if [[ $what == scan-ncu ]]; then
     echo "no ncu"
   fi
 fi
-if [[ $what == ssd-passing-bwd-probe ]]; then
-  timeout 250 python3 -m benchmarks.probes.ssd_passing_bwd --out "$OUT/ssd_passing_bwd.json" 2>&1 | tee "$OUT/ssd_passing_bwd.log" | grep "^|"
-fi
 if [[ $what == ssd-passing-bwd ]]; then
-  # The SSD backward's reverse pass in one kernel: the SSD GPU tests, then the probe against the two kernels and
-  # the op's graphed forward+backward with either (about 5 minutes)
+  # The SSD backward's reverse pass in one kernel: the SSD GPU tests (about 3 minutes; ssd-passing-bwd-probe skips
+  # them), then the probe against the two kernels and the op's graphed forward+backward with either (about 2)
   timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -9
+fi
+if [[ $what == ssd-passing-bwd || $what == ssd-passing-bwd-probe ]]; then
   timeout 250 python3 -m benchmarks.probes.ssd_passing_bwd --out "$OUT/ssd_passing_bwd.json" 2>&1 | tee "$OUT/ssd_passing_bwd.log" | grep "^|"
 fi
 if [[ $what == ssd ]]; then

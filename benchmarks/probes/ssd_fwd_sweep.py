@@ -6,7 +6,7 @@ value (a miscompiled variant shows up there; see the num_stages note in ssd_trit
     python -m benchmarks.probes.ssd_fwd_sweep [--scan-only | --passing-only]
 
 --passing-only: chunk_state_passing_fwd's configurations, then the op's forward and forward+backward as CUDA graphs
-with its default configuration and with --passing-candidate (a Python dict), alternating.
+with its default configuration and with --passing-candidate (JSON: the launcher's keyword arguments), alternating.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def passing_only(kt, candidate: dict) -> None:
         t, x, dt, A, B, C, D, z, bias, dtp, dA_cs = shape_inputs(shape)
         want = None
         for cfg in PASSING:
-            f = lambda cfg=cfg: default(x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype, wrap=False, **cfg)  # noqa: E731
+            f = lambda cfg=cfg: default(x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype,  # noqa: E731
+                                        wrap=False, **cfg)
             prev, final = f()
             want = (prev, final) if want is None else want
             print(f"state_passing {cfg}: {graph_ms(f):.4f} ms (graph), diff {rel_err(prev, want[0]):.1e} / "
@@ -87,7 +88,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--scan-only", action="store_true", help="chunk_scan_fwd's configurations only")
     p.add_argument("--passing-only", action="store_true", help="chunk_state_passing_fwd's, then the op with one")
-    p.add_argument("--passing-candidate", default='{"block_k": 32, "num_stages": 3}', help="JSON: its keyword arguments")
+    p.add_argument("--passing-candidate", default='{"block_k": 32, "num_stages": 3}',
+                   help="JSON: the launcher's keyword arguments")
     args = p.parse_args()
     scan_only = args.scan_only
     if args.passing_only:

@@ -25,12 +25,12 @@ CONFIGS = [dict(block_p=64, block_n=64, block_k=32, num_warps=4, num_stages=3),
            dict(block_p=64, block_n=64, block_k=64, num_warps=4, num_stages=3)]
 
 
-def _two_kernels(dy, C, dA_cs, prev, dfinal, seq_idx, seqlen, has_init, *, dend_dtype, wrap):
+def _two_kernels(dy, C, dA_cs, prev, dfinal, seq_idx, has_init, *, dend_dtype, wrap):
     """The reverse pass as the op ran it before chunk_state_passing_bwd (from_start reads no dt: dA_cs stands in)."""
     from mamba_compile.ops import ssd_triton as kt
 
     dprev = kt.chunk_state_fwd(dy, C, dA_cs, dA_cs, seq_idx, from_start=True, wrap=wrap)
-    return kt.state_passing_bwd(dprev, dA_cs, prev, dfinal, seq_idx, seqlen, has_init, dend_dtype=dend_dtype,
+    return kt.state_passing_bwd(dprev, dA_cs, prev, dfinal, seq_idx, dy.shape[1], has_init, dend_dtype=dend_dtype,
                                 wrap=wrap)
 
 
@@ -45,21 +45,18 @@ def main() -> None:
     print(device_name(), flush=True)
     for name, shape in SHAPES.items():
         t, x, dt, A, B, C, D, z, bias, dtp, dA_cs = shape_inputs(shape)
-        seqlen = x.shape[1]
         prev, final = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype, wrap=False)
         dy = torch.randn_like(x)
         dfinal = torch.randn_like(final)
 
         def two():
-            dprev = kt.chunk_state_fwd(dy, C, dtp, dA_cs, None, from_start=True, wrap=False)
-            return kt.state_passing_bwd(dprev, dA_cs, prev, dfinal, None, seqlen, False, dend_dtype=C.dtype,
-                                        wrap=False)
+            return _two_kernels(dy, C, dA_cs, prev, dfinal, None, False, dend_dtype=C.dtype, wrap=False)
 
         want = two()
         rows.append(dict(shape=name, what="two kernels", ms=graph_ms(two)))
         print(rows[-1], flush=True)
         for cfg in CONFIGS:
-            f = lambda cfg=cfg: kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, None, seqlen, False,  # noqa: E731
+            f = lambda cfg=cfg: kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, None, False,  # noqa: E731
                                                            dend_dtype=C.dtype, config=cfg, wrap=False)
             try:
                 got = f()

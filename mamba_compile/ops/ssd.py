@@ -482,7 +482,7 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
         dend, dinit, dchunk = kt.state_passing_bwd(dprev + dprev_v, dA_cs, prev, dfinal, seq_idx, seqlen,
                                                    initial_states is not None, dend_dtype=st_dtype, wrap=wrap)
     else:
-        dend, dinit, dchunk = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, seq_idx, seqlen,
+        dend, dinit, dchunk = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, seq_idx,
                                                          initial_states is not None, dend_dtype=st_dtype, wrap=wrap)
     dx, ddt_x, col, colstate, row, dD = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx,
                                                          dx_extra=dx_extra, wrap=wrap)

@@ -555,6 +555,7 @@ def _chunk_state_passing_bwd_kernel(
         seq_ref = 0
         if HAS_SEQ_IDX:
             seq_ref = tl.load(seq_ptr + (start - 1) * s_q_l, mask=c > 0, other=0)
+        # from the start of the chunk: no dt is read (dacs stands in for it) and a_last is unused
         acc = _chunk_state_sum(dy_ptr, c_ptr, dacs_ptr + c * s_a_c, dacs_ptr + c * s_a_c, seq_ptr, start, limit, 0.0,
                                seq_ref, offs_p, offs_n, p_ok, n_ok, s_y_l, s_y_p, s_c_l, s_c_n, s_a_l, s_q_l, True,
                                HAS_SEQ_IDX, IEEE, BLOCK_P, BLOCK_N, BLOCK_K)
@@ -570,13 +571,13 @@ def _chunk_state_passing_bwd_kernel(
 PASSING_BWD_CONFIG = dict(block_p=64, block_n=64, block_k=32, num_warps=4, num_stages=3)
 
 
-def chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, seq_idx, seqlen, has_init, *, dend_dtype=torch.float32,
-                            config=None, wrap):
+def chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, seq_idx, has_init, *, dend_dtype=torch.float32, config=None,
+                            wrap):
     """chunk_state_fwd(dy, C, from_start=True) followed by state_passing_bwd, in one kernel (seq_idx included; the
     gradients of packed sequences' varlen states take the two kernels, which add their part to dprev between
     them). prev: the states entering the chunks, (batch, nchunks, nheads, headdim, dstate). Returns (dend, dinit,
     dchunk) as state_passing_bwd does."""
-    batch, seqlen_, nheads, headdim = dy.shape
+    batch, seqlen, nheads, headdim = dy.shape
     ngroups, dstate = C.shape[2], C.shape[3]
     _, _, nchunks, chunk_size = dA_cs.shape
     cfg = {**PASSING_BWD_CONFIG, **(config or {})}

@@ -472,8 +472,7 @@ def test_triton_state_passing_bwd_matches_two_kernels(nseq, dfinal, init, config
     df = torch.randn(final.shape, generator=g) if dfinal else None
     dprev = kt.chunk_state_fwd(dy, t["C"], dtp, dA_cs, t["seq_idx"], from_start=True, wrap=False)
     want = kt.state_passing_bwd(dprev, dA_cs, prev, df, t["seq_idx"], 70, init, wrap=False)
-    got = kt.chunk_state_passing_bwd(dy, t["C"], dA_cs, prev, df, t["seq_idx"], 70, init, config=config,
-                                     wrap=False)
+    got = kt.chunk_state_passing_bwd(dy, t["C"], dA_cs, prev, df, t["seq_idx"], init, config=config, wrap=False)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)  # dend
     if init:
         torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)  # dinit
