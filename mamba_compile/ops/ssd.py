@@ -497,13 +497,13 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
         da = da + da_v
     # dL/d(dt_k A) from the pair terms whose span holds k, then back through clamp, softplus and the bias to
     # (batch, seqlen, nheads): one kernel (see _dt_bwd_kernel).
-    g, dA = kt.dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_v, da, col, colstate, row, dchunk, dt_softplus, dt_min,
-                      dt_max, has_limit, wrap=wrap)
-    ddt_bias = g.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else _empty(x)
+    ddt, dA, ddt_bias = kt.dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_v, da, col, colstate, row, dchunk, dt_softplus,
+                                  dt_min, dt_max, has_limit, wrap=wrap)
+    ddt_bias = ddt_bias.to(dt_bias.dtype) if dt_bias is not None else _empty(x)
     dD = dD.to(D.dtype) if D is not None else _empty(x)
     dz = dz if z is not None else _empty(x)
     dinit = dinit.to(initial_states.dtype) if initial_states is not None else _empty(x)
-    return [dx, g.to(dt.dtype), dA.to(A.dtype), dB, dC, dD, dz, ddt_bias, dinit]
+    return [dx, ddt, dA.to(A.dtype), dB, dC, dD, dz, ddt_bias, dinit]
 
 
 def _varlen_states_bwd(dV, x, dtp, dA_cs, B, prev, cu_seqlens):

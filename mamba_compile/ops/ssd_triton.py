@@ -150,7 +150,7 @@ def chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, ha
 @triton.jit
 def _dt_bwd_kernel(
     dt_ptr, bias_ptr, a_ptr, dtp_ptr, ddtx_ptr, extra_ptr, da_ptr, col_ptr, colstate_ptr, row_ptr, dchunk_ptr,
-    out_ptr, dA_ptr,
+    out_ptr, dA_ptr, dbias_ptr,
     seqlen, nheads, nrows, row_tile, nparts, dt_min, dt_max,
     s_dt_b, s_dt_l, s_dt_h,
     s_a_b, s_a_h, s_a_c, s_a_l,
@@ -168,7 +168,10 @@ def _dt_bwd_kernel(
     chunk, so nothing cancels at scale. Then dA's partial sum (dl . dt_proc) and dL/d dt_proc = ddt_x (+ extra)
     + dl A, back through the clamp (the gradient passes where min <= dt_proc <= max, like torch.clamp), the
     softplus and the bias: dL/d dt in (batch, seqlen, nheads). row holds nrows partial row sums, the one of row
-    tile k written from position k * row_tile on; dchunk, nparts partial sums."""
+    tile k written from position k * row_tile on; dchunk, nparts partial sums. With a bias, its gradient's partial
+    sum over the chunk goes to dbias (dA's layout), so dL/d dt is written once, in dt's dtype (it was float32, then
+    summed over (batch, seqlen) and copied to dt's dtype by torch: two more kernels, about 0.005 ms at b8 l2048
+    h24 on an H100)."""
     pid_b, pid_c, pid_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_l = tl.arange(0, CHUNK)
@@ -206,11 +209,15 @@ def _dt_bwd_kernel(
     if SOFTPLUS:
         g = g * tl.where(v <= 20.0, tl.sigmoid(v), 1.0)
     tl.store(out_ptr + pid_b * s_o_b + t[None, :] * s_o_l + offs_h[:, None] * s_o_h, g, mask=mask)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + pid_b * s_d_b + pid_c * s_d_c + offs_h * s_d_h, tl.sum(tl.where(mask, g, 0.0), axis=1),
+                 mask=h_ok)
 
 
 def dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_extra, da, col, colstate, row, dchunk, dt_softplus, dt_min, dt_max,
            has_limit, *, block_h=None, num_warps=4, wrap):
-    """Returns dL/d dt (float32, (batch, seqlen, nheads)) and dL/dA (float32, (nheads,)) from the backward's
+    """Returns dL/d dt (dt's dtype, (batch, seqlen, nheads)), dL/dA (float32, (nheads,)) and dL/d dt_bias (float32,
+    (nheads,), or None without a bias; summed from the float32 values) from the backward's
     log-decay pieces (see _dt_bwd_kernel): ddt_x, ddt_extra (or None), da, col, colstate in dtp's layout, row
     (batch, nheads, nchunks, nrows, chunk_size), one partial sum per row tile of chunk_size // nrows, and dchunk
     (batch, nheads, nchunks, nparts). Entries past the sequence end, and those of row tile k before position
@@ -220,19 +227,20 @@ def dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_extra, da, col, colstate, row, dchunk
     for name, v in (("ddt_x", ddt_x), ("ddt_extra", ddt_extra), ("da", da), ("col", col), ("colstate", colstate)):
         if v is not None and v.stride() != dtp.stride():
             raise ValueError(f"dt_bwd: {name} must have dtp's layout {tuple(dtp.stride())}, got {tuple(v.stride())}")
-    out = torch.empty(batch, seqlen, nheads, device=dt.device, dtype=torch.float32)
+    out = torch.empty(batch, seqlen, nheads, device=dt.device, dtype=dt.dtype)
     dA = torch.empty(batch, nchunks, nheads, device=dt.device, dtype=torch.float32)
+    dbias = torch.empty_like(dA) if dt_bias is not None else dA
     block_h = block_h or min(triton.next_power_of_2(nheads), max(1, 1024 // chunk_size))
     _launch(_dt_bwd_kernel, wrap)[(batch, nchunks, triton.cdiv(nheads, block_h))](
         dt, dt_bias if dt_bias is not None else dt, A, dtp, ddt_x, ddt_extra if ddt_extra is not None else dtp,
-        da, col, colstate, row, dchunk, out, dA,
+        da, col, colstate, row, dchunk, out, dA, dbias,
         seqlen, nheads, row.shape[3], chunk_size // row.shape[3], dchunk.shape[3], float(dt_min),
         float(min(dt_max, 3.0e38)),
         *dt.stride(), *dtp.stride(), *row.stride(), *dchunk.stride(), *out.stride(), *dA.stride(),
         CHUNK=chunk_size, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
         HAS_EXTRA=ddt_extra is not None, BLOCK_H=block_h, num_warps=num_warps,
     )
-    return out, dA.sum((0, 1))
+    return out, dA.sum((0, 1)), dbias.sum((0, 1)) if dt_bias is not None else None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -423,6 +431,8 @@ def chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, *, prev_d
     # 128 (0.114 with 64); the same order at b2 l8192 h80. Session 23 (ssd_fwd_sweep.py --passing-only, graphs):
     # 0.059 ms by default, 0.052-0.056 with three or four stages (0.195-0.212 against 0.208 at l8192), which moved
     # the op's graphed forward by 0.0015 ms (0.241 against 0.2425) and its forward+backward not at all: kept.
+    # Session 24, chunk 128 (the op's kernel chunk, ssd.CUDA_CHUNK_MAX): the whole chunk as one 128-step tile
+    # 0.059 ms against 0.070 with 64-step tiles (0.204 against 0.247 at l8192); eight other configurations slower.
     block_n = block_n or min(64 if prev_dtype != torch.float32 else 128, _pow2(dstate))
     init = initial_states if initial_states is not None else final
     q = seq_idx if seq_idx is not None else dtp
@@ -1101,7 +1111,9 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
         IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=num_warps,
         num_stages=num_stages,
     )
-    dD = None if D is None else dd.sum((0, 2)) if D.dim() == 2 else dd.sum((0, 2, 3))
+    # headdim (contiguous) first, then the rest: two small reductions instead of one over three dimensions into
+    # nheads outputs (not timed alone; the backward's torch reductions took 0.020 ms in all afterwards).
+    dD = None if D is None else dd.sum((0, 2)) if D.dim() == 2 else dd.sum(3).sum((0, 2))
     return dx, ddt, col, colstate, row, dD
 
 
@@ -1304,7 +1316,14 @@ def _bwd_dbc(x, U, C, dcb, dtp, dA_cs, dy, st, seq_idx, is_db, out_like, da, num
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, IS_DB=is_db, IEEE=_ieee(x, U, dy), SPLIT=split,
         BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4, num_stages=num_stages,
     )
-    return out[0] if split == 1 else out.sum(0).to(out_like.dtype)
+    if split == 1:
+        return out[0]
+    if split == 2:
+        # One elementwise pass, rounding as it writes: sum(0) then .to() took two kernels and about 0.031 ms for dB
+        # and dC together at b8 l2048 h24 on an H100 (torch reduces a leading dimension of 2 slowly), the add
+        # 0.016 (torch.profiler, session 24).
+        return torch.add(out[0], out[1], out=torch.empty(out_like.shape, device=x.device, dtype=out_like.dtype))
+    return out.sum(0).to(out_like.dtype)
 
 
 def _dbc_stages(st) -> int:
