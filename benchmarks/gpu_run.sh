@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -127,4 +127,21 @@ if [[ $what == ssd-passing-fwd ]]; then
   # chunk_state_passing_fwd's configurations, then the op with its default and with 32-step tiles, alternating
   # (about 2 minutes)
   timeout 300 python3 -m benchmarks.probes.ssd_fwd_sweep --passing-only 2>&1 | tee "$OUT/ssd_passing_fwd.log" | grep -E "^##|state_passing|^op"
+fi
+if [[ $what == ssd-chunks ]]; then
+  # The SSD op at chunk sizes 64, 128 and 256 (the reference at 256) with errors against float64 (about 5 minutes)
+  timeout 400 python3 -m benchmarks.probes.ssd_chunk_sizes --profile --out "$OUT/ssd_chunks.json" 2>&1 | tee "$OUT/ssd_chunks.log" | grep -E "^\\||kernel"
+fi
+if [[ $what == ssd-sweeps-fwd ]]; then
+  # At the op's kernel chunk (ssd_sweep.CHUNK): chunk_scan_fwd's configurations, chunk_state_passing_fwd's (then
+  # the op with a candidate), the backward's reverse pass (about 8 minutes)
+  timeout 170 python3 -m benchmarks.probes.ssd_fwd_sweep --scan-only 2>&1 | tee "$OUT/ssd_scan_fwd.log" | grep -E "^##|chunk_scan|failed"
+  timeout 170 python3 -m benchmarks.probes.ssd_fwd_sweep --passing-only 2>&1 | tee "$OUT/ssd_passing_fwd.log" | grep -E "^##|state_passing|^op"
+  timeout 170 python3 -m benchmarks.probes.ssd_passing_bwd --out "$OUT/ssd_passing_bwd.json" 2>&1 | tee "$OUT/ssd_passing_bwd.log" | grep "^|"
+fi
+if [[ $what == ssd-sweeps-bwd ]]; then
+  # At the op's kernel chunk: the backward kernels' configurations, then the op at chunk 128 and 256 beside the
+  # reference at both (about 7 minutes: the reference autotunes at each chunk and shape)
+  timeout 200 python3 -m benchmarks.probes.ssd_bwd_sweep 2>&1 | tee "$OUT/ssd_bwd_sweep.log" | grep -E "^##|ms|failed"
+  timeout 350 python3 -m benchmarks.probes.ssd_chunk_sizes --chunks 128 256 --ref-chunks 128 256 --out "$OUT/ssd_chunks.json" 2>&1 | tee "$OUT/ssd_chunks.log" | grep -E "^\\|"
 fi

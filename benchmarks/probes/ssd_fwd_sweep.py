@@ -28,13 +28,13 @@ SCAN = [dict(block_t=64, block_s=32, num_warps=4, num_stages=2),  # the default 
         dict(block_t=128, block_s=32, num_warps=4, num_stages=2),
         dict(block_t=32, block_s=32, num_warps=4, num_stages=2),
         dict(block_t=32, block_s=64, num_warps=4, num_stages=2)]
-PASSING = [dict(block_n=64, block_k=64, num_warps=4, num_stages=2),
+PASSING = [dict(block_n=64, block_k=128, num_warps=4, num_stages=2),  # the default at chunk 128
+           dict(block_n=64, block_k=64, num_warps=4, num_stages=2),
            dict(block_n=64, block_k=32, num_warps=4, num_stages=4),
            dict(block_n=64, block_k=16, num_warps=4, num_stages=4),
            dict(block_n=32, block_k=32, num_warps=4, num_stages=3),
            dict(block_n=64, block_k=64, num_warps=4, num_stages=3),
            dict(block_n=32, block_k=64, num_warps=4, num_stages=2),
-           dict(block_n=64, block_k=128, num_warps=4, num_stages=2),
            dict(block_n=64, block_k=32, num_warps=4, num_stages=3),
            dict(block_n=128, block_k=64, num_warps=8, num_stages=2),
            dict(block_n=32, block_k=128, num_warps=4, num_stages=2),

@@ -16,9 +16,9 @@ from benchmarks._common import device_name, graph_ms, write_results
 from benchmarks.bench_ssd import call, impls
 from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, rel_err, shape_inputs
 
-CONFIGS = [dict(block_p=64, block_n=64, block_k=32, num_warps=4, num_stages=3),
+CONFIGS = [dict(block_p=64, block_n=64, block_k=32, num_warps=4, num_stages=4),  # the default
+           dict(block_p=64, block_n=64, block_k=32, num_warps=4, num_stages=3),
            dict(block_p=64, block_n=64, block_k=64, num_warps=4, num_stages=2),
-           dict(block_p=64, block_n=64, block_k=32, num_warps=4, num_stages=4),
            dict(block_p=64, block_n=64, block_k=16, num_warps=4, num_stages=4),
            dict(block_p=64, block_n=32, block_k=32, num_warps=4, num_stages=3),
            dict(block_p=64, block_n=128, block_k=32, num_warps=8, num_stages=3),

@@ -29,7 +29,9 @@ from benchmarks.bench_ssd import make_inputs
 ssd = importlib.import_module("mamba_compile.ops.ssd")
 
 SHAPES = {"b8 l2048 h24": (8, 2048, 24, 64, 1, 128), "b2 l8192 h80": (2, 8192, 80, 64, 1, 128)}
-CHUNK = 256
+# The chunk the op's CUDA kernels run the benchmarks' chunk_size 256 at (ssd.CUDA_CHUNK_MAX caps it); the
+# environment's SSD_PROBE_CHUNK overrides it.
+CHUNK = int(os.environ.get("SSD_PROBE_CHUNK", min(256, ssd.CUDA_CHUNK_MAX)))
 
 
 def args_of(t):

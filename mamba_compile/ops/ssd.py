@@ -22,8 +22,9 @@ CPU: the chunked algorithm in vectorised torch (decay matrices within a chunk, a
 across chunks, no Python loop), inside an opaque custom op: traced inline, the pad/view/slice into chunks
 makes tracing guard on nchunks != 1 and on seqlen % chunk_size (recompiles, and torch.export with a dynamic
 seqlen fails); the op's fake has no such guards. The price: a CPU AOTInductor package calls that op by name,
-so loading it needs this module imported. CUDA: Triton kernels (``ssd_triton.py``) and a little torch in the
-chunked layout, written to trace without guards on seqlen, so Inductor and AOTInductor compile the kernels.
+so loading it needs this module imported. CUDA: Triton kernels (``ssd_triton.py``, in chunks of at most
+CUDA_CHUNK_MAX) and a little torch in the chunked layout, written to trace without guards on seqlen, so Inductor
+and AOTInductor compile the kernels.
 The backward is a second op: its CPU branch recomputes the forward under autograd inside an opaque custom op,
 its CUDA branch is explicit (``_bwd_triton``), including varlen_states' gradient. The first eager CUDA call of
 a configuration compiles the forward's and (when an input requires grad) the backward's Triton kernels
@@ -48,6 +49,17 @@ MAX_HEADDIM = 256
 # The ops take dt_limit as finite floats, an open bound being +-_OPEN_BOUND: a CPU AOTInductor package stores
 # the opaque CPU op's float arguments in JSON, and its loader rejects inf ("json type_error.302").
 _OPEN_BOUND = float(torch.finfo(torch.float32).max)
+# The CUDA kernels scan in chunks of at most this many steps, whatever chunk_size asks for. The result is the
+# same function of the inputs at every chunk size (they differ only in rounding), and a smaller chunk trades the
+# within-chunk (t, s) work, most of the time, for more chunk states. H100, bf16, p64 n128 with D, z, dt_bias and
+# softplus, CUDA graphs (benchmarks/probes/ssd_chunk_sizes.py, session 24), forward / forward+backward ms:
+#   b8 l2048 h24:  chunk 64: 0.224 / 0.999, 128: 0.225 / 0.997, 256: 0.245 / 1.063
+#   b2 l8192 h80:  chunk 64: 0.763 / 3.243, 128: 0.733 / 3.027, 256: 0.795 / 3.222
+# with the same error against float64 at every chunk size (relative norm 0.0023 for out, 0.0028 for dx, at the
+# bf16 rounding of the outputs). With launch settings tuned at 128 afterwards: 0.210 / 0.962 and 0.682 / 2.921
+# (bench_ssd). The reference is slower at 128 than at its 256 (0.296 / 1.307 against 0.272 / 1.310 ms at the first
+# shape). The CPU path keeps chunk_size.
+CUDA_CHUNK_MAX = 128
 
 
 def ssd_chunk_scan(
@@ -74,6 +86,8 @@ def ssd_chunk_scan(
     ``cu_seqlens`` is used only with ``return_varlen_states`` (as in the reference); the reset of the state
     between packed sequences comes from ``seq_idx``. varlen_states[k] is the state after the last token of
     sequence k (the first sequence starts from initial_states). ``dt_limit=None`` means (0, inf): no clamping.
+    ``chunk_size`` sets the chunked algorithm's block, not the result (which differs between chunk sizes only in
+    rounding); the CUDA kernels use at most CUDA_CHUNK_MAX (128), measured faster than 256.
     """
     if return_varlen_states and cu_seqlens is None:
         raise ValueError("cu_seqlens (nseq + 1,) is required when return_varlen_states=True")
@@ -621,6 +635,7 @@ def ssd_chunk_scan_fwd(
     args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus,
             dt_min, dt_max)
     if x.device.type == "cuda":
+        args = _with_cuda_chunk(args, 5)
         if _is_eager(x):
             _compile_ahead(args + (keep_pre_gate,))
         return tuple(_fwd_triton(*args, wrap=True, keep_pre_gate=keep_pre_gate))
@@ -645,12 +660,18 @@ def ssd_chunk_scan_bwd(
     args = (dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
             cu_seqlens, dt_softplus, dt_min, dt_max)
     if x.device.type == "cuda":
+        args = _with_cuda_chunk(args, 8)
         if _is_eager(x):
             from . import ssd_triton as kt
 
             kt.wait(_bwd_compiles.pop(_config_key(args[3:] + (pre_gate is not None,)), []))
         return _bwd_triton(*args, wrap=True, pre_gate=pre_gate)
     return torch.ops.mamba_compile._ssd_chunk_scan_bwd_cpu(*args)
+
+
+def _with_cuda_chunk(args: tuple, i: int) -> tuple:
+    """args with the chunk size at position i capped at CUDA_CHUNK_MAX (see there)."""
+    return (*args[:i], min(args[i], CUDA_CHUNK_MAX), *args[i + 1:])
 
 
 def _setup_context(ctx, inputs, output):

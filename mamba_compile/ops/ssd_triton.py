@@ -25,6 +25,10 @@ dots with float32 accumulation. First call: compile_async compiles a pass's kern
 
 Measured on an H100 (torch 2.11, triton 3.6), bf16, b8 l2048 h24 p64 g1 n128 chunk 256 with D, z, dt_bias,
 softplus (benchmarks/bench_ssd.py has the op's times beside the reference's; the README holds the table).
+Since session 24 the op runs these kernels at chunk 128 when asked for 256 (ssd.CUDA_CHUNK_MAX): at 128,
+chunk_scan 0.148 ms, bwd_dx 0.249, chunk_state_passing 0.059 (probes ssd_fwd_sweep, ssd_bwd_sweep,
+ssd_passing_bwd: chunk_state_passing_bwd 0.088), and the op 0.210 / 0.962 ms forward / forward+backward as graphs.
+The numbers below are at chunk 256.
     Forward kernels: cumsum 0.008 ms, chunk_state_passing 0.065 (chunk_state alone was 0.058, plus a separate
     state passing), bmm_cb 0.013, chunk_scan 0.181 (0.310 with C B^T per head and float32 states).
     chunk_scan variants (benchmarks/probes/ssd_bisect.py): float32 C B^T with 32-wide
@@ -418,7 +422,7 @@ def _chunk_state_passing_fwd_kernel(
 
 
 def chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, *, prev_dtype=torch.float32, block_p=None,
-                            block_n=None, block_k=64, num_warps=4, num_stages=2, wrap):
+                            block_n=None, block_k=128, num_warps=4, num_stages=2, wrap):
     """(prev: the state entering each chunk, (batch, nchunks, nheads, headdim, dstate) in prev_dtype; final:
     float32 (batch, nheads, headdim, dstate)). Replaces chunk_state_fwd + state_passing_fwd."""
     batch, seqlen, nheads, headdim = x.shape
@@ -577,8 +581,9 @@ def _chunk_state_passing_bwd_kernel(
 
 # H100, 16-bit states (benchmarks/probes/ssd_passing_bwd.py, session 23): 0.066 ms at b8 l2048 h24 p64 n128
 # against 0.092 for the two kernels, 0.236 against 0.297 at b2 l8192 h80; 64-step tiles with two stages took
-# 0.114 and 0.430, 128-step ones 0.098 and 0.366.
-PASSING_BWD_CONFIG = dict(block_p=64, block_n=64, block_k=32, num_warps=4, num_stages=3)
+# 0.114 and 0.430, 128-step ones 0.098 and 0.366. Four stages: 0.064 and 0.227 then; in session 24, at chunk 128
+# (the op's kernel chunk), 0.088 against 0.092 and 0.313 against 0.324.
+PASSING_BWD_CONFIG = dict(block_p=64, block_n=64, block_k=32, num_warps=4, num_stages=4)
 
 
 def chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, seq_idx, has_init, *, dend_dtype=torch.float32, config=None,
