@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-dx-bc]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -144,10 +144,4 @@ if [[ $what == ssd-sweeps-bwd ]]; then
   # reference at both (about 7 minutes: the reference autotunes at each chunk and shape)
   timeout 200 python3 -m benchmarks.probes.ssd_bwd_sweep 2>&1 | tee "$OUT/ssd_bwd_sweep.log" | grep -E "^##|ms|failed"
   timeout 350 python3 -m benchmarks.probes.ssd_chunk_sizes --chunks 128 256 --ref-chunks 128 256 --out "$OUT/ssd_chunks.json" 2>&1 | tee "$OUT/ssd_chunks.log" | grep -E "^\\|"
-fi
-if [[ $what == ssd-dx-bc ]]; then
-  # The backward's dx reading B C^T from a once-per-group bmm against a dot per head and tile: the probe (about 2
-  # minutes), then the SSD GPU tests (about 3)
-  timeout 240 python3 -m benchmarks.probes.ssd_dx_bc --out "$OUT/ssd_dx_bc.json" 2>&1 | tee "$OUT/ssd_dx_bc.log" | grep -E "^\\||chunk"
-  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -3
 fi

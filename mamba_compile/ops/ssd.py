@@ -498,8 +498,7 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
     else:
         dend, dinit, dchunk = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, seq_idx,
                                                          initial_states is not None, dend_dtype=st_dtype, wrap=wrap)
-    bc = kt.bmm_cb_fwd(B, C, chunk_size, upper=True, wrap=wrap) if kt.DX_READS_BC else None
-    dx, ddt_x, col, colstate, row, dD = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, bc=bc,
+    dx, ddt_x, col, colstate, row, dD = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx,
                                                          dx_extra=dx_extra, wrap=wrap)
     # dL/d(C_t . B_s), the group's heads summed once, then dB and dC from it and the chunk-boundary states;
     # dC's kernel also gives dy_t . y_state_t (the pairs whose earlier index lies before the chunk).

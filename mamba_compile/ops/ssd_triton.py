@@ -629,16 +629,16 @@ def _bmm_cb_kernel(
     s_c_b, s_c_l, s_c_g, s_c_n,
     s_b_b, s_b_l, s_b_g, s_b_n,
     s_o_b, s_o_c, s_o_g, s_o_t, s_o_s,
-    CHUNK: tl.constexpr, IEEE: tl.constexpr, UPPER: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr, IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """cb[t, s] = C_t . B_s within one chunk and group, for the tiles on or below the diagonal (on or above it
-    when UPPER; the others are never read); rows or columns past the sequence end are zero."""
+    """cb[t, s] = C_t . B_s within one chunk and group, for the tiles on or below the diagonal (the others are
+    never read); rows or columns past the sequence end are zero."""
     pid_bc, pid_g, pid_ts = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     nchunks = tl.cdiv(seqlen, CHUNK)
     pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
     ntiles: tl.constexpr = CHUNK // BLOCK_T
     pid_t, pid_s = pid_ts // ntiles, pid_ts % ntiles
-    if (pid_s >= pid_t) if UPPER else (pid_s <= pid_t):
+    if pid_s <= pid_t:
         start = pid_c * CHUNK
         limit = tl.minimum(CHUNK, seqlen - start)
         offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -654,11 +654,10 @@ def _bmm_cb_kernel(
                  + offs_s[None, :] * s_o_s, cb, mask=(offs_t[:, None] < CHUNK) & (offs_s[None, :] < CHUNK))
 
 
-def bmm_cb_fwd(C, B, chunk_size, *, dtype=torch.float32, block_t=None, upper=False, wrap):
+def bmm_cb_fwd(C, B, chunk_size, *, dtype=torch.float32, block_t=None, wrap):
     """C B^T of every chunk: (batch, nchunks, ngroups, chunk_size, chunk_size), computed once per group (its
     heads share it). float32 by default, as the reference keeps it: a bf16 copy saved 3% of chunk_scan's time
-    on an H100 and raised its error by half. Its tiles on or below the diagonal, or with ``upper`` on or above
-    it (the backward's dx takes B C^T's upper tiles: bmm_cb_fwd(B, C, upper=True))."""
+    on an H100 and raised its error by half."""
     batch, seqlen, ngroups, dstate = C.shape
     nchunks = triton.cdiv(seqlen, chunk_size)
     cb = torch.empty(batch, nchunks, ngroups, chunk_size, chunk_size, device=C.device, dtype=dtype)
@@ -667,7 +666,7 @@ def bmm_cb_fwd(C, B, chunk_size, *, dtype=torch.float32, block_t=None, upper=Fal
     _launch(_bmm_cb_kernel, wrap)[(batch * nchunks, ngroups, ntiles * ntiles)](
         C, B, cb, seqlen, dstate,
         *C.stride(), *B.stride(), *cb.stride(),
-        CHUNK=chunk_size, IEEE=_ieee(B, C), UPPER=upper, BLOCK_T=block_t, BLOCK_N=_pow2(dstate), num_warps=4,
+        CHUNK=chunk_size, IEEE=_ieee(B, C), BLOCK_T=block_t, BLOCK_N=_pow2(dstate), num_warps=4,
     )
     return cb
 
@@ -982,13 +981,12 @@ def gate_bwd(dout, z, pre_gate, *, block_l=64, wrap):
 
 @triton.jit
 def _chunk_scan_bwd_dx_kernel(
-    x_ptr, b_ptr, c_ptr, bc_ptr, dtp_ptr, dacs_ptr, seq_ptr, dy_ptr, dend_ptr, d_ptr, extra_ptr,
+    x_ptr, b_ptr, c_ptr, dtp_ptr, dacs_ptr, seq_ptr, dy_ptr, dend_ptr, d_ptr, extra_ptr,
     dx_ptr, ddt_ptr, col_ptr, colstate_ptr, row_ptr, dd_ptr,
     seqlen, headdim, dstate, heads_per_group,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_b_b, s_b_l, s_b_g, s_b_n,
     s_c_b, s_c_l, s_c_g, s_c_n,
-    s_bc_b, s_bc_c, s_bc_g, s_bc_s, s_bc_t,
     s_a_b, s_a_h, s_a_c, s_a_l,
     s_q_b, s_q_l,
     s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
@@ -999,14 +997,13 @@ def _chunk_scan_bwd_dx_kernel(
     s_dd_r, s_dd_h, s_dd_k,
     s_dx_b, s_dx_l, s_dx_h, s_dx_p,
     CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_D: tl.constexpr, HAS_EXTRA: tl.constexpr,
-    HAS_BC: tl.constexpr, IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Rows s: G_s B_s = exp(a_last - a_s) dend B_s + sum_{t>=s} (B_s . C_t) exp(a_t - a_s) dy_t;
     dx_s = dt_s G_s B_s + D dy_s; dL/d dt_s = x_s . G_s B_s; with D, this block's sums over s of dy_s x_s (dD).
     Log-decay terms, from the pair values P_ts = (C_t . B_s) exp(a_t - a_s) dt_s (dy_t . x_s) of this chunk
     (one float32 tile gives both sums, so they cancel exactly where they should): column sums over t (col),
-    row sums over s per block of s (row, summed later), and x_s . dx_s of the state part (colstate). B_s . C_t
-    comes from bc_ptr (bmm_cb_fwd(B, C, upper=True)) when HAS_BC, else from a dot per tile."""
+    row sums over s per block of s (row, summed later), and x_s . dx_s of the state part (colstate)."""
     pid_bc, pid_h, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     nchunks = tl.cdiv(seqlen, CHUNK)
     pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
@@ -1017,7 +1014,6 @@ def _chunk_scan_bwd_dx_kernel(
     x_ptr += pid_b * s_x_b + start * s_x_l + pid_h * s_x_h
     b_ptr += pid_b * s_b_b + start * s_b_l + g * s_b_g
     c_ptr += pid_b * s_c_b + start * s_c_l + g * s_c_g
-    bc_ptr += pid_b * s_bc_b + pid_c * s_bc_c + g * s_bc_g
     a_off = pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c
     dtp_ptr += a_off
     dacs_ptr += a_off
@@ -1056,14 +1052,12 @@ def _chunk_scan_bwd_dx_kernel(
         # at b8 l2048 h24, 1.155 against 1.255 at b2 l8192 h80 (H100, benchmarks/probes/ssd_bwd.py). Session 23:
         # 32-wide column tiles under the 64-row tiles, with three stages, took 0.302 against 0.305 ms (0.971
         # against 0.972 at l8192; two stages 0.354, 16 wide 0.357) and left the op's graphed forward+backward at
-        # 1.080 ms: not kept.
-        if HAS_BC:
-            cb = tl.load(bc_ptr + offs_s[:, None] * s_bc_s + offs_t[None, :] * s_bc_t,
-                         mask=s_ok[:, None] & t_ok[None, :], other=0.0).to(tl.float32)
-        else:
-            c_t = tl.load(c_ptr + offs_t[None, :] * s_c_l + offs_n[:, None] * s_c_n,
-                          mask=n_ok[:, None] & t_ok[None, :], other=0.0)
-            cb = _dot(b_s, c_t.to(b_s.dtype), IEEE)
+        # 1.080 ms: not kept. Session 24, at chunk 128 (commit 6c910b6 has the code): read from
+        # bmm_cb_fwd(B, C, upper=True), computed once per group and coalesced, dx took 0.281 ms with the bmm against
+        # 0.233 (0.881 against 0.746 at l8192), and the op's forward+backward 1.008 against 0.959: removed.
+        c_t = tl.load(c_ptr + offs_t[None, :] * s_c_l + offs_n[:, None] * s_c_n,
+                      mask=n_ok[:, None] & t_ok[None, :], other=0.0)
+        cb = _dot(b_s, c_t.to(b_s.dtype), IEEE)
         a_t = tl.load(dacs_ptr + offs_t * s_a_l, mask=t_ok, other=0.0)
         keep = (offs_t[None, :] >= offs_s[:, None]) & t_ok[None, :]
         if HAS_SEQ_IDX:
@@ -1092,18 +1086,11 @@ def _chunk_scan_bwd_dx_kernel(
     tl.store(dx_ptr + rows, dx, mask=mask)
 
 
-# The backward's dx reads B_s . C_t from bmm_cb_fwd(B, C, upper=True) (once per group) instead of a dot per head
-# and tile; see chunk_scan_bwd_dx.
-DX_READS_BC = True
-
-
-def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, bc=None, dx_extra=None, num_stages=2,
-                      num_warps=4, wrap):
+def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, num_warps=4, wrap):
     """Returns dx (x's dtype, contiguous), dL/d dt_proc, the log-decay pieces (see the kernel): col,
     colstate in dA_cumsum layout, row in partial sums, one per block of s (dt_bwd sums them), and dD (float32,
     D's shape, or None). x is read with its own strides: the Mamba-2 block's x is a slice of the in-projection's
-    rows, and copying it contiguous cost a 50 MB copy per layer and training step at the 130M shape. bc:
-    bmm_cb_fwd(B, C, upper=True), or None to form B_s . C_t per tile."""
+    rows, and copying it contiguous cost a 50 MB copy per layer and training step at the 130M shape."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
@@ -1118,19 +1105,18 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, bc=None, dx_
     dd = torch.empty(batch * nchunks, nheads, nblocks, headdim, device=x.device, dtype=torch.float32)
     q = seq_idx if seq_idx is not None else dtp
     e = dx_extra if dx_extra is not None else dtp
-    bc5 = bc if bc is not None else dend  # any 5-d tensor: never read without HAS_BC
     _launch(_chunk_scan_bwd_dx_kernel, wrap)[(batch * nchunks, nheads, nblocks)](
-        x, B, C, bc5, dtp, dA_cs, q, dy, dend, D if D is not None else dtp, e,
+        x, B, C, dtp, dA_cs, q, dy, dend, D if D is not None else dtp, e,
         dx, ddt, col, colstate, row, dd,
         seqlen, headdim, dstate, nheads // ngroups,
-        *x.stride(), *B.stride(), *C.stride(), *bc5.stride(), *dtp.stride(),
+        *x.stride(), *B.stride(), *C.stride(), *dtp.stride(),
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
         *dend.stride(), *dy.stride(), *_d_strides(D),
         *(e.stride() if dx_extra is not None else (0, 0, 0, 0)),
         *row.stride(), dd.stride(0), dd.stride(1), dd.stride(2), *dx.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, HAS_EXTRA=dx_extra is not None,
-        HAS_BC=bc is not None, IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n,
-        num_warps=num_warps, num_stages=num_stages,
+        IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=num_warps,
+        num_stages=num_stages,
     )
     # headdim (contiguous) first, then the rest: two small reductions instead of one over three dimensions into
     # nheads outputs (not timed alone; the backward's torch reductions took 0.020 ms in all afterwards).

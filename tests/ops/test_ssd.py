@@ -479,32 +479,6 @@ def test_triton_state_passing_bwd_matches_two_kernels(nseq, dfinal, init, config
     torch.testing.assert_close(got[2].sum(-1), want[2].sum(-1), rtol=1e-4, atol=1e-4)  # dchunk, summed parts
 
 
-@needs_triton
-@pytest.mark.parametrize("nseq", [0, 3], ids=["plain", "seq_idx"])
-def test_triton_dx_reads_bc_like_per_tile(nseq):
-    """chunk_scan_bwd_dx with B_s . C_t read from bmm_cb_fwd(B, C, upper=True) gives what it gives forming it per
-    tile: dx, dL/d dt_proc, dD and the log-decay pieces (several row tiles, a partial last chunk, groups)."""
-    if torch.cuda.is_available():
-        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
-    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
-    t = make_inputs(2 if not nseq else 1, 70, 4, 12, 2, 24, nseq=nseq, seed=10)
-    dtp, dA_cs = kt.chunk_cumsum_fwd(t["dt"], t["A"], t["dt_bias"], 32, True, 0.0, ssd_module._OPEN_BOUND, False,
-                                     wrap=False)
-    g = torch.Generator().manual_seed(4)
-    dy = torch.randn(t["x"].shape, generator=g)
-    dend = torch.randn(*dtp.shape[:1], dtp.shape[2], *t["initial_states"].shape[1:], generator=g)
-    args = (t["x"], t["B"], t["C"], dtp, dA_cs, dy, dend, t["D"], t["seq_idx"])
-    want = kt.chunk_scan_bwd_dx(*args, wrap=False)
-    bc = kt.bmm_cb_fwd(t["B"], t["C"], 32, upper=True, wrap=False)
-    got = kt.chunk_scan_bwd_dx(*args, bc=bc, wrap=False)
-    valid = torch.arange(dtp.shape[2] * 32).view(dtp.shape[2], 32) < 70  # entries past the end are unwritten
-    for name, a, b in zip(("dx", "ddt", "col", "colstate"), got[:4], want[:4]):
-        if a.shape == dtp.shape:
-            a, b = a[:, :, valid], b[:, :, valid]
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
-    torch.testing.assert_close(got[5], want[5], rtol=1e-5, atol=1e-5)  # dD
-
-
 # ---------------------------------------------------------------------------------------------------
 # Bad inputs
 # ---------------------------------------------------------------------------------------------------
