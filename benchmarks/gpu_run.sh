@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -144,4 +144,11 @@ if [[ $what == ssd-sweeps-bwd ]]; then
   # reference at both (about 7 minutes: the reference autotunes at each chunk and shape)
   timeout 200 python3 -m benchmarks.probes.ssd_bwd_sweep 2>&1 | tee "$OUT/ssd_bwd_sweep.log" | grep -E "^##|ms|failed"
   timeout 350 python3 -m benchmarks.probes.ssd_chunk_sizes --chunks 128 256 --ref-chunks 128 256 --out "$OUT/ssd_chunks.json" 2>&1 | tee "$OUT/ssd_chunks.log" | grep -E "^\\|"
+fi
+if [[ $what == ssd-db-split ]]; then
+  # dB's programs over dstate's columns against over heads: the probe (about 2 minutes), then the SSD GPU tests
+  # and Mamba-2's training-step GPU tests (about 4)
+  timeout 200 python3 -m benchmarks.probes.ssd_db_split --out "$OUT/ssd_db_split.json" 2>&1 | tee "$OUT/ssd_db_split.log" | grep -E "^\\||chunk|diff"
+  timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -3
+  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "mamba2 and (training or train_step)" 2>&1 | tee "$OUT/gpu_tests_m2.log" | tail -3
 fi

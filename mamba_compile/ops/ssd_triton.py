@@ -1219,7 +1219,7 @@ def _chunk_scan_bwd_dbc_kernel(
     s_g_b, s_g_l, s_g_h, s_g_p,
     s_o_k, s_o_b, s_o_l, s_o_g, s_o_n,
     CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, IS_DB: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    N_BLOCKS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Rows r of one chunk and group. With dcb[t, s] the gradient of C_t . B_s (heads summed):
     dC (IS_DB False, u = B, st = state entering the chunk):
@@ -1230,9 +1230,12 @@ def _chunk_scan_bwd_dbc_kernel(
     S_in), which its state term has at hand: the log-decay gradient of the pairs whose earlier index lies
     before the chunk.
     SPLIT programs share a group's heads (and the column tiles) when there are few chunks; their partial sums
-    are added afterwards."""
+    are added afterwards. N_BLOCKS programs (dB only: dC's log-decay term sums over all of dstate) each take a
+    block of BLOCK_N columns of dstate, with nothing to add afterwards."""
     pid_r, pid_gk, pid_bc = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    pid_g, pid_k = pid_gk // SPLIT, pid_gk % SPLIT  # heads pid_k, pid_k + SPLIT, ... of group pid_g
+    per_group: tl.constexpr = SPLIT * N_BLOCKS
+    pid_g, pid_kn = pid_gk // per_group, pid_gk % per_group
+    pid_k, pid_nb = pid_kn // N_BLOCKS, pid_kn % N_BLOCKS  # heads pid_k, pid_k + SPLIT, ... of group pid_g
     nchunks = tl.cdiv(seqlen, CHUNK)
     pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
     start = pid_c * CHUNK
@@ -1240,7 +1243,7 @@ def _chunk_scan_bwd_dbc_kernel(
     r0 = pid_r * BLOCK_T
     offs_r = r0 + tl.arange(0, BLOCK_T)
     offs_p = tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_n = pid_nb * BLOCK_N + tl.arange(0, BLOCK_N)
     r_ok = offs_r < limit
     p_ok = offs_p < headdim
     n_ok = offs_n < dstate
@@ -1300,6 +1303,13 @@ def _chunk_scan_bwd_dbc_kernel(
              acc, mask=r_ok[:, None] & n_ok[None, :])
 
 
+# dB's programs split dstate's columns rather than a group's heads when the GPU needs more programs: no float32
+# partial sums and no add afterwards. H100, chunk 128 (benchmarks/probes/ssd_db_split.py, session 24, graphs): dB
+# 0.052 against 0.071 ms (the add included), 0.155 against 0.174 at b2 l8192 h80; the op's forward+backward 0.940
+# against 0.957, 2.893 against 2.913. dC keeps the head split: its log-decay term sums over all of dstate.
+DB_SPLITS_DSTATE = True
+
+
 def _bwd_dbc(x, U, C, dcb, dtp, dA_cs, dy, st, seq_idx, is_db, out_like, da, num_stages, wrap):
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = U.shape[2], U.shape[3]
@@ -1307,21 +1317,25 @@ def _bwd_dbc(x, U, C, dcb, dtp, dA_cs, dy, st, seq_idx, is_db, out_like, da, num
     block_t, block_p, block_n = _scan_blocks(chunk_size, headdim, dstate)
     nblocks = triton.cdiv(chunk_size, block_t)
     heads_per_group = nheads // ngroups
-    # Enough programs for the GPU (~4 per SM of an H100) without atomics: split a group's heads.
+    # Enough programs for the GPU (~4 per SM of an H100) without atomics: split a group's heads, or for dB its
+    # dstate columns (no partial sums to add afterwards).
     split = max(1, min(heads_per_group, _TARGET_PROGRAMS // max(1, batch * nchunks * ngroups * nblocks)))
+    n_blocks = 1
+    if is_db and split >= 2 and block_n >= 32 and DB_SPLITS_DSTATE:
+        n_blocks, split, block_n = 2, split // 2, block_n // 2
     if split == 1:
         out = torch.empty(out_like.shape, device=x.device, dtype=out_like.dtype)[None]
     else:
         out = torch.empty((split, *out_like.shape), device=x.device, dtype=torch.float32)
     q = seq_idx if seq_idx is not None else dtp
-    _launch(_chunk_scan_bwd_dbc_kernel, wrap)[(nblocks, ngroups * split, batch * nchunks)](
+    _launch(_chunk_scan_bwd_dbc_kernel, wrap)[(nblocks, ngroups * split * n_blocks, batch * nchunks)](
         x, U, C, dcb, dtp, dA_cs, q, dy, st, out, da if da is not None else dtp,
         seqlen, headdim, dstate, nheads // ngroups,
         *x.stride(), *U.stride(), *C.stride(), *dcb.stride(), *dtp.stride(),
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
         *st.stride(), *dy.stride(), *out.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, IS_DB=is_db, IEEE=_ieee(x, U, dy), SPLIT=split,
-        BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4, num_stages=num_stages,
+        N_BLOCKS=n_blocks, BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4, num_stages=num_stages,
     )
     if split == 1:
         return out[0]

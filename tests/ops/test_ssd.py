@@ -479,6 +479,30 @@ def test_triton_state_passing_bwd_matches_two_kernels(nseq, dfinal, init, config
     torch.testing.assert_close(got[2].sum(-1), want[2].sum(-1), rtol=1e-4, atol=1e-4)  # dchunk, summed parts
 
 
+@needs_triton
+@pytest.mark.parametrize("nseq", [0, 3], ids=["plain", "seq_idx"])
+def test_triton_db_dstate_blocks_match_head_split(nseq, monkeypatch):
+    """dB with its programs splitting dstate's columns (no partial sums) equals dB with them splitting the heads
+    (partial sums added afterwards); dstate 40 leaves the second column block partly masked."""
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
+    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
+    t = make_inputs(1, 70, 8, 12, 2, 40, nseq=nseq, seed=13)
+    dtp, dA_cs = kt.chunk_cumsum_fwd(t["dt"], t["A"], t["dt_bias"], 32, True, 0.0, ssd_module._OPEN_BOUND, False,
+                                     wrap=False)
+    g = torch.Generator().manual_seed(5)
+    dy = torch.randn(t["x"].shape, generator=g)
+    dend = torch.randn(1, dtp.shape[2], 8, 12, 40, generator=g)
+    dcb = kt.chunk_scan_bwd_dcb(t["x"], dtp, dA_cs, dy, 2, t["seq_idx"], wrap=False)
+    args = (t["x"], t["B"], t["C"], dcb, dtp, dA_cs, dy, dend, t["seq_idx"])
+    launches = kt.record_launches(kt.chunk_scan_bwd_dB, *args, wrap=False)
+    assert [job[3]["N_BLOCKS"] for job in launches] == [2]  # this shape takes the dstate split
+    got = kt.chunk_scan_bwd_dB(*args, wrap=False)
+    monkeypatch.setattr(kt, "DB_SPLITS_DSTATE", False)
+    want = kt.chunk_scan_bwd_dB(*args, wrap=False)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Bad inputs
 # ---------------------------------------------------------------------------------------------------
