@@ -27,7 +27,8 @@ Measured on an H100 (torch 2.11, triton 3.6), bf16, b8 l2048 h24 p64 g1 n128 chu
 softplus (benchmarks/bench_ssd.py has the op's times beside the reference's; the README holds the table).
 Since session 24 the op runs these kernels at chunk 128 when asked for 256 (ssd.CUDA_CHUNK_MAX): at 128,
 chunk_scan 0.148 ms, bwd_dx 0.249, chunk_state_passing 0.059 (probes ssd_fwd_sweep, ssd_bwd_sweep,
-ssd_passing_bwd: chunk_state_passing_bwd 0.088), and the op 0.210 / 0.962 ms forward / forward+backward as graphs.
+ssd_passing_bwd: chunk_state_passing_bwd 0.088; ssd_db_split: dB 0.052), and the op 0.209 / 0.943 ms forward /
+forward+backward as graphs.
 The numbers below are at chunk 256.
     Forward kernels: cumsum 0.008 ms, chunk_state_passing 0.065 (chunk_state alone was 0.058, plus a separate
     state passing), bmm_cb 0.013, chunk_scan 0.181 (0.310 with C B^T per head and float32 states).
