@@ -359,6 +359,20 @@ class _TritonScan(torch.autograd.Function):
 
 
 needs_triton = pytest.mark.skipif(not importlib.util.find_spec("triton"), reason="needs triton")
+
+
+def _interpreter_chunks(*shape, **kw):
+    """For the kernel-level interpreter tests: the kernels' module, make_inputs(*shape, **kw) and the chunked dt
+    (chunk 32, softplus, no limit); skipped where CUDA is present (the CUDA tests cover the compiled kernels)."""
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
+    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
+    t = make_inputs(*shape, **kw)
+    dtp, dA_cs = kt.chunk_cumsum_fwd(t["dt"], t["A"], t["dt_bias"], 32, True, 0.0, ssd_module._OPEN_BOUND, False,
+                                     wrap=False)
+    return kt, t, dtp, dA_cs
+
+
 KERNEL_CASES = [
     pytest.param(dict(), dict(dt_softplus=True), False, id="all-softplus"),
     pytest.param(dict(D="hp", z=False, init=False, dt_bias=False), dict(dt_limit=(0.0, 0.8)), False,
@@ -435,12 +449,7 @@ def test_first_call_finds_the_pipelines_launches():
 def test_triton_state_passing_steps_inside_chunks(nseq):
     """chunk_state_passing_fwd walks tiles smaller than a chunk: the states entering each chunk and the final
     state do not depend on the tile size and match the oracle's final state."""
-    if torch.cuda.is_available():
-        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
-    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
-    t = make_inputs(1, 70, 3, 8, 1, 12, nseq=nseq, seed=5)
-    dtp, dA_cs = kt.chunk_cumsum_fwd(t["dt"], t["A"], t["dt_bias"], 32, True, 0.0, ssd_module._OPEN_BOUND, False,
-                                     wrap=False)
+    kt, t, dtp, dA_cs = _interpreter_chunks(1, 70, 3, 8, 1, 12, nseq=nseq, seed=5)
     run = lambda bk: kt.chunk_state_passing_fwd(t["x"], t["B"], dtp, dA_cs, t["initial_states"], t["seq_idx"],  # noqa: E731
                                                 block_k=bk, block_n=16, wrap=False)
     prev16, final16 = run(16)
@@ -459,12 +468,7 @@ def test_triton_state_passing_steps_inside_chunks(nseq):
 def test_triton_state_passing_bwd_matches_two_kernels(nseq, dfinal, init, config):
     """chunk_state_passing_bwd (dprev formed inside the reverse pass) gives chunk_state_fwd(from_start) followed by
     state_passing_bwd: dend, dinit and the per-chunk log-decay sums."""
-    if torch.cuda.is_available():
-        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
-    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
-    t = make_inputs(2 if not nseq else 1, 70, 4, 12, 2, 24, nseq=nseq, seed=9)
-    dtp, dA_cs = kt.chunk_cumsum_fwd(t["dt"], t["A"], t["dt_bias"], 32, True, 0.0, ssd_module._OPEN_BOUND, False,
-                                     wrap=False)
+    kt, t, dtp, dA_cs = _interpreter_chunks(2 if not nseq else 1, 70, 4, 12, 2, 24, nseq=nseq, seed=9)
     prev, final = kt.chunk_state_passing_fwd(t["x"], t["B"], dtp, dA_cs, t["initial_states"], t["seq_idx"],
                                              wrap=False)
     g = torch.Generator().manual_seed(3)
@@ -484,19 +488,15 @@ def test_triton_state_passing_bwd_matches_two_kernels(nseq, dfinal, init, config
 def test_triton_db_dstate_blocks_match_head_split(nseq, monkeypatch):
     """dB with its programs splitting dstate's columns (no partial sums) equals dB with them splitting the heads
     (partial sums added afterwards); dstate 40 leaves the second column block partly masked."""
-    if torch.cuda.is_available():
-        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
-    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
-    t = make_inputs(1, 70, 8, 12, 2, 40, nseq=nseq, seed=13)
-    dtp, dA_cs = kt.chunk_cumsum_fwd(t["dt"], t["A"], t["dt_bias"], 32, True, 0.0, ssd_module._OPEN_BOUND, False,
-                                     wrap=False)
+    kt, t, dtp, dA_cs = _interpreter_chunks(1, 70, 8, 12, 2, 40, nseq=nseq, seed=13)
     g = torch.Generator().manual_seed(5)
     dy = torch.randn(t["x"].shape, generator=g)
     dend = torch.randn(1, dtp.shape[2], 8, 12, 40, generator=g)
     dcb = kt.chunk_scan_bwd_dcb(t["x"], dtp, dA_cs, dy, 2, t["seq_idx"], wrap=False)
     args = (t["x"], t["B"], t["C"], dcb, dtp, dA_cs, dy, dend, t["seq_idx"])
     launches = kt.record_launches(kt.chunk_scan_bwd_dB, *args, wrap=False)
-    assert [job[3]["N_BLOCKS"] for job in launches] == [2]  # this shape takes the dstate split
+    # this shape takes the dstate split (and still two head parts, summed by _sum_parts_kernel)
+    assert [job[3]["N_BLOCKS"] for job in launches if job[0] is kt._chunk_scan_bwd_dbc_kernel] == [2]
     got = kt.chunk_scan_bwd_dB(*args, wrap=False)
     monkeypatch.setattr(kt, "DB_SPLITS_DSTATE", False)
     want = kt.chunk_scan_bwd_dB(*args, wrap=False)
