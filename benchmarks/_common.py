@@ -31,6 +31,19 @@ def graph_ms(fn) -> float:
         return float("nan")
 
 
+def alternating_graph_ms(step, variants: dict, rounds: int = 2) -> list[tuple[str, float]]:
+    """(label, graph_ms(step)) for each variant in turn, ``rounds`` times over (A B A B: drift over the run shows
+    up between rounds, not between variants). variants: label -> a function that switches to that variant; the
+    caller restores the default afterwards. One eager step after each switch warms the variant up."""
+    out = []
+    for _ in range(rounds):
+        for label, use in variants.items():
+            use()
+            step()
+            out.append((label, graph_ms(step)))
+    return out
+
+
 def copy_bandwidth_tbps() -> float:
     """Device-to-device copy bandwidth in TB/s, bytes read plus bytes written, measured once per process."""
     global _COPY_TBPS

@@ -79,6 +79,14 @@ def impls():
     return out
 
 
+def fwd_bwd(fn, t, chunk_size, dout) -> None:
+    """One forward+backward of ``fn`` on the inputs ``t`` (leaves requiring grad), gradients into .grad: what the
+    benchmarks time (CUDA-graph capturable, unlike torch.autograd.grad)."""
+    for v in t.values():
+        v.grad = None
+    call(fn, t, chunk_size).backward(dout)
+
+
 def time_impl(fn, shape):
     """Median ms of the forward (no grad) and of forward+backward, bf16 inputs as in REFERENCE_TIMINGS.md:
     (fwd eager, fwd+bwd eager, fwd CUDA graph, fwd+bwd CUDA graph)."""
@@ -91,9 +99,7 @@ def time_impl(fn, shape):
         fwd_graph = graph_ms(lambda: call(fn, t, chunk_size))
 
     def step():
-        for v in tg.values():
-            v.grad = None
-        call(fn, tg, chunk_size).backward(dout)
+        fwd_bwd(fn, tg, chunk_size, dout)
 
     return fwd, bench_ms(step), fwd_graph, graph_ms(step)
 

@@ -18,7 +18,7 @@ import argparse
 import torch
 
 from benchmarks._common import device_name, graph_ms, write_results
-from benchmarks.bench_ssd import SHAPES, impls, make_inputs
+from benchmarks.bench_ssd import SHAPES, fwd_bwd, impls, make_inputs
 
 NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")
 
@@ -47,23 +47,15 @@ def _rel(got, want) -> float:
     return ((got.double() - want).norm() / want.norm()).item()
 
 
-def _step(fn, t, chunk, dout):
-    """Forward+backward as bench_ssd times it (gradients into .grad; autograd.grad does not capture)."""
-    for k in NAMES:
-        t[k].grad = None
-    fn(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk, D=t["D"], z=t["z"], dt_bias=t["dt_bias"],
-       dt_softplus=True).backward(dout)
-
-
 def _kernel_table(fn, t, chunk, dout, steps: int = 10) -> list[tuple[str, float]]:
     """GPU ms per step of each kernel in forward+backward (torch.profiler, eager), largest first."""
     from torch.profiler import ProfilerActivity, profile
 
-    _step(fn, t, chunk, dout)
+    fwd_bwd(fn, t, chunk, dout)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            _step(fn, t, chunk, dout)
+            fwd_bwd(fn, t, chunk, dout)
         torch.cuda.synchronize()
     per = {}
     for e in prof.key_averages():
@@ -101,10 +93,10 @@ def main() -> None:
                            **{f"d{k}": _rel(g[:r], w) for k, g, w in zip(NAMES, grads, want_grads)
                               if k not in ("A", "D", "dt_bias")})  # those three sum over the whole batch
                 del out, final, grads  # their autograd graph, kept alive, breaks the backward's capture
-                _step(fn, t, chunk, dout)
+                fwd_bwd(fn, t, chunk, dout)
                 with torch.no_grad():
                     fwd = graph_ms(lambda: _run(fn, t, chunk, None))
-                both = graph_ms(lambda: _step(fn, t, chunk, dout))
+                both = graph_ms(lambda: fwd_bwd(fn, t, chunk, dout))
                 rows.append(dict(shape=label, impl=name, chunk=chunk, fwd_ms=fwd, fwd_bwd_ms=both,
                                  **{f"err_{k}": v for k, v in err.items()}))
                 print(rows[-1], flush=True)

@@ -12,8 +12,8 @@ import argparse
 
 import torch
 
-from benchmarks._common import device_name, graph_ms, write_results
-from benchmarks.bench_ssd import call, impls, make_inputs
+from benchmarks._common import alternating_graph_ms, device_name, graph_ms, write_results
+from benchmarks.bench_ssd import fwd_bwd, impls, make_inputs
 from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, rel_err, shape_inputs
 
 
@@ -48,16 +48,9 @@ def main() -> None:
         tg = make_inputs(*shape, requires_grad=True)
         dout = torch.randn_like(tg["x"])
         fn = impls()["ours"]
-
-        def step():
-            for v in tg.values():
-                v.grad = None
-            call(fn, tg, 256).backward(dout)
-
-        for flag in (True, False, True, False):
-            kt.DB_SPLITS_DSTATE = flag
-            step()
-            rows.append(dict(shape=name, what=f"op fwd+bwd, dB dstate split: {flag}", ms=graph_ms(step)))
+        variants = {flag: lambda flag=flag: setattr(kt, "DB_SPLITS_DSTATE", flag) for flag in (True, False)}
+        for flag, ms in alternating_graph_ms(lambda: fwd_bwd(fn, tg, 256, dout), variants):
+            rows.append(dict(shape=name, what=f"op fwd+bwd, dB dstate split: {flag}", ms=ms))
             print(rows[-1], flush=True)
         kt.DB_SPLITS_DSTATE = default
         del tg

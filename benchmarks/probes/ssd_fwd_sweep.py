@@ -45,7 +45,7 @@ def passing_only(kt, candidate: dict) -> None:
     """chunk_state_passing_fwd's configurations at both shapes, then the op's graphed forward and forward+backward
     with the default and with ``candidate`` (the kernel also recomputes the states in the backward), alternating."""
     from benchmarks._common import graph_ms
-    from benchmarks.bench_ssd import call, make_inputs
+    from benchmarks.bench_ssd import call, fwd_bwd, make_inputs
     from mamba_compile.ops import ssd_chunk_scan
 
     default = kt.chunk_state_passing_fwd
@@ -65,9 +65,7 @@ def passing_only(kt, candidate: dict) -> None:
         dout = torch.randn_like(tg["x"])
 
         def step():
-            for v in tg.values():
-                v.grad = None
-            call(ssd_chunk_scan, tg, CHUNK).backward(dout)
+            fwd_bwd(ssd_chunk_scan, tg, CHUNK, dout)
 
         for label in ("default", "candidate", "default", "candidate"):
             kt.chunk_state_passing_fwd = default if label == "default" else functools.partial(default, **candidate)

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from benchmarks.bench_ssd import call, impls, make_inputs
+from benchmarks.bench_ssd import call, fwd_bwd, impls, make_inputs
 
 
 def host_us(fn, n=300):
@@ -78,9 +78,7 @@ def profile_bwd():
     dout = torch.randn_like(tg["x"])
 
     def step(fn):
-        for v in tg.values():
-            v.grad = None
-        call(fn, tg, 256).backward(dout)
+        fwd_bwd(fn, tg, 256, dout)
 
     fns = impls()
     for name, fn in fns.items():

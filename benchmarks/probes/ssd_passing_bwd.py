@@ -12,8 +12,8 @@ import argparse
 
 import torch
 
-from benchmarks._common import device_name, graph_ms, write_results
-from benchmarks.bench_ssd import call, impls
+from benchmarks._common import alternating_graph_ms, device_name, graph_ms, write_results
+from benchmarks.bench_ssd import fwd_bwd, impls
 from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, rel_err, shape_inputs
 
 CONFIGS = [dict(block_p=64, block_n=64, block_k=32, num_warps=4, num_stages=4),  # the default
@@ -72,15 +72,12 @@ def main() -> None:
         tg = make_inputs(b, l, h, pd, g, n, requires_grad=True)
         dout = torch.randn_like(tg["x"])
 
-        def step():
-            for v in tg.values():
-                v.grad = None
-            call(impls()["ours"], tg, CHUNK).backward(dout)
-
         fused = kt.chunk_state_passing_bwd
-        for label in ("one kernel", "two kernels", "one kernel", "two kernels"):
-            kt.chunk_state_passing_bwd = fused if label == "one kernel" else _two_kernels
-            rows.append(dict(shape=name, what=f"op fwd+bwd, reverse pass in {label}", ms=graph_ms(step)))
+        variants = {"one kernel": lambda: setattr(kt, "chunk_state_passing_bwd", fused),
+                    "two kernels": lambda: setattr(kt, "chunk_state_passing_bwd", _two_kernels)}
+        fn = impls()["ours"]
+        for label, ms in alternating_graph_ms(lambda: fwd_bwd(fn, tg, CHUNK, dout), variants):
+            rows.append(dict(shape=name, what=f"op fwd+bwd, reverse pass in {label}", ms=ms))
             print(rows[-1], flush=True)
         kt.chunk_state_passing_bwd = fused
         del tg

@@ -12,7 +12,7 @@ import collections
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.bench_ssd import SHAPES, call, impls, make_inputs
+from benchmarks.bench_ssd import SHAPES, call, fwd_bwd, impls, make_inputs
 
 
 def kernel_times(fn, iters: int) -> dict[str, tuple[float, int]]:
@@ -59,12 +59,10 @@ def main() -> None:
                 with torch.no_grad():
                     call(fn, t, chunk)
 
-            def fwd_bwd():
-                for v in tg.values():
-                    v.grad = None
-                call(fn, tg, chunk).backward(dout)
+            def both():
+                fwd_bwd(fn, tg, chunk, dout)
 
-            for case, f in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+            for case, f in (("fwd", fwd), ("fwd+bwd", both)):
                 new = table(f"{impl_name} {case}", kernel_times(f, args.iters))
                 print("\n".join(new), flush=True)
                 lines += new
