@@ -6,6 +6,9 @@ the limit.
     python3 -m benchmarks.probes.ssd_host [--profile] [--profile-bwd]
 
 ``--profile-bwd``: the host time of an eager forward+backward, ours and the reference's, and a cProfile of ours.
+``--pieces``: at the tiny shape and the benchmark's (b8 l2048 h24), the wall time per eager call (host or GPU,
+whichever is longer) of ours through the eager shortcut (ssd._EagerScan) and through the custom ops, alternating,
+and of the reference; then the bare pipelines and an empty autograd.Function (the autograd engine's own cost).
 """
 import argparse
 import cProfile
@@ -94,11 +97,69 @@ def profile_bwd():
     st.sort_stats("cumulative").print_stats(60)
 
 
+class _Empty(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, *a):
+        return a[0].new_empty(a[0].shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g,) + (None,) * 7
+
+
+def pieces(rounds=2):
+    from mamba_compile.ops import ssd
+
+    fns = impls()
+    plain = ssd._plain_eager
+    paths = {"ours, eager shortcut": plain, "ours, custom ops": lambda *t: False}
+    for shape in ((1, 256, 4, 64, 1, 128), (8, 2048, 24, 64, 1, 128)):
+        t = make_inputs(*shape)
+        tg = make_inputs(*shape, requires_grad=True)
+        dout = torch.randn_like(t["x"])
+        cases = {
+            "fwd, no grad": lambda fn: torch.no_grad()(lambda: call(fn, t, 256))(),
+            "fwd, inputs require grad": lambda fn: call(fn, tg, 256),
+            "fwd+bwd": lambda fn: fwd_bwd(fn, tg, 256, dout),
+        }
+        print(shape, flush=True)
+        for case, run in cases.items():
+            for r in range(rounds):
+                for label, pred in paths.items():
+                    ssd._plain_eager = pred
+                    print(f"  {case}, {label}: {host_us(lambda: run(fns['ours']), n=100):.0f} us", flush=True)
+                ssd._plain_eager = plain
+                if "reference" in fns:
+                    print(f"  {case}, reference: {host_us(lambda: run(fns['reference']), n=100):.0f} us", flush=True)
+        args = (t["x"], t["dt"], t["A"], t["B"], t["C"], 128, t["D"], t["z"], t["dt_bias"], None, None, None, True,
+                0.0, ssd._OPEN_BOUND)
+        with torch.no_grad():
+            pre = ssd._fwd_triton(*args, wrap=False, keep_pre_gate=True)[3]
+
+        def empty_step():
+            for v in tg.values():
+                v.grad = None
+            _Empty.apply(*(tg[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias"))).backward(dout)
+
+        rows = {
+            "_fwd_triton, no dispatch": lambda: ssd._fwd_triton(*args, wrap=False, keep_pre_gate=True),
+            "_bwd_triton, no dispatch": lambda: ssd._bwd_triton(dout, None, None, *args, wrap=False, pre_gate=pre),
+            "backward op through torch.ops": lambda: torch.ops.mamba_compile.ssd_chunk_scan_bwd(dout, None, None,
+                                                                                              *args, pre),
+            "empty autograd.Function, 8 inputs, fwd+bwd": empty_step,
+        }
+        for name, fn in rows.items():
+            print(f"  {name}: {host_us(fn, n=100):.0f} us", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--profile-bwd", action="store_true")
+    ap.add_argument("--pieces", action="store_true")
     a = ap.parse_args()
+    if a.pieces:
+        return pieces()
     if a.profile_bwd:
         return profile_bwd()
     t = make_inputs(1, 256, 4, 64, 1, 128)

@@ -26,8 +26,10 @@ so loading it needs this module imported. CUDA: Triton kernels (``ssd_triton.py`
 CUDA_CHUNK_MAX) and a little torch in the chunked layout, written to trace without guards on seqlen, so Inductor
 and AOTInductor compile the kernels.
 The backward is a second op: its CPU branch recomputes the forward under autograd inside an opaque custom op,
-its CUDA branch is explicit (``_bwd_triton``), including varlen_states' gradient. The first eager CUDA call of
-a configuration compiles the forward's and (when an input requires grad) the backward's Triton kernels
+its CUDA branch is explicit (``_bwd_triton``), including varlen_states' gradient. Plain eager CUDA calls of
+ssd_chunk_scan (no compile tracing, subclass, mode or transform: ``_plain_eager``) run the same pipelines
+through an autograd.Function (``_EagerScan``) instead of the two ops, whose dispatch costs host time. The first
+eager CUDA call of a configuration compiles the forward's and (when an input requires grad) the backward's Triton kernels
 concurrently (``_compile_ahead``); under torch.compile/export Inductor compiles them as usual.
 float64 inputs are accepted on CPU only (for gradcheck).
 """
@@ -104,10 +106,12 @@ def ssd_chunk_scan(
     # spares the backward recomputing y for dz.
     keep_pre_gate = z is not None and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, dt_bias, initial_states))
-    out, final_states, varlen_states, _ = torch.ops.mamba_compile.ssd_chunk_scan_fwd(
-        x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
-        dt_softplus, dt_min, dt_max, keep_pre_gate,
-    )
+    args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus, dt_min,
+            dt_max, keep_pre_gate)
+    if x.device.type == "cuda" and _plain_eager(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens):
+        out, final_states, varlen_states, _ = _EagerScan.apply(*args)
+    else:
+        out, final_states, varlen_states, _ = torch.ops.mamba_compile.ssd_chunk_scan_fwd(*args)
     if not return_varlen_states:
         return (out, final_states) if return_final_states else out
     return (out, final_states, varlen_states) if return_final_states else (out, varlen_states)
@@ -635,10 +639,7 @@ def ssd_chunk_scan_fwd(
     args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus,
             dt_min, dt_max)
     if x.device.type == "cuda":
-        args = _with_cuda_chunk(args, 5)
-        if _is_eager(x):
-            _compile_ahead(args + (keep_pre_gate,))
-        return tuple(_fwd_triton(*args, wrap=True, keep_pre_gate=keep_pre_gate))
+        return _cuda_forward(args, keep_pre_gate, wrap=True)
     return (*torch.ops.mamba_compile._ssd_chunk_scan_cpu(*args), _empty(x))  # the CPU backward recomputes
 
 
@@ -660,12 +661,7 @@ def ssd_chunk_scan_bwd(
     args = (dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
             cu_seqlens, dt_softplus, dt_min, dt_max)
     if x.device.type == "cuda":
-        args = _with_cuda_chunk(args, 8)
-        if _is_eager(x):
-            from . import ssd_triton as kt
-
-            kt.wait(_bwd_compiles.pop(_config_key(args[3:] + (pre_gate is not None,)), []))
-        return _bwd_triton(*args, wrap=True, pre_gate=pre_gate)
+        return _cuda_backward(args, pre_gate, wrap=True)
     return torch.ops.mamba_compile._ssd_chunk_scan_bwd_cpu(*args)
 
 
@@ -674,27 +670,55 @@ def _with_cuda_chunk(args: tuple, i: int) -> tuple:
     return (*args[:i], min(args[i], CUDA_CHUNK_MAX), *args[i + 1:])
 
 
+def _cuda_forward(args: tuple, keep_pre_gate: bool, wrap: bool) -> tuple:
+    """The Triton forward for the forward op's arguments ``args`` (without keep_pre_gate): the chunk capped, and the
+    kernels of a configuration's first eager CUDA call compiled ahead."""
+    args = _with_cuda_chunk(args, 5)
+    if args[0].is_cuda and _is_eager(args[0]):
+        _compile_ahead(args + (keep_pre_gate,))
+    return tuple(_fwd_triton(*args, wrap=wrap, keep_pre_gate=keep_pre_gate))
+
+
+def _cuda_backward(args: tuple, pre_gate: torch.Tensor | None, wrap: bool) -> list:
+    """The Triton backward for the backward op's arguments ``args`` (without pre_gate), after the compiles the
+    forward started for it."""
+    args = _with_cuda_chunk(args, 8)
+    if args[3].is_cuda and _is_eager(args[3]):
+        from . import ssd_triton as kt
+
+        kt.wait(_bwd_compiles.pop(_config_key(args[3:] + (pre_gate is not None,)), []))
+    return _bwd_triton(*args, wrap=wrap, pre_gate=pre_gate)
+
+
 def _setup_context(ctx, inputs, output):
+    _save_for_backward(ctx, inputs, output, inputs[0].device.type == "cuda")
+
+
+def _save_for_backward(ctx, inputs, output, triton_path: bool) -> None:
     (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus, dt_min,
      dt_max, keep_pre_gate) = inputs
     pre_gate = output[3]
     ctx.mark_non_differentiable(pre_gate)
     ctx.set_materialize_grads(False)  # no zero-filled gradients for unused outputs (pre_gate is x's size)
-    ctx.has_pre_gate = keep_pre_gate and z is not None and x.device.type == "cuda"
+    ctx.has_pre_gate = keep_pre_gate and z is not None and triton_path
     ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
                           pre_gate if ctx.has_pre_gate else None)
     ctx.chunk_size, ctx.dt_softplus, ctx.dt_min, ctx.dt_max = chunk_size, dt_softplus, dt_min, dt_max
 
 
 def _backward(ctx, dout, dfinal, dvarlen, _dpre_gate):
+    return _input_grads(ctx, dout, dfinal, dvarlen, torch.ops.mamba_compile.ssd_chunk_scan_bwd)
+
+
+def _input_grads(ctx, dout, dfinal, dvarlen, bwd) -> tuple:
+    """The forward's 16 input gradients from ``bwd``, which takes the backward op's arguments."""
     x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, pre_gate = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(x)
     if dvarlen is not None and cu_seqlens is None:
         dvarlen = None
-    grads = torch.ops.mamba_compile.ssd_chunk_scan_bwd(
-        dout, dfinal, dvarlen, x, dt, A, B, C, ctx.chunk_size, D, z, dt_bias, initial_states, seq_idx,
-        cu_seqlens, ctx.dt_softplus, ctx.dt_min, ctx.dt_max, pre_gate)
+    grads = bwd(dout, dfinal, dvarlen, x, dt, A, B, C, ctx.chunk_size, D, z, dt_bias, initial_states, seq_idx,
+                cu_seqlens, ctx.dt_softplus, ctx.dt_min, ctx.dt_max, pre_gate)
     dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = grads
     present = lambda g, t: g if t is not None else None  # noqa: E731
     return (dx, ddt, dA, dB, dC, None, present(dD, D), present(dz, z), present(ddt_bias, dt_bias),
@@ -702,3 +726,47 @@ def _backward(ctx, dout, dfinal, dvarlen, _dpre_gate):
 
 
 ssd_chunk_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Eager calls: the Triton pipeline without the custom op's dispatch
+# ----------------------------------------------------------------------------------------------------
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _plain_eager(*tensors) -> bool:
+    """Whether a call on ``tensors`` (None allowed) runs eagerly on plain tensors, with nothing that intercepts
+    operators: no torch.compile or export tracing, no tensor subclass (fake, functional, DTensor, ...), no
+    dispatch or torch-function mode, no functorch transform (vmap, grad). Such a call gives the op's result through
+    _EagerScan; any other goes through the custom op, whose dispatch those need."""
+    return (not torch.compiler.is_compiling()
+            and all(t is None or type(t) in _PLAIN_TENSORS for t in tensors)
+            and torch._C._len_torch_dispatch_stack() == 0
+            and not torch._C._is_torch_function_mode_enabled()
+            and not torch._C._are_functorch_transforms_active())
+
+
+class _EagerScan(torch.autograd.Function):
+    """ssd_chunk_scan_fwd's CUDA path as an autograd.Function, for plain eager calls (_plain_eager): the same
+    kernels, launched directly (wrap=False), the same saved tensors and the same backward pipeline, without the
+    dispatch of the two custom ops and of torch's autograd wrapper around them. H100 host, torch 2.11, b8 l2048
+    h24 (benchmarks/probes/ssd_host.py --pieces, session 25, two rounds, ms per eager call): forward without grad
+    0.37 / 0.61 against 0.52 / 0.67 through the ops, forward with grad 0.54 / 0.62 against 0.97 / 1.06,
+    forward+backward 2.70 / 2.78 against 3.42 / 3.04. Its inputs are the forward op's, in its order; it returns
+    the op's four outputs. The interpreter tests drive the pipelines through it on CPU tensors."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _cuda_forward(inputs[:-1], inputs[-1], wrap=False)
+        _save_for_backward(ctx, inputs, output, True)
+        return output
+
+    @staticmethod
+    def backward(ctx, dout, dfinal, dvarlen, _dpre_gate):
+        return _input_grads(ctx, dout, dfinal, dvarlen, _eager_backward)
+
+
+def _eager_backward(*args) -> list:
+    """ssd_chunk_scan_bwd's CUDA path, without its dispatch (see _EagerScan)."""
+    return _cuda_backward(args[:-1], args[-1], wrap=False)

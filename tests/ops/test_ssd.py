@@ -330,32 +330,15 @@ def test_autocast_bf16_cpu():
 
 
 def _triton_fn(inputs, varlen=False, chunk_size=16, dt_softplus=False, dt_limit=(0.0, math.inf), keep_pre_gate=True):
+    """The Triton forward and backward pipelines through _EagerScan, the op's eager CUDA path (with z, the
+    backward's dz from the kept pre-gate output, or with y recomputed when keep_pre_gate is False)."""
     t = inputs
     cu = t["cu_seqlens"] if varlen else None
     args = (t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size, t["D"], t["z"], t["dt_bias"], t["initial_states"],
-            t["seq_idx"], cu, dt_softplus, *ssd_module._dt_limit_args(dt_limit))
-    return _TritonScan.apply(args, keep_pre_gate, *(t[k] for k in GRAD_NAMES))[: 3 if varlen else 2]
-
-
-class _TritonScan(torch.autograd.Function):
-    """Test-only glue: drives the Triton forward and backward pipelines (wrap=False) like the op does (with z, the
-    backward's dz from the kept pre-gate output, or with y recomputed when keep_pre_gate is False)."""
-
-    @staticmethod
-    def forward(ctx, args, keep_pre_gate, *tensors):
-        ctx.args = args
-        out, final, vs, pre_gate = ssd_module._fwd_triton(*args, wrap=False, keep_pre_gate=keep_pre_gate)
-        ctx.pre_gate = pre_gate if pre_gate.numel() else None
-        assert (ctx.pre_gate is not None) == (keep_pre_gate and args[7] is not None)
-        return out, final, vs
-
-    @staticmethod
-    def backward(ctx, dout, dfinal, dvarlen):
-        a = ctx.args
-        dv = dvarlen if a[11] is not None else None
-        grads = ssd_module._bwd_triton(dout, dfinal, dv, *a, wrap=False, pre_gate=ctx.pre_gate)
-        present = [a[i] for i in (0, 1, 2, 3, 4, 6, 7, 8, 9)]
-        return (None, None, *[g if t is not None else None for g, t in zip(grads, present)])
+            t["seq_idx"], cu, dt_softplus, *ssd_module._dt_limit_args(dt_limit), keep_pre_gate)
+    out, final, vs, pre_gate = ssd_module._EagerScan.apply(*args)
+    assert (pre_gate.numel() > 0) == (keep_pre_gate and t["z"] is not None)
+    return (out, final, vs) if varlen else (out, final)
 
 
 needs_triton = pytest.mark.skipif(not importlib.util.find_spec("triton"), reason="needs triton")
@@ -571,6 +554,35 @@ def test_default_dt_limit_reaches_the_op_finite():
     assert not ssd_module._has_dt_limit(*floats)
 
 
+class _Sub(torch.Tensor):
+    pass
+
+
+class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def test_plain_eager_only_without_interception():
+    """The eager CUDA shortcut past the custom op (_EagerScan) is taken only for plain tensors with nothing that
+    intercepts operators: compile tracing, fake tensors, subclasses, dispatch and torch-function modes and
+    functorch transforms keep the op."""
+    x, p = torch.randn(3), torch.nn.Parameter(torch.randn(3))
+    plain = ssd_module._plain_eager
+    assert plain(x, p, None)
+    assert not plain(x, x.as_subclass(_Sub))
+    with torch._subclasses.FakeTensorMode() as mode:
+        assert not plain(mode.from_tensor(x))
+    with _CountOps():
+        assert not plain(x)
+    with torch.overrides.TorchFunctionMode():
+        assert not plain(x)
+    assert torch.equal(torch.vmap(lambda v: v + plain(v))(x), x)
+    compiled = torch.compile(lambda v: v + plain(v), backend="eager", fullgraph=True)
+    assert torch.equal(compiled(x), x)
+    assert plain(x)  # and nothing left behind
+
+
 # ---------------------------------------------------------------------------------------------------
 # GPU: the CUDA path against the float64 oracle (realistic shapes) and the CPU path
 # ---------------------------------------------------------------------------------------------------
@@ -610,6 +622,32 @@ def test_cuda_matches_oracle(shape, opts, act_dtype, tol, chunk_size):
     for k in rgrads:
         assert grads[k].dtype == inputs[k].dtype
         assert_close(grads[k].cpu(), rgrads[k], tol, "d" + k)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("opts, varlen", [(dict(), False), (dict(nseq=5, z=False), True)], ids=["all", "packed"])
+def test_cuda_eager_shortcut_equals_the_op(opts, varlen, monkeypatch):
+    """Plain eager CUDA calls run the pipeline through _EagerScan, not the custom ops: same kernels, so the same
+    outputs and gradients, bit for bit, as through the op (forced by making _plain_eager say no)."""
+    inputs = _to(make_inputs(1 if varlen else 2, 600, 8, 64, 2, 64, **opts, act_dtype=torch.bfloat16, seed=21),
+                 "cuda")
+    kw = dict(chunk_size=256, dt_softplus=True, varlen=varlen)
+    grad_fns = []
+
+    def spy(i, **k):
+        outs = via_op(i, **k)
+        grad_fns.append(type(outs[0].grad_fn).__name__)
+        return outs
+
+    outs, grads = run_fwd_bwd(spy, inputs, **kw)
+    monkeypatch.setattr(ssd_module, "_plain_eager", lambda *t: False)
+    op_outs, op_grads = run_fwd_bwd(spy, inputs, **kw)
+    assert "EagerScan" in grad_fns[0] and "ssd_chunk_scan_fwd" in grad_fns[1], grad_fns
+    for o, r in zip(outs, op_outs):
+        assert torch.equal(o, r)
+    assert grads.keys() == op_grads.keys()
+    for k in grads:
+        assert torch.equal(grads[k], op_grads[k]), k
 
 
 @pytest.mark.gpu
