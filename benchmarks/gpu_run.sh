@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -129,6 +129,13 @@ if [[ $what == ssd-eager ]]; then
   timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_ssd.py -k "shortcut or training_shape" 2>&1 | tee "$OUT/gpu_tests_ssd_eager.log" | tail -3
   timeout 200 python3 -m benchmarks.probes.ssd_host --pieces 2>&1 | tee "$OUT/ssd_host_pieces.log"
   timeout 250 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\||first call"
+fi
+if [[ $what == ssd-fused-cumsum ]]; then
+  # The SSD GPU tests, Mamba-2's training-step GPU tests, then the cumsum inside the state-passing kernel against
+  # the two launches (about 6 minutes)
+  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -9
+  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "mamba2 and (training or train_step)" 2>&1 | tee "$OUT/gpu_tests_m2.log" | tail -3
+  timeout 200 python3 -m benchmarks.probes.ssd_fused_cumsum --out "$OUT/ssd_fused_cumsum.json" 2>&1 | tee "$OUT/ssd_fused_cumsum.log" | grep -E "^\|"
 fi
 if [[ $what == ssd-passing-fwd ]]; then
   # chunk_state_passing_fwd's configurations, then the op with its default and with 32-step tiles, alternating

@@ -448,17 +448,36 @@ def _state_dtype(x, B, C, cu_seqlens, recompute_y: bool = False) -> torch.dtype:
     return torch.float32 if cu_seqlens is not None or recompute_y or kt._ieee(x, B, C) else C.dtype
 
 
+# The forward and the backward's recompute take dt_proc and its cumsum inside the state-passing kernel (one launch
+# instead of two); False for the probe that times both (benchmarks/probes/ssd_fused_cumsum.py).
+FUSED_CUMSUM = True
+
+
+def _dt_and_states(x, dt, A, B, chunk_size, dt_bias, initial_states, seq_idx, dt_softplus, dt_min, dt_max,
+                   prev_dtype, wrap):
+    """(dtp, dA_cs, prev, final): dt_proc and its within-chunk cumsum of dt A, the states entering the chunks (in
+    prev_dtype) and the final state. One launch for chunks of up to 128 (the CUDA kernels' chunk), else two."""
+    from . import ssd_triton as kt
+
+    has_limit = _has_dt_limit(dt_min, dt_max)
+    if chunk_size <= 128 and FUSED_CUMSUM:
+        return kt.chunk_cumsum_state_passing_fwd(x, B, dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max,
+                                                 has_limit, initial_states, seq_idx, prev_dtype=prev_dtype, wrap=wrap)
+    dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, has_limit, wrap=wrap)
+    return (dtp, dA_cs, *kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, prev_dtype=prev_dtype,
+                                                    wrap=wrap))
+
+
 def _fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus,
                 dt_min, dt_max, wrap: bool, keep_pre_gate: bool = False):
     """(out, final_states, varlen_states, pre_gate): pre_gate is y + D x when keep_pre_gate and z is given (the
     backward's dz then needs no recompute of y), else empty."""
     from . import ssd_triton as kt
 
-    dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max,
-                                     _has_dt_limit(dt_min, dt_max), wrap=wrap)
     # The state entering each chunk is read once, by chunk_scan.
-    prev, final_states = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx,
-                                                    prev_dtype=_state_dtype(x, B, C, cu_seqlens), wrap=wrap)
+    dtp, dA_cs, prev, final_states = _dt_and_states(x, dt, A, B, chunk_size, dt_bias, initial_states, seq_idx,
+                                                    dt_softplus, dt_min, dt_max, _state_dtype(x, B, C, cu_seqlens),
+                                                    wrap)
     cb = kt.bmm_cb_fwd(C, B, chunk_size, wrap=wrap)  # once per group, not per head
     pre_gate = torch.empty_like(x) if keep_pre_gate and z is not None else None
     out = kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, cb=cb, pre_gate=pre_gate, wrap=wrap)
@@ -478,12 +497,11 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
 
     seqlen = x.shape[1]
     has_limit = _has_dt_limit(dt_min, dt_max)
-    dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, has_limit,
-                                     wrap=wrap)
     # The chunk-boundary states and their gradients are stored as the forward stores its states.
     recompute_y = z is not None and pre_gate is None
     st_dtype = _state_dtype(x, B, C, cu_seqlens, recompute_y)
-    prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, prev_dtype=st_dtype, wrap=wrap)
+    dtp, dA_cs, prev, _ = _dt_and_states(x, dt, A, B, chunk_size, dt_bias, initial_states, seq_idx, dt_softplus,
+                                         dt_min, dt_max, st_dtype, wrap)
     # dy = dout * silu(z) (rounded to dout's dtype, and used so everywhere) and dz: elementwise from the
     # forward's pre-gate output when it was kept, else with y recomputed; without z, dy is dout.
     if recompute_y:

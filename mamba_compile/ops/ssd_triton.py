@@ -2,7 +2,8 @@
 
 Forward: chunk_cumsum (dt bias/softplus/clamp fused with the within-chunk cumsum of dt*A) -> chunk_state_passing
 (the state each chunk adds and the sequential pass over chunks in one kernel; the states entering each chunk are
-stored in C's dtype for 16-bit inputs, as the reference does) -> bmm_cb (C B^T once per chunk and group, float32,
+stored in C's dtype for 16-bit inputs, as the reference does; for chunks of up to 128, the CUDA path's, the cumsum
+is computed inside it: chunk_cumsum_state_passing_fwd, one launch) -> bmm_cb (C B^T once per chunk and group, float32,
 instead of once per head) -> chunk_scan (reads C B^T, incoming-state term, D skip and z gate fused; with a gate and
 a backward to come it also writes y + D x). Backward: chunk_state_passing again (states stored as the forward stores
 them), the gate's backward (gate_bwd: elementwise from the kept y + D x, nothing without z; chunk_scan_bwd_dz
@@ -28,7 +29,10 @@ softplus (benchmarks/bench_ssd.py has the op's times beside the reference's; the
 Since session 24 the op runs these kernels at chunk 128 when asked for 256 (ssd.CUDA_CHUNK_MAX): at 128,
 chunk_scan 0.148 ms, bwd_dx 0.249, chunk_state_passing 0.059 (probes ssd_fwd_sweep, ssd_bwd_sweep,
 ssd_passing_bwd: chunk_state_passing_bwd 0.088; ssd_db_split: dB 0.052), and the op 0.209 / 0.943 ms forward /
-forward+backward as graphs.
+forward+backward as graphs. Session 25 (ssd_fused_cumsum, graphs, alternating): the cumsum inside the passing kernel
+0.056 ms against 0.062-0.063 for the two launches (0.199 against 0.209 at b2 l8192 h80); the op 0.201 against
+0.208 forward, 0.920-0.922 against 0.937-0.938 forward+backward (0.664-0.666 / 2.868-2.873 against 0.675-0.676 /
+2.886-2.888 at l8192).
 The numbers below are at chunk 256.
     Forward kernels: cumsum 0.008 ms, chunk_state_passing 0.065 (chunk_state alone was 0.058, plus a separate
     state passing), bmm_cb 0.013, chunk_scan 0.181 (0.310 with C B^T per head and float32 states).
@@ -104,6 +108,19 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _dt_proc(dt, bias, ok, dt_min, dt_max, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr):
+    """dt (float32) + bias, softplus, clamp; 0 where not ok (padding beyond seqlen adds nothing and does not
+    decay)."""
+    if HAS_BIAS:
+        dt += bias
+    if SOFTPLUS:
+        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+    if HAS_LIMIT:
+        dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
+    return tl.where(ok, dt, 0.0)
+
+
+@triton.jit
 def _chunk_cumsum_fwd_kernel(
     dt_ptr, A_ptr, bias_ptr, dtp_ptr, dacs_ptr,
     seqlen, nheads, dt_min, dt_max,
@@ -120,13 +137,10 @@ def _chunk_cumsum_fwd_kernel(
     mask = h_ok[:, None] & (t[None, :] < seqlen)
     dt = tl.load(dt_ptr + pid_b * s_dt_b + t[None, :] * s_dt_l + offs_h[:, None] * s_dt_h, mask=mask,
                  other=0.0).to(tl.float32)
+    bias = 0.0
     if HAS_BIAS:
-        dt += tl.load(bias_ptr + offs_h, mask=h_ok, other=0.0).to(tl.float32)[:, None]
-    if SOFTPLUS:
-        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-    if HAS_LIMIT:
-        dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
-    dt = tl.where(mask, dt, 0.0)  # padding beyond seqlen adds nothing and does not decay
+        bias = tl.load(bias_ptr + offs_h, mask=h_ok, other=0.0).to(tl.float32)[:, None]
+    dt = _dt_proc(dt, bias, mask, dt_min, dt_max, HAS_BIAS, SOFTPLUS, HAS_LIMIT)
     A = tl.load(A_ptr + offs_h, mask=h_ok, other=0.0).to(tl.float32)
     dA_cs = tl.cumsum(dt * A[:, None], axis=1)
     out = pid_b * s_o_b + offs_h[:, None] * s_o_h + pid_c * s_o_c + offs_l[None, :] * s_o_l
@@ -369,16 +383,21 @@ def _chunk_decay(dacs_ptr, seq_ptr, c, seqlen, s_a_c, s_a_l, s_q_l, CHUNK: tl.co
     last = tl.minimum(seqlen, (c + 1) * CHUNK) - 1
     scale = tl.exp(tl.load(dacs_ptr + c * s_a_c + (last - c * CHUNK) * s_a_l))
     if HAS_SEQ_IDX:
-        seq_last = tl.load(seq_ptr + last * s_q_l)
-        seq_before = tl.load(seq_ptr + (c * CHUNK - 1) * s_q_l, mask=c > 0, other=0)
-        scale = tl.where(seq_last == seq_before, scale, 0.0)
+        scale = tl.where(_continues(seq_ptr, c, tl.load(seq_ptr + last * s_q_l), s_q_l, CHUNK), scale, 0.0)
     return scale
 
 
 @triton.jit
+def _continues(seq_ptr, c, seq_last, s_q_l, CHUNK: tl.constexpr):
+    """Whether chunk c ends in the sequence of the token before it (seq_idx 0 before the first chunk): else the
+    state entering it does not reach its end."""
+    return seq_last == tl.load(seq_ptr + (c * CHUNK - 1) * s_q_l, mask=c > 0, other=0)
+
+
+@triton.jit
 def _chunk_state_passing_fwd_kernel(
-    x_ptr, b_ptr, dtp_ptr, dacs_ptr, seq_ptr, init_ptr, prev_ptr, final_ptr,
-    seqlen, nchunks, headdim, dstate, heads_per_group,
+    x_ptr, b_ptr, dtp_ptr, dacs_ptr, seq_ptr, init_ptr, prev_ptr, final_ptr, dt_ptr, A_ptr, bias_ptr,
+    seqlen, nchunks, headdim, dstate, heads_per_group, dt_min, dt_max,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_b_b, s_b_l, s_b_g, s_b_n,
     s_a_b, s_a_h, s_a_c, s_a_l,
@@ -386,11 +405,16 @@ def _chunk_state_passing_fwd_kernel(
     s_i_b, s_i_h, s_i_p, s_i_n,
     s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
     s_f_b, s_f_h, s_f_p, s_f_n,
+    s_dt_b, s_dt_l, s_dt_h,
     CHUNK: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FUSED_DT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr,
 ):
     """prev[c] = S_in of chunk c (stored in prev's dtype), final = the state after the last chunk; the state a
-    chunk adds is sum_s x_s^T exp(a_last - a_s) dt_s [seq_s == seq_last] B_s, as in _chunk_state_fwd_kernel."""
+    chunk adds is sum_s x_s^T exp(a_last - a_s) dt_s [seq_s == seq_last] B_s, as in _chunk_state_fwd_kernel.
+    FUSED_DT (one tile a chunk, BLOCK_K == CHUNK): dt_proc and its cumsum come from dt, A and the bias here, as
+    _chunk_cumsum_fwd_kernel computes them, and the programs of the first (headdim, dstate) block store them to
+    dtp / dacs for the kernels after; else they are read from dtp / dacs."""
     pid_b, pid_h, pid_pn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_p, offs_n, p_ok, n_ok = _pn_block(pid_pn, headdim, dstate, BLOCK_P, BLOCK_N)
     pn_ok = p_ok[:, None] & n_ok[None, :]
@@ -404,19 +428,49 @@ def _chunk_state_passing_fwd_kernel(
                       mask=pn_ok, other=0.0).to(tl.float32)
     else:
         run = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    if FUSED_DT:
+        dt_ptr += pid_b * s_dt_b + pid_h * s_dt_h
+        A = tl.load(A_ptr + pid_h).to(tl.float32)
+        bias = 0.0
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + pid_h).to(tl.float32)
+        offs_k = tl.arange(0, CHUNK)
     for c in range(nchunks):
         start = c * CHUNK
         limit = tl.minimum(CHUNK, seqlen - start)
-        a_last = tl.load(dacs_ptr + c * s_a_c + (limit - 1) * s_a_l)
         seq_ref = 0
         if HAS_SEQ_IDX:
             seq_ref = tl.load(seq_ptr + (start + limit - 1) * s_q_l)
-        acc = _chunk_state_sum(x_ptr, b_ptr, dtp_ptr + c * s_a_c, dacs_ptr + c * s_a_c, seq_ptr, start, limit, a_last,
-                               seq_ref, offs_p, offs_n, p_ok, n_ok, s_x_l, s_x_p, s_b_l, s_b_n, s_a_l, s_q_l, False,
-                               HAS_SEQ_IDX, IEEE, BLOCK_P, BLOCK_N, BLOCK_K)
+        if FUSED_DT:
+            ok = offs_k < limit
+            dtv = tl.load(dt_ptr + (start + offs_k) * s_dt_l, mask=ok, other=0.0).to(tl.float32)
+            dtv = _dt_proc(dtv, bias, ok, dt_min, dt_max, HAS_BIAS, SOFTPLUS, HAS_LIMIT)
+            a = tl.cumsum(dtv * A, axis=0)
+            first = offs_k < tl.where(pid_pn == 0, CHUNK, 0)  # the first state block's programs store
+            tl.store(dtp_ptr + c * s_a_c + offs_k * s_a_l, dtv, mask=first)
+            tl.store(dacs_ptr + c * s_a_c + offs_k * s_a_l, a, mask=first)
+            a_last = tl.sum(tl.where(offs_k == CHUNK - 1, a, 0.0))  # padding past the end holds the last value
+            w = tl.exp(a_last - a) * dtv
+            if HAS_SEQ_IDX:
+                seq = tl.load(seq_ptr + (start + offs_k) * s_q_l, mask=ok, other=-1)
+                w = tl.where(seq == seq_ref, w, 0.0)
+            w = tl.where(ok, w, 0.0)
+            u_t = tl.load(x_ptr + (start + offs_k[None, :]) * s_x_l + offs_p[:, None] * s_x_p,
+                          mask=p_ok[:, None] & ok[None, :], other=0.0)
+            v_t = tl.load(b_ptr + (start + offs_k[:, None]) * s_b_l + offs_n[None, :] * s_b_n,
+                          mask=ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
+            acc = _dot(u_t, (v_t * w[:, None]).to(u_t.dtype), IEEE)
+            scale = tl.exp(a_last)
+            if HAS_SEQ_IDX:
+                scale = tl.where(_continues(seq_ptr, c, seq_ref, s_q_l, CHUNK), scale, 0.0)
+        else:
+            a_last = tl.load(dacs_ptr + c * s_a_c + (limit - 1) * s_a_l)
+            acc = _chunk_state_sum(x_ptr, b_ptr, dtp_ptr + c * s_a_c, dacs_ptr + c * s_a_c, seq_ptr, start, limit,
+                                   a_last, seq_ref, offs_p, offs_n, p_ok, n_ok, s_x_l, s_x_p, s_b_l, s_b_n, s_a_l,
+                                   s_q_l, False, HAS_SEQ_IDX, IEEE, BLOCK_P, BLOCK_N, BLOCK_K)
+            scale = _chunk_decay(dacs_ptr, seq_ptr, c, seqlen, s_a_c, s_a_l, s_q_l, CHUNK, HAS_SEQ_IDX)
         tl.store(prev_ptr + pid_b * s_s_b + c * s_s_c + pid_h * s_s_h + offs_p[:, None] * s_s_p
                  + offs_n[None, :] * s_s_n, run, mask=pn_ok)
-        scale = _chunk_decay(dacs_ptr, seq_ptr, c, seqlen, s_a_c, s_a_l, s_q_l, CHUNK, HAS_SEQ_IDX)
         run = scale * run + acc
     tl.store(final_ptr + pid_b * s_f_b + pid_h * s_f_h + offs_p[:, None] * s_f_p + offs_n[None, :] * s_f_n, run,
              mask=pn_ok)
@@ -426,6 +480,34 @@ def chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, *, prev_d
                             block_n=None, block_k=128, num_warps=4, num_stages=2, wrap):
     """(prev: the state entering each chunk, (batch, nchunks, nheads, headdim, dstate) in prev_dtype; final:
     float32 (batch, nheads, headdim, dstate)). Replaces chunk_state_fwd + state_passing_fwd."""
+    return _passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, None, prev_dtype, block_p, block_n, block_k,
+                        num_warps, num_stages, wrap)
+
+
+def chunk_cumsum_state_passing_fwd(x, B, dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, has_limit,
+                                   initial_states, seq_idx, *, prev_dtype=torch.float32, block_p=None, block_n=None,
+                                   num_warps=4, num_stages=2, wrap):
+    """chunk_cumsum_fwd then chunk_state_passing_fwd in one launch (chunk_size <= 128: one tile a chunk): returns
+    (dtp, dA_cs, prev, final). The passing kernel's programs compute dt_proc and its cumsum for each chunk as they
+    reach it; those of the first state block store them for the kernels after. H100, b8 l2048 h24 at chunk 128:
+    see the module docstring."""
+    if chunk_size > 128:
+        raise ValueError(f"chunk_cumsum_state_passing_fwd takes a chunk as one tile: chunk_size must be <= 128, "
+                         f"got {chunk_size}")
+    batch, seqlen, nheads = dt.shape
+    nchunks = triton.cdiv(seqlen, chunk_size)
+    dtp = torch.empty(batch, nheads, nchunks, chunk_size, device=dt.device, dtype=torch.float32)
+    dA_cs = torch.empty_like(dtp)
+    prev, final = _passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx,
+                               (dt, A, dt_bias, dt_softplus, dt_min, dt_max, has_limit), prev_dtype, block_p,
+                               block_n, chunk_size, num_warps, num_stages, wrap)
+    return dtp, dA_cs, prev, final
+
+
+def _passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, dt_args, prev_dtype, block_p, block_n, block_k,
+                 num_warps, num_stages, wrap):
+    """The launch of _chunk_state_passing_fwd_kernel; dt_args (dt, A, dt_bias, dt_softplus, dt_min, dt_max,
+    has_limit), or None to read dtp and dA_cs."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
@@ -441,15 +523,20 @@ def chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, *, prev_d
     block_n = block_n or min(64 if prev_dtype != torch.float32 else 128, _pow2(dstate))
     init = initial_states if initial_states is not None else final
     q = seq_idx if seq_idx is not None else dtp
+    fused = dt_args is not None
+    dt, A, dt_bias, dt_softplus, dt_min, dt_max, has_limit = dt_args if fused else (dtp, dtp, None, False, 0.0,
+                                                                                     0.0, False)
     grid = (batch, nheads, triton.cdiv(headdim, block_p) * triton.cdiv(dstate, block_n))
     _launch(_chunk_state_passing_fwd_kernel, wrap)[grid](
-        x, B, dtp, dA_cs, q, init, prev, final,
-        seqlen, nchunks, headdim, dstate, nheads // ngroups,
+        x, B, dtp, dA_cs, q, init, prev, final, dt, A, dt_bias if dt_bias is not None else A,
+        seqlen, nchunks, headdim, dstate, nheads // ngroups, float(dt_min), float(min(dt_max, 3.0e38)),
         *x.stride(), *B.stride(), *dtp.stride(),
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
         *init.stride(), *prev.stride(), *final.stride(),
+        *(dt.stride() if fused else (0, 0, 0)),
         CHUNK=chunk_size, HAS_INIT=initial_states is not None, HAS_SEQ_IDX=seq_idx is not None,
-        IEEE=_ieee(x, B), BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(block_k, chunk_size),
+        IEEE=_ieee(x, B), BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(block_k, chunk_size), FUSED_DT=fused,
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
         num_warps=num_warps, num_stages=num_stages,
     )
     return prev, final

@@ -416,8 +416,7 @@ def test_first_call_finds_the_pipelines_launches():
             None, True, 0.0, ssd_module._OPEN_BOUND, True)
     fwd, bwd = ssd_module._recorded_launches(args, with_backward=True)
     names = lambda jobs: [job[0].fn.__name__ for job in jobs]  # noqa: E731
-    assert names(fwd) == ["_chunk_cumsum_fwd_kernel", "_chunk_state_passing_fwd_kernel", "_bmm_cb_kernel",
-                          "_chunk_scan_fwd_kernel"]
+    assert names(fwd) == ["_chunk_state_passing_fwd_kernel", "_bmm_cb_kernel", "_chunk_scan_fwd_kernel"]
     assert "_chunk_scan_bwd_dx_kernel" in names(bwd) and "_dt_bwd_kernel" in names(bwd)
     # the kept pre-gate output: dz from the elementwise kernel; without it, y is recomputed
     assert "_gate_bwd_kernel" in names(bwd) and "_chunk_scan_bwd_dz_kernel" not in names(bwd)
@@ -441,6 +440,26 @@ def test_triton_state_passing_steps_inside_chunks(nseq):
     torch.testing.assert_close(final16, final32, rtol=1e-5, atol=1e-5)
     want = oracle(t, dt_softplus=True)[1]
     assert_close(final16, want, 1e-4, "final_states")
+
+
+@needs_triton
+@pytest.mark.parametrize("nseq, limit, bias", [(0, None, True), (3, (0.2, 0.9), False)],
+                         ids=["bias-softplus", "seq_idx-limit-nobias"])
+def test_triton_cumsum_in_state_passing_matches_two_kernels(nseq, limit, bias):
+    """chunk_cumsum_state_passing_fwd (dt_proc and its cumsum computed inside the passing kernel, stored by the
+    first state block's programs) gives chunk_cumsum_fwd followed by chunk_state_passing_fwd, with several
+    (headdim, dstate) blocks and a partial last chunk."""
+    kt, t, _, _ = _interpreter_chunks(2 if not nseq else 1, 70, 3, 12, 1, 24, nseq=nseq, seed=17)
+    dt_bias = t["dt_bias"] if bias else None
+    lo, hi = ssd_module._dt_limit_args(limit or (0.0, math.inf))
+    has_limit = ssd_module._has_dt_limit(lo, hi)
+    dtp, dA_cs = kt.chunk_cumsum_fwd(t["dt"], t["A"], dt_bias, 32, True, lo, hi, has_limit, wrap=False)
+    want = (dtp, dA_cs, *kt.chunk_state_passing_fwd(t["x"], t["B"], dtp, dA_cs, t["initial_states"], t["seq_idx"],
+                                                    wrap=False))
+    got = kt.chunk_cumsum_state_passing_fwd(t["x"], t["B"], t["dt"], t["A"], dt_bias, 32, True, lo, hi, has_limit,
+                                            t["initial_states"], t["seq_idx"], block_p=8, block_n=16, wrap=False)
+    for name, g, w in zip(("dtp", "dA_cs", "prev", "final"), got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5, msg=name)
 
 
 @needs_triton
