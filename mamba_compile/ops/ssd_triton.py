@@ -32,7 +32,8 @@ ssd_passing_bwd: chunk_state_passing_bwd 0.088; ssd_db_split: dB 0.052), and the
 forward+backward as graphs. Session 25 (ssd_fused_cumsum, graphs, alternating): the cumsum inside the passing kernel
 0.056 ms against 0.062-0.063 for the two launches (0.199 against 0.209 at b2 l8192 h80); the op 0.201 against
 0.208 forward, 0.920-0.922 against 0.937-0.938 forward+backward (0.664-0.666 / 2.868-2.873 against 0.675-0.676 /
-2.886-2.888 at l8192).
+2.886-2.888 at l8192). Then chunk_scan's and dx's grids tile-major (SCAN_FWD_CONFIG, DX_TILE_MAJOR): chunk_scan
+0.122 ms, dx 0.223, the op 0.185-0.186 / 0.888 (0.595 / 2.743-2.753 at l8192).
 The numbers below are at chunk 256.
     Forward kernels: cumsum 0.008 ms, chunk_state_passing 0.065 (chunk_state alone was 0.058, plus a separate
     state passing), bmm_cb 0.013, chunk_scan 0.181 (0.310 with C B^T per head and float32 states).
@@ -819,6 +820,15 @@ def _chunk_scan_y(
 
 
 @triton.jit
+def _tile_pids(TILE_MAJOR: tl.constexpr):
+    """(chunk row of batch * nchunks, head, tile, number of tiles) of a grid (batch * nchunks, nheads, tiles), or
+    with TILE_MAJOR of (tiles, nheads, batch * nchunks)."""
+    if TILE_MAJOR:
+        return tl.program_id(2), tl.program_id(1), tl.program_id(0), tl.num_programs(0)
+    return tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(2)
+
+
+@triton.jit
 def _chunk_scan_fwd_kernel(
     x_ptr, b_ptr, c_ptr, cb_ptr, dtp_ptr, dacs_ptr, seq_ptr, prev_ptr, d_ptr, z_ptr, out_ptr, pre_ptr,
     seqlen, headdim, dstate, heads_per_group,
@@ -835,15 +845,18 @@ def _chunk_scan_fwd_kernel(
     CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_CB: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, KEEP_PRE: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    TILE_MAJOR: tl.constexpr,
 ):
-    """out = (y + D x) silu(z); with KEEP_PRE, also y + D x (out's strides) for the backward's dz."""
-    pid_bc, pid_h, pid_t = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """out = (y + D x) silu(z); with KEEP_PRE, also y + D x (out's strides) for the backward's dz. Grid (batch *
+    nchunks, nheads, row tiles), or with TILE_MAJOR (row tiles, nheads, batch * nchunks): a chunk's heads and row
+    tiles in neighbouring programs."""
+    pid_bc, pid_h, pid_t, ntiles = _tile_pids(TILE_MAJOR)
     nchunks = tl.cdiv(seqlen, CHUNK)
     pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
     start = pid_c * CHUNK
     limit = tl.minimum(CHUNK, seqlen - start)
     # Longest row tiles first: tile i walks i + 1 column tiles.
-    t0 = (tl.num_programs(2) - 1 - pid_t) * BLOCK_T
+    t0 = (ntiles - 1 - pid_t) * BLOCK_T
     g = pid_h // heads_per_group
     x_ptr += pid_b * s_x_b + start * s_x_l + pid_h * s_x_h
     _, acc = _chunk_scan_y(
@@ -888,7 +901,19 @@ def _d_strides(D):
 
 
 # num_stages must stay 2: see the module docstring (a Triton 3.6 miscompile with one stage).
-SCAN_FWD_CONFIG = dict(block_t=64, block_s=32, num_warps=4, num_stages=2)
+# tile_major: a chunk's heads and row tiles in neighbouring programs, which read the same C B^T and C tiles and, for
+# a head's row tiles, the same state and x tiles, from L2 (session 25, benchmarks/probes/ssd_grid_order.py, H100,
+# graphs): 0.122-0.123 ms against 0.139-0.140 chunk-major, 0.391-0.398 against 0.461-0.463 at b2 l8192 h80; the
+# op's forward 0.185-0.186 against 0.201-0.202 ms. The same outputs bit for bit.
+SCAN_FWD_CONFIG = dict(block_t=64, block_s=32, num_warps=4, num_stages=2, tile_major=True)
+
+
+def _tile_grid(batch_chunks: int, nheads: int, ntiles: int, tile_major: bool):
+    """The grid of the chunk-scan kernels (see _tile_pids); chunk-major where batch * nchunks exceeds the 65535
+    programs a grid's third dimension can take."""
+    if tile_major and batch_chunks <= 65535:
+        return (ntiles, nheads, batch_chunks), True
+    return (batch_chunks, nheads, ntiles), False
 
 
 def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, cb=None, pre_gate=None, config=None, wrap):
@@ -907,7 +932,7 @@ def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, cb=None, pre_gat
     q = seq_idx if seq_idx is not None else dtp
     zz = z if z is not None else x
     c5 = cb if cb is not None else prev  # any 5-d tensor: never read without HAS_CB
-    grid = (batch * nchunks, nheads, triton.cdiv(chunk_size, block_t))
+    grid, tile_major = _tile_grid(batch * nchunks, nheads, triton.cdiv(chunk_size, block_t), cfg["tile_major"])
     _launch(_chunk_scan_fwd_kernel, wrap)[grid](
         x, B, C, c5, dtp, dA_cs, q, prev, D if D is not None else dtp, zz, out,
         pre_gate if pre_gate is not None else out,
@@ -918,8 +943,8 @@ def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, cb=None, pre_gat
         *prev.stride(), *_d_strides(D), *zz.stride(), *out.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_CB=cb is not None, HAS_D=D is not None,
         HAS_Z=z is not None, KEEP_PRE=pre_gate is not None and z is not None, IEEE=_ieee(x, B, C), BLOCK_T=block_t,
-        BLOCK_S=block_s, BLOCK_P=_pow2(headdim), BLOCK_N=_pow2(dstate), num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        BLOCK_S=block_s, BLOCK_P=_pow2(headdim), BLOCK_N=_pow2(dstate), TILE_MAJOR=tile_major,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
 
@@ -1086,13 +1111,14 @@ def _chunk_scan_bwd_dx_kernel(
     s_dx_b, s_dx_l, s_dx_h, s_dx_p,
     CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_D: tl.constexpr, HAS_EXTRA: tl.constexpr,
     IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    TILE_MAJOR: tl.constexpr,
 ):
     """Rows s: G_s B_s = exp(a_last - a_s) dend B_s + sum_{t>=s} (B_s . C_t) exp(a_t - a_s) dy_t;
     dx_s = dt_s G_s B_s + D dy_s; dL/d dt_s = x_s . G_s B_s; with D, this block's sums over s of dy_s x_s (dD).
     Log-decay terms, from the pair values P_ts = (C_t . B_s) exp(a_t - a_s) dt_s (dy_t . x_s) of this chunk
     (one float32 tile gives both sums, so they cancel exactly where they should): column sums over t (col),
     row sums over s per block of s (row, summed later), and x_s . dx_s of the state part (colstate)."""
-    pid_bc, pid_h, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_bc, pid_h, pid_s, _ = _tile_pids(TILE_MAJOR)
     nchunks = tl.cdiv(seqlen, CHUNK)
     pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
     start = pid_c * CHUNK
@@ -1174,7 +1200,14 @@ def _chunk_scan_bwd_dx_kernel(
     tl.store(dx_ptr + rows, dx, mask=mask)
 
 
-def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, num_warps=4, wrap):
+# dx's grid as chunk_scan's (see SCAN_FWD_CONFIG): 0.223 ms against 0.236 chunk-major, 0.716 against 0.755 at b2
+# l8192 h80 (ssd_grid_order, session 25); with both, the op's forward+backward 0.888 against 0.922 ms (2.743-2.753
+# against 2.872 at l8192), alternating in one run.
+DX_TILE_MAJOR = True
+
+
+def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, num_warps=4,
+                      tile_major=None, wrap):
     """Returns dx (x's dtype, contiguous), dL/d dt_proc, the log-decay pieces (see the kernel): col,
     colstate in dA_cumsum layout, row in partial sums, one per block of s (dt_bwd sums them), and dD (float32,
     D's shape, or None). x is read with its own strides: the Mamba-2 block's x is a slice of the in-projection's
@@ -1193,7 +1226,9 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
     dd = torch.empty(batch * nchunks, nheads, nblocks, headdim, device=x.device, dtype=torch.float32)
     q = seq_idx if seq_idx is not None else dtp
     e = dx_extra if dx_extra is not None else dtp
-    _launch(_chunk_scan_bwd_dx_kernel, wrap)[(batch * nchunks, nheads, nblocks)](
+    grid, tile_major = _tile_grid(batch * nchunks, nheads, nblocks,
+                                  DX_TILE_MAJOR if tile_major is None else tile_major)
+    _launch(_chunk_scan_bwd_dx_kernel, wrap)[grid](
         x, B, C, dtp, dA_cs, q, dy, dend, D if D is not None else dtp, e,
         dx, ddt, col, colstate, row, dd,
         seqlen, headdim, dstate, nheads // ngroups,
@@ -1203,8 +1238,8 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
         *(e.stride() if dx_extra is not None else (0, 0, 0, 0)),
         *row.stride(), dd.stride(0), dd.stride(1), dd.stride(2), *dx.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, HAS_EXTRA=dx_extra is not None,
-        IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=num_warps,
-        num_stages=num_stages,
+        IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, TILE_MAJOR=tile_major,
+        num_warps=num_warps, num_stages=num_stages,
     )
     # headdim (contiguous) first, then the rest: two small reductions instead of one over three dimensions into
     # nheads outputs (not timed alone; the backward's torch reductions took 0.020 ms in all afterwards).

@@ -365,6 +365,9 @@ KERNEL_CASES = [
     pytest.param(dict(), dict(dt_softplus=True, keep_pre_gate=False), False, id="z-y-recomputed"),
     pytest.param(dict(nosplit=True, init=False), dict(dt_softplus=True), False, id="dB-dC-heads-unsplit"),
     pytest.param(dict(batch=2, nheads=4, ngroups=2, nseq=3), dict(dt_softplus=True), False, id="seq_idx-b2-g2"),
+    # chunk_scan's and dx's chunk-major grids (the defaults are tile-major)
+    pytest.param(dict(batch=2, nheads=4, ngroups=2, tile_major=False), dict(dt_softplus=True), False,
+                 id="chunk-major"),
     # 16-bit: the forward keeps the chunk states in C's dtype (fp16: the interpreter's bf16 dots are unreliable)
     pytest.param(dict(act_dtype=torch.float16), dict(dt_softplus=True), False, id="fp16-states"),
 ]
@@ -380,8 +383,12 @@ def test_triton_kernels_match_oracle(opts, kw, varlen, monkeypatch):
     keep = kw.pop("keep_pre_gate", True)
     fn = (lambda i, **k: _triton_fn(_strided(i), **k, keep_pre_gate=keep)) if opts.pop("strided", False) else (
         lambda i, **k: _triton_fn(i, **k, keep_pre_gate=keep))
+    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
     if opts.pop("nosplit", False):  # dB and dC written by one program per group (the large-batch layout)
-        monkeypatch.setattr(importlib.import_module("mamba_compile.ops.ssd_triton"), "_TARGET_PROGRAMS", 1)
+        monkeypatch.setattr(kt, "_TARGET_PROGRAMS", 1)
+    if "tile_major" in opts:
+        monkeypatch.setitem(kt.SCAN_FWD_CONFIG, "tile_major", opts["tile_major"])
+        monkeypatch.setattr(kt, "DX_TILE_MAJOR", opts.pop("tile_major"))
     batch, nheads, ngroups = opts.pop("batch", 1), opts.pop("nheads", 3), opts.pop("ngroups", 1)
     inputs = make_inputs(batch, 35, nheads, 8, ngroups, 12, **opts, seed=7)
     if batch > 1:
@@ -393,14 +400,18 @@ def test_triton_kernels_match_oracle(opts, kw, varlen, monkeypatch):
 
 
 @needs_triton
-@pytest.mark.parametrize("nseq, z", [(0, True), (4, False)], ids=["one-sequence-z", "seq_idx-noz"])
-def test_triton_kernels_match_oracle_several_tiles_per_chunk(nseq, z, monkeypatch):
+@pytest.mark.parametrize("nseq, z, tile_major", [(0, True, True), (4, False, True), (0, True, False)],
+                         ids=["one-sequence-z", "seq_idx-noz", "chunk-major"])
+def test_triton_kernels_match_oracle_several_tiles_per_chunk(nseq, z, tile_major, monkeypatch):
     """16-wide row tiles in 32-long chunks: C B^T and its gradient span several tiles per chunk, so the tiles
     below the diagonal, read transposed by dx and dB, and the triangle of tiles each row walks, are exercised
-    (the other interpreter tests have one tile per chunk)."""
+    (the other interpreter tests have one tile per chunk); also with chunk_scan's and dx's chunk-major grids."""
     if torch.cuda.is_available():
         pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
-    monkeypatch.setattr(importlib.import_module("mamba_compile.ops.ssd_triton"), "BLOCK_T_MAX", 16)
+    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
+    monkeypatch.setattr(kt, "BLOCK_T_MAX", 16)
+    monkeypatch.setitem(kt.SCAN_FWD_CONFIG, "tile_major", tile_major)
+    monkeypatch.setattr(kt, "DX_TILE_MAJOR", tile_major)
     # 75 = 2 chunks of 32 + 11 (a partial last tile); 4 heads in 2 groups.
     inputs = make_inputs(1, 75, 4, 8, 2, 12, nseq=nseq, z=z, seed=13)
     inputs["cu_seqlens"] = None

@@ -1,0 +1,75 @@
+"""The grids of the SSD's two largest kernels, chunk_scan_fwd and chunk_scan_bwd_dx: chunk-major (batch * nchunks,
+nheads, row tiles) against tile-major (row tiles, nheads, batch * nchunks), where a chunk's heads and row tiles,
+which read the same C B^T, C, B and (per head) state and x / dy tiles, run in neighbouring programs. CUDA-graph
+medians of each kernel with the largest difference of the outputs relative to the largest value, then the op's
+graphed forward and forward+backward with each setting (ssd_triton.SCAN_FWD_CONFIG["tile_major"],
+ssd_triton.DX_TILE_MAJOR), alternating.
+
+    python -m benchmarks.probes.ssd_grid_order [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from benchmarks._common import alternating_graph_ms, device_name, graph_ms, write_results
+from benchmarks.bench_ssd import call, fwd_bwd, impls, make_inputs
+from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, rel_err, shape_inputs
+
+
+def main() -> None:
+    from mamba_compile.ops import ssd_triton as kt
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    print(device_name(), f"chunk {CHUNK}", flush=True)
+    rows = []
+    defaults = kt.SCAN_FWD_CONFIG["tile_major"], kt.DX_TILE_MAJOR
+    for name, shape in SHAPES.items():
+        t, x, dt, A, B, C, D, z, bias, dtp, dA_cs = shape_inputs(shape)
+        prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype, wrap=False)
+        cb = kt.bmm_cb_fwd(C, B, CHUNK, wrap=False)
+        dy = torch.randn_like(x)
+        dend, _, _ = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, None, None, False, dend_dtype=C.dtype, wrap=False)
+        kernels = {
+            "chunk_scan_fwd": lambda tm: kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, None, cb=cb,
+                                                           config=dict(tile_major=tm), wrap=False),
+            "chunk_scan_bwd_dx": lambda tm: kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, None,
+                                                                 tile_major=tm, wrap=False)[0],
+        }
+        for kname, run in kernels.items():
+            diff = rel_err(run(True), run(False))
+            for tm in (False, True, False, True):
+                rows.append(dict(shape=name, what=f"{kname}, tile-major: {tm}", ms=graph_ms(lambda: run(tm)),
+                                 diff=diff))
+                print(rows[-1], flush=True)
+        del t, x, dt, B, C, dtp, dA_cs, prev, cb, dy, dend
+        fn = impls()["ours"]
+        ti = make_inputs(*shape)
+        tg = make_inputs(*shape, requires_grad=True)
+        dout = torch.randn_like(tg["x"])
+
+        def use(fwd_tm, dx_tm):
+            kt.SCAN_FWD_CONFIG["tile_major"], kt.DX_TILE_MAJOR = fwd_tm, dx_tm
+
+        variants = {(f, d): lambda f=f, d=d: use(f, d) for f, d in ((False, False), (True, False), (False, True),
+                                                                    (True, True))}
+        with torch.no_grad():
+            for (f, d), ms in alternating_graph_ms(lambda: call(fn, ti, 256), {k: v for k, v in variants.items()
+                                                                              if not k[1]}):
+                rows.append(dict(shape=name, what=f"op fwd, chunk_scan tile-major: {f}", ms=ms))
+                print(rows[-1], flush=True)
+        for (f, d), ms in alternating_graph_ms(lambda: fwd_bwd(fn, tg, 256, dout), variants):
+            rows.append(dict(shape=name, what=f"op fwd+bwd, tile-major chunk_scan: {f}, dx: {d}", ms=ms))
+            print(rows[-1], flush=True)
+        use(*defaults)
+        del ti, tg
+        torch.cuda.empty_cache()
+    write_results(rows, args.out)
+
+
+if __name__ == "__main__":
+    main()
