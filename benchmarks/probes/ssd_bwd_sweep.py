@@ -1,5 +1,5 @@
 """Launch configurations of the SSD backward's kernels at both benchmark shapes (bf16, 16-bit states as the op
-stores them): chunk_scan_bwd_dcb (tile width, warps, stages), chunk_scan_bwd_dx (warps, stages), dt_bwd (heads
+stores them): chunk_scan_bwd_dcb (tile width, warps, stages), chunk_scan_bwd_dx (row tiles, warps, stages), dt_bwd (heads
 per program, warps). Time (do_bench median) and the largest difference from the default's output relative to its
 largest value (a miscompiled variant shows up there).
 
@@ -21,7 +21,9 @@ DCB = [dict(block_t=64, num_warps=4, num_stages=2), dict(block_t=64, num_warps=4
        dict(block_t=64, num_warps=8, num_stages=2), dict(block_t=64, num_warps=4, num_stages=1),
        dict(block_t=128, num_warps=8, num_stages=2), dict(block_t=128, num_warps=4, num_stages=2)]
 DX = [dict(num_warps=4, num_stages=2), dict(num_warps=8, num_stages=2), dict(num_warps=4, num_stages=3),
-      dict(num_warps=8, num_stages=3)]
+      dict(num_warps=8, num_stages=3), dict(num_warps=4, num_stages=1), dict(block_t=32, num_warps=4, num_stages=2),
+      dict(block_t=32, num_warps=2, num_stages=2), dict(block_t=32, num_warps=4, num_stages=3),
+      dict(block_t=32, num_warps=2, num_stages=3)]
 DT = [dict(block_h=None, num_warps=4), dict(block_h=1, num_warps=2), dict(block_h=2, num_warps=4),
       dict(block_h=8, num_warps=4), dict(block_h=8, num_warps=8), dict(block_h=16, num_warps=8)]
 

@@ -448,6 +448,11 @@ def _state_dtype(x, B, C, cu_seqlens, recompute_y: bool = False) -> torch.dtype:
     return torch.float32 if cu_seqlens is not None or recompute_y or kt._ieee(x, B, C) else C.dtype
 
 
+# The forward's chunk_scan reads C B^T from bmm_cb_fwd (once per chunk and group); False: each program computes its
+# tiles itself. Session 25, H100 (benchmarks/probes/ssd_fwd_cb.py, graphs, tile-major grids): chunk_scan 0.122 ms
+# reading it against 0.150-0.151 computing it (0.386-0.391 against 0.484-0.487 at b2 l8192 h80), bmm_cb_fwd
+# 0.005; the op's forward 0.183 against 0.206, forward+backward 0.887-0.889 against 0.908-0.909.
+FWD_BMM_CB = True
 # The forward and the backward's recompute take dt_proc and its cumsum inside the state-passing kernel (one launch
 # instead of two); False for the probe that times both (benchmarks/probes/ssd_fused_cumsum.py).
 FUSED_CUMSUM = True
@@ -478,7 +483,7 @@ def _fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_i
     dtp, dA_cs, prev, final_states = _dt_and_states(x, dt, A, B, chunk_size, dt_bias, initial_states, seq_idx,
                                                     dt_softplus, dt_min, dt_max, _state_dtype(x, B, C, cu_seqlens),
                                                     wrap)
-    cb = kt.bmm_cb_fwd(C, B, chunk_size, wrap=wrap)  # once per group, not per head
+    cb = kt.bmm_cb_fwd(C, B, chunk_size, wrap=wrap) if FWD_BMM_CB else None  # once per group, not per head
     pre_gate = torch.empty_like(x) if keep_pre_gate and z is not None else None
     out = kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, cb=cb, pre_gate=pre_gate, wrap=wrap)
     varlen = _empty(final_states)

@@ -1200,6 +1200,9 @@ def _chunk_scan_bwd_dx_kernel(
     tl.store(dx_ptr + rows, dx, mask=mask)
 
 
+# Session 25, tile-major (ssd_bwd_sweep, do_bench, b8 l2048 h24 / b2 l8192 h80): dx's defaults (64-row blocks, 4
+# warps, 2 stages) 0.237 / 0.734 ms; one stage 0.241 / 0.756; 32-row blocks 0.280-0.467 / 0.866-1.504; 8 warps or
+# 3 stages 0.367-0.470 / 1.176-1.531.
 # dx's grid as chunk_scan's (see SCAN_FWD_CONFIG): 0.223 ms against 0.236 chunk-major, 0.716 against 0.755 at b2
 # l8192 h80 (ssd_grid_order, session 25); with both, the op's forward+backward 0.888 against 0.922 ms (2.743-2.753
 # against 2.872 at l8192), alternating in one run.
@@ -1207,7 +1210,7 @@ DX_TILE_MAJOR = True
 
 
 def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, num_warps=4,
-                      tile_major=None, wrap):
+                      tile_major=None, block_t=None, wrap):
     """Returns dx (x's dtype, contiguous), dL/d dt_proc, the log-decay pieces (see the kernel): col,
     colstate in dA_cumsum layout, row in partial sums, one per block of s (dt_bwd sums them), and dD (float32,
     D's shape, or None). x is read with its own strides: the Mamba-2 block's x is a slice of the in-projection's
@@ -1215,7 +1218,8 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
-    block_t, block_p, block_n = _scan_blocks(chunk_size, headdim, dstate)
+    block_t0, block_p, block_n = _scan_blocks(chunk_size, headdim, dstate)
+    block_t = min(block_t or block_t0, chunk_size)
     nblocks = triton.cdiv(chunk_size, block_t)
     dx = torch.empty(batch, seqlen, nheads, headdim, device=x.device, dtype=x.dtype)
     # Unwritten: positions past the sequence end, and row tile k's before position k * block_t (see dt_bwd).
