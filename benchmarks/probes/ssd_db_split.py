@@ -12,9 +12,8 @@ import argparse
 
 import torch
 
-from benchmarks._common import alternating_graph_ms, device_name, graph_ms, write_results
-from benchmarks.bench_ssd import fwd_bwd, impls, make_inputs
-from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, rel_err, shape_inputs
+from benchmarks._common import device_name, graph_ms, write_results
+from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, op_variant_rows, rel_err, shape_inputs
 
 
 def main() -> None:
@@ -45,16 +44,9 @@ def main() -> None:
         rows[-1]["diff"] = rel_err(outs[True], outs[False])
         print("diff", rows[-1]["diff"], flush=True)
         del t, x, dt, B, C, dtp, dA_cs, prev, dy, dend, dcb, outs
-        tg = make_inputs(*shape, requires_grad=True)
-        dout = torch.randn_like(tg["x"])
-        fn = impls()["ours"]
         variants = {flag: lambda flag=flag: setattr(kt, "DB_SPLITS_DSTATE", flag) for flag in (True, False)}
-        for flag, ms in alternating_graph_ms(lambda: fwd_bwd(fn, tg, 256, dout), variants):
-            rows.append(dict(shape=name, what=f"op fwd+bwd, dB dstate split: {flag}", ms=ms))
-            print(rows[-1], flush=True)
+        rows += op_variant_rows(name, shape, variants, "dB dstate split", forward=False)
         kt.DB_SPLITS_DSTATE = default
-        del tg
-        torch.cuda.empty_cache()
     write_results(rows, args.out)
 
 

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from benchmarks._common import alternating_graph_ms, device_name, graph_ms, write_results
-from benchmarks.bench_ssd import call, fwd_bwd, impls, make_inputs
-from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, rel_err, shape_inputs
+from benchmarks._common import device_name, graph_ms, write_results
+from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, op_variant_rows, rel_err, shape_inputs
 
 
 def main() -> None:
@@ -45,21 +42,9 @@ def main() -> None:
             rows.append(dict(shape=name, what=label, ms=graph_ms(fn), diff=diff))
             print(rows[-1], flush=True)
         del t, x, dt, B, C, want, got
-        fn = impls()["ours"]
-        ti = make_inputs(*shape)
-        tg = make_inputs(*shape, requires_grad=True)
-        dout = torch.randn_like(tg["x"])
         variants = {flag: lambda flag=flag: setattr(ssd, "FUSED_CUMSUM", flag) for flag in (True, False)}
-        with torch.no_grad():
-            for flag, ms in alternating_graph_ms(lambda: call(fn, ti, 256), variants):
-                rows.append(dict(shape=name, what=f"op fwd, one launch: {flag}", ms=ms))
-                print(rows[-1], flush=True)
-        for flag, ms in alternating_graph_ms(lambda: fwd_bwd(fn, tg, 256, dout), variants):
-            rows.append(dict(shape=name, what=f"op fwd+bwd, one launch: {flag}", ms=ms))
-            print(rows[-1], flush=True)
+        rows += op_variant_rows(name, shape, variants, "one launch")
         ssd.FUSED_CUMSUM = default
-        del ti, tg
-        torch.cuda.empty_cache()
     write_results(rows, args.out)
 
 

@@ -14,9 +14,8 @@ import argparse
 
 import torch
 
-from benchmarks._common import alternating_graph_ms, device_name, graph_ms, write_results
-from benchmarks.bench_ssd import call, fwd_bwd, impls, make_inputs
-from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, rel_err, shape_inputs
+from benchmarks._common import device_name, graph_ms, write_results
+from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, op_variant_rows, rel_err, shape_inputs
 
 
 def main() -> None:
@@ -47,27 +46,14 @@ def main() -> None:
                                  diff=diff))
                 print(rows[-1], flush=True)
         del t, x, dt, B, C, dtp, dA_cs, prev, cb, dy, dend
-        fn = impls()["ours"]
-        ti = make_inputs(*shape)
-        tg = make_inputs(*shape, requires_grad=True)
-        dout = torch.randn_like(tg["x"])
 
         def use(fwd_tm, dx_tm):
             kt.SCAN_FWD_CONFIG["tile_major"], kt.DX_TILE_MAJOR = fwd_tm, dx_tm
 
-        variants = {(f, d): lambda f=f, d=d: use(f, d) for f, d in ((False, False), (True, False), (False, True),
-                                                                    (True, True))}
-        with torch.no_grad():
-            for (f, d), ms in alternating_graph_ms(lambda: call(fn, ti, 256), {k: v for k, v in variants.items()
-                                                                              if not k[1]}):
-                rows.append(dict(shape=name, what=f"op fwd, chunk_scan tile-major: {f}", ms=ms))
-                print(rows[-1], flush=True)
-        for (f, d), ms in alternating_graph_ms(lambda: fwd_bwd(fn, tg, 256, dout), variants):
-            rows.append(dict(shape=name, what=f"op fwd+bwd, tile-major chunk_scan: {f}, dx: {d}", ms=ms))
-            print(rows[-1], flush=True)
+        variants = {f"chunk_scan {f}, dx {d}": lambda f=f, d=d: use(f, d)
+                    for f, d in ((False, False), (True, False), (False, True), (True, True))}
+        rows += op_variant_rows(name, shape, variants, "tile-major")
         use(*defaults)
-        del ti, tg
-        torch.cuda.empty_cache()
     write_results(rows, args.out)
 
 

@@ -55,6 +55,29 @@ def rel_err(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
+def op_variant_rows(name, shape, variants: dict, label: str, forward: bool = True) -> list[dict]:
+    """The op's graphed forward (no grad, if ``forward``) and forward+backward at ``shape`` for each of ``variants``
+    (value -> a function that switches to it; the caller restores the default), alternating: rows (shape, what:
+    "op fwd, {label}: {value}", ms), printed as they come."""
+    from benchmarks._common import alternating_graph_ms
+    from benchmarks.bench_ssd import call, fwd_bwd, impls
+
+    fn = impls()["ours"]
+    ti = make_inputs(*shape)
+    tg = make_inputs(*shape, requires_grad=True)
+    dout = torch.randn_like(tg["x"])
+    steps = {"op fwd": torch.no_grad()(lambda: call(fn, ti, 256))} if forward else {}
+    steps["op fwd+bwd"] = lambda: fwd_bwd(fn, tg, 256, dout)
+    rows = []
+    for what, step in steps.items():
+        for value, ms in alternating_graph_ms(step, variants):
+            rows.append(dict(shape=name, what=f"{what}, {label}: {value}", ms=ms))
+            print(rows[-1], flush=True)
+    del ti, tg
+    torch.cuda.empty_cache()
+    return rows
+
+
 def sweep(quick: bool, budget_s: float, scan_grid: bool):
     from mamba_compile.ops import ssd_triton as kt
 
