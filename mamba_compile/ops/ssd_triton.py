@@ -79,14 +79,14 @@ from contextvars import ContextVar
 
 import torch
 
-from ._triton import launcher, tl, triton
+from ._triton import cdiv as _cdiv, launcher, next_pow2 as _next_pow2, tl, triton
 
 
 _TARGET_PROGRAMS = 528  # about 4 per SM of an H100: below it, dB/dC split each group's heads over programs
 
 
 def _pow2(n: int, lo: int = 16) -> int:
-    return max(lo, triton.next_power_of_2(n))
+    return max(lo, _next_pow2(n))
 
 
 def _ieee(*tensors) -> bool:
@@ -151,11 +151,11 @@ def _chunk_cumsum_fwd_kernel(
 
 def chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, has_limit, *, wrap):
     batch, seqlen, nheads = dt.shape
-    nchunks = triton.cdiv(seqlen, chunk_size)
+    nchunks = _cdiv(seqlen, chunk_size)
     dtp = torch.empty(batch, nheads, nchunks, chunk_size, device=dt.device, dtype=torch.float32)
     dA_cs = torch.empty_like(dtp)
-    block_h = min(triton.next_power_of_2(nheads), max(1, 4096 // chunk_size))
-    grid = (batch, nchunks, triton.cdiv(nheads, block_h))
+    block_h = min(_next_pow2(nheads), max(1, 4096 // chunk_size))
+    grid = (batch, nchunks, _cdiv(nheads, block_h))
     _launch(_chunk_cumsum_fwd_kernel, wrap)[grid](
         dt, A, dt_bias if dt_bias is not None else A, dtp, dA_cs,
         seqlen, nheads, float(dt_min), float(min(dt_max, 3.0e38)),
@@ -250,8 +250,8 @@ def dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_extra, da, col, colstate, row, dchunk
     out = torch.empty(batch, seqlen, nheads, device=dt.device, dtype=dt.dtype)
     dA = torch.empty(batch, nchunks, nheads, device=dt.device, dtype=torch.float32)
     dbias = torch.empty_like(dA) if dt_bias is not None else dA
-    block_h = block_h or min(triton.next_power_of_2(nheads), max(1, 1024 // chunk_size))
-    _launch(_dt_bwd_kernel, wrap)[(batch, nchunks, triton.cdiv(nheads, block_h))](
+    block_h = block_h or min(_next_pow2(nheads), max(1, 1024 // chunk_size))
+    _launch(_dt_bwd_kernel, wrap)[(batch, nchunks, _cdiv(nheads, block_h))](
         dt, dt_bias if dt_bias is not None else dt, A, dtp, ddt_x, ddt_extra if ddt_extra is not None else dtp,
         da, col, colstate, row, dchunk, out, dA, dbias,
         seqlen, nheads, row.shape[3], chunk_size // row.shape[3], dchunk.shape[3], float(dt_min),
@@ -356,7 +356,7 @@ def chunk_state_fwd(x, B, dtp, dA_cs, seq_idx, *, from_start=False, wrap):
     out = torch.empty(batch, nchunks, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
     block_n = min(128, _pow2(dstate))
     block_k = min(64, chunk_size)
-    grid = (batch * nchunks, nheads, triton.cdiv(dstate, block_n))
+    grid = (batch * nchunks, nheads, _cdiv(dstate, block_n))
     q = seq_idx if seq_idx is not None else dtp
     _launch(_chunk_state_fwd_kernel, wrap)[grid](
         x, B, dtp, dA_cs, q, out,
@@ -496,7 +496,7 @@ def chunk_cumsum_state_passing_fwd(x, B, dt, A, dt_bias, chunk_size, dt_softplus
         raise ValueError(f"chunk_cumsum_state_passing_fwd takes a chunk as one tile: chunk_size must be <= 128, "
                          f"got {chunk_size}")
     batch, seqlen, nheads = dt.shape
-    nchunks = triton.cdiv(seqlen, chunk_size)
+    nchunks = _cdiv(seqlen, chunk_size)
     dtp = torch.empty(batch, nheads, nchunks, chunk_size, device=dt.device, dtype=torch.float32)
     dA_cs = torch.empty_like(dtp)
     prev, final = _passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx,
@@ -527,7 +527,7 @@ def _passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, dt_args, prev_dtype,
     fused = dt_args is not None
     dt, A, dt_bias, dt_softplus, dt_min, dt_max, has_limit = dt_args if fused else (dtp, dtp, None, False, 0.0,
                                                                                      0.0, False)
-    grid = (batch, nheads, triton.cdiv(headdim, block_p) * triton.cdiv(dstate, block_n))
+    grid = (batch, nheads, _cdiv(headdim, block_p) * _cdiv(dstate, block_n))
     _launch(_chunk_state_passing_fwd_kernel, wrap)[grid](
         x, B, dtp, dA_cs, q, init, prev, final, dt, A, dt_bias if dt_bias is not None else A,
         seqlen, nchunks, headdim, dstate, nheads // ngroups, float(dt_min), float(min(dt_max, 3.0e38)),
@@ -594,7 +594,7 @@ def state_passing_bwd(dprev, dA_cs, prev, dfinal, seq_idx, seqlen, has_init, *, 
     dinit = torch.empty(batch, nheads, headdim, dstate, device=dprev.device, dtype=torch.float32)
     dim = headdim * dstate
     block = _passing_block(dim)
-    nblocks = triton.cdiv(dim, block)
+    nblocks = _cdiv(dim, block)
     dchunk = torch.empty(batch, nheads, nchunks, nblocks, device=dprev.device, dtype=torch.float32)
     f = dfinal if dfinal is not None else dinit
     q = seq_idx if seq_idx is not None else dA_cs
@@ -688,7 +688,7 @@ def chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, seq_idx, has_init, *, de
     block_p, block_n = min(cfg["block_p"], _pow2(headdim)), min(cfg["block_n"], _pow2(dstate))
     dend = torch.empty(batch, nchunks, nheads, headdim, dstate, device=dy.device, dtype=dend_dtype)
     dinit = torch.empty(batch, nheads, headdim, dstate, device=dy.device, dtype=torch.float32)
-    nparts = triton.cdiv(headdim, block_p) * triton.cdiv(dstate, block_n)
+    nparts = _cdiv(headdim, block_p) * _cdiv(dstate, block_n)
     dchunk = torch.empty(batch, nheads, nchunks, nparts, device=dy.device, dtype=torch.float32)
     prev = prev.contiguous()  # dend's strides address both
     f = dfinal if dfinal is not None else dinit
@@ -748,7 +748,7 @@ def bmm_cb_fwd(C, B, chunk_size, *, dtype=torch.float32, block_t=None, wrap):
     heads share it). float32 by default, as the reference keeps it: a bf16 copy saved 3% of chunk_scan's time
     on an H100 and raised its error by half."""
     batch, seqlen, ngroups, dstate = C.shape
-    nchunks = triton.cdiv(seqlen, chunk_size)
+    nchunks = _cdiv(seqlen, chunk_size)
     cb = torch.empty(batch, nchunks, ngroups, chunk_size, chunk_size, device=C.device, dtype=dtype)
     block_t = min(block_t or BLOCK_T_MAX, chunk_size)
     ntiles = chunk_size // block_t
@@ -932,7 +932,7 @@ def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, cb=None, pre_gat
     q = seq_idx if seq_idx is not None else dtp
     zz = z if z is not None else x
     c5 = cb if cb is not None else prev  # any 5-d tensor: never read without HAS_CB
-    grid, tile_major = _tile_grid(batch * nchunks, nheads, triton.cdiv(chunk_size, block_t), cfg["tile_major"])
+    grid, tile_major = _tile_grid(batch * nchunks, nheads, _cdiv(chunk_size, block_t), cfg["tile_major"])
     _launch(_chunk_scan_fwd_kernel, wrap)[grid](
         x, B, C, c5, dtp, dA_cs, q, prev, D if D is not None else dtp, zz, out,
         pre_gate if pre_gate is not None else out,
@@ -1021,7 +1021,7 @@ def chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, wrap):
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
     block_t, block_p, block_n = _scan_blocks(chunk_size, headdim, dstate)
-    ntiles = triton.cdiv(chunk_size, block_t)
+    ntiles = _cdiv(chunk_size, block_t)
     dout = dout.contiguous()
     z = z.contiguous()
     dy = torch.empty_like(dout)
@@ -1078,7 +1078,7 @@ def gate_bwd(dout, z, pre_gate, *, block_l=64, wrap):
     nrows = batch * seqlen
     z = z.contiguous()  # dz is written with z's strides
     dy, dz = torch.empty_like(dout), torch.empty_like(z)
-    _launch(_gate_bwd_kernel, wrap)[(triton.cdiv(nrows, block_l), nheads)](
+    _launch(_gate_bwd_kernel, wrap)[(_cdiv(nrows, block_l), nheads)](
         dout, z, pre_gate, dy, dz,
         nrows, seqlen, headdim,
         *dout.stride(), *z.stride(), *pre_gate.stride(),
@@ -1220,7 +1220,7 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
     _, _, nchunks, chunk_size = dtp.shape
     block_t0, block_p, block_n = _scan_blocks(chunk_size, headdim, dstate)
     block_t = min(block_t or block_t0, chunk_size)
-    nblocks = triton.cdiv(chunk_size, block_t)
+    nblocks = _cdiv(chunk_size, block_t)
     dx = torch.empty(batch, seqlen, nheads, headdim, device=x.device, dtype=x.dtype)
     # Unwritten: positions past the sequence end, and row tile k's before position k * block_t (see dt_bwd).
     ddt = torch.empty_like(dA_cs)
@@ -1442,7 +1442,7 @@ def _bwd_dbc(x, U, C, dcb, dtp, dA_cs, dy, st, seq_idx, is_db, out_like, da, num
     ngroups, dstate = U.shape[2], U.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
     block_t, block_p, block_n = _scan_blocks(chunk_size, headdim, dstate)
-    nblocks = triton.cdiv(chunk_size, block_t)
+    nblocks = _cdiv(chunk_size, block_t)
     heads_per_group = nheads // ngroups
     # Enough programs for the GPU (~4 per SM of an H100) without atomics: split a group's heads, or for dB its
     # dstate columns (no partial sums to add afterwards).
@@ -1485,7 +1485,7 @@ def _sum_parts(parts, dtype, wrap):
     out = torch.empty(parts.shape[1:], device=parts.device, dtype=dtype)
     numel = out.numel()
     block = 1024
-    _launch(_sum_parts_kernel, wrap)[(triton.cdiv(numel, block),)](
+    _launch(_sum_parts_kernel, wrap)[(_cdiv(numel, block),)](
         parts, out, numel, parts.stride(0), PARTS=parts.shape[0], BLOCK=block, num_warps=4,
     )
     return out
