@@ -461,11 +461,12 @@ FUSED_CUMSUM = True
 def _dt_and_states(x, dt, A, B, chunk_size, dt_bias, initial_states, seq_idx, dt_softplus, dt_min, dt_max,
                    prev_dtype, wrap):
     """(dtp, dA_cs, prev, final): dt_proc and its within-chunk cumsum of dt A, the states entering the chunks (in
-    prev_dtype) and the final state. One launch for chunks of up to 128 (the CUDA kernels' chunk), else two."""
+    prev_dtype) and the final state. One launch for chunks of up to kt.FUSED_CUMSUM_MAX_CHUNK (128, the CUDA
+    kernels' chunk), else two."""
     from . import ssd_triton as kt
 
     has_limit = _has_dt_limit(dt_min, dt_max)
-    if chunk_size <= 128 and FUSED_CUMSUM:
+    if chunk_size <= kt.FUSED_CUMSUM_MAX_CHUNK and FUSED_CUMSUM:
         return kt.chunk_cumsum_state_passing_fwd(x, B, dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max,
                                                  has_limit, initial_states, seq_idx, prev_dtype=prev_dtype, wrap=wrap)
     dtp, dA_cs = kt.chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, has_limit, wrap=wrap)

@@ -485,6 +485,9 @@ def chunk_state_passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, *, prev_d
                         num_warps, num_stages, wrap)
 
 
+FUSED_CUMSUM_MAX_CHUNK = 128  # chunk_cumsum_state_passing_fwd takes a chunk as one tile of the passing kernel
+
+
 def chunk_cumsum_state_passing_fwd(x, B, dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, has_limit,
                                    initial_states, seq_idx, *, prev_dtype=torch.float32, block_p=None, block_n=None,
                                    num_warps=4, num_stages=2, wrap):
@@ -492,9 +495,9 @@ def chunk_cumsum_state_passing_fwd(x, B, dt, A, dt_bias, chunk_size, dt_softplus
     (dtp, dA_cs, prev, final). The passing kernel's programs compute dt_proc and its cumsum for each chunk as they
     reach it; those of the first state block store them for the kernels after. H100, b8 l2048 h24 at chunk 128:
     see the module docstring."""
-    if chunk_size > 128:
-        raise ValueError(f"chunk_cumsum_state_passing_fwd takes a chunk as one tile: chunk_size must be <= 128, "
-                         f"got {chunk_size}")
+    if chunk_size > FUSED_CUMSUM_MAX_CHUNK:
+        raise ValueError(f"chunk_cumsum_state_passing_fwd takes a chunk as one tile: chunk_size must be <= "
+                         f"{FUSED_CUMSUM_MAX_CHUNK}, got {chunk_size}")
     batch, seqlen, nheads = dt.shape
     nchunks = _cdiv(seqlen, chunk_size)
     dtp = torch.empty(batch, nheads, nchunks, chunk_size, device=dt.device, dtype=torch.float32)
