@@ -9,43 +9,35 @@ alternating.
 
 from __future__ import annotations
 
-import argparse
+from benchmarks._common import graph_ms
+from benchmarks.probes.ssd_sweep import CHUNK, ab_probe, rel_err, shape_inputs
+from mamba_compile.ops import ssd, ssd_triton as kt
 
-from benchmarks._common import device_name, graph_ms, write_results
-from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, op_variant_rows, rel_err, shape_inputs
+
+def kernel_rows(name, shape) -> list[dict]:
+    t, x, dt, A, B, C, D, z, bias, _, _ = shape_inputs(shape)
+    dt_args = (dt, A, bias, CHUNK, True, 0.0, ssd._OPEN_BOUND, False)
+
+    def two():
+        dtp, dA_cs = kt.chunk_cumsum_fwd(*dt_args, wrap=False)
+        return (dtp, dA_cs, *kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype,
+                                                        wrap=False))
+
+    def one():
+        return kt.chunk_cumsum_state_passing_fwd(x, B, *dt_args, None, None, prev_dtype=C.dtype, wrap=False)
+
+    diff = max(rel_err(g, w) for g, w in zip(one(), two()))
+    rows = []
+    for label, fn in (("cumsum + passing, two launches", two), ("one launch", one)) * 2:
+        rows.append(dict(shape=name, what=label, ms=graph_ms(fn), diff=diff))
+        print(rows[-1], flush=True)
+    return rows
 
 
 def main() -> None:
-    from mamba_compile.ops import ssd, ssd_triton as kt
-
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", default=None)
-    args = p.parse_args()
-    print(device_name(), f"chunk {CHUNK}", flush=True)
-    rows = []
     default = ssd.FUSED_CUMSUM
-    for name, shape in SHAPES.items():
-        t, x, dt, A, B, C, D, z, bias, _, _ = shape_inputs(shape)
-        dt_args = (dt, A, bias, CHUNK, True, 0.0, ssd._OPEN_BOUND, False)
-
-        def two():
-            dtp, dA_cs = kt.chunk_cumsum_fwd(*dt_args, wrap=False)
-            return (dtp, dA_cs, *kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype,
-                                                            wrap=False))
-
-        def one():
-            return kt.chunk_cumsum_state_passing_fwd(x, B, *dt_args, None, None, prev_dtype=C.dtype, wrap=False)
-
-        want, got = two(), one()
-        diff = max(rel_err(g, w) for g, w in zip(got, want))
-        for label, fn in (("cumsum + passing, two launches", two), ("one launch", one)) * 2:
-            rows.append(dict(shape=name, what=label, ms=graph_ms(fn), diff=diff))
-            print(rows[-1], flush=True)
-        del t, x, dt, B, C, want, got
-        variants = {flag: lambda flag=flag: setattr(ssd, "FUSED_CUMSUM", flag) for flag in (True, False)}
-        rows += op_variant_rows(name, shape, variants, "one launch")
-        ssd.FUSED_CUMSUM = default
-    write_results(rows, args.out)
+    ab_probe(kernel_rows, {flag: lambda flag=flag: setattr(ssd, "FUSED_CUMSUM", flag) for flag in (True, False)},
+             lambda: setattr(ssd, "FUSED_CUMSUM", default), "one launch")
 
 
 if __name__ == "__main__":

@@ -10,51 +10,43 @@ ssd_triton.DX_TILE_MAJOR), alternating.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from benchmarks._common import device_name, graph_ms, write_results
-from benchmarks.probes.ssd_sweep import CHUNK, SHAPES, op_variant_rows, rel_err, shape_inputs
+from benchmarks._common import graph_ms
+from benchmarks.probes.ssd_sweep import CHUNK, ab_probe, rel_err, shape_inputs
+from mamba_compile.ops import ssd_triton as kt
+
+
+def kernel_rows(name, shape) -> list[dict]:
+    t, x, dt, A, B, C, D, z, bias, dtp, dA_cs = shape_inputs(shape)
+    prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype, wrap=False)
+    cb = kt.bmm_cb_fwd(C, B, CHUNK, wrap=False)
+    dy = torch.randn_like(x)
+    dend, _, _ = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, None, None, False, dend_dtype=C.dtype, wrap=False)
+    kernels = {
+        "chunk_scan_fwd": lambda tm: kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, None, cb=cb,
+                                                       config=dict(tile_major=tm), wrap=False),
+        "chunk_scan_bwd_dx": lambda tm: kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, None, tile_major=tm,
+                                                             wrap=False)[0],
+    }
+    rows = []
+    for kname, run in kernels.items():
+        diff = rel_err(run(True), run(False))
+        for tm in (False, True, False, True):
+            rows.append(dict(shape=name, what=f"{kname}, tile-major: {tm}", ms=graph_ms(lambda: run(tm)), diff=diff))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def _use(fwd_tm, dx_tm):
+    kt.SCAN_FWD_CONFIG["tile_major"], kt.DX_TILE_MAJOR = fwd_tm, dx_tm
 
 
 def main() -> None:
-    from mamba_compile.ops import ssd_triton as kt
-
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", default=None)
-    args = p.parse_args()
-    print(device_name(), f"chunk {CHUNK}", flush=True)
-    rows = []
     defaults = kt.SCAN_FWD_CONFIG["tile_major"], kt.DX_TILE_MAJOR
-    for name, shape in SHAPES.items():
-        t, x, dt, A, B, C, D, z, bias, dtp, dA_cs = shape_inputs(shape)
-        prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype, wrap=False)
-        cb = kt.bmm_cb_fwd(C, B, CHUNK, wrap=False)
-        dy = torch.randn_like(x)
-        dend, _, _ = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, None, None, False, dend_dtype=C.dtype, wrap=False)
-        kernels = {
-            "chunk_scan_fwd": lambda tm: kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, None, cb=cb,
-                                                           config=dict(tile_major=tm), wrap=False),
-            "chunk_scan_bwd_dx": lambda tm: kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, None,
-                                                                 tile_major=tm, wrap=False)[0],
-        }
-        for kname, run in kernels.items():
-            diff = rel_err(run(True), run(False))
-            for tm in (False, True, False, True):
-                rows.append(dict(shape=name, what=f"{kname}, tile-major: {tm}", ms=graph_ms(lambda: run(tm)),
-                                 diff=diff))
-                print(rows[-1], flush=True)
-        del t, x, dt, B, C, dtp, dA_cs, prev, cb, dy, dend
-
-        def use(fwd_tm, dx_tm):
-            kt.SCAN_FWD_CONFIG["tile_major"], kt.DX_TILE_MAJOR = fwd_tm, dx_tm
-
-        variants = {f"chunk_scan {f}, dx {d}": lambda f=f, d=d: use(f, d)
-                    for f, d in ((False, False), (True, False), (False, True), (True, True))}
-        rows += op_variant_rows(name, shape, variants, "tile-major")
-        use(*defaults)
-    write_results(rows, args.out)
+    variants = {f"chunk_scan {f}, dx {d}": lambda f=f, d=d: _use(f, d)
+                for f, d in ((False, False), (True, False), (False, True), (True, True))}
+    ab_probe(kernel_rows, variants, lambda: _use(*defaults), "tile-major")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,26 @@ def rel_err(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
+def ab_probe(kernel_rows, variants: dict, restore, label: str, forward: bool = True) -> None:
+    """The main of the A/B probes (ssd_fused_cumsum, ssd_fwd_cb, ssd_grid_order, ssd_db_split): ``--out``; for each
+    benchmark shape, ``kernel_rows(name, shape)`` (the kernels' own rows), then op_variant_rows over ``variants``,
+    after which ``restore()`` puts the default back; the table written at the end."""
+    from benchmarks._common import device_name, write_results
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    print(device_name(), f"chunk {CHUNK}", flush=True)
+    rows = []
+    for name, shape in SHAPES.items():
+        rows += kernel_rows(name, shape)
+        try:
+            rows += op_variant_rows(name, shape, variants, label, forward)
+        finally:
+            restore()
+    write_results(rows, args.out)
+
+
 def op_variant_rows(name, shape, variants: dict, label: str, forward: bool = True) -> list[dict]:
     """The op's graphed forward (no grad, if ``forward``) and forward+backward at ``shape`` for each of ``variants``
     (value -> a function that switches to it; the caller restores the default), alternating: rows (shape, what:
