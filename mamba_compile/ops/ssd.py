@@ -458,20 +458,6 @@ FWD_BMM_CB = True
 FUSED_CUMSUM = True
 
 
-# The forward in one kernel sequential over the chunks (ssd_triton.ssd_seq_fwd) where it applies; False: the
-# pipeline of three launches.
-SEQ_FWD = False
-
-
-def _seq_fwd(B, chunk_size, cu_seqlens) -> bool:
-    """Whether the forward runs as ssd_triton.ssd_seq_fwd: not for packed sequences' states (they are built from
-    the pipeline's chunk states), nor past its chunk and dstate limits."""
-    from . import ssd_triton as kt
-
-    return (SEQ_FWD and cu_seqlens is None and chunk_size <= kt.SEQ_FWD_MAX_CHUNK
-            and B.shape[3] <= kt.SEQ_FWD_MAX_DSTATE)
-
-
 def _dt_and_states(x, dt, A, B, chunk_size, dt_bias, initial_states, seq_idx, dt_softplus, dt_min, dt_max,
                    prev_dtype, wrap):
     """(dtp, dA_cs, prev, final): dt_proc and its within-chunk cumsum of dt A, the states entering the chunks (in
@@ -494,17 +480,12 @@ def _fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_i
     backward's dz then needs no recompute of y), else empty."""
     from . import ssd_triton as kt
 
-    pre_gate = torch.empty_like(x) if keep_pre_gate and z is not None else None
-    if _seq_fwd(B, chunk_size, cu_seqlens):
-        out, final_states = kt.ssd_seq_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
-                                           dt_softplus, dt_min, dt_max, _has_dt_limit(dt_min, dt_max),
-                                           pre_gate=pre_gate, wrap=wrap)
-        return out, final_states, _empty(final_states), pre_gate if pre_gate is not None else _empty(x)
     # The state entering each chunk is read once, by chunk_scan.
     dtp, dA_cs, prev, final_states = _dt_and_states(x, dt, A, B, chunk_size, dt_bias, initial_states, seq_idx,
                                                     dt_softplus, dt_min, dt_max, _state_dtype(x, B, C, cu_seqlens),
                                                     wrap)
     cb = kt.bmm_cb_fwd(C, B, chunk_size, wrap=wrap) if FWD_BMM_CB else None  # once per group, not per head
+    pre_gate = torch.empty_like(x) if keep_pre_gate and z is not None else None
     out = kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, cb=cb, pre_gate=pre_gate, wrap=wrap)
     varlen = _empty(final_states)
     if cu_seqlens is not None:

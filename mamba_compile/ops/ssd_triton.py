@@ -62,6 +62,12 @@ The numbers below are at chunk 256.
     the wait before the state's dots, 32-wide state tiles; 0.242-0.41 for its neighbours); at b2 l8192 h80 0.728
     at best against 0.79. C B^T per head costs more dots than the pipeline's whole chunk_scan saves, and reading
     it brings the kernel back to chunk_scan's loop plus the state's dots at lower occupancy.
+    Tried and removed (session 26, commit e86b163 has the code, its tests and benchmarks/probes/ssd_seq_fwd.py):
+    the forward as one kernel walking the chunks in order, one program per (headdim block, head, batch row) with
+    the state in registers and each chunk one 128-wide tile, so no chunk-boundary state reaches memory. Correct
+    under the interpreter, but 0.408 ms at best (64-wide headdim blocks, 8 warps, one stage; 0.41-1.53 over
+    fifteen configurations) against the pipeline's 0.186 at chunk 128, 1.609 against 0.595 at b2 l8192 h80:
+    192-384 programs each waiting on a chain of sixteen chunk steps of about 25 us.
     Backward kernels (session 8, benchmarks/probes/ssd_bwd.py, chunk-boundary states and their gradients
     stored in 16 bits): gate_bwd 0.100 with z (nothing without), bwd_dx 0.284-0.314 (with dD's sums), dcb 0.091,
     dB 0.085, dC 0.090, chunk_state_passing recompute 0.064, state_passing_bwd 0.048-0.079, dprev 0.055 (the last
@@ -1088,175 +1094,6 @@ def gate_bwd(dout, z, pre_gate, *, block_l=64, wrap):
         BLOCK_L=block_l, BLOCK_P=_pow2(headdim), num_warps=4,
     )
     return dy, dz
-
-
-# ----------------------------------------------------------------------------------------------------
-# The whole forward in one kernel, sequential over the chunks
-# ----------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _ssd_seq_fwd_kernel(
-    x_ptr, b_ptr, c_ptr, cb_ptr, dt_ptr, A_ptr, bias_ptr, seq_ptr, init_ptr, d_ptr, z_ptr, out_ptr, pre_ptr,
-    final_ptr,
-    seqlen, nchunks, headdim, dstate, heads_per_group, dt_min, dt_max,
-    s_x_b, s_x_l, s_x_h, s_x_p,
-    s_b_b, s_b_l, s_b_g, s_b_n,
-    s_c_b, s_c_l, s_c_g, s_c_n,
-    s_cb_b, s_cb_c, s_cb_g, s_cb_t, s_cb_s,
-    s_dt_b, s_dt_l, s_dt_h,
-    s_q_b, s_q_l,
-    s_i_b, s_i_h, s_i_p, s_i_n,
-    s_d_h, s_d_p,
-    s_z_b, s_z_l, s_z_h, s_z_p,
-    s_o_b, s_o_l, s_o_h, s_o_p,
-    s_f_b, s_f_h, s_f_p, s_f_n,
-    CHUNK: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_CB: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, KEEP_PRE: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr, IEEE: tl.constexpr, STATE_16: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """One program per (headdim block, head, batch row) walks the chunks in order with the state in registers
-    (dstate x headdim-block, float32): for each chunk, dt_proc and its cumsum, then
-        y_t = exp(a_t) C_t . S_in + sum_{s <= t} (C_t . B_s) exp(a_t - a_s) dt_s x_s   (one chunk-wide tile)
-        S_out = exp(a_last) S_in + sum_s B_s exp(a_last - a_s) dt_s x_s^T,
-    and out = (y + D x) silu(z) (with KEEP_PRE also y + D x). The same terms as the pipeline's kernels, with the
-    same rounding: the incoming state enters its dot in C's dtype when STATE_16 (as the pipeline stores it),
-    C B^T is read from bmm_cb_fwd's float32 tiles when HAS_CB (else computed here), seq_idx masks pairs across
-    sequences and resets the state where a sequence starts. Nothing but out, pre and the final state is
-    written: the states entering the chunks never reach memory."""
-    pid_p, pid_h, pid_b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, CHUNK)
-    p_ok = offs_p < headdim
-    n_ok = offs_n < dstate
-    g = pid_h // heads_per_group
-    x_ptr += pid_b * s_x_b + pid_h * s_x_h
-    z_ptr += pid_b * s_z_b + pid_h * s_z_h
-    out_ptr += pid_b * s_o_b + pid_h * s_o_h
-    pre_ptr += pid_b * s_o_b + pid_h * s_o_h
-    b_ptr += pid_b * s_b_b + g * s_b_g
-    c_ptr += pid_b * s_c_b + g * s_c_g
-    cb_ptr += pid_b * s_cb_b + g * s_cb_g
-    dt_ptr += pid_b * s_dt_b + pid_h * s_dt_h
-    seq_ptr += pid_b * s_q_b
-    A = tl.load(A_ptr + pid_h).to(tl.float32)
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + pid_h).to(tl.float32)
-    d = tl.zeros((BLOCK_P,), dtype=tl.float32)
-    if HAS_D:
-        d = tl.load(d_ptr + pid_h * s_d_h + offs_p * s_d_p, mask=p_ok, other=0.0).to(tl.float32)
-    np_ok = n_ok[:, None] & p_ok[None, :]
-    if HAS_INIT:
-        state = tl.load(init_ptr + pid_b * s_i_b + pid_h * s_i_h + offs_n[:, None] * s_i_n
-                        + offs_p[None, :] * s_i_p, mask=np_ok, other=0.0).to(tl.float32)
-    else:
-        state = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
-    causal = offs_k[:, None] >= offs_k[None, :]
-    for c in range(nchunks):
-        start = c * CHUNK
-        ok = offs_k < seqlen - start
-        rows = start + offs_k
-        dtv = tl.load(dt_ptr + rows * s_dt_l, mask=ok, other=0.0).to(tl.float32)
-        dtv = _dt_proc(dtv, bias, ok, dt_min, dt_max, HAS_BIAS, SOFTPLUS, HAS_LIMIT)
-        a = tl.cumsum(dtv * A, axis=0)
-        a_last = tl.sum(tl.where(offs_k == CHUNK - 1, a, 0.0))  # padding past the end holds the last value
-        xp_ok = ok[:, None] & p_ok[None, :]
-        x_c = tl.load(x_ptr + rows[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=xp_ok, other=0.0)
-        c_c = tl.load(c_ptr + rows[:, None] * s_c_l + offs_n[None, :] * s_c_n, mask=ok[:, None] & n_ok[None, :],
-                      other=0.0)
-        b_c = tl.load(b_ptr + rows[:, None] * s_b_l + offs_n[None, :] * s_b_n, mask=ok[:, None] & n_ok[None, :],
-                      other=0.0)
-        scale_t = tl.exp(a)
-        w = tl.exp(a_last - a) * dtv
-        keep = causal
-        scale = tl.exp(a_last)
-        if HAS_SEQ_IDX:
-            seq = tl.load(seq_ptr + rows * s_q_l, mask=ok, other=-1)
-            seq_last = tl.load(seq_ptr + (tl.minimum(seqlen, start + CHUNK) - 1) * s_q_l)
-            seq_before = tl.load(seq_ptr + (start - 1) * s_q_l, mask=c > 0, other=0)
-            scale_t = tl.where(seq == seq_before, scale_t, 0.0)
-            w = tl.where(seq == seq_last, w, 0.0)
-            keep = keep & (seq[:, None] == seq[None, :])
-            scale = tl.where(seq_last == seq_before, scale, 0.0)
-        # The incoming state's part, then the pairs within the chunk.
-        if STATE_16:
-            y = _dot(c_c, state.to(c_c.dtype), IEEE)
-        else:
-            y = _dot(c_c.to(tl.float32), state, IEEE)
-        y = y * scale_t[:, None]
-        if HAS_CB:
-            cb = tl.load(cb_ptr + c * s_cb_c + offs_k[:, None] * s_cb_t + offs_k[None, :] * s_cb_s,
-                         mask=ok[:, None] & ok[None, :], other=0.0).to(tl.float32)
-        else:
-            cb = _dot(c_c, tl.trans(b_c), IEEE)
-        # where, not a product with exp(-inf): C B^T's tiles above the diagonal may be unwritten memory.
-        cb = tl.where(keep & ok[None, :], cb * tl.exp(a[:, None] - a[None, :]) * dtv[None, :], 0.0)
-        y += _dot(cb.to(x_c.dtype), x_c, IEEE)
-        # The state leaving the chunk.
-        w = tl.where(ok, w, 0.0)
-        bw = (b_c.to(tl.float32) * w[:, None]).to(x_c.dtype)
-        state = scale * state + _dot(tl.trans(bw), x_c, IEEE)
-        if HAS_D:
-            y += x_c.to(tl.float32) * d[None, :]
-        o_rows = rows[:, None] * s_o_l + offs_p[None, :] * s_o_p
-        if HAS_Z:
-            if KEEP_PRE:
-                tl.store(pre_ptr + o_rows, y, mask=xp_ok)
-            zv = tl.load(z_ptr + rows[:, None] * s_z_l + offs_p[None, :] * s_z_p, mask=xp_ok, other=0.0)
-            zv = zv.to(tl.float32)
-            y = y * zv * tl.sigmoid(zv)
-        tl.store(out_ptr + o_rows, y, mask=xp_ok)
-    tl.store(final_ptr + pid_b * s_f_b + pid_h * s_f_h + offs_n[:, None] * s_f_n + offs_p[None, :] * s_f_p, state,
-             mask=np_ok)
-
-
-# block_p: the headdim columns a program takes (its state is dstate x block_p float32).
-SEQ_FWD_CONFIG = dict(block_p=32, num_warps=4, num_stages=2, read_cb=True)
-SEQ_FWD_MAX_CHUNK = 128  # one chunk is one tile
-SEQ_FWD_MAX_DSTATE = 128
-
-
-def ssd_seq_fwd(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, dt_softplus, dt_min, dt_max,
-                has_limit, *, pre_gate=None, config=None, wrap):
-    """(out, final): the whole forward in one launch (_ssd_seq_fwd_kernel), for chunk_size <= SEQ_FWD_MAX_CHUNK
-    and dstate <= SEQ_FWD_MAX_DSTATE. pre_gate: a tensor like out to receive y + D x (with z only), or None;
-    config: SEQ_FWD_CONFIG's keys."""
-    batch, seqlen, nheads, headdim = x.shape
-    ngroups, dstate = B.shape[2], B.shape[3]
-    if chunk_size > SEQ_FWD_MAX_CHUNK or dstate > SEQ_FWD_MAX_DSTATE:
-        raise ValueError(f"ssd_seq_fwd takes chunk_size <= {SEQ_FWD_MAX_CHUNK} and dstate <= {SEQ_FWD_MAX_DSTATE}, "
-                         f"got {chunk_size} and {dstate}")
-    cfg = {**SEQ_FWD_CONFIG, **(config or {})}
-    nchunks = _cdiv(seqlen, chunk_size)
-    out = torch.empty_like(x)
-    if pre_gate is not None and (pre_gate.shape != out.shape or pre_gate.stride() != out.stride()):
-        raise ValueError(f"pre_gate must have out's shape {tuple(out.shape)} and strides {out.stride()}, got "
-                         f"{tuple(pre_gate.shape)} and {pre_gate.stride()}")
-    final = torch.empty(batch, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
-    cb = bmm_cb_fwd(C, B, chunk_size, wrap=wrap) if cfg["read_cb"] else None
-    c5 = cb if cb is not None else final.unsqueeze(0)  # any 5-d tensor: never read without HAS_CB
-    q = seq_idx if seq_idx is not None else dt
-    init = initial_states if initial_states is not None else final
-    zz = z if z is not None else x
-    block_p = min(cfg["block_p"], _pow2(headdim))
-    grid = (_cdiv(headdim, block_p), nheads, batch)
-    _launch(_ssd_seq_fwd_kernel, wrap)[grid](
-        x, B, C, c5, dt, A, dt_bias if dt_bias is not None else A, q, init, D if D is not None else A, zz, out,
-        pre_gate if pre_gate is not None else out, final,
-        seqlen, nchunks, headdim, dstate, nheads // ngroups, float(dt_min), float(min(dt_max, 3.0e38)),
-        *x.stride(), *B.stride(), *C.stride(), *c5.stride()[:3], *(cb.stride()[3:] if cb is not None else (0, 0)),
-        *dt.stride(), q.stride(0), q.stride(1) if seq_idx is not None else 0,
-        *init.stride(), *_d_strides(D), *zz.stride(), *out.stride(), *final.stride(),
-        CHUNK=chunk_size, HAS_INIT=initial_states is not None, HAS_SEQ_IDX=seq_idx is not None,
-        HAS_CB=cb is not None, HAS_D=D is not None, HAS_Z=z is not None,
-        KEEP_PRE=pre_gate is not None and z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
-        HAS_LIMIT=has_limit, IEEE=_ieee(x, B, C), STATE_16=not _ieee(x, B, C),
-        BLOCK_P=block_p, BLOCK_N=_pow2(dstate), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )
-    return out, final
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -473,44 +473,6 @@ def test_triton_cumsum_in_state_passing_matches_two_kernels(nseq, limit, bias):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5, msg=name)
 
 
-SEQ_FWD_CASES = [
-    # shape (batch, seqlen, nheads, headdim, ngroups, dstate), make_inputs options, chunk, ssd_seq_fwd config
-    pytest.param((1, 35, 3, 8, 1, 12), dict(), 16, dict(block_p=16), id="all-one-pblock"),
-    pytest.param((2, 45, 4, 40, 2, 12), dict(nseq=3, D="hp"), 16, dict(block_p=16, read_cb=False),
-                 id="seq_idx-D2d-3pblocks-cb-here"),
-    pytest.param((1, 75, 4, 8, 2, 12), dict(z=False, init=False, D=None), 32, dict(block_p=16), id="noz-noinit-noD"),
-    pytest.param((1, 35, 3, 8, 1, 12), dict(act_dtype=torch.float16), 16, dict(block_p=16), id="fp16-state"),
-]
-
-
-@needs_triton
-@pytest.mark.parametrize("shape, opts, chunk, config", SEQ_FWD_CASES)
-def test_triton_seq_fwd_matches_oracle_and_pipeline(shape, opts, chunk, config):
-    """ssd_seq_fwd, the forward in one kernel walking the chunks with the state in registers: out, the kept
-    pre-gate output and the final state against the float64 recurrence, and against the pipeline of three
-    launches to float32 rounding (the same terms in the same dtypes), with partial last chunks, several headdim
-    blocks, seq_idx, and C B^T read or computed in the kernel."""
-    if torch.cuda.is_available():
-        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
-    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
-    t = make_inputs(*shape, **opts, seed=3)
-    t["cu_seqlens"] = None
-    lo, hi = ssd_module._dt_limit_args((0.0, math.inf))
-    pre = torch.empty_like(t["x"]) if t["z"] is not None else None
-    args = (t["x"], t["dt"], t["A"], t["B"], t["C"], chunk, t["D"], t["z"], t["dt_bias"], t["initial_states"],
-            t["seq_idx"])
-    out, final = kt.ssd_seq_fwd(*args, True, lo, hi, False, pre_gate=pre, config=config, wrap=False)
-    want = oracle(t, chunk_size=chunk, dt_softplus=True)
-    tol = 1e-4 if t["x"].dtype == torch.float32 else 1e-2
-    assert_close(out, want[0], tol, "out")
-    assert_close(final, want[1], tol, "final_states")
-    p_out, p_final, _, p_pre = ssd_module._fwd_triton(*args, None, True, lo, hi, wrap=False, keep_pre_gate=True)
-    torch.testing.assert_close(out, p_out, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(final, p_final, rtol=1e-5, atol=1e-5)
-    if pre is not None:
-        torch.testing.assert_close(pre, p_pre, rtol=1e-5, atol=1e-5)
-
-
 @needs_triton
 @pytest.mark.parametrize("nseq, dfinal, init, config", [
     (0, True, True, dict(block_p=16, block_n=16, block_k=16)),  # several (p, n) blocks, steps within chunks
@@ -677,12 +639,9 @@ GPU_CASES = [
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("seq_fwd", [False, True], ids=["pipeline", "seq-fwd"])
 @pytest.mark.parametrize("shape, opts, act_dtype, tol, chunk_size", GPU_CASES)
-def test_cuda_matches_oracle(shape, opts, act_dtype, tol, chunk_size, seq_fwd, monkeypatch):
-    """The op against the float64 recurrence, with the forward as the pipeline or as one kernel (ssd.SEQ_FWD;
-    packed sequences' states always take the pipeline)."""
-    monkeypatch.setattr(ssd_module, "SEQ_FWD", seq_fwd)
+def test_cuda_matches_oracle(shape, opts, act_dtype, tol, chunk_size):
+
     inputs = make_inputs(**shape, **opts, act_dtype=act_dtype, seed=11)
     varlen = bool(opts.get("nseq"))
     kw = dict(chunk_size=chunk_size, dt_softplus=True)
