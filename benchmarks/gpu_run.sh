@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|ssd-passing-scan]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -140,13 +140,6 @@ fi
 if [[ $what == ssd-grid-order ]]; then
   # chunk_scan_fwd's and dx's grids, chunk-major against tile-major, then the op with each (about 3 minutes)
   timeout 300 python3 -m benchmarks.probes.ssd_grid_order --out "$OUT/ssd_grid_order.json" 2>&1 | tee "$OUT/ssd_grid_order.log" | grep -E "^\|"
-fi
-if [[ $what == ssd-passing-scan ]]; then
-  # The SSD GPU tests, Mamba-2's training-step GPU tests, then the forward's state passing and chunk scan in one
-  # launch against two, and the op with each (about 6 minutes)
-  timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -9
-  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "mamba2 and (training or train_step)" 2>&1 | tee "$OUT/gpu_tests_m2.log" | tail -3
-  timeout 200 python3 -m benchmarks.probes.ssd_passing_scan --out "$OUT/ssd_passing_scan.json" 2>&1 | tee "$OUT/ssd_passing_scan.log" | grep -E "^\||Error"
 fi
 if [[ $what == ssd-passing-fwd ]]; then
   # chunk_state_passing_fwd's configurations, then the op with its default and with 32-step tiles, alternating

@@ -453,9 +453,6 @@ def _state_dtype(x, B, C, cu_seqlens, recompute_y: bool = False) -> torch.dtype:
 # reading it against 0.150-0.151 computing it (0.386-0.391 against 0.484-0.487 at b2 l8192 h80), bmm_cb_fwd
 # 0.005; the op's forward 0.183 against 0.206, forward+backward 0.887-0.889 against 0.908-0.909.
 FWD_BMM_CB = True
-# The forward's state passing and chunk scan in one launch (ssd_triton.passing_scan_fwd; with FUSED_CUMSUM and
-# FWD_BMM_CB, chunks of up to 128); False: two launches, one after the other.
-PASSING_SCAN = True
 # The forward and the backward's recompute take dt_proc and its cumsum inside the state-passing kernel (one launch
 # instead of two); False for the probe that times both (benchmarks/probes/ssd_fused_cumsum.py).
 FUSED_CUMSUM = True
@@ -483,25 +480,13 @@ def _fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_i
     backward's dz then needs no recompute of y), else empty."""
     from . import ssd_triton as kt
 
-    pre_gate = torch.empty_like(x) if keep_pre_gate and z is not None else None
-    st_dtype = _state_dtype(x, B, C, cu_seqlens)
-    if PASSING_SCAN and FUSED_CUMSUM and FWD_BMM_CB and chunk_size <= kt.FUSED_CUMSUM_MAX_CHUNK:
-        cb = kt.bmm_cb_fwd(C, B, chunk_size, wrap=wrap)
-        dtp, dA_cs, prev, final_states, out = kt.passing_scan_fwd(
-            x, B, C, dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, _has_dt_limit(dt_min, dt_max),
-            initial_states, seq_idx, D, z, cb, pre_gate=pre_gate, prev_dtype=st_dtype, wrap=wrap)
-        return _fwd_outputs_from(x, B, out, final_states, pre_gate, dtp, dA_cs, prev, cu_seqlens)
     # The state entering each chunk is read once, by chunk_scan.
     dtp, dA_cs, prev, final_states = _dt_and_states(x, dt, A, B, chunk_size, dt_bias, initial_states, seq_idx,
-                                                    dt_softplus, dt_min, dt_max, st_dtype, wrap)
+                                                    dt_softplus, dt_min, dt_max, _state_dtype(x, B, C, cu_seqlens),
+                                                    wrap)
     cb = kt.bmm_cb_fwd(C, B, chunk_size, wrap=wrap) if FWD_BMM_CB else None  # once per group, not per head
+    pre_gate = torch.empty_like(x) if keep_pre_gate and z is not None else None
     out = kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, cb=cb, pre_gate=pre_gate, wrap=wrap)
-    return _fwd_outputs_from(x, B, out, final_states, pre_gate, dtp, dA_cs, prev, cu_seqlens)
-
-
-def _fwd_outputs_from(x, B, out, final_states, pre_gate, dtp, dA_cs, prev, cu_seqlens):
-    """_fwd_triton's return: the packed sequences' states built from the chunk states, empty tensors for what is
-    absent."""
     varlen = _empty(final_states)
     if cu_seqlens is not None:
         varlen = _varlen_states(x, dtp, dA_cs, B, prev, cu_seqlens)

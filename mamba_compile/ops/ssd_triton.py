@@ -68,6 +68,12 @@ The numbers below are at chunk 256.
     under the interpreter, but 0.408 ms at best (64-wide headdim blocks, 8 warps, one stage; 0.41-1.53 over
     fifteen configurations) against the pipeline's 0.186 at chunk 128, 1.609 against 0.595 at b2 l8192 h80:
     192-384 programs each waiting on a chain of sixteen chunk steps of about 25 us.
+    Tried and removed (session 26, commit c50f4c8 has the code, its tests and benchmarks/probes/ssd_passing_scan.py):
+    the state passing and the chunk scan in one grid, programs taking tickets from an atomic counter, the first
+    ones walking the chunks as the passing kernel does and counting each chunk's stored state, the others scanning
+    chunk-major, each waiting on its chunk's count. Correct (GPU tests, repeated launches bit-identical), but
+    0.299 ms against 0.176 for the two launches at chunk 128 (0.977 against 0.585 at b2 l8192 h80): the passing's
+    long-lived programs hold scan slots, and the scan's programs wait on a passing that runs slower beside them.
     Backward kernels (session 8, benchmarks/probes/ssd_bwd.py, chunk-boundary states and their gradients
     stored in 16 bits): gate_bwd 0.100 with z (nothing without), bwd_dx 0.284-0.314 (with dD's sums), dcb 0.091,
     dB 0.085, dC 0.090, chunk_state_passing recompute 0.064, state_passing_bwd 0.048-0.079, dprev 0.055 (the last
@@ -422,44 +428,7 @@ def _chunk_state_passing_fwd_kernel(
     FUSED_DT (one tile a chunk, BLOCK_K == CHUNK): dt_proc and its cumsum come from dt, A and the bias here, as
     _chunk_cumsum_fwd_kernel computes them, and the programs of the first (headdim, dstate) block store them to
     dtp / dacs for the kernels after; else they are read from dtp / dacs."""
-    _passing_fwd_body(
-        tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(1), x_ptr,
-        x_ptr, b_ptr, dtp_ptr, dacs_ptr, seq_ptr, init_ptr, prev_ptr, final_ptr, dt_ptr, A_ptr, bias_ptr,
-        seqlen, nchunks, headdim, dstate, heads_per_group, dt_min, dt_max,
-        s_x_b, s_x_l, s_x_h, s_x_p,
-        s_b_b, s_b_l, s_b_g, s_b_n,
-        s_a_b, s_a_h, s_a_c, s_a_l,
-        s_q_b, s_q_l,
-        s_i_b, s_i_h, s_i_p, s_i_n,
-        s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
-        s_f_b, s_f_h, s_f_p, s_f_n,
-        s_dt_b, s_dt_l, s_dt_h,
-        CHUNK, HAS_INIT, HAS_SEQ_IDX, IEEE, BLOCK_P, BLOCK_N, BLOCK_K, FUSED_DT, HAS_BIAS, SOFTPLUS, HAS_LIMIT, False,
-    )
-
-
-@triton.jit
-def _passing_fwd_body(
-    pid_b, pid_h, pid_pn, nheads, cnt_ptr,
-    x_ptr, b_ptr, dtp_ptr, dacs_ptr, seq_ptr, init_ptr, prev_ptr, final_ptr, dt_ptr, A_ptr, bias_ptr,
-    seqlen, nchunks, headdim, dstate, heads_per_group, dt_min, dt_max,
-    s_x_b, s_x_l, s_x_h, s_x_p,
-    s_b_b, s_b_l, s_b_g, s_b_n,
-    s_a_b, s_a_h, s_a_c, s_a_l,
-    s_q_b, s_q_l,
-    s_i_b, s_i_h, s_i_p, s_i_n,
-    s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
-    s_f_b, s_f_h, s_f_p, s_f_n,
-    s_dt_b, s_dt_l, s_dt_h,
-    CHUNK: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FUSED_DT: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr,
-    SIGNAL: tl.constexpr,
-):
-    """_chunk_state_passing_fwd_kernel's program (pid_b, pid_h, pid_pn). SIGNAL (with FUSED_DT): once the state
-    entering chunk c and, from the first block's programs, its dt_proc and cumsum are stored, the program adds one
-    to cnt_ptr[(pid_b * nheads + pid_h) * nchunks + c] (release), for _passing_scan_fwd_kernel's chunk-scan
-    programs to wait on."""
+    pid_b, pid_h, pid_pn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_p, offs_n, p_ok, n_ok = _pn_block(pid_pn, headdim, dstate, BLOCK_P, BLOCK_N)
     pn_ok = p_ok[:, None] & n_ok[None, :]
     x_ptr += pid_b * s_x_b + pid_h * s_x_h
@@ -493,11 +462,6 @@ def _passing_fwd_body(
             first = offs_k < tl.where(pid_pn == 0, CHUNK, 0)  # the first state block's programs store
             tl.store(dtp_ptr + c * s_a_c + offs_k * s_a_l, dtv, mask=first)
             tl.store(dacs_ptr + c * s_a_c + offs_k * s_a_l, a, mask=first)
-            if SIGNAL:
-                tl.store(prev_ptr + pid_b * s_s_b + c * s_s_c + pid_h * s_s_h + offs_p[:, None] * s_s_p
-                         + offs_n[None, :] * s_s_n, run, mask=pn_ok)
-                tl.debug_barrier()  # every thread's stores before the count says so
-                tl.atomic_add(cnt_ptr + (pid_b * nheads + pid_h) * nchunks + c, 1, sem="release")
             a_last = tl.sum(tl.where(offs_k == CHUNK - 1, a, 0.0))  # padding past the end holds the last value
             w = tl.exp(a_last - a) * dtv
             if HAS_SEQ_IDX:
@@ -518,9 +482,8 @@ def _passing_fwd_body(
                                    a_last, seq_ref, offs_p, offs_n, p_ok, n_ok, s_x_l, s_x_p, s_b_l, s_b_n, s_a_l,
                                    s_q_l, False, HAS_SEQ_IDX, IEEE, BLOCK_P, BLOCK_N, BLOCK_K)
             scale = _chunk_decay(dacs_ptr, seq_ptr, c, seqlen, s_a_c, s_a_l, s_q_l, CHUNK, HAS_SEQ_IDX)
-        if not SIGNAL:
-            tl.store(prev_ptr + pid_b * s_s_b + c * s_s_c + pid_h * s_s_h + offs_p[:, None] * s_s_p
-                     + offs_n[None, :] * s_s_n, run, mask=pn_ok)
+        tl.store(prev_ptr + pid_b * s_s_b + c * s_s_c + pid_h * s_s_h + offs_p[:, None] * s_s_p
+                 + offs_n[None, :] * s_s_n, run, mask=pn_ok)
         run = scale * run + acc
     tl.store(final_ptr + pid_b * s_f_b + pid_h * s_f_h + offs_p[:, None] * s_f_p + offs_n[None, :] * s_f_n, run,
              mask=pn_ok)
@@ -818,24 +781,23 @@ def _chunk_scan_y(
     pid_c, start, limit, t0, headdim, dstate,
     s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, s_cb_t, s_cb_s, s_a_l, s_q_l, s_s_p, s_s_n,
     HAS_SEQ_IDX: tl.constexpr, HAS_CB: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, CACHE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """SSM part of y for rows t0 .. t0+BLOCK_T of one chunk and head (pointers already at that chunk/head/group;
-    seq_ptr at the batch row). C B^T is read from cb_ptr when HAS_CB, else computed per tile. CACHE: the loads'
-    cache modifier for dt_proc, its cumsum and the incoming state (".cg" where another program of the same launch
-    wrote them). Returns (the incoming-state part, the whole), (BLOCK_T, BLOCK_P) float32 tiles."""
+    seq_ptr at the batch row). C B^T is read from cb_ptr when HAS_CB, else computed per tile. Returns (the
+    incoming-state part, the whole), (BLOCK_T, BLOCK_P) float32 tiles."""
     offs_t = t0 + tl.arange(0, BLOCK_T)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     t_ok = offs_t < limit
     n_ok = offs_n < dstate
-    a_t = tl.load(dacs_ptr + offs_t * s_a_l, mask=t_ok, other=0.0, cache_modifier=CACHE)
+    a_t = tl.load(dacs_ptr + offs_t * s_a_l, mask=t_ok, other=0.0)
     c_t = tl.load(c_ptr + offs_t[:, None] * s_c_l + offs_n[None, :] * s_c_n, mask=t_ok[:, None] & n_ok[None, :],
                   other=0.0)
     # Incoming state: a float32 state takes a float32 (tf32 for 16-bit C) dot; a 16-bit one (the forward of
     # 16-bit inputs, as the reference stores it) a 16-bit dot.
     s_t = tl.load(prev_ptr + offs_n[:, None] * s_s_n + offs_p[None, :] * s_s_p,
-                  mask=n_ok[:, None] & (offs_p[None, :] < headdim), other=0.0, cache_modifier=CACHE)
+                  mask=n_ok[:, None] & (offs_p[None, :] < headdim), other=0.0)
     if s_t.dtype == tl.float32:
         acc = _dot(c_t.to(tl.float32), s_t, IEEE)
     else:
@@ -858,8 +820,8 @@ def _chunk_scan_y(
             b_s = tl.load(b_ptr + offs_s[None, :] * s_b_l + offs_n[:, None] * s_b_n,
                           mask=n_ok[:, None] & s_ok[None, :], other=0.0)
             cb = _dot(c_t, b_s.to(c_t.dtype), IEEE)
-        a_s = tl.load(dacs_ptr + offs_s * s_a_l, mask=s_ok, other=0.0, cache_modifier=CACHE)
-        dt_s = tl.load(dtp_ptr + offs_s * s_a_l, mask=s_ok, other=0.0, cache_modifier=CACHE)
+        a_s = tl.load(dacs_ptr + offs_s * s_a_l, mask=s_ok, other=0.0)
+        dt_s = tl.load(dtp_ptr + offs_s * s_a_l, mask=s_ok, other=0.0)
         keep = (offs_t[:, None] >= offs_s[None, :]) & s_ok[None, :]
         if HAS_SEQ_IDX:
             seq_s = tl.load(seq_ptr + (start + offs_s) * s_q_l, mask=s_ok, other=-2)
@@ -904,56 +866,8 @@ def _chunk_scan_fwd_kernel(
     nchunks, nheads, row tiles), or with TILE_MAJOR (row tiles, nheads, batch * nchunks): a chunk's heads and row
     tiles in neighbouring programs."""
     pid_bc, pid_h, pid_t, ntiles = _tile_pids(TILE_MAJOR)
-    _chunk_scan_fwd_body(
-        pid_bc, pid_h, pid_t, ntiles, x_ptr, 0, 0,
-        x_ptr, b_ptr, c_ptr, cb_ptr, dtp_ptr, dacs_ptr, seq_ptr, prev_ptr, d_ptr, z_ptr, out_ptr, pre_ptr,
-        seqlen, headdim, dstate, heads_per_group,
-        s_x_b, s_x_l, s_x_h, s_x_p,
-        s_b_b, s_b_l, s_b_g, s_b_n,
-        s_c_b, s_c_l, s_c_g, s_c_n,
-        s_cb_b, s_cb_c, s_cb_g, s_cb_t, s_cb_s,
-        s_a_b, s_a_h, s_a_c, s_a_l,
-        s_q_b, s_q_l,
-        s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
-        s_d_h, s_d_p,
-        s_z_b, s_z_l, s_z_h, s_z_p,
-        s_o_b, s_o_l, s_o_h, s_o_p,
-        CHUNK, HAS_SEQ_IDX, HAS_CB, HAS_D, HAS_Z, KEEP_PRE, IEEE, BLOCK_T, BLOCK_S, BLOCK_P, BLOCK_N, False,
-    )
-
-
-@triton.jit
-def _chunk_scan_fwd_body(
-    pid_bc, pid_h, pid_t, ntiles, cnt_ptr, nheads, count,
-    x_ptr, b_ptr, c_ptr, cb_ptr, dtp_ptr, dacs_ptr, seq_ptr, prev_ptr, d_ptr, z_ptr, out_ptr, pre_ptr,
-    seqlen, headdim, dstate, heads_per_group,
-    s_x_b, s_x_l, s_x_h, s_x_p,
-    s_b_b, s_b_l, s_b_g, s_b_n,
-    s_c_b, s_c_l, s_c_g, s_c_n,
-    s_cb_b, s_cb_c, s_cb_g, s_cb_t, s_cb_s,
-    s_a_b, s_a_h, s_a_c, s_a_l,
-    s_q_b, s_q_l,
-    s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
-    s_d_h, s_d_p,
-    s_z_b, s_z_l, s_z_h, s_z_p,
-    s_o_b, s_o_l, s_o_h, s_o_p,
-    CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_CB: tl.constexpr, HAS_D: tl.constexpr,
-    HAS_Z: tl.constexpr, KEEP_PRE: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    WAIT: tl.constexpr,
-):
-    """_chunk_scan_fwd_kernel's program for row tile pid_t of ntiles, head pid_h and row pid_bc of batch *
-    nchunks. WAIT: first waits until cnt_ptr[(batch * nheads + head) * nchunks + chunk] reaches ``count`` (the
-    state-passing programs that store this chunk's entering state, dt_proc and cumsum, _passing_fwd_body's SIGNAL),
-    then reads those from L2."""
     nchunks = tl.cdiv(seqlen, CHUNK)
     pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
-    if WAIT:
-        cnt_ptr += (pid_b * nheads + pid_h) * nchunks + pid_c
-        done = tl.atomic_add(cnt_ptr, 0, sem="acquire")
-        while done < count:
-            done = tl.atomic_add(cnt_ptr, 0, sem="acquire")
-        tl.debug_barrier()
     start = pid_c * CHUNK
     limit = tl.minimum(CHUNK, seqlen - start)
     # Longest row tiles first: tile i walks i + 1 column tiles.
@@ -968,7 +882,7 @@ def _chunk_scan_fwd_body(
         seq_ptr + pid_b * s_q_b, prev_ptr + pid_b * s_s_b + pid_c * s_s_c + pid_h * s_s_h,
         pid_c, start, limit, t0, headdim, dstate,
         s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, s_cb_t, s_cb_s, s_a_l, s_q_l, s_s_p, s_s_n,
-        HAS_SEQ_IDX, HAS_CB, IEEE, BLOCK_T, BLOCK_S, BLOCK_P, BLOCK_N, ".cg" if WAIT else "",
+        HAS_SEQ_IDX, HAS_CB, IEEE, BLOCK_T, BLOCK_S, BLOCK_P, BLOCK_N,
     )
     offs_t = t0 + tl.arange(0, BLOCK_T)
     offs_p = tl.arange(0, BLOCK_P)
@@ -1094,7 +1008,7 @@ def _chunk_scan_bwd_dz_kernel(
         seq_ptr + pid_b * s_q_b, prev_ptr + pid_b * s_s_b + pid_c * s_s_c + pid_h * s_s_h,
         pid_c, start, limit, t0, headdim, dstate,
         s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, 0, 0, s_a_l, s_q_l, s_s_p, s_s_n,
-        HAS_SEQ_IDX, False, IEEE, BLOCK_T, BLOCK_T, BLOCK_P, BLOCK_N, "",
+        HAS_SEQ_IDX, False, IEEE, BLOCK_T, BLOCK_T, BLOCK_P, BLOCK_N,
     )
     offs_t = t0 + tl.arange(0, BLOCK_T)
     offs_p = tl.arange(0, BLOCK_P)
@@ -1186,135 +1100,6 @@ def gate_bwd(dout, z, pre_gate, *, block_l=64, wrap):
         BLOCK_L=block_l, BLOCK_P=_pow2(headdim), num_warps=4,
     )
     return dy, dz
-
-
-# ----------------------------------------------------------------------------------------------------
-# state passing and chunk scan in one launch: the scan's programs overlap the passing's sequential walk
-# ----------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _passing_scan_fwd_kernel(
-    x_ptr, b_ptr, c_ptr, cb_ptr, dtp_ptr, dacs_ptr, seq_ptr, init_ptr, prev_ptr, final_ptr, dt_ptr, A_ptr, bias_ptr,
-    d_ptr, z_ptr, out_ptr, pre_ptr, ws_ptr,
-    seqlen, nchunks, batch, nheads, headdim, dstate, heads_per_group, dt_min, dt_max, n_pass, npn, ntiles,
-    s_x_b, s_x_l, s_x_h, s_x_p,
-    s_b_b, s_b_l, s_b_g, s_b_n,
-    s_c_b, s_c_l, s_c_g, s_c_n,
-    s_cb_b, s_cb_c, s_cb_g, s_cb_t, s_cb_s,
-    s_a_b, s_a_h, s_a_c, s_a_l,
-    s_q_b, s_q_l,
-    s_i_b, s_i_h, s_i_p, s_i_n,
-    s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
-    s_f_b, s_f_h, s_f_p, s_f_n,
-    s_dt_b, s_dt_l, s_dt_h,
-    s_d_h, s_d_p,
-    s_z_b, s_z_l, s_z_h, s_z_p,
-    s_o_b, s_o_l, s_o_h, s_o_p,
-    CHUNK: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_CB: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, KEEP_PRE: tl.constexpr, IEEE: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr, PASS_BLOCK_P: tl.constexpr, PASS_BLOCK_N: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """chunk_cumsum_state_passing_fwd's programs and chunk_scan_fwd's in one grid. ws (int32, zeroed): [0] a ticket
-    counter, then a count per (batch, head, chunk). A program takes a ticket instead of reading its program id: the
-    first n_pass tickets run the state passing (one (batch, head, state block) each, walking the chunks and
-    counting each chunk's entering state, dt_proc and cumsum once stored), the others the chunk scan, chunk-major
-    ((chunk, batch, head, row tile) order), each waiting for its chunk's count to reach the npn state blocks. A
-    chunk-scan program waits only on passing programs, which took their tickets before it and so are running or
-    done: no deadlock whatever order the hardware starts programs in. The passing's latency-bound walk (a few
-    hundred programs) runs beside the scan's thousands instead of before them."""
-    ticket = tl.atomic_add(ws_ptr, 1)
-    cnt_ptr = ws_ptr + 1
-    if ticket < n_pass:
-        bh = ticket // npn
-        _passing_fwd_body(
-            bh // nheads, bh % nheads, ticket % npn, nheads, cnt_ptr,
-            x_ptr, b_ptr, dtp_ptr, dacs_ptr, seq_ptr, init_ptr, prev_ptr, final_ptr, dt_ptr, A_ptr, bias_ptr,
-            seqlen, nchunks, headdim, dstate, heads_per_group, dt_min, dt_max,
-            s_x_b, s_x_l, s_x_h, s_x_p,
-            s_b_b, s_b_l, s_b_g, s_b_n,
-            s_a_b, s_a_h, s_a_c, s_a_l,
-            s_q_b, s_q_l,
-            s_i_b, s_i_h, s_i_p, s_i_n,
-            s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
-            s_f_b, s_f_h, s_f_p, s_f_n,
-            s_dt_b, s_dt_l, s_dt_h,
-            CHUNK, HAS_INIT, HAS_SEQ_IDX, IEEE, PASS_BLOCK_P, PASS_BLOCK_N, CHUNK, True, HAS_BIAS, SOFTPLUS,
-            HAS_LIMIT, True,
-        )
-    else:
-        t = ticket - n_pass
-        pid_t = t % ntiles
-        t = t // ntiles
-        pid_h = t % nheads
-        t = t // nheads
-        _chunk_scan_fwd_body(
-            (t % batch) * nchunks + t // batch, pid_h, pid_t, ntiles, cnt_ptr, nheads, npn,
-            x_ptr, b_ptr, c_ptr, cb_ptr, dtp_ptr, dacs_ptr, seq_ptr, prev_ptr, d_ptr, z_ptr, out_ptr, pre_ptr,
-            seqlen, headdim, dstate, heads_per_group,
-            s_x_b, s_x_l, s_x_h, s_x_p,
-            s_b_b, s_b_l, s_b_g, s_b_n,
-            s_c_b, s_c_l, s_c_g, s_c_n,
-            s_cb_b, s_cb_c, s_cb_g, s_cb_t, s_cb_s,
-            s_a_b, s_a_h, s_a_c, s_a_l,
-            s_q_b, s_q_l,
-            s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
-            s_d_h, s_d_p,
-            s_z_b, s_z_l, s_z_h, s_z_p,
-            s_o_b, s_o_l, s_o_h, s_o_p,
-            CHUNK, HAS_SEQ_IDX, HAS_CB, HAS_D, HAS_Z, KEEP_PRE, IEEE, BLOCK_T, BLOCK_S, BLOCK_P, BLOCK_N, True,
-        )
-
-
-def passing_scan_fwd(x, B, C, dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, has_limit, initial_states,
-                     seq_idx, D, z, cb, *, pre_gate=None, prev_dtype=torch.float32, config=None, wrap):
-    """chunk_cumsum_state_passing_fwd and chunk_scan_fwd (reading cb, bmm_cb_fwd's C B^T) in one launch
-    (_passing_scan_fwd_kernel), plus the zeroing of its counters: returns (dtp, dA_cs, prev, final, out), as the
-    two would. chunk_size <= FUSED_CUMSUM_MAX_CHUNK; config: SCAN_FWD_CONFIG's block_t, block_s, num_warps and
-    num_stages."""
-    if chunk_size > FUSED_CUMSUM_MAX_CHUNK:
-        raise ValueError(f"passing_scan_fwd takes a chunk as one tile of the passing: chunk_size must be <= "
-                         f"{FUSED_CUMSUM_MAX_CHUNK}, got {chunk_size}")
-    batch, seqlen, nheads, headdim = x.shape
-    ngroups, dstate = B.shape[2], B.shape[3]
-    nchunks = _cdiv(seqlen, chunk_size)
-    cfg = {**SCAN_FWD_CONFIG, **(config or {})}
-    block_t, block_s = min(cfg["block_t"], chunk_size), min(cfg["block_s"], chunk_size)
-    ntiles = _cdiv(chunk_size, block_t)
-    dtp = torch.empty(batch, nheads, nchunks, chunk_size, device=x.device, dtype=torch.float32)
-    dA_cs = torch.empty_like(dtp)
-    prev = torch.empty(batch, nchunks, nheads, headdim, dstate, device=x.device, dtype=prev_dtype)
-    final = torch.empty(batch, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
-    out = torch.empty_like(x)
-    if pre_gate is not None and (pre_gate.shape != out.shape or pre_gate.stride() != out.stride()):
-        raise ValueError(f"pre_gate must have out's shape {tuple(out.shape)} and strides {out.stride()}, got "
-                         f"{tuple(pre_gate.shape)} and {pre_gate.stride()}")
-    ws = torch.zeros(1 + batch * nheads * nchunks, device=x.device, dtype=torch.int32)
-    # The passing's blocks as _passing_fwd chooses them.
-    pass_p = _pow2(headdim)
-    pass_n = min(64 if prev_dtype != torch.float32 else 128, _pow2(dstate))
-    npn = _cdiv(headdim, pass_p) * _cdiv(dstate, pass_n)
-    n_pass = batch * nheads * npn
-    init = initial_states if initial_states is not None else final
-    q = seq_idx if seq_idx is not None else dtp
-    zz = z if z is not None else x
-    _launch(_passing_scan_fwd_kernel, wrap)[(n_pass + batch * nchunks * nheads * ntiles,)](
-        x, B, C, cb, dtp, dA_cs, q, init, prev, final, dt, A, dt_bias if dt_bias is not None else A,
-        D if D is not None else dtp, zz, out, pre_gate if pre_gate is not None else out, ws,
-        seqlen, nchunks, batch, nheads, headdim, dstate, nheads // ngroups, float(dt_min), float(min(dt_max, 3.0e38)),
-        n_pass, npn, ntiles,
-        *x.stride(), *B.stride(), *C.stride(), *cb.stride(), *dtp.stride(),
-        q.stride(0), q.stride(1) if seq_idx is not None else 0,
-        *init.stride(), *prev.stride(), *final.stride(), *dt.stride(), *_d_strides(D), *zz.stride(),
-        *out.stride(),
-        CHUNK=chunk_size, HAS_INIT=initial_states is not None, HAS_SEQ_IDX=seq_idx is not None, HAS_CB=True,
-        HAS_D=D is not None, HAS_Z=z is not None, KEEP_PRE=pre_gate is not None and z is not None,
-        IEEE=_ieee(x, B, C), HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
-        PASS_BLOCK_P=pass_p, PASS_BLOCK_N=pass_n, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_P=_pow2(headdim),
-        BLOCK_N=_pow2(dstate), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )
-    return dtp, dA_cs, prev, final, out
 
 
 # ----------------------------------------------------------------------------------------------------

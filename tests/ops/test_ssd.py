@@ -421,13 +421,13 @@ def test_triton_kernels_match_oracle_several_tiles_per_chunk(nseq, z, tile_major
 @needs_triton
 def test_first_call_finds_the_pipelines_launches():
     """The first eager CUDA call compiles ahead the kernels _recorded_launches finds by running the pipelines on
-    meta tensors: the forward's two, and with the backward its kernels too, nothing launched."""
+    meta tensors: the forward's four, and with the backward its kernels too, nothing launched."""
     t = make_inputs(1, 70, 4, 16, 2, 16)
     args = (t["x"], t["dt"], t["A"], t["B"], t["C"], 32, t["D"], t["z"], t["dt_bias"], t["initial_states"], None,
             None, True, 0.0, ssd_module._OPEN_BOUND, True)
     fwd, bwd = ssd_module._recorded_launches(args, with_backward=True)
     names = lambda jobs: [job[0].fn.__name__ for job in jobs]  # noqa: E731
-    assert names(fwd) == ["_bmm_cb_kernel", "_passing_scan_fwd_kernel"]
+    assert names(fwd) == ["_chunk_state_passing_fwd_kernel", "_bmm_cb_kernel", "_chunk_scan_fwd_kernel"]
     assert "_chunk_scan_bwd_dx_kernel" in names(bwd) and "_dt_bwd_kernel" in names(bwd)
     # the kept pre-gate output: dz from the elementwise kernel; without it, y is recomputed
     assert "_gate_bwd_kernel" in names(bwd) and "_chunk_scan_bwd_dz_kernel" not in names(bwd)
@@ -471,41 +471,6 @@ def test_triton_cumsum_in_state_passing_matches_two_kernels(nseq, limit, bias):
                                             t["initial_states"], t["seq_idx"], block_p=8, block_n=16, wrap=False)
     for name, g, w in zip(("dtp", "dA_cs", "prev", "final"), got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5, msg=name)
-
-
-@needs_triton
-@pytest.mark.parametrize("shape, opts, block_t", [
-    ((2, 70, 3, 8, 1, 12), dict(), 64),
-    # 16-bit states in two 64-wide state blocks, seq_idx, 2-d D, no z, two row tiles a chunk
-    ((1, 75, 4, 8, 2, 80), dict(nseq=3, D="hp", z=False, act_dtype=torch.float16), 16),
-], ids=["b2-fp32", "fp16-2blocks-seq_idx-noz-2tiles"])
-def test_triton_passing_scan_matches_two_launches(shape, opts, block_t):
-    """passing_scan_fwd (the state passing and the chunk scan in one grid, programs taking tickets, the scan's
-    waiting on per-chunk counts) gives what chunk_cumsum_state_passing_fwd then chunk_scan_fwd give: dt_proc, its
-    cumsum, the chunk states, the final state, out and the pre-gate output, with several state blocks per (batch,
-    head), row tiles per chunk, batch rows and chunks (a partial last one)."""
-    kt, t, _, _ = _interpreter_chunks(*shape, **opts, seed=19)
-    lo, hi = ssd_module._dt_limit_args((0.0, math.inf))
-    x, B, C, z = t["x"], t["B"], t["C"], t["z"]
-    st = ssd_module._state_dtype(x, B, C, None)
-    cb = kt.bmm_cb_fwd(C, B, 32, wrap=False)
-    cfg = dict(block_t=block_t)
-    pre_two = torch.empty_like(x) if z is not None else None
-    dtp, dA_cs, prev, final = kt.chunk_cumsum_state_passing_fwd(
-        x, B, t["dt"], t["A"], t["dt_bias"], 32, True, lo, hi, False, t["initial_states"], t["seq_idx"],
-        prev_dtype=st, wrap=False)
-    out = kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, t["D"], z, t["seq_idx"], cb=cb, pre_gate=pre_two, config=cfg,
-                            wrap=False)
-    pre_one = torch.empty_like(x) if z is not None else None
-    got = kt.passing_scan_fwd(x, B, C, t["dt"], t["A"], t["dt_bias"], 32, True, lo, hi, False, t["initial_states"],
-                              t["seq_idx"], t["D"], z, cb, pre_gate=pre_one, prev_dtype=st, config=cfg, wrap=False)
-    assert prev.dtype == st and (st == torch.float16) == (x.dtype == torch.float16)
-    for name, g, w in zip(("dtp", "dA_cs", "prev", "final", "out"), got, (dtp, dA_cs, prev, final, out)):
-        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6, msg=name)
-    if z is not None:
-        torch.testing.assert_close(pre_one, pre_two, rtol=1e-6, atol=1e-6)
-    assert_close(final, oracle(t, chunk_size=32, dt_softplus=True)[1], 1e-2 if st == torch.float16 else 1e-4,
-                 "final_states")
 
 
 @needs_triton
