@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -140,6 +140,13 @@ fi
 if [[ $what == ssd-grid-order ]]; then
   # chunk_scan_fwd's and dx's grids, chunk-major against tile-major, then the op with each (about 3 minutes)
   timeout 300 python3 -m benchmarks.probes.ssd_grid_order --out "$OUT/ssd_grid_order.json" 2>&1 | tee "$OUT/ssd_grid_order.log" | grep -E "^\|"
+fi
+if [[ $what == host-arith ]]; then
+  # Every op's GPU tests and the models' (the launch arithmetic in plain Python everywhere), then eager model calls'
+  # host time with it against Triton's functions (about 8 minutes)
+  timeout 320 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=8 tests/ops tests/test_compat.py 2>&1 | tee "$OUT/gpu_tests_ops.log" | tail -12
+  timeout 160 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models 2>&1 | tee "$OUT/gpu_tests_models.log" | tail -4
+  timeout 100 python3 -m benchmarks.probes.host_arith --out "$OUT/host_arith.json" 2>&1 | tee "$OUT/host_arith.log" | grep -E "^\||Error"
 fi
 if [[ $what == ssd-passing-fwd ]]; then
   # chunk_state_passing_fwd's configurations, then the op with its default and with 32-step tiles, alternating

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton import launcher
+from ._triton import cdiv, launcher, next_pow2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,7 +249,7 @@ def _fwd_blocks(x: torch.Tensor, backward: bool = False) -> tuple[int, int]:
         # block sizes alone do not reach 1.25x. A third (session 3): 4 x 1024 with 8 warps 1.259x, this one 1.262x;
         # a MUFU ex2 + rcp.approx silu was slower in every configuration (1.29-1.32x). 16-bit x now takes
         # the pair kernel instead where it applies (1.08x).
-        block_l = min(256, max(16, triton.next_power_of_2(L)))
+        block_l = min(256, max(16, next_pow2(L)))
         return 2048 // block_l, block_l
     # Channel-last (Mamba-2's xBC: 1792 channels of a (b, l, 3352) row, b8 l2048 bf16, H100, session 4,
     # benchmarks/probes/conv_probe.py): forward 128 x 16 0.091 ms (64 x 32 0.131, 256 x 8 0.103, 32 x 64
@@ -266,7 +266,7 @@ def _pairs_blocks(L) -> tuple[int, int]:
     l2048 w4 bf16 on an H100 (session 4, CUDA-graph replay, copy floor 0.034 ms): 2 x 1024 steps 1.076x the
     floor, 4 x 512 1.085x, 8 x 256 1.092x, 4 x 1024 (8 warps) 1.097x, 16 x 128 1.123x; the general kernel
     1.262x in the same run."""
-    block_l = min(1024, max(16, triton.next_power_of_2(_static(L, 1 << 20))))
+    block_l = min(1024, max(16, next_pow2(_static(L, 1 << 20))))
     return max(1, 2048 // block_l), block_l // 2
 
 
@@ -299,7 +299,7 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
     if ((_FWD_ROWS if rows is None else rows) and not return_final_states
             and _rows_apply(width, seq_idx, initial_states, x, out)):
         cfg = _rows_config(backward=False) if rows_config is None else rows_config
-        launcher(_causal_conv1d_fwd_rows_kernel, wrap)[(triton.cdiv(seqlen, cfg[2]), triton.cdiv(dim, cfg[0]), batch)](
+        launcher(_causal_conv1d_fwd_rows_kernel, wrap)[(cdiv(seqlen, cfg[2]), cdiv(dim, cfg[0]), batch)](
             x, weight, _or_dummy(bias, weight), out, seqlen, dim, x.stride(0), x.stride(2), *weight.stride(),
             out.stride(0), out.stride(2), W=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=cfg[0], R=cfg[1],
             SEG=cfg[2], VEC=cfg[3], num_warps=cfg[4],
@@ -308,14 +308,14 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
     if (_FWD_PAIRS if pairs is None else pairs) and _pairs_apply(x, out, seq_idx, initial_states):
         bd, bm = _pairs_blocks(seqlen)
         block_d, block_m = block_d or bd, block_l // 2 if block_l else bm
-        grid = (triton.cdiv(seqlen // 2, block_m), triton.cdiv(dim, block_d), batch)
+        grid = (cdiv(seqlen // 2, block_m), cdiv(dim, block_d), batch)
         launcher(_causal_conv1d_fwd_pairs_kernel, wrap)[grid](
             x, weight, _or_dummy(bias, weight), out, final_states if return_final_states else out, seqlen, dim,
             x.stride(0), x.stride(1), *weight.stride(), out.stride(0), out.stride(1),
             *_strides(final_states if return_final_states else None, 3),
             W=width, HAS_BIAS=bias is not None, HAS_FINAL=return_final_states, SILU=silu,
             IS_BF16=x.dtype == torch.bfloat16, BLOCK_D=block_d, BLOCK_M=block_m,
-            BLOCK_W=max(2, triton.next_power_of_2(width - 1)), num_warps=num_warps,
+            BLOCK_W=max(2, next_pow2(width - 1)), num_warps=num_warps,
         )
         return out, final_states
     bd, bl = _fwd_blocks(x)
@@ -325,14 +325,14 @@ def causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, return_final_sta
     # it is passed.
     seq, init = _or_dummy(seq_idx, weight), _or_dummy(initial_states, weight)
     fin = final_states if return_final_states else out
-    grid = (triton.cdiv(seqlen, block_l), triton.cdiv(dim, block_d), batch)
+    grid = (cdiv(seqlen, block_l), cdiv(dim, block_d), batch)
     launcher(_causal_conv1d_fwd_kernel, wrap)[grid](
         x, weight, _or_dummy(bias, weight), seq, init, out, fin, seqlen, dim,
         *x.stride(), *weight.stride(), *_strides(seq_idx, 2), *_strides(initial_states, 3),
         *out.stride(), *_strides(final_states if return_final_states else None, 3),
         W=width, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
         HAS_FINAL=return_final_states, SILU=silu,
-        BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_W=max(2, triton.next_power_of_2(width - 1)),
+        BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_W=max(2, next_pow2(width - 1)),
         num_warps=num_warps,
     )
     return out, final_states
@@ -875,7 +875,7 @@ def _bwd_pairs_blocks(L) -> tuple[int, int]:
     (R 16, segments of 512 steps, 64 or 128 channels a program) against 0.113 for this kernel; R 8: 0.149-0.325
     (segments of 128-2048), R 4: 0.320; R 32 spills (255 registers, 1.7 KB). Each load touches 16-32 bytes
     of a channel's row per DRAM page (channels 32 KB apart in the Mamba-1 mixer's layout)."""
-    block_l = min(256, max(16, triton.next_power_of_2(_static(L, 1 << 20))))
+    block_l = min(256, max(16, next_pow2(_static(L, 1 << 20))))
     return max(1, 1024 // block_l), block_l // 2
 
 
@@ -899,7 +899,7 @@ def _bwd_runs_blocks(L) -> tuple[int, int, int, int]:
 
     dx within a 16-bit rounding step of the pair kernel's (ptxas contracts differently), dweight within 2e-7."""
     nv = _BWD_RUNS_NV
-    nt = min(_BWD_RUNS_NT, max(2, triton.next_power_of_2(triton.cdiv(_static(L, 1 << 20) // 2, 4 * nv))))
+    nt = min(_BWD_RUNS_NT, max(2, next_pow2(cdiv(_static(L, 1 << 20) // 2, 4 * nv))))
     return max(1, 128 // nt), nt, nv, 4
 
 
@@ -923,14 +923,14 @@ def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_sta
         if _BWD_RUNS if runs is None else runs:  # the run-per-thread kernel
             block_d, nt, nv, num_warps = runs_config or _bwd_runs_blocks(seqlen)
             kernel, blocks = _causal_conv1d_bwd_runs_kernel, dict(NT=nt, NV=nv)
-            n_m = triton.cdiv(seqlen // 2, nt * 4 * nv)
+            n_m = cdiv(seqlen // 2, nt * 4 * nv)
         else:  # the pair kernel
             bd, bm = _bwd_pairs_blocks(seqlen)
             block_d, block_m = block_d or bd, block_l // 2 if block_l else bm
             kernel, blocks = _causal_conv1d_bwd_pairs_kernel, dict(BLOCK_M=block_m)
-            n_m = triton.cdiv(seqlen // 2, block_m)
+            n_m = cdiv(seqlen // 2, block_m)
         dw_part, db_part = _partials(x, batch * n_m, width)
-        launcher(kernel, wrap)[(n_m, triton.cdiv(dim, block_d), batch)](
+        launcher(kernel, wrap)[(n_m, cdiv(dim, block_d), batch)](
             x, weight, _or_dummy(bias, weight), dout, dx, dw_part, db_part, seqlen, dim,
             x.stride(0), x.stride(1), *weight.stride(), dout.stride(0), dout.stride(1), dx.stride(0), dx.stride(1),
             W=width, HAS_BIAS=bias is not None, SILU=silu, IS_BF16=x.dtype == torch.bfloat16,
@@ -942,9 +942,9 @@ def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_sta
         cfg = _rows_config(backward=True) if rows_config is None else rows_config
         if cfg[1] < width - 1:  # the block past a segment's end must hold the W-1 dy rows its last dx rows read
             raise ValueError(f"rows_config: R = {cfg[1]} must be at least width - 1 = {width - 1}")
-        n_s = triton.cdiv(seqlen, cfg[2])
+        n_s = cdiv(seqlen, cfg[2])
         dw_part, db_part = _partials(x, batch * n_s, width)
-        launcher(_causal_conv1d_bwd_rows_kernel, wrap)[(n_s, triton.cdiv(dim, cfg[0]), batch)](
+        launcher(_causal_conv1d_bwd_rows_kernel, wrap)[(n_s, cdiv(dim, cfg[0]), batch)](
             x, weight, _or_dummy(bias, weight), dout, dx, dw_part, db_part, seqlen, dim,
             x.stride(0), x.stride(2), *weight.stride(), dout.stride(0), dout.stride(2), dx.stride(0), dx.stride(2),
             W=width, HAS_BIAS=bias is not None, SILU=silu, BLOCK_D=cfg[0], R=cfg[1], SEG=cfg[2], VEC=cfg[3],
@@ -953,8 +953,8 @@ def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_sta
         return (dx, *_sum_partials(dw_part, db_part, weight, bias, x), x.new_empty(0))
     bd, bl = _fwd_blocks(x, backward=True)
     block_d, block_l = block_d or bd, block_l or bl
-    n_l = triton.cdiv(seqlen, block_l)
-    grid = (n_l, triton.cdiv(dim, block_d), batch)
+    n_l = cdiv(seqlen, block_l)
+    grid = (n_l, cdiv(dim, block_d), batch)
     # dy in x's layout, so the kernels' tiles read and write it along the same contiguous axis as x
     if x.stride(1) == 1 and x.stride(2) != 1:  # channel-last
         dy = torch.empty(batch, seqlen, dim, device=x.device, dtype=torch.float32).transpose(1, 2)
@@ -976,7 +976,7 @@ def causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_sta
         *_strides(dinit if initial_states is not None else None, 3), *dy.stride(),
         W=width, HAS_SEQ=seq_idx is not None, HAS_INIT=initial_states is not None,
         HAS_DFINAL=dfinal_states is not None, BLOCK_D=block_d, BLOCK_L=block_l,
-        BLOCK_W=max(2, triton.next_power_of_2(width - 1)), num_warps=num_warps,
+        BLOCK_W=max(2, next_pow2(width - 1)), num_warps=num_warps,
     )
     return (dx, *_sum_partials(dw_part, db_part, weight, bias, x), dinit)
 
@@ -1088,10 +1088,10 @@ def causal_conv1d_update(x, conv_state, weight, bias, silu: bool, cache_seqlens,
     bias = bias.contiguous() if bias is not None else None  # dense vectors: the kernel indexes them by b / d
     cache_seqlens = cache_seqlens.contiguous() if cache_seqlens is not None else None
     conv_state_indices = conv_state_indices.contiguous() if conv_state_indices is not None else None
-    block_t = min(16, max(2, triton.next_power_of_2(_static(seqlen, 16))))
-    block_s = min(32, max(2, triton.next_power_of_2(_static(state_len, 32))))
+    block_t = min(16, max(2, next_pow2(_static(seqlen, 16))))
+    block_s = min(32, max(2, next_pow2(_static(state_len, 32))))
     block_d = 64
-    grid = (batch, triton.cdiv(dim, block_d))
+    grid = (batch, cdiv(dim, block_d))
     launcher(_causal_conv1d_update_kernel, wrap)[grid](
         x, conv_state, weight, _or_dummy(bias, weight), _or_dummy(cache_seqlens, weight),
         _or_dummy(conv_state_indices, weight), out, seqlen, dim, state_len, cache_batch,

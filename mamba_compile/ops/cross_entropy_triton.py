@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import launcher, tl, triton
+from ._triton import launcher, next_pow2, tl, triton
 
 
 @triton.jit
@@ -128,7 +128,7 @@ def ce_rows(logits: torch.Tensor, labels: torch.Tensor, inv_count: torch.Tensor,
     if rows == 0:
         return loss
     vec = _vector_width(logits)
-    block_v = min(8192 if vec > 1 else 4096, triton.next_power_of_2(vocab))
+    block_v = min(8192 if vec > 1 else 4096, next_pow2(vocab))
     if separate_max is None:
         separate_max = _SEPARATE_MAX and vec == 1 and logits.element_size() == 2
     launcher(_ce_rows_kernel, wrap)[(rows,)](

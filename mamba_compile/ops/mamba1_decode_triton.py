@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import dependent_launch_options, launcher, tl, triton
+from ._triton import cdiv, dependent_launch_options, launcher, tl, triton
 from .norms_triton import next_power_of_2
 
 
@@ -144,7 +144,7 @@ def decode_in_fwd(hidden, in_proj_weight, in_proj_bias, conv_state, conv_weight,
     # the biases are indexed densely by row / channel
     in_bias = in_proj_bias.contiguous() if in_proj_bias is not None else None
     conv_b = conv_bias.contiguous() if conv_bias is not None else None
-    grid = (triton.cdiv(n_rows, BLOCK_N), triton.cdiv(batch, BLOCK_B))
+    grid = (cdiv(n_rows, BLOCK_N), cdiv(batch, BLOCK_B))
     launcher(_decode_in_fwd_kernel, wrap)[grid](
         hidden, in_proj_weight, _or(in_bias, hidden), conv_state, conv_weight, _or(conv_b, hidden), out,
         batch, d_model, n_rows, conv_start, conv_dim,
@@ -233,7 +233,7 @@ def decode_norm_in_fwd(hidden, residual, sumsq, gate_eps, gate_group_size, norm_
                        dtype=torch.float32 if residual_in_fp32 else hidden.dtype)
     if x_proj_weight is not None:
         n_r = x_proj_weight.shape[0]
-        parts = torch.empty((triton.cdiv(conv_dim, BLOCK_N), batch, n_r), device=hidden.device, dtype=torch.float32)
+        parts = torch.empty((cdiv(conv_dim, BLOCK_N), batch, n_r), device=hidden.device, dtype=torch.float32)
         xproj = (x_proj_weight, parts, n_r, *x_proj_weight.stride(), parts.stride(0), parts.stride(1))
     else:
         parts = torch.empty((0,), device=hidden.device, dtype=torch.float32)
@@ -243,7 +243,7 @@ def decode_norm_in_fwd(hidden, residual, sumsq, gate_eps, gate_group_size, norm_
     conv_b = conv_bias.contiguous() if conv_bias is not None else None
     norm_w = norm_weight.contiguous()
     norm_b = norm_bias.contiguous() if norm_bias is not None else None
-    grid = (triton.cdiv(n_rows, BLOCK_N), batch)
+    grid = (cdiv(n_rows, BLOCK_N), batch)
     launcher(_decode_norm_in_kernel, wrap)[grid](
         hidden, _or(residual, hidden), _or(sumsq, hidden), norm_w, _or(norm_b, norm_w), rout, in_proj_weight,
         _or(in_b, hidden), conv_state, conv_weight, _or(conv_b, hidden), out, xproj[0], xproj[1],
@@ -276,7 +276,7 @@ def decode_norm_head_fwd(hidden, residual, sumsq, gate_eps, gate_group_size, nor
     n_ssq = sumsq.shape[1] if sumsq is not None else 1
     norm_w = norm_weight.contiguous()
     norm_b = norm_bias.contiguous() if norm_bias is not None else None
-    launcher(_decode_norm_in_kernel, wrap)[(triton.cdiv(n_rows, BLOCK_N), batch)](
+    launcher(_decode_norm_in_kernel, wrap)[(cdiv(n_rows, BLOCK_N), batch)](
         hidden, _or(residual, hidden), _or(sumsq, hidden), norm_w, _or(norm_b, norm_w), hidden, weight, hidden,
         hidden, hidden, hidden, out, hidden, hidden,
         d_model, n_rows, 0, 0, 1, n_ssq, float(eps), float(gate_eps), gate_group_size,
@@ -369,7 +369,7 @@ def _ssm_blocks(batch: int, d_inner: int, d_state: int, dt_rank: int) -> tuple[i
     heuristic), smaller while that leaves fewer than ~128 programs (batch 1: 96 programs for d_inner 1536)."""
     block_s = max(16, next_power_of_2(d_state))
     block_d = max(4, 512 // block_s)
-    while block_d > 8 and batch * triton.cdiv(d_inner, block_d) < 128:
+    while block_d > 8 and batch * cdiv(d_inner, block_d) < 128:
         block_d //= 2
     block_r = min(64, max(16, next_power_of_2(dt_rank)))
     return block_d, block_s, block_r, 4 if block_s <= 128 else 8
@@ -390,7 +390,7 @@ def mamba1_decode_ssm_fwd(ssm_state, x, x_dbl, dt_proj_weight, dt_proj_bias, A_l
     BLOCK_D, warps = block_d or BLOCK_D, num_warps or warps
     # the channel vectors are indexed densely
     dt_bias, D = dt_proj_bias.contiguous(), D.contiguous()
-    grid = (triton.cdiv(d_inner, BLOCK_D), batch)
+    grid = (cdiv(d_inner, BLOCK_D), batch)
     launcher(_decode_ssm_fwd_kernel, wrap)[grid](
         ssm_state, x, q, dt_proj_weight, dt_bias, A_log, D, z, y,
         d_inner, d_state, dt_rank, q.shape[0],

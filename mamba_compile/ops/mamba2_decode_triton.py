@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import dependent_launch_options, launcher, tl, triton
+from ._triton import cdiv, dependent_launch_options, launcher, tl, triton
 from .norms_triton import next_power_of_2
 
 
@@ -84,7 +84,7 @@ def _ssm_blocks(batch: int, nheads: int, headdim: int, d_state: int) -> tuple[in
     96 programs at batch 1), smaller while that leaves fewer than ~128 programs."""
     block_s = max(16, next_power_of_2(d_state))
     block_p = min(next_power_of_2(headdim), max(4, 2048 // block_s))
-    while block_p > 4 and batch * nheads * triton.cdiv(headdim, block_p) < 128:
+    while block_p > 4 and batch * nheads * cdiv(headdim, block_p) < 128:
         block_p //= 2
     return block_p, block_s, 4 if block_s <= 128 else 8
 
@@ -107,7 +107,7 @@ def mamba2_decode_ssm_fwd(ssm_state, x, B, C, dt, A_log, dt_bias, D, z, dt_limit
     s_D = (D.stride(0), D.stride(1)) if D.dim() == 2 else (D.stride(0), 0)
     s_z = z.stride() if z is not None else (0, 0, 0)
     lo, hi = float(dt_limit[0]), float(dt_limit[1])
-    grid = (triton.cdiv(headdim, BLOCK_P), nheads, batch)
+    grid = (cdiv(headdim, BLOCK_P), nheads, batch)
     y = torch.empty((batch, nheads, headdim), device=x.device, dtype=x.dtype)
     gw, gate, ssq = y, 0, y  # placeholders, never read without the gated norm
     if gate_norm is not None:

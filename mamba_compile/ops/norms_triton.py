@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import launcher, tl, triton
+from ._triton import cdiv, launcher, tl, triton
 
 ROWS_PER_PROGRAM = 16
 
@@ -187,7 +187,7 @@ def _programs(rows, rows_per_program: int):
     """Programs of a backward kernel, at least two (a spare one finds all its rows masked and writes zero
     partials): with a symbolic ``rows``, a count that could be 1 would make tracing specialise on it
     (a partials buffer with one row has a free stride), and a longer input would recompile."""
-    return torch.sym_max(triton.cdiv(rows, rows_per_program), 2)
+    return torch.sym_max(cdiv(rows, rows_per_program), 2)
 
 
 def _block_n(n) -> tuple[int, int]:

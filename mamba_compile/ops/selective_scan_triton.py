@@ -142,7 +142,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._triton import launcher, ptxas_major, tl, triton
+from ._triton import cdiv, launcher, next_pow2, ptxas_major, tl, triton
 
 @triton.jit
 def _lg2_approx(x):
@@ -889,12 +889,12 @@ def fwd_block_sizes(dim: int, dstate: int, dpg: int | None, lanes: bool = False)
     for the sum over states, 1.43 short-scoreboard stalls per instruction)."""
     BLOCK_N = block_n(dstate)
     if lanes and BLOCK_N == 16:
-        BLOCK_D = max(8, min(32, triton.next_power_of_2(dim)))
+        BLOCK_D = max(8, min(32, next_pow2(dim)))
         if dpg is not None:
             BLOCK_D = _pow2_divisor(dpg, BLOCK_D)
         if BLOCK_D >= 8:
             return BLOCK_D, 16, BLOCK_D // 8
-    BLOCK_D = max(1, min(256 // BLOCK_N, triton.next_power_of_2(dim)))
+    BLOCK_D = max(1, min(256 // BLOCK_N, next_pow2(dim)))
     if dpg is not None:
         BLOCK_D = _pow2_divisor(dpg, BLOCK_D)
     return BLOCK_D, 16 if BLOCK_N <= 16 else 8, 1
@@ -944,7 +944,7 @@ def bwd_block_sizes(dim: int, dstate: int, dpg: int | None) -> tuple[int, int, i
     (scan_variants.py --bwd-configs): (2, 256, 1) 1.324, (2, 128, 1) 1.790, (4, 128, 1) 2.040, (4, 64, 1)
     2.772, (8, 32, 1) 5.461; ptxas for sm_90: 234 registers at (2, 128, 1), 254-255 at the others, with
     spills of 124 B at (2, 256, 1), 420 at (4, 128, 1), 16 at (8, 32, 1), none at (4, 64, 1)."""
-    BLOCK_D = min(_BWD_CONFIG[0], triton.next_power_of_2(dim))
+    BLOCK_D = min(_BWD_CONFIG[0], next_pow2(dim))
     if dpg is not None:
         BLOCK_D = _pow2_divisor(dpg, BLOCK_D)
     return BLOCK_D, _BWD_CONFIG[1], _BWD_CONFIG[2]
@@ -997,7 +997,7 @@ def _caps(maxnreg):
 
 
 def block_n(dstate: int) -> int:
-    return max(triton.next_power_of_2(dstate), 2)
+    return max(next_pow2(dstate), 2)
 
 
 _ROWS_AHEAD = 8  # the forward reads B/C rows up to ROWS_AHEAD (4 or 8) steps past the end of the padded copy
@@ -1056,7 +1056,7 @@ def _bc_layouts(B: Tensor, C: Tensor, dim: int, BLOCK_N: int, seqlen_pad: int, w
     if copies:
         batch, _, dstate, seqlen = copies[0][0].shape
         rows = seqlen_pad + _ROWS_AHEAD
-        grid = (triton.cdiv(rows, _RELAYOUT_BLOCK_T), batch * torch.sym_max(copies[0][2], copies[-1][2]), len(copies))
+        grid = (cdiv(rows, _RELAYOUT_BLOCK_T), batch * torch.sym_max(copies[0][2], copies[-1][2]), len(copies))
         launcher(_bc_time_major_kernel, wrap)[grid](
             *copies[0], *copies[-1], batch, dstate, seqlen, rows, BLOCK_T=_RELAYOUT_BLOCK_T, BLOCK_N=BLOCK_N,
             num_warps=4,
@@ -1130,7 +1130,7 @@ def selective_scan_fwd(
         SEG, seg_h, seg_dt = 1 << 30, torch.empty(1, **f32), torch.empty(1, **f32)
 
     def launch(seg_pass, nprog):
-        launcher(_selective_scan_fwd_kernel, wrap)[(triton.cdiv(dim, BLOCK_D), batch, nprog)](
+        launcher(_selective_scan_fwd_kernel, wrap)[(cdiv(dim, BLOCK_D), batch, nprog)](
             u, delta, A, B_lay[2], C_lay[2],
             u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
             u if initial_state is None else initial_state,
@@ -1219,7 +1219,7 @@ def selective_scan_bwd(
     NPART = max(1, BLOCK_L // 8)
     parts = (batch * dim * dstate * (NPART + 1),)
 
-    nblocks_d = triton.cdiv(dim, BLOCK_D)
+    nblocks_d = cdiv(dim, BLOCK_D)
     copies = bc_copies or (min(_BWD_BC_COPIES, nblocks_d) if isinstance(nblocks_d, int) else _BWD_BC_COPIES)
 
     # Varying dB/dC: fp32 (copies, batch, ngroups, dstate, seqlen) added to atomically, both in one zero-filled
@@ -1277,7 +1277,7 @@ def selective_scan_bwd(
         bc_reduction(C, C_arg, dBC[n_B:] if C_arg[0] else dC, dCs, stride_C),
         reduction(D, dD, dim, batch), reduction(delta_bias, dbias, dim, batch),
     )  # fmt: skip
-    nprog = sum(triton.cdiv(n, _SUM_BLOCK) for _, _, n, _, _ in sums)
+    nprog = sum(cdiv(n, _SUM_BLOCK) for _, _, n, _, _ in sums)
     launcher(_bwd_sums_kernel, wrap)[(nprog,)](*(x for r in sums for x in r), BLOCK=_SUM_BLOCK, num_warps=4)
 
     return (
