@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|ssd-gate-passing-bwd]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|models|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -146,13 +146,6 @@ if [[ $what == host-arith ]]; then
   # minutes). The GPU tests it was checked with do not fit one call: tests/ops with test_compat.py took about 10
   # minutes and tests/models about 6 on an H100 (session 26).
   timeout 200 python3 -m benchmarks.probes.host_arith --out "$OUT/host_arith.json" 2>&1 | tee "$OUT/host_arith.log" | grep -E "^\||Error"
-fi
-if [[ $what == ssd-gate-passing-bwd ]]; then
-  # The SSD GPU tests, Mamba-2's training-step GPU tests, then the gate's gradients inside the reverse pass over the
-  # chunks against gate_bwd's launch, and the op's forward+backward with each (about 7 minutes)
-  timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=3 tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -6
-  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "mamba2 and (training or train_step)" 2>&1 | tee "$OUT/gpu_tests_m2.log" | tail -3
-  timeout 200 python3 -m benchmarks.probes.ssd_gate_passing_bwd --out "$OUT/ssd_gate_passing_bwd.json" 2>&1 | tee "$OUT/ssd_gate_passing_bwd.log" | grep -E "^\||Error"
 fi
 if [[ $what == ssd-passing-fwd ]]; then
   # chunk_state_passing_fwd's configurations, then the op with its default and with 32-step tiles, alternating

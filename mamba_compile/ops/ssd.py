@@ -453,9 +453,6 @@ def _state_dtype(x, B, C, cu_seqlens, recompute_y: bool = False) -> torch.dtype:
 # reading it against 0.150-0.151 computing it (0.386-0.391 against 0.484-0.487 at b2 l8192 h80), bmm_cb_fwd
 # 0.005; the op's forward 0.183 against 0.206, forward+backward 0.887-0.889 against 0.908-0.909.
 FWD_BMM_CB = True
-# With z and the forward's pre-gate output kept, the backward forms dy and dz inside the reverse pass over the
-# chunks (ssd_triton.gate_state_passing_bwd) instead of in a launch of their own (gate_bwd); False: the two launches.
-GATE_IN_PASSING_BWD = True
 # The forward and the backward's recompute take dt_proc and its cumsum inside the state-passing kernel (one launch
 # instead of two); False for the probe that times both (benchmarks/probes/ssd_fused_cumsum.py).
 FUSED_CUMSUM = True
@@ -512,22 +509,15 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
     dtp, dA_cs, prev, _ = _dt_and_states(x, dt, A, B, chunk_size, dt_bias, initial_states, seq_idx, dt_softplus,
                                          dt_min, dt_max, st_dtype, wrap)
     # dy = dout * silu(z) (rounded to dout's dtype, and used so everywhere) and dz: elementwise from the
-    # forward's pre-gate output when it was kept (inside the reverse pass over the chunks below, where that applies),
-    # else with y recomputed; without z, dy is dout.
-    varlen_grads = dvarlen is not None and cu_seqlens is not None
-    gate_in_passing = GATE_IN_PASSING_BWD and z is not None and not recompute_y and not varlen_grads
+    # forward's pre-gate output when it was kept, else with y recomputed; without z, dy is dout.
     if recompute_y:
         dy, dz = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, seq_idx, wrap=wrap)
-    elif not gate_in_passing:
+    else:
         dy, dz = kt.gate_bwd(dout, z, pre_gate, wrap=wrap)
     # The reverse pass over the chunks: the state gradients, each chunk's outputs adding theirs to the state that
     # enters it. With varlen-state gradients, those add to it too, between the two kernels.
     ddt_v = dx_extra = dB_extra = da_v = None
-    if gate_in_passing:
-        dy, dz, dend, dinit, dchunk = kt.gate_state_passing_bwd(
-            dout, z, pre_gate, C, dA_cs, prev, dfinal, seq_idx, initial_states is not None, dend_dtype=st_dtype,
-            wrap=wrap)
-    elif varlen_grads:
+    if dvarlen is not None and cu_seqlens is not None:
         dprev = kt.chunk_state_fwd(dy, C, dtp, dA_cs, seq_idx, from_start=True, wrap=wrap)
         dx_extra, dB_extra, ddt_v, da_v, dprev_v = _varlen_states_bwd(
             dvarlen.float(), x, dtp, dA_cs, B, prev, cu_seqlens)

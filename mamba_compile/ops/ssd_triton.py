@@ -74,6 +74,11 @@ The numbers below are at chunk 256.
     chunk-major, each waiting on its chunk's count. Correct (GPU tests, repeated launches bit-identical), but
     0.299 ms against 0.176 for the two launches at chunk 128 (0.977 against 0.585 at b2 l8192 h80): the passing's
     long-lived programs hold scan slots, and the scan's programs wait on a passing that runs slower beside them.
+    Tried and removed (session 26, commit e95fa4a has the code, its tests and benchmarks/probes/ssd_gate_passing_bwd.py):
+    the gate's backward inside chunk_state_passing_bwd's reverse pass (dout, z and the kept pre-gate output read
+    instead of dy; dy and dz formed and stored there), so gate_bwd's launch went. 0.364-0.426 ms over five
+    configurations against 0.182 for the two launches at chunk 128 (1.43-1.63 against 0.63 at b2 l8192 h80): a few
+    hundred programs walking the chunks one after another do not pull gate_bwd's 250 MB at its speed.
     Backward kernels (session 8, benchmarks/probes/ssd_bwd.py, chunk-boundary states and their gradients
     stored in 16 bits): gate_bwd 0.100 with z (nothing without), bwd_dx 0.284-0.314 (with dD's sums), dcb 0.091,
     dB 0.085, dC 0.090, chunk_state_passing recompute 0.064, state_passing_bwd 0.048-0.079, dprev 0.055 (the last
@@ -305,40 +310,6 @@ def _chunk_state_sum(u_ptr, v_ptr, dtp_ptr, dacs_ptr, seq_ptr, start, limit, a_l
             w = tl.exp(a)
         else:
             w = tl.exp(a_last - a) * tl.load(dtp_ptr + t * s_a_l, mask=ok, other=0.0)
-        if HAS_SEQ_IDX:
-            seq = tl.load(seq_ptr + (start + t) * s_q_l, mask=ok, other=-1)
-            w = tl.where(seq == seq_ref, w, 0.0)
-        w = tl.where(ok, w, 0.0)
-        acc += _dot(u_t, (v_t * w[:, None]).to(u_t.dtype), IEEE)
-    return acc
-
-
-@triton.jit
-def _gate_state_sum(dout_ptr, z_ptr, pre_ptr, dy_ptr, dz_ptr, c_ptr, dacs_ptr, seq_ptr, start, limit, seq_ref, offs_p,
-                    offs_n, p_ok, n_ok, store, s_y_l, s_y_p, s_z_l, s_z_p, s_o_l, s_o_p, s_c_l, s_c_n, s_a_l, s_q_l,
-                    HAS_SEQ_IDX: tl.constexpr, IEEE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr):
-    """_chunk_state_sum(dy, C, FROM_START) with dy formed here from dout, z and the kept pre-gate output, as
-    _gate_bwd_kernel forms it (_gate_grads): the same dy, so the same sum. Where ``store``, dy and dz are stored
-    (dout / dy share strides, as do z / dz)."""
-    offs_k = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
-    for k in range(0, limit, BLOCK_K):
-        t = k + offs_k
-        ok = t < limit
-        m = p_ok[:, None] & ok[None, :]
-        rows_y = (start + t[None, :]) * s_y_l + offs_p[:, None] * s_y_p
-        rows_z = (start + t[None, :]) * s_z_l + offs_p[:, None] * s_z_p
-        dout = tl.load(dout_ptr + rows_y, mask=m, other=0.0)
-        zv = tl.load(z_ptr + rows_z, mask=m, other=0.0)
-        pre = tl.load(pre_ptr + (start + t[None, :]) * s_o_l + offs_p[:, None] * s_o_p, mask=m, other=0.0)
-        u_t, dz = _gate_grads(dout, pre, zv)
-        sm = p_ok[:, None] & (t[None, :] < tl.where(store, limit, 0))
-        tl.store(dy_ptr + rows_y, u_t, mask=sm)
-        tl.store(dz_ptr + rows_z, dz, mask=sm)
-        v_t = tl.load(c_ptr + (start + t[:, None]) * s_c_l + offs_n[None, :] * s_c_n, mask=ok[:, None] & n_ok[None, :],
-                      other=0.0).to(tl.float32)
-        w = tl.exp(tl.load(dacs_ptr + t * s_a_l, mask=ok, other=0.0))
         if HAS_SEQ_IDX:
             seq = tl.load(seq_ptr + (start + t) * s_q_l, mask=ok, other=-1)
             w = tl.where(seq == seq_ref, w, 0.0)
@@ -665,7 +636,6 @@ def state_passing_bwd(dprev, dA_cs, prev, dfinal, seq_idx, seqlen, has_init, *, 
 @triton.jit
 def _chunk_state_passing_bwd_kernel(
     dy_ptr, c_ptr, dacs_ptr, seq_ptr, prev_ptr, dfinal_ptr, dend_ptr, dinit_ptr, dchunk_ptr,
-    dout_ptr, z_ptr, pre_ptr, dz_ptr,
     seqlen, nchunks, headdim, dstate, heads_per_group,
     s_y_b, s_y_l, s_y_h, s_y_p,
     s_c_b, s_c_l, s_c_g, s_c_n,
@@ -675,27 +645,18 @@ def _chunk_state_passing_bwd_kernel(
     s_f_b, s_f_h, s_f_p, s_f_n,
     s_i_b, s_i_h, s_i_p, s_i_n,
     s_k_b, s_k_h, s_k_c, s_k_m,
-    s_z_b, s_z_l, s_z_h, s_z_p,
-    s_o_b, s_o_l, s_o_h, s_o_p,
     CHUNK: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ_IDX: tl.constexpr,
-    IEEE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GATED: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """The reverse pass over the chunks with the gradient each chunk's outputs send to its incoming state formed on
     the way, so it never leaves registers: dend[c] = g (the gradient of the state after chunk c), then g = sum_t
     exp(a_t) [seq_t == seq_before] dy_t^T C_t + scale_c g, the gradient of the state entering chunk c (d initial
     states after chunk 0). Also this block's part of <dend[c], scale_c S_in[c]>, as state_passing_bwd gives it.
-    prev and dend share a layout: (batch, nchunks, nheads, headdim, dstate). GATED: dy is formed from dout, z and the
-    kept pre-gate output on the way (_gate_state_sum) and stored, with dz, by the programs of the first dstate
-    block, instead of read: the gate's backward without a launch of its own."""
+    prev and dend share a layout: (batch, nchunks, nheads, headdim, dstate)."""
     pid_b, pid_h, pid_pn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_p, offs_n, p_ok, n_ok = _pn_block(pid_pn, headdim, dstate, BLOCK_P, BLOCK_N)
     pn_ok = p_ok[:, None] & n_ok[None, :]
     dy_ptr += pid_b * s_y_b + pid_h * s_y_h
-    dout_ptr += pid_b * s_y_b + pid_h * s_y_h
-    z_ptr += pid_b * s_z_b + pid_h * s_z_h
-    dz_ptr += pid_b * s_z_b + pid_h * s_z_h
-    pre_ptr += pid_b * s_o_b + pid_h * s_o_h
-    store = pid_pn < tl.cdiv(headdim, BLOCK_P)  # the first dstate block (see _pn_block)
     c_ptr += pid_b * s_c_b + (pid_h // heads_per_group) * s_c_g
     dacs_ptr += pid_b * s_a_b + pid_h * s_a_h
     seq_ptr += pid_b * s_q_b
@@ -717,15 +678,10 @@ def _chunk_state_passing_bwd_kernel(
         seq_ref = 0
         if HAS_SEQ_IDX:
             seq_ref = tl.load(seq_ptr + (start - 1) * s_q_l, mask=c > 0, other=0)
-        if GATED:
-            acc = _gate_state_sum(dout_ptr, z_ptr, pre_ptr, dy_ptr, dz_ptr, c_ptr, dacs_ptr + c * s_a_c, seq_ptr, start,
-                                  limit, seq_ref, offs_p, offs_n, p_ok, n_ok, store, s_y_l, s_y_p, s_z_l, s_z_p, s_o_l,
-                                  s_o_p, s_c_l, s_c_n, s_a_l, s_q_l, HAS_SEQ_IDX, IEEE, BLOCK_P, BLOCK_N, BLOCK_K)
-        else:
-            # from the start of the chunk: no dt is read (dacs stands in for it) and a_last is unused
-            acc = _chunk_state_sum(dy_ptr, c_ptr, dacs_ptr + c * s_a_c, dacs_ptr + c * s_a_c, seq_ptr, start, limit,
-                                   0.0, seq_ref, offs_p, offs_n, p_ok, n_ok, s_y_l, s_y_p, s_c_l, s_c_n, s_a_l, s_q_l,
-                                   True, HAS_SEQ_IDX, IEEE, BLOCK_P, BLOCK_N, BLOCK_K)
+        # from the start of the chunk: no dt is read (dacs stands in for it) and a_last is unused
+        acc = _chunk_state_sum(dy_ptr, c_ptr, dacs_ptr + c * s_a_c, dacs_ptr + c * s_a_c, seq_ptr, start, limit, 0.0,
+                               seq_ref, offs_p, offs_n, p_ok, n_ok, s_y_l, s_y_p, s_c_l, s_c_n, s_a_l, s_q_l, True,
+                               HAS_SEQ_IDX, IEEE, BLOCK_P, BLOCK_N, BLOCK_K)
         g = acc + scale * g
     if HAS_INIT:
         tl.store(dinit_ptr + pid_b * s_i_b + pid_h * s_i_h + offs_p[:, None] * s_i_p + offs_n[None, :] * s_i_n, g,
@@ -745,22 +701,6 @@ def chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, seq_idx, has_init, *, de
     gradients of packed sequences' varlen states take the two kernels, which add their part to dprev between
     them). prev: the states entering the chunks, (batch, nchunks, nheads, headdim, dstate). Returns (dend, dinit,
     dchunk) as state_passing_bwd does."""
-    return _passing_bwd(dy, None, C, dA_cs, prev, dfinal, seq_idx, has_init, dend_dtype, config, wrap)
-
-
-def gate_state_passing_bwd(dout, z, pre_gate, C, dA_cs, prev, dfinal, seq_idx, has_init, *, dend_dtype=torch.float32,
-                           config=None, wrap):
-    """gate_bwd(dout, z, pre_gate) then chunk_state_passing_bwd(dy, ...), in one kernel: returns (dy, dz, dend,
-    dinit, dchunk), dy and dz as gate_bwd gives them."""
-    dout, z = dout.contiguous(), z.contiguous()  # dy and dz are written with their strides
-    dy, dz = torch.empty_like(dout), torch.empty_like(z)
-    return (dy, dz, *_passing_bwd(dy, (dout, z, pre_gate, dz), C, dA_cs, prev, dfinal, seq_idx, has_init, dend_dtype,
-                                  config, wrap))
-
-
-def _passing_bwd(dy, gate, C, dA_cs, prev, dfinal, seq_idx, has_init, dend_dtype, config, wrap):
-    """The launch of _chunk_state_passing_bwd_kernel; gate: (dout, z, pre_gate, dz) to form dy (written to ``dy``)
-    and dz in it, or None to read dy."""
     batch, seqlen, nheads, headdim = dy.shape
     ngroups, dstate = C.shape[2], C.shape[3]
     _, _, nchunks, chunk_size = dA_cs.shape
@@ -773,16 +713,15 @@ def _passing_bwd(dy, gate, C, dA_cs, prev, dfinal, seq_idx, has_init, dend_dtype
     prev = prev.contiguous()  # dend's strides address both
     f = dfinal if dfinal is not None else dinit
     q = seq_idx if seq_idx is not None else dA_cs
-    dout, z, pre, dz = gate if gate is not None else (dy, dy, dy, dy)
     _launch(_chunk_state_passing_bwd_kernel, wrap)[(batch, nheads, nparts)](
-        dy, C, dA_cs, q, prev, f, dend, dinit, dchunk, dout, z, pre, dz,
+        dy, C, dA_cs, q, prev, f, dend, dinit, dchunk,
         seqlen, nchunks, headdim, dstate, nheads // ngroups,
         *dy.stride(), *C.stride(), *dA_cs.stride(),
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
-        *prev.stride(), *f.stride(), *dinit.stride(), *dchunk.stride(), *z.stride(), *pre.stride(),
+        *prev.stride(), *f.stride(), *dinit.stride(), *dchunk.stride(),
         CHUNK=chunk_size, HAS_DFINAL=dfinal is not None, HAS_INIT=has_init, HAS_SEQ_IDX=seq_idx is not None,
         IEEE=_ieee(dy, C), BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(cfg["block_k"], chunk_size),
-        GATED=gate is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return dend, dinit, dchunk
 

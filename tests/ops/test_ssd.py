@@ -474,30 +474,6 @@ def test_triton_cumsum_in_state_passing_matches_two_kernels(nseq, limit, bias):
 
 
 @needs_triton
-@pytest.mark.parametrize("nseq, act_dtype", [(0, torch.float32), (3, torch.float16)], ids=["fp32", "fp16-seq_idx"])
-def test_triton_gate_in_passing_bwd_matches_two_kernels(nseq, act_dtype):
-    """gate_state_passing_bwd (dy and dz formed inside the reverse pass over the chunks, stored by the first dstate
-    block's programs) gives gate_bwd then chunk_state_passing_bwd: dy, dz, the state gradients, d initial states and
-    the log-decay parts, with two dstate blocks and a partial last chunk."""
-    kt, t, dtp, dA_cs = _interpreter_chunks(2 if not nseq else 1, 70, 3, 8, 1, 24, nseq=nseq, act_dtype=act_dtype,
-                                            seed=23)
-    x, B, C, z = t["x"], t["B"], t["C"], t["z"]
-    prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, t["initial_states"], t["seq_idx"], prev_dtype=C.dtype,
-                                         wrap=False)
-    g = torch.Generator().manual_seed(5)
-    dout = torch.randn(x.shape, generator=g).to(x.dtype)
-    pre = torch.randn(x.shape, generator=g).to(x.dtype)
-    dfinal = torch.randn(prev.shape[0], prev.shape[2], prev.shape[3], prev.shape[4], generator=g)
-    cfg = dict(block_n=16)  # dstate 24: two blocks
-    dy, dz = kt.gate_bwd(dout, z, pre, wrap=False)
-    want = (dy, dz, *kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, t["seq_idx"], True, config=cfg,
-                                                wrap=False))
-    got = kt.gate_state_passing_bwd(dout, z, pre, C, dA_cs, prev, dfinal, t["seq_idx"], True, config=cfg, wrap=False)
-    for name, a, b in zip(("dy", "dz", "dend", "dinit", "dchunk"), got, want):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
-
-
-@needs_triton
 @pytest.mark.parametrize("nseq, dfinal, init, config", [
     (0, True, True, dict(block_p=16, block_n=16, block_k=16)),  # several (p, n) blocks, steps within chunks
     (3, False, True, dict(block_k=32)),  # seq_idx: the reset between sequences in both directions
