@@ -147,6 +147,13 @@ if [[ $what == host-arith ]]; then
   # minutes and tests/models about 6 on an H100 (session 26).
   timeout 200 python3 -m benchmarks.probes.host_arith --out "$OUT/host_arith.json" 2>&1 | tee "$OUT/host_arith.log" | grep -E "^\||Error"
 fi
+if [[ $what == ssd-dcb-split ]]; then
+  # The SSD GPU tests, Mamba-2's training-step GPU tests, then dL/d(C B^T) with a group's heads split over programs,
+  # and the op's forward+backward with splits 1, 2 and 4 (about 7 minutes)
+  timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=3 tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -6
+  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "mamba2 and (training or train_step)" 2>&1 | tee "$OUT/gpu_tests_m2.log" | tail -3
+  timeout 200 python3 -m benchmarks.probes.ssd_dcb_split --out "$OUT/ssd_dcb_split.json" 2>&1 | tee "$OUT/ssd_dcb_split.log" | grep -E "^\||Error"
+fi
 if [[ $what == ssd-passing-fwd ]]; then
   # chunk_state_passing_fwd's configurations, then the op with its default and with 32-step tiles, alternating
   # (about 2 minutes)

@@ -12,7 +12,7 @@ outputs adding their gradient to the state entering it on the way, and the log-d
 chunk; with varlen-state gradients, chunk_state in from-start mode then state_passing_bwd, those gradients added
 between the two), chunk_scan_bwd_dx (dx, dL/d dt, dD and the
 within-chunk pair sums of the log-decay gradient), chunk_scan_bwd_dcb (dL/d(C_t . B_s), the group's heads summed
-once), chunk_scan_bwd_dB / _dC (from it and the chunk-boundary states; dC also gives dy_t . y_state_t, the pairs
+once, in DCB_HEAD_SPLIT parts that dB and dC add as they read them), chunk_scan_bwd_dB / _dC (from it and the chunk-boundary states; dC also gives dy_t . y_state_t, the pairs
 whose earlier index lies before the chunk; heads split over a few programs when there are few chunks; no atomics
 anywhere, so results are deterministic), dt_bwd (the log-decay gradient assembled from those pieces, dA, and dt back
 through clamp, softplus and bias).
@@ -1279,14 +1279,16 @@ def _chunk_scan_bwd_dcb_kernel(
     s_a_b, s_a_h, s_a_c, s_a_l,
     s_q_b, s_q_l,
     s_g_b, s_g_l, s_g_h, s_g_p,
-    s_o_b, s_o_c, s_o_g, s_o_t, s_o_s,
+    s_o_k, s_o_b, s_o_c, s_o_g, s_o_t, s_o_s,
     CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HSPLIT: tl.constexpr,
 ):
-    """dcb[t, s] = sum over the group's heads of (dy_t . x_s) exp(a_t - a_s) dt_s, for s <= t in one chunk and
-    group: the gradient of C_t . B_s. One program per tile on or below the diagonal (the others are not
-    written); pairs across a sequence boundary and rows or columns past the sequence end are zero."""
-    pid_ts, pid_g, pid_bc = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """dcb[k, t, s] = sum over heads k, k + HSPLIT, ... of the group of (dy_t . x_s) exp(a_t - a_s) dt_s, for
+    s <= t in one chunk and group: the gradient of C_t . B_s is the sum over k of the HSPLIT parts. One program
+    per part and tile on or below the diagonal (the others are not written); pairs across a sequence boundary and
+    rows or columns past the sequence end are zero."""
+    pid_ts, pid_gk, pid_bc = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid_g, pid_k = pid_gk // HSPLIT, pid_gk % HSPLIT
     nchunks = tl.cdiv(seqlen, CHUNK)
     pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
     ntiles: tl.constexpr = CHUNK // BLOCK_T
@@ -1307,7 +1309,7 @@ def _chunk_scan_bwd_dcb_kernel(
             seq_s = tl.load(seq_ptr + (start + offs_s) * s_q_l, mask=s_ok, other=-2)
             keep = keep & (seq_t[:, None] == seq_s[None, :])
         acc = tl.zeros((BLOCK_T, BLOCK_T), dtype=tl.float32)
-        for hh in range(heads_per_group):
+        for hh in range(pid_k, heads_per_group, HSPLIT):
             h = pid_g * heads_per_group + hh
             a_off = pid_b * s_a_b + h * s_a_h + pid_c * s_a_c
             a_t = tl.load(dacs_ptr + a_off + offs_t * s_a_l, mask=t_ok, other=0.0)
@@ -1319,16 +1321,25 @@ def _chunk_scan_bwd_dcb_kernel(
                           + offs_p[:, None] * s_x_p, mask=p_ok[:, None] & s_ok[None, :], other=0.0)
             m = _dot(dy_t, x_s.to(dy_t.dtype), IEEE)
             acc += m * tl.exp(tl.where(keep, a_t[:, None] - a_s[None, :], float("-inf"))) * dt_s[None, :]
-        tl.store(dcb_ptr + pid_b * s_o_b + pid_c * s_o_c + pid_g * s_o_g + offs_t[:, None] * s_o_t
+        tl.store(dcb_ptr + pid_k * s_o_k + pid_b * s_o_b + pid_c * s_o_c + pid_g * s_o_g + offs_t[:, None] * s_o_t
                  + offs_s[None, :] * s_o_s, tl.where(keep, acc, 0.0))
 
 
 # 8 warps: H100, b8 l2048 h24 0.091 ms against 0.122 with 4 (b2 l8192 h80: 0.258 against 0.369); 128-row tiles,
 # 3 stages or 1 stage were slower (benchmarks/probes/ssd_bwd_sweep.py).
-def chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, ngroups, seq_idx, *, block_t=None, num_warps=8, num_stages=2, wrap):
-    """dL/d(C_t . B_s) summed over each group's heads: (batch, nchunks, ngroups, chunk_size, chunk_size) float32,
-    written on and below the diagonal tiles (block_t wide, BLOCK_T_MAX by default) that hold rows before the
-    sequence end. dB and dC read the diagonal tiles of BLOCK_T_MAX: block_t may not be narrower."""
+# The parts a group's heads are split into (dB and dC add them as they read them); 1: one program walks them all.
+# Session 26, H100 (benchmarks/probes/ssd_dcb_split.py, graphs), splits 1 / 2 / 3 / 4 / 6 / 8: dcb 0.061 / 0.056 /
+# 0.064 / 0.064 / 0.071 / 0.079 ms with dcb + dB + dC 0.189 / 0.188 / 0.226 / 0.224 / 0.274 / 0.336 at b8 l2048 h24;
+# dcb 0.185 / 0.158 / 0.174 / 0.169 / 0.179 / 0.187 with the three 0.530 / 0.510 / 0.619 / 0.580 / 0.705 / 0.851 at
+# b2 l8192 h80. The op's forward+backward with splits 1 / 2 / 4, alternating: 0.890-0.891 / 0.889-0.891 /
+# 0.927 ms, and 2.761 / 2.732-2.742 / 2.801-2.803 at l8192.
+DCB_HEAD_SPLIT = 2
+def chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, ngroups, seq_idx, *, block_t=None, num_warps=8, num_stages=2, hsplit=None,
+                       wrap):
+    """dL/d(C_t . B_s) summed over each group's heads, as hsplit parts (each over every hsplit-th head) whose sum it
+    is: (hsplit, batch, nchunks, ngroups, chunk_size, chunk_size) float32, written on and below the diagonal tiles
+    (block_t wide, BLOCK_T_MAX by default) that hold rows before the sequence end. dB and dC read the diagonal tiles
+    of BLOCK_T_MAX: block_t may not be narrower. hsplit: DCB_HEAD_SPLIT's by default."""
     batch, seqlen, nheads, headdim = x.shape
     _, _, nchunks, chunk_size = dtp.shape
     block_t0, block_p, _ = _scan_blocks(chunk_size, headdim, 16)
@@ -1337,17 +1348,18 @@ def chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, ngroups, seq_idx, *, block_t=None, num
         raise ValueError(f"chunk_scan_bwd_dcb: block_t {block_t} is narrower than the {block_t0}-row tiles dB and dC "
                          f"read (the tiles above its diagonal would be left unwritten)")
     ntiles = chunk_size // block_t
-    dcb = torch.empty(batch, nchunks, ngroups, chunk_size, chunk_size, device=x.device, dtype=torch.float32)
+    hsplit = max(1, min(nheads // ngroups, hsplit or DCB_HEAD_SPLIT))
+    dcb = torch.empty(hsplit, batch, nchunks, ngroups, chunk_size, chunk_size, device=x.device, dtype=torch.float32)
     q = seq_idx if seq_idx is not None else dtp
     # Tiles of one chunk in neighbouring programs: each x and dy tile is read by several of them (from L2).
-    _launch(_chunk_scan_bwd_dcb_kernel, wrap)[(ntiles * ntiles, ngroups, batch * nchunks)](
+    _launch(_chunk_scan_bwd_dcb_kernel, wrap)[(ntiles * ntiles, ngroups * hsplit, batch * nchunks)](
         x, dtp, dA_cs, q, dy, dcb,
         seqlen, headdim, nheads // ngroups,
         *x.stride(), *dtp.stride(),
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
         *dy.stride(), *dcb.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, IEEE=_ieee(x, dy), BLOCK_T=block_t, BLOCK_P=block_p,
-        num_warps=num_warps, num_stages=num_stages,
+        HSPLIT=hsplit, num_warps=num_warps, num_stages=num_stages,
     )
     return dcb
 
@@ -1359,7 +1371,7 @@ def _chunk_scan_bwd_dbc_kernel(
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_u_b, s_u_l, s_u_g, s_u_n,
     s_c_b, s_c_l, s_c_g, s_c_n,
-    s_cb_b, s_cb_c, s_cb_g, s_cb_t, s_cb_s,
+    s_cb_k, s_cb_b, s_cb_c, s_cb_g, s_cb_t, s_cb_s,
     s_a_b, s_a_h, s_a_c, s_a_l,
     s_q_b, s_q_l,
     s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
@@ -1367,6 +1379,7 @@ def _chunk_scan_bwd_dbc_kernel(
     s_o_k, s_o_b, s_o_l, s_o_g, s_o_n,
     CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, IS_DB: tl.constexpr, IEEE: tl.constexpr, SPLIT: tl.constexpr,
     N_BLOCKS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    DCB_PARTS: tl.constexpr,
 ):
     """Rows r of one chunk and group. With dcb[t, s] the gradient of C_t . B_s (heads summed):
     dC (IS_DB False, u = B, st = state entering the chunk):
@@ -1378,7 +1391,8 @@ def _chunk_scan_bwd_dbc_kernel(
     before the chunk.
     SPLIT programs share a group's heads (and the column tiles) when there are few chunks; their partial sums
     are added afterwards. N_BLOCKS programs (dB only: dC's log-decay term sums over all of dstate) each take a
-    block of BLOCK_N columns of dstate, with nothing to add afterwards."""
+    block of BLOCK_N columns of dstate, with nothing to add afterwards. dcb comes as DCB_PARTS parts (stride
+    s_cb_k), added here as they are read."""
     pid_r, pid_gk, pid_bc = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     per_group: tl.constexpr = SPLIT * N_BLOCKS
     pid_g, pid_kn = pid_gk // per_group, pid_gk % per_group
@@ -1437,11 +1451,12 @@ def _chunk_scan_bwd_dbc_kernel(
         offs_k = k0 + tl.arange(0, BLOCK_T)
         k_ok = offs_k < limit
         if IS_DB:  # dcb[k, r], k = t (later)
-            m = tl.load(dcb_ptr + offs_k[None, :] * s_cb_t + offs_r[:, None] * s_cb_s,
-                        mask=r_ok[:, None] & k_ok[None, :], other=0.0)
+            tile = dcb_ptr + offs_k[None, :] * s_cb_t + offs_r[:, None] * s_cb_s
         else:  # dcb[r, k], k = s (earlier)
-            m = tl.load(dcb_ptr + offs_r[:, None] * s_cb_t + offs_k[None, :] * s_cb_s,
-                        mask=r_ok[:, None] & k_ok[None, :], other=0.0)
+            tile = dcb_ptr + offs_r[:, None] * s_cb_t + offs_k[None, :] * s_cb_s
+        m = tl.load(tile, mask=r_ok[:, None] & k_ok[None, :], other=0.0)
+        for part in tl.static_range(1, DCB_PARTS):
+            m += tl.load(tile + part * s_cb_k, mask=r_ok[:, None] & k_ok[None, :], other=0.0)
         u_k = tl.load(u_ptr + offs_k[:, None] * s_u_l + offs_n[None, :] * s_u_n, mask=k_ok[:, None] & n_ok[None, :],
                       other=0.0)
         acc += _dot(m.to(u_k.dtype), u_k, IEEE)
@@ -1482,7 +1497,8 @@ def _bwd_dbc(x, U, C, dcb, dtp, dA_cs, dy, st, seq_idx, is_db, out_like, da, num
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
         *st.stride(), *dy.stride(), *out.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, IS_DB=is_db, IEEE=_ieee(x, U, dy), SPLIT=split,
-        N_BLOCKS=n_blocks, BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4, num_stages=num_stages,
+        N_BLOCKS=n_blocks, BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, DCB_PARTS=dcb.shape[0], num_warps=4,
+        num_stages=num_stages,
     )
     return out[0] if split == 1 else _sum_parts(out, out_like.dtype, wrap)
 

@@ -516,6 +516,34 @@ def test_triton_db_dstate_blocks_match_head_split(nseq, monkeypatch):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@needs_triton
+@pytest.mark.parametrize("nseq", [0, 3], ids=["plain", "seq_idx"])
+def test_triton_dcb_head_parts_give_the_same_dB_dC(nseq):
+    """dL/d(C B^T) as parts over a group's heads (chunk_scan_bwd_dcb's hsplit; dB and dC add them as they read): the
+    parts sum to the unsplit dcb on the tiles dB and dC read, and dB, dC and the log-decay term are unchanged, with
+    four heads a group split 2 and 3 ways (uneven: 2 + 1 + 1)."""
+    kt, t, dtp, dA_cs = _interpreter_chunks(1, 70, 8, 12, 2, 24, nseq=nseq, seed=29)
+    g = torch.Generator().manual_seed(7)
+    dy = torch.randn(t["x"].shape, generator=g)
+    dend = torch.randn(1, dtp.shape[2], 8, 12, 24, generator=g)
+    prev = torch.randn(1, dtp.shape[2], 8, 12, 24, generator=g)
+    x, B, C, q = t["x"], t["B"], t["C"], t["seq_idx"]
+    one = kt.chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, 2, q, hsplit=1, wrap=False)
+    lower = torch.ones(32, 32).tril().bool()  # 32-row tiles at chunk 32: the diagonal tile holds the pairs s <= t
+    want = (kt.chunk_scan_bwd_dB(x, B, C, one, dtp, dA_cs, dy, dend, q, wrap=False),
+            *kt.chunk_scan_bwd_dC(x, B, C, one, dtp, dA_cs, dy, prev, q, wrap=False))
+    for hsplit in (2, 3):
+        parts = kt.chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, 2, q, hsplit=hsplit, wrap=False)
+        assert parts.shape[0] == hsplit
+        torch.testing.assert_close(parts.sum(0)[0, :2, :, lower], one[0][0, :2, :, lower], rtol=1e-5, atol=1e-5)
+        got = (kt.chunk_scan_bwd_dB(x, B, C, parts, dtp, dA_cs, dy, dend, q, wrap=False),
+               *kt.chunk_scan_bwd_dC(x, B, C, parts, dtp, dA_cs, dy, prev, q, wrap=False))
+        for name, a, b in zip(("dB", "dC", "da"), got, want):
+            if name == "da":  # (batch, nheads, nchunks, chunk), written before the sequence end only
+                a, b = a.flatten(2)[..., :70], b.flatten(2)[..., :70]
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"{name}, hsplit {hsplit}")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Bad inputs
 # ---------------------------------------------------------------------------------------------------
