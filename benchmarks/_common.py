@@ -44,6 +44,21 @@ def alternating_graph_ms(step, variants: dict, rounds: int = 2) -> list[tuple[st
     return out
 
 
+def host_us(fn, n: int = 300, warmup: int = 10) -> float:
+    """Microseconds per call of ``fn`` over ``n`` calls, the GPU synchronised before and after: the host's time where
+    the GPU's work is shorter (eager calls at small shapes), else the GPU's."""
+    import time
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
 def copy_bandwidth_tbps() -> float:
     """Device-to-device copy bandwidth in TB/s, bytes read plus bytes written, measured once per process."""
     global _COPY_TBPS

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import statistics
-import time
 
 import torch
 
@@ -34,19 +33,8 @@ def _set(variant: str) -> None:
                     setattr(m, a, plain if variant == "plain" else theirs)
 
 
-def _us(fn, n: int = 60) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n * 1e6
-
-
 def main() -> None:
-    from benchmarks._common import device_name, write_results
+    from benchmarks._common import device_name, host_us, write_results
     from mamba_compile import MambaConfig, MambaLM
 
     p = argparse.ArgumentParser()
@@ -73,7 +61,7 @@ def main() -> None:
             for _ in range(3):
                 for variant in got:
                     _set(variant)
-                    got[variant].append(_us(fn))
+                    got[variant].append(host_us(fn, n=60, warmup=5))
             for variant, us in got.items():
                 rows.append(dict(arch=arch, what=what, arith=variant, us=statistics.median(us),
                                  rounds=" ".join(f"{u:.0f}" for u in us)))

@@ -13,24 +13,13 @@ and of the reference; then the bare pipelines and an empty autograd.Function (th
 import argparse
 import cProfile
 import pstats
-import time
 
 import torch
 import triton
 import triton.language as tl
 
+from benchmarks._common import host_us
 from benchmarks.bench_ssd import call, fwd_bwd, impls, make_inputs
-
-
-def host_us(fn, n=300):
-    for _ in range(10):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n * 1e6
 
 
 @triton.jit
