@@ -12,10 +12,10 @@ outputs adding their gradient to the state entering it on the way, and the log-d
 chunk; with varlen-state gradients, chunk_state in from-start mode then state_passing_bwd, those gradients added
 between the two), chunk_scan_bwd_dx (dx, dL/d dt, dD and the
 within-chunk pair sums of the log-decay gradient), chunk_scan_bwd_dcb (dL/d(C_t . B_s), the group's heads summed
-once, in DCB_HEAD_SPLIT parts that dB and dC add as they read them), chunk_scan_bwd_dB / _dC (from it and the chunk-boundary states; dC also gives dy_t . y_state_t, the pairs
-whose earlier index lies before the chunk; heads split over a few programs when there are few chunks; no atomics
-anywhere, so results are deterministic), dt_bwd (the log-decay gradient assembled from those pieces, dA, and dt back
-through clamp, softplus and bias).
+once, in DCB_HEAD_SPLIT parts that dB and dC add as they read them), chunk_scan_bwd_dB / _dC (from it and the
+chunk-boundary states; dC also gives dy_t . y_state_t, the pairs whose earlier index lies before the chunk; heads
+split over a few programs when there are few chunks; no atomics anywhere, so results are deterministic), dt_bwd
+(the log-decay gradient assembled from those pieces, dA, and dt back through clamp, softplus and bias).
 
 Layouts: dt_proc, dA_cumsum: (batch, nheads, nchunks, chunk_size) float32; chunk states and their gradients:
 (batch, nchunks, nheads, headdim, dstate), contiguous; C B^T: (batch, nchunks, ngroups, chunk_size,
@@ -74,11 +74,12 @@ The numbers below are at chunk 256.
     chunk-major, each waiting on its chunk's count. Correct (GPU tests, repeated launches bit-identical), but
     0.299 ms against 0.176 for the two launches at chunk 128 (0.977 against 0.585 at b2 l8192 h80): the passing's
     long-lived programs hold scan slots, and the scan's programs wait on a passing that runs slower beside them.
-    Tried and removed (session 26, commit e95fa4a has the code, its tests and benchmarks/probes/ssd_gate_passing_bwd.py):
-    the gate's backward inside chunk_state_passing_bwd's reverse pass (dout, z and the kept pre-gate output read
-    instead of dy; dy and dz formed and stored there), so gate_bwd's launch went. 0.364-0.426 ms over five
-    configurations against 0.182 for the two launches at chunk 128 (1.43-1.63 against 0.63 at b2 l8192 h80): a few
-    hundred programs walking the chunks one after another do not pull gate_bwd's 250 MB at its speed.
+    Tried and removed (session 26, commit e95fa4a has the code, its tests and
+    benchmarks/probes/ssd_gate_passing_bwd.py): the gate's backward inside chunk_state_passing_bwd's reverse pass
+    (dout, z and the kept pre-gate output read instead of dy; dy and dz formed and stored there), so gate_bwd's
+    launch went. 0.364-0.426 ms over five configurations against 0.182 for the two launches at chunk 128 (1.43-1.63
+    against 0.63 at b2 l8192 h80): a few hundred programs walking the chunks one after another do not pull
+    gate_bwd's 250 MB at its speed.
     Backward kernels (session 8, benchmarks/probes/ssd_bwd.py, chunk-boundary states and their gradients
     stored in 16 bits): gate_bwd 0.100 with z (nothing without), bwd_dx 0.284-0.314 (with dD's sums), dcb 0.091,
     dB 0.085, dC 0.090, chunk_state_passing recompute 0.064, state_passing_bwd 0.048-0.079, dprev 0.055 (the last
@@ -1325,8 +1326,6 @@ def _chunk_scan_bwd_dcb_kernel(
                  + offs_s[None, :] * s_o_s, tl.where(keep, acc, 0.0))
 
 
-# 8 warps: H100, b8 l2048 h24 0.091 ms against 0.122 with 4 (b2 l8192 h80: 0.258 against 0.369); 128-row tiles,
-# 3 stages or 1 stage were slower (benchmarks/probes/ssd_bwd_sweep.py).
 # The parts a group's heads are split into (dB and dC add them as they read them); 1: one program walks them all.
 # Session 26, H100 (benchmarks/probes/ssd_dcb_split.py, graphs), splits 1 / 2 / 3 / 4 / 6 / 8: dcb 0.061 / 0.056 /
 # 0.064 / 0.064 / 0.071 / 0.079 ms with dcb + dB + dC 0.189 / 0.188 / 0.226 / 0.224 / 0.274 / 0.336 at b8 l2048 h24;
@@ -1334,6 +1333,10 @@ def _chunk_scan_bwd_dcb_kernel(
 # b2 l8192 h80. The op's forward+backward with splits 1 / 2 / 4, alternating: 0.890-0.891 / 0.889-0.891 /
 # 0.927 ms, and 2.761 / 2.732-2.742 / 2.801-2.803 at l8192.
 DCB_HEAD_SPLIT = 2
+
+
+# 8 warps: H100, b8 l2048 h24 0.091 ms against 0.122 with 4 (b2 l8192 h80: 0.258 against 0.369); 128-row tiles,
+# 3 stages or 1 stage were slower (benchmarks/probes/ssd_bwd_sweep.py).
 def chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, ngroups, seq_idx, *, block_t=None, num_warps=8, num_stages=2, hsplit=None,
                        wrap):
     """dL/d(C_t . B_s) summed over each group's heads, as hsplit parts (each over every hsplit-th head) whose sum it
