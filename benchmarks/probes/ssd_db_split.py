@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from benchmarks._common import graph_ms
-from benchmarks.probes.ssd_sweep import ab_probe, rel_err, shape_inputs
+from benchmarks.probes.ssd_sweep import rel_err, setting_probe, shape_inputs
 from mamba_compile.ops import ssd_triton as kt
 
 
@@ -37,9 +37,7 @@ def kernel_rows(name, shape) -> list[dict]:
 
 
 def main() -> None:
-    default = kt.DB_SPLITS_DSTATE
-    ab_probe(kernel_rows, {flag: lambda flag=flag: setattr(kt, "DB_SPLITS_DSTATE", flag) for flag in (True, False)},
-             lambda: setattr(kt, "DB_SPLITS_DSTATE", default), "dB dstate split", forward=False)
+    setting_probe(kernel_rows, kt, "DB_SPLITS_DSTATE", (True, False), "dB dstate split", forward=False)
 
 
 if __name__ == "__main__":

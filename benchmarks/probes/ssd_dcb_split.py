@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from benchmarks._common import graph_ms
-from benchmarks.probes.ssd_sweep import ab_probe, rel_err, shape_inputs
+from benchmarks.probes.ssd_sweep import rel_err, setting_probe, shape_inputs
 from mamba_compile.ops import ssd_triton as kt
 
 SPLITS = (1, 2, 3, 4, 6, 8)
@@ -45,9 +45,7 @@ def kernel_rows(name, shape) -> list[dict]:
 
 
 def main() -> None:
-    default = kt.DCB_HEAD_SPLIT
-    ab_probe(kernel_rows, {k: lambda k=k: setattr(kt, "DCB_HEAD_SPLIT", k) for k in (1, 2, 4)},
-             lambda: setattr(kt, "DCB_HEAD_SPLIT", default), "dcb head split", forward=False)
+    setting_probe(kernel_rows, kt, "DCB_HEAD_SPLIT", (1, 2, 4), "dcb head split", forward=False)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ alternating.
 from __future__ import annotations
 
 from benchmarks._common import graph_ms
-from benchmarks.probes.ssd_sweep import CHUNK, ab_probe, rel_err, shape_inputs
+from benchmarks.probes.ssd_sweep import CHUNK, rel_err, setting_probe, shape_inputs
 from mamba_compile.ops import ssd, ssd_triton as kt
 
 
@@ -35,9 +35,7 @@ def kernel_rows(name, shape) -> list[dict]:
 
 
 def main() -> None:
-    default = ssd.FUSED_CUMSUM
-    ab_probe(kernel_rows, {flag: lambda flag=flag: setattr(ssd, "FUSED_CUMSUM", flag) for flag in (True, False)},
-             lambda: setattr(ssd, "FUSED_CUMSUM", default), "one launch")
+    setting_probe(kernel_rows, ssd, "FUSED_CUMSUM", (True, False), "one launch")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ alternating.
 from __future__ import annotations
 
 from benchmarks._common import graph_ms
-from benchmarks.probes.ssd_sweep import CHUNK, ab_probe, rel_err, shape_inputs
+from benchmarks.probes.ssd_sweep import CHUNK, rel_err, setting_probe, shape_inputs
 from mamba_compile.ops import ssd, ssd_triton as kt
 
 
@@ -33,9 +33,7 @@ def kernel_rows(name, shape) -> list[dict]:
 
 
 def main() -> None:
-    default = ssd.FWD_BMM_CB
-    ab_probe(kernel_rows, {flag: lambda flag=flag: setattr(ssd, "FWD_BMM_CB", flag) for flag in (True, False)},
-             lambda: setattr(ssd, "FWD_BMM_CB", default), "C B^T read")
+    setting_probe(kernel_rows, ssd, "FWD_BMM_CB", (True, False), "C B^T read")
 
 
 if __name__ == "__main__":

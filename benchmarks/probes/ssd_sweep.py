@@ -56,7 +56,7 @@ def rel_err(a, b):
 
 
 def ab_probe(kernel_rows, variants: dict, restore, label: str, forward: bool = True) -> None:
-    """The main of the A/B probes (ssd_fused_cumsum, ssd_fwd_cb, ssd_grid_order, ssd_db_split): ``--out``; for each
+    """The main of the A/B probes (ssd_grid_order; setting_probe's): ``--out``; for each
     benchmark shape, ``kernel_rows(name, shape)`` (the kernels' own rows), then op_variant_rows over ``variants``,
     after which ``restore()`` puts the default back; the table written at the end."""
     from benchmarks._common import device_name, write_results
@@ -73,6 +73,14 @@ def ab_probe(kernel_rows, variants: dict, restore, label: str, forward: bool = T
         finally:
             restore()
     write_results(rows, args.out)
+
+
+def setting_probe(kernel_rows, module, attr: str, values, label: str, forward: bool = True) -> None:
+    """ab_probe over the values of one module-level setting (``module.attr``), put back to its default afterwards:
+    the main of ssd_fused_cumsum, ssd_fwd_cb, ssd_db_split and ssd_dcb_split."""
+    default = getattr(module, attr)
+    ab_probe(kernel_rows, {v: lambda v=v: setattr(module, attr, v) for v in values},
+             lambda: setattr(module, attr, default), label, forward)
 
 
 def op_variant_rows(name, shape, variants: dict, label: str, forward: bool = True) -> list[dict]:
