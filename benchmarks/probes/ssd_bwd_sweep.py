@@ -1,6 +1,6 @@
 """Launch configurations of the SSD backward's kernels at both benchmark shapes (bf16, 16-bit states as the op
-stores them): chunk_scan_bwd_dcb (tile width, warps, stages), chunk_scan_bwd_dx (row tiles, warps, stages), dt_bwd (heads
-per program, warps). Time (do_bench median) and the largest difference from the default's output relative to its
+stores them): chunk_scan_bwd_dcb (tile width, warps, stages), chunk_scan_bwd_dx (row tiles, warps, stages), dt_bwd
+(heads per program, warps). Time (do_bench median) and the largest difference from the default's output relative to its
 largest value (a miscompiled variant shows up there).
 
     python -m benchmarks.probes.ssd_bwd_sweep

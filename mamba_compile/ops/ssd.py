@@ -29,8 +29,8 @@ The backward is a second op: its CPU branch recomputes the forward under autogra
 its CUDA branch is explicit (``_bwd_triton``), including varlen_states' gradient. Plain eager CUDA calls of
 ssd_chunk_scan (no compile tracing, subclass, mode or transform: ``_plain_eager``) run the same pipelines
 through an autograd.Function (``_EagerScan``) instead of the two ops, whose dispatch costs host time. The first
-eager CUDA call of a configuration compiles the forward's and (when an input requires grad) the backward's Triton kernels
-concurrently (``_compile_ahead``); under torch.compile/export Inductor compiles them as usual.
+eager CUDA call of a configuration compiles the forward's and (when an input requires grad) the backward's Triton
+kernels concurrently (``_compile_ahead``); under torch.compile/export Inductor compiles them as usual.
 float64 inputs are accepted on CPU only (for gradcheck).
 """
 
