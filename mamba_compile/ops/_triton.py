@@ -52,16 +52,130 @@ def next_pow2(n):
 
 
 def launcher(kernel, wrap: bool = True):
-    """Returns ``kernel`` wrapped for tracing (``wrap=True``) or as is, for direct launches."""
+    """``kernel`` for ``launcher(kernel, wrap)[grid](*args, **kwargs)``: inside a triton_op (``wrap=True``),
+    wrapped by ``torch.library.wrap_triton``, so that tracing sees the launch; for direct launches (the SSD's eager
+    shortcut, and the tests under the Triton interpreter) as it is. A compiled kernel launched for real, with
+    ``FAST_LAUNCH`` on and a Triton FastLauncher has been checked with, goes through FastLauncher: direct
+    launches, and the launches of an op called eagerly on plain tensors (where torch's triton_op turns
+    wrap_triton off and launches the kernel itself)."""
     if not HAS_TRITON:
         raise RuntimeError("this op's CUDA path needs triton, which is not installed")
+    fast = FAST_LAUNCH and _fast_launch_supported() and isinstance(kernel, triton.runtime.jit.JITFunction)
     if wrap:
         from torch.library import wrap_triton
 
         if not _SOURCES_REGISTERED:
             register_kernel_sources()
-        return wrap_triton(kernel)
-    return kernel
+        return _OpLauncher(kernel) if fast else wrap_triton(kernel)
+    return FastLauncher(kernel) if fast else kernel
+
+
+# Launches of compiled kernels outside tracing go through FastLauncher when True. Probes switch it.
+FAST_LAUNCH = True
+# The Triton versions whose JITFunction.run FastLauncher repeats (its binder, compiled-kernel cache and launcher call
+# were read in that version's source, and the GPU tests ran with it): any other launches through Triton's own path.
+_FAST_LAUNCH_TRITON = ("3.6.",)
+
+
+@functools.cache
+def _fast_launch_supported() -> bool:
+    if not any(triton.__version__.startswith(v) for v in _FAST_LAUNCH_TRITON):
+        return False
+    from triton import knobs
+    from triton.runtime.jit import JITFunction
+
+    try:
+        from torch._library.triton import is_wrap_triton_enabled  # noqa: F401
+    except ImportError:
+        return False
+    return (hasattr(JITFunction, "create_binder") and hasattr(knobs.runtime.launch_enter_hook, "calls")
+            and hasattr(knobs.runtime.launch_exit_hook, "calls"))
+
+
+class _OpLauncher:
+    """``wrap_triton(kernel)`` for a triton_op's launch, except that where torch would launch the kernel itself
+    (wrap_triton turned off: the op's eager call on plain tensors) FastLauncher launches it."""
+
+    __slots__ = ("kernel",)
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        from torch._library.triton import is_wrap_triton_enabled
+        from torch.library import wrap_triton
+
+        if is_wrap_triton_enabled():
+            return wrap_triton(self.kernel)[grid]
+        return functools.partial(fast_run, self.kernel, grid)
+
+
+class FastLauncher:
+    """``kernel[grid](*args, **kwargs)`` for a compiled Triton kernel with less host work than Triton's
+    ``JITFunction.run``, which an eager call of a multi-kernel op pays at every launch: 20-60 us on the GPU
+    machine's host for this package's kernels of 7-76 arguments, about half of it in the binder that specialises
+    the arguments (benchmarks/probes/launch_overhead.py).
+
+    How: a launch's key is its arguments themselves, each int as it is, each tensor as its dtype and its address
+    modulo 16, anything else as its type and value, with the keyword arguments (constexprs and launch options),
+    the device and Triton's debug knobs. Triton's specialisation (dtypes, 16-byte alignment of pointers, integers
+    equal to 1 or divisible by 16, their range, the constexpr values, the options) is a function of that key, so
+    a key seen before names the binary Triton would pick. The first launch of a key goes through
+    ``JITFunction.run`` (which compiles or finds the binary), and the key then maps to that binary and to the
+    argument values the launcher takes after the positional ones (constexprs and defaults, fixed by the key);
+    later launches call the binary's launcher directly. Launches Triton's path keeps: while a launch hook or a
+    pre-run hook is installed (profilers such as proton), grids given as functions, keys that cannot be hashed,
+    and non-constexpr arguments given by keyword. Skipped at every launch: Triton's check that the
+    kernel's global variables are unchanged (this package's kernels read none that change). The cache holds at
+    most ``_FAST_CACHE_MAX`` keys a kernel (a new shape is a new key), then starts again."""
+
+    __slots__ = ("kernel",)
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        return functools.partial(fast_run, self.kernel, grid)
+
+
+_FAST_CACHE_MAX = 4096
+
+
+def fast_run(kernel, grid, *args, **kwargs):
+    """One launch of ``kernel`` (a JITFunction) over ``grid``; see FastLauncher."""
+    from triton import knobs
+
+    rt = knobs.runtime
+    if kernel.pre_run_hooks or rt.launch_enter_hook.calls or rt.launch_exit_hook.calls or callable(grid):
+        return kernel.run(*args, grid=grid, warmup=False, **kwargs)
+    runtime_params = kernel.__dict__.get("_mamba_compile_runtime_params")
+    if runtime_params is None:
+        runtime_params = kernel._mamba_compile_runtime_params = frozenset(
+            p.name for p in kernel.params if not p.is_constexpr)
+    if not runtime_params.isdisjoint(kwargs):  # a runtime argument by keyword (a tensor's would key on its id)
+        return kernel.run(*args, grid=grid, warmup=False, **kwargs)
+    device = torch.cuda.current_device()
+    cache = kernel.__dict__.setdefault("_mamba_compile_fast", {})
+    try:
+        key = (device, rt.debug, knobs.compilation.instrumentation_mode, tuple(kwargs.items()),
+               tuple([a if type(a) is int else (a.dtype, a.data_ptr() & 15) if isinstance(a, torch.Tensor)
+                      else (type(a), a) for a in args]))
+        entry = cache.get(key)
+    except TypeError:  # an unhashable argument
+        return kernel.run(*args, grid=grid, warmup=False, **kwargs)
+    if entry is None:
+        compiled = kernel.run(*args, grid=grid, warmup=False, **kwargs)
+        if compiled is not None:  # None: a compile hook built nothing
+            if len(cache) >= _FAST_CACHE_MAX:
+                cache.clear()
+            # the launcher's values after the positional ones: constexprs and defaults, fixed by the key
+            cache[key] = compiled, tuple(kernel.device_caches[device][4](*args, **kwargs)[0].values())[len(args):]
+        return compiled
+    compiled, tail = entry
+    n = len(grid)
+    compiled.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, torch._C._cuda_getCurrentRawStream(device),
+                 compiled.function, compiled.packed_metadata, None, None, None, *args, *tail)
+    return compiled
 
 
 # The kernels each triton_op of this package can launch, by module (tests/ops/test_kernel_sources.py checks that
