@@ -59,6 +59,18 @@ def host_us(fn, n: int = 300, warmup: int = 10) -> float:
     return (time.perf_counter() - t0) / n * 1e6
 
 
+def tiny_model(arch: str):
+    """A tiny bf16 CUDA model (d_model 256, 4 layers, vocab 1000; Mamba-2 with d_state 64, headdim 32, chunk 64)
+    and 64 token ids (batch 1): eager calls whose GPU work is far below their host time."""
+    from mamba_compile import MambaConfig, MambaLM
+
+    ssm = dict(layer="Mamba2", d_state=64, headdim=32, chunk_size=64) if arch == "mamba2" else dict(
+        layer="Mamba1", d_state=16)
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=256, n_layer=4, vocab_size=1000, ssm_cfg=ssm)).cuda().bfloat16()
+    return model, torch.randint(0, 1000, (1, 64), device="cuda")
+
+
 def copy_bandwidth_tbps() -> float:
     """Device-to-device copy bandwidth in TB/s, bytes read plus bytes written, measured once per process."""
     global _COPY_TBPS

@@ -34,8 +34,7 @@ def _set(variant: str) -> None:
 
 
 def main() -> None:
-    from benchmarks._common import device_name, host_us, write_results
-    from mamba_compile import MambaConfig, MambaLM
+    from benchmarks._common import device_name, host_us, tiny_model, write_results
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
@@ -43,11 +42,7 @@ def main() -> None:
     print(device_name(), flush=True)
     rows = []
     for arch in ("mamba1", "mamba2"):
-        ssm = dict(layer="Mamba2", d_state=64, headdim=32, chunk_size=64) if arch == "mamba2" else dict(
-            layer="Mamba1", d_state=16)
-        torch.manual_seed(0)
-        model = MambaLM(MambaConfig(d_model=256, n_layer=4, vocab_size=1000, ssm_cfg=ssm)).cuda().bfloat16()
-        ids = torch.randint(0, 1000, (1, 64), device="cuda")
+        model, ids = tiny_model(arch)
 
         @torch.no_grad()
         def fwd():

@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from benchmarks._common import bench_ms, host_us
+from benchmarks._common import bench_ms, host_us, tiny_model
 from benchmarks.bench_ssd import call, fwd_bwd, impls, make_inputs
 
 
@@ -83,15 +83,10 @@ def _op_rows(rounds=2):
 def _model_rows(rounds=3):
     import statistics
 
-    from mamba_compile import MambaConfig, MambaLM
     from mamba_compile.ops import _triton
 
     for arch in ("mamba1", "mamba2"):
-        ssm = dict(layer="Mamba2", d_state=64, headdim=32, chunk_size=64) if arch == "mamba2" else dict(
-            layer="Mamba1", d_state=16)
-        torch.manual_seed(0)
-        model = MambaLM(MambaConfig(d_model=256, n_layer=4, vocab_size=1000, ssm_cfg=ssm)).cuda().bfloat16()
-        ids = torch.randint(0, 1000, (1, 64), device="cuda")
+        model, ids = tiny_model(arch)
         cases = {
             "fwd": torch.no_grad()(lambda: model(ids)),
             "fwd+bwd": lambda: model(ids).logits.float().sum().backward(),
