@@ -2,7 +2,10 @@
 
 Kernels are launched through ``torch.library.wrap_triton`` inside the ops, so that Dynamo,
 ``torch.export`` and AOTInductor see and compile them. Tests launch the same kernels
-directly (``wrap=None``), which is how they run under the Triton interpreter on CPU.
+directly (``wrap=False``), which is how they run under the Triton interpreter on CPU.
+Launches that nothing traces (an op's eager call on plain tensors, direct launches) go
+through ``FastLauncher``, which relaunches the binary Triton picked for the same arguments
+without Triton's per-launch bookkeeping.
 
 Programmatic dependent launch (Hopper and later). The decode kernels (decode_norm_in,
 decode_norm_head, the decode state updates, decode_linear) take a ``PDL`` constexpr. With it
