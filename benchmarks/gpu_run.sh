@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -196,4 +196,12 @@ if [[ $what == launch ]]; then
   timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_fast_launch.py tests/ops/test_ssd.py -k "fast or shortcut or training_shape or misaligned or aligned" 2>&1 | tee "$OUT/gpu_tests_fast_launch.log" | tail -4
   timeout 200 python3 -m benchmarks.probes.launch_overhead 2>&1 | tee "$OUT/launch_overhead.log"
   timeout 200 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\||first call"
+fi
+if [[ $what == ssd-side-stream ]]; then
+  # The SSD's eager backward with two kernels on a second stream (ssd.SIDE_STREAM): the SSD GPU tests, the
+  # probe's graphed forward+backward with it on and off, alternating, and Mamba-2's training-step GPU tests, whose
+  # CUDA graphs capture it (about 6 minutes)
+  timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=3 tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -6
+  timeout 150 python3 -m benchmarks.probes.ssd_side_stream --out "$OUT/ssd_side_stream.json" 2>&1 | tee "$OUT/ssd_side_stream.log" | grep -E "^\\||ms|Error"
+  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "mamba2 and (training or train_step)" 2>&1 | tee "$OUT/gpu_tests_m2.log" | tail -3
 fi

@@ -458,6 +458,56 @@ FWD_BMM_CB = True
 FUSED_CUMSUM = True
 
 
+# Eager CUDA backwards (wrap=False: _EagerScan, and CUDA graphs captured from it) run two kernels on a second
+# stream beside the sequential passes: gate_bwd beside the states' recompute, and dcb beside the reverse pass
+# and dx. Traced backwards (torch.compile, export) keep one stream. Probe: benchmarks/probes/ssd_side_stream.py.
+SIDE_STREAM = True
+_side_streams: dict = {}
+
+
+class _Fork:
+    """``with _Fork(x, on) as fork:`` ``fork.run(fn, ...)`` calls fn with a second stream of x's device current, so
+    that its launches run beside what the current stream does next, after everything it had queued; leaving the
+    block makes the current stream wait for them, and marks the tensors fn returned as used by the current stream
+    (for the caching allocator). With ``on`` False, ``run`` just calls fn."""
+
+    def __init__(self, x: torch.Tensor, on: bool):
+        self.on, self.made = on, []
+        if on:
+            self.main = torch.cuda.current_stream(x.device)
+            self.side = _side_streams.get(x.device)
+            if self.side is None:
+                self.side = _side_streams[x.device] = torch.cuda.Stream(x.device)
+
+    def __enter__(self):
+        if self.on:
+            self.side.wait_stream(self.main)
+        return self
+
+    def run(self, fn, *args, **kwargs):
+        if not self.on:
+            return fn(*args, **kwargs)
+        with torch.cuda.stream(self.side):
+            out = fn(*args, **kwargs)
+        self.made.append(out)
+        return out
+
+    def __exit__(self, *exc):
+        if self.on:
+            self.main.wait_stream(self.side)
+            for t in _tensors(self.made):
+                t.record_stream(self.main)
+        return False
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for o in obj:
+            yield from _tensors(o)
+
+
 def _dt_and_states(x, dt, A, B, chunk_size, dt_bias, initial_states, seq_idx, dt_softplus, dt_min, dt_max,
                    prev_dtype, wrap):
     """(dtp, dA_cs, prev, final): dt_proc and its within-chunk cumsum of dt A, the states entering the chunks (in
@@ -506,31 +556,38 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
     # The chunk-boundary states and their gradients are stored as the forward stores its states.
     recompute_y = z is not None and pre_gate is None
     st_dtype = _state_dtype(x, B, C, cu_seqlens, recompute_y)
-    dtp, dA_cs, prev, _ = _dt_and_states(x, dt, A, B, chunk_size, dt_bias, initial_states, seq_idx, dt_softplus,
-                                         dt_min, dt_max, st_dtype, wrap)
-    # dy = dout * silu(z) (rounded to dout's dtype, and used so everywhere) and dz: elementwise from the
-    # forward's pre-gate output when it was kept, else with y recomputed; without z, dy is dout.
+    varlen_grads = dvarlen is not None and cu_seqlens is not None
+    side = SIDE_STREAM and not wrap and x.is_cuda and not varlen_grads and not recompute_y
+    # The states entering each chunk, recomputed as the forward stored them; beside it, dy = dout * silu(z) (rounded
+    # to dout's dtype, and used so everywhere) and dz: elementwise from the forward's pre-gate output when it was
+    # kept, else with y recomputed; without z, dy is dout.
+    with _Fork(x, side) as fork:
+        dtp, dA_cs, prev, _ = _dt_and_states(x, dt, A, B, chunk_size, dt_bias, initial_states, seq_idx,
+                                             dt_softplus, dt_min, dt_max, st_dtype, wrap)
+        if not recompute_y:
+            dy, dz = fork.run(kt.gate_bwd, dout, z, pre_gate, wrap=wrap)
     if recompute_y:
         dy, dz = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, seq_idx, wrap=wrap)
-    else:
-        dy, dz = kt.gate_bwd(dout, z, pre_gate, wrap=wrap)
     # The reverse pass over the chunks: the state gradients, each chunk's outputs adding theirs to the state that
-    # enters it. With varlen-state gradients, those add to it too, between the two kernels.
+    # enters it (with varlen-state gradients, those add to it too, between two kernels); then dx. Beside them,
+    # dL/d(C_t . B_s), the group's heads summed once, for dB and dC after.
     ddt_v = dx_extra = dB_extra = da_v = None
-    if dvarlen is not None and cu_seqlens is not None:
-        dprev = kt.chunk_state_fwd(dy, C, dtp, dA_cs, seq_idx, from_start=True, wrap=wrap)
-        dx_extra, dB_extra, ddt_v, da_v, dprev_v = _varlen_states_bwd(
-            dvarlen.float(), x, dtp, dA_cs, B, prev, cu_seqlens)
-        dend, dinit, dchunk = kt.state_passing_bwd(dprev + dprev_v, dA_cs, prev, dfinal, seq_idx, seqlen,
-                                                   initial_states is not None, dend_dtype=st_dtype, wrap=wrap)
-    else:
-        dend, dinit, dchunk = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, seq_idx,
-                                                         initial_states is not None, dend_dtype=st_dtype, wrap=wrap)
-    dx, ddt_x, col, colstate, row, dD = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx,
-                                                         dx_extra=dx_extra, wrap=wrap)
-    # dL/d(C_t . B_s), the group's heads summed once, then dB and dC from it and the chunk-boundary states;
-    # dC's kernel also gives dy_t . y_state_t (the pairs whose earlier index lies before the chunk).
-    dcb = kt.chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, B.shape[2], seq_idx, wrap=wrap)
+    with _Fork(x, side) as fork:
+        if varlen_grads:
+            dprev = kt.chunk_state_fwd(dy, C, dtp, dA_cs, seq_idx, from_start=True, wrap=wrap)
+            dx_extra, dB_extra, ddt_v, da_v, dprev_v = _varlen_states_bwd(
+                dvarlen.float(), x, dtp, dA_cs, B, prev, cu_seqlens)
+            dend, dinit, dchunk = kt.state_passing_bwd(dprev + dprev_v, dA_cs, prev, dfinal, seq_idx, seqlen,
+                                                       initial_states is not None, dend_dtype=st_dtype, wrap=wrap)
+        else:
+            dend, dinit, dchunk = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, seq_idx,
+                                                             initial_states is not None, dend_dtype=st_dtype,
+                                                             wrap=wrap)
+        dcb = fork.run(kt.chunk_scan_bwd_dcb, x, dtp, dA_cs, dy, B.shape[2], seq_idx, wrap=wrap)
+        dx, ddt_x, col, colstate, row, dD = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx,
+                                                             dx_extra=dx_extra, wrap=wrap)
+    # dB and dC from dcb and the chunk-boundary states; dC's kernel also gives dy_t . y_state_t (the pairs whose
+    # earlier index lies before the chunk).
     dB = kt.chunk_scan_bwd_dB(x, B, C, dcb, dtp, dA_cs, dy, dend, seq_idx, wrap=wrap)
     dC, da = kt.chunk_scan_bwd_dC(x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, wrap=wrap)
     if dB_extra is not None:

@@ -709,6 +709,48 @@ def test_cuda_eager_shortcut_equals_the_op(opts, varlen, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("side_stream", [True, False], ids=["side-stream", "one-stream"])
+def test_cuda_graph_of_eager_calls_equals_eager(side_stream, monkeypatch):
+    """An eager forward+backward captured into a CUDA graph (as the benchmarks and GraphedTrainStep capture it),
+    replayed on new inputs copied in place, gives the eager call's outputs and gradients bit for bit; with
+    ssd.SIDE_STREAM the backward forks a second stream, which the capture must follow and join."""
+    monkeypatch.setattr(ssd_module, "SIDE_STREAM", side_stream)
+    first = _to(make_inputs(2, 600, 8, 64, 1, 64, init=False, act_dtype=torch.bfloat16, seed=31), "cuda")
+    static = {k: v.clone().requires_grad_() if v is not None and v.is_floating_point() else v
+              for k, v in first.items()}
+    dout = torch.randn(2, 600, 8, 64, device="cuda").to(torch.bfloat16)
+
+    def step():
+        for v in static.values():
+            if v is not None and v.requires_grad:
+                v.grad = None
+        out = ssd_chunk_scan(static["x"], static["dt"], static["A"], static["B"], static["C"], 64, D=static["D"],
+                             z=static["z"], dt_bias=static["dt_bias"], dt_softplus=True)
+        out.backward(dout)
+        return out
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    fresh = _to(make_inputs(2, 600, 8, 64, 1, 64, init=False, act_dtype=torch.bfloat16, seed=32), "cuda")
+    with torch.no_grad():
+        for k, v in fresh.items():
+            if v is not None:
+                static[k].copy_(v)
+    graph.replay()
+    got = [out.clone()] + [static[k].grad.clone() for k in GRAD_NAMES if static.get(k) is not None]
+    want = [step().detach()] + [static[k].grad for k in GRAD_NAMES if static.get(k) is not None]
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+@pytest.mark.gpu
 def test_cuda_training_shape_matches_cpu_path():
     """The benchmark shape (bf16, D, z, dt_bias, softplus, chunk 256) against the CPU path in float32."""
     inputs = make_inputs(2, 2048, 24, 64, 1, 128, act_dtype=torch.bfloat16, init=False, seed=12)
