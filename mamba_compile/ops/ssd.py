@@ -30,7 +30,9 @@ its CUDA branch is explicit (``_bwd_triton``), including varlen_states' gradient
 ssd_chunk_scan (no compile tracing, subclass, mode or transform: ``_plain_eager``) run the same pipelines
 through an autograd.Function (``_EagerScan``) instead of the two ops, whose dispatch costs host time. The first
 eager CUDA call of a configuration compiles the forward's and (when an input requires grad) the backward's Triton
-kernels concurrently (``_compile_ahead``); under torch.compile/export Inductor compiles them as usual.
+kernels concurrently (``_compile_ahead``); under torch.compile/export Inductor compiles them as usual. Those eager
+backwards (and CUDA graphs captured from them) run a few kernels on a second stream beside the sequential passes
+(SIDE_STREAM, SIDE_DBC); traced ones keep one stream, since Inductor launches a triton_op's kernels on one.
 float64 inputs are accepted on CPU only (for gradcheck).
 """
 
@@ -458,10 +460,15 @@ FWD_BMM_CB = True
 FUSED_CUMSUM = True
 
 
-# Eager CUDA backwards (wrap=False: _EagerScan, and CUDA graphs captured from it) run two kernels on a second
-# stream beside the sequential passes: gate_bwd beside the states' recompute, and dcb beside the reverse pass
-# and dx. Traced backwards (torch.compile, export) keep one stream. Probe: benchmarks/probes/ssd_side_stream.py.
+# Eager CUDA backwards (wrap=False: _EagerScan, and CUDA graphs captured from it) run kernels on a second stream
+# beside the sequential passes, which keep only a few hundred programs busy: gate_bwd beside the states' recompute,
+# dcb beside the reverse pass, and (SIDE_DBC) dB and dC beside dx. Traced backwards (torch.compile, export) keep
+# one stream. Session 27, H100, the op's forward+backward as CUDA graphs, alternating
+# (benchmarks/probes/ssd_side_stream.py): 0.862-0.864 ms with both, 0.874-0.876 with dcb alone on the side,
+# 0.889 on one stream (2.638-2.640 / 2.653 / 2.736-2.745 at b2 l8192 h80). The kernels and their results are
+# the same (a GPU test compares with the op's one-stream backward bit for bit, another a captured graph's).
 SIDE_STREAM = True
+SIDE_DBC = True
 _side_streams: dict = {}
 
 
@@ -491,6 +498,11 @@ class _Fork:
             out = fn(*args, **kwargs)
         self.made.append(out)
         return out
+
+    def wait(self):
+        """The second stream's next launches wait for what the current stream has queued so far."""
+        if self.on:
+            self.side.wait_stream(self.main)
 
     def __exit__(self, *exc):
         if self.on:
@@ -584,12 +596,18 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
                                                              initial_states is not None, dend_dtype=st_dtype,
                                                              wrap=wrap)
         dcb = fork.run(kt.chunk_scan_bwd_dcb, x, dtp, dA_cs, dy, B.shape[2], seq_idx, wrap=wrap)
+        # dB and dC from dcb and the chunk-boundary states (beside dx, after the reverse pass, with SIDE_DBC); dC's
+        # kernel also gives dy_t . y_state_t (the pairs whose earlier index lies before the chunk).
+        side_dbc = side and SIDE_DBC
+        if side_dbc:
+            fork.wait()
+            dB = fork.run(kt.chunk_scan_bwd_dB, x, B, C, dcb, dtp, dA_cs, dy, dend, seq_idx, wrap=wrap)
+            dC, da = fork.run(kt.chunk_scan_bwd_dC, x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, wrap=wrap)
         dx, ddt_x, col, colstate, row, dD = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx,
                                                              dx_extra=dx_extra, wrap=wrap)
-    # dB and dC from dcb and the chunk-boundary states; dC's kernel also gives dy_t . y_state_t (the pairs whose
-    # earlier index lies before the chunk).
-    dB = kt.chunk_scan_bwd_dB(x, B, C, dcb, dtp, dA_cs, dy, dend, seq_idx, wrap=wrap)
-    dC, da = kt.chunk_scan_bwd_dC(x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, wrap=wrap)
+    if not side_dbc:
+        dB = kt.chunk_scan_bwd_dB(x, B, C, dcb, dtp, dA_cs, dy, dend, seq_idx, wrap=wrap)
+        dC, da = kt.chunk_scan_bwd_dC(x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, wrap=wrap)
     if dB_extra is not None:
         dB = (dB.float() + dB_extra).to(B.dtype)
     if da_v is not None:
