@@ -487,8 +487,7 @@ class _Fork:
                 self.side = _side_streams[x.device] = torch.cuda.Stream(x.device)
 
     def __enter__(self):
-        if self.on:
-            self.side.wait_stream(self.main)
+        self.wait()
         return self
 
     def run(self, fn, *args, **kwargs):
