@@ -152,32 +152,24 @@ def ce_rows_launch(separate_max=False, rows=5338, vocab=50280):
                       "_ce_rows_kernel")
 
 
-def ssd_bwd_launch(name: str, pairs_in_dcb: bool):
+def ssd_bwd_launch(name: str):
     """One SSD backward kernel (``name``) at the benchmark shape (b8 l2048 h24 p64 g1 n128, bf16, chunk 128, D and
-    z), with the log-decay pair sums in dcb or in dx (ssd.PAIRS_IN_DCB)."""
+    z, the forward's pre-gate output kept)."""
     from mamba_compile.ops import ssd, ssd_triton as k
 
     b, l, h, p, g, n = 8, 2048, 24, 64, 1, 128
     x = torch.empty(b, l, h, p, dtype=torch.bfloat16)
     B = torch.empty(b, l, g, n, dtype=torch.bfloat16)
-    f32 = lambda *s: torch.empty(*s)  # noqa: E731
-    args = (x, f32(b, l, h).bfloat16(), f32(h), B, B.clone(), 128, f32(h), x.clone(), f32(h), None, None, None,
-            True, 0.0, ssd._OPEN_BOUND)
-    old = ssd.PAIRS_IN_DCB
-    ssd.PAIRS_IN_DCB = pairs_in_dcb
-    try:
-        launches = capture(k, ssd._bwd_triton, x.clone(), None, None, *args, wrap=False, pre_gate=x.clone())
-    finally:
-        ssd.PAIRS_IN_DCB = old
+    args = (x, torch.empty(b, l, h, dtype=torch.bfloat16), torch.empty(h), B, B.clone(), 128, torch.empty(h),
+            x.clone(), torch.empty(h), None, None, None, True, 0.0, ssd._OPEN_BOUND)
+    launches = capture(k, ssd._bwd_triton, x.clone(), None, None, *args, wrap=False, pre_gate=x.clone())
     return _launch_of(launches, name)
 
 
 KERNELS = {"scan_bwd": scan_bwd_launch, "scan_fwd": scan_fwd_launch, "ce_rows": ce_rows_launch,
            "ce_rows_separate_max": lambda: ce_rows_launch(separate_max=True),
-           "ssd_dx": lambda: ssd_bwd_launch("_chunk_scan_bwd_dx_kernel", False),
-           "ssd_dx_pairs": lambda: ssd_bwd_launch("_chunk_scan_bwd_dx_kernel", True),
-           "ssd_dcb": lambda: ssd_bwd_launch("_chunk_scan_bwd_dcb_kernel", False),
-           "ssd_dcb_pairs": lambda: ssd_bwd_launch("_chunk_scan_bwd_dcb_kernel", True)}
+           "ssd_dx": lambda: ssd_bwd_launch("_chunk_scan_bwd_dx_kernel"),
+           "ssd_dcb": lambda: ssd_bwd_launch("_chunk_scan_bwd_dcb_kernel")}
 
 
 def main():

@@ -469,10 +469,6 @@ FUSED_CUMSUM = True
 # the same (a GPU test compares with the op's one-stream backward bit for bit, another a captured graph's).
 SIDE_STREAM = True
 SIDE_DBC = True
-# The log-decay gradient's within-chunk pair sums come from chunk_scan_bwd_dcb_pairs, which forms each head's
-# (dy_t . x_s) exp(a_t - a_s) dt_s tile anyway and multiplies it by C_t . B_s (one dot per tile for the group),
-# instead of from dx, where they cost a third dot per tile (x_s . dy_t) and the pair tile's registers. False: dx's.
-PAIRS_IN_DCB = True
 _side_streams: dict = {}
 
 
@@ -598,10 +594,7 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
             dend, dinit, dchunk = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, seq_idx,
                                                              initial_states is not None, dend_dtype=st_dtype,
                                                              wrap=wrap)
-        if PAIRS_IN_DCB:
-            dcb, row, col = fork.run(kt.chunk_scan_bwd_dcb_pairs, x, B, C, dtp, dA_cs, dy, seq_idx, wrap=wrap)
-        else:
-            dcb = fork.run(kt.chunk_scan_bwd_dcb, x, dtp, dA_cs, dy, B.shape[2], seq_idx, wrap=wrap)
+        dcb = fork.run(kt.chunk_scan_bwd_dcb, x, dtp, dA_cs, dy, B.shape[2], seq_idx, wrap=wrap)
         # dB and dC from dcb and the chunk-boundary states (beside dx, after the reverse pass, with SIDE_DBC); dC's
         # kernel also gives dy_t . y_state_t (the pairs whose earlier index lies before the chunk).
         side_dbc = side and SIDE_DBC
@@ -609,11 +602,8 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
             fork.wait()
             dB = fork.run(kt.chunk_scan_bwd_dB, x, B, C, dcb, dtp, dA_cs, dy, dend, seq_idx, wrap=wrap)
             dC, da = fork.run(kt.chunk_scan_bwd_dC, x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, wrap=wrap)
-        dx, ddt_x, col_x, colstate, row_x, dD = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx,
-                                                                 dx_extra=dx_extra, pairs=not PAIRS_IN_DCB,
-                                                                 wrap=wrap)
-        if not PAIRS_IN_DCB:
-            col, row = col_x, row_x
+        dx, ddt_x, col, colstate, row, dD = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx,
+                                                             dx_extra=dx_extra, wrap=wrap)
     if not side_dbc:
         dB = kt.chunk_scan_bwd_dB(x, B, C, dcb, dtp, dA_cs, dy, dend, seq_idx, wrap=wrap)
         dC, da = kt.chunk_scan_bwd_dC(x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, wrap=wrap)

@@ -80,6 +80,16 @@ The numbers below are at chunk 256.
     launch went. 0.364-0.426 ms over five configurations against 0.182 for the two launches at chunk 128 (1.43-1.63
     against 0.63 at b2 l8192 h80): a few hundred programs walking the chunks one after another do not pull
     gate_bwd's 250 MB at its speed.
+    Tried and removed (session 28, commit 4a3cc25 has the code, its tests and benchmarks/probes/ssd_pairs.py): the
+    log-decay pair sums in chunk_scan_bwd_dcb instead of dx. dcb already forms each head's (dy_t . x_s)
+    exp(a_t - a_s) dt_s tile; it took one C_t . B_s dot per tile for the group and stored each head's row and column
+    sums of the pair tile as partial sums per tile (dt_bwd added them), so dx lost its third dot (x_s . dy_t) and
+    the pair tile. dx: 0.191 ms against 0.222 (0.605 against 0.714 at b2 l8192 h80), as predicted, but dcb took
+    0.158 at 16 warps and 0.170 at 8 against 0.056 (0.473 / 0.513 against 0.158): the per-head sums along both
+    axes of the tile, inside the loop over heads, cost more than the dot they replace in dx (ptxas: 144 registers at
+    8 warps against 95, so one program an SM). The op's graphed forward+backward 0.929-0.930 against 0.862-0.863 on
+    two streams, 0.958 against 0.887-0.888 on one (2.826-2.836 / 2.921-2.922 against 2.647-2.650 / 2.731-2.737 at
+    l8192). Correct (an interpreter test with NaN-filled outputs; SSD and Mamba-2 training GPU tests passed).
     Backward kernels (session 8, benchmarks/probes/ssd_bwd.py, chunk-boundary states and their gradients
     stored in 16 bits): gate_bwd 0.100 with z (nothing without), bwd_dx 0.284-0.314 (with dD's sums), dcb 0.091,
     dB 0.085, dC 0.090, chunk_state_passing recompute 0.064, state_passing_bwd 0.048-0.079, dprev 0.055 (the last
@@ -189,11 +199,10 @@ def chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, ha
 def _dt_bwd_kernel(
     dt_ptr, bias_ptr, a_ptr, dtp_ptr, ddtx_ptr, extra_ptr, da_ptr, col_ptr, colstate_ptr, row_ptr, dchunk_ptr,
     out_ptr, dA_ptr, dbias_ptr,
-    seqlen, nheads, nrows, row_tile, ncols, col_tile, nparts, dt_min, dt_max,
+    seqlen, nheads, nrows, row_tile, nparts, dt_min, dt_max,
     s_dt_b, s_dt_l, s_dt_h,
     s_a_b, s_a_h, s_a_c, s_a_l,
     s_r_b, s_r_h, s_r_c, s_r_k, s_r_l,
-    s_l_b, s_l_h, s_l_c, s_l_k, s_l_l,
     s_k_b, s_k_h, s_k_c, s_k_m,
     s_o_b, s_o_l, s_o_h,
     s_d_b, s_d_c, s_d_h,
@@ -207,8 +216,7 @@ def _dt_bwd_kernel(
     chunk, so nothing cancels at scale. Then dA's partial sum (dl . dt_proc) and dL/d dt_proc = ddt_x (+ extra)
     + dl A, back through the clamp (the gradient passes where min <= dt_proc <= max, like torch.clamp), the
     softplus and the bias: dL/d dt in (batch, seqlen, nheads). row holds nrows partial row sums, the one of row
-    tile k written from position k * row_tile on; col ncols partial column sums, the one of tile k written before
-    position (k + 1) * col_tile where the tile starts before the chunk's end; dchunk, nparts partial sums. With a bias, its gradient's partial
+    tile k written from position k * row_tile on; dchunk, nparts partial sums. With a bias, its gradient's partial
     sum over the chunk goes to dbias (dA's layout), so dL/d dt is written once, in dt's dtype (it was float32, then
     summed over (batch, seqlen) and copied to dt's dtype by torch: two more kernels, about 0.005 ms at b8 l2048
     h24 on an H100)."""
@@ -219,13 +227,10 @@ def _dt_bwd_kernel(
     h_ok = offs_h < nheads
     mask = h_ok[:, None] & (t[None, :] < seqlen)
     loc = pid_b * s_a_b + offs_h[:, None] * s_a_h + pid_c * s_a_c + offs_l[None, :] * s_a_l
-    w = tl.load(da_ptr + loc, mask=mask, other=0.0)
+    w = tl.load(da_ptr + loc, mask=mask, other=0.0) - tl.load(col_ptr + loc, mask=mask, other=0.0)
     row_ptr += pid_b * s_r_b + offs_h[:, None] * s_r_h + pid_c * s_r_c + offs_l[None, :] * s_r_l
     for k in range(nrows):
         w += tl.load(row_ptr + k * s_r_k, mask=mask & (offs_l[None, :] >= k * row_tile), other=0.0)
-    col_ptr += pid_b * s_l_b + offs_h[:, None] * s_l_h + pid_c * s_l_c + offs_l[None, :] * s_l_l
-    for k in range(tl.minimum(ncols, tl.cdiv(seqlen - pid_c * CHUNK, col_tile))):  # tiles before the end
-        w -= tl.load(col_ptr + k * s_l_k, mask=mask & (offs_l[None, :] < (k + 1) * col_tile), other=0.0)
     colstate = tl.load(colstate_ptr + loc, mask=mask, other=0.0)
     dchunk = tl.zeros((BLOCK_H,), dtype=tl.float32)
     for m in range(nparts):
@@ -261,20 +266,15 @@ def dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_extra, da, col, colstate, row, dchunk
            has_limit, *, block_h=None, num_warps=4, wrap):
     """Returns dL/d dt (dt's dtype, (batch, seqlen, nheads)), dL/dA (float32, (nheads,)) and dL/d dt_bias (float32,
     (nheads,), or None without a bias; summed from the float32 values) from the backward's
-    log-decay pieces (see _dt_bwd_kernel): ddt_x, ddt_extra (or None), da, colstate in dtp's layout, row
-    (batch, nheads, nchunks, nrows, chunk_size), one partial sum per row tile of chunk_size // nrows, col either in
-    dtp's layout (chunk_scan_bwd_dx's) or as ncols partial sums in row's (chunk_scan_bwd_dcb_pairs'), and dchunk
-    (batch, nheads, nchunks, nparts). Entries past the sequence end, those of row tile k before position
-    k * chunk_size // nrows, and those of column tile k from position (k + 1) * chunk_size // ncols on, are never
-    read."""
+    log-decay pieces (see _dt_bwd_kernel): ddt_x, ddt_extra (or None), da, col, colstate in dtp's layout, row
+    (batch, nheads, nchunks, nrows, chunk_size), one partial sum per row tile of chunk_size // nrows, and dchunk
+    (batch, nheads, nchunks, nparts). Entries past the sequence end, and those of row tile k before position
+    k * chunk_size // nrows, are never read."""
     batch, seqlen, nheads = dt.shape
     _, _, nchunks, chunk_size = dtp.shape
-    for name, v in (("ddt_x", ddt_x), ("ddt_extra", ddt_extra), ("da", da), ("colstate", colstate)) + (
-            (("col", col),) if col.dim() == 4 else ()):
+    for name, v in (("ddt_x", ddt_x), ("ddt_extra", ddt_extra), ("da", da), ("col", col), ("colstate", colstate)):
         if v is not None and v.stride() != dtp.stride():
             raise ValueError(f"dt_bwd: {name} must have dtp's layout {tuple(dtp.stride())}, got {tuple(v.stride())}")
-    if col.dim() == 4:
-        col = col.unsqueeze(3)  # one part, the whole chunk
     out = torch.empty(batch, seqlen, nheads, device=dt.device, dtype=dt.dtype)
     dA = torch.empty(batch, nchunks, nheads, device=dt.device, dtype=torch.float32)
     dbias = torch.empty_like(dA) if dt_bias is not None else dA
@@ -282,9 +282,9 @@ def dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_extra, da, col, colstate, row, dchunk
     _launch(_dt_bwd_kernel, wrap)[(batch, nchunks, _cdiv(nheads, block_h))](
         dt, dt_bias if dt_bias is not None else dt, A, dtp, ddt_x, ddt_extra if ddt_extra is not None else dtp,
         da, col, colstate, row, dchunk, out, dA, dbias,
-        seqlen, nheads, row.shape[3], chunk_size // row.shape[3], col.shape[3], chunk_size // col.shape[3],
-        dchunk.shape[3], float(dt_min), float(min(dt_max, 3.0e38)),
-        *dt.stride(), *dtp.stride(), *row.stride(), *col.stride(), *dchunk.stride(), *out.stride(), *dA.stride(),
+        seqlen, nheads, row.shape[3], chunk_size // row.shape[3], dchunk.shape[3], float(dt_min),
+        float(min(dt_max, 3.0e38)),
+        *dt.stride(), *dtp.stride(), *row.stride(), *dchunk.stride(), *out.stride(), *dA.stride(),
         CHUNK=chunk_size, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
         HAS_EXTRA=ddt_extra is not None, BLOCK_H=block_h, num_warps=num_warps,
     )
@@ -1142,14 +1142,13 @@ def _chunk_scan_bwd_dx_kernel(
     s_dx_b, s_dx_l, s_dx_h, s_dx_p,
     CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_D: tl.constexpr, HAS_EXTRA: tl.constexpr,
     IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    TILE_MAJOR: tl.constexpr, PAIRS: tl.constexpr,
+    TILE_MAJOR: tl.constexpr,
 ):
     """Rows s: G_s B_s = exp(a_last - a_s) dend B_s + sum_{t>=s} (B_s . C_t) exp(a_t - a_s) dy_t;
     dx_s = dt_s G_s B_s + D dy_s; dL/d dt_s = x_s . G_s B_s; with D, this block's sums over s of dy_s x_s (dD).
     Log-decay terms, from the pair values P_ts = (C_t . B_s) exp(a_t - a_s) dt_s (dy_t . x_s) of this chunk
     (one float32 tile gives both sums, so they cancel exactly where they should): column sums over t (col),
-    row sums over s per block of s (row, summed later), and x_s . dx_s of the state part (colstate). Without
-    PAIRS, col and row are left to chunk_scan_bwd_dcb_pairs (colstate is still written here)."""
+    row sums over s per block of s (row, summed later), and x_s . dx_s of the state part (colstate)."""
     pid_bc, pid_h, pid_s, _ = _tile_pids(TILE_MAJOR)
     nchunks = tl.cdiv(seqlen, CHUNK)
     pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
@@ -1213,12 +1212,10 @@ def _chunk_scan_bwd_dx_kernel(
         dy_t = tl.load(dy_ptr + offs_t[:, None] * s_g_l + offs_p[None, :] * s_g_p, mask=t_ok[:, None] & p_ok[None, :],
                        other=0.0)
         acc += _dot(cb.to(dy_t.dtype), dy_t, IEEE)
-        if PAIRS:
-            pair = cb * dt_s[:, None] * _dot(x_s, tl.trans(dy_t), IEEE)  # P_ts, stored transposed: (s, t)
-            col += tl.sum(pair, axis=1)
-            tl.store(row_ptr + offs_t * s_r_l, tl.sum(pair, axis=0), mask=t_ok)
-    if PAIRS:
-        tl.store(col_ptr + a_off + offs_s * s_a_l, col, mask=s_ok)
+        pair = cb * dt_s[:, None] * _dot(x_s, tl.trans(dy_t), IEEE)  # P_ts, stored transposed: (s, t)
+        col += tl.sum(pair, axis=1)
+        tl.store(row_ptr + offs_t * s_r_l, tl.sum(pair, axis=0), mask=t_ok)
+    tl.store(col_ptr + a_off + offs_s * s_a_l, col, mask=s_ok)
     tl.store(ddt_ptr + a_off + offs_s * s_a_l, tl.sum(acc * x32, axis=1), mask=s_ok)
     dx = acc * dt_s[:, None]
     rows = pid_b * s_dx_b + (start + offs_s[:, None]) * s_dx_l + pid_h * s_dx_h + offs_p[None, :] * s_dx_p
@@ -1243,13 +1240,12 @@ def _chunk_scan_bwd_dx_kernel(
 DX_TILE_MAJOR = True
 
 
-def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, pairs=True, num_stages=2,
-                      num_warps=4, tile_major=None, block_t=None, wrap):
+def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, num_warps=4,
+                      tile_major=None, block_t=None, wrap):
     """Returns dx (x's dtype, contiguous), dL/d dt_proc, the log-decay pieces (see the kernel): col,
     colstate in dA_cumsum layout, row in partial sums, one per block of s (dt_bwd sums them), and dD (float32,
     D's shape, or None). x is read with its own strides: the Mamba-2 block's x is a slice of the in-projection's
-    rows, and copying it contiguous cost a 50 MB copy per layer and training step at the 130M shape. pairs=False:
-    col and row are None (chunk_scan_bwd_dcb_pairs gives them)."""
+    rows, and copying it contiguous cost a 50 MB copy per layer and training step at the 130M shape."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
@@ -1259,11 +1255,9 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
     dx = torch.empty(batch, seqlen, nheads, headdim, device=x.device, dtype=x.dtype)
     # Unwritten: positions past the sequence end, and row tile k's before position k * block_t (see dt_bwd).
     ddt = torch.empty_like(dA_cs)
+    col = torch.empty_like(dA_cs)
     colstate = torch.empty_like(dA_cs)
-    col = row = colstate  # never written without pairs
-    if pairs:
-        col = torch.empty_like(dA_cs)
-        row = torch.empty(batch, nheads, nchunks, nblocks, chunk_size, device=x.device, dtype=torch.float32)
+    row = torch.empty(batch, nheads, nchunks, nblocks, chunk_size, device=x.device, dtype=torch.float32)
     dd = torch.empty(batch * nchunks, nheads, nblocks, headdim, device=x.device, dtype=torch.float32)
     q = seq_idx if seq_idx is not None else dtp
     e = dx_extra if dx_extra is not None else dtp
@@ -1277,13 +1271,11 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
         *dend.stride(), *dy.stride(), *_d_strides(D),
         *(e.stride() if dx_extra is not None else (0, 0, 0, 0)),
-        *(row.stride() if pairs else (0,) * 5), dd.stride(0), dd.stride(1), dd.stride(2), *dx.stride(),
+        *row.stride(), dd.stride(0), dd.stride(1), dd.stride(2), *dx.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, HAS_EXTRA=dx_extra is not None,
         IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, TILE_MAJOR=tile_major,
-        PAIRS=pairs, num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps, num_stages=num_stages,
     )
-    if not pairs:
-        col = row = None
     # headdim (contiguous) first, then the rest: two small reductions instead of one over three dimensions into
     # nheads outputs (not timed alone; the backward's torch reductions took 0.020 ms in all afterwards).
     dD = None if D is None else dd.sum((0, 2)) if D.dim() == 2 else dd.sum(3).sum((0, 2))
@@ -1292,26 +1284,20 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
 
 @triton.jit
 def _chunk_scan_bwd_dcb_kernel(
-    x_ptr, dtp_ptr, dacs_ptr, seq_ptr, dy_ptr, dcb_ptr, b_ptr, c_ptr, row_ptr, col_ptr,
-    seqlen, headdim, dstate, heads_per_group,
+    x_ptr, dtp_ptr, dacs_ptr, seq_ptr, dy_ptr, dcb_ptr,
+    seqlen, headdim, heads_per_group,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_a_b, s_a_h, s_a_c, s_a_l,
     s_q_b, s_q_l,
     s_g_b, s_g_l, s_g_h, s_g_p,
     s_o_k, s_o_b, s_o_c, s_o_g, s_o_t, s_o_s,
-    s_b_b, s_b_l, s_b_g, s_b_n,
-    s_c_b, s_c_l, s_c_g, s_c_n,
-    s_r_b, s_r_h, s_r_c, s_r_k, s_r_l,
     CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HSPLIT: tl.constexpr, PAIRS: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, HSPLIT: tl.constexpr,
 ):
     """dcb[k, t, s] = sum over heads k, k + HSPLIT, ... of the group of (dy_t . x_s) exp(a_t - a_s) dt_s, for
     s <= t in one chunk and group: the gradient of C_t . B_s is the sum over k of the HSPLIT parts. One program
     per part and tile on or below the diagonal (the others are not written); pairs across a sequence boundary and
-    rows or columns past the sequence end are zero. PAIRS: also, per head, the log-decay pair sums of
-    chunk_scan_bwd_dx's docstring from the pair values P_ts = (C_t . B_s) times that head's term, both from one
-    float32 tile: row[b, h, c, j, t] = sum over s in column tile j, col[b, h, c, i, s] = sum over t in row tile i
-    (row tile i, column tile j: this program's)."""
+    rows or columns past the sequence end are zero."""
     pid_ts, pid_gk, pid_bc = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     pid_g, pid_k = pid_gk // HSPLIT, pid_gk % HSPLIT
     nchunks = tl.cdiv(seqlen, CHUNK)
@@ -1334,14 +1320,6 @@ def _chunk_scan_bwd_dcb_kernel(
             seq_s = tl.load(seq_ptr + (start + offs_s) * s_q_l, mask=s_ok, other=-2)
             keep = keep & (seq_t[:, None] == seq_s[None, :])
         acc = tl.zeros((BLOCK_T, BLOCK_T), dtype=tl.float32)
-        if PAIRS:  # C_t . B_s, once for the group's heads
-            offs_n = tl.arange(0, BLOCK_N)
-            n_ok = offs_n < dstate
-            c_t = tl.load(c_ptr + pid_b * s_c_b + (start + offs_t[:, None]) * s_c_l + pid_g * s_c_g
-                          + offs_n[None, :] * s_c_n, mask=t_ok[:, None] & n_ok[None, :], other=0.0)
-            b_s = tl.load(b_ptr + pid_b * s_b_b + (start + offs_s[None, :]) * s_b_l + pid_g * s_b_g
-                          + offs_n[:, None] * s_b_n, mask=n_ok[:, None] & s_ok[None, :], other=0.0)
-            cb = _dot(c_t, b_s, IEEE)
         for hh in range(pid_k, heads_per_group, HSPLIT):
             h = pid_g * heads_per_group + hh
             a_off = pid_b * s_a_b + h * s_a_h + pid_c * s_a_c
@@ -1353,13 +1331,7 @@ def _chunk_scan_bwd_dcb_kernel(
             x_s = tl.load(x_ptr + pid_b * s_x_b + (start + offs_s[None, :]) * s_x_l + h * s_x_h
                           + offs_p[:, None] * s_x_p, mask=p_ok[:, None] & s_ok[None, :], other=0.0)
             m = _dot(dy_t, x_s.to(dy_t.dtype), IEEE)
-            term = m * tl.exp(tl.where(keep, a_t[:, None] - a_s[None, :], float("-inf"))) * dt_s[None, :]
-            acc += term
-            if PAIRS:
-                pair = term * cb
-                r_off = pid_b * s_r_b + h * s_r_h + pid_c * s_r_c
-                tl.store(row_ptr + r_off + pid_s * s_r_k + offs_t * s_r_l, tl.sum(pair, axis=1), mask=t_ok)
-                tl.store(col_ptr + r_off + pid_t * s_r_k + offs_s * s_r_l, tl.sum(pair, axis=0), mask=s_ok)
+            acc += m * tl.exp(tl.where(keep, a_t[:, None] - a_s[None, :], float("-inf"))) * dt_s[None, :]
         tl.store(dcb_ptr + pid_k * s_o_k + pid_b * s_o_b + pid_c * s_o_c + pid_g * s_o_g + offs_t[:, None] * s_o_t
                  + offs_s[None, :] * s_o_s, tl.where(keep, acc, 0.0))
 
@@ -1381,30 +1353,9 @@ def chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, ngroups, seq_idx, *, block_t=None, num
     is: (hsplit, batch, nchunks, ngroups, chunk_size, chunk_size) float32, written on and below the diagonal tiles
     (block_t wide, BLOCK_T_MAX by default) that hold rows before the sequence end. dB and dC read the diagonal tiles
     of BLOCK_T_MAX: block_t may not be narrower. hsplit: DCB_HEAD_SPLIT's by default."""
-    return _dcb(x, None, None, dtp, dA_cs, dy, ngroups, seq_idx, block_t, num_warps, num_stages, hsplit, wrap)[0]
-
-
-# Warps of chunk_scan_bwd_dcb_pairs' programs. ptxas for sm_90 (triton 3.6, b8 l2048 h24 bf16;
-# benchmarks/probes/kernel_regs.py): with the pair sums the kernel takes 144 registers at 8 warps (95 without), so
-# one program an SM instead of two; at 16 warps 110, one program of 16 warps, as many warps as before.
-DCB_PAIRS_WARPS = 16
-
-
-def chunk_scan_bwd_dcb_pairs(x, B, C, dtp, dA_cs, dy, seq_idx, *, block_t=None, num_warps=None, num_stages=2,
-                             hsplit=None, wrap):
-    """(dcb, row, col): chunk_scan_bwd_dcb's dcb, and the log-decay pair sums chunk_scan_bwd_dx gives with
-    pairs=True, as partial sums over block_t-wide tiles: row (batch, nheads, nchunks, ntiles, chunk_size), tile k's
-    written from position k * block_t on; col in the same layout, tile k's written before position (k + 1) *
-    block_t, for the tiles k that start before the chunk's (the sequence's) end. dt_bwd takes both."""
-    return _dcb(x, B, C, dtp, dA_cs, dy, B.shape[2], seq_idx, block_t, num_warps or DCB_PAIRS_WARPS, num_stages,
-                hsplit, wrap)
-
-
-def _dcb(x, B, C, dtp, dA_cs, dy, ngroups, seq_idx, block_t, num_warps, num_stages, hsplit, wrap):
     batch, seqlen, nheads, headdim = x.shape
     _, _, nchunks, chunk_size = dtp.shape
-    pairs = B is not None
-    block_t0, block_p, block_n = _scan_blocks(chunk_size, headdim, B.shape[3] if pairs else 16)
+    block_t0, block_p, _ = _scan_blocks(chunk_size, headdim, 16)
     block_t = min(block_t or block_t0, chunk_size)
     if block_t < block_t0:
         raise ValueError(f"chunk_scan_bwd_dcb: block_t {block_t} is narrower than the {block_t0}-row tiles dB and dC "
@@ -1413,26 +1364,17 @@ def _dcb(x, B, C, dtp, dA_cs, dy, ngroups, seq_idx, block_t, num_warps, num_stag
     hsplit = max(1, min(nheads // ngroups, hsplit or DCB_HEAD_SPLIT))
     dcb = torch.empty(hsplit, batch, nchunks, ngroups, chunk_size, chunk_size, device=x.device, dtype=torch.float32)
     q = seq_idx if seq_idx is not None else dtp
-    if pairs:
-        row = torch.empty(batch, nheads, nchunks, ntiles, chunk_size, device=x.device, dtype=torch.float32)
-        col = torch.empty_like(row)
-        bc = (B, C)
-    else:
-        row = col = dcb  # never read or written without PAIRS
-        bc = (x, x)
     # Tiles of one chunk in neighbouring programs: each x and dy tile is read by several of them (from L2).
     _launch(_chunk_scan_bwd_dcb_kernel, wrap)[(ntiles * ntiles, ngroups * hsplit, batch * nchunks)](
-        x, dtp, dA_cs, q, dy, dcb, *bc, row, col,
-        seqlen, headdim, B.shape[3] if pairs else 0, nheads // ngroups,
+        x, dtp, dA_cs, q, dy, dcb,
+        seqlen, headdim, nheads // ngroups,
         *x.stride(), *dtp.stride(),
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
         *dy.stride(), *dcb.stride(),
-        *(B.stride() if pairs else (0, 0, 0, 0)), *(C.stride() if pairs else (0, 0, 0, 0)),
-        *(row.stride() if pairs else (0, 0, 0, 0, 0)),
-        CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, IEEE=_ieee(x, dy, *bc), BLOCK_T=block_t,
-        BLOCK_P=block_p, BLOCK_N=block_n, HSPLIT=hsplit, PAIRS=pairs, num_warps=num_warps, num_stages=num_stages,
+        CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, IEEE=_ieee(x, dy), BLOCK_T=block_t, BLOCK_P=block_p,
+        HSPLIT=hsplit, num_warps=num_warps, num_stages=num_stages,
     )
-    return (dcb, row, col) if pairs else (dcb,)
+    return dcb
 
 
 @triton.jit

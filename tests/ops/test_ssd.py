@@ -496,53 +496,6 @@ def test_triton_state_passing_bwd_matches_two_kernels(nseq, dfinal, init, config
     torch.testing.assert_close(got[2].sum(-1), want[2].sum(-1), rtol=1e-4, atol=1e-4)  # dchunk, summed parts
 
 
-def _poison_empty(monkeypatch):
-    """torch.empty and torch.empty_like give NaN-filled floating tensors: a kernel's output entry left unwritten, or
-    a read of one its consumer should mask, turns into NaN."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def fill(t):
-        return t.fill_(math.nan) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
-
-
-@needs_triton
-@pytest.mark.parametrize("nseq, hsplit", [(0, 2), (3, 3)], ids=["plain", "seq_idx-3parts"])
-def test_triton_pair_sums_from_dcb_match_dx(nseq, hsplit, monkeypatch):
-    """The log-decay gradient's within-chunk pair sums from chunk_scan_bwd_dcb_pairs (partial row and column sums
-    over 16-wide tiles of 32-long chunks, each head's from the dcb program that forms its tile) give dt_bwd the
-    same dL/d dt, dA and dL/d dt_bias as dx's (pairs=True), and dcb is unchanged. 75 = 2 chunks + 11: the last
-    chunk's second tile is never computed, so its column sums must not be read. Outputs are allocated NaN."""
-    kt, t, dtp, dA_cs = _interpreter_chunks(1, 75, 4, 8, 2, 12, nseq=nseq, seed=31)
-    monkeypatch.setattr(kt, "BLOCK_T_MAX", 16)
-    _poison_empty(monkeypatch)
-    g = torch.Generator().manual_seed(11)
-    dy = torch.randn(t["x"].shape, generator=g)
-    dend = torch.randn(1, dtp.shape[2], 4, 8, 12, generator=g)
-    x, B, C, q = t["x"], t["B"], t["C"], t["seq_idx"]
-    dcb, row, col = kt.chunk_scan_bwd_dcb_pairs(x, B, C, dtp, dA_cs, dy, q, hsplit=hsplit, wrap=False)
-    assert row.shape[3] == col.shape[3] == 2
-    want_dcb = kt.chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, 2, q, hsplit=hsplit, wrap=False)
-    lower = torch.ones(32, 32).tril().bool()
-    torch.testing.assert_close(dcb.sum(0)[0, :2, :, lower], want_dcb.sum(0)[0, :2, :, lower], rtol=0, atol=0)
-    dx, ddt_x, col_x, colstate, row_x, _ = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, t["D"], q, wrap=False)
-    nx = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, t["D"], q, pairs=False, wrap=False)
-    assert nx[2] is None and nx[4] is None
-    torch.testing.assert_close(nx[0], dx, rtol=0, atol=0)  # without the pairs, dx, ddt and colstate are unchanged
-    for a, b in ((nx[1], ddt_x), (nx[3], colstate)):  # (batch, nheads, nchunks, chunk): written before the end
-        torch.testing.assert_close(a.flatten(2)[..., :75], b.flatten(2)[..., :75], rtol=0, atol=0)
-    da = torch.randn(dtp.shape, generator=g)
-    dchunk = torch.randn(*dtp.shape[:3], 2, generator=g)
-    common = (t["dt"], t["dt_bias"], t["A"], dtp, ddt_x, None, da)
-    want = kt.dt_bwd(*common, col_x, colstate, row_x, dchunk, True, 0.0, math.inf, False, wrap=False)
-    got = kt.dt_bwd(*common, col, colstate, row, dchunk, True, 0.0, math.inf, False, wrap=False)
-    for name, a, b in zip(("ddt", "dA", "ddt_bias"), got, want):
-        assert not a.isnan().any(), name
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
-
-
 @needs_triton
 @pytest.mark.parametrize("nseq", [0, 3], ids=["plain", "seq_idx"])
 def test_triton_db_dstate_blocks_match_head_split(nseq, monkeypatch):
