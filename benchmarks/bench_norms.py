@@ -5,7 +5,8 @@
 Shapes (8*2048, 768) and (8*2048, 1536), bf16 activations, fp32 weights. add_norm runs as the Mamba
 block calls it: residual fp32, prenorm=True, residual_in_fp32=True. The gated norm runs as Mamba-2's
 does: z given, norm_before_gate=False, one group. ``ms`` is the median of do_bench on the public
-function; the floor counts each tensor the pass must read or write once (forward+backward: the
+function (eager: the host's time per call included), ``graph_ms`` of the same calls replayed from a CUDA graph (the
+GPU's time); the floor counts each tensor the pass must read or write once (forward+backward: the
 forward's bytes plus the backward's reads of dout, dr, x, residual / z and writes of the gradients).
 REFERENCE_TIMINGS.md records no norm times; with the reference source under .ref/ its Triton norms
 (rms_norm_fn / layer_norm_fn / rmsnorm_fn) are timed in the same run.
@@ -17,7 +18,7 @@ import argparse
 
 import torch
 
-from benchmarks._common import bench_ms, floor_ms, nbytes, write_results
+from benchmarks._common import bench_ms, floor_ms, graph_ms, nbytes, write_results
 from benchmarks.bench_selective_state_update import reference_module
 from mamba_compile.ops import layer_norm, rms_norm, rms_norm_gated
 
@@ -25,7 +26,8 @@ ROWS = 8 * 2048
 
 
 def _timed(rows, op, shape, ours, theirs, fwd_bytes, bwd_bytes, leaves, outs_grad):
-    """Times ours / theirs for fwd (no grad) and fwd+bwd; theirs may be None."""
+    """Times ours / theirs (theirs may be None) for fwd (no grad) and fwd+bwd (gradients into .grad, as training
+    does), eager (do_bench: the host's per-call time included) and replayed from a CUDA graph (the GPU's)."""
     def fwd(fn):
         def run():
             with torch.no_grad():
@@ -34,23 +36,26 @@ def _timed(rows, op, shape, ours, theirs, fwd_bytes, bwd_bytes, leaves, outs_gra
 
     def fwd_bwd(fn):
         def run():
+            for t in leaves:
+                t.grad = None
             outs = fn()
             outs = outs if isinstance(outs, tuple) else (outs,)
-            return torch.autograd.grad(outs, leaves, outs_grad[: len(outs)])
+            torch.autograd.backward(outs, outs_grad[: len(outs)])
         return run
 
     for case, wrap, nbytes_ in (("fwd", fwd, fwd_bytes), ("fwd+bwd", fwd_bwd, fwd_bytes + bwd_bytes)):
         ours_fn = wrap(ours)
         ours_fn()
-        ms = bench_ms(ours_fn)
-        ref_ms = "n/a"
+        ms, gms = bench_ms(ours_fn), graph_ms(ours_fn)
+        ref_ms = ref_gms = float("nan")
         if theirs is not None:
             theirs_fn = wrap(theirs)
             theirs_fn()  # the reference autotunes on its first call
-            ref_ms = bench_ms(theirs_fn)
+            ref_ms, ref_gms = bench_ms(theirs_fn), graph_ms(theirs_fn)
         floor = floor_ms(nbytes_)
-        rows.append(dict(op=f"{op} {case}", shape=shape, ms=ms, floor_ms=floor, ratio=ms / floor,
-                         ref_ms=ref_ms, speedup=ref_ms / ms if theirs is not None else "n/a"))
+        rows.append(dict(op=f"{op} {case}", shape=shape, ms=ms, ref_ms=ref_ms, speedup=ref_ms / ms,
+                         graph_ms=gms, ref_graph_ms=ref_gms, graph_speedup=ref_gms / gms, floor_ms=floor,
+                         graph_ratio_to_floor=gms / floor))
 
 
 def bench_add_norm(rows, ref, hidden, is_rms):
@@ -100,24 +105,33 @@ def bench_gated(rows, ref, hidden):
 
 
 def sweep_rows_per_program(rows, hidden=1536):
-    """Direct launches of the add_norm backward over rows per program (dweight partials: programs x hidden)."""
+    """Direct launches of the add_norm and gated-norm backwards over rows per program (each program keeps dweight
+    partials for its rows: programs x hidden, summed afterwards), replayed from CUDA graphs."""
     from mamba_compile.ops import norms_triton as kernels
 
     g = torch.Generator(device="cuda").manual_seed(2)
     x = torch.randn(ROWS, hidden, device="cuda", generator=g, dtype=torch.bfloat16)
+    z = torch.randn(ROWS, hidden, device="cuda", generator=g, dtype=torch.bfloat16)
     res = torch.randn(ROWS, hidden, device="cuda", generator=g)
     w = torch.randn(hidden, device="cuda", generator=g)
     out, r, mean, rstd = kernels.add_norm_fwd(x, w, None, res, 1e-5, True, True, torch.float32, wrap=False)
+    _, grstd = kernels.rms_norm_gated_fwd(x, w, z, 1e-5, hidden, False, wrap=False)
     dout, dr = torch.randn_like(out), torch.randn_like(r)
-    floor = floor_ms(2 * nbytes(x, res) + nbytes(x, res))
-    for rpp in (4, 8, 16, 32, 64, 128):
-        def fn():
-            return kernels.add_norm_bwd(dout, dr, x, w, None, res, mean, rstd, True, wrap=False, rows_per_program=rpp)
-
-        fn()
-        ms = bench_ms(fn)
-        rows.append(dict(case=f"rms_norm bwd ({ROWS}, {hidden})", rows_per_program=rpp,
-                         default=rpp == kernels.ROWS_PER_PROGRAM, ms=ms, ratio=ms / floor))
+    cases = {
+        "rms_norm bwd": (lambda rpp: kernels.add_norm_bwd(dout, dr, x, w, None, res, mean, rstd, True, wrap=False,
+                                                          rows_per_program=rpp),
+                         floor_ms(2 * nbytes(x, res) + nbytes(x, res))),
+        "rms_norm_gated bwd": (lambda rpp: kernels.rms_norm_gated_bwd(dout, x, w, z, grstd, hidden, False,
+                                                                      wrap=False, rows_per_program=rpp),
+                               floor_ms(5 * nbytes(x))),
+    }
+    for case, (run, floor) in cases.items():
+        for rpp in (4, 8, 16, 32, 64, 128):
+            fn = lambda: run(rpp)  # noqa: E731
+            fn()
+            ms = graph_ms(fn)
+            rows.append(dict(case=f"{case} ({ROWS}, {hidden}), CUDA graph", rows_per_program=rpp,
+                             default=rpp == kernels.ROWS_PER_PROGRAM, ms=ms, ratio_to_floor=ms / floor))
 
 
 def main():

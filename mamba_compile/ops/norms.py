@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import FLOAT_DTYPES, check_same_device, check_tensor
+from ._eager import plain_eager
 
 MAX_HIDDEN = 16384
 
@@ -81,9 +82,11 @@ def _default_eps(eps: float | None) -> float:
 def _add_norm(x, weight, bias, residual, eps, prenorm, residual_in_fp32, is_rms):
     eps = _default_eps(eps)
     _check_add_norm(x, weight, bias, residual, eps)
-    out, r, _, _ = torch.ops.mamba_compile.add_norm(
-        x, weight, bias, residual, eps, is_rms, prenorm, residual_in_fp32
-    )
+    args = (x, weight, bias, residual, eps, is_rms, prenorm, residual_in_fp32)
+    if x.device.type == "cuda" and _plain_eager(x, weight, bias, residual):
+        out, r, _, _ = _EagerAddNorm.apply(*args)
+    else:
+        out, r, _, _ = torch.ops.mamba_compile.add_norm(*args)
     return (out, r) if prenorm else out
 
 
@@ -258,7 +261,11 @@ def rms_norm_gated(
     if isinstance(x, torch.Tensor) and x.dim() >= 1 and group_size is None:
         group_size = x.shape[-1]
     _check_gated(x, weight, z, eps, group_size)
-    out, _ = torch.ops.mamba_compile.rms_norm_gated(x, weight, z, eps, group_size, norm_before_gate)
+    args = (x, weight, z, eps, group_size, norm_before_gate)
+    if x.device.type == "cuda" and _plain_eager(x, weight, z):
+        out, _ = _EagerGated.apply(*args)
+    else:
+        out, _ = torch.ops.mamba_compile.rms_norm_gated(*args)
     return out
 
 
@@ -353,3 +360,62 @@ def _gated_backward(ctx, dout, drstd):
 
 
 _rms_norm_gated_op.register_autograd(_gated_backward, setup_context=_gated_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Eager calls: the Triton kernels without the custom ops' dispatch
+# ---------------------------------------------------------------------------------------------
+
+# _plain_eager(*tensors): whether a public call may take the autograd.Functions below (see _eager.plain_eager); a
+# module global, so that tests and probes can force either path.
+_plain_eager = plain_eager
+
+
+class _EagerAddNorm(torch.autograd.Function):
+    """The add_norm op's CUDA path for plain eager calls: the same kernels, launched directly (wrap=False), the same
+    outputs, saved tensors and backward, without the dispatch of the two custom ops. Its inputs and outputs are the
+    forward op's. The interpreter tests drive it on CPU tensors."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, eps, is_rms, prenorm, residual_in_fp32):
+        from . import norms_triton
+
+        r_dtype = torch.float32 if residual_in_fp32 else x.dtype
+        out, r, mean, rstd = norms_triton.add_norm_fwd(x, weight, bias, residual, eps, is_rms, prenorm, r_dtype,
+                                                       wrap=False)
+        ctx.mark_non_differentiable(mean, rstd)
+        _add_norm_setup_context(ctx, (x, weight, bias, residual, eps, is_rms, prenorm, residual_in_fp32),
+                                (out, r, mean, rstd))
+        return out, r, mean, rstd
+
+    @staticmethod
+    def backward(ctx, dout, dr, dmean, drstd):
+        from . import norms_triton
+
+        x, weight, bias, residual, mean, rstd = ctx.saved_tensors
+        dx, dweight, dbias, dresidual = norms_triton.add_norm_bwd(
+            dout, dr if ctx.prenorm else None, x, weight, bias, residual, mean, rstd, ctx.is_rms, wrap=False)
+        return (dx, dweight, None if bias is None else dbias, None if residual is None else dresidual,
+                None, None, None, None)
+
+
+class _EagerGated(torch.autograd.Function):
+    """The rms_norm_gated op's CUDA path for plain eager calls, as _EagerAddNorm is add_norm's."""
+
+    @staticmethod
+    def forward(ctx, x, weight, z, eps, group_size, norm_before_gate):
+        from . import norms_triton
+
+        out, rstd = norms_triton.rms_norm_gated_fwd(x, weight, z, eps, group_size, norm_before_gate, wrap=False)
+        ctx.mark_non_differentiable(rstd)
+        _gated_setup_context(ctx, (x, weight, z, eps, group_size, norm_before_gate), (out, rstd))
+        return out, rstd
+
+    @staticmethod
+    def backward(ctx, dout, drstd):
+        from . import norms_triton
+
+        x, weight, z, rstd = ctx.saved_tensors
+        dx, dweight, dz = norms_triton.rms_norm_gated_bwd(dout, x, weight, z, rstd, ctx.group_size,
+                                                          ctx.norm_before_gate, wrap=False)
+        return dx, dweight, None if z is None else dz, None, None, None

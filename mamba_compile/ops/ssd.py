@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch.library import triton_op
 
 from ._checks import FLOAT_DTYPES, check_same_device, check_tensor
+from ._eager import plain_eager
 
 _INT_DTYPES = (torch.int32, torch.int64)
 _FLOATS = FLOAT_DTYPES + (torch.float64,)  # float64 on CPU only (gradcheck)
@@ -830,19 +831,9 @@ ssd_chunk_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
 # Eager calls: the Triton pipeline without the custom op's dispatch
 # ----------------------------------------------------------------------------------------------------
 
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
-
-
-def _plain_eager(*tensors) -> bool:
-    """Whether a call on ``tensors`` (None allowed) runs eagerly on plain tensors, with nothing that intercepts
-    operators: no torch.compile or export tracing, no tensor subclass (fake, functional, DTensor, ...), no
-    dispatch or torch-function mode, no functorch transform (vmap, grad). Such a call gives the op's result through
-    _EagerScan; any other goes through the custom op, whose dispatch those need."""
-    return (not torch.compiler.is_compiling()
-            and all(t is None or type(t) in _PLAIN_TENSORS for t in tensors)
-            and torch._C._len_torch_dispatch_stack() == 0
-            and not torch._C._is_torch_function_mode_enabled()
-            and not torch._C._are_functorch_transforms_active())
+# _plain_eager(*tensors): whether a call may take _EagerScan (see _eager.plain_eager); a module global, so that tests
+# and probes can force either path.
+_plain_eager = plain_eager
 
 
 class _EagerScan(torch.autograd.Function):

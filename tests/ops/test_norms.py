@@ -344,6 +344,62 @@ def test_op_body_checks_direct_calls():
 
 
 # ---------------------------------------------------------------------------------------------
+# The plain-eager CUDA path past the custom ops (_EagerAddNorm, _EagerGated), on CPU through the interpreter
+# ---------------------------------------------------------------------------------------------
+
+
+def _fwd_bwd(fn, inputs, used, seed):
+    """Outputs of fn(*inputs) and the gradients of every tensor input, from random output gradients on the outputs
+    whose index is in ``used`` (the others unused, as by a caller ignoring them)."""
+    leaves = [t.detach().clone().requires_grad_() if isinstance(t, torch.Tensor) else t for t in inputs]
+    outs = fn(*leaves)
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((outs[i].float() * torch.randn(outs[i].shape, generator=g).to(outs[i].device)).sum() for i in used)
+    grads = torch.autograd.grad(loss, [t for t in leaves if isinstance(t, torch.Tensor)], allow_unused=True)
+    return outs, grads
+
+
+@pytest.mark.parametrize("is_rms, bias, residual, prenorm, used", [
+    (True, False, True, True, (0, 1)),  # as a Mamba block calls it, the gradient through r too
+    (False, True, True, True, (0,)),  # r returned but unused: its gradient is materialised as zeros
+    (True, True, False, False, (0,)),
+], ids=["rms-prenorm", "layer-r-unused", "rms-bias-nores"])
+def test_eager_add_norm_function_equals_the_op(is_rms, bias, residual, prenorm, used):
+    """norms._EagerAddNorm, the plain-eager CUDA path past the custom ops, run here on CPU tensors through the Triton
+    interpreter: outputs and gradients match the op's (its CPU path) to fp32 rounding."""
+    from mamba_compile.ops import norms
+
+    x, w, b, res = _add_norm_inputs((2, 9, 40), torch.float32, bias=bias, residual=residual, seed=31)
+    tail = (1e-5, is_rms, prenorm, True)
+    got = _fwd_bwd(lambda *a: norms._EagerAddNorm.apply(*a, *tail), (x, w, b, res), used, 32)
+    want = _fwd_bwd(lambda *a: torch.ops.mamba_compile.add_norm(*a, *tail), (x, w, b, res), used, 32)
+    for i in used:
+        torch.testing.assert_close(got[0][i], want[0][i], rtol=1e-5, atol=1e-5)
+    assert len(got[1]) == len(want[1]) == 2 + bias + residual
+    for a, e in zip(got[1], want[1]):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("has_z, norm_before_gate", [(True, False), (True, True), (False, True)],
+                         ids=["z-after", "z-before", "noz"])
+def test_eager_rms_norm_gated_function_equals_the_op(has_z, norm_before_gate):
+    """norms._EagerGated (two groups) on CPU tensors through the Triton interpreter against the op's CPU path."""
+    from mamba_compile.ops import norms
+
+    g = torch.Generator().manual_seed(33)
+    x, z = torch.randn(2, 7, 48, generator=g), torch.randn(2, 7, 48, generator=g) if has_z else None
+    w = 1 + 0.3 * torch.randn(48, generator=g)
+    tail = (1e-5, 24, norm_before_gate)
+    got = _fwd_bwd(lambda x, w, z: norms._EagerGated.apply(x, w, z, *tail), (x, w, z), (0,), 34)
+    want = _fwd_bwd(lambda x, w, z: torch.ops.mamba_compile.rms_norm_gated(x, w, z, *tail), (x, w, z), (0,), 34)
+    torch.testing.assert_close(got[0][0], want[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[0][1], want[0][1], rtol=1e-5, atol=1e-6)  # rstd
+    assert len(got[1]) == len(want[1]) == 2 + has_z
+    for a, e in zip(got[1], want[1]):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
 # CUDA path against the CPU path (the lead runs these with -m gpu)
 # ---------------------------------------------------------------------------------------------
 
@@ -407,3 +463,40 @@ def test_gpu_compile_fullgraph_dynamic_one_frame():
         for got, want in zip(grads, grads_e):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert counter.frame_count == 1
+
+
+@pytest.mark.gpu
+def test_gpu_eager_norms_skip_the_ops_and_equal_them(monkeypatch):
+    """Plain eager CUDA calls of rms_norm / layer_norm / rms_norm_gated run through norms._EagerAddNorm /
+    _EagerGated, not the custom ops: the same kernels, so the same outputs and gradients bit for bit as through
+    the ops (forced by making _plain_eager say no)."""
+    from mamba_compile.ops import norms
+
+    x, w, b, res = _add_norm_inputs((2, 300, 768), torch.bfloat16, bias=True, residual=True,
+                                    residual_dtype=torch.float32, device="cuda", seed=35)
+    z = torch.randn(x.shape, device="cuda").bfloat16()
+    calls = {
+        "rms": (lambda x, w, res: rms_norm(x, w, None, res, eps=1e-5, prenorm=True, residual_in_fp32=True),
+                (x, w, res), (0, 1), "EagerAddNorm", "add_norm"),
+        "layer": (lambda x, w, b, res: (layer_norm(x, w, b, res, eps=1e-5),), (x, w, b, res), (0,),
+                  "EagerAddNorm", "add_norm"),
+        "gated": (lambda x, w, z: (rms_norm_gated(x, w, z, eps=1e-5, group_size=384, norm_before_gate=False),),
+                  (x, w, z), (0,), "EagerGated", "rms_norm_gated"),
+    }
+    for name, (fn, args, used, eager_node, op_node) in calls.items():
+        nodes = []
+
+        def spy(*a):
+            outs = fn(*a)
+            nodes.append(type(outs[0].grad_fn).__name__)
+            return outs
+
+        monkeypatch.setattr(norms, "_plain_eager", norms.plain_eager)
+        got = _fwd_bwd(spy, args, used, 36)
+        monkeypatch.setattr(norms, "_plain_eager", lambda *t: False)
+        want = _fwd_bwd(spy, args, used, 36)
+        assert eager_node in nodes[0] and op_node in nodes[1], (name, nodes)
+        for i in used:
+            assert torch.equal(got[0][i], want[0][i]), name
+        for a, e in zip(got[1], want[1]):
+            assert torch.equal(a, e), name
