@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -204,4 +204,21 @@ if [[ $what == ssd-side-stream ]]; then
   timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=3 tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -6
   timeout 150 python3 -m benchmarks.probes.ssd_side_stream --out "$OUT/ssd_side_stream.json" 2>&1 | tee "$OUT/ssd_side_stream.log" | grep -E "^\\||Error"
   timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "mamba2 and (training or train_step)" 2>&1 | tee "$OUT/gpu_tests_m2.log" | tail -3
+fi
+if [[ $what == norms ]]; then
+  # The norms: their GPU tests (the plain-eager path past the custom ops among them), bench_norms beside the
+  # reference (eager and CUDA-graph rows, the backward's rows-per-program sweep), then eager calls through the
+  # plain-eager path against through the ops and the reference's (about 5 minutes; the reference from .ref/)
+  timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_norms.py 2>&1 | tee "$OUT/gpu_tests_norms.log" | tail -3
+  timeout 250 python3 -m benchmarks.bench_norms --out "$OUT/bench_norms.json" 2>&1 | tee "$OUT/bench_norms.log" | grep -E "^\\|"
+  timeout 150 python3 -m benchmarks.probes.eager_paths --out "$OUT/eager_paths.json" 2>&1 | tee "$OUT/eager_paths.log" | grep -E "^\\||Error"
+fi
+if [[ $what == eager-paths ]]; then
+  # The plain-eager paths past the custom ops (norms, causal_conv1d, selective_scan, SSD): the norm and conv GPU tests
+  # and the scan's eager-path, training-shape and layout ones, the eager
+  # calls through each path (about 2 minutes), then the model GPU tests, whose eager forwards, generation and
+  # graphed training steps take these paths (about 6)
+  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_norms.py tests/ops/test_causal_conv1d.py tests/ops/test_selective_scan.py -k "not selective_scan or eager or training_shape or channel_major" 2>&1 | tee "$OUT/gpu_tests_eager_ops.log" | tail -3
+  timeout 90 python3 -m benchmarks.probes.eager_paths --out "$OUT/eager_paths.json" > "$OUT/eager_paths.log" 2>&1; tail -2 "$OUT/eager_paths.log"
+  timeout 340 python3 -m pytest -q -m gpu tests/models -p no:cacheprovider --durations=5 2>&1 | tee "$OUT/gpu_tests_models.log" | tail -12
 fi

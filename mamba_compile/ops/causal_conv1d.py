@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.library import triton_op
 
 from ._checks import FLOAT_DTYPES, check_choice, check_row_span, check_same_device, check_tensor
+from ._eager import plain_eager
 
 ACTIVATIONS = (None, "silu", "swish")
 # float64 is accepted on CPU (gradcheck); there the math runs in float64 when any input is float64
@@ -48,9 +49,11 @@ def causal_conv1d(
     """Causal depthwise conv1d over x (batch, dim, seqlen); returns out, or (out, final_states)."""
     check_choice("activation", activation, ACTIVATIONS)
     _check_conv(x, weight, bias, seq_idx, initial_states, return_final_states)
-    out, final_states = torch.ops.mamba_compile.causal_conv1d_fwd(
-        x, weight, bias, seq_idx, initial_states, return_final_states, activation is not None
-    )
+    args = (x, weight, bias, seq_idx, initial_states, return_final_states, activation is not None)
+    if x.device.type == "cuda" and _plain_eager(x, weight, bias, seq_idx, initial_states):
+        out, final_states = _EagerConv.apply(*args)
+    else:
+        out, final_states = torch.ops.mamba_compile.causal_conv1d_fwd(*args)
     return (out, final_states) if return_final_states else out
 
 
@@ -300,10 +303,7 @@ def _causal_conv1d_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (dx, dweight, dbias, dinitial_states); dbias / dinitial_states are empty when absent."""
     _check_conv(x, weight, bias, seq_idx, initial_states, False)
-    check_tensor("dout", dout, shape=tuple(x.shape), letters="(batch, dim, seqlen)", dtypes=_dtypes(x))
-    check_row_span("dout", dout)
-    check_tensor("dfinal_states", dfinal_states, shape=(x.shape[0], x.shape[1], weight.shape[1] - 1),
-                 letters="(batch, dim, width - 1)", dtypes=_dtypes(x), optional=True)
+    _check_grads(x, weight, dout, dfinal_states)
     if x.device.type == "cuda":
         from . import causal_conv1d_triton
 
@@ -311,6 +311,13 @@ def _causal_conv1d_bwd(
             x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu, wrap=True
         )
     return _conv_bwd_cpu(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu)
+
+
+def _check_grads(x, weight, dout, dfinal_states) -> None:
+    check_tensor("dout", dout, shape=tuple(x.shape), letters="(batch, dim, seqlen)", dtypes=_dtypes(x))
+    check_row_span("dout", dout)
+    check_tensor("dfinal_states", dfinal_states, shape=(x.shape[0], x.shape[1], weight.shape[1] - 1),
+                 letters="(batch, dim, width - 1)", dtypes=_dtypes(x), optional=True)
 
 
 def _setup_context(ctx, inputs, output):
@@ -338,6 +345,39 @@ def _backward(ctx, dout, dfinal_states):
 
 
 _causal_conv1d_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# _plain_eager(*tensors): whether a public call may take _EagerConv (see _eager.plain_eager); a module global, so that
+# tests and probes can force either path.
+_plain_eager = plain_eager
+
+
+class _EagerConv(torch.autograd.Function):
+    """causal_conv1d_fwd's CUDA path for plain eager calls: the same kernels, launched directly (wrap=False), the same
+    outputs, saved tensors and backward, without the dispatch of the two custom ops. Its inputs and outputs are the
+    forward op's. The interpreter tests drive it on CPU tensors."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, seq_idx, initial_states, return_final_states, silu):
+        from . import causal_conv1d_triton
+
+        out, final_states = causal_conv1d_triton.causal_conv1d_fwd(
+            x, weight, bias, seq_idx, initial_states, return_final_states, silu, wrap=False)
+        _setup_context(ctx, (x, weight, bias, seq_idx, initial_states, return_final_states, silu),
+                       (out, final_states))
+        return out, final_states
+
+    @staticmethod
+    def backward(ctx, dout, dfinal_states):
+        from . import causal_conv1d_triton
+
+        x, weight, bias, seq_idx, initial_states = ctx.saved_tensors
+        dfinal_states = dfinal_states if ctx.return_final_states else None
+        _check_grads(x, weight, dout, dfinal_states)
+        dx, dweight, dbias, dinit = causal_conv1d_triton.causal_conv1d_bwd(
+            x, weight, bias, seq_idx, initial_states, dout, dfinal_states, ctx.silu, wrap=False)
+        return (dx, dweight, dbias if bias is not None else None, None,
+                dinit if initial_states is not None else None, None, None)
 
 
 @triton_op("mamba_compile::causal_conv1d_update", mutates_args=("conv_state",))

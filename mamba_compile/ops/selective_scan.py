@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import FLOAT_DTYPES, check_row_span, check_same_device, check_tensor
+from ._eager import plain_eager
 
 MAX_DSTATE = 256
 CPU_CHUNK = 64  # time steps per CPU chunk: a log-depth scan inside, one saved state per chunk
@@ -59,9 +60,11 @@ def selective_scan(
     save_states = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)
     )
-    out, last_state, _ = torch.ops.mamba_compile.selective_scan_fwd(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states
-    )
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save_states)
+    if u.device.type == "cuda" and _plain_eager(u, delta, A, B, C, D, z, delta_bias, initial_state):
+        out, last_state, _ = _EagerSelectiveScan.apply(*args)
+    else:
+        out, last_state, _ = torch.ops.mamba_compile.selective_scan_fwd(*args)
     return (out, last_state) if return_last_state else out
 
 
@@ -377,13 +380,15 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dout, dlast_state, _dchunk_states):
+    return _input_grads(ctx, dout, dlast_state, torch.ops.mamba_compile.selective_scan_bwd)
+
+
+def _input_grads(ctx, dout, dlast_state, bwd) -> tuple:
+    """The forward op's 11 input gradients from ``bwd``, which takes the backward op's arguments."""
     u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_states = ctx.saved_tensors
-    batch, dim, _ = u.shape
     if dout is None:
         dout = torch.zeros_like(u)
-    grads = torch.ops.mamba_compile.selective_scan_bwd(
-        dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state, chunk_states
-    )
+    grads = bwd(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state, chunk_states)
     du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0 = grads
     return (
         du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
@@ -392,3 +397,36 @@ def _backward(ctx, dout, dlast_state, _dchunk_states):
 
 
 selective_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Eager calls: the Triton kernels without the custom ops' dispatch
+
+# _plain_eager(*tensors): whether a public call may take _EagerSelectiveScan (see _eager.plain_eager); a module
+# global, so that tests and probes can force either path.
+_plain_eager = plain_eager
+
+
+class _EagerSelectiveScan(torch.autograd.Function):
+    """selective_scan_fwd's CUDA path for plain eager calls: the same kernels, launched directly (wrap=False), the
+    same outputs, saved tensors and backward, without the dispatch of the two custom ops (whose autograd wrapper
+    costs host time that grows with the eleven arguments). Its inputs and outputs are the forward op's. The
+    interpreter tests drive it on CPU tensors."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        from . import selective_scan_triton
+
+        output = selective_scan_triton.selective_scan_fwd(*inputs, wrap=False)
+        ctx.mark_non_differentiable(output[2])
+        _setup_context(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, dout, dlast_state, _dchunk_states):
+        from . import selective_scan_triton
+
+        def bwd(*args):
+            return selective_scan_triton.selective_scan_bwd(*args, wrap=False)
+
+        return _input_grads(ctx, dout, dlast_state, bwd)

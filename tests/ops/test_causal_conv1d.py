@@ -837,3 +837,78 @@ def test_gpu_inductor_fwd_bwd():
     want = torch.autograd.grad(f(*args), args)
     for a, b in zip(got, want):
         _assert_close(a, b, 1e-4, "grad")
+
+
+# ----------------------------------------------------------------------------------------------
+# The plain-eager CUDA path past the custom ops (_EagerConv)
+# ----------------------------------------------------------------------------------------------
+def _conv_module():
+    import importlib
+
+    return importlib.import_module("mamba_compile.ops.causal_conv1d")  # the package exports the function by name
+
+
+def _fwd_bwd(fn, inputs, final, seed):
+    """fn(x, weight, bias, seq_idx, initial_states) -> (out, final_states): the outputs and the gradients of the
+    floating inputs, from random output gradients (on final_states too when ``final``)."""
+    leaves = {k: None if v is None else v.detach().clone().requires_grad_(v.is_floating_point())
+              for k, v in inputs.items()}
+    out, fin = fn(leaves["x"], leaves["weight"], leaves["bias"], leaves["seq_idx"], leaves["initial_states"])
+    g = torch.Generator().manual_seed(seed)
+    loss = (out.float() * torch.randn(out.shape, generator=g).to(out.device)).sum()
+    if final:
+        loss = loss + (fin.float() * torch.randn(fin.shape, generator=g).to(fin.device)).sum()
+    names = [k for k in ("x", "weight", "bias", "initial_states") if leaves[k] is not None]
+    return (out, fin), dict(zip(names, torch.autograd.grad(loss, [leaves[k] for k in names])))
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="interpreter test; the gpu test covers the CUDA kernels")
+@pytest.mark.parametrize("case", [
+    pytest.param(dict(init=True, final=True, silu=True), id="init-final-silu"),
+    pytest.param(dict(seq=True, layout="channel_last"), id="seq_idx-channel-last"),
+    pytest.param(dict(final=True, bias=False, width=3), id="final-unused-nobias-w3"),
+])
+def test_eager_conv_function_equals_the_op(case):
+    """_EagerConv, the plain-eager CUDA path past the custom ops, run on CPU tensors through the Triton interpreter:
+    outputs and gradients match the op's (its CPU path) to fp32 rounding. In the last case final_states is returned
+    but its gradient left out (materialised as zeros)."""
+    case = dict(case)
+    silu, final = case.pop("silu", False), case.pop("final", False)
+    used = final and case.get("bias", True)
+    inp = _inputs(**dict(dict(batch=2, dim=5, seqlen=13), **case), seed=40, requires_grad=False)
+    conv = _conv_module()
+    got = _fwd_bwd(lambda *a: conv._EagerConv.apply(*a, final, silu), inp, used, 41)
+    want = _fwd_bwd(lambda *a: torch.ops.mamba_compile.causal_conv1d_fwd(*a, final, silu), inp, used, 41)
+    for a, e in zip(got[0], want[0]):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    assert got[1].keys() == want[1].keys()
+    for k in want[1]:
+        torch.testing.assert_close(got[1][k], want[1][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.gpu
+def test_gpu_eager_conv_skips_the_op_and_equals_it(monkeypatch):
+    """Plain eager CUDA calls of causal_conv1d run through _EagerConv, not the custom ops: the same kernels, so the
+    same outputs and gradients bit for bit as through the op (forced by making _plain_eager say no); channel-last
+    bf16 x, as the Mamba blocks pass it, with initial and final states and with seq_idx."""
+    conv = _conv_module()
+    for opts, final in ((dict(init=True), True), (dict(seq=True), False)):
+        inp = _inputs(batch=2, dim=256, seqlen=300, dtype=torch.bfloat16, layout="channel_last", device="cuda",
+                      seed=42, requires_grad=False, **opts)
+        nodes = []
+
+        def spy(*a):
+            out = causal_conv1d(*a, return_final_states=final, activation="silu")
+            out, fin = out if final else (out, None)
+            nodes.append(type(out.grad_fn).__name__)
+            return out, fin
+
+        monkeypatch.setattr(conv, "_plain_eager", conv.plain_eager)
+        got = _fwd_bwd(spy, inp, final, 43)
+        monkeypatch.setattr(conv, "_plain_eager", lambda *t: False)
+        want = _fwd_bwd(spy, inp, final, 43)
+        assert "EagerConv" in nodes[0] and "causal_conv1d_fwd" in nodes[1], nodes
+        for a, e in zip(got[0], want[0]):
+            assert (a is None and e is None) or torch.equal(a, e)
+        for k in want[1]:
+            assert torch.equal(got[1][k], want[1][k]), k

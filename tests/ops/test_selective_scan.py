@@ -728,3 +728,62 @@ def test_cuda_channel_major_gradients_keep_the_layout():
         grads[layout] = g
     for a, b in zip(grads["contiguous"], grads["channel-major"]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The plain-eager CUDA path past the custom ops (_EagerSelectiveScan)
+
+
+def _scan_fwd_bwd(fn, inputs, softplus, save_states, last_used, seed):
+    """fn(*the forward op's arguments) -> (out, last_state, chunk_states): the outputs and the gradients of every
+    input, from random output gradients (on last_state too when ``last_used``)."""
+    leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    order = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+    out, last, _ = fn(*(leaves[k] for k in order), softplus, leaves["initial_state"], save_states)
+    g = torch.Generator().manual_seed(seed)
+    loss = (out.float() * torch.randn(out.shape, generator=g).to(out.device)).sum()
+    if last_used:
+        loss = loss + (last.float() * torch.randn(last.shape, generator=g).to(last.device)).sum()
+    names = [k for k in GRAD_NAMES if leaves[k] is not None]
+    return (out, last), dict(zip(names, torch.autograd.grad(loss, [leaves[k] for k in names])))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter test; the gpu test covers the CUDA kernels")
+@pytest.mark.parametrize("opts, save_states, last_used", [
+    (dict(B_kind="bnl", C_kind="bgnl", ngroups=2), True, True),
+    (dict(B_kind="dn", C_kind="bnl", D=False, initial_state=False), False, False),  # the backward recomputes states
+], ids=["saved-states-last-used", "recomputed-states-last-unused"])
+def test_eager_selective_scan_function_equals_the_op(opts, save_states, last_used):
+    """_EagerSelectiveScan, the plain-eager CUDA path past the custom ops, run on CPU tensors through the Triton
+    interpreter: outputs and gradients match the op's (its CPU path) to fp32 rounding."""
+    inputs = make_inputs(2, 6, 11, 5, seed=50, **opts)
+    got = _scan_fwd_bwd(ss_module._EagerSelectiveScan.apply, inputs, True, save_states, last_used, 51)
+    want = _scan_fwd_bwd(torch.ops.mamba_compile.selective_scan_fwd, inputs, True, save_states, last_used, 51)
+    for a, e in zip(got[0], want[0]):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    assert got[1].keys() == want[1].keys()
+    for k in want[1]:
+        torch.testing.assert_close(got[1][k], want[1][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.gpu
+def test_cuda_eager_scan_skips_the_op_and_equals_it(monkeypatch):
+    """Plain eager CUDA calls of selective_scan run through _EagerSelectiveScan, not the custom ops: the same
+    kernels, so the same outputs and gradients bit for bit as through the op (forced by making _plain_eager say
+    no); bf16, with the last state returned and used."""
+    inputs = make_inputs(2, 256, 600, 16, act_dtype=torch.bfloat16, device="cuda", seed=52)
+    nodes = []
+
+    def spy(**kw):
+        out, last = selective_scan(**kw, return_last_state=True)
+        nodes.append(type(out.grad_fn).__name__)
+        return out, last
+
+    monkeypatch.setattr(ss_module, "_plain_eager", ss_module.plain_eager)
+    got = run_fwd_bwd(spy, inputs, True)
+    monkeypatch.setattr(ss_module, "_plain_eager", lambda *t: False)
+    want = run_fwd_bwd(spy, inputs, True)
+    assert "EagerSelectiveScan" in nodes[0] and "selective_scan_fwd" in nodes[1], nodes
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    for k in want[2]:
+        assert torch.equal(got[2][k], want[2][k]), k
