@@ -7,6 +7,11 @@ microseconds per call (host or GPU, whichever is longer; ``_common.host_us``), f
 forward+backward, two rounds, alternating.
 
     python -m benchmarks.probes.eager_paths [--out results.json]
+    python -m benchmarks.probes.eager_paths --models    # tiny models' eager calls, the new paths on and off
+
+``--models``: a tiny bf16 Mamba-1 and Mamba-2 (``_common.tiny_model``) called eagerly, forward and forward+backward
+of 64 tokens, with the norms', the conv's and the scan's plain-eager paths on against forced off (the SSD's is on
+in both), three rounds, alternating: host-bound calls, so the difference is the host time those paths save.
 """
 
 from __future__ import annotations
@@ -73,10 +78,42 @@ def scan_case() -> dict:
                                (u, delta, A, B, C, D, z, bias), (torch.randn_like(u),))}
 
 
+def model_rows(rounds: int = 3) -> list[dict]:
+    import statistics
+
+    from benchmarks._common import tiny_model
+
+    modules = (norms, conv_module, scan_module)
+    plain = [m._plain_eager for m in modules]
+    rows = []
+    for arch in ("mamba1", "mamba2"):
+        model, ids = tiny_model(arch)
+        cases = {"fwd": torch.no_grad()(lambda: model(ids)),
+                 "fwd+bwd": lambda: model(ids).logits.float().sum().backward()}
+        for what, fn in cases.items():
+            got = {"eager paths": [], "custom ops": []}
+            for _ in range(rounds):
+                for path in got:
+                    for m, p in zip(modules, plain):
+                        m._plain_eager = p if path == "eager paths" else (lambda *t: False)
+                    got[path].append(host_us(fn, n=60, warmup=3))
+            for m, p in zip(modules, plain):
+                m._plain_eager = p
+            for path, us in got.items():
+                rows.append(dict(model=arch, case=what, path=path, median_us=statistics.median(us),
+                                 rounds=" ".join(f"{u:.0f}" for u in us)))
+                print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
+    p.add_argument("--models", action="store_true")
     args = p.parse_args()
+    if args.models:
+        write_results(model_rows(), args.out)
+        return
     print(device_name(), flush=True)
     ref_ln, ref_gated = reference_module("ops.triton.layer_norm"), reference_module("ops.triton.layernorm_gated")
     rows = []

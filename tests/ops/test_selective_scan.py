@@ -769,8 +769,9 @@ def test_eager_selective_scan_function_equals_the_op(opts, save_states, last_use
 @pytest.mark.gpu
 def test_cuda_eager_scan_skips_the_op_and_equals_it(monkeypatch):
     """Plain eager CUDA calls of selective_scan run through _EagerSelectiveScan, not the custom ops: the same
-    kernels, so the same outputs and gradients bit for bit as through the op (forced by making _plain_eager say
-    no); bf16, with the last state returned and used."""
+    kernels, so the same outputs and gradients as through the op (forced by making _plain_eager say no), bit for
+    bit except dB and dC, which the backward sums over channels with float32 atomics in an order that varies from
+    run to run (so there within a bf16 rounding); bf16, with the last state returned and used."""
     inputs = make_inputs(2, 256, 600, 16, act_dtype=torch.bfloat16, device="cuda", seed=52)
     nodes = []
 
@@ -786,4 +787,7 @@ def test_cuda_eager_scan_skips_the_op_and_equals_it(monkeypatch):
     assert "EagerSelectiveScan" in nodes[0] and "selective_scan_fwd" in nodes[1], nodes
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     for k in want[2]:
-        assert torch.equal(got[2][k], want[2][k]), k
+        if k in ("B", "C"):
+            assert_rel(got[2][k], want[2][k], 2**-7, "d" + k)  # one bf16 ulp
+        else:
+            assert torch.equal(got[2][k], want[2][k]), k
