@@ -44,6 +44,26 @@ def alternating_graph_ms(step, variants: dict, rounds: int = 2) -> list[tuple[st
     return out
 
 
+def no_grad_step(fn):
+    """A callable that runs ``fn()`` without grad: the forward rows of the op benchmarks."""
+    def run():
+        with torch.no_grad():
+            return fn()
+    return run
+
+
+def fwd_bwd_step(fn, leaves, douts):
+    """A callable that runs ``fn()`` and backpropagates ``douts`` (one per output) into the ``leaves``' .grad, cleared
+    first, as a training step does: capturable in a CUDA graph, unlike torch.autograd.grad."""
+    def run():
+        for t in leaves:
+            t.grad = None
+        outs = fn()
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        torch.autograd.backward(outs, douts[: len(outs)])
+    return run
+
+
 def host_us(fn, n: int = 300, warmup: int = 10) -> float:
     """Microseconds per call of ``fn`` over ``n`` calls, the GPU synchronised before and after: the host's time where
     the GPU's work is shorter (eager calls at small shapes), else the GPU's."""

@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from benchmarks._common import bench_ms, floor_ms, graph_ms, nbytes, write_results
+from benchmarks._common import bench_ms, floor_ms, fwd_bwd_step, graph_ms, nbytes, no_grad_step, write_results
 from benchmarks.bench_selective_state_update import reference_module
 from mamba_compile.ops import layer_norm, rms_norm, rms_norm_gated
 
@@ -28,22 +28,10 @@ ROWS = 8 * 2048
 def _timed(rows, op, shape, ours, theirs, fwd_bytes, bwd_bytes, leaves, outs_grad):
     """Times ours / theirs (theirs may be None) for fwd (no grad) and fwd+bwd (gradients into .grad, as training
     does), eager (do_bench: the host's per-call time included) and replayed from a CUDA graph (the GPU's)."""
-    def fwd(fn):
-        def run():
-            with torch.no_grad():
-                return fn()
-        return run
-
     def fwd_bwd(fn):
-        def run():
-            for t in leaves:
-                t.grad = None
-            outs = fn()
-            outs = outs if isinstance(outs, tuple) else (outs,)
-            torch.autograd.backward(outs, outs_grad[: len(outs)])
-        return run
+        return fwd_bwd_step(fn, leaves, outs_grad)
 
-    for case, wrap, nbytes_ in (("fwd", fwd, fwd_bytes), ("fwd+bwd", fwd_bwd, fwd_bytes + bwd_bytes)):
+    for case, wrap, nbytes_ in (("fwd", no_grad_step, fwd_bytes), ("fwd+bwd", fwd_bwd, fwd_bytes + bwd_bytes)):
         ours_fn = wrap(ours)
         ours_fn()
         ms, gms = bench_ms(ours_fn), graph_ms(ours_fn)

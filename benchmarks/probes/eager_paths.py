@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from benchmarks._common import device_name, host_us, write_results
+from benchmarks._common import device_name, fwd_bwd_step, host_us, no_grad_step, write_results
 from benchmarks.bench_norms import ROWS
 from benchmarks.bench_selective_state_update import reference_module
 from mamba_compile.ops import causal_conv1d, layer_norm, norms, rms_norm, rms_norm_gated, selective_scan
@@ -123,19 +123,10 @@ def main() -> None:
     for hidden, group, module in groups:
         plain = module._plain_eager
         for name, (ours, theirs, leaves, douts) in group.items():
-            def fwd(fn):
-                return lambda: torch.no_grad()(fn)()
+            def fwd_bwd(fn, leaves=leaves, douts=douts):
+                return fwd_bwd_step(fn, leaves, douts)
 
-            def fwd_bwd(fn):
-                def run():
-                    for t in leaves:
-                        t.grad = None
-                    outs = fn()
-                    outs = outs if isinstance(outs, tuple) else (outs,)
-                    torch.autograd.backward(outs, douts[: len(outs)])
-                return run
-
-            for case, wrap in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+            for case, wrap in (("fwd", no_grad_step), ("fwd+bwd", fwd_bwd)):
                 for rnd in range(2):
                     for path, pred in (("eager path", plain), ("custom ops", lambda *t: False)):
                         module._plain_eager = pred

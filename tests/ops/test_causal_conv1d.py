@@ -11,6 +11,7 @@ import torch
 import torch._dynamo.testing
 
 from mamba_compile.ops import causal_conv1d, causal_conv1d_update
+from tests.ops._eager_paths import assert_same_results
 from tests.reference.causal_conv1d import causal_conv1d_ref, causal_conv1d_update_ref
 
 HAS_CUDA = torch.cuda.is_available()
@@ -879,11 +880,7 @@ def test_eager_conv_function_equals_the_op(case):
     conv = _conv_module()
     got = _fwd_bwd(lambda *a: conv._EagerConv.apply(*a, final, silu), inp, used, 41)
     want = _fwd_bwd(lambda *a: torch.ops.mamba_compile.causal_conv1d_fwd(*a, final, silu), inp, used, 41)
-    for a, e in zip(got[0], want[0]):
-        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
-    assert got[1].keys() == want[1].keys()
-    for k in want[1]:
-        torch.testing.assert_close(got[1][k], want[1][k], rtol=1e-4, atol=1e-5, msg=k)
+    assert_same_results(got, want)
 
 
 @pytest.mark.gpu

@@ -10,6 +10,7 @@ import torch._dynamo.testing
 
 
 from mamba_compile.ops import selective_scan
+from tests.ops._eager_paths import assert_same_results
 from tests.reference.selective_scan import selective_scan_ref
 
 ss_module = importlib.import_module("mamba_compile.ops.selective_scan")  # the package attribute is the function
@@ -759,11 +760,7 @@ def test_eager_selective_scan_function_equals_the_op(opts, save_states, last_use
     inputs = make_inputs(2, 6, 11, 5, seed=50, **opts)
     got = _scan_fwd_bwd(ss_module._EagerSelectiveScan.apply, inputs, True, save_states, last_used, 51)
     want = _scan_fwd_bwd(torch.ops.mamba_compile.selective_scan_fwd, inputs, True, save_states, last_used, 51)
-    for a, e in zip(got[0], want[0]):
-        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
-    assert got[1].keys() == want[1].keys()
-    for k in want[1]:
-        torch.testing.assert_close(got[1][k], want[1][k], rtol=1e-4, atol=1e-5, msg=k)
+    assert_same_results(got, want)
 
 
 @pytest.mark.gpu
