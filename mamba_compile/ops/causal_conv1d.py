@@ -328,8 +328,13 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, dout, dfinal_states):
+    return _input_grads(ctx, dout, dfinal_states, torch.ops.mamba_compile.causal_conv1d_bwd)
+
+
+def _input_grads(ctx, dout, dfinal_states, bwd) -> tuple:
+    """The forward op's 7 input gradients from ``bwd``, which takes the backward op's arguments."""
     x, weight, bias, seq_idx, initial_states = ctx.saved_tensors
-    dx, dweight, dbias, dinit = torch.ops.mamba_compile.causal_conv1d_bwd(
+    dx, dweight, dbias, dinit = bwd(
         x, weight, bias, seq_idx, initial_states, dout,
         dfinal_states if ctx.return_final_states else None, ctx.silu,
     )
@@ -371,13 +376,12 @@ class _EagerConv(torch.autograd.Function):
     def backward(ctx, dout, dfinal_states):
         from . import causal_conv1d_triton
 
-        x, weight, bias, seq_idx, initial_states = ctx.saved_tensors
-        dfinal_states = dfinal_states if ctx.return_final_states else None
-        _check_grads(x, weight, dout, dfinal_states)
-        dx, dweight, dbias, dinit = causal_conv1d_triton.causal_conv1d_bwd(
-            x, weight, bias, seq_idx, initial_states, dout, dfinal_states, ctx.silu, wrap=False)
-        return (dx, dweight, dbias if bias is not None else None, None,
-                dinit if initial_states is not None else None, None, None)
+        def bwd(x, weight, bias, seq_idx, initial_states, dout, dfinal_states, silu):
+            _check_grads(x, weight, dout, dfinal_states)  # as the backward op's body does
+            return causal_conv1d_triton.causal_conv1d_bwd(x, weight, bias, seq_idx, initial_states, dout,
+                                                          dfinal_states, silu, wrap=False)
+
+        return _input_grads(ctx, dout, dfinal_states, bwd)
 
 
 @triton_op("mamba_compile::causal_conv1d_update", mutates_args=("conv_state",))

@@ -20,6 +20,8 @@ gradient arriving through the returned r (prenorm). ``hidden`` (resp. ``group_si
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -207,8 +209,13 @@ def _add_norm_setup_context(ctx, inputs, output):
 
 
 def _add_norm_backward(ctx, dout, dr, dmean, drstd):
+    return _add_norm_grads(ctx, dout, dr, torch.ops.mamba_compile.add_norm_bwd)
+
+
+def _add_norm_grads(ctx, dout, dr, bwd) -> tuple:
+    """The forward op's 8 input gradients from ``bwd``, which takes the backward op's arguments."""
     x, weight, bias, residual, mean, rstd = ctx.saved_tensors
-    dx, dweight, dbias, dresidual = torch.ops.mamba_compile.add_norm_bwd(
+    dx, dweight, dbias, dresidual = bwd(
         dout, dr if ctx.prenorm else None, x, weight, bias, residual, mean, rstd, ctx.is_rms
     )
     return (
@@ -352,10 +359,13 @@ def _gated_setup_context(ctx, inputs, output):
 
 
 def _gated_backward(ctx, dout, drstd):
+    return _gated_grads(ctx, dout, torch.ops.mamba_compile.rms_norm_gated_bwd)
+
+
+def _gated_grads(ctx, dout, bwd) -> tuple:
+    """The forward op's 6 input gradients from ``bwd``, which takes the backward op's arguments."""
     x, weight, z, rstd = ctx.saved_tensors
-    dx, dweight, dz = torch.ops.mamba_compile.rms_norm_gated_bwd(
-        dout, x, weight, z, rstd, ctx.group_size, ctx.norm_before_gate
-    )
+    dx, dweight, dz = bwd(dout, x, weight, z, rstd, ctx.group_size, ctx.norm_before_gate)
     return dx, dweight, None if z is None else dz, None, None, None
 
 
@@ -392,11 +402,7 @@ class _EagerAddNorm(torch.autograd.Function):
     def backward(ctx, dout, dr, dmean, drstd):
         from . import norms_triton
 
-        x, weight, bias, residual, mean, rstd = ctx.saved_tensors
-        dx, dweight, dbias, dresidual = norms_triton.add_norm_bwd(
-            dout, dr if ctx.prenorm else None, x, weight, bias, residual, mean, rstd, ctx.is_rms, wrap=False)
-        return (dx, dweight, None if bias is None else dbias, None if residual is None else dresidual,
-                None, None, None, None)
+        return _add_norm_grads(ctx, dout, dr, functools.partial(norms_triton.add_norm_bwd, wrap=False))
 
 
 class _EagerGated(torch.autograd.Function):
@@ -415,7 +421,4 @@ class _EagerGated(torch.autograd.Function):
     def backward(ctx, dout, drstd):
         from . import norms_triton
 
-        x, weight, z, rstd = ctx.saved_tensors
-        dx, dweight, dz = norms_triton.rms_norm_gated_bwd(dout, x, weight, z, rstd, ctx.group_size,
-                                                          ctx.norm_before_gate, wrap=False)
-        return dx, dweight, None if z is None else dz, None, None, None
+        return _gated_grads(ctx, dout, functools.partial(norms_triton.rms_norm_gated_bwd, wrap=False))

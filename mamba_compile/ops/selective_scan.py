@@ -27,6 +27,8 @@ never specialised while tracing.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -426,7 +428,5 @@ class _EagerSelectiveScan(torch.autograd.Function):
     def backward(ctx, dout, dlast_state, _dchunk_states):
         from . import selective_scan_triton
 
-        def bwd(*args):
-            return selective_scan_triton.selective_scan_bwd(*args, wrap=False)
-
-        return _input_grads(ctx, dout, dlast_state, bwd)
+        return _input_grads(ctx, dout, dlast_state, functools.partial(selective_scan_triton.selective_scan_bwd,
+                                                                      wrap=False))

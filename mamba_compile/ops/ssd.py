@@ -596,18 +596,22 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
                                                              initial_states is not None, dend_dtype=st_dtype,
                                                              wrap=wrap)
         dcb = fork.run(kt.chunk_scan_bwd_dcb, x, dtp, dA_cs, dy, B.shape[2], seq_idx, wrap=wrap)
-        # dB and dC from dcb and the chunk-boundary states (beside dx, after the reverse pass, with SIDE_DBC); dC's
-        # kernel also gives dy_t . y_state_t (the pairs whose earlier index lies before the chunk).
+
+        def dbc(run):
+            """dB and dC from dcb and the chunk-boundary states; dC's kernel also gives dy_t . y_state_t (the pairs
+            whose earlier index lies before the chunk)."""
+            return (run(kt.chunk_scan_bwd_dB, x, B, C, dcb, dtp, dA_cs, dy, dend, seq_idx, wrap=wrap),
+                    *run(kt.chunk_scan_bwd_dC, x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, wrap=wrap))
+
+        # With SIDE_DBC, beside dx, after the reverse pass; else after dx, on this stream.
         side_dbc = side and SIDE_DBC
         if side_dbc:
             fork.wait()
-            dB = fork.run(kt.chunk_scan_bwd_dB, x, B, C, dcb, dtp, dA_cs, dy, dend, seq_idx, wrap=wrap)
-            dC, da = fork.run(kt.chunk_scan_bwd_dC, x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, wrap=wrap)
+            dB, dC, da = dbc(fork.run)
         dx, ddt_x, col, colstate, row, dD = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx,
                                                              dx_extra=dx_extra, wrap=wrap)
     if not side_dbc:
-        dB = kt.chunk_scan_bwd_dB(x, B, C, dcb, dtp, dA_cs, dy, dend, seq_idx, wrap=wrap)
-        dC, da = kt.chunk_scan_bwd_dC(x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, wrap=wrap)
+        dB, dC, da = dbc(lambda fn, *a, **k: fn(*a, **k))
     if dB_extra is not None:
         dB = (dB.float() + dB_extra).to(B.dtype)
     if da_v is not None:

@@ -21,3 +21,14 @@ def assert_same_results(got, want, *, out_tol: float = 1e-5, grad_tol: float = 1
     assert grads.keys() == want_grads.keys()
     for k in want_grads:
         torch.testing.assert_close(grads[k], want_grads[k], rtol=grad_tol, atol=1e-5, msg=str(k))
+
+
+def fwd_bwd(fn, inputs, used, seed):
+    """Outputs of fn(*inputs) (a tuple) and the gradients of every floating tensor input, from random output
+    gradients on the outputs whose index is in ``used`` (the others unused, as by a caller ignoring them)."""
+    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) if isinstance(t, torch.Tensor) else t
+              for t in inputs]
+    outs = fn(*leaves)
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((outs[i].float() * torch.randn(outs[i].shape, generator=g).to(outs[i].device)).sum() for i in used)
+    return outs, torch.autograd.grad(loss, [t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad])

@@ -6,7 +6,7 @@ import torch
 import torch._dynamo.testing
 
 from mamba_compile.ops import layer_norm, rms_norm, rms_norm_gated
-from tests.ops._eager_paths import assert_same_results
+from tests.ops._eager_paths import assert_same_results, fwd_bwd
 from tests.reference.norms import add_norm_ref, rms_norm_gated_ref
 
 ADD_NORM_OPS = [pytest.param(rms_norm, True, id="rms"), pytest.param(layer_norm, False, id="layer")]
@@ -349,17 +349,6 @@ def test_op_body_checks_direct_calls():
 # ---------------------------------------------------------------------------------------------
 
 
-def _fwd_bwd(fn, inputs, used, seed):
-    """Outputs of fn(*inputs) and the gradients of every tensor input, from random output gradients on the outputs
-    whose index is in ``used`` (the others unused, as by a caller ignoring them)."""
-    leaves = [t.detach().clone().requires_grad_() if isinstance(t, torch.Tensor) else t for t in inputs]
-    outs = fn(*leaves)
-    g = torch.Generator().manual_seed(seed)
-    loss = sum((outs[i].float() * torch.randn(outs[i].shape, generator=g).to(outs[i].device)).sum() for i in used)
-    grads = torch.autograd.grad(loss, [t for t in leaves if isinstance(t, torch.Tensor)], allow_unused=True)
-    return outs, grads
-
-
 @pytest.mark.parametrize("is_rms, bias, residual, prenorm, used", [
     (True, False, True, True, (0, 1)),  # as a Mamba block calls it, the gradient through r too
     (False, True, True, True, (0,)),  # r returned but unused: its gradient is materialised as zeros
@@ -372,8 +361,8 @@ def test_eager_add_norm_function_equals_the_op(is_rms, bias, residual, prenorm, 
 
     x, w, b, res = _add_norm_inputs((2, 9, 40), torch.float32, bias=bias, residual=residual, seed=31)
     tail = (1e-5, is_rms, prenorm, True)
-    got = _fwd_bwd(lambda *a: norms._EagerAddNorm.apply(*a, *tail), (x, w, b, res), used, 32)
-    want = _fwd_bwd(lambda *a: torch.ops.mamba_compile.add_norm(*a, *tail), (x, w, b, res), used, 32)
+    got = fwd_bwd(lambda *a: norms._EagerAddNorm.apply(*a, *tail), (x, w, b, res), used, 32)
+    want = fwd_bwd(lambda *a: torch.ops.mamba_compile.add_norm(*a, *tail), (x, w, b, res), used, 32)
     assert len(got[1]) == 2 + bias + residual
     assert_same_results(got, want)
 
@@ -388,8 +377,8 @@ def test_eager_rms_norm_gated_function_equals_the_op(has_z, norm_before_gate):
     x, z = torch.randn(2, 7, 48, generator=g), torch.randn(2, 7, 48, generator=g) if has_z else None
     w = 1 + 0.3 * torch.randn(48, generator=g)
     tail = (1e-5, 24, norm_before_gate)
-    got = _fwd_bwd(lambda x, w, z: norms._EagerGated.apply(x, w, z, *tail), (x, w, z), (0,), 34)
-    want = _fwd_bwd(lambda x, w, z: torch.ops.mamba_compile.rms_norm_gated(x, w, z, *tail), (x, w, z), (0,), 34)
+    got = fwd_bwd(lambda x, w, z: norms._EagerGated.apply(x, w, z, *tail), (x, w, z), (0,), 34)
+    want = fwd_bwd(lambda x, w, z: torch.ops.mamba_compile.rms_norm_gated(x, w, z, *tail), (x, w, z), (0,), 34)
     assert len(got[1]) == 2 + has_z
     assert_same_results(got, want)  # out and rstd, and the gradients
 
@@ -487,9 +476,9 @@ def test_gpu_eager_norms_skip_the_ops_and_equal_them(monkeypatch):
             return outs
 
         monkeypatch.setattr(norms, "_plain_eager", norms.plain_eager)
-        got = _fwd_bwd(spy, args, used, 36)
+        got = fwd_bwd(spy, args, used, 36)
         monkeypatch.setattr(norms, "_plain_eager", lambda *t: False)
-        want = _fwd_bwd(spy, args, used, 36)
+        want = fwd_bwd(spy, args, used, 36)
         assert eager_node in nodes[0] and op_node in nodes[1], (name, nodes)
         for i in used:
             assert torch.equal(got[0][i], want[0][i]), name

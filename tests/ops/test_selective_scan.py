@@ -10,7 +10,7 @@ import torch._dynamo.testing
 
 
 from mamba_compile.ops import selective_scan
-from tests.ops._eager_paths import assert_same_results
+from tests.ops._eager_paths import assert_same_results, fwd_bwd
 from tests.reference.selective_scan import selective_scan_ref
 
 ss_module = importlib.import_module("mamba_compile.ops.selective_scan")  # the package attribute is the function
@@ -735,18 +735,13 @@ def test_cuda_channel_major_gradients_keep_the_layout():
 # The plain-eager CUDA path past the custom ops (_EagerSelectiveScan)
 
 
-def _scan_fwd_bwd(fn, inputs, softplus, save_states, last_used, seed):
-    """fn(*the forward op's arguments) -> (out, last_state, chunk_states): the outputs and the gradients of every
-    input, from random output gradients (on last_state too when ``last_used``)."""
-    leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inputs.items()}
-    order = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-    out, last, _ = fn(*(leaves[k] for k in order), softplus, leaves["initial_state"], save_states)
-    g = torch.Generator().manual_seed(seed)
-    loss = (out.float() * torch.randn(out.shape, generator=g).to(out.device)).sum()
-    if last_used:
-        loss = loss + (last.float() * torch.randn(last.shape, generator=g).to(last.device)).sum()
-    names = [k for k in GRAD_NAMES if leaves[k] is not None]
-    return (out, last), dict(zip(names, torch.autograd.grad(loss, [leaves[k] for k in names])))
+def _scan_inputs(inputs):
+    return [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")]
+
+
+def _scan_call(fn, softplus, save_states):
+    """fn (the forward op, or a function with its signature) on _scan_inputs' order."""
+    return lambda *t: fn(*t[:8], softplus, t[8], save_states)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter test; the gpu test covers the CUDA kernels")
@@ -758,8 +753,10 @@ def test_eager_selective_scan_function_equals_the_op(opts, save_states, last_use
     """_EagerSelectiveScan, the plain-eager CUDA path past the custom ops, run on CPU tensors through the Triton
     interpreter: outputs and gradients match the op's (its CPU path) to fp32 rounding."""
     inputs = make_inputs(2, 6, 11, 5, seed=50, **opts)
-    got = _scan_fwd_bwd(ss_module._EagerSelectiveScan.apply, inputs, True, save_states, last_used, 51)
-    want = _scan_fwd_bwd(torch.ops.mamba_compile.selective_scan_fwd, inputs, True, save_states, last_used, 51)
+    used = (0, 1) if last_used else (0,)
+    got = fwd_bwd(_scan_call(ss_module._EagerSelectiveScan.apply, True, save_states), _scan_inputs(inputs), used, 51)
+    want = fwd_bwd(_scan_call(torch.ops.mamba_compile.selective_scan_fwd, True, save_states), _scan_inputs(inputs),
+                   used, 51)
     assert_same_results(got, want)
 
 
