@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -221,4 +221,14 @@ if [[ $what == eager-paths ]]; then
   timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_norms.py tests/ops/test_causal_conv1d.py tests/ops/test_selective_scan.py -k "not selective_scan or eager or training_shape or channel_major" 2>&1 | tee "$OUT/gpu_tests_eager_ops.log" | tail -3
   timeout 90 python3 -m benchmarks.probes.eager_paths --out "$OUT/eager_paths.json" > "$OUT/eager_paths.log" 2>&1; tail -2 "$OUT/eager_paths.log"
   timeout 340 python3 -m pytest -q -m gpu tests/models -p no:cacheprovider --durations=5 2>&1 | tee "$OUT/gpu_tests_models.log" | tail -12
+fi
+if [[ $what == ssd-final ]]; then
+  # The SSD on the final code: bench_ssd beside the reference (eager and CUDA-graph rows, the first call in a fresh
+  # process), then the SSD GPU tests (about 7 minutes; the reference from .ref/)
+  timeout 250 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\\||first call|^ours|^reference"
+  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=3 tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -6
+fi
+if [[ $what == ssd-host ]]; then
+  # Where the eager SSD forward+backward's host time goes (about 2 minutes)
+  timeout 300 python3 -m benchmarks.probes.ssd_host_split --out "$OUT/ssd_host_split.json" 2>&1 | tee "$OUT/ssd_host_split.log" | grep -v "^|"
 fi
