@@ -230,5 +230,5 @@ if [[ $what == ssd-final ]]; then
 fi
 if [[ $what == ssd-host ]]; then
   # Where the eager SSD forward+backward's host time goes (about 2 minutes)
-  timeout 300 python3 -m benchmarks.probes.ssd_host_split --out "$OUT/ssd_host_split.json" 2>&1 | tee "$OUT/ssd_host_split.log" | grep -v "^|"
+  timeout 300 python3 -m benchmarks.probes.ssd_host --split --out "$OUT/ssd_host_split.json" 2>&1 | tee "$OUT/ssd_host_split.log" | grep -v "^|"
 fi

@@ -9,16 +9,25 @@ the limit.
 ``--pieces``: at the tiny shape and the benchmark's (b8 l2048 h24), the wall time per eager call (host or GPU,
 whichever is longer) of ours through the eager shortcut (ssd._EagerScan) and through the custom ops, alternating,
 and of the reference; then the bare pipelines and an empty autograd.Function (the autograd engine's own cost).
+``--split [--out FILE]``: where our eager forward+backward's host time goes, at both shapes: the step, the forward
+with grad alone, the step with the backward pipeline replaced by gradients computed once (the engine, the Function,
+the wrapper); the bare pipelines with every Triton launch skipped (their glue: wrappers, allocations, streams); the
+backward pipeline timed inside the step (on the autograd engine's device thread) and looped on another Python
+thread; and each kernel's launches timed where the pipelines make them (launch_overhead.py times them one by one).
 """
 import argparse
+import collections
+import contextlib
 import cProfile
 import pstats
+import threading
+import time
 
 import torch
 import triton
 import triton.language as tl
 
-from benchmarks._common import host_us
+from benchmarks._common import host_us, write_results
 from benchmarks.bench_ssd import call, fwd_bwd, impls, make_inputs
 
 
@@ -141,12 +150,132 @@ def pieces(rounds=2):
             print(f"  {name}: {host_us(fn, n=100):.0f} us", flush=True)
 
 
+@contextlib.contextmanager
+def _launches_skipped():
+    """Every FastLauncher launch returns at once (the outputs stay unwritten): what remains is the glue."""
+    from mamba_compile.ops import _triton
+
+    real = _triton.fast_run
+    _triton.fast_run = lambda kernel, grid, *a, **k: None
+    try:
+        yield
+    finally:
+        _triton.fast_run = real
+
+
+@contextlib.contextmanager
+def _launches_timed(acc: dict):
+    """Adds the host seconds spent in each kernel's launches to acc[kernel name] (with a count)."""
+    from mamba_compile.ops import _triton
+
+    real = _triton.fast_run
+
+    def timed(kernel, grid, *a, **k):
+        t0 = time.perf_counter()
+        out = real(kernel, grid, *a, **k)
+        acc[kernel.fn.__name__][0] += time.perf_counter() - t0
+        acc[kernel.fn.__name__][1] += 1
+        return out
+
+    _triton.fast_run = timed
+    try:
+        yield
+    finally:
+        _triton.fast_run = real
+
+
+def split(out=None):
+    """See --split in the module docstring."""
+    from mamba_compile.ops import ssd
+
+    ours = impls()["ours"]
+    rows = []
+
+    def row(label, rnd, case, us):
+        rows.append(dict(shape=label, round=rnd, case=case, us=us))
+        print(f"{label} r{rnd} {case}: {us:.0f} us", flush=True)
+
+    for shape in ((1, 256, 4, 64, 1, 128), (8, 2048, 24, 64, 1, 128)):
+        label = "b{} l{} h{} p{} g{} n{}".format(*shape)
+        tg = make_inputs(*shape, requires_grad=True)
+        dout = torch.randn_like(tg["x"])
+        args = (tg["x"], tg["dt"], tg["A"], tg["B"], tg["C"], 128, tg["D"], tg["z"], tg["dt_bias"], None, None, None,
+                True, 0.0, ssd._OPEN_BOUND)
+        d = [v.detach() if isinstance(v, torch.Tensor) else v for v in args]
+        with torch.no_grad():
+            pre = ssd._fwd_triton(*d, wrap=False, keep_pre_gate=True)[3]
+            grads = ssd._bwd_triton(dout, None, None, *d, wrap=False, pre_gate=pre)
+        real_bwd = ssd._eager_backward
+
+        def step():
+            fwd_bwd(ours, tg, 256, dout)
+
+        def step_cached_grads():
+            ssd._eager_backward = lambda *a: grads
+            try:
+                step()
+            finally:
+                ssd._eager_backward = real_bwd
+
+        fwd_bare = lambda: ssd._fwd_triton(*d, wrap=False, keep_pre_gate=True)  # noqa: E731
+        bwd_bare = lambda: ssd._bwd_triton(dout, None, None, *d, wrap=False, pre_gate=pre)  # noqa: E731
+        cases = {
+            "fwd+bwd step (bench_ssd)": step,
+            "fwd with grad (graph discarded)": lambda: call(ours, tg, 256),
+            "fwd+bwd step, backward pipeline replaced by cached grads": step_cached_grads,
+            "_fwd_triton": fwd_bare,
+            "_bwd_triton": bwd_bare,
+        }
+        for rnd in range(2):
+            for case, fn in cases.items():
+                row(label, rnd, case, host_us(fn, n=200))
+            with _launches_skipped():
+                row(label, rnd, "_fwd_triton, launches skipped", host_us(fwd_bare, n=200))
+                row(label, rnd, "_bwd_triton, launches skipped", host_us(bwd_bare, n=200))
+        inside = [0.0, 0]
+
+        def timed_bwd(*a):
+            t0 = time.perf_counter()
+            res = real_bwd(*a)
+            inside[0] += time.perf_counter() - t0
+            inside[1] += 1
+            return res
+
+        ssd._eager_backward = timed_bwd
+        try:
+            host_us(step, n=200)
+        finally:
+            ssd._eager_backward = real_bwd
+        row(label, 0, "backward pipeline inside the step (engine thread)", inside[0] / inside[1] * 1e6)
+        res = []
+        th = threading.Thread(target=lambda: res.append(host_us(bwd_bare, n=200)))
+        th.start()
+        th.join()
+        row(label, 0, "_bwd_triton on another thread", res[0])
+        for name, fn in (("_fwd_triton", fwd_bare), ("_bwd_triton", bwd_bare)):
+            acc = collections.defaultdict(lambda: [0.0, 0])
+            n = 200
+            with _launches_timed(acc):
+                host_us(fn, n=n, warmup=0)
+            print(f"{label} launches in {name}: {sum(v[0] for v in acc.values()) / n * 1e6:.0f} us per call", flush=True)
+            for kname, (sec, cnt) in sorted(acc.items(), key=lambda kv: -kv[1][0]):
+                rows.append(dict(shape=label, round=0, case=f"launch {kname} (in {name}, x{cnt // n})",
+                                 us=sec / cnt * 1e6))
+                print(f"    {kname}: {sec / cnt * 1e6:.1f} us per launch, {cnt // n} per call", flush=True)
+    print()
+    write_results(rows, out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--profile-bwd", action="store_true")
     ap.add_argument("--pieces", action="store_true")
+    ap.add_argument("--split", action="store_true")
+    ap.add_argument("--out", default=None, help="with --split: the rows as JSON")
     a = ap.parse_args()
+    if a.split:
+        return split(a.out)
     if a.pieces:
         return pieces()
     if a.profile_bwd:
