@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-dx-heads]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -231,9 +231,4 @@ fi
 if [[ $what == ssd-host ]]; then
   # Where the eager SSD forward+backward's host time goes (about 2 minutes)
   timeout 300 python3 -m benchmarks.probes.ssd_host --split --out "$OUT/ssd_host_split.json" 2>&1 | tee "$OUT/ssd_host_split.log" | grep -v "^|"
-fi
-if [[ $what == ssd-dx-heads ]]; then
-  # dx with a loop over heads against one head a program: the kernel over its settings, then the op's graphed
-  # forward+backward (about 4 minutes)
-  timeout 500 python3 -m benchmarks.probes.ssd_dx_heads --out "$OUT/ssd_dx_heads.json" 2>&1 | tee "$OUT/ssd_dx_heads.log" | grep -v "^|"
 fi

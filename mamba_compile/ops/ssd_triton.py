@@ -90,6 +90,16 @@ The numbers below are at chunk 256.
     8 warps against 95, so one program an SM). The op's graphed forward+backward 0.929-0.930 against 0.862-0.863 on
     two streams, 0.958 against 0.887-0.888 on one (2.826-2.836 / 2.921-2.922 against 2.647-2.650 / 2.731-2.737 at
     l8192). Correct (an interpreter test with NaN-filled outputs; SSD and Mamba-2 training GPU tests passed).
+    Tried and removed (session 30, commit f986b77 has the code and benchmarks/probes/ssd_dx_heads.py): dx with a
+    loop over heads. One program per (row tile, chunk, block of a group's heads) formed C_t . B_s once, for the whole
+    chunk as one 128-wide tile of t, kept it in registers and looped over its heads, each adding only its decay, so
+    the pipeliner could load the next head's x, dy and dend while this head's dots ran, and dx's per-head C_t . B_s
+    dot went. Correct (outputs within 2e-7 of dx's, 9e-4 at 64-row tiles and 4 warps), but slower at every one of 36
+    settings: 0.318 ms at best (12 heads a program, 64-row tiles, 4 warps, 2 stages; 0.32-0.64 for the others)
+    against 0.235, 0.988 against 0.733 at b2 l8192 h80; the op's graphed forward+backward 0.954 against 0.861-0.863
+    (2.930-2.937 against 2.641-2.647). ptxas: 255 registers with spills at 64-row tiles, 234-250 without at 32.
+    The heads per program barely mattered (0.337 at 2, 0.318 at 12): the per-head C_t . B_s dot is not what dx
+    waits on.
     Backward kernels (session 8, benchmarks/probes/ssd_bwd.py, chunk-boundary states and their gradients
     stored in 16 bits): gate_bwd 0.100 with z (nothing without), bwd_dx 0.284-0.314 (with dD's sums), dcb 0.091,
     dB 0.085, dC 0.090, chunk_state_passing recompute 0.064, state_passing_bwd 0.048-0.079, dprev 0.055 (the last
@@ -1231,106 +1241,6 @@ def _chunk_scan_bwd_dx_kernel(
     tl.store(dx_ptr + rows, dx, mask=mask)
 
 
-@triton.jit
-def _chunk_scan_bwd_dx_heads_kernel(
-    x_ptr, b_ptr, c_ptr, dtp_ptr, dacs_ptr, seq_ptr, dy_ptr, dend_ptr, d_ptr, extra_ptr,
-    dx_ptr, ddt_ptr, col_ptr, colstate_ptr, row_ptr, dd_ptr,
-    seqlen, headdim, dstate, heads_per_group, heads_per_program,
-    s_x_b, s_x_l, s_x_h, s_x_p,
-    s_b_b, s_b_l, s_b_g, s_b_n,
-    s_c_b, s_c_l, s_c_g, s_c_n,
-    s_a_b, s_a_h, s_a_c, s_a_l,
-    s_q_b, s_q_l,
-    s_s_b, s_s_c, s_s_h, s_s_p, s_s_n,
-    s_g_b, s_g_l, s_g_h, s_g_p,
-    s_d_h, s_d_p,
-    s_e_b, s_e_l, s_e_h, s_e_p,
-    s_r_b, s_r_h, s_r_c, s_r_k, s_r_l,
-    s_dd_r, s_dd_h, s_dd_k,
-    s_dx_b, s_dx_l, s_dx_h, s_dx_p,
-    CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_D: tl.constexpr, HAS_EXTRA: tl.constexpr,
-    IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_N: tl.constexpr, TILE_MAJOR: tl.constexpr,
-):
-    """_chunk_scan_bwd_dx_kernel's outputs, with one program per (row tile s, chunk, group's block of
-    heads_per_program heads): C_t . B_s is the group's, so the program forms it once, for all of the chunk's t at
-    once (BLOCK_C >= CHUNK columns, masked to t >= s), and keeps it in registers while it loops over its heads,
-    each head adding only its decay. The loop over heads is what Triton's pipeliner overlaps: the next head's x,
-    dy and dend tiles load while this head's dots run."""
-    pid_bc, pid_gh, pid_s, _ = _tile_pids(TILE_MAJOR)
-    nchunks = tl.cdiv(seqlen, CHUNK)
-    pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
-    nsplit = tl.cdiv(heads_per_group, heads_per_program)
-    g = pid_gh // nsplit
-    h_first = g * heads_per_group + (pid_gh % nsplit) * heads_per_program
-    h_end = tl.minimum(h_first + heads_per_program, (g + 1) * heads_per_group)
-    start = pid_c * CHUNK
-    limit = tl.minimum(CHUNK, seqlen - start)
-    s0 = pid_s * BLOCK_T
-    offs_s = s0 + tl.arange(0, BLOCK_T)
-    offs_t = tl.arange(0, BLOCK_C)
-    offs_p = tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
-    s_ok = offs_s < limit
-    t_ok = offs_t < limit
-    n_ok = offs_n < dstate
-    p_ok = offs_p < headdim
-    mask = s_ok[:, None] & p_ok[None, :]
-    b_ptr += pid_b * s_b_b + start * s_b_l + g * s_b_g
-    c_ptr += pid_b * s_c_b + start * s_c_l + g * s_c_g
-    b_s = tl.load(b_ptr + offs_s[:, None] * s_b_l + offs_n[None, :] * s_b_n, mask=s_ok[:, None] & n_ok[None, :],
-                  other=0.0)
-    c_t = tl.load(c_ptr + offs_t[None, :] * s_c_l + offs_n[:, None] * s_c_n, mask=n_ok[:, None] & t_ok[None, :],
-                  other=0.0)
-    cb = _dot(b_s, c_t.to(b_s.dtype), IEEE)  # (s, t): the group's, for every head of the loop
-    keep = (offs_t[None, :] >= offs_s[:, None]) & t_ok[None, :] & s_ok[:, None]
-    seq_ok = s_ok
-    if HAS_SEQ_IDX:
-        seq_s = tl.load(seq_ptr + pid_b * s_q_b + (start + offs_s) * s_q_l, mask=s_ok, other=-1)
-        seq_t = tl.load(seq_ptr + pid_b * s_q_b + (start + offs_t) * s_q_l, mask=t_ok, other=-2)
-        seq_last = tl.load(seq_ptr + pid_b * s_q_b + (start + limit - 1) * s_q_l)
-        keep = keep & (seq_s[:, None] == seq_t[None, :])
-        seq_ok = seq_ok & (seq_s == seq_last)
-    row_ok = t_ok & (offs_t >= s0)
-    for h in range(h_first, h_end):
-        a_off = pid_b * s_a_b + h * s_a_h + pid_c * s_a_c
-        a_s = tl.load(dacs_ptr + a_off + offs_s * s_a_l, mask=s_ok, other=0.0)
-        dt_s = tl.load(dtp_ptr + a_off + offs_s * s_a_l, mask=s_ok, other=0.0)
-        a_t = tl.load(dacs_ptr + a_off + offs_t * s_a_l, mask=t_ok, other=0.0)
-        a_last = tl.load(dacs_ptr + a_off + (limit - 1) * s_a_l)
-        x_h = x_ptr + pid_b * s_x_b + start * s_x_l + h * s_x_h
-        dy_h = dy_ptr + pid_b * s_g_b + start * s_g_l + h * s_g_h
-        x_s = tl.load(x_h + offs_s[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=mask, other=0.0)
-        e_t = tl.load(dend_ptr + pid_b * s_s_b + pid_c * s_s_c + h * s_s_h + offs_n[:, None] * s_s_n
-                      + offs_p[None, :] * s_s_p, mask=n_ok[:, None] & p_ok[None, :], other=0.0)
-        dy_t = tl.load(dy_h + offs_t[:, None] * s_g_l + offs_p[None, :] * s_g_p, mask=t_ok[:, None] & p_ok[None, :],
-                       other=0.0)
-        acc = _dot(b_s.to(e_t.dtype), e_t, IEEE)  # 16-bit dend (16-bit inputs): a 16-bit dot
-        acc = acc * tl.where(seq_ok, tl.exp(a_last - a_s), 0.0)[:, None]
-        x32 = x_s.to(tl.float32)
-        tl.store(colstate_ptr + a_off + offs_s * s_a_l, dt_s * tl.sum(acc * x32, axis=1), mask=s_ok)
-        # where, not a product with exp(-inf): above the diagonal a_t - a_s > 0 may overflow
-        cbh = tl.where(keep, cb * tl.exp(a_t[None, :] - a_s[:, None]), 0.0)
-        acc += _dot(cbh.to(dy_t.dtype), dy_t, IEEE)
-        pair = cbh * dt_s[:, None] * _dot(x_s, tl.trans(dy_t), IEEE)  # P_ts, stored transposed: (s, t)
-        tl.store(col_ptr + a_off + offs_s * s_a_l, tl.sum(pair, axis=1), mask=s_ok)
-        tl.store(row_ptr + pid_b * s_r_b + h * s_r_h + pid_c * s_r_c + pid_s * s_r_k + offs_t * s_r_l,
-                 tl.sum(pair, axis=0), mask=row_ok)
-        tl.store(ddt_ptr + a_off + offs_s * s_a_l, tl.sum(acc * x32, axis=1), mask=s_ok)
-        dx = acc * dt_s[:, None]
-        if HAS_EXTRA:
-            dx += tl.load(extra_ptr + pid_b * s_e_b + (start + offs_s[:, None]) * s_e_l + h * s_e_h
-                          + offs_p[None, :] * s_e_p, mask=mask, other=0.0)
-        if HAS_D:
-            d = tl.load(d_ptr + h * s_d_h + offs_p * s_d_p, mask=p_ok, other=0.0).to(tl.float32)
-            dy_s = tl.load(dy_h + offs_s[:, None] * s_g_l + offs_p[None, :] * s_g_p, mask=mask, other=0.0)
-            dx += dy_s.to(tl.float32) * d[None, :]
-            tl.store(dd_ptr + pid_bc * s_dd_r + h * s_dd_h + pid_s * s_dd_k + offs_p,
-                     tl.sum(dy_s.to(tl.float32) * x32, axis=0), mask=p_ok)
-        tl.store(dx_ptr + pid_b * s_dx_b + (start + offs_s[:, None]) * s_dx_l + h * s_dx_h + offs_p[None, :] * s_dx_p,
-                 dx, mask=mask)
-
-
 # Session 25, tile-major (ssd_bwd_sweep, do_bench, b8 l2048 h24 / b2 l8192 h80): dx's defaults (64-row blocks, 4
 # warps, 2 stages) 0.237 / 0.734 ms; one stage 0.241 / 0.756; 32-row blocks 0.280-0.467 / 0.866-1.504; 8 warps or
 # 3 stages 0.367-0.470 / 1.176-1.531.
@@ -1340,14 +1250,8 @@ def _chunk_scan_bwd_dx_heads_kernel(
 DX_TILE_MAJOR = True
 
 
-# dx with a loop over heads (_chunk_scan_bwd_dx_heads_kernel): heads per program, None for one head a program.
-DX_HEADS = None
-DX_HEADS_MAX_CHUNK = 128  # the whole chunk is one tile of t
-DX_HEADS_CONFIG = dict(block_t=64, num_warps=8, num_stages=2)
-
-
-def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=None, num_warps=None,
-                      tile_major=None, block_t=None, heads=None, wrap):
+def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, num_warps=4,
+                      tile_major=None, block_t=None, wrap):
     """Returns dx (x's dtype, contiguous), dL/d dt_proc, the log-decay pieces (see the kernel): col,
     colstate in dA_cumsum layout, row in partial sums, one per block of s (dt_bwd sums them), and dD (float32,
     D's shape, or None). x is read with its own strides: the Mamba-2 block's x is a slice of the in-projection's
@@ -1355,15 +1259,8 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
-    heads = DX_HEADS if heads is None else heads
-    heads = min(heads, nheads // ngroups) if heads and chunk_size <= DX_HEADS_MAX_CHUNK else 0
     block_t0, block_p, block_n = _scan_blocks(chunk_size, headdim, dstate)
-    if heads:
-        block_t0 = min(DX_HEADS_CONFIG["block_t"], BLOCK_T_MAX)
-        num_stages = num_stages or DX_HEADS_CONFIG["num_stages"]
-        num_warps = num_warps or DX_HEADS_CONFIG["num_warps"]
     block_t = min(block_t or block_t0, chunk_size)
-    num_stages, num_warps = num_stages or 2, num_warps or 4
     nblocks = _cdiv(chunk_size, block_t)
     dx = torch.empty(batch, seqlen, nheads, headdim, device=x.device, dtype=x.dtype)
     # Unwritten: positions past the sequence end, and row tile k's before position k * block_t (see dt_bwd).
@@ -1374,25 +1271,19 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
     dd = torch.empty(batch * nchunks, nheads, nblocks, headdim, device=x.device, dtype=torch.float32)
     q = seq_idx if seq_idx is not None else dtp
     e = dx_extra if dx_extra is not None else dtp
-    tile_major = DX_TILE_MAJOR if tile_major is None else tile_major
-    if heads:
-        grid, tile_major = _tile_grid(batch * nchunks, ngroups * _cdiv(nheads // ngroups, heads), nblocks, tile_major)
-        kernel, extra = _chunk_scan_bwd_dx_heads_kernel, (heads,)
-        blocks = dict(BLOCK_C=_pow2(chunk_size))
-    else:
-        grid, tile_major = _tile_grid(batch * nchunks, nheads, nblocks, tile_major)
-        kernel, extra, blocks = _chunk_scan_bwd_dx_kernel, (), {}
-    _launch(kernel, wrap)[grid](
+    grid, tile_major = _tile_grid(batch * nchunks, nheads, nblocks,
+                                  DX_TILE_MAJOR if tile_major is None else tile_major)
+    _launch(_chunk_scan_bwd_dx_kernel, wrap)[grid](
         x, B, C, dtp, dA_cs, q, dy, dend, D if D is not None else dtp, e,
         dx, ddt, col, colstate, row, dd,
-        seqlen, headdim, dstate, nheads // ngroups, *extra,
+        seqlen, headdim, dstate, nheads // ngroups,
         *x.stride(), *B.stride(), *C.stride(), *dtp.stride(),
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
         *dend.stride(), *dy.stride(), *_d_strides(D),
         *(e.stride() if dx_extra is not None else (0, 0, 0, 0)),
         *row.stride(), dd.stride(0), dd.stride(1), dd.stride(2), *dx.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, HAS_EXTRA=dx_extra is not None,
-        IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, TILE_MAJOR=tile_major, **blocks,
+        IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, TILE_MAJOR=tile_major,
         num_warps=num_warps, num_stages=num_stages,
     )
     # headdim (contiguous) first, then the rest: two small reductions instead of one over three dimensions into
