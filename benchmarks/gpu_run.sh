@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -231,4 +231,21 @@ fi
 if [[ $what == ssd-host ]]; then
   # Where the eager SSD forward+backward's host time goes (about 2 minutes)
   timeout 300 python3 -m benchmarks.probes.ssd_host --split --out "$OUT/ssd_host_split.json" 2>&1 | tee "$OUT/ssd_host_split.log" | grep -v "^|"
+fi
+if [[ $what == ssd-ncu ]]; then
+  # ncu's throughput, memory, warp-state, scheduler and occupancy sections for each kernel of the SSD's forward and
+  # backward at the benchmark shape, the second forward+backward (about 3 minutes)
+  if command -v ncu >/dev/null; then
+    timeout 400 ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+      --section SchedulerStats --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis \
+      -k regex:"_chunk_|_gate_bwd|_bmm_cb|_dt_bwd|_sum_parts" -s 13 -c 13 python3 -m benchmarks.probes.ssd_ncu 2>&1 \
+      | grep -v "^==PROF==" > "$OUT/ncu_ssd.log"
+    grep -E "^  _|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Registers Per|Achieved Occupancy|Theoretical Occupancy|Issued Warp|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued" "$OUT/ncu_ssd.log" | head -200
+  else
+    echo "no ncu"
+  fi
+fi
+if [[ $what == ssd-caps ]]; then
+  # Register caps for the SSD's low-occupancy kernels: the op's graphed steps per cap, alternating (about 4 minutes)
+  timeout 500 python3 -m benchmarks.probes.ssd_caps --out "$OUT/ssd_caps.json" 2>&1 | tee "$OUT/ssd_caps.log" | grep -v "^|"
 fi

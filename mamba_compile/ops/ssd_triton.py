@@ -100,6 +100,14 @@ The numbers below are at chunk 256.
     (2.930-2.937 against 2.641-2.647). ptxas: 255 registers with spills at 64-row tiles, 234-250 without at 32.
     The heads per program barely mattered (0.337 at 2, 0.318 at 12): the per-head C_t . B_s dot is not what dx
     waits on.
+    Session 30, ncu on an H100 (benchmarks/probes/ssd_ncu.py; durations under ncu's clocks): dx 265 us at 251
+    registers, 12.5% occupancy, 1.96 active warps a scheduler and 0.44 eligible, DRAM 24% busy; dC's dbc 75 us at
+    255 registers (12.5%); chunk_scan 161 us at 128 (25%), DRAM 47%; the state passes 63 / 101 us at 136 / 165
+    registers with 384 programs; gate_bwd DRAM 76%. Register caps (ptxas maxnreg, benchmarks/probes/ssd_caps.py,
+    the op's graphed steps, alternating) are slower everywhere: dx at 216 / 192 / 168 / 128 gives forward+backward
+    0.874 / 0.887-0.889 / 0.916-0.919 / 0.972-0.973 ms against 0.865-0.866 uncapped (2.681-2.998 against 2.655 at
+    b2 l8192 h80); dC at 192 / 168 / 128, 0.898-1.021 against 0.864-0.866; chunk_scan at 112 / 96, forward 0.188 /
+    0.191 against 0.185. The outputs were bit-identical: spills cost more than the warps they free.
     Backward kernels (session 8, benchmarks/probes/ssd_bwd.py, chunk-boundary states and their gradients
     stored in 16 bits): gate_bwd 0.100 with z (nothing without), bwd_dx 0.284-0.314 (with dD's sums), dcb 0.091,
     dB 0.085, dC 0.090, chunk_state_passing recompute 0.064, state_passing_bwd 0.048-0.079, dprev 0.055 (the last
