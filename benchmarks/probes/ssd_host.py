@@ -9,6 +9,9 @@ the limit.
 ``--pieces``: at the tiny shape and the benchmark's (b8 l2048 h24), the wall time per eager call (host or GPU,
 whichever is longer) of ours through the eager shortcut (ssd._EagerScan) and through the custom ops, alternating,
 and of the reference; then the bare pipelines and an empty autograd.Function (the autograd engine's own cost).
+``--streams``: at both shapes, our eager forward+backward with the backward's second stream (ssd.SIDE_STREAM) on,
+off and "auto", alternating over three rounds: wall time per call (host_us) and do_bench's median (bench_ssd's eager row):
+what the second stream costs the host where the step is host-bound.
 ``--split [--out FILE]``: where our eager forward+backward's host time goes, at both shapes: the step, the forward
 with grad alone, the step with the backward pipeline replaced by gradients computed once (the engine, the Function,
 the wrapper); the bare pipelines with every Triton launch skipped (their glue: wrappers, allocations, streams); the
@@ -266,16 +269,40 @@ def split(out=None):
     write_results(rows, out)
 
 
+def streams(rounds=3):
+    from benchmarks._common import bench_ms
+    from mamba_compile.ops import ssd
+
+    ours = impls()["ours"]
+    default = ssd.SIDE_STREAM
+    try:
+        for shape in ((1, 256, 4, 64, 1, 128), (8, 2048, 24, 64, 1, 128)):
+            tg = make_inputs(*shape, requires_grad=True)
+            dout = torch.randn_like(tg["x"])
+            step = lambda: fwd_bwd(ours, tg, 256, dout)  # noqa: E731
+            for r in range(rounds):
+                for on in (True, False, "auto"):
+                    ssd.SIDE_STREAM = on
+                    step()
+                    print(f"{shape} r{r} second stream {on}: {host_us(step, n=200):.0f} us a call, do_bench "
+                          f"{bench_ms(step):.3f} ms", flush=True)
+    finally:
+        ssd.SIDE_STREAM = default
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--profile-bwd", action="store_true")
     ap.add_argument("--pieces", action="store_true")
     ap.add_argument("--split", action="store_true")
+    ap.add_argument("--streams", action="store_true")
     ap.add_argument("--out", default=None, help="with --split: the rows as JSON")
     a = ap.parse_args()
     if a.split:
         return split(a.out)
+    if a.streams:
+        return streams()
     if a.pieces:
         return pieces()
     if a.profile_bwd:

@@ -32,7 +32,8 @@ through an autograd.Function (``_EagerScan``) instead of the two ops, whose disp
 eager CUDA call of a configuration compiles the forward's and (when an input requires grad) the backward's Triton
 kernels concurrently (``_compile_ahead``); under torch.compile/export Inductor compiles them as usual. Those eager
 backwards (and CUDA graphs captured from them) run a few kernels on a second stream beside the sequential passes
-(SIDE_STREAM, SIDE_DBC); traced ones keep one stream, since Inductor launches a triton_op's kernels on one.
+(SIDE_STREAM, SIDE_DBC) where the GPU, not the host, is what the call waits for; traced ones keep one stream,
+since Inductor launches a triton_op's kernels on one.
 float64 inputs are accepted on CPU only (for gradcheck).
 """
 
@@ -468,9 +469,24 @@ FUSED_CUMSUM = True
 # (benchmarks/probes/ssd_side_stream.py): 0.862-0.864 ms with both, 0.874-0.876 with dcb alone on the side,
 # 0.889 on one stream (2.638-2.640 / 2.653 / 2.736-2.745 at b2 l8192 h80). The kernels and their results are
 # the same (a GPU test compares with the op's one-stream backward bit for bit, another a captured graph's).
-SIDE_STREAM = True
+# SIDE_STREAM "auto" forks only where that can shorten the call: while a CUDA graph is captured (a replay takes the
+# GPU's time), or when the current stream still has work queued as the backward starts (the GPU is the bound). An
+# idle stream means the host is the bound, and there the fork's stream switches, events and record_stream calls cost
+# the host more than the overlap saves the GPU. Session 30, H100, eager forward+backward at b8 l2048 h24, three
+# rounds (benchmarks/probes/ssd_host.py --streams): 1.60 / 1.60 / 1.27 ms a call on one stream against 2.05 / 2.00
+# / 2.00 on two (do_bench 1.69-1.74 against 1.79-2.14). True forks always, False never.
+SIDE_STREAM = "auto"
 SIDE_DBC = True
 _side_streams: dict = {}
+
+
+def _second_stream(x: torch.Tensor) -> bool:
+    """Whether an eager CUDA backward on ``x``'s device runs kernels on a second stream (see SIDE_STREAM)."""
+    if SIDE_STREAM != "auto":
+        return bool(SIDE_STREAM)
+    if torch.cuda.is_current_stream_capturing():
+        return True
+    return not torch.cuda.current_stream(x.device).query()
 
 
 class _Fork:
@@ -569,7 +585,7 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
     recompute_y = z is not None and pre_gate is None
     st_dtype = _state_dtype(x, B, C, cu_seqlens, recompute_y)
     varlen_grads = dvarlen is not None and cu_seqlens is not None
-    side = SIDE_STREAM and not wrap and x.is_cuda and not varlen_grads and not recompute_y
+    side = not wrap and x.is_cuda and not varlen_grads and not recompute_y and _second_stream(x)
     # The states entering each chunk, recomputed as the forward stored them; beside it, dy = dout * silu(z) (rounded
     # to dout's dtype, and used so everywhere) and dz: elementwise from the forward's pre-gate output when it was
     # kept, else with y recomputed; without z, dy is dout.

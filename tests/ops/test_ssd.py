@@ -686,7 +686,9 @@ def test_cuda_matches_oracle(shape, opts, act_dtype, tol, chunk_size):
 @pytest.mark.parametrize("opts, varlen", [(dict(), False), (dict(nseq=5, z=False), True)], ids=["all", "packed"])
 def test_cuda_eager_shortcut_equals_the_op(opts, varlen, monkeypatch):
     """Plain eager CUDA calls run the pipeline through _EagerScan, not the custom ops: same kernels, so the same
-    outputs and gradients, bit for bit, as through the op (forced by making _plain_eager say no)."""
+    outputs and gradients, bit for bit, as through the op (forced by making _plain_eager say no), the eager
+    backward's second stream forced on (the op's backward keeps one)."""
+    monkeypatch.setattr(ssd_module, "SIDE_STREAM", True)
     inputs = _to(make_inputs(1 if varlen else 2, 600, 8, 64, 2, 64, **opts, act_dtype=torch.bfloat16, seed=21),
                  "cuda")
     kw = dict(chunk_size=256, dt_softplus=True, varlen=varlen)
@@ -709,7 +711,7 @@ def test_cuda_eager_shortcut_equals_the_op(opts, varlen, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("side_stream", [True, False], ids=["side-stream", "one-stream"])
+@pytest.mark.parametrize("side_stream", [True, False, "auto"], ids=["side-stream", "one-stream", "auto"])
 def test_cuda_graph_of_eager_calls_equals_eager(side_stream, monkeypatch):
     """An eager forward+backward captured into a CUDA graph (as the benchmarks and GraphedTrainStep capture it),
     replayed on new inputs copied in place, gives the eager call's outputs and gradients bit for bit; with
@@ -748,6 +750,56 @@ def test_cuda_graph_of_eager_calls_equals_eager(side_stream, monkeypatch):
     want = [step().detach()] + [static[k].grad for k in GRAD_NAMES if static.get(k) is not None]
     for g, w in zip(got, want):
         assert torch.equal(g, w)
+
+
+@pytest.mark.gpu
+def test_cuda_second_stream_only_where_the_gpu_is_the_bound(monkeypatch):
+    """SIDE_STREAM "auto": an eager backward forks its second stream while a CUDA graph is captured or when the
+    current stream still has work queued as it starts, and not when the stream is idle (the host is the bound
+    there); True and False force it either way."""
+    forks = []
+
+    class Spy(ssd_module._Fork):
+        def __init__(self, x, on):
+            forks.append(on)
+            super().__init__(x, on)
+
+    monkeypatch.setattr(ssd_module, "_Fork", Spy)
+    monkeypatch.setattr(ssd_module, "SIDE_STREAM", "auto")
+    t = {k: v.requires_grad_() if v is not None and v.is_floating_point() else v
+         for k, v in _to(make_inputs(1, 300, 4, 32, 1, 32, init=False, act_dtype=torch.bfloat16, seed=41),
+                         "cuda").items()}
+    dout = torch.randn_like(t["x"])
+
+    def step(idle):
+        out = ssd_chunk_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], 64, D=t["D"], z=t["z"], dt_bias=t["dt_bias"],
+                             dt_softplus=True)
+        if idle:
+            torch.cuda.synchronize()
+        else:
+            torch.cuda._sleep(500_000_000)  # a fraction of a second of queued work
+        out.backward(dout)
+
+    step(True)  # compiles the kernels
+    forks.clear()
+    step(True)
+    assert forks and not any(forks), forks
+    forks.clear()
+    step(False)
+    assert forks and all(forks), forks
+    torch.cuda.synchronize()
+    x = t["x"].detach()
+    for forced in (True, False):
+        monkeypatch.setattr(ssd_module, "SIDE_STREAM", forced)
+        assert ssd_module._second_stream(x) is forced
+    monkeypatch.setattr(ssd_module, "SIDE_STREAM", "auto")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = ssd_module._second_stream(x)
+        y = x * 2
+    graph.replay()
+    torch.cuda.synchronize()
+    assert captured and torch.equal(y, x * 2)
 
 
 @pytest.mark.gpu
