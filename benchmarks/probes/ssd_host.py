@@ -9,9 +9,9 @@ the limit.
 ``--pieces``: at the tiny shape and the benchmark's (b8 l2048 h24), the wall time per eager call (host or GPU,
 whichever is longer) of ours through the eager shortcut (ssd._EagerScan) and through the custom ops, alternating,
 and of the reference; then the bare pipelines and an empty autograd.Function (the autograd engine's own cost).
-``--streams``: at both shapes, our eager forward+backward with the backward's second stream (ssd.SIDE_STREAM) on
-(with ssd._Fork, and with the fork as it was before session 30), off and "auto", alternating over twelve rounds,
-medians: wall time per call (host_us) and do_bench's median (bench_ssd's eager row):
+``--streams``: at both shapes, our eager forward+backward with the backward's second stream (ssd.SIDE_STREAM) on,
+off and "auto", alternating over twelve rounds, medians (commit 6e51539's version also ran ssd._Fork as it was
+before session 30): wall time per call (host_us) and do_bench's median (bench_ssd's eager row):
 what the second stream costs the host where the step is host-bound.
 ``--split [--out FILE]``: where our eager forward+backward's host time goes, at both shapes: the step, the forward
 with grad alone, the step with the backward pipeline replaced by gradients computed once (the engine, the Function,
@@ -270,53 +270,13 @@ def split(out=None):
     write_results(rows, out)
 
 
-class _OldFork:
-    """ssd._Fork as it was before session 30 (torch.cuda.stream's context, wait_stream and current_stream at every
-    step), for --streams to compare with."""
-
-    def __init__(self, x, on):
-        from mamba_compile.ops import ssd
-
-        self.on, self.made = on, []
-        if on:
-            self.main = torch.cuda.current_stream(x.device)
-            self.side = ssd._side_stream(x.device)
-
-    def __enter__(self):
-        self.wait()
-        return self
-
-    def run(self, fn, *args, **kwargs):
-        if not self.on:
-            return fn(*args, **kwargs)
-        with torch.cuda.stream(self.side):
-            out = fn(*args, **kwargs)
-        self.made.append(out)
-        return out
-
-    def wait(self):
-        if self.on:
-            self.side.wait_stream(self.main)
-
-    def __exit__(self, *exc):
-        from mamba_compile.ops import ssd
-
-        if self.on:
-            self.main.wait_stream(self.side)
-            for t in ssd._tensors(self.made):
-                t.record_stream(self.main)
-        return False
-
-
 def streams(rounds=12):
     from benchmarks._common import bench_ms
     from mamba_compile.ops import ssd
 
     ours = impls()["ours"]
-    default = ssd.SIDE_STREAM, ssd._Fork
-    fork = ssd._Fork
-    variants = {"two streams, the fork before session 30": (True, _OldFork), "two streams": (True, fork),
-                "one stream": (False, fork), "auto": ("auto", fork)}
+    default = ssd.SIDE_STREAM
+    variants = {"two streams": True, "one stream": False, "auto": "auto"}
     try:
         for shape in ((1, 256, 4, 64, 1, 128), (8, 2048, 24, 64, 1, 128)):
             tg = make_inputs(*shape, requires_grad=True)
@@ -324,8 +284,8 @@ def streams(rounds=12):
             step = lambda: fwd_bwd(ours, tg, 256, dout)  # noqa: E731
             res = collections.defaultdict(lambda: ([], []))
             for _ in range(rounds):
-                for name, (side, cls) in variants.items():
-                    ssd.SIDE_STREAM, ssd._Fork = side, cls
+                for name, side in variants.items():
+                    ssd.SIDE_STREAM = side
                     step()
                     res[name][0].append(host_us(step, n=100))
                     res[name][1].append(bench_ms(step))
@@ -334,7 +294,7 @@ def streams(rounds=12):
                       f"{max(us):.0f}), do_bench median {sorted(ms)[len(ms) // 2]:.3f} ms (range {min(ms):.3f}-"
                       f"{max(ms):.3f}), {rounds} rounds", flush=True)
     finally:
-        ssd.SIDE_STREAM, ssd._Fork = default
+        ssd.SIDE_STREAM = default
 
 
 def main():

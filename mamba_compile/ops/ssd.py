@@ -475,7 +475,9 @@ FUSED_CUMSUM = True
 # idle stream means the host is the bound, and there the fork's stream switches, events and record_stream calls cost
 # the host more than the overlap saves the GPU. Session 30, H100, eager forward+backward at b8 l2048 h24, three
 # rounds (benchmarks/probes/ssd_host.py --streams): 1.60 / 1.60 / 1.27 ms a call on one stream against 2.05 / 2.00
-# / 2.00 on two (do_bench 1.69-1.74 against 1.79-2.14). True forks always, False never.
+# / 2.00 on two (do_bench 1.69-1.74 against 1.79-2.14); with _Fork's cheaper fork (twelve interleaved rounds, medians)
+# 1.79 ms on two, 1.81 on one, 1.73 "auto", and at b1 l256 h4 1.85 / 1.54 / 1.58, rounds ranging +-30%. True forks
+# always, False never.
 SIDE_STREAM = "auto"
 SIDE_DBC = True
 _side_streams: dict = {}
