@@ -222,10 +222,13 @@ if [[ $what == eager-paths ]]; then
   timeout 90 python3 -m benchmarks.probes.eager_paths --out "$OUT/eager_paths.json" > "$OUT/eager_paths.log" 2>&1; tail -2 "$OUT/eager_paths.log"
   timeout 340 python3 -m pytest -q -m gpu tests/models -p no:cacheprovider --durations=5 2>&1 | tee "$OUT/gpu_tests_models.log" | tail -12
 fi
-if [[ $what == ssd-final ]]; then
-  # The SSD on the final code: bench_ssd beside the reference (eager and CUDA-graph rows, the first call in a fresh
-  # process), then the SSD GPU tests (about 7 minutes; the reference from .ref/)
+if [[ $what == ssd-final || $what == ssd-bench-streams ]]; then
+  # bench_ssd beside the reference (eager and CUDA-graph rows, the first call in a fresh process; about 3.5 minutes,
+  # the reference from .ref/, carried)
   timeout 250 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\\||first call|^ours|^reference"
+fi
+if [[ $what == ssd-final ]]; then
+  # then the SSD GPU tests (about 3 minutes)
   timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=3 tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -6
 fi
 if [[ $what == ssd-host ]]; then
@@ -249,21 +252,13 @@ if [[ $what == ssd-caps ]]; then
   # Register caps for the SSD's low-occupancy kernels: the op's graphed steps per cap, alternating (about 4 minutes)
   timeout 500 python3 -m benchmarks.probes.ssd_caps --out "$OUT/ssd_caps.json" 2>&1 | tee "$OUT/ssd_caps.log" | grep -v "^|"
 fi
-if [[ $what == ssd-bench-streams ]]; then
-  # bench_ssd beside the reference, then the eager forward+backward with the second stream on and off (about 5
-  # minutes; the reference from .ref/, carried)
-  timeout 250 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\\||first call|^ours|^reference"
-  timeout 200 python3 -m benchmarks.probes.ssd_host --streams 2>&1 | tee "$OUT/ssd_host_streams.log"
-fi
-if [[ $what == ssd-tests ]]; then
+if [[ $what == ssd-tests || $what == ssd-tests-streams ]]; then
   # The SSD GPU tests and Mamba-2's training-step GPU tests (about 5 minutes)
   timeout 330 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -9
   timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "mamba2 and (training or train_step)" 2>&1 | tee "$OUT/gpu_tests_m2.log" | tail -3
 fi
-if [[ $what == ssd-tests-streams ]]; then
-  # The SSD GPU tests, Mamba-2's training-step GPU tests, then the eager forward+backward with the second stream
-  # on, off and auto (about 7 minutes)
-  timeout 330 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -9
-  timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "mamba2 and (training or train_step)" 2>&1 | tee "$OUT/gpu_tests_m2.log" | tail -3
+if [[ $what == ssd-tests-streams || $what == ssd-bench-streams ]]; then
+  # After the tests or bench_ssd above: the eager forward+backward with the backward's second stream on, off and
+  # "auto", twelve interleaved rounds (about 1.5 minutes)
   timeout 200 python3 -m benchmarks.probes.ssd_host --streams 2>&1 | tee "$OUT/ssd_host_streams.log"
 fi

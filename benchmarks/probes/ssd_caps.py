@@ -11,7 +11,6 @@ compared with the uncapped ones.
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 
