@@ -9,6 +9,7 @@ sampling runs outside it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -243,6 +244,18 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
     call of the same batch size; a cache you pass is used as is (``cache.mark_static()`` it for CUDA graphs).
     """
     device = next(model.parameters()).device
+    # The model's device, current: torch.cuda.Stream(), CUDA graphs, synchronize() and every eager kernel launch
+    # work on the current device, which need not be the model's (a model on cuda:1 without set_device).
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        return _generate(model, input_ids, max_new_tokens, device, temperature=temperature, top_k=top_k, top_p=top_p,
+                         min_p=min_p, repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
+                         attention_mask=attention_mask, streamer=streamer, compile=compile,
+                         compile_prefill=compile_prefill, generator=generator, cache=cache)
+
+
+def _generate(model, input_ids, max_new_tokens: int, device: torch.device, *, temperature, top_k, top_p, min_p,
+              repetition_penalty, eos_token_id, attention_mask, streamer, compile, compile_prefill, generator,
+              cache) -> GenerateOutput:
     vocab = model.config.vocab_size
     prompts = _prompts(input_ids, attention_mask, device)
     every = torch.cat(prompts)

@@ -41,6 +41,7 @@ optimizer, not its state tensors.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 import torch
@@ -153,6 +154,15 @@ class GraphedTrainStep:
                 raise TypeError(f"input {i} must be a tensor, got {type(t).__name__}")
             if t.device.type != "cuda":
                 raise ValueError(f"input {i} is on {t.device}; GraphedTrainStep takes CUDA tensors")
+        devices = {t.device for t in inputs}
+        if len(devices) > 1:
+            raise ValueError(f"inputs are on {sorted(map(str, devices))}; GraphedTrainStep takes them on one device")
+        # Streams, the capture and the replay work on the current device: make it the inputs' (a model on cuda:1
+        # without torch.cuda.set_device).
+        with torch.cuda.device(inputs[0].device) if inputs else contextlib.nullcontext():
+            return self._call(inputs)
+
+    def _call(self, inputs) -> torch.Tensor:
         self.calls += 1
         if self.calls <= self.warmup:
             if self.stream is None:  # one side stream for every eager step: blocks cached on it are reused

@@ -26,6 +26,7 @@ import contextvars
 import functools
 import importlib
 import os
+import sys
 
 import torch
 
@@ -60,17 +61,57 @@ def launcher(kernel, wrap: bool = True):
     shortcut, and the tests under the Triton interpreter) as it is. A compiled kernel launched for real, with
     ``FAST_LAUNCH`` on and a Triton FastLauncher has been checked with, goes through FastLauncher: direct
     launches, and the launches of an op called eagerly on plain tensors (where torch's triton_op turns
-    wrap_triton off and launches the kernel itself)."""
+    wrap_triton off and launches the kernel itself).
+
+    Every launch that nothing traces runs on the device of its first tensor argument (see ``device_run``);
+    traced launches get their device from Inductor's code."""
     if not HAS_TRITON:
         raise RuntimeError("this op's CUDA path needs triton, which is not installed")
+    interp = sys.modules.get("triton.runtime.interpreter")  # never imported: no kernel is interpreted
+    interpreted = interp is not None and isinstance(kernel, interp.InterpretedFunction)
     fast = FAST_LAUNCH and _fast_launch_supported() and isinstance(kernel, triton.runtime.jit.JITFunction)
     if wrap:
         from torch.library import wrap_triton
 
         if not _SOURCES_REGISTERED:
             register_kernel_sources()
-        return _OpLauncher(kernel) if fast else wrap_triton(kernel)
-    return FastLauncher(kernel) if fast else kernel
+        return wrap_triton(kernel) if interpreted else _OpLauncher(kernel, fast)
+    if interpreted:  # CPU tensors: no device to choose
+        return kernel
+    return FastLauncher(kernel) if fast else _DeviceLauncher(kernel)
+
+
+def _launch_device(args) -> int:
+    """The CUDA device index of a launch's first tensor argument; -1 when that is not a CUDA tensor (or there is
+    none)."""
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a.get_device()
+    return -1
+
+
+def device_run(kernel, grid, *args, **kwargs):
+    """``kernel[grid](*args, **kwargs)`` on the device of the first tensor argument. Triton launches on the
+    current device, whatever the tensors' device: a model on cuda:1 in a process whose current device is cuda:0
+    (``model.to("cuda:1")`` without ``torch.cuda.set_device``) would have its kernels run on cuda:0, reading
+    cuda:1's memory, unordered with cuda:1's stream, or fail with an illegal address."""
+    dev = _launch_device(args)
+    if dev >= 0 and dev != torch.cuda.current_device():
+        with torch.cuda.device(dev):
+            return kernel[grid](*args, **kwargs)
+    return kernel[grid](*args, **kwargs)
+
+
+class _DeviceLauncher:
+    """``kernel[grid](...)`` through device_run: direct launches without FastLauncher."""
+
+    __slots__ = ("kernel",)
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        return functools.partial(device_run, self.kernel, grid)
 
 
 # Launches of compiled kernels outside tracing go through FastLauncher when True. Probes switch it.
@@ -96,13 +137,14 @@ def _fast_launch_supported() -> bool:
 
 
 class _OpLauncher:
-    """``wrap_triton(kernel)`` for a triton_op's launch, except that where torch would launch the kernel itself
-    (wrap_triton turned off: the op's eager call on plain tensors) FastLauncher launches it."""
+    """``wrap_triton(kernel)`` for a triton_op's launch, except where torch would launch the kernel itself
+    (wrap_triton turned off: the op's eager call on plain tensors): there FastLauncher launches it when ``fast``,
+    else device_run (torch's own launch would use the current device, not the tensors')."""
 
-    __slots__ = ("kernel",)
+    __slots__ = ("kernel", "fast")
 
-    def __init__(self, kernel):
-        self.kernel = kernel
+    def __init__(self, kernel, fast: bool):
+        self.kernel, self.fast = kernel, fast
 
     def __getitem__(self, grid):
         from torch._library.triton import is_wrap_triton_enabled
@@ -110,7 +152,7 @@ class _OpLauncher:
 
         if is_wrap_triton_enabled():
             return wrap_triton(self.kernel)[grid]
-        return functools.partial(fast_run, self.kernel, grid)
+        return functools.partial(fast_run if self.fast else device_run, self.kernel, grid)
 
 
 class FastLauncher:
@@ -148,6 +190,11 @@ def fast_run(kernel, grid, *args, **kwargs):
     """One launch of ``kernel`` (a JITFunction) over ``grid``; see FastLauncher."""
     from triton import knobs
 
+    device = torch.cuda.current_device()
+    dev = _launch_device(args)
+    if dev >= 0 and dev != device:  # see device_run
+        with torch.cuda.device(dev):
+            return fast_run(kernel, grid, *args, **kwargs)
     rt = knobs.runtime
     if kernel.pre_run_hooks or rt.launch_enter_hook.calls or rt.launch_exit_hook.calls or callable(grid):
         return kernel.run(*args, grid=grid, warmup=False, **kwargs)
@@ -157,7 +204,6 @@ def fast_run(kernel, grid, *args, **kwargs):
             p.name for p in kernel.params if not p.is_constexpr)
     if not runtime_params.isdisjoint(kwargs):  # a runtime argument by keyword (a tensor's would key on its id)
         return kernel.run(*args, grid=grid, warmup=False, **kwargs)
-    device = torch.cuda.current_device()
     cache = kernel.__dict__.setdefault("_mamba_compile_fast", {})
     try:
         key = (device, rt.debug, knobs.compilation.instrumentation_mode, tuple(kwargs.items()),

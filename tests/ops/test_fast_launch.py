@@ -3,6 +3,7 @@ eager pipeline equal Triton's on the GPU, with inputs aligned and not."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from types import SimpleNamespace
 
@@ -133,6 +134,53 @@ def test_fast_run_leaves_to_triton_what_it_cannot_key(no_cuda):
     assert len(k.jit_runs) == 8 and len(compiled.launches) == 1
 
 
+def test_launches_run_on_the_device_of_their_first_tensor(no_cuda, monkeypatch):
+    """A launch whose first tensor argument is on another CUDA device than the current one runs inside
+    torch.cuda.device(that device), on that device's stream, through fast_run and device_run alike; on the current
+    device, or with CPU tensors (the interpreter), nothing is switched. Devices simulated: no GPU here."""
+    current, entered, seen = [0], [], []
+
+    @contextlib.contextmanager
+    def device(d):
+        entered.append(d)
+        old, current[0] = current[0], d
+        try:
+            yield
+        finally:
+            current[0] = old
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda d: 1000 + d, raising=False)
+    on = {"device": 1}
+    monkeypatch.setattr(_triton, "_launch_device", lambda args: on["device"])
+    k = _Kernel()
+    k.device_caches[1] = k.device_caches[0]
+    run = k.run
+    k.run = lambda *a, **kw: seen.append(current[0]) or run(*a, **kw)
+    x = torch.randn(64)
+    compiled = _triton.fast_run(k, (4,), x, 32)  # Triton's path the first time, on device 1
+    _triton.fast_run(k, (4,), x, 32)  # the binary's launcher, with device 1's stream
+    assert seen == [1] and entered == [1, 1] and current == [0]
+    assert compiled.launches[0][3] == 1001
+    on["device"] = 0
+    _triton.fast_run(k, (4,), x, 32)  # the current device: its own key, Triton's path once, then the launcher
+    _triton.fast_run(k, (4,), x, 32)
+    assert seen == [1, 0] and entered == [1, 1] and compiled.launches[1][3] == 1000
+
+    class Plain:  # kernel[grid](...) as Triton's JITFunction takes it
+        def __getitem__(self, grid):
+            return lambda *a, **kw: seen.append((grid, current[0]))
+
+    on["device"] = 1
+    _triton.device_run(Plain(), (2,), x, 32)
+    on["device"] = -1  # a CPU tensor first
+    _triton.device_run(Plain(), (3,), x, 32)
+    assert seen[-2:] == [((2,), 1), ((3,), 0)] and entered == [1, 1, 1]
+    monkeypatch.undo()
+    assert _triton._launch_device((3, torch.randn(2), 4)) == -1 and _triton._launch_device((3, 4.0)) == -1
+
+
 def _copy(x_ptr, y_ptr, n):  # a kernel for the launcher test (never launched)
     pass
 
@@ -157,8 +205,13 @@ def test_launcher_goes_fast_only_where_nothing_traces_the_launch(monkeypatch):
     for switch, value in (("FAST_LAUNCH", False), ("_fast_launch_supported", lambda: False)):
         with monkeypatch.context() as m:
             m.setattr(_triton, switch, value)
-            assert _triton.launcher(kernel, wrap=False) is kernel
-            assert type(_triton.launcher(kernel, wrap=True)) is wrapped
+            direct = _triton.launcher(kernel, wrap=False)[(3,)]  # Triton's launch, on the tensors' device
+            assert direct.func is _triton.device_run and direct.args == (kernel, (3,))
+            in_op = _triton.launcher(kernel, wrap=True)
+            assert isinstance(in_op[(1,)], wrapped)
+            with set_wrap_triton_enabled(False):
+                eager = in_op[(1,)]
+            assert eager.func is _triton.device_run and eager.args == (kernel, (1,))
     interpreted = triton.runtime.interpreter.InterpretedFunction(_copy)
     assert _triton.launcher(interpreted, wrap=False) is interpreted
     assert type(_triton.launcher(interpreted, wrap=True)) is type(wrap_triton(interpreted))
