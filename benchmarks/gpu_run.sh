@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -261,4 +261,14 @@ if [[ $what == ssd-tests-streams || $what == ssd-bench-streams ]]; then
   # After the tests or bench_ssd above: the eager forward+backward with the backward's second stream on, off and
   # "auto", twelve interleaved rounds (about 1.5 minutes)
   timeout 200 python3 -m benchmarks.probes.ssd_host --streams 2>&1 | tee "$OUT/ssd_host_streams.log"
+fi
+if [[ $what == other-device ]]; then
+  # Needs two GPUs (nvidia-h200-x2): a model and the ops on cuda:1 with cuda:0 current, then the fast-launch GPU tests
+  # (about 3 minutes)
+  timeout 400 python3 -m pytest -q -p no:cacheprovider --durations=5 tests/test_other_device.py 2>&1 | tee "$OUT/gpu_tests_other_device.log" | tail -12
+  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_fast_launch.py 2>&1 | tee "$OUT/gpu_tests_fast_launch.log" | tail -3
+fi
+if [[ $what == ssd-persistent ]]; then
+  # chunk_scan_fwd on persistent grids and with z loaded early, against the op's kernel, three rounds (about 2 minutes)
+  timeout 300 python3 -m benchmarks.probes.ssd_persistent --out "$OUT/ssd_persistent.json" 2>&1 | tee "$OUT/ssd_persistent.log" | grep -v "^{"
 fi

@@ -8,6 +8,7 @@ Needs a Triton with the NVIDIA backend's ptxas (the GPU machine's, or ``pip inst
 --target /tmp/t36site`` and PYTHONPATH=/tmp/t36site:. on a CPU machine), and no TRITON_INTERPRET.
 
     python -m benchmarks.probes.kernel_regs --kernel scan_bwd --maxnreg 0 168 128
+    python -m benchmarks.probes.kernel_regs --ssd-all   # every SSD kernel: registers, wgmma or mma.sync
 """
 
 from __future__ import annotations
@@ -166,6 +167,24 @@ def ssd_bwd_launch(name: str):
     return _launch_of(launches, name)
 
 
+def ssd_launches() -> list:
+    """Every launch of the SSD's forward (keeping y + D x) and backward at the benchmark shape, as ssd_bwd_launch."""
+    from mamba_compile.ops import ssd, ssd_triton as k
+
+    b, l, h, p, g, n = 8, 2048, 24, 64, 1, 128
+    x = torch.empty(b, l, h, p, dtype=torch.bfloat16)
+    B = torch.empty(b, l, g, n, dtype=torch.bfloat16)
+    args = (x, torch.empty(b, l, h, dtype=torch.bfloat16), torch.empty(h), B, B.clone(), 128, torch.empty(h),
+            x.clone(), torch.empty(h), None, None, None, True, 0.0, ssd._OPEN_BOUND)
+    return (capture(k, ssd._fwd_triton, *args, wrap=False, keep_pre_gate=True)
+            + capture(k, ssd._bwd_triton, x.clone(), None, None, *args, wrap=False, pre_gate=x.clone()))
+
+
+def mma_counts(ptx: str) -> dict:
+    """How the kernel's dots reach the tensor cores: Hopper's wgmma, or the older mma.sync."""
+    return dict(wgmma=len(re.findall(r"wgmma\.mma_async", ptx)), mma_sync=len(re.findall(r"mma\.sync", ptx)))
+
+
 KERNELS = {"scan_bwd": scan_bwd_launch, "scan_fwd": scan_fwd_launch, "ce_rows": ce_rows_launch,
            "ce_rows_separate_max": lambda: ce_rows_launch(separate_max=True),
            "ssd_dx": lambda: ssd_bwd_launch("_chunk_scan_bwd_dx_kernel"),
@@ -176,7 +195,15 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--kernel", choices=sorted(KERNELS), default="scan_bwd")
     p.add_argument("--maxnreg", type=int, nargs="+", default=[0], help="0: no cap")
+    p.add_argument("--ssd-all", action="store_true",
+                   help="every SSD launch, forward and backward: registers and wgmma / mma.sync counts (no cap)")
     args = p.parse_args()
+    if args.ssd_all:
+        for kernel, grid, a, kw in ssd_launches():
+            ptx = compile_sm90(kernel, a, kw, None).asm["ptx"]
+            print(dict(kernel=kernel.fn.__name__, grid=grid, num_warps=kw.get("num_warps"), **ptxas_report(ptx),
+                       **mma_counts(ptx)), flush=True)
+        return
     kernel, grid, a, kw = KERNELS[args.kernel]()
     for cap in args.maxnreg:
         compiled = compile_sm90(kernel, a, kw, cap or None)

@@ -108,6 +108,12 @@ The numbers below are at chunk 256.
     0.874 / 0.887-0.889 / 0.916-0.919 / 0.972-0.973 ms against 0.865-0.866 uncapped (2.681-2.998 against 2.655 at
     b2 l8192 h80); dC at 192 / 168 / 128, 0.898-1.021 against 0.864-0.866; chunk_scan at 112 / 96, forward 0.188 /
     0.191 against 0.185. The outputs were bit-identical: spills cost more than the warps they free.
+    Session 31 (benchmarks/probes/ssd_persistent.py, graphs, three rounds): chunk_scan on a persistent grid, a few
+    programs an SM walking the tile-major items, so the pipeliner could load the next item during this one's dots.
+    Triton 3.6 pipelined nothing across items (flatten=True gave the nested loop's PTX) and the loop held 255
+    registers (175 without loop-invariant hoisting), so two programs an SM: 0.225-0.244 ms against 0.122 (0.75-0.81
+    against 0.388 at b2 l8192 h80), one an SM 0.434. z and x loaded before the loop: 0.140 (168 registers). Every
+    dot of every SSD kernel lowers to wgmma (sm_90 PTX), none to mma.sync.
     Backward kernels (session 8, benchmarks/probes/ssd_bwd.py, chunk-boundary states and their gradients
     stored in 16 bits): gate_bwd 0.100 with z (nothing without), bwd_dx 0.284-0.314 (with dD's sums), dcb 0.091,
     dB 0.085, dC 0.090, chunk_state_passing recompute 0.064, state_passing_bwd 0.048-0.079, dprev 0.055 (the last
