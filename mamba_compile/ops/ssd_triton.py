@@ -822,22 +822,28 @@ def _chunk_scan_y(
     s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, s_cb_t, s_cb_s, s_a_l, s_q_l, s_s_p, s_s_n,
     HAS_SEQ_IDX: tl.constexpr, HAS_CB: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN: tl.constexpr = False,
 ):
     """SSM part of y for rows t0 .. t0+BLOCK_T of one chunk and head (pointers already at that chunk/head/group;
     seq_ptr at the batch row). C B^T is read from cb_ptr when HAS_CB, else computed per tile. Returns (the
-    incoming-state part, the whole), (BLOCK_T, BLOCK_P) float32 tiles."""
+    incoming-state part, the whole), (BLOCK_T, BLOCK_P) float32 tiles. EVEN: no bounds checks (see _even)."""
     offs_t = t0 + tl.arange(0, BLOCK_T)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     t_ok = offs_t < limit
     n_ok = offs_n < dstate
+    p_ok = offs_p < headdim
+    if EVEN:
+        t_ok = tl.full([BLOCK_T], True, tl.int1)
+        n_ok = tl.full([BLOCK_N], True, tl.int1)
+        p_ok = tl.full([BLOCK_P], True, tl.int1)
     a_t = tl.load(dacs_ptr + offs_t * s_a_l, mask=t_ok, other=0.0)
     c_t = tl.load(c_ptr + offs_t[:, None] * s_c_l + offs_n[None, :] * s_c_n, mask=t_ok[:, None] & n_ok[None, :],
                   other=0.0)
     # Incoming state: a float32 state takes a float32 (tf32 for 16-bit C) dot; a 16-bit one (the forward of
     # 16-bit inputs, as the reference stores it) a 16-bit dot.
     s_t = tl.load(prev_ptr + offs_n[:, None] * s_s_n + offs_p[None, :] * s_s_p,
-                  mask=n_ok[:, None] & (offs_p[None, :] < headdim), other=0.0)
+                  mask=n_ok[:, None] & p_ok[None, :], other=0.0)
     if s_t.dtype == tl.float32:
         acc = _dot(c_t.to(tl.float32), s_t, IEEE)
     else:
@@ -853,6 +859,8 @@ def _chunk_scan_y(
     for s0 in range(0, hi, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S)
         s_ok = offs_s < limit
+        if EVEN:
+            s_ok = tl.full([BLOCK_S], True, tl.int1)
         if HAS_CB:
             cb = tl.load(cb_ptr + offs_t[:, None] * s_cb_t + offs_s[None, :] * s_cb_s,
                          mask=t_ok[:, None] & s_ok[None, :], other=0.0).to(tl.float32)
@@ -869,7 +877,7 @@ def _chunk_scan_y(
         # where, not a product with exp(-inf): a tile of cb above the diagonal may be unwritten memory.
         cb = tl.where(keep, cb * tl.exp(a_t[:, None] - a_s[None, :]) * dt_s[None, :], 0.0)
         x_s = tl.load(x_ptr + offs_s[:, None] * s_x_l + offs_p[None, :] * s_x_p,
-                      mask=s_ok[:, None] & (offs_p[None, :] < headdim), other=0.0)
+                      mask=s_ok[:, None] & p_ok[None, :], other=0.0)
         acc += _dot(cb.to(x_s.dtype), x_s, IEEE)
     return acc_state, acc
 
@@ -900,7 +908,7 @@ def _chunk_scan_fwd_kernel(
     CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_CB: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, KEEP_PRE: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    TILE_MAJOR: tl.constexpr,
+    TILE_MAJOR: tl.constexpr, EVEN: tl.constexpr,
 ):
     """out = (y + D x) silu(z); with KEEP_PRE, also y + D x (out's strides) for the backward's dz. Grid (batch *
     nchunks, nheads, row tiles), or with TILE_MAJOR (row tiles, nheads, batch * nchunks): a chunk's heads and row
@@ -922,11 +930,13 @@ def _chunk_scan_fwd_kernel(
         seq_ptr + pid_b * s_q_b, prev_ptr + pid_b * s_s_b + pid_c * s_s_c + pid_h * s_s_h,
         pid_c, start, limit, t0, headdim, dstate,
         s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, s_cb_t, s_cb_s, s_a_l, s_q_l, s_s_p, s_s_n,
-        HAS_SEQ_IDX, HAS_CB, IEEE, BLOCK_T, BLOCK_S, BLOCK_P, BLOCK_N,
+        HAS_SEQ_IDX, HAS_CB, IEEE, BLOCK_T, BLOCK_S, BLOCK_P, BLOCK_N, EVEN,
     )
     offs_t = t0 + tl.arange(0, BLOCK_T)
     offs_p = tl.arange(0, BLOCK_P)
     mask = (offs_t[:, None] < limit) & (offs_p[None, :] < headdim)
+    if EVEN:
+        mask = tl.full([BLOCK_T, BLOCK_P], True, tl.int1)
     if HAS_D:
         x_t = tl.load(x_ptr + offs_t[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=mask, other=0.0)
         d = tl.load(d_ptr + pid_h * s_d_h + offs_p * s_d_p, mask=offs_p < headdim, other=0.0).to(tl.float32)
@@ -942,6 +952,12 @@ def _chunk_scan_fwd_kernel(
 
 
 BLOCK_T_MAX = 64  # row tiles of the chunk-scan kernels (and C B^T's tiles); the interpreter tests use 16
+
+
+def _even(seqlen: int, chunk_size: int, headdim: int, block_p: int, dstate: int, block_n: int) -> bool:
+    """Whether a chunk-scan kernel's tiles are all whole: every chunk full and the head and state dimensions
+    exactly their blocks. (Symbolic sizes, under tracing, say no unless they are known.)"""
+    return (isinstance(seqlen, int) and seqlen % chunk_size == 0 and headdim == block_p and dstate == block_n)
 
 
 def _scan_blocks(chunk_size: int, headdim: int, dstate: int):
@@ -961,6 +977,11 @@ def _d_strides(D):
 # graphs): 0.122-0.123 ms against 0.139-0.140 chunk-major, 0.391-0.398 against 0.461-0.463 at b2 l8192 h80; the
 # op's forward 0.185-0.186 against 0.201-0.202 ms. The same outputs bit for bit.
 SCAN_FWD_CONFIG = dict(block_t=64, block_s=32, num_warps=4, num_stages=2, tile_major=True)
+# chunk_scan_fwd without bounds checks where none can fail (see _even): 1752 sm_90 SASS instructions against 1936
+# at b8 l2048 h24 (triton 3.6). Session 31 (ssd_even.py, as DX_EVEN): 0.119-0.120 ms against 0.122-0.125 (0.377-0.388
+# against 0.388-0.396 at l8192); the op with both, forward 0.182 against 0.185 (0.581-0.585 against 0.595-0.599),
+# forward+backward 0.843-0.844 against 0.861 (2.594-2.603 against 2.653-2.654).
+SCAN_EVEN = True
 
 
 def _tile_grid(batch_chunks: int, nheads: int, ntiles: int, tile_major: bool):
@@ -988,6 +1009,9 @@ def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, cb=None, pre_gat
     zz = z if z is not None else x
     c5 = cb if cb is not None else prev  # any 5-d tensor: never read without HAS_CB
     grid, tile_major = _tile_grid(batch * nchunks, nheads, _cdiv(chunk_size, block_t), cfg["tile_major"])
+    even = cfg.get("even")
+    if even is None:
+        even = SCAN_EVEN and _even(seqlen, chunk_size, headdim, _pow2(headdim), dstate, _pow2(dstate))
     _launch(_chunk_scan_fwd_kernel, wrap)[grid](
         x, B, C, c5, dtp, dA_cs, q, prev, D if D is not None else dtp, zz, out,
         pre_gate if pre_gate is not None else out,
@@ -998,7 +1022,7 @@ def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, cb=None, pre_gat
         *prev.stride(), *_d_strides(D), *zz.stride(), *out.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_CB=cb is not None, HAS_D=D is not None,
         HAS_Z=z is not None, KEEP_PRE=pre_gate is not None and z is not None, IEEE=_ieee(x, B, C), BLOCK_T=block_t,
-        BLOCK_S=block_s, BLOCK_P=_pow2(headdim), BLOCK_N=_pow2(dstate), TILE_MAJOR=tile_major,
+        BLOCK_S=block_s, BLOCK_P=_pow2(headdim), BLOCK_N=_pow2(dstate), TILE_MAJOR=tile_major, EVEN=even,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
@@ -1166,7 +1190,7 @@ def _chunk_scan_bwd_dx_kernel(
     s_dx_b, s_dx_l, s_dx_h, s_dx_p,
     CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_D: tl.constexpr, HAS_EXTRA: tl.constexpr,
     IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    TILE_MAJOR: tl.constexpr,
+    TILE_MAJOR: tl.constexpr, EVEN: tl.constexpr,
 ):
     """Rows s: G_s B_s = exp(a_last - a_s) dend B_s + sum_{t>=s} (B_s . C_t) exp(a_t - a_s) dy_t;
     dx_s = dt_s G_s B_s + D dy_s; dL/d dt_s = x_s . G_s B_s; with D, this block's sums over s of dy_s x_s (dD).
@@ -1195,6 +1219,10 @@ def _chunk_scan_bwd_dx_kernel(
     s_ok = offs_s < limit
     n_ok = offs_n < dstate
     p_ok = offs_p < headdim
+    if EVEN:  # every chunk whole, headdim == BLOCK_P, dstate == BLOCK_N: no bounds to check
+        s_ok = tl.full([BLOCK_T], True, tl.int1)
+        n_ok = tl.full([BLOCK_N], True, tl.int1)
+        p_ok = tl.full([BLOCK_P], True, tl.int1)
     mask = s_ok[:, None] & p_ok[None, :]
     a_s = tl.load(dacs_ptr + offs_s * s_a_l, mask=s_ok, other=0.0)
     dt_s = tl.load(dtp_ptr + offs_s * s_a_l, mask=s_ok, other=0.0)
@@ -1217,6 +1245,8 @@ def _chunk_scan_bwd_dx_kernel(
     for t0 in range(s0, limit, BLOCK_T):
         offs_t = t0 + tl.arange(0, BLOCK_T)
         t_ok = offs_t < limit
+        if EVEN:
+            t_ok = tl.full([BLOCK_T], True, tl.int1)
         # C_t . B_s per head, not read from bmm_cb_fwd's tiles (fp32, read transposed): 0.364 ms against 0.399
         # at b8 l2048 h24, 1.155 against 1.255 at b2 l8192 h80 (H100, benchmarks/probes/ssd_bwd.py). Session 23:
         # 32-wide column tiles under the 64-row tiles, with three stages, took 0.302 against 0.305 ms (0.971
@@ -1262,10 +1292,17 @@ def _chunk_scan_bwd_dx_kernel(
 # l8192 h80 (ssd_grid_order, session 25); with both, the op's forward+backward 0.888 against 0.922 ms (2.743-2.753
 # against 2.872 at l8192), alternating in one run.
 DX_TILE_MAJOR = True
+# dx without bounds checks where none can fail (see _even): its sm_90 SASS at b8 l2048 h24 has 2056 instructions
+# against 2384 (triton 3.6), and dx is issue-bound (session 30's ncu). Session 31, H100, graphs
+# (benchmarks/probes/ssd_even.py): 0.208-0.209 ms against 0.224-0.225 (0.671 against 0.717-0.721 at b2 l8192 h80),
+# outputs bit for bit the same; the op's forward+backward 0.847-0.849 against 0.861.
+DX_EVEN = True
+
+
 
 
 def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, num_warps=4,
-                      tile_major=None, block_t=None, wrap):
+                      tile_major=None, block_t=None, even=None, wrap):
     """Returns dx (x's dtype, contiguous), dL/d dt_proc, the log-decay pieces (see the kernel): col,
     colstate in dA_cumsum layout, row in partial sums, one per block of s (dt_bwd sums them), and dD (float32,
     D's shape, or None). x is read with its own strides: the Mamba-2 block's x is a slice of the in-projection's
@@ -1287,6 +1324,8 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
     e = dx_extra if dx_extra is not None else dtp
     grid, tile_major = _tile_grid(batch * nchunks, nheads, nblocks,
                                   DX_TILE_MAJOR if tile_major is None else tile_major)
+    if even is None:
+        even = DX_EVEN and _even(seqlen, chunk_size, headdim, block_p, dstate, block_n)
     _launch(_chunk_scan_bwd_dx_kernel, wrap)[grid](
         x, B, C, dtp, dA_cs, q, dy, dend, D if D is not None else dtp, e,
         dx, ddt, col, colstate, row, dd,
@@ -1297,7 +1336,7 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
         *(e.stride() if dx_extra is not None else (0, 0, 0, 0)),
         *row.stride(), dd.stride(0), dd.stride(1), dd.stride(2), *dx.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, HAS_EXTRA=dx_extra is not None,
-        IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, TILE_MAJOR=tile_major,
+        IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, TILE_MAJOR=tile_major, EVEN=even,
         num_warps=num_warps, num_stages=num_stages,
     )
     # headdim (contiguous) first, then the rest: two small reductions instead of one over three dimensions into

@@ -419,6 +419,36 @@ def test_triton_kernels_match_oracle_several_tiles_per_chunk(nseq, z, tile_major
 
 
 @needs_triton
+def test_triton_whole_tiles_skip_the_bounds_checks(monkeypatch):
+    """Every chunk whole and headdim, dstate equal to their blocks: chunk_scan_fwd and dx run without bounds checks
+    (DX_EVEN, SCAN_EVEN). The pipeline then matches the oracle, and each kernel gives exactly what its checked build
+    gives (dx's row sums compared where they are written: row tile k's from position k * 16)."""
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
+    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
+    monkeypatch.setattr(kt, "BLOCK_T_MAX", 16)
+    assert kt.DX_EVEN and kt.SCAN_EVEN and kt._even(64, 32, 16, 16, 16, 16) and not kt._even(75, 32, 16, 16, 16, 16)
+    inputs = make_inputs(1, 64, 4, 16, 2, 16, seed=17)  # 2 chunks of 32, 2 row tiles each
+    inputs["cu_seqlens"] = None
+    check_against_oracle(_triton_fn, inputs, 1e-4, chunk_size=32, dt_softplus=True)
+    t = inputs
+    dtp, dA_cs = kt.chunk_cumsum_fwd(t["dt"], t["A"], t["dt_bias"], 32, True, 0.0, ssd_module._OPEN_BOUND, False,
+                                     wrap=False)
+    prev, _ = kt.chunk_state_passing_fwd(t["x"], t["B"], dtp, dA_cs, None, None, wrap=False)
+    out = [kt.chunk_scan_fwd(t["x"], t["B"], t["C"], dtp, dA_cs, prev, t["D"], t["z"], None, config=dict(even=e),
+                             wrap=False) for e in (True, False)]
+    assert torch.equal(*out)
+    dy = torch.randn_like(t["x"])
+    dend, _, _ = kt.chunk_state_passing_bwd(dy, t["C"], dA_cs, prev, None, None, False, wrap=False)
+    even, checked = (kt.chunk_scan_bwd_dx(t["x"], t["B"], t["C"], dtp, dA_cs, dy, dend, t["D"], None, even=e,
+                                          wrap=False) for e in (True, False))
+    for i, (a, b) in enumerate(zip(even, checked)):
+        if i == 4:  # row: (batch, nheads, nchunks, row tiles, chunk)
+            a, b = [torch.cat([r[:, :, :, k, k * 16:] for k in range(r.shape[3])], -1) for r in (a, b)]
+        assert torch.equal(a, b), i
+
+
+@needs_triton
 def test_first_call_finds_the_pipelines_launches():
     """The first eager CUDA call compiles ahead the kernels _recorded_launches finds by running the pipelines on
     meta tensors: the forward's four, and with the backward its kernels too, nothing launched."""
