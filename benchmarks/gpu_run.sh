@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -271,4 +271,13 @@ fi
 if [[ $what == ssd-persistent ]]; then
   # chunk_scan_fwd on persistent grids and with z loaded early, against the op's kernel, three rounds (about 2 minutes)
   timeout 300 python3 -m benchmarks.probes.ssd_persistent --out "$OUT/ssd_persistent.json" 2>&1 | tee "$OUT/ssd_persistent.log" | grep -v "^{"
+fi
+if [[ $what == ssd-even ]]; then
+  # chunk_scan_fwd and dx with and without bounds checks, then the op with ssd_triton.DX_EVEN / SCAN_EVEN (about 3
+  # minutes)
+  timeout 400 python3 -m benchmarks.probes.ssd_even --out "$OUT/ssd_even.json" 2>&1 | tee "$OUT/ssd_even.log" | grep -v "^{"
+fi
+if [[ $what == ssd-dx-occupancy ]]; then
+  # dx with x reloaded, one stage and register caps, then the op with the candidates (about 4 minutes)
+  timeout 500 python3 -m benchmarks.probes.ssd_dx_occupancy --out "$OUT/ssd_dx_occupancy.json" 2>&1 | tee "$OUT/ssd_dx_occupancy.log" | grep -v "^{"
 fi

@@ -1297,16 +1297,25 @@ DX_TILE_MAJOR = True
 # (benchmarks/probes/ssd_even.py): 0.208-0.209 ms against 0.224-0.225 (0.671 against 0.717-0.721 at b2 l8192 h80),
 # outputs bit for bit the same; the op's forward+backward 0.847-0.849 against 0.861.
 DX_EVEN = True
-
-
+# Two stages stay, uncapped. Session 31 (benchmarks/probes/ssd_dx_occupancy.py, H100, graphs, three rounds): at two
+# stages dx takes 91 KB of shared memory, which alone holds it to two programs an SM whatever its registers (so
+# session 30's caps, at two stages, could only lose: capped at 168, 0.234 ms); at one stage 41 KB, and capped at 168
+# registers (80 B of spills) three programs fit: dx 0.176 ms against 0.208 (0.564 against 0.670 at b2 l8192 h80),
+# bit for bit the same outputs at both shapes, and the op's forward+backward 0.816 against 0.846 (2.478-2.479 against
+# 2.586-2.593). One stage uncapped 0.197 (0.627), capped at 152 / 128 0.184 / 0.202. But Triton 3.6 miscompiles dx at
+# one stage at other shapes, as it does chunk_scan (module docstring): dx off by 100% at b1 l777 h4 p32 g2 n64 chunk
+# 64 (test_cuda_matches_oracle), and an illegal memory access in the Mamba-2 training GPU tests (headdim 32, dstate
+# 64, chunk 64). Not kept. A variant reloading x after the loop instead of holding it in float32 (177 registers at
+# one stage uncapped): 0.213, capped at 168 / 152 / 128 0.184 / 0.181 / 0.187 (another host).
 
 
 def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, num_warps=4,
-                      tile_major=None, block_t=None, even=None, wrap):
+                      tile_major=None, block_t=None, even=None, maxnreg=None, wrap):
     """Returns dx (x's dtype, contiguous), dL/d dt_proc, the log-decay pieces (see the kernel): col,
     colstate in dA_cumsum layout, row in partial sums, one per block of s (dt_bwd sums them), and dD (float32,
     D's shape, or None). x is read with its own strides: the Mamba-2 block's x is a slice of the in-projection's
-    rows, and copying it contiguous cost a 50 MB copy per layer and training step at the 130M shape."""
+    rows, and copying it contiguous cost a 50 MB copy per layer and training step at the 130M shape. maxnreg: a ptxas
+    register cap, for probes (direct launches only)."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
@@ -1337,7 +1346,7 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
         *row.stride(), dd.stride(0), dd.stride(1), dd.stride(2), *dx.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, HAS_EXTRA=dx_extra is not None,
         IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, TILE_MAJOR=tile_major, EVEN=even,
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg and not wrap else {}),
     )
     # headdim (contiguous) first, then the rest: two small reductions instead of one over three dimensions into
     # nheads outputs (not timed alone; the backward's torch reductions took 0.020 ms in all afterwards).
