@@ -8,18 +8,14 @@ value, then the op's graphed forward+backward with either, alternating.
 
 from __future__ import annotations
 
-import torch
-
 from benchmarks._common import graph_ms
-from benchmarks.probes.ssd_sweep import rel_err, setting_probe, shape_inputs
+from benchmarks.probes.ssd_sweep import chunk_states, rel_err, setting_probe, shape_inputs
 from mamba_compile.ops import ssd_triton as kt
 
 
 def kernel_rows(name, shape) -> list[dict]:
     t, x, dt, A, B, C, D, z, bias, dtp, dA_cs = shape_inputs(shape)
-    prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype, wrap=False)
-    dy = torch.randn_like(x)
-    dend, _, _ = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, None, None, False, dend_dtype=C.dtype, wrap=False)
+    prev, dy, dend = chunk_states(x, B, C, dtp, dA_cs)
     dcb = kt.chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, B.shape[2], None, wrap=False)
 
     def db():

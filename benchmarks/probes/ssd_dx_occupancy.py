@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import functools
 
-import torch
-
 from benchmarks._common import graph_ms
-from benchmarks.probes.ssd_sweep import ab_probe, rel_err, shape_inputs
+from benchmarks.probes.ssd_sweep import ab_probe, chunk_states, rel_err, shape_inputs
 from mamba_compile.ops import ssd_triton as kt
 
 SETTINGS = {
@@ -35,9 +33,7 @@ OP_SETTINGS = ("2 stages (the default)", "1 stage, cap 168", "1 stage, cap 152")
 
 def kernel_rows(name, shape) -> list[dict]:
     t, x, dt, A, B, C, D, z, bias, dtp, dA_cs = shape_inputs(shape)
-    prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype, wrap=False)
-    dy = torch.randn_like(x)
-    dend, _, _ = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, None, None, False, dend_dtype=C.dtype, wrap=False)
+    prev, dy, dend = chunk_states(x, B, C, dtp, dA_cs)
 
     def run(cfg):  # row's partial sums leave positions unwritten (dt_bwd never reads them): left out
         outs = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, None, wrap=False, **cfg)

@@ -10,19 +10,15 @@ ssd_triton.DX_TILE_MAJOR), alternating.
 
 from __future__ import annotations
 
-import torch
-
 from benchmarks._common import graph_ms
-from benchmarks.probes.ssd_sweep import CHUNK, ab_probe, rel_err, shape_inputs
+from benchmarks.probes.ssd_sweep import CHUNK, ab_probe, chunk_states, rel_err, shape_inputs
 from mamba_compile.ops import ssd_triton as kt
 
 
 def kernel_rows(name, shape) -> list[dict]:
     t, x, dt, A, B, C, D, z, bias, dtp, dA_cs = shape_inputs(shape)
-    prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype, wrap=False)
+    prev, dy, dend = chunk_states(x, B, C, dtp, dA_cs)
     cb = kt.bmm_cb_fwd(C, B, CHUNK, wrap=False)
-    dy = torch.randn_like(x)
-    dend, _, _ = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, None, None, False, dend_dtype=C.dtype, wrap=False)
     kernels = {
         "chunk_scan_fwd": lambda tm: kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, None, cb=cb,
                                                        config=dict(tile_major=tm), wrap=False),

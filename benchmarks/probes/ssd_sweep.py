@@ -51,6 +51,17 @@ def shape_inputs(shape):
     return t, x, dt, A, B, C, t["D"], t["z"], t["dt_bias"], dtp, dA_cs
 
 
+def chunk_states(x, B, C, dtp, dA_cs):
+    """What the chunk kernels' probes feed them beside shape_inputs: the forward's states entering each chunk (in C's
+    dtype, as the op stores them), a random dy, and the backward's state gradients from it: (prev, dy, dend)."""
+    from mamba_compile.ops import ssd_triton as kt
+
+    prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype, wrap=False)
+    dy = torch.randn_like(x)
+    dend, _, _ = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, None, None, False, dend_dtype=C.dtype, wrap=False)
+    return prev, dy, dend
+
+
 def rel_err(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
