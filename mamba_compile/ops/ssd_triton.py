@@ -1303,9 +1303,11 @@ DX_EVEN = True
 # registers (80 B of spills) three programs fit: dx 0.176 ms against 0.208 (0.564 against 0.670 at b2 l8192 h80),
 # bit for bit the same outputs at both shapes, and the op's forward+backward 0.816 against 0.846 (2.478-2.479 against
 # 2.586-2.593). One stage uncapped 0.197 (0.627), capped at 152 / 128 0.184 / 0.202. But Triton 3.6 miscompiles dx at
-# one stage at other shapes, as it does chunk_scan (module docstring): dx off by 100% at b1 l777 h4 p32 g2 n64 chunk
-# 64 (test_cuda_matches_oracle), and an illegal memory access in the Mamba-2 training GPU tests (headdim 32, dstate
-# 64, chunk 64). Not kept. A variant reloading x after the loop instead of holding it in float32 (177 registers at
+# one stage, as it does chunk_scan (module docstring): dx off by 100% at b1 l777 h4 p32 g2 n64 chunk 64
+# (test_cuda_matches_oracle), and an illegal memory access in the Mamba-2 training GPU tests (headdim 32, dstate 64,
+# chunk 64). benchmarks/probes/ssd_dx_one_stage.py, capped or not: wrong at every shape with a partial last chunk
+# (relative error 0.85-2.8, headdim 64 / dstate 128 too), an illegal address at whole chunks with headdim 32 /
+# dstate 64, bit for bit right only at whole chunks with headdim 64 / dstate 128 (the benchmark shapes). Not kept. A variant reloading x after the loop instead of holding it in float32 (177 registers at
 # one stage uncapped): 0.213, capped at 168 / 152 / 128 0.184 / 0.181 / 0.187 (another host).
 
 
