@@ -90,15 +90,26 @@ def _launch_device(args) -> int:
     return -1
 
 
+def _on_launch_device(run):
+    """``run(kernel, grid, *args, **kwargs)``, a launch, made to launch on the device of its first tensor argument.
+    Triton launches on the current device, whatever the tensors' device: a model on cuda:1 in a process whose current
+    device is cuda:0 (``model.to("cuda:1")`` without ``torch.cuda.set_device``) would have its kernels run on cuda:0,
+    reading cuda:1's memory, unordered with cuda:1's stream, or fail with an illegal address."""
+
+    @functools.wraps(run)
+    def launch(kernel, grid, *args, **kwargs):
+        dev = _launch_device(args)
+        if dev >= 0 and dev != torch.cuda.current_device():
+            with torch.cuda.device(dev):
+                return run(kernel, grid, *args, **kwargs)
+        return run(kernel, grid, *args, **kwargs)
+
+    return launch
+
+
+@_on_launch_device
 def device_run(kernel, grid, *args, **kwargs):
-    """``kernel[grid](*args, **kwargs)`` on the device of the first tensor argument. Triton launches on the
-    current device, whatever the tensors' device: a model on cuda:1 in a process whose current device is cuda:0
-    (``model.to("cuda:1")`` without ``torch.cuda.set_device``) would have its kernels run on cuda:0, reading
-    cuda:1's memory, unordered with cuda:1's stream, or fail with an illegal address."""
-    dev = _launch_device(args)
-    if dev >= 0 and dev != torch.cuda.current_device():
-        with torch.cuda.device(dev):
-            return kernel[grid](*args, **kwargs)
+    """``kernel[grid](*args, **kwargs)`` on the device of the first tensor argument (see _on_launch_device)."""
     return kernel[grid](*args, **kwargs)
 
 
@@ -186,15 +197,11 @@ class FastLauncher:
 _FAST_CACHE_MAX = 4096
 
 
+@_on_launch_device
 def fast_run(kernel, grid, *args, **kwargs):
-    """One launch of ``kernel`` (a JITFunction) over ``grid``; see FastLauncher."""
+    """One launch of ``kernel`` (a JITFunction) over ``grid``, on its first tensor's device; see FastLauncher."""
     from triton import knobs
 
-    device = torch.cuda.current_device()
-    dev = _launch_device(args)
-    if dev >= 0 and dev != device:  # see device_run
-        with torch.cuda.device(dev):
-            return fast_run(kernel, grid, *args, **kwargs)
     rt = knobs.runtime
     if kernel.pre_run_hooks or rt.launch_enter_hook.calls or rt.launch_exit_hook.calls or callable(grid):
         return kernel.run(*args, grid=grid, warmup=False, **kwargs)
@@ -204,6 +211,7 @@ def fast_run(kernel, grid, *args, **kwargs):
             p.name for p in kernel.params if not p.is_constexpr)
     if not runtime_params.isdisjoint(kwargs):  # a runtime argument by keyword (a tensor's would key on its id)
         return kernel.run(*args, grid=grid, warmup=False, **kwargs)
+    device = torch.cuda.current_device()
     cache = kernel.__dict__.setdefault("_mamba_compile_fast", {})
     try:
         key = (device, rt.debug, knobs.compilation.instrumentation_mode, tuple(kwargs.items()),

@@ -1307,8 +1307,9 @@ DX_EVEN = True
 # (test_cuda_matches_oracle), and an illegal memory access in the Mamba-2 training GPU tests (headdim 32, dstate 64,
 # chunk 64). benchmarks/probes/ssd_dx_one_stage.py, capped or not: wrong at every shape with a partial last chunk
 # (relative error 0.85-2.8, headdim 64 / dstate 128 too), an illegal address at whole chunks with headdim 32 /
-# dstate 64, bit for bit right only at whole chunks with headdim 64 / dstate 128 (the benchmark shapes). Not kept. A variant reloading x after the loop instead of holding it in float32 (177 registers at
-# one stage uncapped): 0.213, capped at 168 / 152 / 128 0.184 / 0.181 / 0.187 (another host).
+# dstate 64, bit for bit right only at whole chunks with headdim 64 / dstate 128 (the benchmark shapes). Not kept.
+# A variant reloading x after the loop instead of holding it in float32 (177 registers at one stage uncapped):
+# 0.213, capped at 168 / 152 / 128 0.184 / 0.181 / 0.187 (another host).
 
 
 def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, num_warps=4,
