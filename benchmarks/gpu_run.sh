@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -285,4 +285,21 @@ if [[ $what == ssd-dx-one-stage ]]; then
   # Where the one-stage build of dx goes wrong: shapes with and without whole tiles, each in a fresh process (about 2
   # minutes)
   timeout 500 python3 -m benchmarks.probes.ssd_dx_one_stage 2>&1 | tee "$OUT/ssd_dx_one_stage.log"
+fi
+if [[ $what == ssd-chunk256 ]]; then
+  # The forward's two large kernels' configurations at chunk 256 (tuned at 128 since session 24), then the op at
+  # chunk 128 and 256 beside the reference at 256, with the per-kernel table (about 8 minutes)
+  SSD_PROBE_CHUNK=256 timeout 200 python3 -m benchmarks.probes.ssd_fwd_sweep 2>&1 | tee "$OUT/ssd_fwd_sweep256.log" | grep -E "^##|chunk_scan|state_passing|failed"
+  timeout 330 python3 -m benchmarks.probes.ssd_chunk_sizes --chunks 128 256 --ref-chunks 256 --profile --out "$OUT/ssd_chunks.json" 2>&1 | tee "$OUT/ssd_chunks.log" | grep -E "^\\||kernel|^\{"
+fi
+if [[ $what == ssd-op-profile ]]; then
+  # The aten ops of our SSD forward+backward ranked by the GPU time of their kernels, and every kernel (under a minute)
+  timeout 300 python3 -m benchmarks.probes.ssd_op_profile 2>&1 | tee "$OUT/ssd_op_profile.log"
+fi
+if [[ $what == ssd-head-grads ]]; then
+  # The backward's per-head sums in one Triton launch (session 32): the op's kernels and torch ops, bench_ssd beside
+  # the reference, the SSD GPU tests (about 8 minutes)
+  timeout 100 python3 -m benchmarks.probes.ssd_op_profile 2>&1 | tee "$OUT/ssd_op_profile.log" | grep -E "^##|^op|^kernel 0.0[0-9][1-9]|^kernel 0.[1-9]|head_grads"
+  timeout 250 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\\||first call|^ours|^reference"
+  timeout 230 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=3 tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -4
 fi

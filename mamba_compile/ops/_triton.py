@@ -267,7 +267,8 @@ OP_KERNELS = {
                                                      "_chunk_state_passing_bwd_kernel",
                                                      "_chunk_scan_bwd_dz_kernel", "_gate_bwd_kernel",
                                                      "_chunk_scan_bwd_dx_kernel", "_chunk_scan_bwd_dcb_kernel",
-                                                     "_chunk_scan_bwd_dbc_kernel", "_sum_parts_kernel")),
+                                                     "_chunk_scan_bwd_dbc_kernel", "_sum_parts_kernel",
+                                                     "_head_grads_kernel")),
 }
 _SOURCES_REGISTERED = False
 

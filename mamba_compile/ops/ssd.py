@@ -659,7 +659,7 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
         if side_dbc:
             fork.wait()
             dB, dC, da = dbc(fork.run)
-        dx, ddt_x, col, colstate, row, dD = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx,
+        dx, ddt_x, col, colstate, row, dd = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx,
                                                              dx_extra=dx_extra, wrap=wrap)
     if not side_dbc:
         dB, dC, da = dbc(lambda fn, *a, **k: fn(*a, **k))
@@ -669,13 +669,15 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
         da = da + da_v
     # dL/d(dt_k A) from the pair terms whose span holds k, then back through clamp, softplus and the bias to
     # (batch, seqlen, nheads): one kernel (see _dt_bwd_kernel).
-    ddt, dA, ddt_bias = kt.dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_v, da, col, colstate, row, dchunk, dt_softplus,
-                                  dt_min, dt_max, has_limit, wrap=wrap)
-    ddt_bias = ddt_bias.to(dt_bias.dtype) if dt_bias is not None else _empty(x)
-    dD = dD.to(D.dtype) if D is not None else _empty(x)
+    ddt, dA_parts, dbias_parts = kt.dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_v, da, col, colstate, row, dchunk,
+                                           dt_softplus, dt_min, dt_max, has_limit, wrap=wrap)
+    # The per-head sums of the partial sums of dA, dt_bias and D, in one launch.
+    dA, ddt_bias, dD = kt.head_grads(dA_parts, dbias_parts, dd, A, dt_bias, D, wrap=wrap)
+    ddt_bias = ddt_bias if dt_bias is not None else _empty(x)
+    dD = dD if D is not None else _empty(x)
     dz = dz if z is not None else _empty(x)
     dinit = dinit.to(initial_states.dtype) if initial_states is not None else _empty(x)
-    return [dx, ddt, dA.to(A.dtype), dB, dC, dD, dz, ddt_bias, dinit]
+    return [dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit]
 
 
 def _varlen_states_bwd(dV, x, dtp, dA_cs, B, prev, cu_seqlens):

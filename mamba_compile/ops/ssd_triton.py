@@ -288,8 +288,9 @@ def _dt_bwd_kernel(
 
 def dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_extra, da, col, colstate, row, dchunk, dt_softplus, dt_min, dt_max,
            has_limit, *, block_h=None, num_warps=4, wrap):
-    """Returns dL/d dt (dt's dtype, (batch, seqlen, nheads)), dL/dA (float32, (nheads,)) and dL/d dt_bias (float32,
-    (nheads,), or None without a bias; summed from the float32 values) from the backward's
+    """Returns dL/d dt (dt's dtype, (batch, seqlen, nheads)) and the float32 partial sums of dL/dA and of dL/d
+    dt_bias (or None without a bias), one per (batch row, chunk): (batch, nchunks, nheads), for head_grads; from the
+    backward's
     log-decay pieces (see _dt_bwd_kernel): ddt_x, ddt_extra (or None), da, col, colstate in dtp's layout, row
     (batch, nheads, nchunks, nrows, chunk_size), one partial sum per row tile of chunk_size // nrows, and dchunk
     (batch, nheads, nchunks, nparts). Entries past the sequence end, and those of row tile k before position
@@ -312,7 +313,66 @@ def dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_extra, da, col, colstate, row, dchunk
         CHUNK=chunk_size, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
         HAS_EXTRA=ddt_extra is not None, BLOCK_H=block_h, num_warps=num_warps,
     )
-    return out, dA.sum((0, 1)), dbias.sum((0, 1)) if dt_bias is not None else None
+    return out, dA, dbias if dt_bias is not None else None
+
+
+@triton.jit
+def _head_grads_kernel(
+    da_ptr, dbias_ptr, dd_ptr, dA_ptr, dbias_out_ptr, dD_ptr, nrows, nrows_d, headdim,
+    s_a_r, s_a_h, s_d_r, s_d_h, s_o_h, s_o_p,
+    HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """One head's parameter gradients from their float32 partial sums: dA and dt_bias over nrows rows, D over nrows_d
+    rows (and over headdim where D is one value a head), stored in the outputs' dtypes."""
+    h = tl.program_id(0)
+    offs_r = tl.arange(0, BLOCK_R)
+    acc_a = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for r0 in range(0, nrows, BLOCK_R):
+        rows = r0 + offs_r
+        at = rows * s_a_r + h * s_a_h
+        acc_a += tl.load(da_ptr + at, mask=rows < nrows, other=0.0)
+        if HAS_BIAS:
+            acc_b += tl.load(dbias_ptr + at, mask=rows < nrows, other=0.0)
+    tl.store(dA_ptr + h, tl.sum(acc_a))
+    if HAS_BIAS:
+        tl.store(dbias_out_ptr + h, tl.sum(acc_b))
+    if HAS_D:
+        offs_p = tl.arange(0, BLOCK_P)
+        p_ok = offs_p < headdim
+        acc = tl.zeros((BLOCK_R, BLOCK_P), dtype=tl.float32)
+        for r0 in range(0, nrows_d, BLOCK_R):
+            rows = r0 + offs_r
+            acc += tl.load(dd_ptr + rows[:, None] * s_d_r + h * s_d_h + offs_p[None, :],
+                           mask=(rows < nrows_d)[:, None] & p_ok[None, :], other=0.0)
+        dsum = tl.sum(acc, axis=0)
+        if D_PER_P:
+            tl.store(dD_ptr + h * s_o_h + offs_p * s_o_p, dsum, mask=p_ok)
+        else:
+            tl.store(dD_ptr + h * s_o_h, tl.sum(dsum))
+
+
+def head_grads(da, dbias, dd, A, dt_bias, D, *, wrap):
+    """(dL/dA, dL/d dt_bias or None, dL/dD or None) in A's, dt_bias's and D's dtypes and shapes, from dt_bwd's
+    partial sums da and dbias ((batch, nchunks, nheads)) and chunk_scan_bwd_dx's dd ((rows, nheads, headdim) float32,
+    or None): one launch, a program a head. torch's sums took 0.026 ms at b8 l2048 h24 and 0.113 at b2 l8192 h80
+    (four reduction kernels; dd's alone 0.100 there) on an H100 (benchmarks/probes/ssd_op_profile.py)."""
+    nheads = A.shape[0]
+    dA = torch.empty(nheads, device=da.device, dtype=A.dtype)
+    ddt_bias = torch.empty(nheads, device=da.device, dtype=dt_bias.dtype) if dbias is not None else None
+    dD = torch.empty(D.shape, device=da.device, dtype=D.dtype) if dd is not None else None
+    da2 = da.view(-1, nheads)  # dt_bwd's (batch, nchunks, nheads), contiguous
+    d3 = dd if dd is not None else da2[:, :, None]
+    _launch(_head_grads_kernel, wrap)[(nheads,)](
+        da2, dbias.view(-1, nheads) if dbias is not None else da2, d3, dA,
+        ddt_bias if ddt_bias is not None else dA, dD if dD is not None else dA,
+        da2.shape[0], d3.shape[0], d3.shape[2], da2.stride(0), da2.stride(1), d3.stride(0), d3.stride(1),
+        *(dD.stride() if dD is not None and dD.dim() == 2 else (dD.stride(0) if dD is not None else 0, 0)),
+        HAS_BIAS=dbias is not None, HAS_D=dd is not None, D_PER_P=dD is not None and dD.dim() == 2,
+        BLOCK_R=64, BLOCK_P=_pow2(d3.shape[2]),
+    )
+    return dA, ddt_bias, dD
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1315,8 +1375,8 @@ DX_EVEN = True
 def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, num_warps=4,
                       tile_major=None, block_t=None, even=None, maxnreg=None, wrap):
     """Returns dx (x's dtype, contiguous), dL/d dt_proc, the log-decay pieces (see the kernel): col,
-    colstate in dA_cumsum layout, row in partial sums, one per block of s (dt_bwd sums them), and dD (float32,
-    D's shape, or None). x is read with its own strides: the Mamba-2 block's x is a slice of the in-projection's
+    colstate in dA_cumsum layout, row in partial sums, one per block of s (dt_bwd sums them), and dD's partial sums
+    (float32 (batch * nchunks * row tiles, nheads, headdim), for head_grads; None without D). x is read with its own strides: the Mamba-2 block's x is a slice of the in-projection's
     rows, and copying it contiguous cost a 50 MB copy per layer and training step at the 130M shape. maxnreg: a ptxas
     register cap, for probes (direct launches only)."""
     batch, seqlen, nheads, headdim = x.shape
@@ -1331,7 +1391,8 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
     col = torch.empty_like(dA_cs)
     colstate = torch.empty_like(dA_cs)
     row = torch.empty(batch, nheads, nchunks, nblocks, chunk_size, device=x.device, dtype=torch.float32)
-    dd = torch.empty(batch * nchunks, nheads, nblocks, headdim, device=x.device, dtype=torch.float32)
+    # dD's partial sums, a row per (chunk, row tile): (batch * nchunks * nblocks, nheads, headdim), for head_grads
+    dd = torch.empty(batch * nchunks, nblocks, nheads, headdim, device=x.device, dtype=torch.float32)
     q = seq_idx if seq_idx is not None else dtp
     e = dx_extra if dx_extra is not None else dtp
     grid, tile_major = _tile_grid(batch * nchunks, nheads, nblocks,
@@ -1346,15 +1407,12 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
         *dend.stride(), *dy.stride(), *_d_strides(D),
         *(e.stride() if dx_extra is not None else (0, 0, 0, 0)),
-        *row.stride(), dd.stride(0), dd.stride(1), dd.stride(2), *dx.stride(),
+        *row.stride(), dd.stride(0), dd.stride(2), dd.stride(1), *dx.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, HAS_EXTRA=dx_extra is not None,
         IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, TILE_MAJOR=tile_major, EVEN=even,
         num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg and not wrap else {}),
     )
-    # headdim (contiguous) first, then the rest: two small reductions instead of one over three dimensions into
-    # nheads outputs (not timed alone; the backward's torch reductions took 0.020 ms in all afterwards).
-    dD = None if D is None else dd.sum((0, 2)) if D.dim() == 2 else dd.sum(3).sum((0, 2))
-    return dx, ddt, col, colstate, row, dD
+    return dx, ddt, col, colstate, row, dd.view(-1, nheads, headdim) if D is not None else None
 
 
 @triton.jit

@@ -419,6 +419,39 @@ def test_triton_kernels_match_oracle_several_tiles_per_chunk(nseq, z, tile_major
 
 
 @needs_triton
+@pytest.mark.parametrize("D, bias", [("h", True), ("hp", False), (None, True)])
+def test_triton_head_grads_sum_every_partial_row(D, bias):
+    """head_grads: each head's dA, dt_bias and D gradients are the sums of all their partial rows (more rows than
+    one block of the loop, a headdim below its block), stored in the parameters' dtypes and shapes."""
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
+    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
+    g = torch.Generator().manual_seed(41)
+    batch, nchunks, nheads, rows_d, headdim = 3, 45, 5, 130, 12  # 135 and 130 rows: loops of 64 with a remainder
+    da = torch.randn(batch, nchunks, nheads, generator=g)
+    dbias = torch.randn(batch, nchunks, nheads, generator=g) if bias else None
+    dd = torch.randn(rows_d, nheads, headdim, generator=g) if D else None
+    A = torch.randn(nheads, generator=g)
+    dt_bias = torch.randn(nheads, generator=g, dtype=torch.float64).to(torch.bfloat16) if bias else None
+    Dp = None if D is None else torch.randn(nheads, generator=g) if D == "h" else torch.randn(nheads, headdim,
+                                                                                             generator=g).half()
+    dA, ddt_bias, dD = kt.head_grads(da, dbias, dd, A, dt_bias, Dp, wrap=False)
+    torch.testing.assert_close(dA, da.double().sum((0, 1)).float(), rtol=1e-6, atol=1e-5)
+    assert dA.dtype == A.dtype
+    if bias:
+        assert ddt_bias.dtype == torch.bfloat16
+        torch.testing.assert_close(ddt_bias, dbias.double().sum((0, 1)).to(torch.bfloat16))
+    else:
+        assert ddt_bias is None
+    if D is None:
+        assert dD is None
+    else:
+        want = dd.double().sum(0) if D == "hp" else dd.double().sum((0, 2))
+        assert dD.shape == Dp.shape and dD.dtype == Dp.dtype
+        torch.testing.assert_close(dD, want.to(Dp.dtype), rtol=1e-3 if D == "hp" else 1e-6, atol=1e-3)
+
+
+@needs_triton
 def test_triton_whole_tiles_skip_the_bounds_checks(monkeypatch):
     """Every chunk whole and headdim, dstate equal to their blocks: chunk_scan_fwd and dx run without bounds checks
     (DX_EVEN, SCAN_EVEN). The pipeline then matches the oracle, and each kernel gives exactly what its checked build
