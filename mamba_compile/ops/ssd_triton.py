@@ -10,12 +10,13 @@ them), the gate's backward (gate_bwd: elementwise from the kept y + D x, nothing
 recomputes y when z is given without it), chunk_state_passing_bwd (the reverse pass over the chunks, each chunk's
 outputs adding their gradient to the state entering it on the way, and the log-decay term of pairs spanning a
 chunk; with varlen-state gradients, chunk_state in from-start mode then state_passing_bwd, those gradients added
-between the two), chunk_scan_bwd_dx (dx, dL/d dt, dD and the
+between the two), chunk_scan_bwd_dx (dx, dL/d dt, dD's partial sums and the
 within-chunk pair sums of the log-decay gradient), chunk_scan_bwd_dcb (dL/d(C_t . B_s), the group's heads summed
 once, in DCB_HEAD_SPLIT parts that dB and dC add as they read them), chunk_scan_bwd_dB / _dC (from it and the
 chunk-boundary states; dC also gives dy_t . y_state_t, the pairs whose earlier index lies before the chunk; heads
 split over a few programs when there are few chunks; no atomics anywhere, so results are deterministic), dt_bwd
-(the log-decay gradient assembled from those pieces, dA, and dt back through clamp, softplus and bias).
+(the log-decay gradient assembled from those pieces, dA, and dt back through clamp, softplus and bias), head_grads
+(each head's dA, dt_bias and D gradients summed from their partial sums, one launch).
 
 Layouts: dt_proc, dA_cumsum: (batch, nheads, nchunks, chunk_size) float32; chunk states and their gradients:
 (batch, nchunks, nheads, headdim, dstate), contiguous; C B^T: (batch, nchunks, ngroups, chunk_size,
