@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -307,4 +307,11 @@ if [[ $what == models-tests-ssd ]]; then
   # The model GPU tests (about 5.5 minutes), then the SSD compat and kernel-source tests on the GPU (about 1.5)
   timeout 420 python3 -m pytest -q -m gpu tests/models -p no:cacheprovider --durations=5 2>&1 | tee "$OUT/gpu_tests_models.log" | tail -12
   timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_compat.py tests/ops/test_kernel_sources.py 2>&1 | tee "$OUT/gpu_tests_compat.log" | tail -4
+fi
+if [[ $what == ssd-gate-flat ]]; then
+  # gate_bwd over flat arrays against per head, then the op with each (about 2 minutes); then the SSD GPU tests and
+  # Mamba-2's training-step GPU tests (about 5)
+  timeout 200 python3 -m benchmarks.probes.ssd_gate_flat --out "$OUT/ssd_gate_flat.json" 2>&1 | tee "$OUT/ssd_gate_flat.log" | grep -v "^{"
+  timeout 250 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -3
+  timeout 130 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "mamba2 and (training or train_step)" 2>&1 | tee "$OUT/gpu_tests_m2.log" | tail -3
 fi

@@ -265,7 +265,7 @@ OP_KERNELS = {
     "ssd_chunk_scan_fwd": ("ssd_triton", _SSD_FWD),
     "ssd_chunk_scan_bwd": ("ssd_triton", _SSD_FWD + ("_dt_bwd_kernel", "_state_passing_bwd_kernel",
                                                      "_chunk_state_passing_bwd_kernel",
-                                                     "_chunk_scan_bwd_dz_kernel", "_gate_bwd_kernel",
+                                                     "_chunk_scan_bwd_dz_kernel", "_gate_bwd_kernel", "_gate_bwd_flat_kernel",
                                                      "_chunk_scan_bwd_dx_kernel", "_chunk_scan_bwd_dcb_kernel",
                                                      "_chunk_scan_bwd_dbc_kernel", "_sum_parts_kernel",
                                                      "_head_grads_kernel")),

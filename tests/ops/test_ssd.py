@@ -419,6 +419,33 @@ def test_triton_kernels_match_oracle_several_tiles_per_chunk(nseq, z, tile_major
 
 
 @needs_triton
+def test_triton_gate_backward_flat_equals_per_head():
+    """gate_bwd over flat arrays (contiguous inputs, a length that leaves the last block partial) gives the per-head
+    kernel's dy and dz bit for bit, both match dout silu(z) and dout pre silu'(z), and a pre-gate output that is
+    not contiguous takes the per-head kernel."""
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
+    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
+    g = torch.Generator().manual_seed(43)
+    shape = (2, 37, 3, 24)  # 5328 values: two blocks of 2048 and a partial third
+    dout, z, pre = (torch.randn(*shape, generator=g).to(torch.bfloat16) for _ in range(3))
+    flat = kt.gate_bwd(dout, z, pre, flat=True, wrap=False)
+    per_head = kt.gate_bwd(dout, z, pre, flat=False, wrap=False)
+    for a, b in zip(flat, per_head):
+        assert torch.equal(a, b)
+    z64 = z.double()
+    sig = torch.sigmoid(z64)
+    torch.testing.assert_close(flat[0].double(), dout.double() * z64 * sig, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(flat[1].double(), dout.double() * pre.double() * sig * (1 + z64 * (1 - sig)),
+                               rtol=1e-2, atol=1e-2)
+    pre_t = pre.transpose(1, 2).contiguous().transpose(1, 2)  # same values, not contiguous
+    launches = kt.record_launches(kt.gate_bwd, dout, z, pre_t, flat=True, wrap=False)
+    assert [job[0].fn.__name__ for job in launches] == ["_gate_bwd_kernel"]
+    for a, b in zip(kt.gate_bwd(dout, z, pre_t, flat=True, wrap=False), per_head):
+        assert torch.equal(a, b)
+
+
+@needs_triton
 @pytest.mark.parametrize("D, bias", [("h", True), ("hp", False), (None, True)])
 def test_triton_head_grads_sum_every_partial_row(D, bias):
     """head_grads: each head's dA, dt_bias and D gradients are the sums of all their partial rows (more rows than
@@ -493,9 +520,9 @@ def test_first_call_finds_the_pipelines_launches():
     assert names(fwd) == ["_chunk_state_passing_fwd_kernel", "_bmm_cb_kernel", "_chunk_scan_fwd_kernel"]
     assert "_chunk_scan_bwd_dx_kernel" in names(bwd) and "_dt_bwd_kernel" in names(bwd)
     # the kept pre-gate output: dz from the elementwise kernel; without it, y is recomputed
-    assert "_gate_bwd_kernel" in names(bwd) and "_chunk_scan_bwd_dz_kernel" not in names(bwd)
+    assert "_gate_bwd_flat_kernel" in names(bwd) and "_chunk_scan_bwd_dz_kernel" not in names(bwd)
     recompute = ssd_module._recorded_launches(args[:-1] + (False,), with_backward=True)[1]
-    assert "_chunk_scan_bwd_dz_kernel" in names(recompute) and "_gate_bwd_kernel" not in names(recompute)
+    assert "_chunk_scan_bwd_dz_kernel" in names(recompute) and "_gate_bwd_flat_kernel" not in names(recompute)
     assert all(a.device.type == "meta" for job in fwd + bwd for a in job[2] if isinstance(a, torch.Tensor))
     assert ssd_module._recorded_launches(args, with_backward=False)[1] == []
 
