@@ -11,8 +11,7 @@ alternating.
 
 from __future__ import annotations
 
-from benchmarks._common import graph_ms
-from benchmarks.probes.ssd_sweep import CHUNK, ab_probe, chunk_states, rel_err, shape_inputs
+from benchmarks.probes.ssd_sweep import CHUNK, ab_probe, chunk_states, on_off_rows, shape_inputs
 from mamba_compile.ops import ssd_triton as kt
 
 
@@ -27,13 +26,7 @@ def kernel_rows(name, shape) -> list[dict]:
         "chunk_scan_bwd_dx": lambda even: [o for i, o in enumerate(kt.chunk_scan_bwd_dx(
             x, B, C, dtp, dA_cs, dy, dend, D, None, even=even, wrap=False)) if i != 4],
     }
-    rows = []
-    for kname, run in kernels.items():
-        diff = max(rel_err(a, b) for a, b in zip(run(True), run(False)))
-        for value in (False, True, False, True):
-            rows.append(dict(shape=name, what=f"{kname}, even: {value}", ms=graph_ms(lambda: run(value)), diff=diff))
-            print(rows[-1], flush=True)
-    return rows
+    return on_off_rows(name, kernels, "even")
 
 
 def _use(dx: bool, scan: bool) -> None:

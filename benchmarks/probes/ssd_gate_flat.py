@@ -10,21 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks._common import graph_ms
-from benchmarks.probes.ssd_sweep import rel_err, setting_probe, shape_inputs
+from benchmarks.probes.ssd_sweep import on_off_rows, setting_probe, shape_inputs
 from mamba_compile.ops import ssd_triton as kt
 
 
 def kernel_rows(name, shape) -> list[dict]:
     t, x, *_ = shape_inputs(shape)
     dout, pre = torch.randn_like(x), torch.randn_like(x)
-    run = lambda flat: kt.gate_bwd(dout, t["z"], pre, flat=flat, wrap=False)  # noqa: E731
-    diff = max(rel_err(a, b) for a, b in zip(run(True), run(False)))
-    rows = []
-    for flat in (False, True, False, True):
-        rows.append(dict(shape=name, what=f"gate_bwd, flat: {flat}", ms=graph_ms(lambda: run(flat)), diff=diff))
-        print(rows[-1], flush=True)
-    return rows
+    return on_off_rows(name, {"gate_bwd": lambda flat: kt.gate_bwd(dout, t["z"], pre, flat=flat, wrap=False)}, "flat")
 
 
 if __name__ == "__main__":

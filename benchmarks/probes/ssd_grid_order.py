@@ -10,8 +10,7 @@ ssd_triton.DX_TILE_MAJOR), alternating.
 
 from __future__ import annotations
 
-from benchmarks._common import graph_ms
-from benchmarks.probes.ssd_sweep import CHUNK, ab_probe, chunk_states, rel_err, shape_inputs
+from benchmarks.probes.ssd_sweep import CHUNK, ab_probe, chunk_states, on_off_rows, shape_inputs
 from mamba_compile.ops import ssd_triton as kt
 
 
@@ -25,13 +24,7 @@ def kernel_rows(name, shape) -> list[dict]:
         "chunk_scan_bwd_dx": lambda tm: kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, None, tile_major=tm,
                                                              wrap=False)[0],
     }
-    rows = []
-    for kname, run in kernels.items():
-        diff = rel_err(run(True), run(False))
-        for tm in (False, True, False, True):
-            rows.append(dict(shape=name, what=f"{kname}, tile-major: {tm}", ms=graph_ms(lambda: run(tm)), diff=diff))
-            print(rows[-1], flush=True)
-    return rows
+    return on_off_rows(name, kernels, "tile-major")
 
 
 def _use(fwd_tm, dx_tm):

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from benchmarks._common import bench_ms
+from benchmarks._common import bench_ms, graph_ms
 from benchmarks.bench_ssd import make_inputs
 
 ssd = importlib.import_module("mamba_compile.ops.ssd")
@@ -64,6 +64,21 @@ def chunk_states(x, B, C, dtp, dA_cs):
 
 def rel_err(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+def on_off_rows(name: str, kernels: dict, label: str) -> list[dict]:
+    """The kernel rows of a probe of a switch: for each of ``kernels`` (name -> run(value), returning a tensor or a
+    sequence of them), the largest difference of its outputs with the switch on and off, relative to the largest value
+    (expected 0), then CUDA-graph medians off, on, off, on; rows (shape, what: "{name}, {label}: {value}", ms, diff),
+    printed as they come."""
+    rows = []
+    for kname, run in kernels.items():
+        on, off = (o if isinstance(o, (list, tuple)) else [o] for o in (run(True), run(False)))
+        diff = max(rel_err(a, b) for a, b in zip(on, off))
+        for value in (False, True, False, True):
+            rows.append(dict(shape=name, what=f"{kname}, {label}: {value}", ms=graph_ms(lambda: run(value)), diff=diff))
+            print(rows[-1], flush=True)
+    return rows
 
 
 def ab_probe(kernel_rows, variants: dict, restore, label: str, forward: bool = True) -> None:

@@ -291,8 +291,7 @@ def dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_extra, da, col, colstate, row, dchunk
            has_limit, *, block_h=None, num_warps=4, wrap):
     """Returns dL/d dt (dt's dtype, (batch, seqlen, nheads)) and the float32 partial sums of dL/dA and of dL/d
     dt_bias (or None without a bias), one per (batch row, chunk): (batch, nchunks, nheads), for head_grads; from the
-    backward's
-    log-decay pieces (see _dt_bwd_kernel): ddt_x, ddt_extra (or None), da, col, colstate in dtp's layout, row
+    backward's log-decay pieces (see _dt_bwd_kernel): ddt_x, ddt_extra (or None), da, col, colstate in dtp's layout, row
     (batch, nheads, nchunks, nrows, chunk_size), one partial sum per row tile of chunk_size // nrows, and dchunk
     (batch, nheads, nchunks, nparts). Entries past the sequence end, and those of row tile k before position
     k * chunk_size // nrows, are never read."""
@@ -363,15 +362,15 @@ def head_grads(da, dbias, dd, A, dt_bias, D, *, wrap):
     dA = torch.empty(nheads, device=da.device, dtype=A.dtype)
     ddt_bias = torch.empty(nheads, device=da.device, dtype=dt_bias.dtype) if dbias is not None else None
     dD = torch.empty(D.shape, device=da.device, dtype=D.dtype) if dd is not None else None
-    da2 = da.view(-1, nheads)  # dt_bwd's (batch, nchunks, nheads), contiguous
-    d3 = dd if dd is not None else da2[:, :, None]
+    da2 = da.view(-1, nheads)  # dt_bwd's (batch, nchunks, nheads), contiguous; dbias has its layout
+    rows_d, headdim = (dd.shape[0], dd.shape[2]) if dd is not None else (0, 1)
     _launch(_head_grads_kernel, wrap)[(nheads,)](
-        da2, dbias.view(-1, nheads) if dbias is not None else da2, d3, dA,
+        da2, dbias if dbias is not None else da2, dd if dd is not None else da2, dA,
         ddt_bias if ddt_bias is not None else dA, dD if dD is not None else dA,
-        da2.shape[0], d3.shape[0], d3.shape[2], da2.stride(0), da2.stride(1), d3.stride(0), d3.stride(1),
-        *(dD.stride() if dD is not None and dD.dim() == 2 else (dD.stride(0) if dD is not None else 0, 0)),
+        da2.shape[0], rows_d, headdim, da2.stride(0), da2.stride(1),
+        *(dd.stride()[:2] if dd is not None else (0, 0)), *((*dD.stride(), 0)[:2] if dD is not None else (0, 0)),
         HAS_BIAS=dbias is not None, HAS_D=dd is not None, D_PER_P=dD is not None and dD.dim() == 2,
-        BLOCK_R=64, BLOCK_P=_pow2(d3.shape[2]),
+        BLOCK_R=64, BLOCK_P=_pow2(headdim),
     )
     return dA, ddt_bias, dD
 
@@ -1402,9 +1401,10 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
                       tile_major=None, block_t=None, even=None, maxnreg=None, wrap):
     """Returns dx (x's dtype, contiguous), dL/d dt_proc, the log-decay pieces (see the kernel): col,
     colstate in dA_cumsum layout, row in partial sums, one per block of s (dt_bwd sums them), and dD's partial sums
-    (float32 (batch * nchunks * row tiles, nheads, headdim), for head_grads; None without D). x is read with its own strides: the Mamba-2 block's x is a slice of the in-projection's
-    rows, and copying it contiguous cost a 50 MB copy per layer and training step at the 130M shape. maxnreg: a ptxas
-    register cap, for probes (direct launches only)."""
+    (float32 (batch * nchunks * row tiles, nheads, headdim), for head_grads; None without D). x is read with its own
+    strides: the Mamba-2 block's x is a slice of the in-projection's rows, and copying it contiguous cost a 50 MB
+    copy per layer and training step at the 130M shape. maxnreg: a ptxas register cap, for probes (direct launches
+    only)."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
