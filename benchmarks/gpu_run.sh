@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -314,4 +314,18 @@ if [[ $what == ssd-gate-flat ]]; then
   timeout 200 python3 -m benchmarks.probes.ssd_gate_flat --out "$OUT/ssd_gate_flat.json" 2>&1 | tee "$OUT/ssd_gate_flat.log" | grep -v "^{"
   timeout 250 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -3
   timeout 130 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "mamba2 and (training or train_step)" 2>&1 | tee "$OUT/gpu_tests_m2.log" | tail -3
+fi
+if [[ $what == ssd-keep-states ]]; then
+  # The SSD backward from the forward's kept chunk states against recomputing them: memory held, gradients, the op's
+  # graphed forward+backward (about 2 minutes); then the SSD GPU tests (about 4) and Mamba-2's training-step GPU
+  # tests (about 2)
+  timeout 200 python3 -m benchmarks.probes.ssd_keep_states --out "$OUT/ssd_keep_states.json" 2>&1 | tee "$OUT/ssd_keep_states.log" | grep -v "^{"
+  timeout 250 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_ssd.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -3
+  timeout 130 python3 -m pytest -q -m gpu -p no:cacheprovider tests/models/test_gpu.py -k "mamba2 and (training or train_step)" 2>&1 | tee "$OUT/gpu_tests_m2.log" | tail -3
+fi
+if [[ $what == ssd-keep-states-train ]]; then
+  # Mamba-2's training step (regional compile, eager and graphed) with the SSD's kept chunk states and recomputing
+  # them, alternating, with peak memory (about 5 minutes); then bench_ssd beside the reference (about 4)
+  timeout 330 python3 -m benchmarks.probes.train_ab --arch mamba2 --mamba2 new ssd-recompute new ssd-recompute --out "$OUT/train_ab.json" 2>&1 | tee "$OUT/train_ab.log" | grep -E "^\{|discarded|Error"
+  timeout 250 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\\||first call|^ours|^reference"
 fi

@@ -27,10 +27,10 @@ def _launch_rows(n=500):
     args = (t["x"], t["dt"], t["A"], t["B"], t["C"], 128, t["D"], t["z"], t["dt_bias"], None, None, None, True,
             0.0, ssd._OPEN_BOUND)
     with torch.no_grad():
-        pre = ssd._fwd_triton(*args, wrap=False, keep_pre_gate=True)[3]
-        ssd._bwd_triton(dout, None, None, *args, wrap=False, pre_gate=pre)
-    jobs = kt.record_launches(ssd._fwd_triton, *args, wrap=False, keep_pre_gate=True)
-    jobs += kt.record_launches(ssd._bwd_triton, dout, None, None, *args, wrap=False, pre_gate=pre)
+        kept = ssd._kept(ssd._fwd_triton(*args, wrap=False, keep=True), args[7])
+        ssd._bwd_triton(dout, None, None, *args, wrap=False, **kept)
+    jobs = kt.record_launches(ssd._fwd_triton, *args, wrap=False, keep=True)
+    jobs += kt.record_launches(ssd._bwd_triton, dout, None, None, *args, wrap=False, **kept)
     device = torch.cuda.current_device()
     print("kernel (args): triton / fast / binder / launcher alone, us per launch", flush=True)
     for kernel, grid, a, kw in jobs:

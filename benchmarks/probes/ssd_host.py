@@ -136,7 +136,7 @@ def pieces(rounds=2):
         args = (t["x"], t["dt"], t["A"], t["B"], t["C"], 128, t["D"], t["z"], t["dt_bias"], None, None, None, True,
                 0.0, ssd._OPEN_BOUND)
         with torch.no_grad():
-            pre = ssd._fwd_triton(*args, wrap=False, keep_pre_gate=True)[3]
+            kept = ssd._kept(ssd._fwd_triton(*args, wrap=False, keep=True), args[7])
 
         def empty_step():
             for v in tg.values():
@@ -144,10 +144,10 @@ def pieces(rounds=2):
             _Empty.apply(*(tg[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias"))).backward(dout)
 
         rows = {
-            "_fwd_triton, no dispatch": lambda: ssd._fwd_triton(*args, wrap=False, keep_pre_gate=True),
-            "_bwd_triton, no dispatch": lambda: ssd._bwd_triton(dout, None, None, *args, wrap=False, pre_gate=pre),
-            "backward op through torch.ops": lambda: torch.ops.mamba_compile.ssd_chunk_scan_bwd(dout, None, None,
-                                                                                              *args, pre),
+            "_fwd_triton, no dispatch": lambda: ssd._fwd_triton(*args, wrap=False, keep=True),
+            "_bwd_triton, no dispatch": lambda: ssd._bwd_triton(dout, None, None, *args, wrap=False, **kept),
+            "backward op through torch.ops": lambda: torch.ops.mamba_compile.ssd_chunk_scan_bwd(
+                dout, None, None, *args, kept["pre_gate"], *kept["states"]),
             "empty autograd.Function, 8 inputs, fwd+bwd": empty_step,
         }
         for name, fn in rows.items():
@@ -207,8 +207,8 @@ def split(out=None):
                 True, 0.0, ssd._OPEN_BOUND)
         d = [v.detach() if isinstance(v, torch.Tensor) else v for v in args]
         with torch.no_grad():
-            pre = ssd._fwd_triton(*d, wrap=False, keep_pre_gate=True)[3]
-            grads = ssd._bwd_triton(dout, None, None, *d, wrap=False, pre_gate=pre)
+            kept = ssd._kept(ssd._fwd_triton(*d, wrap=False, keep=True), d[7])
+            grads = ssd._bwd_triton(dout, None, None, *d, wrap=False, **kept)
         real_bwd = ssd._eager_backward
 
         def step():
@@ -221,8 +221,8 @@ def split(out=None):
             finally:
                 ssd._eager_backward = real_bwd
 
-        fwd_bare = lambda: ssd._fwd_triton(*d, wrap=False, keep_pre_gate=True)  # noqa: E731
-        bwd_bare = lambda: ssd._bwd_triton(dout, None, None, *d, wrap=False, pre_gate=pre)  # noqa: E731
+        fwd_bare = lambda: ssd._fwd_triton(*d, wrap=False, keep=True)  # noqa: E731
+        bwd_bare = lambda: ssd._bwd_triton(dout, None, None, *d, wrap=False, **kept)  # noqa: E731
         cases = {
             "fwd+bwd step (bench_ssd)": step,
             "fwd with grad (graph discarded)": lambda: call(ours, tg, 256),

@@ -32,7 +32,9 @@ dependent launch for the kernels it generates (torch._inductor.config.triton.ena
 before it only where it reads what that one wrote, and lets the next one launch after its loads; Hopper);
 "conv-pairs" = Mamba-1's conv backward by the pair kernel rather than the run-per-thread one
 (causal_conv1d_triton._BWD_RUNS off); "scan-nolanes" = the scan forward without its lane-shuffle columns, so on its
-generic blocks (selective_scan_triton._FWD_LANES off; the scan-old/bl8/nopf/pf variants are off the lanes too).
+generic blocks (selective_scan_triton._FWD_LANES off; the scan-old/bl8/nopf/pf variants are off the lanes too);
+"ssd-recompute" = Mamba-2's SSD backward recomputing the chunk states rather than taking the forward's (ssd.KEEP_STATES
+off).
 --graph replays each step from one CUDA graph (bench_model's --train-graph on).
 (Session 4 A/B'd the conv blocks and the scan backward kernels this way.)
 
@@ -56,6 +58,7 @@ from mamba_compile.ops import causal_conv1d_triton as conv
 from mamba_compile.ops import cross_entropy as ce
 from mamba_compile.ops import cross_entropy_triton as ce_triton
 from mamba_compile.ops import selective_scan_triton as scan
+from mamba_compile.ops import ssd
 
 NEW_FWD_BLOCKS = scan.fwd_block_sizes
 DEFAULT_ROWS = (conv._FWD_ROWS, conv._BWD_ROWS)
@@ -105,6 +108,7 @@ def _set(variant: str) -> None:
     lm.EMBEDDING_INDEX_SELECT = variant not in ("emb-sort", "both-old")
     torch._inductor.config.triton.enable_pdl = variant == "pdl"
     conv._BWD_RUNS = variant != "conv-pairs"
+    ssd.KEEP_STATES = variant != "ssd-recompute"
 
 
 def main():

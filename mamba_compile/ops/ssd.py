@@ -107,16 +107,17 @@ def ssd_chunk_scan(
         dt_limit = (0.0, float("inf"))
     dt_min, dt_max = _dt_limit_args(dt_limit)
     _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens)
-    # With a gate and a backward to come, the CUDA forward keeps y + D x (one more write of out's size), which
-    # spares the backward recomputing y for dz.
-    keep_pre_gate = z is not None and torch.is_grad_enabled() and any(
+    # With a backward to come, the CUDA forward keeps what the backward would otherwise recompute: y + D x with a
+    # gate (one more write of out's size, sparing the recompute of y for dz) and, with KEEP_STATES, the chunk
+    # states it stored anyway (see there).
+    keep = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, dt_bias, initial_states))
     args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus, dt_min,
-            dt_max, keep_pre_gate)
+            dt_max, keep)
     if x.device.type == "cuda" and _plain_eager(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens):
-        out, final_states, varlen_states, _ = _EagerScan.apply(*args)
+        out, final_states, varlen_states, *_ = _EagerScan.apply(*args)
     else:
-        out, final_states, varlen_states, _ = torch.ops.mamba_compile.ssd_chunk_scan_fwd(*args)
+        out, final_states, varlen_states, *_ = torch.ops.mamba_compile.ssd_chunk_scan_fwd(*args)
     if not return_varlen_states:
         return (out, final_states) if return_final_states else out
     return (out, final_states, varlen_states) if return_final_states else (out, varlen_states)
@@ -464,9 +465,9 @@ FUSED_CUMSUM = True
 
 
 # Eager CUDA backwards (wrap=False: _EagerScan, and CUDA graphs captured from it) run kernels on a second stream
-# beside the sequential passes, which keep only a few hundred programs busy: gate_bwd beside the states' recompute,
-# dcb beside the reverse pass, and (SIDE_DBC) dB and dC beside dx. Traced backwards (torch.compile, export) keep
-# one stream. Session 27, H100, the op's forward+backward as CUDA graphs, alternating
+# beside the sequential passes, which keep only a few hundred programs busy: gate_bwd beside the states' recompute
+# (where the forward did not keep them: KEEP_STATES), dcb beside the reverse pass, and (SIDE_DBC) dB and dC beside
+# dx. Traced backwards (torch.compile, export) keep one stream. Session 27, H100, the op's forward+backward as CUDA graphs, alternating
 # (benchmarks/probes/ssd_side_stream.py): 0.862-0.864 ms with both, 0.874-0.876 with dcb alone on the side,
 # 0.889 on one stream (2.638-2.640 / 2.653 / 2.736-2.745 at b2 l8192 h80). The kernels and their results are
 # the same (a GPU test compares with the op's one-stream backward bit for bit, another a captured graph's).
@@ -588,9 +589,11 @@ def _dt_and_states(x, dt, A, B, chunk_size, dt_bias, initial_states, seq_idx, dt
 
 
 def _fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus,
-                dt_min, dt_max, wrap: bool, keep_pre_gate: bool = False):
-    """(out, final_states, varlen_states, pre_gate): pre_gate is y + D x when keep_pre_gate and z is given (the
-    backward's dz then needs no recompute of y), else empty."""
+                dt_min, dt_max, wrap: bool, keep: bool = False):
+    """(out, final_states, varlen_states, pre_gate, dt_proc, dA_cumsum, chunk_states). With ``keep`` (a backward
+    to come): pre_gate is y + D x when z is given (the backward's dz then needs no recompute of y), and with
+    KEEP_STATES the last three are the chunked dt, its cumsum and the states entering each chunk, as the
+    backward would recompute them. What is not kept is empty."""
     from . import ssd_triton as kt
 
     # The state entering each chunk is read once, by chunk_scan.
@@ -598,20 +601,22 @@ def _fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_i
                                                     dt_softplus, dt_min, dt_max, _state_dtype(x, B, C, cu_seqlens),
                                                     wrap)
     cb = kt.bmm_cb_fwd(C, B, chunk_size, wrap=wrap) if FWD_BMM_CB else None  # once per group, not per head
-    pre_gate = torch.empty_like(x) if keep_pre_gate and z is not None else None
+    pre_gate = torch.empty_like(x) if keep and z is not None else None
     out = kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, cb=cb, pre_gate=pre_gate, wrap=wrap)
     varlen = _empty(final_states)
     if cu_seqlens is not None:
         varlen = _varlen_states(x, dtp, dA_cs, B, prev, cu_seqlens)
-    return out, final_states, varlen, pre_gate if pre_gate is not None else _empty(x)
+    states = (dtp, dA_cs, prev) if keep and KEEP_STATES else (_empty(dtp), _empty(dtp), _empty(prev))
+    return out, final_states, varlen, pre_gate if pre_gate is not None else _empty(x), *states
 
 
 def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
-                cu_seqlens, dt_softplus, dt_min, dt_max, wrap: bool, pre_gate=None):
+                cu_seqlens, dt_softplus, dt_min, dt_max, wrap: bool, pre_gate=None, states=None):
     """Explicit backward (Triton kernels and a little vectorised torch in the chunked layout, which traces
     without guards on seqlen). Every decay exp(a_t - a_s) joins a later index t (an output, or a returned
     state) to an earlier s (an input, or the initial state); dL/d(dt_k A) sums those pair terms over the
-    pairs whose span holds k."""
+    pairs whose span holds k. ``states``: the forward's kept (dt_proc, dA_cumsum, chunk_states), or None to
+    recompute them."""
     from . import ssd_triton as kt
 
     seqlen = x.shape[1]
@@ -621,14 +626,20 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
     st_dtype = _state_dtype(x, B, C, cu_seqlens, recompute_y)
     varlen_grads = dvarlen is not None and cu_seqlens is not None
     side = not wrap and x.is_cuda and not varlen_grads and not recompute_y and _second_stream(x)
-    # The states entering each chunk, recomputed as the forward stored them; beside it, dy = dout * silu(z) (rounded
-    # to dout's dtype, and used so everywhere) and dz: elementwise from the forward's pre-gate output when it was
-    # kept, else with y recomputed; without z, dy is dout.
-    with _Fork(x, side) as fork:
-        dtp, dA_cs, prev, _ = _dt_and_states(x, dt, A, B, chunk_size, dt_bias, initial_states, seq_idx,
-                                             dt_softplus, dt_min, dt_max, st_dtype, wrap)
-        if not recompute_y:
-            dy, dz = fork.run(kt.gate_bwd, dout, z, pre_gate, wrap=wrap)
+    # The states entering each chunk, the forward's when it kept them, else recomputed as the forward stored them;
+    # beside the recompute, dy = dout * silu(z) (rounded to dout's dtype, and used so everywhere) and dz: elementwise
+    # from the forward's pre-gate output when it was kept, else with y recomputed; without z, dy is dout.
+    if recompute_y:
+        states = None  # the kept states are in the forward's dtype; the dz kernel reads float32 ones
+    if states is not None:
+        dtp, dA_cs, prev = states
+        dy, dz = kt.gate_bwd(dout, z, pre_gate, wrap=wrap)
+    else:
+        with _Fork(x, side) as fork:
+            dtp, dA_cs, prev, _ = _dt_and_states(x, dt, A, B, chunk_size, dt_bias, initial_states, seq_idx,
+                                                 dt_softplus, dt_min, dt_max, st_dtype, wrap)
+            if not recompute_y:
+                dy, dz = fork.run(kt.gate_bwd, dout, z, pre_gate, wrap=wrap)
     if recompute_y:
         dy, dz = kt.chunk_scan_bwd_dz(dout, x, B, C, dtp, dA_cs, prev, D, z, seq_idx, wrap=wrap)
     # The reverse pass over the chunks: the state gradients, each chunk's outputs adding theirs to the state that
@@ -741,13 +752,13 @@ def _recorded_launches(args, with_backward: bool) -> tuple[list, list]:
 
     meta = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
             if isinstance(t, torch.Tensor) else t for t in args]
-    *fwd_args, keep_pre_gate = meta
-    fwd = kt.record_launches(_fwd_triton, *fwd_args, wrap=False, keep_pre_gate=keep_pre_gate)
+    *fwd_args, keep = meta
+    output = []
+    fwd = kt.record_launches(lambda: output.extend(_fwd_triton(*fwd_args, wrap=False, keep=keep)))
     bwd = []
     if with_backward:
-        dout = torch.empty(meta[0].shape, dtype=meta[0].dtype, device="meta")
-        pre_gate = dout if keep_pre_gate and meta[7] is not None else None
-        bwd = kt.record_launches(_bwd_triton, dout, None, None, *fwd_args, wrap=False, pre_gate=pre_gate)
+        bwd = kt.record_launches(_bwd_triton, torch.empty_like(output[0]), None, None, *fwd_args, wrap=False,
+                                 **_kept(output, meta[7]))
     return fwd, bwd
 
 
@@ -771,7 +782,7 @@ def _compile_ahead(args) -> None:
     seen: set = set()
     fwd_compiles = kt.compile_async(fwd, x.device, seen)  # submitted first: the forward waits for these
     if bwd:
-        _bwd_compiles[key] = kt.compile_async(bwd, x.device, seen)
+        _bwd_compiles[_config_key(args[:-1])] = kt.compile_async(bwd, x.device, seen)  # the key without keep
     kt.wait(fwd_compiles)
 
 
@@ -780,23 +791,43 @@ def _compile_ahead(args) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
+# The CUDA forward keeps, for a backward to come, the chunked dt, its cumsum and the states entering each chunk (which
+# chunk_scan reads anyway), so that the backward does not run the state passing again; that costs one more tensor of
+# x's size (at chunk 128 and dstate 128, in C's dtype) a call until the backward. False: the backward recomputes
+# them, as the reference does. Session 33, H100 (benchmarks/probes/ssd_keep_states.py, graphs, alternating): the
+# op's forward+backward 0.767-0.770 ms against 0.816-0.817 (2.385-2.386 against 2.559-2.560 at b2 l8192 h80),
+# gradients bit for bit the same, 100 MiB held for the backward against 48 (331 against 160); Mamba-2's graphed
+# training step (130M, b8 x 2048, train_ab --graph) 53.95 / 54.15 ms against 55.50 / 55.16, peak 12.49-12.65 GiB
+# against 11.39-11.52.
+KEEP_STATES = True
+
+
+def _kept(output, z) -> dict:
+    """The backward op's pre_gate and states arguments from the forward op's ``output`` (None where not kept: an
+    output not kept is empty and 1-d, a rank known without guards under tracing)."""
+    pre_gate, *states = output[3:7]
+    return dict(pre_gate=pre_gate if z is not None and pre_gate.dim() == 4 else None,
+                states=tuple(states) if states[2].dim() == 5 else None)
+
+
 @triton_op("mamba_compile::ssd_chunk_scan_fwd", mutates_args=())
 def ssd_chunk_scan_fwd(
     x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int,
     D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None,
     initial_states: torch.Tensor | None, seq_idx: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
-    dt_softplus: bool, dt_min: float, dt_max: float, keep_pre_gate: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out, final_states, varlen_states, pre_gate); varlen_states is empty without cu_seqlens, pre_gate (y + D x,
-    saved for the backward) empty unless keep_pre_gate, z is given and the device is CUDA."""
+    dt_softplus: bool, dt_min: float, dt_max: float, keep: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, final_states, varlen_states, pre_gate, dt_proc, dA_cumsum, chunk_states); varlen_states is empty
+    without cu_seqlens. The last four are what the CUDA forward keeps for the backward op when ``keep`` (see
+    _fwd_triton), empty where not kept and always on CPU."""
     _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens)
-    keep_pre_gate = keep_pre_gate and z is not None
     _check_dt_bounds(dt_min, dt_max)
     args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus,
             dt_min, dt_max)
     if x.device.type == "cuda":
-        return _cuda_forward(args, keep_pre_gate, wrap=True)
-    return (*torch.ops.mamba_compile._ssd_chunk_scan_cpu(*args), _empty(x))  # the CPU backward recomputes
+        return _cuda_forward(args, keep, wrap=True)
+    out, final, varlen = torch.ops.mamba_compile._ssd_chunk_scan_cpu(*args)
+    return out, final, varlen, *(_empty(x) for _ in range(4))  # the CPU backward recomputes
 
 
 @triton_op("mamba_compile::ssd_chunk_scan_bwd", mutates_args=())
@@ -806,19 +837,46 @@ def ssd_chunk_scan_bwd(
     D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None,
     initial_states: torch.Tensor | None, seq_idx: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
     dt_softplus: bool, dt_min: float, dt_max: float, pre_gate: torch.Tensor | None = None,
+    dt_proc: torch.Tensor | None = None, dA_cumsum: torch.Tensor | None = None,
+    chunk_states: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """[dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states]; empty tensors for absent inputs. pre_gate: the
-    forward's kept y + D x (CUDA, with z), or None to recompute y."""
+    """[dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states]; empty tensors for absent inputs. What the CUDA
+    forward kept (the forward op's last four outputs), or None to recompute it: pre_gate, its y + D x (with z);
+    dt_proc, dA_cumsum and chunk_states, the three together. The CPU backward recomputes everything."""
     _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens)
     _check_dt_bounds(dt_min, dt_max)
     if pre_gate is not None and (z is None or pre_gate.shape != x.shape):
         raise ValueError(f"pre_gate must be None without z, else of x's shape {tuple(x.shape)}; got "
                          f"{tuple(pre_gate.shape)}" + (" with z None" if z is None else ""))
+    states = _check_states(x, B, C, chunk_size, cu_seqlens, dt_proc, dA_cumsum, chunk_states)
     args = (dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
             cu_seqlens, dt_softplus, dt_min, dt_max)
     if x.device.type == "cuda":
-        return _cuda_backward(args, pre_gate, wrap=True)
+        return _cuda_backward(args, pre_gate, states, wrap=True)
     return torch.ops.mamba_compile._ssd_chunk_scan_bwd_cpu(*args)
+
+
+def _check_states(x, B, C, chunk_size, cu_seqlens, dt_proc, dA_cumsum, chunk_states) -> tuple | None:
+    """The backward op's kept (dt_proc, dA_cumsum, chunk_states), checked against what the CUDA forward keeps for
+    these inputs, or None when none is given."""
+    given = [t is not None for t in (dt_proc, dA_cumsum, chunk_states)]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ValueError("dt_proc, dA_cumsum and chunk_states are given together (the forward's kept chunk states) "
+                         f"or not at all; got {'a tensor' if given[0] else 'None'}, "
+                         f"{'a tensor' if given[1] else 'None'} and {'a tensor' if given[2] else 'None'}")
+    batch, seqlen, nheads, headdim = x.shape
+    chunk = min(chunk_size, CUDA_CHUNK_MAX)
+    nchunks = (seqlen + chunk - 1) // chunk
+    expect = {"dt_proc": ((batch, nheads, nchunks, chunk), torch.float32),
+              "dA_cumsum": ((batch, nheads, nchunks, chunk), torch.float32),
+              "chunk_states": ((batch, nchunks, nheads, headdim, B.shape[-1]), _state_dtype(x, B, C, cu_seqlens))}
+    for (name, (shape, dtype)), t in zip(expect.items(), (dt_proc, dA_cumsum, chunk_states)):
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise ValueError(f"{name} must be the forward's, of shape {shape} and dtype {dtype}; got "
+                             f"{tuple(t.shape)} {t.dtype}")
+    return dt_proc, dA_cumsum, chunk_states
 
 
 def _with_cuda_chunk(args: tuple, i: int) -> tuple:
@@ -826,24 +884,24 @@ def _with_cuda_chunk(args: tuple, i: int) -> tuple:
     return (*args[:i], min(args[i], CUDA_CHUNK_MAX), *args[i + 1:])
 
 
-def _cuda_forward(args: tuple, keep_pre_gate: bool, wrap: bool) -> tuple:
-    """The Triton forward for the forward op's arguments ``args`` (without keep_pre_gate): the chunk capped, and the
+def _cuda_forward(args: tuple, keep: bool, wrap: bool) -> tuple:
+    """The Triton forward for the forward op's arguments ``args`` (without keep): the chunk capped, and the
     kernels of a configuration's first eager CUDA call compiled ahead."""
     args = _with_cuda_chunk(args, 5)
     if args[0].is_cuda and _is_eager(args[0]):
-        _compile_ahead(args + (keep_pre_gate,))
-    return tuple(_fwd_triton(*args, wrap=wrap, keep_pre_gate=keep_pre_gate))
+        _compile_ahead(args + (keep,))
+    return tuple(_fwd_triton(*args, wrap=wrap, keep=keep))
 
 
-def _cuda_backward(args: tuple, pre_gate: torch.Tensor | None, wrap: bool) -> list:
-    """The Triton backward for the backward op's arguments ``args`` (without pre_gate), after the compiles the
-    forward started for it."""
+def _cuda_backward(args: tuple, pre_gate: torch.Tensor | None, states: tuple | None, wrap: bool) -> list:
+    """The Triton backward for the backward op's arguments ``args`` (without what the forward kept), after the
+    compiles the forward started for it."""
     args = _with_cuda_chunk(args, 8)
     if args[3].is_cuda and _is_eager(args[3]):
         from . import ssd_triton as kt
 
-        kt.wait(_bwd_compiles.pop(_config_key(args[3:] + (pre_gate is not None,)), []))
-    return _bwd_triton(*args, wrap=wrap, pre_gate=pre_gate)
+        kt.wait(_bwd_compiles.pop(_config_key(args[3:]), []))
+    return _bwd_triton(*args, wrap=wrap, pre_gate=pre_gate, states=states)
 
 
 def _setup_context(ctx, inputs, output):
@@ -852,29 +910,30 @@ def _setup_context(ctx, inputs, output):
 
 def _save_for_backward(ctx, inputs, output, triton_path: bool) -> None:
     (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus, dt_min,
-     dt_max, keep_pre_gate) = inputs
-    pre_gate = output[3]
-    ctx.mark_non_differentiable(pre_gate)
+     dt_max, keep) = inputs
+    ctx.mark_non_differentiable(*output[3:])
     ctx.set_materialize_grads(False)  # no zero-filled gradients for unused outputs (pre_gate is x's size)
-    ctx.has_pre_gate = keep_pre_gate and z is not None and triton_path
-    ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens,
-                          pre_gate if ctx.has_pre_gate else None)
+    # Where the backward will take the CUDA path, what the forward kept.
+    kept = _kept(output, z) if keep and triton_path else dict(pre_gate=None, states=None)
+    ctx.has_states = kept["states"] is not None
+    ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, kept["pre_gate"],
+                          *(kept["states"] or (None, None, None)))
     ctx.chunk_size, ctx.dt_softplus, ctx.dt_min, ctx.dt_max = chunk_size, dt_softplus, dt_min, dt_max
 
 
-def _backward(ctx, dout, dfinal, dvarlen, _dpre_gate):
+def _backward(ctx, dout, dfinal, dvarlen, *_kept_grads):
     return _input_grads(ctx, dout, dfinal, dvarlen, torch.ops.mamba_compile.ssd_chunk_scan_bwd)
 
 
 def _input_grads(ctx, dout, dfinal, dvarlen, bwd) -> tuple:
     """The forward's 16 input gradients from ``bwd``, which takes the backward op's arguments."""
-    x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, pre_gate = ctx.saved_tensors
+    x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, *kept = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(x)
     if dvarlen is not None and cu_seqlens is None:
         dvarlen = None
     grads = bwd(dout, dfinal, dvarlen, x, dt, A, B, C, ctx.chunk_size, D, z, dt_bias, initial_states, seq_idx,
-                cu_seqlens, ctx.dt_softplus, ctx.dt_min, ctx.dt_max, pre_gate)
+                cu_seqlens, ctx.dt_softplus, ctx.dt_min, ctx.dt_max, *kept)
     dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = grads
     present = lambda g, t: g if t is not None else None  # noqa: E731
     return (dx, ddt, dA, dB, dC, None, present(dD, D), present(dz, z), present(ddt_bias, dt_bias),
@@ -900,7 +959,7 @@ class _EagerScan(torch.autograd.Function):
     h24 (benchmarks/probes/ssd_host.py --pieces, session 25, two rounds, ms per eager call): forward without grad
     0.37 / 0.61 against 0.52 / 0.67 through the ops, forward with grad 0.54 / 0.62 against 0.97 / 1.06,
     forward+backward 2.70 / 2.78 against 3.42 / 3.04. Its inputs are the forward op's, in its order; it returns
-    the op's four outputs. The interpreter tests drive the pipelines through it on CPU tensors."""
+    the op's seven outputs. The interpreter tests drive the pipelines through it on CPU tensors."""
 
     @staticmethod
     def forward(ctx, *inputs):
@@ -909,10 +968,12 @@ class _EagerScan(torch.autograd.Function):
         return output
 
     @staticmethod
-    def backward(ctx, dout, dfinal, dvarlen, _dpre_gate):
+    def backward(ctx, dout, dfinal, dvarlen, *_kept_grads):
         return _input_grads(ctx, dout, dfinal, dvarlen, _eager_backward)
 
 
 def _eager_backward(*args) -> list:
-    """ssd_chunk_scan_bwd's CUDA path, without its dispatch (see _EagerScan)."""
-    return _cuda_backward(args[:-1], args[-1], wrap=False)
+    """ssd_chunk_scan_bwd's CUDA path, without its dispatch (see _EagerScan); args end with the kept pre_gate and
+    (dt_proc, dA_cumsum, chunk_states), each None where not kept."""
+    pre_gate, *states = args[-4:]
+    return _cuda_backward(args[:-4], pre_gate, tuple(states) if states[0] is not None else None, wrap=False)

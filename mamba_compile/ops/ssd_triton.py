@@ -5,9 +5,10 @@ Forward: chunk_cumsum (dt bias/softplus/clamp fused with the within-chunk cumsum
 stored in C's dtype for 16-bit inputs, as the reference does; for chunks of up to 128, the CUDA path's, the cumsum
 is computed inside it: chunk_cumsum_state_passing_fwd, one launch) -> bmm_cb (C B^T once per chunk and group, float32,
 instead of once per head) -> chunk_scan (reads C B^T, incoming-state term, D skip and z gate fused; with a gate and
-a backward to come it also writes y + D x). Backward: chunk_state_passing again (states stored as the forward stores
-them), the gate's backward (gate_bwd: elementwise from the kept y + D x, nothing without z; chunk_scan_bwd_dz
-recomputes y when z is given without it), chunk_state_passing_bwd (the reverse pass over the chunks, each chunk's
+a backward to come it also writes y + D x). Backward: the forward's kept chunk states (ssd.KEEP_STATES; else
+chunk_state_passing again, states stored as the forward stores them), the gate's backward (gate_bwd: elementwise
+from the kept y + D x, nothing without z; chunk_scan_bwd_dz recomputes y when z is given without it),
+chunk_state_passing_bwd (the reverse pass over the chunks, each chunk's
 outputs adding their gradient to the state entering it on the way, and the log-decay term of pairs spanning a
 chunk; with varlen-state gradients, chunk_state in from-start mode then state_passing_bwd, those gradients added
 between the two), chunk_scan_bwd_dx (dx, dL/d dt, dD's partial sums and the

@@ -278,7 +278,7 @@ class GraphModule(torch.nn.Module):
 
         value_1: "f32[8]" = l_self_modules_mixer_parameters_dt_bias_.float();  l_self_modules_mixer_parameters_dt_bias_ = None
 
-        ssd_chunk_scan_fwd = torch.ops.mamba_compile.ssd_chunk_scan_fwd(x_1, dt, A, B_1, C_1, 16, value, None, value_1, None, None, None, True, 0.0, 3.4028234663852886e+38, False);  x_1 = dt = A = B_1 = C_1 = value = value_1 = None
+        ssd_chunk_scan_fwd = torch.ops.mamba_compile.ssd_chunk_scan_fwd(x_1, dt, A, B_1, C_1, 16, value, None, value_1, None, None, None, True, 0.0, 3.4028234663852886e+38, True);  x_1 = dt = A = B_1 = C_1 = value = value_1 = None
         out_2: "f32[2, 16, 8, 16]" = ssd_chunk_scan_fwd[0];  ssd_chunk_scan_fwd = None
 
         t_1: "f32[2, 16, 128]" = out_2.flatten(-2);  out_2 = None

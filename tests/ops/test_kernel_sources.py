@@ -149,9 +149,9 @@ def _fake_cases():
     def ssd_bwd(keep: bool):
         args = ssd_args()
         with _recording():
-            pre_gate = ops.ssd_chunk_scan_fwd(*args, True)[3] if keep else None
+            kept = ops.ssd_chunk_scan_fwd(*args, True)[3:] if keep else ()  # pre_gate and the chunk states
         with _recording() as launched:
-            ops.ssd_chunk_scan_bwd(torch.empty_like(args[0]), None, None, *args, pre_gate)
+            ops.ssd_chunk_scan_bwd(torch.empty_like(args[0]), None, None, *args, *kept)
         return launched
 
     cases = [(f"causal_conv1d_{d}", lambda d=d, layout=layout, dtype=dtype: (conv_fwd if d == "fwd" else conv_bwd)(
@@ -163,7 +163,7 @@ def _fake_cases():
 
 def test_traced_launches_stay_within_the_lists():
     """Each multi-kernel op, through the branches above (conv: run, pair, row and general kernels, initial states;
-    SSD: kept or recomputed pre-gate), launches only kernels listed for it. The selective-scan backward is left
+    SSD: kept or recomputed pre-gate and chunk states), launches only kernels listed for it. The selective-scan backward is left
     out: its launcher slices fake CUDA tensors, which a CPU-only build of torch refuses (its list, read off the
     code, includes the forward kernel it runs when the forward saved no states)."""
     seen = {}

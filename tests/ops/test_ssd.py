@@ -329,15 +329,21 @@ def test_autocast_bf16_cpu():
 # ---------------------------------------------------------------------------------------------------
 
 
-def _triton_fn(inputs, varlen=False, chunk_size=16, dt_softplus=False, dt_limit=(0.0, math.inf), keep_pre_gate=True):
-    """The Triton forward and backward pipelines through _EagerScan, the op's eager CUDA path (with z, the
-    backward's dz from the kept pre-gate output, or with y recomputed when keep_pre_gate is False)."""
+def _triton_fn(inputs, varlen=False, chunk_size=16, dt_softplus=False, dt_limit=(0.0, math.inf), keep=True):
+    """The Triton forward and backward pipelines through _EagerScan, the op's eager CUDA path. With ``keep`` the
+    backward takes what the forward kept: with z, dz from the pre-gate output, and with ssd.KEEP_STATES the chunk
+    states; without, it recomputes them (and y for dz)."""
     t = inputs
     cu = t["cu_seqlens"] if varlen else None
     args = (t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size, t["D"], t["z"], t["dt_bias"], t["initial_states"],
-            t["seq_idx"], cu, dt_softplus, *ssd_module._dt_limit_args(dt_limit), keep_pre_gate)
-    out, final, vs, pre_gate = ssd_module._EagerScan.apply(*args)
-    assert (pre_gate.numel() > 0) == (keep_pre_gate and t["z"] is not None)
+            t["seq_idx"], cu, dt_softplus, *ssd_module._dt_limit_args(dt_limit), keep)
+    out, final, vs, pre_gate, dtp, dA_cs, states = ssd_module._EagerScan.apply(*args)
+    assert (pre_gate.numel() > 0) == (keep and t["z"] is not None)
+    nchunks = -(-t["x"].shape[1] // chunk_size)
+    assert states.shape == ((t["x"].shape[0], nchunks, *t["x"].shape[2:], t["B"].shape[-1])
+                            if keep and ssd_module.KEEP_STATES else (0,))
+    assert dtp.shape == dA_cs.shape == ((t["x"].shape[0], t["x"].shape[2], nchunks, chunk_size)
+                                        if keep and ssd_module.KEEP_STATES else (0,))
     return (out, final, vs) if varlen else (out, final)
 
 
@@ -362,7 +368,11 @@ KERNEL_CASES = [
                  id="D2d-noz-limit"),
     pytest.param(dict(nseq=3), dict(dt_softplus=True), True, id="packed-varlen"),
     pytest.param(dict(strided=True), dict(dt_softplus=True), False, id="strided"),
-    pytest.param(dict(), dict(dt_softplus=True, keep_pre_gate=False), False, id="z-y-recomputed"),
+    pytest.param(dict(), dict(dt_softplus=True, keep=False), False, id="z-y-recomputed"),
+    # the backward recomputing the chunk states, y kept (the other cases take the kept states)
+    pytest.param(dict(keep_states=False), dict(dt_softplus=True), False, id="states-recomputed"),
+    pytest.param(dict(keep_states=False, D="hp", z=False, nseq=3), dict(dt_softplus=True), True,
+                 id="states-recomputed-noz-varlen"),
     pytest.param(dict(nosplit=True, init=False), dict(dt_softplus=True), False, id="dB-dC-heads-unsplit"),
     pytest.param(dict(batch=2, nheads=4, ngroups=2, nseq=3), dict(dt_softplus=True), False, id="seq_idx-b2-g2"),
     # chunk_scan's and dx's chunk-major grids (the defaults are tile-major)
@@ -380,10 +390,11 @@ def test_triton_kernels_match_oracle(opts, kw, varlen, monkeypatch):
         pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
     # 35 = 2 chunks of 16 + 3; 3 heads in 1 group; headdim 8 / dstate 12 exercise the masks of 16-wide tiles.
     opts, kw = dict(opts), dict(kw)
-    keep = kw.pop("keep_pre_gate", True)
-    fn = (lambda i, **k: _triton_fn(_strided(i), **k, keep_pre_gate=keep)) if opts.pop("strided", False) else (
-        lambda i, **k: _triton_fn(i, **k, keep_pre_gate=keep))
+    keep = kw.pop("keep", True)
+    fn = (lambda i, **k: _triton_fn(_strided(i), **k, keep=keep)) if opts.pop("strided", False) else (
+        lambda i, **k: _triton_fn(i, **k, keep=keep))
     kt = importlib.import_module("mamba_compile.ops.ssd_triton")
+    monkeypatch.setattr(ssd_module, "KEEP_STATES", opts.pop("keep_states", True))
     if opts.pop("nosplit", False):  # dB and dC written by one program per group (the large-batch layout)
         monkeypatch.setattr(kt, "_TARGET_PROGRAMS", 1)
     if "tile_major" in opts:
@@ -509,7 +520,7 @@ def test_triton_whole_tiles_skip_the_bounds_checks(monkeypatch):
 
 
 @needs_triton
-def test_first_call_finds_the_pipelines_launches():
+def test_first_call_finds_the_pipelines_launches(monkeypatch):
     """The first eager CUDA call compiles ahead the kernels _recorded_launches finds by running the pipelines on
     meta tensors: the forward's four, and with the backward its kernels too, nothing launched."""
     t = make_inputs(1, 70, 4, 16, 2, 16)
@@ -521,10 +532,43 @@ def test_first_call_finds_the_pipelines_launches():
     assert "_chunk_scan_bwd_dx_kernel" in names(bwd) and "_dt_bwd_kernel" in names(bwd)
     # the kept pre-gate output: dz from the elementwise kernel; without it, y is recomputed
     assert "_gate_bwd_flat_kernel" in names(bwd) and "_chunk_scan_bwd_dz_kernel" not in names(bwd)
+    # the kept chunk states: the backward does not pass the states again
+    assert "_chunk_state_passing_fwd_kernel" not in names(bwd)
     recompute = ssd_module._recorded_launches(args[:-1] + (False,), with_backward=True)[1]
     assert "_chunk_scan_bwd_dz_kernel" in names(recompute) and "_gate_bwd_flat_kernel" not in names(recompute)
+    assert "_chunk_state_passing_fwd_kernel" in names(recompute)
+    monkeypatch.setattr(ssd_module, "KEEP_STATES", False)
+    states_recomputed = ssd_module._recorded_launches(args, with_backward=True)[1]
+    assert "_chunk_state_passing_fwd_kernel" in names(states_recomputed)
+    assert "_gate_bwd_flat_kernel" in names(states_recomputed)
     assert all(a.device.type == "meta" for job in fwd + bwd for a in job[2] if isinstance(a, torch.Tensor))
     assert ssd_module._recorded_launches(args, with_backward=False)[1] == []
+
+
+@needs_triton
+@pytest.mark.parametrize("z", [True, False], ids=["z", "noz"])
+def test_triton_backward_from_kept_states_equals_recompute(z, monkeypatch):
+    """The backward from the forward's kept chunk states (ssd.KEEP_STATES) gives the gradients of the backward that
+    recomputes them, bit for bit (the same kernel made them from the same inputs), with initial states and a
+    partial last chunk; and it keeps them only when a backward is to come."""
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
+    inputs = make_inputs(1, 40, 3, 8, 1, 12, z=z, seed=11)
+    leaves = [k for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states") if inputs[k] is not None]
+    dout = torch.randn_like(inputs["x"])
+    grads = {}
+    for keep_states in (True, False):
+        monkeypatch.setattr(ssd_module, "KEEP_STATES", keep_states)
+        t = {k: v.detach().clone().requires_grad_(k in leaves) if isinstance(v, torch.Tensor) else v
+             for k, v in inputs.items()}
+        out, final = _triton_fn(t, dt_softplus=True)
+        torch.autograd.backward([out, final], [dout, torch.ones_like(final)])
+        grads[keep_states] = [t[k].grad for k in leaves]
+    for name, kept, recomputed in zip(leaves, grads[True], grads[False]):
+        assert torch.equal(kept, recomputed), name
+    with torch.no_grad():
+        monkeypatch.setattr(ssd_module, "KEEP_STATES", True)
+        assert _triton_fn(inputs, dt_softplus=True, keep=False)[0].shape == inputs["x"].shape  # asserts nothing kept
 
 
 @needs_triton
