@@ -726,6 +726,28 @@ def test_direct_op_call_is_checked():
                                                    None, None, None, None, False, 0.0, ssd_module._OPEN_BOUND)
 
 
+def test_backward_op_checks_the_kept_states():
+    """The backward op's kept chunk states come three together, in the shapes and dtypes the CUDA forward keeps:
+    (batch, nheads, nchunks, chunk) float32 for dt_proc and dA_cumsum, (batch, nchunks, nheads, headdim, dstate) for
+    the states, at the CUDA chunk (at most ssd.CUDA_CHUNK_MAX)."""
+    t = make_inputs(1, 300, 4, 8, 2, 8)  # 3 chunks of 128 at chunk_size 256
+    args = (torch.randn_like(t["x"]), None, None, t["x"], t["dt"], t["A"], t["B"], t["C"], 256, None, None, None,
+            None, None, None, False, 0.0, ssd_module._OPEN_BOUND, None)
+    dtp = torch.randn(1, 4, 3, 128)
+    states = torch.randn(1, 3, 4, 8, 8)
+    with pytest.raises(ValueError, match="given together"):
+        torch.ops.mamba_compile.ssd_chunk_scan_bwd(*args, dtp, None, states)
+    with pytest.raises(ValueError, match=r"dt_proc must be the forward's, of shape \(1, 4, 3, 128\)"):
+        torch.ops.mamba_compile.ssd_chunk_scan_bwd(*args, torch.randn(1, 4, 2, 256), dtp, states)
+    with pytest.raises(ValueError, match="chunk_states must be the forward's.*float32"):
+        torch.ops.mamba_compile.ssd_chunk_scan_bwd(*args, dtp, dtp, states.double())
+    # well-formed: the CPU backward recomputes, so the gradients are those without
+    got = torch.ops.mamba_compile.ssd_chunk_scan_bwd(*args, dtp, dtp.clone(), states)
+    want = torch.ops.mamba_compile.ssd_chunk_scan_bwd(*args)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("bounds", [(0.0, math.inf), (-math.inf, 1.0), (0.0, math.nan)], ids=str)
 def test_direct_op_call_rejects_non_finite_dt_bounds(bounds):
     """An inf in the op's schema would reach a CPU AOTInductor package's JSON, which cannot load it."""
