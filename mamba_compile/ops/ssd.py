@@ -467,10 +467,10 @@ FUSED_CUMSUM = True
 # Eager CUDA backwards (wrap=False: _EagerScan, and CUDA graphs captured from it) run kernels on a second stream
 # beside the sequential passes, which keep only a few hundred programs busy: gate_bwd beside the states' recompute
 # (where the forward did not keep them: KEEP_STATES), dcb beside the reverse pass, and (SIDE_DBC) dB and dC beside
-# dx. Traced backwards (torch.compile, export) keep one stream. Session 27, H100, the op's forward+backward as CUDA graphs, alternating
-# (benchmarks/probes/ssd_side_stream.py): 0.862-0.864 ms with both, 0.874-0.876 with dcb alone on the side,
-# 0.889 on one stream (2.638-2.640 / 2.653 / 2.736-2.745 at b2 l8192 h80). The kernels and their results are
-# the same (a GPU test compares with the op's one-stream backward bit for bit, another a captured graph's).
+# dx. Traced backwards (torch.compile, export) keep one stream. Session 27, H100, the op's forward+backward as CUDA
+# graphs, alternating (benchmarks/probes/ssd_side_stream.py): 0.862-0.864 ms with both, 0.874-0.876 with dcb alone
+# on the side, 0.889 on one stream (2.638-2.640 / 2.653 / 2.736-2.745 at b2 l8192 h80). The kernels and their
+# results are the same (a GPU test compares with the op's one-stream backward bit for bit, another a captured graph's).
 # SIDE_STREAM "auto" forks only where that can shorten the call: while a CUDA graph is captured (a replay takes the
 # GPU's time), or when the current stream still has work queued as the backward starts (the GPU is the bound). An
 # idle stream means the host is the bound, and there the fork's stream switches, events and record_stream calls cost
@@ -863,9 +863,9 @@ def _check_states(x, B, C, chunk_size, cu_seqlens, dt_proc, dA_cumsum, chunk_sta
     if not any(given):
         return None
     if not all(given):
-        raise ValueError("dt_proc, dA_cumsum and chunk_states are given together (the forward's kept chunk states) "
-                         f"or not at all; got {'a tensor' if given[0] else 'None'}, "
-                         f"{'a tensor' if given[1] else 'None'} and {'a tensor' if given[2] else 'None'}")
+        names = [n for n, g in zip(("dt_proc", "dA_cumsum", "chunk_states"), given) if g]
+        raise ValueError("dt_proc, dA_cumsum and chunk_states (the forward's kept chunk states) are given together "
+                         f"or not at all; got only {' and '.join(names)}")
     batch, seqlen, nheads, headdim = x.shape
     chunk = min(chunk_size, CUDA_CHUNK_MAX)
     nchunks = (seqlen + chunk - 1) // chunk

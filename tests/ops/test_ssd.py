@@ -735,7 +735,7 @@ def test_backward_op_checks_the_kept_states():
             None, None, None, False, 0.0, ssd_module._OPEN_BOUND, None)
     dtp = torch.randn(1, 4, 3, 128)
     states = torch.randn(1, 3, 4, 8, 8)
-    with pytest.raises(ValueError, match="given together"):
+    with pytest.raises(ValueError, match="given together or not at all; got only dt_proc and chunk_states"):
         torch.ops.mamba_compile.ssd_chunk_scan_bwd(*args, dtp, None, states)
     with pytest.raises(ValueError, match=r"dt_proc must be the forward's, of shape \(1, 4, 3, 128\)"):
         torch.ops.mamba_compile.ssd_chunk_scan_bwd(*args, torch.randn(1, 4, 2, 256), dtp, states)
