@@ -915,7 +915,6 @@ def _save_for_backward(ctx, inputs, output, triton_path: bool) -> None:
     ctx.set_materialize_grads(False)  # no zero-filled gradients for unused outputs (pre_gate is x's size)
     # Where the backward will take the CUDA path, what the forward kept.
     kept = _kept(output, z) if keep and triton_path else dict(pre_gate=None, states=None)
-    ctx.has_states = kept["states"] is not None
     ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, kept["pre_gate"],
                           *(kept["states"] or (None, None, None)))
     ctx.chunk_size, ctx.dt_softplus, ctx.dt_min, ctx.dt_max = chunk_size, dt_softplus, dt_min, dt_max

@@ -8,16 +8,15 @@ instead of once per head) -> chunk_scan (reads C B^T, incoming-state term, D ski
 a backward to come it also writes y + D x). Backward: the forward's kept chunk states (ssd.KEEP_STATES; else
 chunk_state_passing again, states stored as the forward stores them), the gate's backward (gate_bwd: elementwise
 from the kept y + D x, nothing without z; chunk_scan_bwd_dz recomputes y when z is given without it),
-chunk_state_passing_bwd (the reverse pass over the chunks, each chunk's
-outputs adding their gradient to the state entering it on the way, and the log-decay term of pairs spanning a
-chunk; with varlen-state gradients, chunk_state in from-start mode then state_passing_bwd, those gradients added
-between the two), chunk_scan_bwd_dx (dx, dL/d dt, dD's partial sums and the
-within-chunk pair sums of the log-decay gradient), chunk_scan_bwd_dcb (dL/d(C_t . B_s), the group's heads summed
-once, in DCB_HEAD_SPLIT parts that dB and dC add as they read them), chunk_scan_bwd_dB / _dC (from it and the
-chunk-boundary states; dC also gives dy_t . y_state_t, the pairs whose earlier index lies before the chunk; heads
-split over a few programs when there are few chunks; no atomics anywhere, so results are deterministic), dt_bwd
-(the log-decay gradient assembled from those pieces, dA, and dt back through clamp, softplus and bias), head_grads
-(each head's dA, dt_bias and D gradients summed from their partial sums, one launch).
+chunk_state_passing_bwd (the reverse pass over the chunks, each chunk's outputs adding their gradient to the state
+entering it on the way, and the log-decay term of pairs spanning a chunk; with varlen-state gradients, chunk_state in
+from-start mode then state_passing_bwd, those gradients added between the two), chunk_scan_bwd_dx (dx, dL/d dt, dD's
+partial sums and the within-chunk pair sums of the log-decay gradient), chunk_scan_bwd_dcb (dL/d(C_t . B_s), the group's
+heads summed once, in DCB_HEAD_SPLIT parts that dB and dC add as they read them), chunk_scan_bwd_dB / _dC (from it and
+the chunk-boundary states; dC also gives dy_t . y_state_t, the pairs whose earlier index lies before the chunk; heads
+split over a few programs when there are few chunks; no atomics anywhere, so results are deterministic), dt_bwd (the
+log-decay gradient assembled from those pieces, dA, and dt back through clamp, softplus and bias), head_grads (each
+head's dA, dt_bias and D gradients summed from their partial sums, one launch).
 
 Layouts: dt_proc, dA_cumsum: (batch, nheads, nchunks, chunk_size) float32; chunk states and their gradients:
 (batch, nchunks, nheads, headdim, dstate), contiguous; C B^T: (batch, nchunks, ngroups, chunk_size,
@@ -1222,10 +1221,12 @@ def _gate_bwd_flat_kernel(dout_ptr, z_ptr, pre_ptr, dy_ptr, dz_ptr, numel, BLOCK
 
 
 # gate_bwd over flat arrays where dout, z and the pre-gate output are all contiguous (the usual case: the pre-gate
-# output is allocated like out); else a program per head and block of (batch, time) rows. Session 32, H100
-# (benchmarks/probes/ssd_gate_flat.py, graphs, alternating): 0.086 ms against 0.096 (0.280 against 0.314 at b2 l8192
-# h80), outputs bit for bit the same; the op's forward+backward 0.813-0.815 against 0.827-0.829 (2.552 against 2.577).
+# output is allocated like out), GATE_FLAT_BLOCK values a program; else a program per head and block of (batch,
+# time) rows. Session 32, H100 (benchmarks/probes/ssd_gate_flat.py, graphs, alternating): 0.086 ms against 0.096
+# (0.280 against 0.314 at b2 l8192 h80), outputs bit for bit the same; the op's forward+backward 0.813-0.815 against
+# 0.827-0.829 (2.552 against 2.577).
 GATE_FLAT = True
+GATE_FLAT_BLOCK = 2048
 
 
 def gate_bwd(dout, z, pre_gate, *, block_l=64, flat=None, wrap):
@@ -1240,8 +1241,8 @@ def gate_bwd(dout, z, pre_gate, *, block_l=64, flat=None, wrap):
     z = z.contiguous()  # dz is written with z's strides
     dy, dz = torch.empty_like(dout), torch.empty_like(z)
     if (GATE_FLAT if flat is None else flat) and pre_gate.is_contiguous():
-        _launch(_gate_bwd_flat_kernel, wrap)[(_cdiv(z.numel(), 2048),)](
-            dout, z, pre_gate, dy, dz, z.numel(), BLOCK=2048, num_warps=4)
+        _launch(_gate_bwd_flat_kernel, wrap)[(_cdiv(z.numel(), GATE_FLAT_BLOCK),)](
+            dout, z, pre_gate, dy, dz, z.numel(), BLOCK=GATE_FLAT_BLOCK, num_warps=4)
         return dy, dz
     _launch(_gate_bwd_kernel, wrap)[(_cdiv(nrows, block_l), nheads)](
         dout, z, pre_gate, dy, dz,

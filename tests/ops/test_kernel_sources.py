@@ -163,9 +163,9 @@ def _fake_cases():
 
 def test_traced_launches_stay_within_the_lists():
     """Each multi-kernel op, through the branches above (conv: run, pair, row and general kernels, initial states;
-    SSD: kept or recomputed pre-gate and chunk states), launches only kernels listed for it. The selective-scan backward is left
-    out: its launcher slices fake CUDA tensors, which a CPU-only build of torch refuses (its list, read off the
-    code, includes the forward kernel it runs when the forward saved no states)."""
+    SSD: kept or recomputed pre-gate and chunk states), launches only kernels listed for it. The selective-scan
+    backward is left out: its launcher slices fake CUDA tensors, which a CPU-only build of torch refuses (its list,
+    read off the code, includes the forward kernel it runs when the forward saved no states)."""
     seen = {}
     for op, case in _fake_cases():
         with FakeTensorMode():
