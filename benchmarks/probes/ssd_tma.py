@@ -1,0 +1,289 @@
+"""chunk_scan_fwd and chunk_scan_bwd_dx with their tiles loaded and stored through Hopper's tensor memory accelerator
+(Triton tensor descriptors built on the host) instead of pointer arithmetic. ncu (session 30) found dx issue-bound
+at 251 registers and chunk_scan at 128 with DRAM 47% busy; a descriptor load is one instruction for a whole tile,
+with no address tensors held in registers, and lands in shared memory where the dots read it.
+
+Only the whole-tile case (every chunk full, headdim and dstate equal to their blocks, no seq_idx: ssd_triton's
+EVEN case) and 16-bit inputs. For each benchmark shape: each variant's largest difference from the default kernel's
+outputs relative to the largest value, then CUDA-graph medians, default and variants alternating over two rounds.
+
+    python -m benchmarks.probes.ssd_tma [--out results.json] [--check]   # --check: small shapes, outputs only
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from mamba_compile.ops import ssd_triton as kt
+from mamba_compile.ops._triton import tl, triton
+
+
+@triton.jit
+def _scan_fwd_tma_kernel(
+    x_desc, xt_desc, c_desc, cb_desc, prev_desc, z_desc, out_desc, pre_desc,
+    dtp_ptr, dacs_ptr, d_ptr,
+    seqlen, nheads, ngroups, heads_per_group,
+    s_a_b, s_a_h, s_a_c, s_a_l, s_d_h, s_d_p,
+    CHUNK: tl.constexpr, KEEP_PRE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """chunk_scan_fwd's EVEN case with HAS_CB, HAS_D and HAS_Z; grid (row tiles, nheads, batch * nchunks)."""
+    pid_t, pid_h, pid_bc = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ntiles = tl.num_programs(0)
+    nchunks = seqlen // CHUNK
+    pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
+    t0 = (ntiles - 1 - pid_t) * BLOCK_T
+    g = pid_h // heads_per_group
+    row0 = pid_b * seqlen + pid_c * CHUNK  # the chunk's first row of (batch * seqlen, ...) views
+    col_x = pid_h * BLOCK_P
+    a_ptr = dacs_ptr + pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c
+    t_ptr = dtp_ptr + pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c
+    offs_t = t0 + tl.arange(0, BLOCK_T)
+    a_t = tl.load(a_ptr + offs_t * s_a_l)
+    c_t = c_desc.load([row0 + t0, g * BLOCK_N])
+    s_pn = prev_desc.load([(pid_bc * nheads + pid_h) * BLOCK_P, 0])  # (p, n) of the state entering the chunk
+    acc = tl.dot(c_t, tl.trans(s_pn)) * tl.exp(a_t)[:, None]
+    cb_row = (pid_bc * ngroups + g) * CHUNK + t0
+    for s0 in range(0, t0 + BLOCK_T, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        cb = cb_desc.load([cb_row, s0])
+        a_s = tl.load(a_ptr + offs_s * s_a_l)
+        dt_s = tl.load(t_ptr + offs_s * s_a_l)
+        keep = offs_t[:, None] >= offs_s[None, :]
+        cb = tl.where(keep, cb * tl.exp(a_t[:, None] - a_s[None, :]) * dt_s[None, :], 0.0)
+        x_s = x_desc.load([row0 + s0, col_x])
+        acc += tl.dot(cb.to(x_s.dtype), x_s)
+    x_t = xt_desc.load([row0 + t0, col_x])
+    d = tl.load(d_ptr + pid_h * s_d_h + tl.arange(0, BLOCK_P) * s_d_p).to(tl.float32)
+    acc += x_t.to(tl.float32) * d[None, :]
+    if KEEP_PRE:
+        pre_desc.store([row0 + t0, col_x], acc.to(pre_desc.dtype))
+    z = z_desc.load([row0 + t0, col_x]).to(tl.float32)
+    out_desc.store([row0 + t0, col_x], (acc * z * tl.sigmoid(z)).to(out_desc.dtype))
+
+
+def _rows(t):
+    """A (batch * seqlen, heads * last) view of a (batch, seqlen, heads, last) tensor."""
+    return t.reshape(t.shape[0] * t.shape[1], t.shape[2] * t.shape[3])
+
+
+def scan_fwd_tma(x, B, C, dtp, dA_cs, prev, D, z, cb, *, pre_gate=None, block_t=64, block_s=32, num_warps=4,
+                 num_stages=2):
+    from triton.tools.tensor_descriptor import TensorDescriptor as TD
+
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    _, _, nchunks, chunk = dtp.shape
+    assert seqlen % chunk == 0 and headdim == kt._pow2(headdim) and dstate == kt._pow2(dstate)
+    out = torch.empty_like(x)
+    pre = pre_gate if pre_gate is not None else out
+    x2, c2, z2, o2, p2 = _rows(x), _rows(C), _rows(z), _rows(out), _rows(pre)
+    cb2 = cb.reshape(-1, chunk)
+    prev2 = prev.reshape(-1, dstate)
+    ntiles = chunk // block_t
+    _scan_fwd_tma_kernel[(ntiles, nheads, batch * nchunks)](
+        TD.from_tensor(x2, [block_s, headdim]), TD.from_tensor(x2, [block_t, headdim]),
+        TD.from_tensor(c2, [block_t, dstate]), TD.from_tensor(cb2, [block_t, block_s]),
+        TD.from_tensor(prev2, [headdim, dstate]), TD.from_tensor(z2, [block_t, headdim]),
+        TD.from_tensor(o2, [block_t, headdim]), TD.from_tensor(p2, [block_t, headdim]),
+        dtp, dA_cs, D, seqlen, nheads, ngroups, nheads // ngroups,
+        *dtp.stride(), *kt._d_strides(D),
+        CHUNK=chunk, KEEP_PRE=pre_gate is not None, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_P=headdim,
+        BLOCK_N=dstate, num_warps=num_warps, num_stages=num_stages,
+    )
+    return out
+
+
+@triton.jit
+def _dx_tma_kernel(
+    x_desc, b_desc, c_desc, dend_desc, dy_desc, dx_desc,
+    dtp_ptr, dacs_ptr, d_ptr, ddt_ptr, col_ptr, colstate_ptr, row_ptr, dd_ptr,
+    seqlen, nheads, heads_per_group,
+    s_a_b, s_a_h, s_a_c, s_a_l, s_d_h, s_d_p, s_r_b, s_r_h, s_r_c, s_r_k, s_r_l, s_dd_r, s_dd_h, s_dd_k,
+    CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """chunk_scan_bwd_dx's EVEN case with HAS_D, without seq_idx or dx_extra; grid (row tiles, nheads,
+    batch * nchunks)."""
+    pid_s, pid_h, pid_bc = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    nchunks = seqlen // CHUNK
+    pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
+    s0 = pid_s * BLOCK_T
+    g = pid_h // heads_per_group
+    row0 = pid_b * seqlen + pid_c * CHUNK
+    col_x = pid_h * BLOCK_P
+    col_b = g * BLOCK_N
+    a_off = pid_b * s_a_b + pid_h * s_a_h + pid_c * s_a_c
+    offs_s = s0 + tl.arange(0, BLOCK_T)
+    offs_p = tl.arange(0, BLOCK_P)
+    a_s = tl.load(dacs_ptr + a_off + offs_s * s_a_l)
+    dt_s = tl.load(dtp_ptr + a_off + offs_s * s_a_l)
+    a_last = tl.load(dacs_ptr + a_off + (CHUNK - 1) * s_a_l)
+    x_s = x_desc.load([row0 + s0, col_x])
+    b_s = b_desc.load([row0 + s0, col_b])
+    e_pn = dend_desc.load([(pid_bc * nheads + pid_h) * BLOCK_P, 0])
+    acc = tl.dot(b_s, tl.trans(e_pn)) * tl.exp(a_last - a_s)[:, None]
+    x32 = x_s.to(tl.float32)
+    tl.store(colstate_ptr + a_off + offs_s * s_a_l, dt_s * tl.sum(acc * x32, axis=1))
+    col = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    rp = row_ptr + pid_b * s_r_b + pid_h * s_r_h + pid_c * s_r_c + pid_s * s_r_k
+    for t0 in range(s0, CHUNK, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        c_t = c_desc.load([row0 + t0, col_b])
+        cb = tl.dot(b_s, tl.trans(c_t))
+        a_t = tl.load(dacs_ptr + a_off + offs_t * s_a_l)
+        keep = offs_t[None, :] >= offs_s[:, None]
+        cb = tl.where(keep, cb * tl.exp(a_t[None, :] - a_s[:, None]), 0.0)
+        dy_t = dy_desc.load([row0 + t0, col_x])
+        acc += tl.dot(cb.to(dy_t.dtype), dy_t)
+        pair = cb * dt_s[:, None] * tl.dot(x_s, tl.trans(dy_t))
+        col += tl.sum(pair, axis=1)
+        tl.store(rp + offs_t * s_r_l, tl.sum(pair, axis=0))
+    tl.store(col_ptr + a_off + offs_s * s_a_l, col)
+    tl.store(ddt_ptr + a_off + offs_s * s_a_l, tl.sum(acc * x32, axis=1))
+    dx = acc * dt_s[:, None]
+    d = tl.load(d_ptr + pid_h * s_d_h + offs_p * s_d_p).to(tl.float32)
+    dy_s = dy_desc.load([row0 + s0, col_x]).to(tl.float32)
+    dx += dy_s * d[None, :]
+    tl.store(dd_ptr + pid_bc * s_dd_r + pid_h * s_dd_h + pid_s * s_dd_k + offs_p, tl.sum(dy_s * x32, axis=0))
+    dx_desc.store([row0 + s0, col_x], dx.to(dx_desc.dtype))
+
+
+def dx_tma(x, B, C, dtp, dA_cs, dy, dend, D, *, block_t=64, num_warps=4, num_stages=2):
+    """chunk_scan_bwd_dx's outputs, in its layouts."""
+    from triton.tools.tensor_descriptor import TensorDescriptor as TD
+
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    _, _, nchunks, chunk = dtp.shape
+    nblocks = chunk // block_t
+    dx = torch.empty(batch, seqlen, nheads, headdim, device=x.device, dtype=x.dtype)
+    ddt, col, colstate = (torch.empty_like(dA_cs) for _ in range(3))
+    row = torch.empty(batch, nheads, nchunks, nblocks, chunk, device=x.device, dtype=torch.float32)
+    dd = torch.empty(batch * nchunks, nblocks, nheads, headdim, device=x.device, dtype=torch.float32)
+    x2, b2, c2, dy2, dx2 = _rows(x), _rows(B), _rows(C), _rows(dy), _rows(dx)
+    _dx_tma_kernel[(nblocks, nheads, batch * nchunks)](
+        TD.from_tensor(x2, [block_t, headdim]), TD.from_tensor(b2, [block_t, dstate]),
+        TD.from_tensor(c2, [block_t, dstate]), TD.from_tensor(dend.reshape(-1, dstate), [headdim, dstate]),
+        TD.from_tensor(dy2, [block_t, headdim]), TD.from_tensor(dx2, [block_t, headdim]),
+        dtp, dA_cs, D, ddt, col, colstate, row, dd, seqlen, nheads, nheads // ngroups,
+        *dtp.stride(), *kt._d_strides(D), *row.stride(), dd.stride(0), dd.stride(2), dd.stride(1),
+        CHUNK=chunk, BLOCK_T=block_t, BLOCK_P=headdim, BLOCK_N=dstate, num_warps=num_warps, num_stages=num_stages,
+    )
+    return dx, ddt, col, colstate, row, dd.view(-1, nheads, headdim)
+
+
+def _rel(a, b, mask=None):
+    a, b = a.float(), b.float()
+    if mask is not None:
+        a, b = a[mask], b[mask]
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def _row_mask(row, block_t):
+    """row's written positions: row tile k's from position k * block_t on."""
+    k = torch.arange(row.shape[3], device=row.device)[:, None]
+    pos = torch.arange(row.shape[4], device=row.device)[None, :]
+    return (pos >= k * block_t).expand_as(row)
+
+
+def compare(outs, want, block_t):
+    """The largest relative difference over a kernel's outputs; dx's partial row sums (5-d, its fifth output) only
+    where they are written."""
+    return max(_rel(a, b, _row_mask(b, block_t) if i == 4 and b.dim() == 5 else None)
+               for i, (a, b) in enumerate(zip(outs, want)))
+
+
+def _inputs(shape, chunk, device):
+    """Random bf16 inputs at ``shape`` = (batch, seqlen, nheads, headdim, ngroups, dstate) and the forward's
+    chunked dt, states, C B^T and a random dy with its state gradients, as the op makes them."""
+    from benchmarks.bench_ssd import make_inputs
+    from mamba_compile.ops import ssd
+
+    t = make_inputs(*shape, device=device)
+    x, B, C, D, z = t["x"], t["B"], t["C"], t["D"], t["z"]
+    dtp, dA_cs = kt.chunk_cumsum_fwd(t["dt"], t["A"], t["dt_bias"], chunk, True, 0.0, ssd._OPEN_BOUND, False,
+                                     wrap=False)
+    prev, _ = kt.chunk_state_passing_fwd(x, B, dtp, dA_cs, None, None, prev_dtype=C.dtype, wrap=False)
+    cb = kt.bmm_cb_fwd(C, B, chunk, block_t=min(kt.BLOCK_T_MAX, chunk), wrap=False)
+    dy = torch.randn_like(x)
+    dend, _, _ = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, None, None, False, dend_dtype=C.dtype, wrap=False)
+    return x, B, C, D, z, dtp, dA_cs, prev, cb, dy, dend
+
+
+def kernels(inp, block_t):
+    """name -> (the default launch, {variant label: launch}), each launch returning a list of outputs."""
+    x, B, C, D, z, dtp, dA_cs, prev, cb, dy, dend = inp
+    pre = torch.empty_like(x)
+    scan = {}
+    for bs, nw, ns in ((32, 4, 2), (32, 4, 3), (32, 4, 1), (64, 4, 2), (32, 8, 2)):
+        scan[f"tma s{bs} w{nw} st{ns}"] = lambda bs=bs, nw=nw, ns=ns: [scan_fwd_tma(
+            x, B, C, dtp, dA_cs, prev, D, z, cb, pre_gate=pre, block_t=block_t, block_s=min(bs, block_t),
+            num_warps=nw, num_stages=ns), pre]
+    dx = {}
+    for nw, ns in ((4, 2), (4, 3), (4, 1), (8, 2)):
+        dx[f"tma w{nw} st{ns}"] = lambda nw=nw, ns=ns: list(dx_tma(x, B, C, dtp, dA_cs, dy, dend, D, block_t=block_t,
+                                                                   num_warps=nw, num_stages=ns))
+    pre0 = torch.empty_like(x)
+    cfg = dict(block_t=block_t, block_s=min(32, block_t))
+    return {
+        "chunk_scan_fwd (pre-gate kept)": (lambda: [kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, None, cb=cb,
+                                                                      pre_gate=pre0, config=cfg, wrap=False), pre0],
+                                           scan),
+        "chunk_scan_bwd_dx": (lambda: list(kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, None,
+                                                                block_t=block_t, wrap=False)), dx),
+    }
+
+
+def check(device) -> None:
+    """Every variant against the default kernels at small whole-tile shapes (runs under TRITON_INTERPRET=1)."""
+    for shape, chunk, block_t in (((1, 128, 4, 16, 2, 16), 64, 32), ((2, 64, 2, 32, 1, 32), 32, 16)):
+        inp = _inputs(shape, chunk, device)
+        for name, (default, variants) in kernels(inp, block_t).items():
+            want = [o.clone() for o in default()]
+            for label, run in variants.items():
+                diff = compare(run(), want, block_t)
+                print(f"{shape} chunk {chunk}: {name}, {label}: diff {diff:.2e}", flush=True)
+                assert diff < 1e-2, (name, label, diff)
+
+
+def main() -> None:
+    from benchmarks._common import device_name, graph_ms, write_results
+    from benchmarks.probes.ssd_sweep import CHUNK, SHAPES
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=None)
+    p.add_argument("--check", action="store_true")
+    args = p.parse_args()
+    if args.check:
+        check("cuda" if torch.cuda.is_available() else "cpu")
+        return
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+    print(device_name(), f"chunk {CHUNK}", flush=True)
+    rows = []
+    for name, shape in SHAPES.items():
+        inp = _inputs(shape, CHUNK, "cuda")
+        for kname, (default, variants) in kernels(inp, min(kt.BLOCK_T_MAX, CHUNK)).items():
+            want = [o.clone() for o in default()]
+            runs = {"default": default}
+            for label, run in variants.items():
+                try:
+                    diff = compare(run(), want, min(kt.BLOCK_T_MAX, CHUNK))
+                except Exception as e:  # noqa: BLE001  (a variant that fails to build should not lose the others)
+                    print(f"{name} {kname} {label}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                    continue
+                runs[label] = run
+                rows.append(dict(shape=name, what=f"{kname}, {label}: diff", diff=diff))
+                print(rows[-1], flush=True)
+            for _ in range(2):
+                for label, run in runs.items():
+                    rows.append(dict(shape=name, what=f"{kname}, {label}", ms=graph_ms(run)))
+                    print(rows[-1], flush=True)
+        del inp
+        torch.cuda.empty_cache()
+    write_results(rows, args.out)
+
+
+if __name__ == "__main__":
+    main()
