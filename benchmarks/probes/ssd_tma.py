@@ -69,8 +69,20 @@ def _rows(t):
     return t.reshape(t.shape[0] * t.shape[1], t.shape[2] * t.shape[3])
 
 
+BUILDS: dict = {}  # variant label -> (registers, spilled bytes, shared memory bytes) of its last launch
+
+
+def _note_build(label, compiled) -> None:
+    if label and compiled is not None and hasattr(compiled, "n_regs"):
+        BUILDS[label] = (compiled.n_regs, compiled.n_spills, compiled.metadata.shared)
+
+
+def _cap(maxnreg):
+    return {"maxnreg": maxnreg} if maxnreg else {}
+
+
 def scan_fwd_tma(x, B, C, dtp, dA_cs, prev, D, z, cb, *, pre_gate=None, block_t=64, block_s=32, num_warps=4,
-                 num_stages=2):
+                 num_stages=2, maxnreg=None, label=None):
     from triton.tools.tensor_descriptor import TensorDescriptor as TD
 
     batch, seqlen, nheads, headdim = x.shape
@@ -83,7 +95,7 @@ def scan_fwd_tma(x, B, C, dtp, dA_cs, prev, D, z, cb, *, pre_gate=None, block_t=
     cb2 = cb.reshape(-1, chunk)
     prev2 = prev.reshape(-1, dstate)
     ntiles = chunk // block_t
-    _scan_fwd_tma_kernel[(ntiles, nheads, batch * nchunks)](
+    compiled = _scan_fwd_tma_kernel[(ntiles, nheads, batch * nchunks)](
         TD.from_tensor(x2, [block_s, headdim]), TD.from_tensor(x2, [block_t, headdim]),
         TD.from_tensor(c2, [block_t, dstate]), TD.from_tensor(cb2, [block_t, block_s]),
         TD.from_tensor(prev2, [headdim, dstate]), TD.from_tensor(z2, [block_t, headdim]),
@@ -91,8 +103,9 @@ def scan_fwd_tma(x, B, C, dtp, dA_cs, prev, D, z, cb, *, pre_gate=None, block_t=
         dtp, dA_cs, D, seqlen, nheads, ngroups, nheads // ngroups,
         *dtp.stride(), *kt._d_strides(D),
         CHUNK=chunk, KEEP_PRE=pre_gate is not None, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_P=headdim,
-        BLOCK_N=dstate, num_warps=num_warps, num_stages=num_stages,
+        BLOCK_N=dstate, num_warps=num_warps, num_stages=num_stages, **_cap(maxnreg),
     )
+    _note_build(label, compiled)
     return out
 
 
@@ -150,7 +163,7 @@ def _dx_tma_kernel(
     dx_desc.store([row0 + s0, col_x], dx.to(dx_desc.dtype))
 
 
-def dx_tma(x, B, C, dtp, dA_cs, dy, dend, D, *, block_t=64, num_warps=4, num_stages=2):
+def dx_tma(x, B, C, dtp, dA_cs, dy, dend, D, *, block_t=64, num_warps=4, num_stages=2, maxnreg=None, label=None):
     """chunk_scan_bwd_dx's outputs, in its layouts."""
     from triton.tools.tensor_descriptor import TensorDescriptor as TD
 
@@ -163,15 +176,83 @@ def dx_tma(x, B, C, dtp, dA_cs, dy, dend, D, *, block_t=64, num_warps=4, num_sta
     row = torch.empty(batch, nheads, nchunks, nblocks, chunk, device=x.device, dtype=torch.float32)
     dd = torch.empty(batch * nchunks, nblocks, nheads, headdim, device=x.device, dtype=torch.float32)
     x2, b2, c2, dy2, dx2 = _rows(x), _rows(B), _rows(C), _rows(dy), _rows(dx)
-    _dx_tma_kernel[(nblocks, nheads, batch * nchunks)](
+    compiled = _dx_tma_kernel[(nblocks, nheads, batch * nchunks)](
         TD.from_tensor(x2, [block_t, headdim]), TD.from_tensor(b2, [block_t, dstate]),
         TD.from_tensor(c2, [block_t, dstate]), TD.from_tensor(dend.reshape(-1, dstate), [headdim, dstate]),
         TD.from_tensor(dy2, [block_t, headdim]), TD.from_tensor(dx2, [block_t, headdim]),
         dtp, dA_cs, D, ddt, col, colstate, row, dd, seqlen, nheads, nheads // ngroups,
         *dtp.stride(), *kt._d_strides(D), *row.stride(), dd.stride(0), dd.stride(2), dd.stride(1),
         CHUNK=chunk, BLOCK_T=block_t, BLOCK_P=headdim, BLOCK_N=dstate, num_warps=num_warps, num_stages=num_stages,
+        **_cap(maxnreg),
     )
+    _note_build(label, compiled)
     return dx, ddt, col, colstate, row, dd.view(-1, nheads, headdim)
+
+
+@triton.jit
+def _passing_fwd_tma_kernel(
+    x_desc, b_desc, prev_desc, dt_ptr, A_ptr, bias_ptr, dtp_ptr, dacs_ptr, final_ptr,
+    seqlen, nchunks, nheads, heads_per_group,
+    s_dt_b, s_dt_l, s_dt_h, s_a_b, s_a_h, s_a_c, s_a_l, s_f_b, s_f_h, s_f_p, s_f_n,
+    CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HEADDIM: tl.constexpr, DSTATE: tl.constexpr,
+):
+    """chunk_cumsum_state_passing_fwd's whole-chunk case with a bias and softplus, no initial states, seq_idx or
+    limit; grid (batch, nheads, state blocks)."""
+    pid_b, pid_h, pid_pn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    npb = HEADDIM // BLOCK_P
+    p0 = (pid_pn % npb) * BLOCK_P
+    n0 = (pid_pn // npb) * BLOCK_N
+    col_x = pid_h * HEADDIM + p0
+    col_b = (pid_h // heads_per_group) * DSTATE + n0
+    A = tl.load(A_ptr + pid_h).to(tl.float32)
+    bias = tl.load(bias_ptr + pid_h).to(tl.float32)
+    offs_k = tl.arange(0, CHUNK)
+    dt_ptr += pid_b * s_dt_b + pid_h * s_dt_h
+    a_ptr = dacs_ptr + pid_b * s_a_b + pid_h * s_a_h
+    t_ptr = dtp_ptr + pid_b * s_a_b + pid_h * s_a_h
+    first = offs_k < tl.where(pid_pn == 0, CHUNK, 0)
+    run = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    for c in range(nchunks):
+        row = pid_b * seqlen + c * CHUNK
+        dtv = tl.load(dt_ptr + (c * CHUNK + offs_k) * s_dt_l).to(tl.float32) + bias
+        dtv = tl.where(dtv <= 20.0, tl.log(1.0 + tl.exp(dtv)), dtv)
+        a = tl.cumsum(dtv * A, axis=0)
+        tl.store(t_ptr + c * s_a_c + offs_k * s_a_l, dtv, mask=first)
+        tl.store(a_ptr + c * s_a_c + offs_k * s_a_l, a, mask=first)
+        a_last = tl.sum(tl.where(offs_k == CHUNK - 1, a, 0.0))
+        w = tl.exp(a_last - a) * dtv
+        x_t = x_desc.load([row, col_x])  # (t, p)
+        b_t = b_desc.load([row, col_b]).to(tl.float32)  # (t, n)
+        acc = tl.dot(tl.trans(x_t), (b_t * w[:, None]).to(x_t.dtype))
+        prev_desc.store([((pid_b * nchunks + c) * nheads + pid_h) * HEADDIM + p0, n0], run.to(prev_desc.dtype))
+        run = tl.exp(a_last) * run + acc
+    offs_p = p0 + tl.arange(0, BLOCK_P)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    tl.store(final_ptr + pid_b * s_f_b + pid_h * s_f_h + offs_p[:, None] * s_f_p + offs_n[None, :] * s_f_n, run)
+
+
+def passing_fwd_tma(x, B, dt, A, dt_bias, chunk, *, block_n=64, num_warps=4, num_stages=2, maxnreg=None, label=None):
+    """(dtp, dA_cs, prev, final) as chunk_cumsum_state_passing_fwd returns them (softplus, prev in B's dtype)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor as TD
+
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, dstate = B.shape[2], B.shape[3]
+    nchunks = seqlen // chunk
+    dtp = torch.empty(batch, nheads, nchunks, chunk, device=x.device, dtype=torch.float32)
+    dA_cs = torch.empty_like(dtp)
+    prev = torch.empty(batch, nchunks, nheads, headdim, dstate, device=x.device, dtype=B.dtype)
+    final = torch.empty(batch, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
+    block_p, block_n = headdim, min(block_n, dstate)
+    compiled = _passing_fwd_tma_kernel[(batch, nheads, dstate // block_n)](
+        TD.from_tensor(_rows(x), [chunk, block_p]), TD.from_tensor(_rows(B), [chunk, block_n]),
+        TD.from_tensor(prev.reshape(-1, dstate), [block_p, block_n]),
+        dt, A, dt_bias, dtp, dA_cs, final, seqlen, nchunks, nheads, nheads // ngroups,
+        *dt.stride(), *dtp.stride(), *final.stride(),
+        CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=block_n, HEADDIM=headdim, DSTATE=dstate,
+        num_warps=num_warps, num_stages=num_stages, **_cap(maxnreg),
+    )
+    _note_build(label, compiled)
+    return [dtp, dA_cs, prev, final]
 
 
 def _rel(a, b, mask=None):
@@ -209,25 +290,43 @@ def _inputs(shape, chunk, device):
     cb = kt.bmm_cb_fwd(C, B, chunk, block_t=min(kt.BLOCK_T_MAX, chunk), wrap=False)
     dy = torch.randn_like(x)
     dend, _, _ = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, None, None, False, dend_dtype=C.dtype, wrap=False)
-    return x, B, C, D, z, dtp, dA_cs, prev, cb, dy, dend
+    return x, B, C, D, z, dtp, dA_cs, prev, cb, dy, dend, (t["dt"], t["A"], t["dt_bias"])
 
 
 def kernels(inp, block_t):
     """name -> (the default launch, {variant label: launch}), each launch returning a list of outputs."""
-    x, B, C, D, z, dtp, dA_cs, prev, cb, dy, dend = inp
+    from mamba_compile.ops import ssd
+
+    x, B, C, D, z, dtp, dA_cs, prev, cb, dy, dend, (dt, A, bias) = inp
+    chunk = dtp.shape[3]
+    passing = {}
+    # (state block's dstate width, warps, stages)
+    for bn, nw, ns in ((64, 4, 2), (64, 4, 3), (128, 4, 2), (128, 8, 2), (32, 4, 2)):
+        label = f"tma n{bn} w{nw} st{ns}"
+        passing[label] = lambda bn=bn, nw=nw, ns=ns, label=label: passing_fwd_tma(
+            x, B, dt, A, bias, chunk, block_n=bn, num_warps=nw, num_stages=ns, label=label)
     pre = torch.empty_like(x)
     scan = {}
-    for bs, nw, ns in ((32, 4, 2), (32, 4, 3), (32, 4, 1), (64, 4, 2), (32, 8, 2)):
-        scan[f"tma s{bs} w{nw} st{ns}"] = lambda bs=bs, nw=nw, ns=ns: [scan_fwd_tma(
-            x, B, C, dtp, dA_cs, prev, D, z, cb, pre_gate=pre, block_t=block_t, block_s=min(bs, block_t),
-            num_warps=nw, num_stages=ns), pre]
+    # (row tile, column tile, warps, stages, register cap)
+    for bt, bs, nw, ns, cap in ((64, 32, 4, 2, None), (64, 32, 4, 2, 96), (64, 64, 4, 2, None),
+                                (128, 32, 8, 2, None), (128, 64, 8, 2, None), (128, 32, 8, 1, None)):
+        label = f"tma t{bt} s{bs} w{nw} st{ns}" + (f" cap{cap}" if cap else "")
+        bt, bs = min(bt, x.shape[1], dtp.shape[3]), min(bs, block_t)
+        scan[label] = lambda bt=bt, bs=bs, nw=nw, ns=ns, cap=cap, label=label: [scan_fwd_tma(
+            x, B, C, dtp, dA_cs, prev, D, z, cb, pre_gate=pre, block_t=bt, block_s=bs, num_warps=nw, num_stages=ns,
+            maxnreg=cap, label=label), pre]
     dx = {}
-    for nw, ns in ((4, 2), (4, 3), (4, 1), (8, 2)):
-        dx[f"tma w{nw} st{ns}"] = lambda nw=nw, ns=ns: list(dx_tma(x, B, C, dtp, dA_cs, dy, dend, D, block_t=block_t,
-                                                                   num_warps=nw, num_stages=ns))
+    # (warps, stages, register cap)
+    for nw, ns, cap in ((4, 2, None), (4, 2, 168), (4, 1, None), (4, 1, 168), (4, 1, 152), (4, 1, 128)):
+        label = f"tma w{nw} st{ns}" + (f" cap{cap}" if cap else "")
+        dx[label] = lambda nw=nw, ns=ns, cap=cap, label=label: list(dx_tma(
+            x, B, C, dtp, dA_cs, dy, dend, D, block_t=block_t, num_warps=nw, num_stages=ns, maxnreg=cap, label=label))
     pre0 = torch.empty_like(x)
     cfg = dict(block_t=block_t, block_s=min(32, block_t))
     return {
+        "chunk_cumsum_state_passing_fwd": (lambda: list(kt.chunk_cumsum_state_passing_fwd(
+            x, B, dt, A, bias, chunk, True, 0.0, ssd._OPEN_BOUND, False, None, None, prev_dtype=C.dtype,
+            wrap=False)), passing),
         "chunk_scan_fwd (pre-gate kept)": (lambda: [kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, None, cb=cb,
                                                                       pre_gate=pre0, config=cfg, wrap=False), pre0],
                                            scan),
@@ -274,7 +373,8 @@ def main() -> None:
                     print(f"{name} {kname} {label}: {type(e).__name__}: {str(e)[:300]}", flush=True)
                     continue
                 runs[label] = run
-                rows.append(dict(shape=name, what=f"{kname}, {label}: diff", diff=diff))
+                rows.append(dict(shape=name, what=f"{kname}, {label}: diff", diff=diff,
+                                 build=str(BUILDS.get(label, ""))))
                 print(rows[-1], flush=True)
             for _ in range(2):
                 for label, run in runs.items():
