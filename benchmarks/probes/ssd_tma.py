@@ -8,6 +8,10 @@ EVEN case) and 16-bit inputs. For each benchmark shape: each variant's largest d
 outputs relative to the largest value, then CUDA-graph medians, default and variants alternating over two rounds.
 
     python -m benchmarks.probes.ssd_tma [--out results.json] [--check]   # --check: small shapes, outputs only
+    python -m benchmarks.probes.ssd_tma --op [--out results.json]       # the op with ssd_triton.TMA on and off
+
+The kernels in the op (ssd_triton's TMA builds) follow the variants that won here: the passing's 64-wide state
+blocks, chunk_scan's 64-row, 32-column tiles and dx's defaults, at two stages and four warps.
 """
 
 from __future__ import annotations
@@ -354,9 +358,23 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
     p.add_argument("--check", action="store_true")
+    p.add_argument("--op", action="store_true", help="the op's graphed steps with ssd_triton.TMA on and off")
     args = p.parse_args()
     if args.check:
         check("cuda" if torch.cuda.is_available() else "cpu")
+        return
+    if args.op:
+        from benchmarks.probes.ssd_sweep import op_variant_rows
+
+        default = kt.TMA
+        rows = []
+        try:
+            for name, shape in SHAPES.items():
+                rows += op_variant_rows(name, shape, {v: lambda v=v: setattr(kt, "TMA", v) for v in (True, False)},
+                                        "tma")
+        finally:
+            kt.TMA = default
+        write_results(rows, args.out)
         return
     triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
     print(device_name(), f"chunk {CHUNK}", flush=True)
