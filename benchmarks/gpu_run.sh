@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-tests|ssd-tma-bench]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-tests|ssd-tma-bench|ssd-tma-dev]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -346,4 +346,11 @@ if [[ $what == ssd-tma-bench ]]; then
   # builds, alternating (about 5)
   timeout 250 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\\||first call|^ours|^reference"
   timeout 330 python3 -m benchmarks.probes.train_ab --arch mamba2 --mamba2 new ssd-pointer new ssd-pointer --graph --out "$OUT/train_ab.json" 2>&1 | tee "$OUT/train_ab.log" | grep -E "^\{|discarded|Error"
+fi
+if [[ $what == ssd-tma-dev ]]; then
+  # Tensor descriptors built on the device: a traced triton_op with them (eager, Inductor, AOTInductor), then the
+  # three kernels' variants with device-built descriptors beside the host-built ones and the defaults (about 4 minutes)
+  timeout 200 python3 -m benchmarks.probes.ssd_tma --inductor-check 2>&1 | tee "$OUT/ssd_tma_inductor.log" | grep -E "^(eager|compile|aoti)"
+  timeout 120 python3 -m benchmarks.probes.ssd_tma --check 2>&1 | tee "$OUT/ssd_tma_check.log" | tail -4
+  timeout 300 python3 -m benchmarks.probes.ssd_tma --out "$OUT/ssd_tma.json" 2>&1 | tee "$OUT/ssd_tma.log" | grep -v "^{"
 fi

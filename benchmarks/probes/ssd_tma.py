@@ -34,6 +34,45 @@ def _scan_fwd_tma_kernel(
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """chunk_scan_fwd's EVEN case with HAS_CB, HAS_D and HAS_Z; grid (row tiles, nheads, batch * nchunks)."""
+    _scan_fwd_body(x_desc, xt_desc, c_desc, cb_desc, prev_desc, z_desc, out_desc, pre_desc, dtp_ptr, dacs_ptr, d_ptr,
+                   seqlen, nheads, ngroups, heads_per_group, s_a_b, s_a_h, s_a_c, s_a_l, s_d_h, s_d_p,
+                   CHUNK, KEEP_PRE, BLOCK_T, BLOCK_S, BLOCK_P, BLOCK_N)
+
+
+@triton.jit
+def _scan_fwd_dev_kernel(
+    x_ptr, c_ptr, cb_ptr, prev_ptr, z_ptr, out_ptr, pre_ptr, dtp_ptr, dacs_ptr, d_ptr,
+    rows, ld_x, ld_c, ld_z, rows_cb, rows_prev,
+    seqlen, nheads, ngroups, heads_per_group,
+    s_a_b, s_a_h, s_a_c, s_a_l, s_d_h, s_d_p,
+    CHUNK: tl.constexpr, KEEP_PRE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """_scan_fwd_tma_kernel with its descriptors built on the device (tl.make_tensor_descriptor, each program its
+    own in global scratch), from pointers: what a traced launch can take."""
+    hp = nheads * BLOCK_P
+    x_desc = tl.make_tensor_descriptor(x_ptr, [rows, hp], [ld_x, 1], [BLOCK_S, BLOCK_P])
+    xt_desc = tl.make_tensor_descriptor(x_ptr, [rows, hp], [ld_x, 1], [BLOCK_T, BLOCK_P])
+    c_desc = tl.make_tensor_descriptor(c_ptr, [rows, ngroups * BLOCK_N], [ld_c, 1], [BLOCK_T, BLOCK_N])
+    cb_desc = tl.make_tensor_descriptor(cb_ptr, [rows_cb, CHUNK], [CHUNK, 1], [BLOCK_T, BLOCK_S])
+    prev_desc = tl.make_tensor_descriptor(prev_ptr, [rows_prev, BLOCK_N], [BLOCK_N, 1], [BLOCK_P, BLOCK_N])
+    z_desc = tl.make_tensor_descriptor(z_ptr, [rows, hp], [ld_z, 1], [BLOCK_T, BLOCK_P])
+    out_desc = tl.make_tensor_descriptor(out_ptr, [rows, hp], [hp, 1], [BLOCK_T, BLOCK_P])
+    pre_desc = tl.make_tensor_descriptor(pre_ptr, [rows, hp], [hp, 1], [BLOCK_T, BLOCK_P])
+    _scan_fwd_body(x_desc, xt_desc, c_desc, cb_desc, prev_desc, z_desc, out_desc, pre_desc, dtp_ptr, dacs_ptr, d_ptr,
+                   seqlen, nheads, ngroups, heads_per_group, s_a_b, s_a_h, s_a_c, s_a_l, s_d_h, s_d_p,
+                   CHUNK, KEEP_PRE, BLOCK_T, BLOCK_S, BLOCK_P, BLOCK_N)
+
+
+@triton.jit
+def _scan_fwd_body(
+    x_desc, xt_desc, c_desc, cb_desc, prev_desc, z_desc, out_desc, pre_desc,
+    dtp_ptr, dacs_ptr, d_ptr,
+    seqlen, nheads, ngroups, heads_per_group,
+    s_a_b, s_a_h, s_a_c, s_a_l, s_d_h, s_d_p,
+    CHUNK: tl.constexpr, KEEP_PRE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
     pid_t, pid_h, pid_bc = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     ntiles = tl.num_programs(0)
     nchunks = seqlen // CHUNK
@@ -86,7 +125,7 @@ def _cap(maxnreg):
 
 
 def scan_fwd_tma(x, B, C, dtp, dA_cs, prev, D, z, cb, *, pre_gate=None, block_t=64, block_s=32, num_warps=4,
-                 num_stages=2, maxnreg=None, label=None):
+                 num_stages=2, maxnreg=None, label=None, device_desc=False):
     from triton.tools.tensor_descriptor import TensorDescriptor as TD
 
     batch, seqlen, nheads, headdim = x.shape
@@ -99,6 +138,16 @@ def scan_fwd_tma(x, B, C, dtp, dA_cs, prev, D, z, cb, *, pre_gate=None, block_t=
     cb2 = cb.reshape(-1, chunk)
     prev2 = prev.reshape(-1, dstate)
     ntiles = chunk // block_t
+    if device_desc:
+        compiled = _scan_fwd_dev_kernel[(ntiles, nheads, batch * nchunks)](
+            x, C, cb, prev, z, out, pre, dtp, dA_cs, D, batch * seqlen, x2.stride(0), c2.stride(0), z2.stride(0),
+            cb2.shape[0], prev2.shape[0], seqlen, nheads, ngroups, nheads // ngroups,
+            *dtp.stride(), *kt._d_strides(D),
+            CHUNK=chunk, KEEP_PRE=pre_gate is not None, BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_P=headdim,
+            BLOCK_N=dstate, num_warps=num_warps, num_stages=num_stages, **_cap(maxnreg),
+        )
+        _note_build(label, compiled)
+        return out
     compiled = _scan_fwd_tma_kernel[(ntiles, nheads, batch * nchunks)](
         TD.from_tensor(x2, [block_s, headdim]), TD.from_tensor(x2, [block_t, headdim]),
         TD.from_tensor(c2, [block_t, dstate]), TD.from_tensor(cb2, [block_t, block_s]),
@@ -123,6 +172,42 @@ def _dx_tma_kernel(
 ):
     """chunk_scan_bwd_dx's EVEN case with HAS_D, without seq_idx or dx_extra; grid (row tiles, nheads,
     batch * nchunks)."""
+    _dx_body(x_desc, b_desc, c_desc, dend_desc, dy_desc, dx_desc, dtp_ptr, dacs_ptr, d_ptr, ddt_ptr, col_ptr,
+             colstate_ptr, row_ptr, dd_ptr, seqlen, nheads, heads_per_group, s_a_b, s_a_h, s_a_c, s_a_l, s_d_h, s_d_p,
+             s_r_b, s_r_h, s_r_c, s_r_k, s_r_l, s_dd_r, s_dd_h, s_dd_k, CHUNK, BLOCK_T, BLOCK_P, BLOCK_N)
+
+
+@triton.jit
+def _dx_dev_kernel(
+    x_ptr, b_ptr, c_ptr, dend_ptr, dy_ptr, dx_ptr,
+    dtp_ptr, dacs_ptr, d_ptr, ddt_ptr, col_ptr, colstate_ptr, row_ptr, dd_ptr,
+    rows, ld_x, ld_b, ld_c, ld_dy, rows_dend, ngroups,
+    seqlen, nheads, heads_per_group,
+    s_a_b, s_a_h, s_a_c, s_a_l, s_d_h, s_d_p, s_r_b, s_r_h, s_r_c, s_r_k, s_r_l, s_dd_r, s_dd_h, s_dd_k,
+    CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """_dx_tma_kernel with its descriptors built on the device."""
+    hp = nheads * BLOCK_P
+    gn = ngroups * BLOCK_N
+    x_desc = tl.make_tensor_descriptor(x_ptr, [rows, hp], [ld_x, 1], [BLOCK_T, BLOCK_P])
+    b_desc = tl.make_tensor_descriptor(b_ptr, [rows, gn], [ld_b, 1], [BLOCK_T, BLOCK_N])
+    c_desc = tl.make_tensor_descriptor(c_ptr, [rows, gn], [ld_c, 1], [BLOCK_T, BLOCK_N])
+    dend_desc = tl.make_tensor_descriptor(dend_ptr, [rows_dend, BLOCK_N], [BLOCK_N, 1], [BLOCK_P, BLOCK_N])
+    dy_desc = tl.make_tensor_descriptor(dy_ptr, [rows, hp], [ld_dy, 1], [BLOCK_T, BLOCK_P])
+    dx_desc = tl.make_tensor_descriptor(dx_ptr, [rows, hp], [hp, 1], [BLOCK_T, BLOCK_P])
+    _dx_body(x_desc, b_desc, c_desc, dend_desc, dy_desc, dx_desc, dtp_ptr, dacs_ptr, d_ptr, ddt_ptr, col_ptr,
+             colstate_ptr, row_ptr, dd_ptr, seqlen, nheads, heads_per_group, s_a_b, s_a_h, s_a_c, s_a_l, s_d_h, s_d_p,
+             s_r_b, s_r_h, s_r_c, s_r_k, s_r_l, s_dd_r, s_dd_h, s_dd_k, CHUNK, BLOCK_T, BLOCK_P, BLOCK_N)
+
+
+@triton.jit
+def _dx_body(
+    x_desc, b_desc, c_desc, dend_desc, dy_desc, dx_desc,
+    dtp_ptr, dacs_ptr, d_ptr, ddt_ptr, col_ptr, colstate_ptr, row_ptr, dd_ptr,
+    seqlen, nheads, heads_per_group,
+    s_a_b, s_a_h, s_a_c, s_a_l, s_d_h, s_d_p, s_r_b, s_r_h, s_r_c, s_r_k, s_r_l, s_dd_r, s_dd_h, s_dd_k,
+    CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
     pid_s, pid_h, pid_bc = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     nchunks = seqlen // CHUNK
     pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
@@ -167,7 +252,8 @@ def _dx_tma_kernel(
     dx_desc.store([row0 + s0, col_x], dx.to(dx_desc.dtype))
 
 
-def dx_tma(x, B, C, dtp, dA_cs, dy, dend, D, *, block_t=64, num_warps=4, num_stages=2, maxnreg=None, label=None):
+def dx_tma(x, B, C, dtp, dA_cs, dy, dend, D, *, block_t=64, num_warps=4, num_stages=2, maxnreg=None, label=None,
+           device_desc=False):
     """chunk_scan_bwd_dx's outputs, in its layouts."""
     from triton.tools.tensor_descriptor import TensorDescriptor as TD
 
@@ -180,6 +266,17 @@ def dx_tma(x, B, C, dtp, dA_cs, dy, dend, D, *, block_t=64, num_warps=4, num_sta
     row = torch.empty(batch, nheads, nchunks, nblocks, chunk, device=x.device, dtype=torch.float32)
     dd = torch.empty(batch * nchunks, nblocks, nheads, headdim, device=x.device, dtype=torch.float32)
     x2, b2, c2, dy2, dx2 = _rows(x), _rows(B), _rows(C), _rows(dy), _rows(dx)
+    if device_desc:
+        compiled = _dx_dev_kernel[(nblocks, nheads, batch * nchunks)](
+            x, B, C, dend, dy, dx, dtp, dA_cs, D, ddt, col, colstate, row, dd,
+            batch * seqlen, x2.stride(0), b2.stride(0), c2.stride(0), dy2.stride(0), dend.numel() // dstate, ngroups,
+            seqlen, nheads, nheads // ngroups,
+            *dtp.stride(), *kt._d_strides(D), *row.stride(), dd.stride(0), dd.stride(2), dd.stride(1),
+            CHUNK=chunk, BLOCK_T=block_t, BLOCK_P=headdim, BLOCK_N=dstate, num_warps=num_warps,
+            num_stages=num_stages, **_cap(maxnreg),
+        )
+        _note_build(label, compiled)
+        return dx, ddt, col, colstate, row, dd.view(-1, nheads, headdim)
     compiled = _dx_tma_kernel[(nblocks, nheads, batch * nchunks)](
         TD.from_tensor(x2, [block_t, headdim]), TD.from_tensor(b2, [block_t, dstate]),
         TD.from_tensor(c2, [block_t, dstate]), TD.from_tensor(dend.reshape(-1, dstate), [headdim, dstate]),
@@ -199,9 +296,17 @@ def _passing_fwd_tma_kernel(
     seqlen, nchunks, nheads, heads_per_group,
     s_dt_b, s_dt_l, s_dt_h, s_a_b, s_a_h, s_a_c, s_a_l, s_f_b, s_f_h, s_f_p, s_f_n,
     CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HEADDIM: tl.constexpr, DSTATE: tl.constexpr,
+    DEV: tl.constexpr = False, ld_x=0, ld_b=0, ngroups=1,
 ):
     """chunk_cumsum_state_passing_fwd's whole-chunk case with a bias and softplus, no initial states, seq_idx or
-    limit; grid (batch, nheads, state blocks)."""
+    limit; grid (batch, nheads, state blocks). DEV: x_desc, b_desc and prev_desc are pointers, the descriptors built
+    here."""
+    if DEV:
+        rows = tl.num_programs(0) * seqlen
+        x_desc = tl.make_tensor_descriptor(x_desc, [rows, nheads * HEADDIM], [ld_x, 1], [CHUNK, BLOCK_P])
+        b_desc = tl.make_tensor_descriptor(b_desc, [rows, ngroups * DSTATE], [ld_b, 1], [CHUNK, BLOCK_N])
+        prev_desc = tl.make_tensor_descriptor(prev_desc, [rows // CHUNK * nheads * HEADDIM, DSTATE], [DSTATE, 1],
+                                              [BLOCK_P, BLOCK_N])
     pid_b, pid_h, pid_pn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     npb = HEADDIM // BLOCK_P
     p0 = (pid_pn % npb) * BLOCK_P
@@ -235,7 +340,8 @@ def _passing_fwd_tma_kernel(
     tl.store(final_ptr + pid_b * s_f_b + pid_h * s_f_h + offs_p[:, None] * s_f_p + offs_n[None, :] * s_f_n, run)
 
 
-def passing_fwd_tma(x, B, dt, A, dt_bias, chunk, *, block_n=64, num_warps=4, num_stages=2, maxnreg=None, label=None):
+def passing_fwd_tma(x, B, dt, A, dt_bias, chunk, *, block_n=64, num_warps=4, num_stages=2, maxnreg=None, label=None,
+                    device_desc=False):
     """(dtp, dA_cs, prev, final) as chunk_cumsum_state_passing_fwd returns them (softplus, prev in B's dtype)."""
     from triton.tools.tensor_descriptor import TensorDescriptor as TD
 
@@ -247,16 +353,25 @@ def passing_fwd_tma(x, B, dt, A, dt_bias, chunk, *, block_n=64, num_warps=4, num
     prev = torch.empty(batch, nchunks, nheads, headdim, dstate, device=x.device, dtype=B.dtype)
     final = torch.empty(batch, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
     block_p, block_n = headdim, min(block_n, dstate)
+    if device_desc:
+        descs, extra = (x, B, prev), dict(DEV=True, ld_x=_rows(x).stride(0), ld_b=_rows(B).stride(0), ngroups=ngroups)
+    else:
+        descs = (TD.from_tensor(_rows(x), [chunk, block_p]), TD.from_tensor(_rows(B), [chunk, block_n]),
+                 TD.from_tensor(prev.reshape(-1, dstate), [block_p, block_n]))
+        extra = {}
     compiled = _passing_fwd_tma_kernel[(batch, nheads, dstate // block_n)](
-        TD.from_tensor(_rows(x), [chunk, block_p]), TD.from_tensor(_rows(B), [chunk, block_n]),
-        TD.from_tensor(prev.reshape(-1, dstate), [block_p, block_n]),
-        dt, A, dt_bias, dtp, dA_cs, final, seqlen, nchunks, nheads, nheads // ngroups,
+        *descs, dt, A, dt_bias, dtp, dA_cs, final, seqlen, nchunks, nheads, nheads // ngroups,
         *dt.stride(), *dtp.stride(), *final.stride(),
         CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=block_n, HEADDIM=headdim, DSTATE=dstate,
-        num_warps=num_warps, num_stages=num_stages, **_cap(maxnreg),
+        num_warps=num_warps, num_stages=num_stages, **extra, **_cap(maxnreg),
     )
     _note_build(label, compiled)
     return [dtp, dA_cs, prev, final]
+
+
+def _set_allocator(device) -> None:
+    """Global scratch for the device-built descriptors (each program writes its own)."""
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=device))
 
 
 def _rel(a, b, mask=None):
@@ -305,26 +420,26 @@ def kernels(inp, block_t):
     chunk = dtp.shape[3]
     passing = {}
     # (state block's dstate width, warps, stages)
-    for bn, nw, ns in ((64, 4, 2), (64, 4, 3), (128, 4, 2), (128, 8, 2), (32, 4, 2)):
-        label = f"tma n{bn} w{nw} st{ns}"
-        passing[label] = lambda bn=bn, nw=nw, ns=ns, label=label: passing_fwd_tma(
-            x, B, dt, A, bias, chunk, block_n=bn, num_warps=nw, num_stages=ns, label=label)
+    for bn, nw, ns, dev in ((64, 4, 2, False), (64, 4, 2, True)):
+        label = f"tma n{bn} w{nw} st{ns}" + (" device" if dev else "")
+        passing[label] = lambda bn=bn, nw=nw, ns=ns, dev=dev, label=label: passing_fwd_tma(
+            x, B, dt, A, bias, chunk, block_n=bn, num_warps=nw, num_stages=ns, label=label, device_desc=dev)
     pre = torch.empty_like(x)
     scan = {}
     # (row tile, column tile, warps, stages, register cap)
-    for bt, bs, nw, ns, cap in ((64, 32, 4, 2, None), (64, 32, 4, 2, 96), (64, 64, 4, 2, None),
-                                (128, 32, 8, 2, None), (128, 64, 8, 2, None), (128, 32, 8, 1, None)):
-        label = f"tma t{bt} s{bs} w{nw} st{ns}" + (f" cap{cap}" if cap else "")
+    for bt, bs, nw, ns, cap, dev in ((64, 32, 4, 2, None, False), (64, 32, 4, 2, None, True)):
+        label = f"tma t{bt} s{bs} w{nw} st{ns}" + (f" cap{cap}" if cap else "") + (" device" if dev else "")
         bt, bs = min(bt, x.shape[1], dtp.shape[3]), min(bs, block_t)
-        scan[label] = lambda bt=bt, bs=bs, nw=nw, ns=ns, cap=cap, label=label: [scan_fwd_tma(
+        scan[label] = lambda bt=bt, bs=bs, nw=nw, ns=ns, cap=cap, dev=dev, label=label: [scan_fwd_tma(
             x, B, C, dtp, dA_cs, prev, D, z, cb, pre_gate=pre, block_t=bt, block_s=bs, num_warps=nw, num_stages=ns,
-            maxnreg=cap, label=label), pre]
+            maxnreg=cap, label=label, device_desc=dev), pre]
     dx = {}
     # (warps, stages, register cap)
-    for nw, ns, cap in ((4, 2, None), (4, 2, 168), (4, 1, None), (4, 1, 168), (4, 1, 152), (4, 1, 128)):
-        label = f"tma w{nw} st{ns}" + (f" cap{cap}" if cap else "")
-        dx[label] = lambda nw=nw, ns=ns, cap=cap, label=label: list(dx_tma(
-            x, B, C, dtp, dA_cs, dy, dend, D, block_t=block_t, num_warps=nw, num_stages=ns, maxnreg=cap, label=label))
+    for nw, ns, cap, dev in ((4, 2, None, False), (4, 2, None, True), (4, 1, 168, False), (4, 1, 168, True)):
+        label = f"tma w{nw} st{ns}" + (f" cap{cap}" if cap else "") + (" device" if dev else "")
+        dx[label] = lambda nw=nw, ns=ns, cap=cap, dev=dev, label=label: list(dx_tma(
+            x, B, C, dtp, dA_cs, dy, dend, D, block_t=block_t, num_warps=nw, num_stages=ns, maxnreg=cap, label=label,
+            device_desc=dev))
     pre0 = torch.empty_like(x)
     cfg = dict(block_t=block_t, block_s=min(32, block_t))
     return {
@@ -341,6 +456,7 @@ def kernels(inp, block_t):
 
 def check(device) -> None:
     """Every variant against the default kernels at small whole-tile shapes (runs under TRITON_INTERPRET=1)."""
+    _set_allocator(device)
     for shape, chunk, block_t in (((1, 128, 4, 16, 2, 16), 64, 32), ((2, 64, 2, 32, 1, 32), 32, 16)):
         inp = _inputs(shape, chunk, device)
         for name, (default, variants) in kernels(inp, block_t).items():
@@ -351,6 +467,56 @@ def check(device) -> None:
                 assert diff < 1e-2, (name, label, diff)
 
 
+def inductor_check() -> None:
+    """Whether device-built descriptors survive tracing: a triton_op whose kernel builds its descriptors on the
+    device (global scratch from the allocator), eagerly, under torch.compile (Inductor launches it, with Triton's
+    allocator reset to none first: Inductor must set its own) and as an AOTInductor package."""
+    import tempfile
+
+    from triton.runtime._allocation import NullAllocator
+
+    @triton.jit
+    def _double_kernel(x_ptr, y_ptr, rows, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        xd = tl.make_tensor_descriptor(x_ptr, [rows, cols], [cols, 1], [BLOCK_R, BLOCK_C])
+        yd = tl.make_tensor_descriptor(y_ptr, [rows, cols], [cols, 1], [BLOCK_R, BLOCK_C])
+        r = tl.program_id(0) * BLOCK_R
+        for c in range(0, cols, BLOCK_C):
+            yd.store([r, c], xd.load([r, c]) * 2)
+
+    @torch.library.triton_op("ssd_tma_probe::double", mutates_args=())
+    def double(x: torch.Tensor) -> torch.Tensor:
+        y = torch.empty_like(x)
+        torch.library.wrap_triton(_double_kernel)[(x.shape[0] // 64,)](x, y, x.shape[0], x.shape[1], BLOCK_R=64,
+                                                                       BLOCK_C=64)
+        return y
+
+    x = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16)
+    _set_allocator("cuda")
+    print("eager:", torch.equal(double(x), 2 * x), flush=True)
+    for dynamic in (False, True):
+        triton.set_allocator(NullAllocator())
+        try:
+            torch._dynamo.reset()
+            got = torch.compile(lambda t: double(t) + 1, fullgraph=True, dynamic=dynamic)(x)
+            print(f"compile dynamic={dynamic}:", torch.equal(got, 2 * x + 1), flush=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"compile dynamic={dynamic}: {type(e).__name__}: {str(e)[:400]}", flush=True)
+
+    class M(torch.nn.Module):
+        def forward(self, t):
+            return double(t) + 1
+
+    triton.set_allocator(NullAllocator())
+    try:
+        ep = torch.export.export(M(), (x,))
+        with tempfile.TemporaryDirectory() as d:
+            path = torch._inductor.aoti_compile_and_package(ep, package_path=f"{d}/double.pt2")
+            package = torch._inductor.aoti_load_package(path)
+            print("aoti:", torch.equal(package(x), 2 * x + 1), flush=True)
+    except Exception as e:  # noqa: BLE001
+        print(f"aoti: {type(e).__name__}: {str(e)[:400]}", flush=True)
+
+
 def main() -> None:
     from benchmarks._common import device_name, graph_ms, write_results
     from benchmarks.probes.ssd_sweep import CHUNK, SHAPES
@@ -359,7 +525,11 @@ def main() -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--check", action="store_true")
     p.add_argument("--op", action="store_true", help="the op's graphed steps with ssd_triton.TMA on and off")
+    p.add_argument("--inductor-check", action="store_true", help="device-built descriptors traced (see inductor_check)")
     args = p.parse_args()
+    if args.inductor_check:
+        inductor_check()
+        return
     if args.check:
         check("cuda" if torch.cuda.is_available() else "cpu")
         return
@@ -376,7 +546,7 @@ def main() -> None:
             kt.TMA = default
         write_results(rows, args.out)
         return
-    triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+    _set_allocator("cuda")
     print(device_name(), f"chunk {CHUNK}", flush=True)
     rows = []
     for name, shape in SHAPES.items():
