@@ -155,12 +155,27 @@ def _ieee(*tensors) -> bool:
 
 # Where every tile is whole (see _even), the fused state passing, chunk_scan_fwd and dx load and store their tiles
 # through Hopper's tensor memory accelerator: host-built tensor descriptors over 2-D views of the tensors
-# (_tma_rows), one instruction a tile straight into shared memory, no address tensors in registers. Session 34,
-# H100 (benchmarks/probes/ssd_tma.py, graphs, two rounds, outputs bit for bit the same): the state passing 0.051 ms
-# against 0.056 (0.167 against 0.196 at b2 l8192 h80), chunk_scan_fwd with the pre-gate output 0.129 against 0.133
-# (0.413 against 0.425), dx 0.191 against 0.201 (0.613 against 0.658). Off CUDA devices of compute capability 9+,
-# where a tensor cannot be viewed so (strides, 16-byte alignment) or a size is symbolic: the pointer builds.
+# (_tma_rows), one instruction a tile straight into shared memory, no address tensors in registers; dx's TMA build
+# at one stage under a 168-register cap (DX_TMA_STAGES, DX_TMA_MAXNREG), which three programs an SM then fit.
+# Session 34, H100 (benchmarks/probes/ssd_tma.py, graphs, two rounds, outputs bit for bit the same): the state
+# passing 0.051 ms against 0.056 (0.167 against 0.196 at b2 l8192 h80), chunk_scan_fwd with the pre-gate output
+# 0.129 against 0.133 (0.413 against 0.425), dx 0.191 against 0.201 (0.613 against 0.658), at one stage capped
+# 0.166-0.167 (0.530-0.531); the op (--op, with two-stage dx) forward 0.174-0.175 against 0.181, forward+backward
+# 0.753-0.756 against 0.771-0.772 (0.547 / 2.317-2.319 against 0.584-0.585 / 2.390 at b2 l8192 h80).
+# Untraced launches only (eager calls, and CUDA graphs of them): torch.compile, torch.export and AOTInductor trace
+# the op with torch's non-Dynamo tracing, which passes no descriptor metadata to Inductor (torch 2.11 and 2.13:
+# "TMA descriptor capturing not yet supported in non-dynamo tracing"; Inductor then fails on the descriptor
+# arguments), so a traced launch takes the pointer build. Descriptors built on the device instead trace, and
+# compile under Inductor, but each program builds its own: chunk_scan 0.219 ms, dx 0.330, and an AOTInductor
+# package of a kernel with them crashed (session 34, ssd_tma.py --inductor-check). Also the pointer builds: off CUDA
+# devices of compute capability 9+, and where a tensor cannot be viewed so (strides, 16-byte alignment).
 TMA = True
+# Two stages hold dx to two programs an SM (91 KB of shared memory; see DX_EVEN's note); one stage of its TMA build
+# takes 42 KB, and capped at 168 registers (12 B of spills) three fit. The pointer build at one stage is miscompiled
+# by Triton 3.6 (DX_EVEN's note); the TMA build gave bit for bit the two-stage outputs at the benchmark shapes and at
+# whole chunks of headdim 32 / dstate 64 (where the pointer build faulted), and the GPU tests run it there.
+DX_TMA_STAGES = 1
+DX_TMA_MAXNREG = 168
 _TMA_MAX_BOX = 256  # the most elements a descriptor's block may span in a dimension
 
 
@@ -198,9 +213,12 @@ def tma_target(device: torch.device):
 def _use_tma(tma, even: bool, x: torch.Tensor, *dims: int) -> bool:
     """Whether a whole-tile launch (``even``) on x's device takes the TMA build: ``tma`` when given (the tests and
     probes force it, the interpreter included), else TMA on a CUDA device of compute capability 9+ (for meta tensors,
-    the device record_launches was told of), with every block dimension ``dims`` at most _TMA_MAX_BOX."""
+    the device record_launches was told of), with every block dimension ``dims`` at most _TMA_MAX_BOX, and not
+    while the launch is traced (x fake: see TMA)."""
     if tma is not None:
         return tma
+    if torch._subclasses.fake_tensor.is_fake(x):
+        return False
     device = _tma_target.get() if x.device.type == "meta" else x.device
     return (TMA and even and device is not None and device.type == "cuda" and max(dims) <= _TMA_MAX_BOX
             and _tma_descriptors() and _tma_capable(device))
@@ -235,6 +253,15 @@ def _forced(tma, descs, whole: bool, name: str) -> None:
     if tma and (descs is None or not whole):
         raise ValueError(f"{name}: tma=True needs whole tiles (every chunk full, headdim and dstate their blocks) and "
                          "tensors a tensor descriptor can address (see _tma_rows)")
+
+
+def _cap(maxnreg, x) -> dict:
+    """The launch option of a register cap: none while the launch is traced (Inductor compiles a traced kernel
+    without it, and takes no unknown launch option), nor under the interpreter (x on the CPU)."""
+    device = _tma_target.get() if x.device.type == "meta" else x.device
+    if not maxnreg or device is None or device.type != "cuda" or torch._subclasses.fake_tensor.is_fake(x):
+        return {}
+    return {"maxnreg": maxnreg}
 
 
 def _descriptors(*pairs):
@@ -1578,14 +1605,15 @@ DX_EVEN = True
 # 0.213, capped at 168 / 152 / 128 0.184 / 0.181 / 0.187 (another host).
 
 
-def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, num_warps=4,
+def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=None, num_warps=4,
                       tile_major=None, block_t=None, even=None, tma=None, maxnreg=None, wrap):
     """Returns dx (x's dtype, contiguous), dL/d dt_proc, the log-decay pieces (see the kernel): col,
     colstate in dA_cumsum layout, row in partial sums, one per block of s (dt_bwd sums them), and dD's partial sums
     (float32 (batch * nchunks * row tiles, nheads, headdim), for head_grads; None without D). x is read with its own
     strides: the Mamba-2 block's x is a slice of the in-projection's rows, and copying it contiguous cost a 50 MB
     copy per layer and training step at the 130M shape. even, tma: those builds forced on or off (None: where they
-    can run). maxnreg: a ptxas register cap, for probes (direct launches only)."""
+    can run). num_stages, maxnreg: the pipelining depth and a ptxas register cap (untraced launches only); None:
+    DX_TMA_STAGES and DX_TMA_MAXNREG for the TMA build, else two stages uncapped."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
@@ -1613,6 +1641,10 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
                              (_tma_rows(C), (block_t, dstate)), (_tma_rows(dend), (headdim, dstate)),
                              (_tma_rows(dy), (block_t, headdim)), (_tma_rows(dx), (block_t, headdim)))
         _forced(tma, descs, whole, "chunk_scan_bwd_dx")
+    if descs is not None:
+        num_stages = num_stages or DX_TMA_STAGES
+        maxnreg = maxnreg or DX_TMA_MAXNREG
+    num_stages = num_stages or 2
     _launch(_chunk_scan_bwd_dx_kernel, wrap)[grid](
         x, B, C, dtp, dA_cs, q, dy, dend, D if D is not None else dtp, e,
         dx, ddt, col, colstate, row, dd, *(descs or [None] * 6),
@@ -1624,8 +1656,7 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
         *row.stride(), dd.stride(0), dd.stride(2), dd.stride(1), *dx.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, HAS_EXTRA=dx_extra is not None,
         IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, TILE_MAJOR=tile_major, EVEN=even,
-        TMA=descs is not None, num_warps=num_warps, num_stages=num_stages,
-        **({"maxnreg": maxnreg} if maxnreg and not wrap else {}),
+        TMA=descs is not None, num_warps=num_warps, num_stages=num_stages, **_cap(maxnreg, x),
     )
     return dx, ddt, col, colstate, row, dd.view(-1, nheads, headdim) if D is not None else None
 
