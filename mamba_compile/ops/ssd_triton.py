@@ -155,13 +155,15 @@ def _ieee(*tensors) -> bool:
 
 # Where every tile is whole (see _even), the fused state passing, chunk_scan_fwd and dx load and store their tiles
 # through Hopper's tensor memory accelerator: host-built tensor descriptors over 2-D views of the tensors
-# (_tma_rows), one instruction a tile straight into shared memory, no address tensors in registers; dx's TMA build
-# at one stage under a 168-register cap (DX_TMA_STAGES, DX_TMA_MAXNREG), which three programs an SM then fit.
-# Session 34, H100 (benchmarks/probes/ssd_tma.py, graphs, two rounds, outputs bit for bit the same): the state
-# passing 0.051 ms against 0.056 (0.167 against 0.196 at b2 l8192 h80), chunk_scan_fwd with the pre-gate output
-# 0.129 against 0.133 (0.413 against 0.425), dx 0.191 against 0.201 (0.613 against 0.658), at one stage capped
-# 0.166-0.167 (0.530-0.531); the op (--op, with two-stage dx) forward 0.174-0.175 against 0.181, forward+backward
-# 0.753-0.756 against 0.771-0.772 (0.547 / 2.317-2.319 against 0.584-0.585 / 2.390 at b2 l8192 h80).
+# (_tma_rows), one instruction a tile straight into shared memory, no address tensors in registers. Session 34,
+# H100 (benchmarks/probes/ssd_tma.py, graphs, two rounds, outputs bit for bit the same): the state passing 0.051 ms
+# against 0.056 (0.167 against 0.196 at b2 l8192 h80), chunk_scan_fwd with the pre-gate output 0.129 against 0.133
+# (0.413 against 0.425), dx 0.191 against 0.201 (0.613 against 0.658); the op (--op) forward 0.174-0.175 against
+# 0.181, forward+backward 0.753-0.756 against 0.771-0.772 (0.547 / 2.317-2.319 against 0.584-0.585 / 2.390 at b2
+# l8192 h80). dx's TMA build at one stage under a 168-register cap (42 KB of shared memory, three programs an SM)
+# took 0.166-0.167 ms (0.530-0.531), the op's forward+backward 0.723-0.726 (2.220), bit for bit right at the
+# benchmark shapes, but Triton 3.6 miscompiles it as it does the pointer build at one stage (DX_EVEN's note): dx off
+# by 109% and then an illegal address at whole chunks of headdim 32 / dstate 64 (the GPU tests): two stages stay.
 # Untraced launches only (eager calls, and CUDA graphs of them): torch.compile, torch.export and AOTInductor trace
 # the op with torch's non-Dynamo tracing, which passes no descriptor metadata to Inductor (torch 2.11 and 2.13:
 # "TMA descriptor capturing not yet supported in non-dynamo tracing"; Inductor then fails on the descriptor
@@ -170,12 +172,6 @@ def _ieee(*tensors) -> bool:
 # package of a kernel with them crashed (session 34, ssd_tma.py --inductor-check). Also the pointer builds: off CUDA
 # devices of compute capability 9+, and where a tensor cannot be viewed so (strides, 16-byte alignment).
 TMA = True
-# Two stages hold dx to two programs an SM (91 KB of shared memory; see DX_EVEN's note); one stage of its TMA build
-# takes 42 KB, and capped at 168 registers (12 B of spills) three fit. The pointer build at one stage is miscompiled
-# by Triton 3.6 (DX_EVEN's note); the TMA build gave bit for bit the two-stage outputs at the benchmark shapes and at
-# whole chunks of headdim 32 / dstate 64 (where the pointer build faulted), and the GPU tests run it there.
-DX_TMA_STAGES = 1
-DX_TMA_MAXNREG = 168
 _TMA_MAX_BOX = 256  # the most elements a descriptor's block may span in a dimension
 
 
@@ -1605,15 +1601,14 @@ DX_EVEN = True
 # 0.213, capped at 168 / 152 / 128 0.184 / 0.181 / 0.187 (another host).
 
 
-def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=None, num_warps=4,
+def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, num_warps=4,
                       tile_major=None, block_t=None, even=None, tma=None, maxnreg=None, wrap):
     """Returns dx (x's dtype, contiguous), dL/d dt_proc, the log-decay pieces (see the kernel): col,
     colstate in dA_cumsum layout, row in partial sums, one per block of s (dt_bwd sums them), and dD's partial sums
     (float32 (batch * nchunks * row tiles, nheads, headdim), for head_grads; None without D). x is read with its own
     strides: the Mamba-2 block's x is a slice of the in-projection's rows, and copying it contiguous cost a 50 MB
     copy per layer and training step at the 130M shape. even, tma: those builds forced on or off (None: where they
-    can run). num_stages, maxnreg: the pipelining depth and a ptxas register cap (untraced launches only); None:
-    DX_TMA_STAGES and DX_TMA_MAXNREG for the TMA build, else two stages uncapped."""
+    can run). maxnreg: a ptxas register cap, for probes (untraced launches only)."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
@@ -1641,10 +1636,6 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
                              (_tma_rows(C), (block_t, dstate)), (_tma_rows(dend), (headdim, dstate)),
                              (_tma_rows(dy), (block_t, headdim)), (_tma_rows(dx), (block_t, headdim)))
         _forced(tma, descs, whole, "chunk_scan_bwd_dx")
-    if descs is not None:
-        num_stages = num_stages or DX_TMA_STAGES
-        maxnreg = maxnreg or DX_TMA_MAXNREG
-    num_stages = num_stages or 2
     _launch(_chunk_scan_bwd_dx_kernel, wrap)[grid](
         x, B, C, dtp, dA_cs, q, dy, dend, D if D is not None else dtp, e,
         dx, ddt, col, colstate, row, dd, *(descs or [None] * 6),
