@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-tests|ssd-tma-bench|ssd-tma-dev|ssd-tma-rest]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -335,18 +335,6 @@ if [[ $what == ssd-tma ]]; then
   timeout 120 python3 -m benchmarks.probes.ssd_tma --check 2>&1 | tee "$OUT/ssd_tma_check.log" | tail -4
   timeout 400 python3 -m benchmarks.probes.ssd_tma --out "$OUT/ssd_tma.json" 2>&1 | tee "$OUT/ssd_tma.log" | grep -v "^{"
 fi
-if [[ $what == ssd-tma-tests ]]; then
-  # The SSD, fast-launch and kernel-source GPU tests (the TMA builds' among them: whole chunks, Inductor's code and an
-  # AOTInductor package), then the op's graphed steps with ssd_triton.TMA on and off (about 7 minutes)
-  timeout 420 python3 -m pytest -q -m gpu tests/ops/test_ssd.py tests/ops/test_fast_launch.py tests/ops/test_kernel_sources.py -p no:cacheprovider --durations=8 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -25
-  timeout 150 python3 -m benchmarks.probes.ssd_tma --op --out "$OUT/ssd_tma_op.json" 2>&1 | tee "$OUT/ssd_tma_op.log" | grep -v "^{"
-fi
-if [[ $what == ssd-tma-bench ]]; then
-  # bench_ssd beside the reference (about 4 minutes), then Mamba-2's graphed training step with and without the TMA
-  # builds, alternating (about 5)
-  timeout 250 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\\||first call|^ours|^reference"
-  timeout 330 python3 -m benchmarks.probes.train_ab --arch mamba2 --mamba2 new ssd-pointer new ssd-pointer --graph --out "$OUT/train_ab.json" 2>&1 | tee "$OUT/train_ab.log" | grep -E "^\{|discarded|Error"
-fi
 if [[ $what == ssd-tma-dev ]]; then
   # Tensor descriptors built on the device: a traced triton_op with them (eager, Inductor, AOTInductor), then the
   # three kernels' variants with device-built descriptors beside the host-built ones and the defaults (about 4 minutes)
@@ -354,9 +342,9 @@ if [[ $what == ssd-tma-dev ]]; then
   timeout 120 python3 -m benchmarks.probes.ssd_tma --check 2>&1 | tee "$OUT/ssd_tma_check.log" | tail -4
   timeout 300 python3 -m benchmarks.probes.ssd_tma --out "$OUT/ssd_tma.json" 2>&1 | tee "$OUT/ssd_tma.log" | grep -v "^{"
 fi
-if [[ $what == ssd-tma-rest ]]; then
-  # The GPU tests an ssd-tma-tests call on a fresh machine did not reach in its 420 s (AOTInductor, Inductor and the
-  # fast launches), then bench_ssd beside the reference (about 8 minutes in all)
-  timeout 240 python3 -m pytest -q -p no:cacheprovider --durations=5 "tests/ops/test_ssd.py::test_cuda_aoti_package_whole_chunks" "tests/ops/test_ssd.py::test_cuda_compile_inductor" tests/ops/test_fast_launch.py -m gpu 2>&1 | tee "$OUT/gpu_tests_ssd_rest.log" | tail -12
-  timeout 280 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\\||first call|^ours|^reference"
+if [[ $what == aoti-cuda ]]; then
+  # CUDA AOTInductor packages (ops and a small Mamba-2) loaded in a fresh process and in this one, then the SSD GPU
+  # tests of whole chunks and Inductor (about 8 minutes in all)
+  timeout 300 python3 -m benchmarks.probes.aoti_cuda 2>&1 | tee "$OUT/aoti_cuda.log" | grep -E "^(norm|ssd|mamba2)"
+  timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ops/test_ssd.py -k "whole or inductor" 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -4
 fi

@@ -36,7 +36,7 @@ def kernel_rows(name, shape) -> list[dict]:
     prev, dy, dend = chunk_states(x, B, C, dtp, dA_cs)
 
     def run(cfg):  # row's partial sums leave positions unwritten (dt_bwd never reads them): left out
-        outs = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, None, tma=False, wrap=False, **cfg)
+        outs = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, None, wrap=False, **cfg)
         return [o for i, o in enumerate(outs) if i != 4]
 
     want = run(SETTINGS["2 stages (the default)"])

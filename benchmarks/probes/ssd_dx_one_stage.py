@@ -45,7 +45,7 @@ def one(shape) -> None:
     prev, dy, dend = chunk_states(x, B, C, dtp, dA_cs)
 
     def run(**kw):  # row's partial sums leave positions unwritten: left out
-        outs = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, None, tma=False, wrap=False, **kw)
+        outs = kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, None, wrap=False, **kw)
         torch.cuda.synchronize()
         return [o for i, o in enumerate(outs) if i != 4]
 

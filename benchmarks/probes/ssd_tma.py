@@ -8,10 +8,10 @@ EVEN case) and 16-bit inputs. For each benchmark shape: each variant's largest d
 outputs relative to the largest value, then CUDA-graph medians, default and variants alternating over two rounds.
 
     python -m benchmarks.probes.ssd_tma [--out results.json] [--check]   # --check: small shapes, outputs only
-    python -m benchmarks.probes.ssd_tma --op [--out results.json]       # the op with ssd_triton.TMA on and off
+    python -m benchmarks.probes.ssd_tma --inductor-check                # device-built descriptors, traced
 
-The kernels in the op (ssd_triton's TMA builds) follow the variants that won here: the passing's 64-wide state
-blocks, chunk_scan's 64-row, 32-column tiles and dx's defaults, at two stages and four warps.
+Session 34 built these into the op for untraced launches (commit 9607f59 has the code, its tests and an --op mode
+timing the op with them on and off); ssd_triton's module docstring has what was measured and why they went.
 """
 
 from __future__ import annotations
@@ -524,7 +524,6 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
     p.add_argument("--check", action="store_true")
-    p.add_argument("--op", action="store_true", help="the op's graphed steps with ssd_triton.TMA on and off")
     p.add_argument("--inductor-check", action="store_true", help="device-built descriptors traced (see inductor_check)")
     args = p.parse_args()
     if args.inductor_check:
@@ -532,19 +531,6 @@ def main() -> None:
         return
     if args.check:
         check("cuda" if torch.cuda.is_available() else "cpu")
-        return
-    if args.op:
-        from benchmarks.probes.ssd_sweep import op_variant_rows
-
-        default = kt.TMA
-        rows = []
-        try:
-            for name, shape in SHAPES.items():
-                rows += op_variant_rows(name, shape, {v: lambda v=v: setattr(kt, "TMA", v) for v in (True, False)},
-                                        "tma")
-        finally:
-            kt.TMA = default
-        write_results(rows, args.out)
         return
     _set_allocator("cuda")
     print(device_name(), f"chunk {CHUNK}", flush=True)

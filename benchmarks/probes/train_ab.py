@@ -34,7 +34,7 @@ before it only where it reads what that one wrote, and lets the next one launch 
 (causal_conv1d_triton._BWD_RUNS off); "scan-nolanes" = the scan forward without its lane-shuffle columns, so on its
 generic blocks (selective_scan_triton._FWD_LANES off; the scan-old/bl8/nopf/pf variants are off the lanes too);
 "ssd-recompute" = Mamba-2's SSD backward recomputing the chunk states rather than taking the forward's (ssd.KEEP_STATES
-off); "ssd-pointer" = the SSD kernels without their tensor-descriptor builds (ssd_triton.TMA off).
+off).
 --graph replays each step from one CUDA graph (bench_model's --train-graph on).
 (Session 4 A/B'd the conv blocks and the scan backward kernels this way.)
 
@@ -59,7 +59,6 @@ from mamba_compile.ops import cross_entropy as ce
 from mamba_compile.ops import cross_entropy_triton as ce_triton
 from mamba_compile.ops import selective_scan_triton as scan
 from mamba_compile.ops import ssd
-from mamba_compile.ops import ssd_triton as ssd_kt
 
 NEW_FWD_BLOCKS = scan.fwd_block_sizes
 DEFAULT_ROWS = (conv._FWD_ROWS, conv._BWD_ROWS)
@@ -110,7 +109,6 @@ def _set(variant: str) -> None:
     torch._inductor.config.triton.enable_pdl = variant == "pdl"
     conv._BWD_RUNS = variant != "conv-pairs"
     ssd.KEEP_STATES = variant != "ssd-recompute"
-    ssd_kt.TMA = variant != "ssd-pointer"
 
 
 def main():

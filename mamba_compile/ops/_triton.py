@@ -173,8 +173,8 @@ class FastLauncher:
     the arguments (benchmarks/probes/launch_overhead.py).
 
     How: a launch's key is its arguments themselves, each int as it is, each tensor as its dtype and its address
-    modulo 16, a host tensor descriptor as _descriptor_key has it, anything else as its type and value, with the
-    keyword arguments (constexprs and launch options), the device and Triton's debug knobs. Triton's specialisation (dtypes, 16-byte alignment of pointers, integers
+    modulo 16, anything else as its type and value, with the keyword arguments (constexprs and launch options),
+    the device and Triton's debug knobs. Triton's specialisation (dtypes, 16-byte alignment of pointers, integers
     equal to 1 or divisible by 16, their range, the constexpr values, the options) is a function of that key, so
     a key seen before names the binary Triton would pick. The first launch of a key goes through
     ``JITFunction.run`` (which compiles or finds the binary), and the key then maps to that binary and to the
@@ -216,8 +216,7 @@ def fast_run(kernel, grid, *args, **kwargs):
     try:
         key = (device, rt.debug, knobs.compilation.instrumentation_mode, tuple(kwargs.items()),
                tuple([a if type(a) is int else (a.dtype, a.data_ptr() & 15) if isinstance(a, torch.Tensor)
-                      else _descriptor_key(a) if type(a).__name__ == "TensorDescriptor" else (type(a), a)
-                      for a in args]))
+                      else (type(a), a) for a in args]))
         entry = cache.get(key)
     except TypeError:  # an unhashable argument
         return kernel.run(*args, grid=grid, warmup=False, **kwargs)
@@ -234,14 +233,6 @@ def fast_run(kernel, grid, *args, **kwargs):
     compiled.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, torch._C._cuda_getCurrentRawStream(device),
                  compiled.function, compiled.packed_metadata, None, None, None, *args, *tail)
     return compiled
-
-
-def _descriptor_key(d) -> tuple:
-    """A host tensor descriptor in fast_run's key: everything Triton specialises it on (its dtype and block shape)
-    and more (its shape, strides, padding, and its base's address modulo 16); the launcher builds the TMA
-    descriptor itself from the object at each launch."""
-    return (type(d), d.base.dtype, d.base.data_ptr() & 15, tuple(d.shape), tuple(d.strides), tuple(d.block_shape),
-            d.padding, getattr(d, "round_f32_to_tf32", False))
 
 
 # The kernels each triton_op of this package can launch, by module (tests/ops/test_kernel_sources.py checks that

@@ -754,12 +754,11 @@ def _recorded_launches(args, with_backward: bool) -> tuple[list, list]:
             if isinstance(t, torch.Tensor) else t for t in args]
     *fwd_args, keep = meta
     output = []
-    with kt.tma_target(args[0].device):  # the builds args[0]'s device takes
-        fwd = kt.record_launches(lambda: output.extend(_fwd_triton(*fwd_args, wrap=False, keep=keep)))
-        bwd = []
-        if with_backward:
-            bwd = kt.record_launches(_bwd_triton, torch.empty_like(output[0]), None, None, *fwd_args, wrap=False,
-                                     **_kept(output, meta[7]))
+    fwd = kt.record_launches(lambda: output.extend(_fwd_triton(*fwd_args, wrap=False, keep=keep)))
+    bwd = []
+    if with_backward:
+        bwd = kt.record_launches(_bwd_triton, torch.empty_like(output[0]), None, None, *fwd_args, wrap=False,
+                                 **_kept(output, meta[7]))
     return fwd, bwd
 
 

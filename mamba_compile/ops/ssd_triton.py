@@ -126,8 +126,6 @@ The numbers below are at chunk 256.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
@@ -146,127 +144,6 @@ def _pow2(n: int, lo: int = 16) -> int:
 
 def _ieee(*tensors) -> bool:
     return any(t.dtype == torch.float32 for t in tensors)
-
-
-# ----------------------------------------------------------------------------------------------------
-# tensor descriptors (TMA)
-# ----------------------------------------------------------------------------------------------------
-
-
-# Where every tile is whole (see _even), the fused state passing, chunk_scan_fwd and dx load and store their tiles
-# through Hopper's tensor memory accelerator: host-built tensor descriptors over 2-D views of the tensors
-# (_tma_rows), one instruction a tile straight into shared memory, no address tensors in registers. Session 34,
-# H100 (benchmarks/probes/ssd_tma.py, graphs, two rounds, outputs bit for bit the same): the state passing 0.051 ms
-# against 0.056 (0.167 against 0.196 at b2 l8192 h80), chunk_scan_fwd with the pre-gate output 0.129 against 0.133
-# (0.413 against 0.425), dx 0.191 against 0.201 (0.613 against 0.658); the op (--op) forward 0.174-0.175 against
-# 0.181, forward+backward 0.753-0.756 against 0.771-0.772 (0.547 / 2.317-2.319 against 0.584-0.585 / 2.390 at b2
-# l8192 h80). dx's TMA build at one stage under a 168-register cap (42 KB of shared memory, three programs an SM)
-# took 0.166-0.167 ms (0.530-0.531), the op's forward+backward 0.723-0.726 (2.220), bit for bit right at the
-# benchmark shapes, but Triton 3.6 miscompiles it as it does the pointer build at one stage (DX_EVEN's note): dx off
-# by 109% and then an illegal address at whole chunks of headdim 32 / dstate 64 (the GPU tests): two stages stay.
-# Untraced launches only (eager calls, and CUDA graphs of them): torch.compile, torch.export and AOTInductor trace
-# the op with torch's non-Dynamo tracing, which passes no descriptor metadata to Inductor (torch 2.11 and 2.13:
-# "TMA descriptor capturing not yet supported in non-dynamo tracing"; Inductor then fails on the descriptor
-# arguments), so a traced launch takes the pointer build. Descriptors built on the device instead trace, and
-# compile under Inductor, but each program builds its own: chunk_scan 0.219 ms, dx 0.330, and an AOTInductor
-# package of a kernel with them crashed (session 34, ssd_tma.py --inductor-check). Also the pointer builds: off CUDA
-# devices of compute capability 9+, and where a tensor cannot be viewed so (strides, 16-byte alignment).
-TMA = True
-_TMA_MAX_BOX = 256  # the most elements a descriptor's block may span in a dimension
-
-
-_tma_target = ContextVar("ssd_tma_target", default=None)  # the device meta tensors stand for (record_launches)
-
-
-@functools.cache
-def _tma_capable(device: torch.device) -> bool:
-    """A CUDA device of compute capability 9+ (fake CUDA tensors on a build without CUDA: no)."""
-    return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 9
-
-
-@functools.cache
-def _tma_descriptors() -> bool:
-    """Whether this triton has host-side tensor descriptors."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("triton.tools.tensor_descriptor") is not None
-    except ImportError:
-        return False
-
-
-@contextlib.contextmanager
-def tma_target(device: torch.device):
-    """Within it, launches on meta tensors choose their builds as on ``device`` (record_launches, for the first
-    call's compiles)."""
-    token = _tma_target.set(torch.device(device))
-    try:
-        yield
-    finally:
-        _tma_target.reset(token)
-
-
-def _use_tma(tma, even: bool, x: torch.Tensor, *dims: int) -> bool:
-    """Whether a whole-tile launch (``even``) on x's device takes the TMA build: ``tma`` when given (the tests and
-    probes force it, the interpreter included), else TMA on a CUDA device of compute capability 9+ (for meta tensors,
-    the device record_launches was told of), with every block dimension ``dims`` at most _TMA_MAX_BOX, and not
-    while the launch is traced (x fake: see TMA)."""
-    if tma is not None:
-        return tma
-    if torch._subclasses.fake_tensor.is_fake(x):
-        return False
-    device = _tma_target.get() if x.device.type == "meta" else x.device
-    return (TMA and even and device is not None and device.type == "cuda" and max(dims) <= _TMA_MAX_BOX
-            and _tma_descriptors() and _tma_capable(device))
-
-
-def _tma_rows(t: torch.Tensor):
-    """t as the 2-D view a tensor descriptor addresses: a (batch, seqlen, k, m) tensor as (batch * seqlen, k * m)
-    rows, so that row b * seqlen + s is position s of batch row b; a contiguous tensor of any other rank as rows of
-    its last dimension. None where its strides allow no such view, its rows or its start are not 16-byte aligned
-    (TMA's requirements), or a size or stride is symbolic (no guards: the pointer build is taken instead)."""
-    if any(type(v) is not int for v in (*t.shape, *t.stride(), t.storage_offset())):
-        return None
-    size = t.element_size()
-    if t.dim() == 4:
-        b, l, k, m = t.shape
-        if t.stride(3) != 1 or (k > 1 and t.stride(2) != m) or (b > 1 and t.stride(0) != l * t.stride(1)):
-            return None
-        rows, row_stride = t.view(b * l, k * m), t.stride(1)
-    elif t.is_contiguous():
-        rows, row_stride = t.view(-1, t.shape[-1]), t.shape[-1]
-    else:
-        return None
-    if (row_stride * size) % 16 or (t.storage_offset() * size) % 16:
-        return None
-    if t.device.type == "cuda" and not torch._subclasses.fake_tensor.is_fake(t) and t.data_ptr() % 16:
-        return None
-    return rows
-
-
-def _forced(tma, descs, whole: bool, name: str) -> None:
-    """A TMA build forced (tma=True) where it cannot run is an error, not a silent pointer build."""
-    if tma and (descs is None or not whole):
-        raise ValueError(f"{name}: tma=True needs whole tiles (every chunk full, headdim and dstate their blocks) and "
-                         "tensors a tensor descriptor can address (see _tma_rows)")
-
-
-def _cap(maxnreg, x) -> dict:
-    """The launch option of a register cap: none while the launch is traced (Inductor compiles a traced kernel
-    without it, and takes no unknown launch option), nor under the interpreter (x on the CPU)."""
-    device = _tma_target.get() if x.device.type == "meta" else x.device
-    if not maxnreg or device is None or device.type != "cuda" or torch._subclasses.fake_tensor.is_fake(x):
-        return {}
-    return {"maxnreg": maxnreg}
-
-
-def _descriptors(*pairs):
-    """TensorDescriptors of (2-D view, block shape) pairs; None if any view is None."""
-    if any(v is None for v, _ in pairs):
-        return None
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    return [TensorDescriptor.from_tensor(v, list(block)) for v, block in pairs]
 
 
 @triton.jit
@@ -633,7 +510,6 @@ def _continues(seq_ptr, c, seq_last, s_q_l, CHUNK: tl.constexpr):
 @triton.jit
 def _chunk_state_passing_fwd_kernel(
     x_ptr, b_ptr, dtp_ptr, dacs_ptr, seq_ptr, init_ptr, prev_ptr, final_ptr, dt_ptr, A_ptr, bias_ptr,
-    x_desc, b_desc, prev_desc,
     seqlen, nchunks, headdim, dstate, heads_per_group, dt_min, dt_max,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_b_b, s_b_l, s_b_g, s_b_n,
@@ -645,18 +521,15 @@ def _chunk_state_passing_fwd_kernel(
     s_dt_b, s_dt_l, s_dt_h,
     CHUNK: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FUSED_DT: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr, TMA: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_LIMIT: tl.constexpr,
 ):
     """prev[c] = S_in of chunk c (stored in prev's dtype), final = the state after the last chunk; the state a
     chunk adds is sum_s x_s^T exp(a_last - a_s) dt_s [seq_s == seq_last] B_s, as in _chunk_state_fwd_kernel.
     FUSED_DT (one tile a chunk, BLOCK_K == CHUNK): dt_proc and its cumsum come from dt, A and the bias here, as
     _chunk_cumsum_fwd_kernel computes them, and the programs of the first (headdim, dstate) block store them to
-    dtp / dacs for the kernels after; else they are read from dtp / dacs. TMA (with FUSED_DT, whole chunks and
-    state blocks): x, B and prev through their tensor descriptors (see _tma_rows), the pointers unused."""
+    dtp / dacs for the kernels after; else they are read from dtp / dacs."""
     pid_b, pid_h, pid_pn = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_p, offs_n, p_ok, n_ok = _pn_block(pid_pn, headdim, dstate, BLOCK_P, BLOCK_N)
-    p0, n0 = (pid_pn % tl.cdiv(headdim, BLOCK_P)) * BLOCK_P, (pid_pn // tl.cdiv(headdim, BLOCK_P)) * BLOCK_N
-    nheads = tl.num_programs(1)
     pn_ok = p_ok[:, None] & n_ok[None, :]
     x_ptr += pid_b * s_x_b + pid_h * s_x_h
     b_ptr += pid_b * s_b_b + (pid_h // heads_per_group) * s_b_g
@@ -695,14 +568,10 @@ def _chunk_state_passing_fwd_kernel(
                 seq = tl.load(seq_ptr + (start + offs_k) * s_q_l, mask=ok, other=-1)
                 w = tl.where(seq == seq_ref, w, 0.0)
             w = tl.where(ok, w, 0.0)
-            if TMA:
-                u_t = tl.trans(x_desc.load([pid_b * seqlen + start, pid_h * headdim + p0]))
-                v_t = b_desc.load([pid_b * seqlen + start, (pid_h // heads_per_group) * dstate + n0]).to(tl.float32)
-            else:
-                u_t = tl.load(x_ptr + (start + offs_k[None, :]) * s_x_l + offs_p[:, None] * s_x_p,
-                              mask=p_ok[:, None] & ok[None, :], other=0.0)
-                v_t = tl.load(b_ptr + (start + offs_k[:, None]) * s_b_l + offs_n[None, :] * s_b_n,
-                              mask=ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
+            u_t = tl.load(x_ptr + (start + offs_k[None, :]) * s_x_l + offs_p[:, None] * s_x_p,
+                          mask=p_ok[:, None] & ok[None, :], other=0.0)
+            v_t = tl.load(b_ptr + (start + offs_k[:, None]) * s_b_l + offs_n[None, :] * s_b_n,
+                          mask=ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
             acc = _dot(u_t, (v_t * w[:, None]).to(u_t.dtype), IEEE)
             scale = tl.exp(a_last)
             if HAS_SEQ_IDX:
@@ -713,11 +582,8 @@ def _chunk_state_passing_fwd_kernel(
                                    a_last, seq_ref, offs_p, offs_n, p_ok, n_ok, s_x_l, s_x_p, s_b_l, s_b_n, s_a_l,
                                    s_q_l, False, HAS_SEQ_IDX, IEEE, BLOCK_P, BLOCK_N, BLOCK_K)
             scale = _chunk_decay(dacs_ptr, seq_ptr, c, seqlen, s_a_c, s_a_l, s_q_l, CHUNK, HAS_SEQ_IDX)
-        if TMA:
-            prev_desc.store([((pid_b * nchunks + c) * nheads + pid_h) * headdim + p0, n0], run.to(prev_desc.dtype))
-        else:
-            tl.store(prev_ptr + pid_b * s_s_b + c * s_s_c + pid_h * s_s_h + offs_p[:, None] * s_s_p
-                     + offs_n[None, :] * s_s_n, run, mask=pn_ok)
+        tl.store(prev_ptr + pid_b * s_s_b + c * s_s_c + pid_h * s_s_h + offs_p[:, None] * s_s_p
+                 + offs_n[None, :] * s_s_n, run, mask=pn_ok)
         run = scale * run + acc
     tl.store(final_ptr + pid_b * s_f_b + pid_h * s_f_h + offs_p[:, None] * s_f_p + offs_n[None, :] * s_f_n, run,
              mask=pn_ok)
@@ -736,11 +602,11 @@ FUSED_CUMSUM_MAX_CHUNK = 128  # chunk_cumsum_state_passing_fwd takes a chunk as 
 
 def chunk_cumsum_state_passing_fwd(x, B, dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, has_limit,
                                    initial_states, seq_idx, *, prev_dtype=torch.float32, block_p=None, block_n=None,
-                                   num_warps=4, num_stages=2, tma=None, wrap):
+                                   num_warps=4, num_stages=2, wrap):
     """chunk_cumsum_fwd then chunk_state_passing_fwd in one launch (chunk_size <= 128: one tile a chunk): returns
     (dtp, dA_cs, prev, final). The passing kernel's programs compute dt_proc and its cumsum for each chunk as they
     reach it; those of the first state block store them for the kernels after. H100, b8 l2048 h24 at chunk 128:
-    see the module docstring. tma: the TMA build (see TMA) forced on or off; None: where it can run."""
+    see the module docstring."""
     if chunk_size > FUSED_CUMSUM_MAX_CHUNK:
         raise ValueError(f"chunk_cumsum_state_passing_fwd takes a chunk as one tile: chunk_size must be <= "
                          f"{FUSED_CUMSUM_MAX_CHUNK}, got {chunk_size}")
@@ -750,14 +616,14 @@ def chunk_cumsum_state_passing_fwd(x, B, dt, A, dt_bias, chunk_size, dt_softplus
     dA_cs = torch.empty_like(dtp)
     prev, final = _passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx,
                                (dt, A, dt_bias, dt_softplus, dt_min, dt_max, has_limit), prev_dtype, block_p,
-                               block_n, chunk_size, num_warps, num_stages, wrap, tma)
+                               block_n, chunk_size, num_warps, num_stages, wrap)
     return dtp, dA_cs, prev, final
 
 
 def _passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, dt_args, prev_dtype, block_p, block_n, block_k,
-                 num_warps, num_stages, wrap, tma=False):
+                 num_warps, num_stages, wrap):
     """The launch of _chunk_state_passing_fwd_kernel; dt_args (dt, A, dt_bias, dt_softplus, dt_min, dt_max,
-    has_limit), or None to read dtp and dA_cs. tma: see chunk_cumsum_state_passing_fwd (with dt_args only)."""
+    has_limit), or None to read dtp and dA_cs."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
@@ -777,15 +643,8 @@ def _passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, dt_args, prev_dtype,
     dt, A, dt_bias, dt_softplus, dt_min, dt_max, has_limit = dt_args if fused else (dtp, dtp, None, False, 0.0,
                                                                                      0.0, False)
     grid = (batch, nheads, _cdiv(headdim, block_p) * _cdiv(dstate, block_n))
-    descs = None
-    whole = fused and _even(seqlen, chunk_size, headdim, block_p, dstate, dstate) and dstate % block_n == 0
-    if _use_tma(tma, whole, x, chunk_size, block_p, block_n):
-        descs = _descriptors((_tma_rows(x), (chunk_size, block_p)), (_tma_rows(B), (chunk_size, block_n)),
-                             (_tma_rows(prev), (block_p, block_n)))
-        _forced(tma, descs, whole, "chunk_cumsum_state_passing_fwd")
     _launch(_chunk_state_passing_fwd_kernel, wrap)[grid](
         x, B, dtp, dA_cs, q, init, prev, final, dt, A, dt_bias if dt_bias is not None else A,
-        *(descs or (None, None, None)),
         seqlen, nchunks, headdim, dstate, nheads // ngroups, float(dt_min), float(min(dt_max, 3.0e38)),
         *x.stride(), *B.stride(), *dtp.stride(),
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
@@ -793,7 +652,7 @@ def _passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, dt_args, prev_dtype,
         *(dt.stride() if fused else (0, 0, 0)),
         CHUNK=chunk_size, HAS_INIT=initial_states is not None, HAS_SEQ_IDX=seq_idx is not None,
         IEEE=_ieee(x, B), BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(block_k, chunk_size), FUSED_DT=fused,
-        HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit, TMA=descs is not None,
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_LIMIT=has_limit,
         num_warps=num_warps, num_stages=num_stages,
     )
     return prev, final
@@ -1023,14 +882,11 @@ def _chunk_scan_y(
     s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, s_cb_t, s_cb_s, s_a_l, s_q_l, s_s_p, s_s_n,
     HAS_SEQ_IDX: tl.constexpr, HAS_CB: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    EVEN: tl.constexpr, TMA: tl.constexpr, x_desc, c_desc, cb_desc, prev_desc, row0, prev_row, cb_row, col_x, col_c,
+    EVEN: tl.constexpr = False,
 ):
     """SSM part of y for rows t0 .. t0+BLOCK_T of one chunk and head (pointers already at that chunk/head/group;
     seq_ptr at the batch row). C B^T is read from cb_ptr when HAS_CB, else computed per tile. Returns (the
-    incoming-state part, the whole), (BLOCK_T, BLOCK_P) float32 tiles. EVEN: no bounds checks (see _even). TMA
-    (with EVEN and HAS_CB): x's column tiles, C, C B^T and the state through their descriptors, whose rows of this
-    chunk start at row0 (x, C), cb_row (C B^T) and prev_row (the state's (headdim, dstate) rows), the head's columns
-    of x at col_x and the group's of C at col_c."""
+    incoming-state part, the whole), (BLOCK_T, BLOCK_P) float32 tiles. EVEN: no bounds checks (see _even)."""
     offs_t = t0 + tl.arange(0, BLOCK_T)
     offs_p = tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
@@ -1042,16 +898,12 @@ def _chunk_scan_y(
         n_ok = tl.full([BLOCK_N], True, tl.int1)
         p_ok = tl.full([BLOCK_P], True, tl.int1)
     a_t = tl.load(dacs_ptr + offs_t * s_a_l, mask=t_ok, other=0.0)
+    c_t = tl.load(c_ptr + offs_t[:, None] * s_c_l + offs_n[None, :] * s_c_n, mask=t_ok[:, None] & n_ok[None, :],
+                  other=0.0)
     # Incoming state: a float32 state takes a float32 (tf32 for 16-bit C) dot; a 16-bit one (the forward of
     # 16-bit inputs, as the reference stores it) a 16-bit dot.
-    if TMA:
-        c_t = c_desc.load([row0 + t0, col_c])
-        s_t = tl.trans(prev_desc.load([prev_row, 0]))
-    else:
-        c_t = tl.load(c_ptr + offs_t[:, None] * s_c_l + offs_n[None, :] * s_c_n, mask=t_ok[:, None] & n_ok[None, :],
-                      other=0.0)
-        s_t = tl.load(prev_ptr + offs_n[:, None] * s_s_n + offs_p[None, :] * s_s_p,
-                      mask=n_ok[:, None] & p_ok[None, :], other=0.0)
+    s_t = tl.load(prev_ptr + offs_n[:, None] * s_s_n + offs_p[None, :] * s_s_p,
+                  mask=n_ok[:, None] & p_ok[None, :], other=0.0)
     if s_t.dtype == tl.float32:
         acc = _dot(c_t.to(tl.float32), s_t, IEEE)
     else:
@@ -1069,9 +921,7 @@ def _chunk_scan_y(
         s_ok = offs_s < limit
         if EVEN:
             s_ok = tl.full([BLOCK_S], True, tl.int1)
-        if TMA:
-            cb = cb_desc.load([cb_row + t0, s0]).to(tl.float32)
-        elif HAS_CB:
+        if HAS_CB:
             cb = tl.load(cb_ptr + offs_t[:, None] * s_cb_t + offs_s[None, :] * s_cb_s,
                          mask=t_ok[:, None] & s_ok[None, :], other=0.0).to(tl.float32)
         else:
@@ -1086,11 +936,8 @@ def _chunk_scan_y(
             keep = keep & (seq_t[:, None] == seq_s[None, :])
         # where, not a product with exp(-inf): a tile of cb above the diagonal may be unwritten memory.
         cb = tl.where(keep, cb * tl.exp(a_t[:, None] - a_s[None, :]) * dt_s[None, :], 0.0)
-        if TMA:
-            x_s = x_desc.load([row0 + s0, col_x])
-        else:
-            x_s = tl.load(x_ptr + offs_s[:, None] * s_x_l + offs_p[None, :] * s_x_p,
-                          mask=s_ok[:, None] & p_ok[None, :], other=0.0)
+        x_s = tl.load(x_ptr + offs_s[:, None] * s_x_l + offs_p[None, :] * s_x_p,
+                      mask=s_ok[:, None] & p_ok[None, :], other=0.0)
         acc += _dot(cb.to(x_s.dtype), x_s, IEEE)
     return acc_state, acc
 
@@ -1107,7 +954,6 @@ def _tile_pids(TILE_MAJOR: tl.constexpr):
 @triton.jit
 def _chunk_scan_fwd_kernel(
     x_ptr, b_ptr, c_ptr, cb_ptr, dtp_ptr, dacs_ptr, seq_ptr, prev_ptr, d_ptr, z_ptr, out_ptr, pre_ptr,
-    xs_desc, xt_desc, c_desc, cb_desc, prev_desc, z_desc, out_desc, pre_desc,
     seqlen, headdim, dstate, heads_per_group,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_b_b, s_b_l, s_b_g, s_b_n,
@@ -1122,12 +968,11 @@ def _chunk_scan_fwd_kernel(
     CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_CB: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, KEEP_PRE: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    TILE_MAJOR: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr,
+    TILE_MAJOR: tl.constexpr, EVEN: tl.constexpr,
 ):
     """out = (y + D x) silu(z); with KEEP_PRE, also y + D x (out's strides) for the backward's dz. Grid (batch *
     nchunks, nheads, row tiles), or with TILE_MAJOR (row tiles, nheads, batch * nchunks): a chunk's heads and row
-    tiles in neighbouring programs. TMA (with EVEN and HAS_CB): tiles through the descriptors (see _chunk_scan_y;
-    xs_desc has x's column tiles, xt_desc its row tiles)."""
+    tiles in neighbouring programs."""
     pid_bc, pid_h, pid_t, ntiles = _tile_pids(TILE_MAJOR)
     nchunks = tl.cdiv(seqlen, CHUNK)
     pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
@@ -1136,8 +981,6 @@ def _chunk_scan_fwd_kernel(
     # Longest row tiles first: tile i walks i + 1 column tiles.
     t0 = (ntiles - 1 - pid_t) * BLOCK_T
     g = pid_h // heads_per_group
-    nheads = tl.num_programs(1)
-    row0, col_x = pid_b * seqlen + start, pid_h * BLOCK_P  # the descriptors' rows and columns (TMA)
     x_ptr += pid_b * s_x_b + start * s_x_l + pid_h * s_x_h
     _, acc = _chunk_scan_y(
         x_ptr, b_ptr + pid_b * s_b_b + start * s_b_l + g * s_b_g, c_ptr + pid_b * s_c_b + start * s_c_l + g * s_c_g,
@@ -1148,8 +991,6 @@ def _chunk_scan_fwd_kernel(
         pid_c, start, limit, t0, headdim, dstate,
         s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, s_cb_t, s_cb_s, s_a_l, s_q_l, s_s_p, s_s_n,
         HAS_SEQ_IDX, HAS_CB, IEEE, BLOCK_T, BLOCK_S, BLOCK_P, BLOCK_N, EVEN,
-        TMA, xs_desc, c_desc, cb_desc, prev_desc, row0, (pid_bc * nheads + pid_h) * BLOCK_P,
-        (pid_bc * (nheads // heads_per_group) + g) * CHUNK, col_x, g * BLOCK_N,
     )
     offs_t = t0 + tl.arange(0, BLOCK_T)
     offs_p = tl.arange(0, BLOCK_P)
@@ -1157,29 +998,17 @@ def _chunk_scan_fwd_kernel(
     if EVEN:
         mask = tl.full([BLOCK_T, BLOCK_P], True, tl.int1)
     if HAS_D:
-        if TMA:
-            x_t = xt_desc.load([row0 + t0, col_x])
-        else:
-            x_t = tl.load(x_ptr + offs_t[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=mask, other=0.0)
+        x_t = tl.load(x_ptr + offs_t[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=mask, other=0.0)
         d = tl.load(d_ptr + pid_h * s_d_h + offs_p * s_d_p, mask=offs_p < headdim, other=0.0).to(tl.float32)
         acc += x_t.to(tl.float32) * d[None, :]
     rows = pid_b * s_o_b + (start + offs_t[:, None]) * s_o_l + pid_h * s_o_h + offs_p[None, :] * s_o_p
     if HAS_Z:
         if KEEP_PRE:
-            if TMA:
-                pre_desc.store([row0 + t0, col_x], acc.to(pre_desc.dtype))
-            else:
-                tl.store(pre_ptr + rows, acc, mask=mask)
-        if TMA:
-            z = z_desc.load([row0 + t0, col_x]).to(tl.float32)
-        else:
-            z = tl.load(z_ptr + pid_b * s_z_b + (start + offs_t[:, None]) * s_z_l + pid_h * s_z_h
-                        + offs_p[None, :] * s_z_p, mask=mask, other=0.0).to(tl.float32)
+            tl.store(pre_ptr + rows, acc, mask=mask)
+        z = tl.load(z_ptr + pid_b * s_z_b + (start + offs_t[:, None]) * s_z_l + pid_h * s_z_h + offs_p[None, :] * s_z_p,
+                    mask=mask, other=0.0).to(tl.float32)
         acc = acc * z * tl.sigmoid(z)
-    if TMA:
-        out_desc.store([row0 + t0, col_x], acc.to(out_desc.dtype))
-    else:
-        tl.store(out_ptr + rows, acc, mask=mask)
+    tl.store(out_ptr + rows, acc, mask=mask)
 
 
 BLOCK_T_MAX = 64  # row tiles of the chunk-scan kernels (and C B^T's tiles); the interpreter tests use 16
@@ -1226,7 +1055,7 @@ def _tile_grid(batch_chunks: int, nheads: int, ntiles: int, tile_major: bool):
 def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, cb=None, pre_gate=None, config=None, wrap):
     """out = (y + D x) silu(z). cb: bmm_cb_fwd's C B^T, or None to compute it per tile; pre_gate: a tensor like
     out to receive y + D x (with z only), or None; config: tile sizes and launch options (SCAN_FWD_CONFIG's
-    keys, and ``even`` and ``tma`` to force those builds on or off), the default from the shape."""
+    keys), the default from the shape."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
@@ -1243,19 +1072,9 @@ def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, cb=None, pre_gat
     even = cfg.get("even")
     if even is None:
         even = SCAN_EVEN and _even(seqlen, chunk_size, headdim, _pow2(headdim), dstate, _pow2(dstate))
-    descs = None
-    whole = even and cb is not None and chunk_size % block_t == 0 and block_t % block_s == 0
-    if _use_tma(cfg.get("tma"), whole, x, chunk_size, headdim, dstate):
-        rows = _tma_rows(x), _tma_rows(out)
-        descs = _descriptors(
-            (rows[0], (block_s, headdim)), (rows[0], (block_t, headdim)), (_tma_rows(C), (block_t, dstate)),
-            (_tma_rows(cb), (block_t, block_s)), (_tma_rows(prev), (headdim, dstate)),
-            (_tma_rows(zz), (block_t, headdim)), (rows[1], (block_t, headdim)),
-            (_tma_rows(pre_gate) if pre_gate is not None else rows[1], (block_t, headdim)))
-        _forced(cfg.get("tma"), descs, whole, "chunk_scan_fwd")
     _launch(_chunk_scan_fwd_kernel, wrap)[grid](
         x, B, C, c5, dtp, dA_cs, q, prev, D if D is not None else dtp, zz, out,
-        pre_gate if pre_gate is not None else out, *(descs or [None] * 8),
+        pre_gate if pre_gate is not None else out,
         seqlen, headdim, dstate, nheads // ngroups,
         *x.stride(), *B.stride(), *C.stride(), *c5.stride()[:3], *(cb.stride()[3:] if cb is not None else (0, 0)),
         *dtp.stride(),
@@ -1264,7 +1083,7 @@ def chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, D, z, seq_idx, *, cb=None, pre_gat
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_CB=cb is not None, HAS_D=D is not None,
         HAS_Z=z is not None, KEEP_PRE=pre_gate is not None and z is not None, IEEE=_ieee(x, B, C), BLOCK_T=block_t,
         BLOCK_S=block_s, BLOCK_P=_pow2(headdim), BLOCK_N=_pow2(dstate), TILE_MAJOR=tile_major, EVEN=even,
-        TMA=descs is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
 
@@ -1313,8 +1132,7 @@ def _chunk_scan_bwd_dz_kernel(
         seq_ptr + pid_b * s_q_b, prev_ptr + pid_b * s_s_b + pid_c * s_s_c + pid_h * s_s_h,
         pid_c, start, limit, t0, headdim, dstate,
         s_x_l, s_x_p, s_b_l, s_b_n, s_c_l, s_c_n, 0, 0, s_a_l, s_q_l, s_s_p, s_s_n,
-        HAS_SEQ_IDX, False, IEEE, BLOCK_T, BLOCK_T, BLOCK_P, BLOCK_N, False,
-        False, None, None, None, None, 0, 0, 0, 0, 0,
+        HAS_SEQ_IDX, False, IEEE, BLOCK_T, BLOCK_T, BLOCK_P, BLOCK_N,
     )
     offs_t = t0 + tl.arange(0, BLOCK_T)
     offs_p = tl.arange(0, BLOCK_P)
@@ -1444,7 +1262,6 @@ def gate_bwd(dout, z, pre_gate, *, block_l=64, flat=None, wrap):
 def _chunk_scan_bwd_dx_kernel(
     x_ptr, b_ptr, c_ptr, dtp_ptr, dacs_ptr, seq_ptr, dy_ptr, dend_ptr, d_ptr, extra_ptr,
     dx_ptr, ddt_ptr, col_ptr, colstate_ptr, row_ptr, dd_ptr,
-    x_desc, b_desc, c_desc, dend_desc, dy_desc, dx_desc,
     seqlen, headdim, dstate, heads_per_group,
     s_x_b, s_x_l, s_x_h, s_x_p,
     s_b_b, s_b_l, s_b_g, s_b_n,
@@ -1460,14 +1277,13 @@ def _chunk_scan_bwd_dx_kernel(
     s_dx_b, s_dx_l, s_dx_h, s_dx_p,
     CHUNK: tl.constexpr, HAS_SEQ_IDX: tl.constexpr, HAS_D: tl.constexpr, HAS_EXTRA: tl.constexpr,
     IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    TILE_MAJOR: tl.constexpr, EVEN: tl.constexpr, TMA: tl.constexpr,
+    TILE_MAJOR: tl.constexpr, EVEN: tl.constexpr,
 ):
     """Rows s: G_s B_s = exp(a_last - a_s) dend B_s + sum_{t>=s} (B_s . C_t) exp(a_t - a_s) dy_t;
     dx_s = dt_s G_s B_s + D dy_s; dL/d dt_s = x_s . G_s B_s; with D, this block's sums over s of dy_s x_s (dD).
     Log-decay terms, from the pair values P_ts = (C_t . B_s) exp(a_t - a_s) dt_s (dy_t . x_s) of this chunk
     (one float32 tile gives both sums, so they cancel exactly where they should): column sums over t (col),
-    row sums over s per block of s (row, summed later), and x_s . dx_s of the state part (colstate). TMA (with
-    EVEN): x, B, C, dend, dy and dx tiles through their descriptors (see _tma_rows)."""
+    row sums over s per block of s (row, summed later), and x_s . dx_s of the state part (colstate)."""
     pid_bc, pid_h, pid_s, _ = _tile_pids(TILE_MAJOR)
     nchunks = tl.cdiv(seqlen, CHUNK)
     pid_b, pid_c = pid_bc // nchunks, pid_bc % nchunks
@@ -1498,17 +1314,11 @@ def _chunk_scan_bwd_dx_kernel(
     a_s = tl.load(dacs_ptr + offs_s * s_a_l, mask=s_ok, other=0.0)
     dt_s = tl.load(dtp_ptr + offs_s * s_a_l, mask=s_ok, other=0.0)
     a_last = tl.load(dacs_ptr + (limit - 1) * s_a_l)
-    row0, col_x, col_b = pid_b * seqlen + start, pid_h * BLOCK_P, g * BLOCK_N  # the descriptors' (TMA)
-    if TMA:
-        x_s = x_desc.load([row0 + s0, col_x])
-        b_s = b_desc.load([row0 + s0, col_b])
-        e_t = tl.trans(dend_desc.load([(pid_bc * tl.num_programs(1) + pid_h) * BLOCK_P, 0]))
-    else:
-        x_s = tl.load(x_ptr + offs_s[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=mask, other=0.0)
-        b_s = tl.load(b_ptr + offs_s[:, None] * s_b_l + offs_n[None, :] * s_b_n, mask=s_ok[:, None] & n_ok[None, :],
-                      other=0.0)
-        e_t = tl.load(dend_ptr + pid_b * s_s_b + pid_c * s_s_c + pid_h * s_s_h + offs_n[:, None] * s_s_n
-                      + offs_p[None, :] * s_s_p, mask=n_ok[:, None] & p_ok[None, :], other=0.0)
+    x_s = tl.load(x_ptr + offs_s[:, None] * s_x_l + offs_p[None, :] * s_x_p, mask=mask, other=0.0)
+    b_s = tl.load(b_ptr + offs_s[:, None] * s_b_l + offs_n[None, :] * s_b_n, mask=s_ok[:, None] & n_ok[None, :],
+                  other=0.0)
+    e_t = tl.load(dend_ptr + pid_b * s_s_b + pid_c * s_s_c + pid_h * s_s_h + offs_n[:, None] * s_s_n
+                  + offs_p[None, :] * s_s_p, mask=n_ok[:, None] & p_ok[None, :], other=0.0)
     acc = _dot(b_s.to(e_t.dtype), e_t, IEEE)  # 16-bit dend (16-bit inputs): a 16-bit dot
     scale = tl.exp(a_last - a_s)
     if HAS_SEQ_IDX:
@@ -1531,11 +1341,8 @@ def _chunk_scan_bwd_dx_kernel(
         # 1.080 ms: not kept. Session 24, at chunk 128 (commit 6c910b6 has the code): read from
         # bmm_cb_fwd(B, C, upper=True), computed once per group and coalesced, dx took 0.281 ms with the bmm against
         # 0.233 (0.881 against 0.746 at l8192), and the op's forward+backward 1.008 against 0.959: removed.
-        if TMA:
-            c_t = tl.trans(c_desc.load([row0 + t0, col_b]))
-        else:
-            c_t = tl.load(c_ptr + offs_t[None, :] * s_c_l + offs_n[:, None] * s_c_n,
-                          mask=n_ok[:, None] & t_ok[None, :], other=0.0)
+        c_t = tl.load(c_ptr + offs_t[None, :] * s_c_l + offs_n[:, None] * s_c_n,
+                      mask=n_ok[:, None] & t_ok[None, :], other=0.0)
         cb = _dot(b_s, c_t.to(b_s.dtype), IEEE)
         a_t = tl.load(dacs_ptr + offs_t * s_a_l, mask=t_ok, other=0.0)
         keep = (offs_t[None, :] >= offs_s[:, None]) & t_ok[None, :]
@@ -1543,11 +1350,8 @@ def _chunk_scan_bwd_dx_kernel(
             seq_t = tl.load(seq_ptr + (start + offs_t) * s_q_l, mask=t_ok, other=-2)
             keep = keep & (seq_s[:, None] == seq_t[None, :])
         cb = tl.where(keep, cb * tl.exp(a_t[None, :] - a_s[:, None]), 0.0)
-        if TMA:
-            dy_t = dy_desc.load([row0 + t0, col_x])
-        else:
-            dy_t = tl.load(dy_ptr + offs_t[:, None] * s_g_l + offs_p[None, :] * s_g_p,
-                           mask=t_ok[:, None] & p_ok[None, :], other=0.0)
+        dy_t = tl.load(dy_ptr + offs_t[:, None] * s_g_l + offs_p[None, :] * s_g_p, mask=t_ok[:, None] & p_ok[None, :],
+                       other=0.0)
         acc += _dot(cb.to(dy_t.dtype), dy_t, IEEE)
         pair = cb * dt_s[:, None] * _dot(x_s, tl.trans(dy_t), IEEE)  # P_ts, stored transposed: (s, t)
         col += tl.sum(pair, axis=1)
@@ -1561,17 +1365,11 @@ def _chunk_scan_bwd_dx_kernel(
                       + offs_p[None, :] * s_e_p, mask=mask, other=0.0)
     if HAS_D:
         d = tl.load(d_ptr + pid_h * s_d_h + offs_p * s_d_p, mask=p_ok, other=0.0).to(tl.float32)
-        if TMA:
-            dy_s = dy_desc.load([row0 + s0, col_x])
-        else:
-            dy_s = tl.load(dy_ptr + offs_s[:, None] * s_g_l + offs_p[None, :] * s_g_p, mask=mask, other=0.0)
+        dy_s = tl.load(dy_ptr + offs_s[:, None] * s_g_l + offs_p[None, :] * s_g_p, mask=mask, other=0.0)
         dx += dy_s.to(tl.float32) * d[None, :]
         tl.store(dd_ptr + pid_bc * s_dd_r + pid_h * s_dd_h + pid_s * s_dd_k + offs_p,
                  tl.sum(dy_s.to(tl.float32) * x32, axis=0), mask=p_ok)
-    if TMA:
-        dx_desc.store([row0 + s0, col_x], dx.to(dx_desc.dtype))
-    else:
-        tl.store(dx_ptr + rows, dx, mask=mask)
+    tl.store(dx_ptr + rows, dx, mask=mask)
 
 
 # Session 25, tile-major (ssd_bwd_sweep, do_bench, b8 l2048 h24 / b2 l8192 h80): dx's defaults (64-row blocks, 4
@@ -1602,13 +1400,13 @@ DX_EVEN = True
 
 
 def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=None, num_stages=2, num_warps=4,
-                      tile_major=None, block_t=None, even=None, tma=None, maxnreg=None, wrap):
+                      tile_major=None, block_t=None, even=None, maxnreg=None, wrap):
     """Returns dx (x's dtype, contiguous), dL/d dt_proc, the log-decay pieces (see the kernel): col,
     colstate in dA_cumsum layout, row in partial sums, one per block of s (dt_bwd sums them), and dD's partial sums
     (float32 (batch * nchunks * row tiles, nheads, headdim), for head_grads; None without D). x is read with its own
     strides: the Mamba-2 block's x is a slice of the in-projection's rows, and copying it contiguous cost a 50 MB
-    copy per layer and training step at the 130M shape. even, tma: those builds forced on or off (None: where they
-    can run). maxnreg: a ptxas register cap, for probes (untraced launches only)."""
+    copy per layer and training step at the 130M shape. maxnreg: a ptxas register cap, for probes (direct launches
+    only)."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
@@ -1629,16 +1427,9 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
                                   DX_TILE_MAJOR if tile_major is None else tile_major)
     if even is None:
         even = DX_EVEN and _even(seqlen, chunk_size, headdim, block_p, dstate, block_n)
-    descs = None
-    whole = even and chunk_size % block_t == 0
-    if _use_tma(tma, whole, x, chunk_size, headdim, dstate):
-        descs = _descriptors((_tma_rows(x), (block_t, headdim)), (_tma_rows(B), (block_t, dstate)),
-                             (_tma_rows(C), (block_t, dstate)), (_tma_rows(dend), (headdim, dstate)),
-                             (_tma_rows(dy), (block_t, headdim)), (_tma_rows(dx), (block_t, headdim)))
-        _forced(tma, descs, whole, "chunk_scan_bwd_dx")
     _launch(_chunk_scan_bwd_dx_kernel, wrap)[grid](
         x, B, C, dtp, dA_cs, q, dy, dend, D if D is not None else dtp, e,
-        dx, ddt, col, colstate, row, dd, *(descs or [None] * 6),
+        dx, ddt, col, colstate, row, dd,
         seqlen, headdim, dstate, nheads // ngroups,
         *x.stride(), *B.stride(), *C.stride(), *dtp.stride(),
         q.stride(0), q.stride(1) if seq_idx is not None else 0,
@@ -1647,7 +1438,7 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
         *row.stride(), dd.stride(0), dd.stride(2), dd.stride(1), *dx.stride(),
         CHUNK=chunk_size, HAS_SEQ_IDX=seq_idx is not None, HAS_D=D is not None, HAS_EXTRA=dx_extra is not None,
         IEEE=_ieee(x, B, C), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, TILE_MAJOR=tile_major, EVEN=even,
-        TMA=descs is not None, num_warps=num_warps, num_stages=num_stages, **_cap(maxnreg, x),
+        num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg and not wrap else {}),
     )
     return dx, ddt, col, colstate, row, dd.view(-1, nheads, headdim) if D is not None else None
 

@@ -519,104 +519,6 @@ def test_triton_whole_tiles_skip_the_bounds_checks(monkeypatch):
         assert torch.equal(a, b), i
 
 
-def _row_tiles_written(r, block_t):
-    """dx's partial row sums (batch, nheads, nchunks, row tiles, chunk) where they are written: row tile k's from
-    position k * block_t."""
-    return torch.cat([r[:, :, :, k, k * block_t:] for k in range(r.shape[3])], -1)
-
-
-@needs_triton
-@pytest.mark.parametrize("nseq, D, z, dtype", [(0, "h", True, torch.float32), (3, "hp", False, torch.float32),
-                                              (0, "h", True, torch.float16)],
-                         ids=["all-fp32", "seq_idx-D2d-noz-fp32", "fp16-states"])
-def test_triton_tma_builds_equal_the_pointer_builds(nseq, D, z, dtype, monkeypatch):
-    """The tensor-descriptor (TMA) builds of the fused state passing, chunk_scan_fwd and dx (forced, so that the
-    interpreter runs them) give exactly what the pointer builds give: 2 batch rows of 2 chunks of 32, 2 row tiles a
-    chunk, 4 heads in 2 groups, 2 state blocks in the passing (the descriptors' row and column arithmetic), with
-    packed sequences, a 2-D D and no z, and 16-bit states. Then the whole pipeline with every TMA build taken
-    matches the oracle."""
-    kt, t, _, _ = _interpreter_chunks(2 if not nseq else 1, 64, 4, 16, 2, 32, D=D, z=z, nseq=nseq, act_dtype=dtype,
-                                      seed=23)
-    monkeypatch.setattr(kt, "BLOCK_T_MAX", 16)
-    x, B, C, q = t["x"], t["B"], t["C"], t["seq_idx"]
-    prev_dtype = C.dtype if dtype != torch.float32 else torch.float32
-    passing = [kt.chunk_cumsum_state_passing_fwd(x, B, t["dt"], t["A"], t["dt_bias"], 32, True, 0.0, 2.5, True,
-                                                 t["initial_states"].to(torch.float32), q, prev_dtype=prev_dtype,
-                                                 block_n=16, tma=m, wrap=False) for m in (True, False)]
-    for a, b in zip(*passing):
-        assert torch.equal(a, b)
-    dtp, dA_cs, prev, _ = passing[0]
-    cb = kt.bmm_cb_fwd(C, B, 32, wrap=False)
-    pre = [torch.empty_like(x) if z else None for _ in range(2)]
-    out = [kt.chunk_scan_fwd(x, B, C, dtp, dA_cs, prev, t["D"], t["z"], q, cb=cb, pre_gate=p, config=dict(tma=m),
-                             wrap=False) for m, p in zip((True, False), pre)]
-    assert torch.equal(*out)
-    if z:
-        assert torch.equal(*pre)
-    dy = torch.randn_like(x)
-    dend, _, _ = kt.chunk_state_passing_bwd(dy, C, dA_cs, prev, None, q, False, dend_dtype=prev_dtype, wrap=False)
-    grads = [kt.chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, t["D"], q, tma=m, wrap=False) for m in (True, False)]
-    for i, (a, b) in enumerate(zip(*grads)):
-        if i == 4:
-            a, b = _row_tiles_written(a, 16), _row_tiles_written(b, 16)
-        assert (a is None and b is None) or torch.equal(a, b), i
-    # every launch the pipeline makes where tiles are whole takes its TMA build (the device check said yes)
-    launches = []
-    real = kt._use_tma
-
-    def use_tma(tma, even, x, *dims):
-        launches.append(even)
-        return even if tma is None else real(tma, even, x, *dims)
-
-    monkeypatch.setattr(kt, "_use_tma", use_tma)
-    inputs = dict(t)
-    inputs["cu_seqlens"] = None
-    check_against_oracle(_triton_fn, inputs, 1e-4 if dtype == torch.float32 else 1e-2, chunk_size=32,
-                         dt_softplus=True)
-    assert launches and all(launches)
-
-
-@needs_triton
-def test_triton_tma_needs_whole_tiles_and_addressable_tensors():
-    """Forcing a TMA build where it cannot run is an error naming the kernel; _tma_rows refuses views a descriptor
-    cannot address (strides, alignment) and gives the (batch * seqlen, k * m) rows of those it can."""
-    kt, t, dtp, dA_cs = _interpreter_chunks(1, 48, 2, 16, 1, 16, seed=5)  # 48: a partial second chunk of 32
-    prev, _ = kt.chunk_state_passing_fwd(t["x"], t["B"], dtp, dA_cs, None, None, wrap=False)
-    with pytest.raises(ValueError, match="chunk_scan_fwd: tma=True needs whole tiles"):
-        kt.chunk_scan_fwd(t["x"], t["B"], t["C"], dtp, dA_cs, prev, None, None, None,
-                          cb=kt.bmm_cb_fwd(t["C"], t["B"], 32, wrap=False), config=dict(tma=True), wrap=False)
-    with pytest.raises(ValueError, match="chunk_scan_bwd_dx: tma=True"):
-        kt.chunk_scan_bwd_dx(t["x"], t["B"], t["C"], dtp, dA_cs, t["x"], prev, None, None, tma=True, wrap=False)
-    wide = torch.randn(2, 64, 3 * 16 + 8)  # a projection's rows: x is a slice of them
-    x = wide[:, :, 8:40].unflatten(-1, (2, 16))
-    rows = kt._tma_rows(x)
-    assert rows.shape == (128, 32) and rows.stride() == (56, 1) and torch.equal(rows[64 + 5], x[1, 5].flatten())
-    assert kt._tma_rows(wide[:, :, 1:33].unflatten(-1, (2, 16))) is None  # start 4 bytes past a 16-byte boundary
-    assert kt._tma_rows(torch.randn(2, 64, 2, 16)[:, ::2]) is not None  # rows of stride 64 elements
-    assert kt._tma_rows(torch.randn(2, 64, 2, 18)[..., :16]) is None  # heads not adjacent
-    assert kt._tma_rows(torch.randn(2, 64, 5)[..., :3].unflatten(-1, (3, 1))) is None  # rows of 20 bytes
-    assert kt._tma_rows(torch.randn(3, 2, 16, 16).transpose(0, 1)) is None  # not contiguous, not rows
-
-
-@needs_triton
-def test_traced_launches_take_the_pointer_builds(monkeypatch):
-    """A launch being traced (fake tensors: torch.compile, torch.export) takes neither the TMA build nor a register
-    cap, even on a device that could (see ssd_triton.TMA); an untraced one on such a device takes both."""
-    from torch._subclasses import FakeTensorMode
-
-    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
-    monkeypatch.setattr(kt, "_tma_capable", lambda device: True)
-    monkeypatch.setattr(kt, "_tma_descriptors", lambda: True)
-    with FakeTensorMode():
-        fake = torch.empty(2, 64, 4, 16, device="cuda")
-    assert not kt._use_tma(None, True, fake, 64) and kt._cap(168, fake) == {}
-    with kt.tma_target(torch.device("cuda")):  # the first call's recording, on meta tensors for a CUDA device
-        meta = torch.empty(2, 64, 4, 16, device="meta")
-        assert kt._use_tma(None, True, meta, 64) and kt._cap(168, meta) == {"maxnreg": 168}
-        assert not kt._use_tma(None, False, meta, 64) and not kt._use_tma(None, True, meta, 512)
-    assert not kt._use_tma(None, True, meta, 64)  # meta tensors for no device
-
-
 @needs_triton
 def test_first_call_finds_the_pipelines_launches(monkeypatch):
     """The first eager CUDA call compiles ahead the kernels _recorded_launches finds by running the pipelines on
@@ -917,8 +819,8 @@ GPU_CASES = [
                  torch.bfloat16, 3e-2, 128, id="bf16-packed-varlen"),
     pytest.param(dict(batch=1, seqlen=600, nheads=4, headdim=64, ngroups=1, dstate=64), dict(nseq=7),
                  torch.float32, 2e-3, 128, id="fp32-packed-varlen"),
-    # whole chunks: the tensor-descriptor (TMA) builds on Hopper (the first is the shape where Triton 3.6
-    # miscompiled a one-stage dx, session 31)
+    # whole chunks: chunk_scan's and dx's builds without bounds checks (ssd_triton.SCAN_EVEN, DX_EVEN), the first at
+    # the shape where Triton 3.6 miscompiles a one-stage dx
     pytest.param(dict(batch=1, seqlen=768, nheads=4, headdim=32, ngroups=2, dstate=64), dict(D="hp", z=False),
                  torch.bfloat16, 3e-2, 64, id="bf16-D2d-noz-whole-chunk64"),
     pytest.param(dict(batch=2, seqlen=512, nheads=8, headdim=64, ngroups=2, dstate=128), {}, torch.bfloat16,
@@ -944,38 +846,6 @@ def test_cuda_matches_oracle(shape, opts, act_dtype, tol, chunk_size):
     for k in rgrads:
         assert grads[k].dtype == inputs[k].dtype
         assert_close(grads[k].cpu(), rgrads[k], tol, "d" + k)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("shape", [(2, 512, 8, 64, 2, 128), (1, 768, 4, 32, 2, 64)], ids=["p64-n128", "p32-n64"])
-def test_cuda_tma_builds_match_the_pointer_builds(shape, monkeypatch):
-    """Whole chunks on a Hopper GPU: the op takes the tensor-descriptor (TMA) builds of the state passing,
-    chunk_scan and dx (each launch builds its descriptors), and they give the pointer builds' outputs and gradients
-    (ssd_triton.TMA off) to float32 rounding."""
-    kt = importlib.import_module("mamba_compile.ops.ssd_triton")
-    if torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("tensor descriptors need compute capability 9")
-    inputs = _to(make_inputs(*shape, act_dtype=torch.bfloat16, seed=31), "cuda")
-    built = []
-    real = kt._descriptors
-
-    def descriptors(*pairs):
-        if getattr(pairs[0][0], "is_cuda", False):  # not the first call's recording on meta tensors
-            built.append(len(pairs))
-        return real(*pairs)
-
-    monkeypatch.setattr(kt, "_descriptors", descriptors)
-    kw = dict(chunk_size=128, dt_softplus=True)
-    outs, grads = run_fwd_bwd(via_op, inputs, **kw)
-    assert sorted(built) == [3, 6, 8], built  # the passing, dx, chunk_scan: one launch each
-    monkeypatch.setattr(kt, "TMA", False)
-    built.clear()
-    routs, rgrads = run_fwd_bwd(via_op, inputs, **kw)
-    assert not built
-    for name, o, r in zip(("out", "final_states"), outs, routs):
-        assert_close(o, r, 1e-5, name)
-    for k in rgrads:
-        assert_close(grads[k], rgrads[k], 1e-5, "d" + k)
 
 
 @pytest.mark.gpu
@@ -1138,63 +1008,20 @@ def test_cuda_non_contiguous_inputs():
 @pytest.mark.gpu
 @pytest.mark.inductor
 def test_cuda_compile_inductor_whole_chunks():
-    """At a static shape of whole chunks, where eager calls on a Hopper GPU take the TMA builds, Inductor's code
-    launches the pointer builds (torch passes no descriptors through a traced triton_op: see ssd_triton.TMA) and
-    matches the eager op (forward and gradients)."""
-    from torch._inductor.utils import run_and_get_code
-
+    """A static shape of whole chunks under Inductor (the builds without bounds checks, specialised on the
+    sequence length) matches the eager op, forward and gradients."""
     inputs = _to(make_inputs(2, 512, 4, 64, 1, 64, act_dtype=torch.bfloat16, seed=8), "cuda")
 
     def fn(i):
         return ssd_chunk_scan(**i, chunk_size=128, dt_softplus=True, return_final_states=True)
 
     compiled = torch.compile(fn, fullgraph=True, dynamic=False)
-    (outs, grads), codes = run_and_get_code(
-        lambda: run_fwd_bwd(lambda i, varlen=False, **kw: compiled(i), inputs))
-    assert codes and not any("TensorDescriptor" in c for c in codes)
+    outs, grads = run_fwd_bwd(lambda i, varlen=False, **kw: compiled(i), inputs)
     routs, rgrads = run_fwd_bwd(lambda i, varlen=False, **kw: fn(i), inputs)
     for o, r in zip(outs, routs):
         assert_close(o, r, 1e-2, "out")
     for k in rgrads:
         assert_close(grads[k], rgrads[k], 1e-2, "d" + k)
-
-
-_AOTI_RUN = """
-import sys, torch
-import mamba_compile.ops  # registers the ops
-io = torch.load(sys.argv[2])
-package = torch._inductor.aoti_load_package(sys.argv[1])
-out = package(*io["args"])
-torch.testing.assert_close(out[0], io["out"], rtol=2e-2, atol=2e-2)
-torch.testing.assert_close(out[1], io["final"], rtol=2e-2, atol=2e-2)
-print("ok")
-"""
-
-
-@pytest.mark.gpu
-@pytest.mark.inductor
-def test_cuda_aoti_package_whole_chunks(tmp_path):
-    """An AOTInductor package of the op at a static shape of whole chunks (where eager calls on Hopper take the TMA
-    builds and the package the pointer builds) runs in a fresh process and gives what the exported program gives."""
-    import subprocess
-    import sys
-
-    t = _to(make_inputs(2, 256, 4, 64, 1, 64, act_dtype=torch.bfloat16, init=False, seed=9), "cuda")
-
-    class Scan(torch.nn.Module):
-        def forward(self, x, dt, A, B, C, D, z, dt_bias):
-            return ssd_chunk_scan(x, dt, A, B, C, 128, D=D, z=z, dt_bias=dt_bias, dt_softplus=True,
-                                  return_final_states=True)
-
-    args = tuple(t[k] for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias"))
-    ep = torch.export.export(Scan(), args)
-    path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / "ssd.pt2"))
-    with torch.no_grad():
-        out, final = ep.module()(*args)
-    torch.save({"args": args, "out": out, "final": final}, tmp_path / "io.pt")
-    done = subprocess.run([sys.executable, "-c", _AOTI_RUN, path, str(tmp_path / "io.pt")], capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
 @pytest.mark.gpu
