@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda|aoti-plain]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -347,4 +347,9 @@ if [[ $what == aoti-cuda ]]; then
   # tests of whole chunks and Inductor (about 8 minutes in all)
   timeout 300 python3 -m benchmarks.probes.aoti_cuda 2>&1 | tee "$OUT/aoti_cuda.log" | grep -E "^(norm|ssd|mamba2)"
   timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ops/test_ssd.py -k "whole or inductor" 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -4
+fi
+if [[ $what == aoti-plain ]]; then
+  # Whether any CUDA AOTInductor package loads here: torch's own kernels only, then one op of this package, each in
+  # a fresh process (about 2 minutes)
+  timeout 300 python3 -m benchmarks.probes.aoti_cuda --cases plain norm --fresh-only 2>&1 | tee "$OUT/aoti_cuda.log" | grep -E "^(plain|norm)" | cut -c1-900
 fi

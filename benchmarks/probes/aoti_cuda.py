@@ -3,7 +3,7 @@ process and in a fresh one (with Python's faulthandler, so that a crash prints i
 result. Session 34's GPU test of an SSD package loaded in a fresh process exited with SIGSEGV and no output; this
 narrows down where.
 
-    python -m benchmarks.probes.aoti_cuda [--cases ssd-whole ssd-partial norm mamba2]
+    python -m benchmarks.probes.aoti_cuda [--cases plain norm ssd-partial ssd-whole mamba2] [--fresh-only]
 """
 
 from __future__ import annotations
@@ -65,7 +65,16 @@ def _cases():
         ids = torch.randint(0, VOCAB, (2, 40), device="cuda")
         return model, (ids,), ({1: torch.export.Dim("seqlen", min=2, max=256)},)
 
+    class Plain(torch.nn.Module):  # no op of this package: torch's own kernels only
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(512, 512, device="cuda")
+
+        def forward(self, x):
+            return torch.relu(self.lin(x)) * 2
+
     return {
+        "plain": lambda: (Plain(), (torch.randn(64, 512, device="cuda"),), None),
         "ssd-whole": lambda: (Scan(), scan_args(256), None),
         "ssd-partial": lambda: (Scan(), scan_args(300), None),
         "norm": lambda: (Norm(), (rnd(64, 512), rnd(512, dtype=torch.float32), rnd(64, 512)), None),
@@ -75,7 +84,9 @@ def _cases():
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--cases", nargs="+", default=["norm", "ssd-partial", "ssd-whole", "mamba2"])
+    p.add_argument("--cases", nargs="+", default=["plain", "norm", "ssd-partial", "ssd-whole", "mamba2"])
+    p.add_argument("--fresh-only", action="store_true", help="load packages in fresh processes only (a crash there "
+                   "does not end this one)")
     args = p.parse_args()
     cases = _cases()
     d = tempfile.mkdtemp()
@@ -97,6 +108,8 @@ def main() -> None:
                                capture_output=True, text=True, timeout=300)
             print(f"{name}, fresh process ({mode}): rc {r.returncode}; {r.stdout.strip()!r}; "
                   f"stderr {r.stderr[-1500:]!r}", flush=True)
+        if args.fresh_only:
+            continue
         try:
             package = torch._inductor.aoti_load_package(path)
             out = package(*inputs)
