@@ -115,6 +115,22 @@ The numbers below are at chunk 256.
     registers (175 without loop-invariant hoisting), so two programs an SM: 0.225-0.244 ms against 0.122 (0.75-0.81
     against 0.388 at b2 l8192 h80), one an SM 0.434. z and x loaded before the loop: 0.140 (168 registers). Every
     dot of every SSD kernel lowers to wgmma (sm_90 PTX), none to mma.sync.
+    Tried and removed (session 34, commit 9607f59 has the op's code and tests, benchmarks/probes/ssd_tma.py its own
+    kernels): the whole-tile builds loading and storing their tiles through Hopper's tensor memory accelerator,
+    host-built tensor descriptors over 2-D views of the tensors. Kernels alone (graphs, outputs bit for bit the
+    same): the fused state passing 0.051 ms against 0.056 (0.167 against 0.196 at b2 l8192 h80), chunk_scan_fwd with
+    the pre-gate output 0.129 against 0.133 (0.413 against 0.425), dx 0.191 against 0.201 (0.613 against 0.658); dx
+    at one stage under a 168-register cap 0.166 (0.530), but Triton 3.6 miscompiles that build as it does the
+    pointer build at one stage (dx wrong, then an illegal address, at whole chunks of headdim 32 / dstate 64). The
+    op with them (ssd_tma.py --op in that commit, graphs, alternating): forward 0.175 against 0.180-0.181 ms,
+    forward+backward 0.753-0.757 against 0.767-0.773 (0.545 / 2.311 against 0.583-0.585 / 2.384-2.388 at l8192).
+    Why not kept: torch.compile, torch.export and AOTInductor trace the op without Dynamo, and that tracing passes no
+    descriptor metadata to Inductor (torch 2.11 and 2.13), which then fails on the descriptor arguments, so only
+    untraced launches could take them; and there they cost host time where the op is host-bound: bench_ssd's eager
+    forward 0.817 ms against 0.192, forward+backward 2.383 against 1.572 (eleven descriptors a forward built in
+    Python and encoded by the launcher; not profiled further). Descriptors built on the device
+    (tl.make_tensor_descriptor) trace and compile under Inductor, but each program builds its own: chunk_scan
+    0.219 ms, dx 0.330.
     Backward kernels (session 8, benchmarks/probes/ssd_bwd.py, chunk-boundary states and their gradients
     stored in 16 bits): gate_bwd 0.100 with z (nothing without), bwd_dx 0.284-0.314 (with dD's sums), dcb 0.091,
     dB 0.085, dC 0.090, chunk_state_passing recompute 0.064, state_passing_bwd 0.048-0.079, dprev 0.055 (the last
