@@ -1007,32 +1007,17 @@ def test_cuda_non_contiguous_inputs():
 
 @pytest.mark.gpu
 @pytest.mark.inductor
-def test_cuda_compile_inductor_whole_chunks():
-    """A static shape of whole chunks under Inductor (the builds without bounds checks, specialised on the
-    sequence length) matches the eager op, forward and gradients."""
-    inputs = _to(make_inputs(2, 512, 4, 64, 1, 64, act_dtype=torch.bfloat16, seed=8), "cuda")
+@pytest.mark.parametrize("seqlen, chunk_size, dynamic, seed", [(300, 64, True, 4), (512, 128, False, 8)],
+                         ids=["dynamic-l300", "static-whole-chunks"])
+def test_cuda_compile_inductor(seqlen, chunk_size, dynamic, seed):
+    """Inductor's code matches the eager op, forward and gradients: dynamic with a partial last chunk, and at a
+    static shape of whole chunks (the builds without bounds checks, specialised on the sequence length)."""
+    inputs = _to(make_inputs(2, seqlen, 4, 64, 1, 64, act_dtype=torch.bfloat16, seed=seed), "cuda")
 
     def fn(i):
-        return ssd_chunk_scan(**i, chunk_size=128, dt_softplus=True, return_final_states=True)
+        return ssd_chunk_scan(**i, chunk_size=chunk_size, dt_softplus=True, return_final_states=True)
 
-    compiled = torch.compile(fn, fullgraph=True, dynamic=False)
-    outs, grads = run_fwd_bwd(lambda i, varlen=False, **kw: compiled(i), inputs)
-    routs, rgrads = run_fwd_bwd(lambda i, varlen=False, **kw: fn(i), inputs)
-    for o, r in zip(outs, routs):
-        assert_close(o, r, 1e-2, "out")
-    for k in rgrads:
-        assert_close(grads[k], rgrads[k], 1e-2, "d" + k)
-
-
-@pytest.mark.gpu
-@pytest.mark.inductor
-def test_cuda_compile_inductor():
-    inputs = _to(make_inputs(2, 300, 4, 64, 1, 64, act_dtype=torch.bfloat16, seed=4), "cuda")
-
-    def fn(i):
-        return ssd_chunk_scan(**i, chunk_size=64, dt_softplus=True, return_final_states=True)
-
-    compiled = torch.compile(fn, fullgraph=True, dynamic=True)
+    compiled = torch.compile(fn, fullgraph=True, dynamic=dynamic)
     outs, grads = run_fwd_bwd(lambda i, varlen=False, **kw: compiled(i), inputs)
     routs, rgrads = run_fwd_bwd(lambda i, varlen=False, **kw: fn(i), inputs)
     for o, r in zip(outs, routs):
