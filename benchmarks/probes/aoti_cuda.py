@@ -1,7 +1,8 @@
 """CUDA AOTInductor packages of this package's ops and of a small Mamba-2 model: built, then loaded and run in this
 process and in a fresh one (with Python's faulthandler, so that a crash prints its stack), each against the eager
 result. Session 34's GPU test of an SSD package loaded in a fresh process exited with SIGSEGV and no output; this
-narrows down where.
+narrows down where. It found the crash inside aoti_load_package for every CUDA package, torch's own kernels only
+included, on the H100 and the H200 kinds (torch 2.11.0+cu130); see the README's known problems.
 
     python -m benchmarks.probes.aoti_cuda [--cases plain norm ssd-partial ssd-whole mamba2] [--fresh-only]
 """

@@ -1,5 +1,6 @@
-"""chunk_scan_fwd and chunk_scan_bwd_dx with their tiles loaded and stored through Hopper's tensor memory accelerator
-(Triton tensor descriptors built on the host) instead of pointer arithmetic. ncu (session 30) found dx issue-bound
+"""The fused cumsum + state passing, chunk_scan_fwd and chunk_scan_bwd_dx with their tiles loaded and stored through
+Hopper's tensor memory accelerator (Triton tensor descriptors built on the host, and variants building them on the
+device) instead of pointer arithmetic. ncu (session 30) found dx issue-bound
 at 251 registers and chunk_scan at 128 with DRAM 47% busy; a descriptor load is one instruction for a whole tile,
 with no address tensors held in registers, and lands in shared memory where the dots read it.
 
