@@ -118,12 +118,13 @@ The numbers below are at chunk 256.
     Tried and removed (session 34, commit 9607f59 has the op's code and tests, benchmarks/probes/ssd_tma.py its own
     kernels): the whole-tile builds loading and storing their tiles through Hopper's tensor memory accelerator,
     host-built tensor descriptors over 2-D views of the tensors. Kernels alone (graphs, outputs bit for bit the
-    same): the fused state passing 0.051 ms against 0.056 (0.167 against 0.196 at b2 l8192 h80), chunk_scan_fwd with
-    the pre-gate output 0.129 against 0.133 (0.413 against 0.425), dx 0.191 against 0.201 (0.613 against 0.658); dx
-    at one stage under a 168-register cap 0.166 (0.530), but Triton 3.6 miscompiles that build as it does the
-    pointer build at one stage (dx wrong, then an illegal address, at whole chunks of headdim 32 / dstate 64). The
-    op with them (ssd_tma.py --op in that commit, graphs, alternating): forward 0.175 against 0.180-0.181 ms,
-    forward+backward 0.753-0.757 against 0.767-0.773 (0.545 / 2.311 against 0.583-0.585 / 2.384-2.388 at l8192).
+    same, two calls): the fused state passing 0.051 ms against 0.056 (0.167 against 0.196-0.197 at b2 l8192 h80),
+    chunk_scan_fwd with the pre-gate output 0.129 against 0.133-0.134 (0.411-0.414 against 0.422-0.429), dx
+    0.190-0.191 against 0.200-0.201 (0.608-0.613 against 0.653-0.658); dx at one stage under a 168-register cap
+    0.166-0.167 (0.530-0.531), but Triton 3.6 miscompiles that build as it does the pointer build at one stage (dx
+    wrong, then an illegal address, at whole chunks of headdim 32 / dstate 64). The op with them (ssd_tma.py --op in
+    that commit, graphs, alternating): forward 0.174-0.175 against 0.180-0.181 ms, forward+backward 0.753-0.757
+    against 0.767-0.773 (0.545-0.547 / 2.311-2.319 against 0.583-0.585 / 2.384-2.390 at l8192).
     Why not kept: torch.compile, torch.export and AOTInductor trace the op without Dynamo, and that tracing passes no
     descriptor metadata to Inductor (torch 2.11 and 2.13), which then fails on the descriptor arguments, so only
     untraced launches could take them; and there they cost host time where the op is host-bound: bench_ssd's eager
