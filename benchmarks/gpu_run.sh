@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda|aoti-plain|aoti-ops]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda|aoti-plain|aoti-ops|aoti-load]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -352,6 +352,12 @@ if [[ $what == aoti-plain ]]; then
   # Whether any CUDA AOTInductor package loads here: torch's own kernels only, then one op of this package, each in
   # a fresh process (about 2 minutes)
   timeout 300 python3 -m benchmarks.probes.aoti_cuda --cases plain norm --fresh-only 2>&1 | tee "$OUT/aoti_cuda.log" | grep -E "^(plain|norm)" | cut -c1-900
+fi
+if [[ $what == aoti-load ]]; then
+  # Why CUDA packages crash on load: a package of torch's own kernels per AOTInductor build setting and for the CPU,
+  # each listed and loaded in a fresh process, the default under cuda-gdb and through the container runner
+  # (about 5 minutes)
+  timeout 560 python3 -m benchmarks.probes.aoti_cuda_load --out "$OUT" 2>&1 | tee "$OUT/aoti_cuda_load.log" | grep -v Warning | tail -80
 fi
 if [[ $what == aoti-ops ]]; then
   # As aoti-plain, then an SSD package (a partial last chunk), each in a fresh process (about 6 minutes)
