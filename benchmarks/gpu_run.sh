@@ -354,10 +354,10 @@ if [[ $what == aoti-plain ]]; then
   timeout 300 python3 -m benchmarks.probes.aoti_cuda --cases plain norm --fresh-only 2>&1 | tee "$OUT/aoti_cuda.log" | grep -E "^(plain|norm)" | cut -c1-900
 fi
 if [[ $what == aoti-load ]]; then
-  # Why CUDA packages crash on load: a package of torch's own kernels per AOTInductor build setting and for the CPU,
-  # each listed and loaded in a fresh process, the default under cuda-gdb and through the container runner
-  # (about 5 minutes)
-  timeout 560 python3 -m benchmarks.probes.aoti_cuda_load --out "$OUT" 2>&1 | tee "$OUT/aoti_cuda_load.log" | grep -v Warning | tail -80
+  # Why packages crash on load here: the machine's C++ compiler and runtimes, then a package of torch's own kernels
+  # for the CPU and for CUDA, loaded plainly and with the compiler's libstdc++ preloaded, then one linked with a
+  # static libstdc++ (about 5 minutes)
+  timeout 560 python3 -m benchmarks.probes.aoti_cuda_load --out "$OUT" --variants cpu cpu-preload cuda cuda-preload cpu-static 2>&1 | tee "$OUT/aoti_cuda_load.log" | grep -v Warning | tail -60
 fi
 if [[ $what == aoti-ops ]]; then
   # As aoti-plain, then an SSD package (a partial last chunk), each in a fresh process (about 6 minutes)
