@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda|aoti-plain|aoti-ops|aoti-load]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda|aoti-plain|aoti-ops|aoti-load|aoti-models]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -358,6 +358,11 @@ if [[ $what == aoti-load ]]; then
   # for the CPU and for CUDA, loaded plainly and with the compiler's libstdc++ preloaded, then one linked with a
   # static libstdc++ (about 5 minutes)
   timeout 560 python3 -m benchmarks.probes.aoti_cuda_load --out "$OUT" --variants cpu cpu-preload cuda cuda-preload cpu-static 2>&1 | tee "$OUT/aoti_cuda_load.log" | grep -v Warning | tail -60
+fi
+if [[ $what == aoti-models ]]; then
+  # CUDA packages of Mamba-1 and Mamba-2 loaded with mamba_compile.load_package in a fresh process, against eager
+  # (about 5 minutes: two package builds)
+  timeout 540 python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_gpu.py -k aoti --durations=5 2>&1 | tee "$OUT/gpu_tests_aoti.log" | tail -15
 fi
 if [[ $what == aoti-ops ]]; then
   # As aoti-plain, then an SSD package (a partial last chunk), each in a fresh process (about 6 minutes)

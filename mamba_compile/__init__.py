@@ -3,7 +3,7 @@
 from . import ops
 
 __version__ = "0.1.0"
-__all__ = ["MambaConfig", "MambaLM", "ops", "__version__"]
+__all__ = ["MambaConfig", "MambaLM", "load_package", "ops", "__version__"]
 
 
 def __getattr__(name):  # the models load on first use: importing the package registers only the ops
@@ -11,4 +11,8 @@ def __getattr__(name):  # the models load on first use: importing the package re
         from . import models
 
         return getattr(models, name)
+    if name == "load_package":
+        from .lowering import load_package
+
+        return load_package
     raise AttributeError(f"module 'mamba_compile' has no attribute {name!r}")

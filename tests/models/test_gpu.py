@@ -229,3 +229,41 @@ def test_graphed_train_step_adamw_as_benchmarked(name):
     before = [p.detach().clone() for p in model.parameters()]
     step(ids)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+_LOAD_CUDA_PACKAGE = """
+import sys, torch
+import mamba_compile
+import mamba_compile.models  # the LMOutput pytree node
+io = torch.load(sys.argv[2])
+package = mamba_compile.load_package(sys.argv[1])
+for ids, want in zip(io["ids"], io["want"]):
+    got = package(ids.cuda()).logits.float().cpu()
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    assert err < 1e-3, (tuple(ids.shape), err)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("name", ["mamba1", "mamba2"])
+def test_cuda_aoti_package_runs_in_a_fresh_process(name, tmp_path):
+    """A CUDA AOTInductor package of the model (dynamic length; Mamba-2's lengths end in a partial chunk and in
+    whole ones) loads with mamba_compile.load_package in a fresh process and matches the eager model. torch's own
+    loader crashes on the GPU machine for every package (see mamba_compile/lowering/package.py)."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    model = MambaLM(dataclasses.replace(_config(name), n_layer=2)).cuda().eval()
+    gen = torch.Generator().manual_seed(3)
+    ids = [torch.randint(0, VOCAB, (2, n), generator=gen) for n in (100, 128, 257)]
+    seq = torch.export.Dim("seqlen", min=2, max=1024)
+    with torch.no_grad():
+        ep = torch.export.export(model, (ids[0].cuda(),), dynamic_shapes=({1: seq},))
+        want = [model(x.cuda()).logits.float().cpu() for x in ids]
+    path = torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp_path / f"{name}.pt2"))
+    torch.save({"ids": ids, "want": want}, tmp_path / "io.pt")
+    done = subprocess.run([sys.executable, "-c", _LOAD_CUDA_PACKAGE, path, str(tmp_path / "io.pt")],
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), (done.returncode, done.stderr[-2000:])
