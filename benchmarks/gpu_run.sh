@@ -362,7 +362,7 @@ fi
 if [[ $what == aoti-models ]]; then
   # CUDA packages of Mamba-1 and Mamba-2 loaded with mamba_compile.load_package in a fresh process, against eager
   # (about 5 minutes: two package builds)
-  timeout 540 python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_gpu.py -k aoti --durations=5 2>&1 | tee "$OUT/gpu_tests_aoti.log" | tail -15
+  timeout 540 python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_gpu.py -k aoti -v --durations=5 2>&1 | tee "$OUT/gpu_tests_aoti.log" | tail -15
 fi
 if [[ $what == aoti-ops ]]; then
   # As aoti-plain, then an SSD package (a partial last chunk), each in a fresh process (about 6 minutes)
