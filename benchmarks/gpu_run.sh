@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda|aoti-plain|aoti-ops|aoti-load|aoti-models]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda|aoti-plain|aoti-ops|aoti-load|aoti-models|aoti-mamba2]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -363,6 +363,12 @@ if [[ $what == aoti-models ]]; then
   # CUDA packages of Mamba-1 and Mamba-2 loaded with mamba_compile.load_package in a fresh process, against eager
   # (about 5 minutes: two package builds)
   timeout 540 python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_gpu.py -k aoti -v --durations=5 2>&1 | tee "$OUT/gpu_tests_aoti.log" | tail -15
+fi
+if [[ $what == aoti-mamba2 ]]; then
+  # After the chunked layouts' allocations stopped guarding on the chunk count: two SSD oracle cases (the backward's
+  # dD partial sums moved), then the Mamba-2 CUDA package exported with lengths from 2 (about 5 minutes)
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ops/test_ssd.py -k "oracle and (D2d-noz-chunk64 or fp32-l520)" -v 2>&1 | tee "$OUT/gpu_tests_ssd.log" | grep -E "PASS|FAIL|passed|failed"
+  timeout 400 python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_gpu.py -k "aoti and mamba2" -v --durations=3 2>&1 | tee "$OUT/gpu_tests_aoti.log" | tail -8
 fi
 if [[ $what == aoti-ops ]]; then
   # As aoti-plain, then an SSD package (a partial last chunk), each in a fresh process (about 6 minutes)
