@@ -2,7 +2,8 @@
 process and in a fresh one (with Python's faulthandler, so that a crash prints its stack), each against the eager
 result. Session 34's GPU test of an SSD package loaded in a fresh process exited with SIGSEGV and no output; this
 narrows down where. It found the crash inside aoti_load_package for every CUDA package, torch's own kernels only
-included, on the H100 and the H200 kinds (torch 2.11.0+cu130); see the README's known problems.
+included, on the H100 and the H200 kinds (torch 2.11.0+cu130). Session 35 found why (aoti_cuda_load.py) and loads
+packages with mamba_compile.load_package; this probe still loads them with torch's loader.
 
     python -m benchmarks.probes.aoti_cuda [--cases plain norm ssd-partial ssd-whole mamba2] [--fresh-only]
 """

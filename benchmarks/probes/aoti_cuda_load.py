@@ -6,6 +6,11 @@ shared library: std::regex compiling a pattern inside torch::aot_inductor::parse
 AOTInductorModel constructor; CPU packages crash there the same way, and none of AOTInductor's build settings
 (embedded kernels or not, constants by assembler or not) changed it.
 
+Session 35's second call found that the package's library lists no libstdc++ among its needed libraries and defines
+about 4,700 std:: symbols (as one linked with -static-libstdc++ does), and that every package loads and runs when the
+compiler's libstdc++ is preloaded (cpu-preload, cuda-preload), while the plain and static builds crash. The fix is
+mamba_compile.load_package (lowering/package.py).
+
 Each variant builds a package of torch's own kernels (a Linear and a ReLU) or reuses one, then loads and runs it in
 a fresh process with faulthandler, after recording what the machine has: the C++ compiler, the libstdc++ it links
 against, and the libstdc++ (and other C++ runtimes) mapped into a process that imported torch.
