@@ -45,13 +45,14 @@ def share_cxx_runtime() -> list[str]:
 
 def load_package(path: str | os.PathLike, *, run_single_threaded: bool = False, device_index: int = -1):
     """Loads an AOTInductor package (a ``.pt2`` file from ``torch._inductor.aoti_compile_and_package``) after
-    ``share_cxx_runtime()``; returns torch's compiled model, called with the exported program's inputs. A CPU
-    package of a model with this package's ops calls them by name, so import ``mamba_compile`` (done here)."""
+    ``share_cxx_runtime()``; returns torch's compiled model, called with the exported program's inputs. What a
+    package of this project's models needs in the loading process is imported here: the ops, which a CPU package
+    calls by name, and the models' output and cache types, which the outputs are rebuilt as."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"load_package: path must be a str or os.PathLike, got {type(path).__name__}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_package: path {os.fspath(path)!r} is not a file (expected a .pt2 package)")
-    import mamba_compile.ops  # noqa: F401  (registers the ops a CPU package calls by name)
+    from .. import models  # noqa: F401  (the ops, and the LMOutput / InferenceCache pytree nodes)
 
     share_cxx_runtime()
     return torch._inductor.aoti_load_package(os.fspath(path), run_single_threaded=run_single_threaded,
