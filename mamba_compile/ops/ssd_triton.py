@@ -394,6 +394,9 @@ def head_grads(da, dbias, dd, A, dt_bias, D, *, wrap):
     dD = torch.empty(D.shape, device=da.device, dtype=D.dtype) if dd is not None else None
     # dt_bwd's (batch, nchunks, nheads), contiguous (dbias has its layout), read as (batch * nchunks, nheads) rows:
     # not through a view, which would guard on the chunk count under tracing (see _empty)
+    if da.dim() != 3 or da.stride(2) != 1 or da.stride(0) != da.shape[1] * da.stride(1):
+        raise ValueError(f"head_grads: da must be a contiguous (batch, nchunks, nheads) tensor, got shape "
+                         f"{tuple(da.shape)} and strides {da.stride()}")
     rows_d, headdim = (dd.shape[0], dd.shape[2]) if dd is not None else (0, 1)
     _launch(_head_grads_kernel, wrap)[(nheads,)](
         da, dbias if dbias is not None else da, dd if dd is not None else da, dA,
