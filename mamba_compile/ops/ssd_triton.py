@@ -164,7 +164,7 @@ def _ieee(*tensors) -> bool:
     return any(t.dtype == torch.float32 for t in tensors)
 
 
-def _empty(*shape, dtype, device) -> torch.Tensor:
+def _empty_chunked(*shape, dtype, device) -> torch.Tensor:
     """torch.empty for the chunked layouts, whose shapes hold the chunk count. Traced with a dynamic length, a new
     tensor's contiguity asks of each size whether it is 1, and for the chunk count ceil(seqlen / chunk) that became
     a guard nchunks != 1, which torch.export rejects for a length range that reaches down to one chunk (session 35:
@@ -235,8 +235,8 @@ def _chunk_cumsum_fwd_kernel(
 def chunk_cumsum_fwd(dt, A, dt_bias, chunk_size, dt_softplus, dt_min, dt_max, has_limit, *, wrap):
     batch, seqlen, nheads = dt.shape
     nchunks = _cdiv(seqlen, chunk_size)
-    dtp = _empty(batch, nheads, nchunks, chunk_size, device=dt.device, dtype=torch.float32)
-    dA_cs = _empty(*dtp.shape, device=dt.device, dtype=torch.float32)
+    dtp = _empty_chunked(batch, nheads, nchunks, chunk_size, device=dt.device, dtype=torch.float32)
+    dA_cs = _empty_chunked(*dtp.shape, device=dt.device, dtype=torch.float32)
     block_h = min(_next_pow2(nheads), max(1, 4096 // chunk_size))
     grid = (batch, nchunks, _cdiv(nheads, block_h))
     _launch(_chunk_cumsum_fwd_kernel, wrap)[grid](
@@ -331,8 +331,8 @@ def dt_bwd(dt, dt_bias, A, dtp, ddt_x, ddt_extra, da, col, colstate, row, dchunk
         if v is not None and v.stride() != dtp.stride():
             raise ValueError(f"dt_bwd: {name} must have dtp's layout {tuple(dtp.stride())}, got {tuple(v.stride())}")
     out = torch.empty(batch, seqlen, nheads, device=dt.device, dtype=dt.dtype)
-    dA = _empty(batch, nchunks, nheads, device=dt.device, dtype=torch.float32)
-    dbias = _empty(*dA.shape, device=dt.device, dtype=torch.float32) if dt_bias is not None else dA
+    dA = _empty_chunked(batch, nchunks, nheads, device=dt.device, dtype=torch.float32)
+    dbias = _empty_chunked(*dA.shape, device=dt.device, dtype=torch.float32) if dt_bias is not None else dA
     block_h = block_h or min(_next_pow2(nheads), max(1, 1024 // chunk_size))
     _launch(_dt_bwd_kernel, wrap)[(batch, nchunks, _cdiv(nheads, block_h))](
         dt, dt_bias if dt_bias is not None else dt, A, dtp, ddt_x, ddt_extra if ddt_extra is not None else dtp,
@@ -393,7 +393,7 @@ def head_grads(da, dbias, dd, A, dt_bias, D, *, wrap):
     ddt_bias = torch.empty(nheads, device=da.device, dtype=dt_bias.dtype) if dbias is not None else None
     dD = torch.empty(D.shape, device=da.device, dtype=D.dtype) if dd is not None else None
     # dt_bwd's (batch, nchunks, nheads), contiguous (dbias has its layout), read as (batch * nchunks, nheads) rows:
-    # not through a view, which would guard on the chunk count under tracing (see _empty)
+    # not through a view, which would guard on the chunk count under tracing (see _empty_chunked)
     if da.dim() != 3 or da.stride(2) != 1 or da.stride(0) != da.shape[1] * da.stride(1):
         raise ValueError(f"head_grads: da must be a contiguous (batch, nchunks, nheads) tensor, got shape "
                          f"{tuple(da.shape)} and strides {da.stride()}")
@@ -499,7 +499,7 @@ def chunk_state_fwd(x, B, dtp, dA_cs, seq_idx, *, from_start=False, wrap):
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
-    out = _empty(batch, nchunks, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
+    out = _empty_chunked(batch, nchunks, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
     block_n = min(128, _pow2(dstate))
     block_k = min(64, chunk_size)
     grid = (batch * nchunks, nheads, _cdiv(dstate, block_n))
@@ -646,8 +646,8 @@ def chunk_cumsum_state_passing_fwd(x, B, dt, A, dt_bias, chunk_size, dt_softplus
                          f"{FUSED_CUMSUM_MAX_CHUNK}, got {chunk_size}")
     batch, seqlen, nheads = dt.shape
     nchunks = _cdiv(seqlen, chunk_size)
-    dtp = _empty(batch, nheads, nchunks, chunk_size, device=dt.device, dtype=torch.float32)
-    dA_cs = _empty(*dtp.shape, device=dt.device, dtype=torch.float32)
+    dtp = _empty_chunked(batch, nheads, nchunks, chunk_size, device=dt.device, dtype=torch.float32)
+    dA_cs = _empty_chunked(*dtp.shape, device=dt.device, dtype=torch.float32)
     prev, final = _passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx,
                                (dt, A, dt_bias, dt_softplus, dt_min, dt_max, has_limit), prev_dtype, block_p,
                                block_n, chunk_size, num_warps, num_stages, wrap)
@@ -661,7 +661,7 @@ def _passing_fwd(x, B, dtp, dA_cs, initial_states, seq_idx, dt_args, prev_dtype,
     batch, seqlen, nheads, headdim = x.shape
     ngroups, dstate = B.shape[2], B.shape[3]
     _, _, nchunks, chunk_size = dtp.shape
-    prev = _empty(batch, nchunks, nheads, headdim, dstate, device=x.device, dtype=prev_dtype)
+    prev = _empty_chunked(batch, nchunks, nheads, headdim, dstate, device=x.device, dtype=prev_dtype)
     final = torch.empty(batch, nheads, headdim, dstate, device=x.device, dtype=torch.float32)
     block_p = block_p or _pow2(headdim)
     # H100, b8 l2048 h24 p64 n128: 16-bit prev 0.065 ms with 64 (0.078 with 128); float32 prev 0.082 ms with
@@ -739,12 +739,12 @@ def state_passing_bwd(dprev, dA_cs, prev, dfinal, seq_idx, seqlen, has_init, *, 
     """Returns dend (gradient of the state after each chunk, stored in dend_dtype; carried in float32), dinit, and
     the per-chunk log-decay term <dend[c], scale_c S_in[c]> in partial sums: (batch, nheads, nchunks, nparts)."""
     batch, nchunks, nheads, headdim, dstate = dprev.shape
-    dend = _empty(*dprev.shape, device=dprev.device, dtype=dend_dtype)
+    dend = _empty_chunked(*dprev.shape, device=dprev.device, dtype=dend_dtype)
     dinit = torch.empty(batch, nheads, headdim, dstate, device=dprev.device, dtype=torch.float32)
     dim = headdim * dstate
     block = _passing_block(dim)
     nblocks = _cdiv(dim, block)
-    dchunk = _empty(batch, nheads, nchunks, nblocks, device=dprev.device, dtype=torch.float32)
+    dchunk = _empty_chunked(batch, nheads, nchunks, nblocks, device=dprev.device, dtype=torch.float32)
     f = dfinal if dfinal is not None else dinit
     q = seq_idx if seq_idx is not None else dA_cs
     _launch(_state_passing_bwd_kernel, wrap)[(batch, nheads, nblocks)](
@@ -835,10 +835,10 @@ def chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, seq_idx, has_init, *, de
     _, _, nchunks, chunk_size = dA_cs.shape
     cfg = {**PASSING_BWD_CONFIG, **(config or {})}
     block_p, block_n = min(cfg["block_p"], _pow2(headdim)), min(cfg["block_n"], _pow2(dstate))
-    dend = _empty(batch, nchunks, nheads, headdim, dstate, device=dy.device, dtype=dend_dtype)
+    dend = _empty_chunked(batch, nchunks, nheads, headdim, dstate, device=dy.device, dtype=dend_dtype)
     dinit = torch.empty(batch, nheads, headdim, dstate, device=dy.device, dtype=torch.float32)
     nparts = _cdiv(headdim, block_p) * _cdiv(dstate, block_n)
-    dchunk = _empty(batch, nheads, nchunks, nparts, device=dy.device, dtype=torch.float32)
+    dchunk = _empty_chunked(batch, nheads, nchunks, nparts, device=dy.device, dtype=torch.float32)
     prev = prev.contiguous()  # dend's strides address both
     f = dfinal if dfinal is not None else dinit
     q = seq_idx if seq_idx is not None else dA_cs
@@ -898,7 +898,7 @@ def bmm_cb_fwd(C, B, chunk_size, *, dtype=torch.float32, block_t=None, wrap):
     on an H100 and raised its error by half."""
     batch, seqlen, ngroups, dstate = C.shape
     nchunks = _cdiv(seqlen, chunk_size)
-    cb = _empty(batch, nchunks, ngroups, chunk_size, chunk_size, device=C.device, dtype=dtype)
+    cb = _empty_chunked(batch, nchunks, ngroups, chunk_size, chunk_size, device=C.device, dtype=dtype)
     block_t = min(block_t or BLOCK_T_MAX, chunk_size)
     ntiles = chunk_size // block_t
     _launch(_bmm_cb_kernel, wrap)[(batch * nchunks, ngroups, ntiles * ntiles)](
@@ -1449,13 +1449,14 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
     nblocks = _cdiv(chunk_size, block_t)
     dx = torch.empty(batch, seqlen, nheads, headdim, device=x.device, dtype=x.dtype)
     # Unwritten: positions past the sequence end, and row tile k's before position k * block_t (see dt_bwd).
-    ddt = _empty(*dA_cs.shape, device=x.device, dtype=torch.float32)
-    col = _empty(*dA_cs.shape, device=x.device, dtype=torch.float32)
-    colstate = _empty(*dA_cs.shape, device=x.device, dtype=torch.float32)
-    row = _empty(batch, nheads, nchunks, nblocks, chunk_size, device=x.device, dtype=torch.float32)
+    ddt = _empty_chunked(*dA_cs.shape, device=x.device, dtype=torch.float32)
+    col = _empty_chunked(*dA_cs.shape, device=x.device, dtype=torch.float32)
+    colstate = _empty_chunked(*dA_cs.shape, device=x.device, dtype=torch.float32)
+    row = _empty_chunked(batch, nheads, nchunks, nblocks, chunk_size, device=x.device, dtype=torch.float32)
     # dD's partial sums, a row per (chunk, row tile): (batch * nchunks * nblocks, nheads, headdim), for head_grads
-    # (allocated as such: a view of a (batch * nchunks, nblocks, ...) tensor would guard on the chunk count, see _empty)
-    dd = _empty(batch * nchunks * nblocks, nheads, headdim, device=x.device, dtype=torch.float32)
+    # (allocated as such: a view of a (batch * nchunks, nblocks, ...) tensor would guard on the chunk count, see
+    # _empty_chunked)
+    dd = _empty_chunked(batch * nchunks * nblocks, nheads, headdim, device=x.device, dtype=torch.float32)
     q = seq_idx if seq_idx is not None else dtp
     e = dx_extra if dx_extra is not None else dtp
     grid, tile_major = _tile_grid(batch * nchunks, nheads, nblocks,
@@ -1558,7 +1559,7 @@ def chunk_scan_bwd_dcb(x, dtp, dA_cs, dy, ngroups, seq_idx, *, block_t=None, num
                          f"read (the tiles above its diagonal would be left unwritten)")
     ntiles = chunk_size // block_t
     hsplit = max(1, min(nheads // ngroups, hsplit or DCB_HEAD_SPLIT))
-    dcb = _empty(hsplit, batch, nchunks, ngroups, chunk_size, chunk_size, device=x.device, dtype=torch.float32)
+    dcb = _empty_chunked(hsplit, batch, nchunks, ngroups, chunk_size, chunk_size, device=x.device, dtype=torch.float32)
     q = seq_idx if seq_idx is not None else dtp
     # Tiles of one chunk in neighbouring programs: each x and dy tile is read by several of them (from L2).
     _launch(_chunk_scan_bwd_dcb_kernel, wrap)[(ntiles * ntiles, ngroups * hsplit, batch * nchunks)](
@@ -1750,7 +1751,8 @@ def chunk_scan_bwd_dB(x, B, C, dcb, dtp, dA_cs, dy, dend, seq_idx, *, num_stages
 def chunk_scan_bwd_dC(x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, *, num_stages=None, wrap):
     """Returns dC and the log-decay term dy_t . y_state_t in dA_cumsum layout (unwritten past the sequence end,
     where dt_bwd does not read)."""
-    da = _empty(*dA_cs.shape, device=dA_cs.device, dtype=dA_cs.dtype)  # written for every head and row before the sequence end
+    # written for every head and row before the sequence end
+    da = _empty_chunked(*dA_cs.shape, device=dA_cs.device, dtype=dA_cs.dtype)
     return _bwd_dbc(x, B, C, dcb, dtp, dA_cs, dy, prev, seq_idx, False, C, da, num_stages or _dbc_stages(prev),
                     wrap), da
 

@@ -313,10 +313,10 @@ print("kernels", sum(n.op == "call_function" and "triton_kernel_wrapper" in str(
 def test_triton_forward_exports_from_one_chunk():
     """The Triton forward's host code traces without guards on the chunk count, so torch.export takes a length
     range that reaches down to one chunk. Session 35: every tensor allocated with a chunk-count dimension guarded
-    nchunks != 1 (see ssd_triton._empty), and a Mamba-2 CUDA export with lengths from 2 failed on it. Traced in a
-    process without the Triton interpreter (under it, tracing would run the kernels on fake tensors); the exported
-    CUDA model runs against eager in tests/models/test_gpu.py. (The backward still specializes on its launch
-    heuristics at few chunks, dB/dC's head split among them: exporting it needs a range above those.)"""
+    nchunks != 1 (see ssd_triton._empty_chunked), and a Mamba-2 CUDA export with lengths from 2 failed on it.
+    Traced in a process without the Triton interpreter (under it, tracing would run the kernels on fake tensors);
+    the exported CUDA model runs against eager in tests/models/test_gpu.py. (The backward still specializes on its
+    launch heuristics at few chunks, dB/dC's head split among them: exporting it needs a range above those.)"""
     import os
     import subprocess
     import sys
