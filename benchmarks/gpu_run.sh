@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda|aoti-plain|aoti-ops|aoti-load|aoti-models|aoti-mamba2]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda|aoti-plain|aoti-ops|aoti-load|aoti-models|aoti-mamba2|ssd-symint]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -373,4 +373,11 @@ fi
 if [[ $what == aoti-ops ]]; then
   # As aoti-plain, then an SSD package (a partial last chunk), each in a fresh process (about 6 minutes)
   timeout 480 python3 -m benchmarks.probes.aoti_cuda --cases plain norm ssd-partial --fresh-only 2>&1 | tee "$OUT/aoti_cuda.log" | grep -E "^(plain|norm|ssd)" | cut -c1-700
+fi
+if [[ $what == ssd-symint ]]; then
+  # Session 36: the SSD Inductor GPU tests (dynamic=True with the chunk size from a closure), then the Mamba-2 and
+  # shared model GPU tests without the AOTInductor builds, then the compat and kernel-source tests (about 8 minutes)
+  timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_ssd.py -k "compile_inductor" 2>&1 | tee "$OUT/gpu_tests_ssd_inductor.log" | tail -3
+  timeout 380 python3 -m pytest -q -m gpu tests/models -p no:cacheprovider --durations=5 -k "not aoti and not mamba1" 2>&1 | tee "$OUT/gpu_tests_models.log" | tail -12
+  timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_compat.py tests/ops/test_kernel_sources.py 2>&1 | tee "$OUT/gpu_tests_compat.log" | tail -4
 fi

@@ -123,6 +123,13 @@ def ssd_chunk_scan(
     return (out, final_states, varlen_states) if return_final_states else (out, varlen_states)
 
 
+def _static_chunk(chunk_size):
+    """chunk_size as an int where it is a SymInt: torch.compile(dynamic=True) passes one for an int it reads from a
+    closure or a function argument. The chunk is a block size that the kernels and the chunked layouts specialise
+    on, so the traced op specialises it to its value (a guard on it: another chunk size compiles again)."""
+    return int(chunk_size) if isinstance(chunk_size, torch.SymInt) else chunk_size
+
+
 def _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens) -> None:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
         raise TypeError(f"chunk_size must be an int, got {type(chunk_size).__name__}")
@@ -820,6 +827,7 @@ def ssd_chunk_scan_fwd(
     """(out, final_states, varlen_states, pre_gate, dt_proc, dA_cumsum, chunk_states); varlen_states is empty
     without cu_seqlens. The last four are what the CUDA forward keeps for the backward op when ``keep`` (see
     _fwd_triton), empty where not kept and always on CPU."""
+    chunk_size = _static_chunk(chunk_size)
     _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens)
     _check_dt_bounds(dt_min, dt_max)
     args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus,
@@ -843,6 +851,7 @@ def ssd_chunk_scan_bwd(
     """[dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states]; empty tensors for absent inputs. What the CUDA
     forward kept (the forward op's last four outputs), or None to recompute it: pre_gate, its y + D x (with z);
     dt_proc, dA_cumsum and chunk_states, the three together. The CPU backward recomputes everything."""
+    chunk_size = _static_chunk(chunk_size)
     _check_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens)
     _check_dt_bounds(dt_min, dt_max)
     if pre_gate is not None and (z is None or pre_gate.shape != x.shape):

@@ -247,6 +247,36 @@ def test_compile_fullgraph_dynamic_one_frame():
     assert frames == 1
 
 
+def test_compile_dynamic_chunk_size_from_a_variable():
+    """A chunk_size read from a closure (or passed as an argument) reaches the op as a SymInt under dynamic=True;
+    the op specialises it (session 36: it raised "chunk_size must be an int, got SymInt"). One frame over three
+    lengths for one chunk size, and a second chunk size compiles again (the guard on its value) and is right."""
+    make = lambda l: make_inputs(2, l, 2, 8, 1, 8, z=True, seed=l)  # noqa: E731
+
+    def closure(chunk_size):
+        def fn(i):
+            return ssd_chunk_scan(**i, chunk_size=chunk_size, dt_softplus=True, return_final_states=True)
+
+        return fn
+
+    for chunk_size in (16, 32):
+        assert _compiled_counts(closure(chunk_size), [23, 41, 66], make) == 1
+    # one compiled function, the chunk size an argument: two chunk sizes, two frames
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(lambda i, c: ssd_chunk_scan(**i, chunk_size=c, dt_softplus=True), fullgraph=True,
+                             dynamic=True, backend=counter)
+    for chunk_size, seqlen in ((16, 23), (16, 41), (32, 41)):
+        inputs = make(seqlen)
+        outs, grads = run_fwd_bwd(lambda i, varlen=False, **kw: (compiled(i, chunk_size),), inputs)
+        routs, rgrads = run_fwd_bwd(lambda i, **kw: via_oracle(i, **kw)[:1], inputs, dt_softplus=True)
+        assert_close(outs[0], routs[0], 1e-5, "out")
+        for k in rgrads:
+            assert_close(grads[k], rgrads[k], 1e-4, "d" + k)
+    assert counter.frame_count == 2
+
+
 @pytest.mark.inductor
 def test_compile_inductor_cpu():
     inputs = make_inputs(1, 40, 2, 8, 1, 8)
