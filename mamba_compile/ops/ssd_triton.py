@@ -1803,7 +1803,8 @@ def _spec_key(job):
 
 def compile_async(jobs: list, device: torch.device, seen: set) -> list[Future]:
     """Compiles each recorded launch not in ``seen`` (which it extends) in a thread pool (``kernel.warmup``: no
-    launch). Triton's MLIR and LLVM passes release the GIL and ptxas is a subprocess, so the compiles overlap."""
+    launch), with its binary loaded and its launcher built (see _warmup). Triton's MLIR and LLVM passes release the
+    GIL, and ptxas and the launchers' C compiler are subprocesses, so the compiles overlap."""
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="ssd-compile")
@@ -1817,8 +1818,15 @@ def compile_async(jobs: list, device: torch.device, seen: set) -> list[Future]:
 
 
 def _warmup(device, kernel, grid, args, kwargs):
+    """Compiles one launch, then loads its binary and builds its launcher, which Triton otherwise does at the first
+    launch, on the calling thread: in Triton 3.6 the launcher is C code compiled per kernel signature, so a first
+    forward+backward's dozen launchers were built one after another (session 36, H100: the first call took about
+    the sum of the kernels' compile times, see benchmarks/probes/ssd_compile_times.py)."""
     with torch.cuda.device(device):
-        kernel.warmup(*args, grid=grid, **kwargs)
+        compiled = kernel.warmup(*args, grid=grid, **kwargs)
+        init = getattr(compiled, "_init_handles", None)  # None where a compile hook built nothing
+        if init is not None:
+            init()
 
 
 def wait(futures: list[Future]) -> None:

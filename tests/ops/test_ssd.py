@@ -614,6 +614,47 @@ def test_first_call_finds_the_pipelines_launches(monkeypatch):
 
 
 @needs_triton
+def test_compile_ahead_builds_the_launchers_in_the_pool(monkeypatch):
+    """compile_async's jobs compile each distinct launch once and then load it and build its launcher
+    (_init_handles) on a pool thread, which the first launch would otherwise do one kernel after another on the
+    caller's; a compile that builds nothing (None) is left alone, and a failing one is left to the launch."""
+    import contextlib
+    import threading
+
+    from mamba_compile.ops import ssd_triton as kt
+
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())  # no GPU needed here
+    log = []
+
+    class Compiled:
+        def __init__(self, name):
+            self.name = name
+
+        def _init_handles(self):
+            log.append(("init", self.name, threading.current_thread().name))
+
+    class Kernel:
+        def __init__(self, name, result="compiled"):
+            self.name, self.result = name, result
+
+        def warmup(self, *args, grid, **kwargs):
+            log.append(("warmup", self.name, threading.current_thread().name))
+            if self.result == "raise":
+                raise RuntimeError("compile failed")
+            return Compiled(self.name) if self.result == "compiled" else None
+
+    a, none, bad = Kernel("a"), Kernel("none", result=None), Kernel("bad", result="raise")
+    jobs = [(a, (4,), (2, 3), {}), (a, (8,), (5, 7), {}), (none, (1,), (), {}), (bad, (1,), (), {})]
+    futures = kt.compile_async(jobs, torch.device("cuda"), set())
+    assert len(futures) == 3  # the second launch of a specialises as the first
+    kt.wait(futures)  # the failure is swallowed: the launch compiles again and raises there
+    assert sorted((kind, name) for kind, name, _ in log) == [("init", "a"), ("warmup", "a"), ("warmup", "bad"),
+                                                            ("warmup", "none")]
+    assert all(thread.startswith("ssd-compile") for _, _, thread in log)
+    assert [e[0] for e in log if e[1] == "a"] == ["warmup", "init"]
+
+
+@needs_triton
 @pytest.mark.parametrize("z", [True, False], ids=["z", "noz"])
 def test_triton_backward_from_kept_states_equals_recompute(z, monkeypatch):
     """The backward from the forward's kept chunk states (ssd.KEEP_STATES) gives the gradients of the backward that
