@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda|aoti-plain|aoti-ops|aoti-load|aoti-models|aoti-mamba2|ssd-symint]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda|aoti-plain|aoti-ops|aoti-load|aoti-models|aoti-mamba2|ssd-symint|ssd-s36]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -380,4 +380,11 @@ if [[ $what == ssd-symint ]]; then
   timeout 100 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_ssd.py -k "compile_inductor" 2>&1 | tee "$OUT/gpu_tests_ssd_inductor.log" | tail -3
   timeout 380 python3 -m pytest -q -m gpu tests/models -p no:cacheprovider --durations=5 -k "not aoti and not mamba1" 2>&1 | tee "$OUT/gpu_tests_models.log" | tail -12
   timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_compat.py tests/ops/test_kernel_sources.py 2>&1 | tee "$OUT/gpu_tests_compat.log" | tail -4
+fi
+if [[ $what == ssd-s36 ]]; then
+  # Session 36's final check: bench_ssd beside the reference (first calls with the launchers built in the compile
+  # threads; about 4 minutes), then the SSD compile tests (the backward's head split chosen without a guard) and
+  # Mamba-2's training-step tests (about 4 minutes)
+  timeout 260 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\\||first call|^ours|^reference"
+  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/ops/test_ssd.py tests/models/test_gpu.py -k "(compile or training or train_step) and not mamba1" 2>&1 | tee "$OUT/gpu_tests.log" | tail -12
 fi

@@ -176,6 +176,29 @@ def _empty_chunked(*shape, dtype, device) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _contiguous_chunked(t: torch.Tensor) -> torch.Tensor:
+    """t.contiguous() for a tensor of a chunked layout, without the guard nchunks != 1 (see _empty_chunked): the
+    backward's recomputed chunk states guarded so at export (session 36)."""
+    if all(isinstance(n, int) for n in t.shape):
+        return t.contiguous()
+    with _fx_config.patch(backed_size_oblivious=True):
+        return t.contiguous()
+
+
+def _hint(n) -> int:
+    """n, or for a SymInt the value it has in the example being traced, read without a guard. Only for launch
+    heuristics that tune and never change results (a split of the work over programs): traced with a dynamic
+    length, they then neither guard nor specialise on it, so torch.export takes any length range and
+    torch.compile(dynamic=True) compiles once (session 36: dB/dC's head split guarded on the chunk count, which
+    an export from one chunk up rejected); the code is tuned for the traced length."""
+    if isinstance(n, int):
+        return n
+    from torch.fx.experimental import symbolic_shapes
+
+    # optimization_hint in torch 2.13, hint_int before (torch 2.11 on the GPU machine)
+    return (getattr(symbolic_shapes, "optimization_hint", None) or symbolic_shapes.hint_int)(n)
+
+
 @triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
     """a @ b accumulated in float32: exact float32 products when IEEE, else in a's (16-bit) dtype."""
@@ -839,7 +862,7 @@ def chunk_state_passing_bwd(dy, C, dA_cs, prev, dfinal, seq_idx, has_init, *, de
     dinit = torch.empty(batch, nheads, headdim, dstate, device=dy.device, dtype=torch.float32)
     nparts = _cdiv(headdim, block_p) * _cdiv(dstate, block_n)
     dchunk = _empty_chunked(batch, nheads, nchunks, nparts, device=dy.device, dtype=torch.float32)
-    prev = prev.contiguous()  # dend's strides address both
+    prev = _contiguous_chunked(prev)  # dend's strides address both
     f = dfinal if dfinal is not None else dinit
     q = seq_idx if seq_idx is not None else dA_cs
     _launch(_chunk_state_passing_bwd_kernel, wrap)[(batch, nheads, nparts)](
@@ -1691,7 +1714,7 @@ def _bwd_dbc(x, U, C, dcb, dtp, dA_cs, dy, st, seq_idx, is_db, out_like, da, num
     heads_per_group = nheads // ngroups
     # Enough programs for the GPU (~4 per SM of an H100) without atomics: split a group's heads, or for dB its
     # dstate columns (no partial sums to add afterwards).
-    split = max(1, min(heads_per_group, _TARGET_PROGRAMS // max(1, batch * nchunks * ngroups * nblocks)))
+    split = max(1, min(heads_per_group, _TARGET_PROGRAMS // max(1, _hint(batch * nchunks * ngroups * nblocks))))
     n_blocks = 1
     if is_db and split >= 2 and block_n >= 32 and DB_SPLITS_DSTATE:
         n_blocks, split, block_n = 2, split // 2, block_n // 2

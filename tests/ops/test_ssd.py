@@ -340,22 +340,67 @@ print("kernels", sum(n.op == "call_function" and "triton_kernel_wrapper" in str(
 """
 
 
-def test_triton_forward_exports_from_one_chunk():
-    """The Triton forward's host code traces without guards on the chunk count, so torch.export takes a length
-    range that reaches down to one chunk. Session 35: every tensor allocated with a chunk-count dimension guarded
-    nchunks != 1 (see ssd_triton._empty_chunked), and a Mamba-2 CUDA export with lengths from 2 failed on it.
-    Traced in a process without the Triton interpreter (under it, tracing would run the kernels on fake tensors);
-    the exported CUDA model runs against eager in tests/models/test_gpu.py. (The backward still specializes on its
-    launch heuristics at few chunks, dB/dC's head split among them: exporting it needs a range above those.)"""
+def _run_without_interpreter(script: str) -> str:
+    """stdout of ``script`` run in a process without the Triton interpreter (under it, tracing would run the
+    kernels on fake tensors)."""
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _EXPORT_FORWARD], capture_output=True, text=True, timeout=600,
-                          env=env)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert int(done.stdout.split("kernels")[-1]) == 3, done.stdout  # state passing, C B^T, chunk scan
+    return done.stdout
+
+
+def test_triton_forward_exports_from_one_chunk():
+    """The Triton forward's host code traces without guards on the chunk count, so torch.export takes a length
+    range that reaches down to one chunk. Session 35: every tensor allocated with a chunk-count dimension guarded
+    nchunks != 1 (see ssd_triton._empty_chunked), and a Mamba-2 CUDA export with lengths from 2 failed on it.
+    The exported CUDA model runs against eager in tests/models/test_gpu.py."""
+    out = _run_without_interpreter(_EXPORT_FORWARD)
+    assert int(out.split("kernels")[-1]) == 3, out  # state passing, C B^T, chunk scan
+
+
+_EXPORT_BACKWARD = """
+import torch
+from mamba_compile.ops import ssd
+
+
+class Backward(torch.nn.Module):  # the CUDA forward and backward pipelines through wrap_triton
+    def __init__(self, keep):
+        super().__init__()
+        self.keep = keep
+
+    def forward(self, dout, x, dt, B, C, z, seq_idx, A, D, dt_bias):
+        args = (x, dt, A, B, C, 16, D, z, dt_bias, None, seq_idx, None, True, 0.0, 3.0e38)
+        out, final, _, pre_gate, *states = ssd._fwd_triton(*args, wrap=True, keep=self.keep)
+        kept = dict(pre_gate=pre_gate, states=tuple(states)) if self.keep else {}
+        return ssd._bwd_triton(dout, final, None, *args, wrap=True, **kept)
+
+
+g = torch.Generator().manual_seed(0)
+act = [torch.randn(2, 37, *s, generator=g) for s in ((4, 8), (4, 8), (4,), (2, 8), (2, 8), (4, 8))]
+act.append(torch.cumsum((torch.rand(2, 37, generator=g) > 0.8).int(), 1).int())
+par = [-torch.rand(4, generator=g) - 0.5, torch.randn(4, generator=g), torch.randn(4, generator=g)]
+seq = torch.export.Dim("seqlen", min=2, max=4096)
+for keep in (True, False):
+    ep = torch.export.export(Backward(keep), (*act, *par), dynamic_shapes=(*({1: seq} for _ in act), None, None, None))
+    n = sum(node.op == "call_function" and "triton_kernel_wrapper" in str(node.target) for node in ep.graph.nodes)
+    print("keep" if keep else "recompute", n)
+"""
+
+
+def test_triton_backward_exports_from_one_chunk():
+    """The Triton backward traces without guards on the chunk count too, with packed sequences, final-state
+    gradients and the gate, from the forward's kept states and recomputing them. Session 36: dB/dC's split of a
+    group's heads over programs guarded on the chunk count (now chosen from the traced example's size, see
+    ssd_triton._hint), and so did making the recomputed chunk states contiguous (ssd_triton._contiguous_chunked)."""
+    out = _run_without_interpreter(_EXPORT_BACKWARD)
+    counts = dict(line.split() for line in out.splitlines() if line.startswith(("keep", "recompute")))
+    # the forward's three, then gate, reverse pass, dcb, dx, dB and dC with their parts' sums, dt, head sums;
+    # recomputing, the state passing again and dz with y instead of the gate's kernel
+    assert counts == {"keep": "13", "recompute": "14"}, out
 
 
 def _strided(inputs):
@@ -1100,6 +1145,19 @@ def test_cuda_compile_fullgraph_dynamic_one_frame():
 
     make = lambda l: _to(make_inputs(1, l, 4, 64, 1, 64, nseq=3, seed=l), "cuda")  # noqa: E731
     assert _compiled_counts(fn, [100, 256, 517], make) == 1
+
+
+@pytest.mark.gpu
+def test_cuda_compile_dynamic_backward_across_head_splits():
+    """dB/dC split a group's heads over programs by the chunk count (24 parts at 2 chunks here, 8 at 16, none at
+    140), chosen from the traced length without a guard since session 36: one frame over lengths whose own choices
+    differ, each matching the eager op (which chooses afresh)."""
+
+    def fn(i):
+        return ssd_chunk_scan(**i, chunk_size=64, dt_softplus=True, return_final_states=True)
+
+    make = lambda l: _to(make_inputs(4, l, 24, 32, 1, 32, seed=l), "cuda")  # noqa: E731
+    assert _compiled_counts(fn, [100, 1024, 8960], make) == 1
 
 
 @pytest.mark.gpu
