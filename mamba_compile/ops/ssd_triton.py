@@ -23,7 +23,8 @@ Layouts: dt_proc, dA_cumsum: (batch, nheads, nchunks, chunk_size) float32; chunk
 chunk_size). Every launch function takes ``wrap``: True inside the ops (torch.library.wrap_triton), False for
 direct launches (the Triton interpreter in the tests). Block sizes come from the shape (no autotuning); all
 dot operands are >= 16 wide; math in float32; float32 inputs use exact (ieee) dots, 16-bit inputs bf16/fp16
-dots with float32 accumulation. First call: compile_async compiles a pass's kernels concurrently.
+dots with float32 accumulation. First call: compile_async compiles a pass's kernels concurrently and builds their
+launchers.
 
 Measured on an H100 (torch 2.11, triton 3.6), bf16, b8 l2048 h24 p64 g1 n128 chunk 256 with D, z, dt_bias,
 softplus (benchmarks/bench_ssd.py has the op's times beside the reference's; the README holds the table).
