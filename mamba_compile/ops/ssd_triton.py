@@ -144,6 +144,7 @@ The numbers below are at chunk 256.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
@@ -165,24 +166,28 @@ def _ieee(*tensors) -> bool:
     return any(t.dtype == torch.float32 for t in tensors)
 
 
-def _empty_chunked(*shape, dtype, device) -> torch.Tensor:
-    """torch.empty for the chunked layouts, whose shapes hold the chunk count. Traced with a dynamic length, a new
-    tensor's contiguity asks of each size whether it is 1, and for the chunk count ceil(seqlen / chunk) that became
-    a guard nchunks != 1, which torch.export rejects for a length range that reaches down to one chunk (session 35:
-    a Mamba-2 CUDA export with seqlen from 2 failed so). A contiguous tensor is contiguous whatever the answer, so
-    the sizes are taken as not 1 without a guard (torch's backed_size_oblivious) where any is symbolic."""
+def _size_oblivious(shape):
+    """A context in which a new tensor of ``shape``, a chunked layout whose sizes hold the chunk count, is taken as
+    contiguous without guards. Traced with a dynamic length, a tensor's contiguity asks of each size whether it is 1,
+    and for the chunk count ceil(seqlen / chunk) that became a guard nchunks != 1, which torch.export rejects for a
+    length range that reaches down to one chunk (session 35: a Mamba-2 CUDA export with seqlen from 2 failed so; in
+    session 36 the backward's recomputed chunk states, made contiguous, did the same). A contiguous tensor is
+    contiguous whatever the answer, so the sizes are taken as not 1 without a guard (torch's backed_size_oblivious)
+    where any is symbolic; nothing changes where all are ints."""
     if all(isinstance(n, int) for n in shape):
-        return torch.empty(shape, dtype=dtype, device=device)
-    with _fx_config.patch(backed_size_oblivious=True):
+        return contextlib.nullcontext()
+    return _fx_config.patch(backed_size_oblivious=True)
+
+
+def _empty_chunked(*shape, dtype, device) -> torch.Tensor:
+    """torch.empty for the chunked layouts (see _size_oblivious)."""
+    with _size_oblivious(shape):
         return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _contiguous_chunked(t: torch.Tensor) -> torch.Tensor:
-    """t.contiguous() for a tensor of a chunked layout, without the guard nchunks != 1 (see _empty_chunked): the
-    backward's recomputed chunk states guarded so at export (session 36)."""
-    if all(isinstance(n, int) for n in t.shape):
-        return t.contiguous()
-    with _fx_config.patch(backed_size_oblivious=True):
+    """t.contiguous() for a tensor of a chunked layout (see _size_oblivious)."""
+    with _size_oblivious(t.shape):
         return t.contiguous()
 
 
