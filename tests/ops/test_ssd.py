@@ -700,6 +700,28 @@ def test_compile_ahead_builds_the_launchers_in_the_pool(monkeypatch):
 
 
 @needs_triton
+def test_triton_eager_forward_without_a_backward_skips_the_function(monkeypatch):
+    """A plain eager call with no backward to come runs the pipeline without _EagerScan (no autograd graph to
+    build): the same outputs, bit for bit, as through it; with a backward to come, _EagerScan records the graph."""
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
+    t = make_inputs(1, 40, 3, 8, 1, 12, seed=5)
+    args = (t["x"], t["dt"], t["A"], t["B"], t["C"], 16, t["D"], t["z"], t["dt_bias"], t["initial_states"], None,
+            None, True, 0.0, ssd_module._OPEN_BOUND)
+    through_function = ssd_module._EagerScan.apply(*args, False)
+    leaves = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+              for a in args]
+    kept = ssd_module._eager_forward((*leaves, True))
+    assert type(kept[0].grad_fn).__name__ == "_EagerScanBackward" and kept[3].numel() > 0  # the pre-gate kept
+    monkeypatch.setattr(ssd_module._EagerScan, "apply", lambda *a: pytest.fail("_EagerScan without a backward"))
+    plain = ssd_module._eager_forward((*args, False))
+    assert plain[0].grad_fn is None
+    for a, b in zip(plain, through_function):
+        assert torch.equal(a, b)
+    assert torch.equal(kept[0].detach(), plain[0])
+
+
+@needs_triton
 @pytest.mark.parametrize("z", [True, False], ids=["z", "noz"])
 def test_triton_backward_from_kept_states_equals_recompute(z, monkeypatch):
     """The backward from the forward's kept chunk states (ssd.KEEP_STATES) gives the gradients of the backward that
