@@ -422,7 +422,7 @@ def head_grads(da, dbias, dd, A, dt_bias, D, *, wrap):
     ddt_bias = torch.empty(nheads, device=da.device, dtype=dt_bias.dtype) if dbias is not None else None
     dD = torch.empty(D.shape, device=da.device, dtype=D.dtype) if dd is not None else None
     # dt_bwd's (batch, nchunks, nheads), contiguous (dbias has its layout), read as (batch * nchunks, nheads) rows:
-    # not through a view, which would guard on the chunk count under tracing (see _empty_chunked)
+    # not through a view, which would guard on the chunk count under tracing (see _size_oblivious)
     if da.dim() != 3 or da.stride(2) != 1 or da.stride(0) != da.shape[1] * da.stride(1):
         raise ValueError(f"head_grads: da must be a contiguous (batch, nchunks, nheads) tensor, got shape "
                          f"{tuple(da.shape)} and strides {da.stride()}")
@@ -1484,7 +1484,7 @@ def chunk_scan_bwd_dx(x, B, C, dtp, dA_cs, dy, dend, D, seq_idx, *, dx_extra=Non
     row = _empty_chunked(batch, nheads, nchunks, nblocks, chunk_size, device=x.device, dtype=torch.float32)
     # dD's partial sums, a row per (chunk, row tile): (batch * nchunks * nblocks, nheads, headdim), for head_grads
     # (allocated as such: a view of a (batch * nchunks, nblocks, ...) tensor would guard on the chunk count, see
-    # _empty_chunked)
+    # _size_oblivious)
     dd = _empty_chunked(batch * nchunks * nblocks, nheads, headdim, device=x.device, dtype=torch.float32)
     q = seq_idx if seq_idx is not None else dtp
     e = dx_extra if dx_extra is not None else dtp
