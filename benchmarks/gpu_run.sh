@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda|aoti-plain|aoti-ops|aoti-load|aoti-models|aoti-mamba2|ssd-symint|ssd-s36]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda|aoti-plain|aoti-ops|aoti-load|aoti-models|aoti-mamba2|ssd-symint|ssd-s36|ssd-s37|ssd-plans|ssd-s37-final]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -387,4 +387,22 @@ if [[ $what == ssd-s36 ]]; then
   # Mamba-2's training-step tests (about 4 minutes)
   timeout 260 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\\||first call|^ours|^reference"
   timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/ops/test_ssd.py tests/models/test_gpu.py -k "(compile or training or train_step) and not mamba1" 2>&1 | tee "$OUT/gpu_tests.log" | tail -12
+fi
+if [[ $what == ssd-s37 ]]; then
+  # Session 37's first check: the eager forward's host time on this host, by layer and profiled (no grad, tiny
+  # shape), the eager paths beside the reference (--pieces), then bench_ssd beside the reference (about 8 minutes)
+  timeout 150 python3 -m benchmarks.probes.ssd_host --profile 2>&1 | tee "$OUT/ssd_host.log" | head -40
+  timeout 170 python3 -m benchmarks.probes.ssd_host --pieces 2>&1 | tee "$OUT/ssd_host_pieces.log"
+  timeout 260 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\\||first call|^ours|^reference"
+fi
+if [[ $what == ssd-plans ]]; then
+  # Eager launch plans: their GPU tests and the eager-path tests beside them (about 2 minutes), then the eager
+  # calls with plans and without, alternating, beside the reference (benchmarks/probes/ssd_plans.py, about 6)
+  timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/ops/test_ssd.py -k "plans or eager or second_stream or graph" 2>&1 | tee "$OUT/gpu_tests_plans.log" | tail -12
+  timeout 380 python3 -m benchmarks.probes.ssd_plans --out "$OUT/ssd_plans.json" 2>&1 | tee "$OUT/ssd_plans.log" | grep -v "^| b\|^|---\|^| shape"
+fi
+if [[ $what == ssd-s37-final ]]; then
+  # bench_ssd beside the reference (about 4 minutes), then every SSD and gated-norm GPU test (about 5)
+  timeout 260 python3 -m benchmarks.bench_ssd --out "$OUT/bench_ssd.json" 2>&1 | tee "$OUT/bench_ssd.log" | grep -E "^\\||first call|^ours|^reference"
+  timeout 320 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/ops/test_ssd.py tests/ops/test_norms.py 2>&1 | tee "$OUT/gpu_tests_ssd.log" | tail -12
 fi
