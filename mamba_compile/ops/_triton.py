@@ -214,9 +214,7 @@ def fast_run(kernel, grid, *args, **kwargs):
     device = torch.cuda.current_device()
     cache = kernel.__dict__.setdefault("_mamba_compile_fast", {})
     try:
-        key = (device, rt.debug, knobs.compilation.instrumentation_mode, tuple(kwargs.items()),
-               tuple([a if type(a) is int else (a.dtype, a.data_ptr() & 15) if isinstance(a, torch.Tensor)
-                      else (type(a), a) for a in args]))
+        key = _fast_key(device, knobs, args, kwargs)
         entry = cache.get(key)
     except TypeError:  # an unhashable argument
         return kernel.run(*args, grid=grid, warmup=False, **kwargs)
@@ -233,6 +231,28 @@ def fast_run(kernel, grid, *args, **kwargs):
     compiled.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, torch._C._cuda_getCurrentRawStream(device),
                  compiled.function, compiled.packed_metadata, None, None, None, *args, *tail)
     return compiled
+
+
+def fast_entry(kernel, args, kwargs):
+    """(compiled kernel, the launcher's values after the positional arguments) that fast_run holds for a launch of
+    ``kernel`` with ``args`` and ``kwargs`` on the current device, which it has made; None where it holds none (the
+    launch went through Triton's own path). For launch plans (``_plans``), which replay the launcher call."""
+    from triton import knobs
+
+    cache = kernel.__dict__.get("_mamba_compile_fast")
+    if cache is None:
+        return None
+    try:
+        return cache.get(_fast_key(torch.cuda.current_device(), knobs, args, kwargs))
+    except TypeError:
+        return None
+
+
+def _fast_key(device: int, knobs, args, kwargs) -> tuple:
+    """FastLauncher's key of a launch (see there); TypeError where an argument cannot be hashed."""
+    return (device, knobs.runtime.debug, knobs.compilation.instrumentation_mode, tuple(kwargs.items()),
+            tuple([a if type(a) is int else (a.dtype, a.data_ptr() & 15) if isinstance(a, torch.Tensor)
+                   else (type(a), a) for a in args]))
 
 
 # The kernels each triton_op of this package can launch, by module (tests/ops/test_kernel_sources.py checks that

@@ -28,12 +28,13 @@ and AOTInductor compile the kernels.
 The backward is a second op: its CPU branch recomputes the forward under autograd inside an opaque custom op,
 its CUDA branch is explicit (``_bwd_triton``), including varlen_states' gradient. Plain eager CUDA calls of
 ssd_chunk_scan (no compile tracing, subclass, mode or transform: ``_plain_eager``) run the same pipelines
-through an autograd.Function (``_EagerScan``) instead of the two ops, whose dispatch costs host time. The first
-eager CUDA call of a configuration compiles the forward's and (when an input requires grad) the backward's Triton
-kernels concurrently (``_compile_ahead``); under torch.compile/export Inductor compiles them as usual. Those eager
-backwards (and CUDA graphs captured from them) run a few kernels on a second stream beside the sequential passes
-(SIDE_STREAM, SIDE_DBC) where the GPU, not the host, is what the call waits for; traced ones keep one stream,
-since Inductor launches a triton_op's kernels on one.
+through an autograd.Function (``_EagerScan``) instead of the two ops, whose dispatch costs host time, and from a
+key's third call on replay the launches recorded from its second (EAGER_PLANS, ``_plans``) instead of running the
+pipelines' Python. The first eager CUDA call of a configuration compiles the forward's and (when an input requires
+grad) the backward's Triton kernels concurrently (``_compile_ahead``); under torch.compile/export Inductor compiles
+them as usual. Unplanned eager backwards and CUDA graphs captured from eager backwards run a few kernels on a second
+stream beside the sequential passes (SIDE_STREAM, SIDE_DBC) where the GPU, not the host, is what the call waits
+for; traced ones keep one stream, since Inductor launches a triton_op's kernels on one.
 float64 inputs are accepted on CPU only (for gradcheck).
 """
 
@@ -46,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch.library import triton_op
 
+from . import _plans
 from ._checks import FLOAT_DTYPES, check_same_device, check_tensor
 from ._eager import plain_eager
 
@@ -485,7 +487,8 @@ FUSED_CUMSUM = True
 # rounds (benchmarks/probes/ssd_host.py --streams): 1.60 / 1.60 / 1.27 ms a call on one stream against 2.05 / 2.00
 # / 2.00 on two (do_bench 1.69-1.74 against 1.79-2.14); with _Fork's cheaper fork (twelve interleaved rounds, medians)
 # 1.79 ms on two, 1.81 on one, 1.73 "auto", and at b1 l256 h4 1.85 / 1.54 / 1.58, rounds ranging +-30%. True forks
-# always, False never.
+# always (and no backward is planned), False never. With EAGER_PLANS, "auto" decides only for the backwards that
+# have no plan (a key's first two calls, unplannable keys) and under CUDA-graph capture.
 SIDE_STREAM = "auto"
 SIDE_DBC = True
 _side_streams: dict = {}
@@ -618,12 +621,13 @@ def _fwd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_i
 
 
 def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx,
-                cu_seqlens, dt_softplus, dt_min, dt_max, wrap: bool, pre_gate=None, states=None):
+                cu_seqlens, dt_softplus, dt_min, dt_max, wrap: bool, pre_gate=None, states=None,
+                one_stream: bool = False):
     """Explicit backward (Triton kernels and a little vectorised torch in the chunked layout, which traces
     without guards on seqlen). Every decay exp(a_t - a_s) joins a later index t (an output, or a returned
     state) to an earlier s (an input, or the initial state); dL/d(dt_k A) sums those pair terms over the
     pairs whose span holds k. ``states``: the forward's kept (dt_proc, dA_cumsum, chunk_states), or None to
-    recompute them."""
+    recompute them. ``one_stream``: no second stream, whatever SIDE_STREAM says (a launch plan's record)."""
     from . import ssd_triton as kt
 
     seqlen = x.shape[1]
@@ -632,7 +636,8 @@ def _bwd_triton(dout, dfinal, dvarlen, x, dt, A, B, C, chunk_size, D, z, dt_bias
     recompute_y = z is not None and pre_gate is None
     st_dtype = _state_dtype(x, B, C, cu_seqlens, recompute_y)
     varlen_grads = dvarlen is not None and cu_seqlens is not None
-    side = not wrap and x.is_cuda and not varlen_grads and not recompute_y and _second_stream(x)
+    side = (not wrap and not one_stream and x.is_cuda and not varlen_grads and not recompute_y
+            and _second_stream(x))
     # The states entering each chunk, the forward's when it kept them, else recomputed as the forward stored them;
     # beside the recompute, dy = dout * silu(z) (rounded to dout's dtype, and used so everywhere) and dz: elementwise
     # from the forward's pre-gate output when it was kept, else with y recomputed; without z, dy is dout.
@@ -894,9 +899,17 @@ def _with_cuda_chunk(args: tuple, i: int) -> tuple:
 
 
 def _cuda_forward(args: tuple, keep: bool, wrap: bool) -> tuple:
-    """The Triton forward for the forward op's arguments ``args`` (without keep): the chunk capped, and the
-    kernels of a configuration's first eager CUDA call compiled ahead."""
+    """The Triton forward for the forward op's arguments ``args`` (without keep): the chunk capped, the kernels of
+    a configuration's first eager CUDA call compiled ahead, and direct launches (wrap False) from a launch plan
+    where one is held (see EAGER_PLANS)."""
     args = _with_cuda_chunk(args, 5)
+    if not wrap and EAGER_PLANS:
+        key = _plans.plan_key(("fwd", keep, _plan_settings()), args)
+        return tuple(_PLANS.run(key, lambda *a: _fwd_unplanned(a, keep, wrap), args))
+    return _fwd_unplanned(args, keep, wrap)
+
+
+def _fwd_unplanned(args: tuple, keep: bool, wrap: bool) -> tuple:
     if args[0].is_cuda and _is_eager(args[0]):
         _compile_ahead(args + (keep,))
     return tuple(_fwd_triton(*args, wrap=wrap, keep=keep))
@@ -904,13 +917,68 @@ def _cuda_forward(args: tuple, keep: bool, wrap: bool) -> tuple:
 
 def _cuda_backward(args: tuple, pre_gate: torch.Tensor | None, states: tuple | None, wrap: bool) -> list:
     """The Triton backward for the backward op's arguments ``args`` (without what the forward kept), after the
-    compiles the forward started for it."""
+    compiles the forward started for it; direct launches (wrap False) from a launch plan where one is held (see
+    EAGER_PLANS)."""
     args = _with_cuda_chunk(args, 8)
     if args[3].is_cuda and _is_eager(args[3]):
         from . import ssd_triton as kt
 
         kt.wait(_bwd_compiles.pop(_config_key(args[3:]), []))
+    if not wrap and EAGER_PLANS and _plan_backward(args[3]):
+        flat = (*args, pre_gate, *(states or (None, None, None)))
+        return _PLANS.run(_plans.plan_key(("bwd", _plan_settings()), flat), _bwd_flat, flat,
+                          record=lambda *a: _bwd_flat(*a, one_stream=True))
     return _bwd_triton(*args, wrap=wrap, pre_gate=pre_gate, states=states)
+
+
+def _bwd_flat(*args, one_stream: bool = False) -> list:
+    """_bwd_triton(wrap=False) on _cuda_backward's flat arguments (ending with pre_gate and the three kept
+    states)."""
+    states = args[-3:] if args[-3] is not None else None
+    return _bwd_triton(*args[:-4], wrap=False, pre_gate=args[-4], states=states, one_stream=one_stream)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Eager launch plans
+# ----------------------------------------------------------------------------------------------------
+
+# Direct launches of the pipelines (eager calls through _EagerScan and _eager_forward, and the interpreter tests)
+# replay a launch plan from a key's third call on: the same launches with this call's addresses, without the Python
+# between them (_plans). Backwards are planned on one stream, and take the plan also where SIDE_STREAM "auto" would
+# fork (the GPU busy), except while a CUDA graph is captured: unplanned, the fork's backward costs the host more
+# than its overlap saves the GPU. False: every call runs the pipeline. Session 37, H100 (benchmarks/probes/
+# ssd_plans.py, do_bench medians of three alternating rounds, plans against none): b8 l2048 h24 forward without
+# grad 0.191 against 0.322 ms (the graph's 0.182: GPU-bound now), forward+backward 1.150 against 1.987; b1 l256 h4
+# 0.125 against 0.256 and 1.118 against 1.574; b2 l8192 h80, GPU-bound either way, forward 0.599 against 0.599 and
+# forward+backward 2.462 against 2.421 (one stream against the fork: the cost of planning a GPU-bound backward).
+EAGER_PLANS = True
+_PLANS = _plans.PlanCache()
+_SETTING_TYPES = (bool, int, float, str, tuple, dict)
+_setting_names: list | None = None
+
+
+def _plan_settings() -> tuple:
+    """The values of the module settings the pipelines read (the upper-case globals of this module and of
+    ssd_triton, and FastLauncher's switch and Triton's debug knobs): part of every plan's key, so that a plan
+    recorded under other settings is not replayed."""
+    global _setting_names
+    from . import _triton, ssd_triton as kt
+
+    if _setting_names is None:
+        _setting_names = [(m, k) for m in (globals(), vars(kt)) for k, v in m.items()
+                          if k.lstrip("_")[:1].isupper() and k.lstrip("_").isupper() and type(v) in _SETTING_TYPES]
+    from triton import knobs
+
+    return (_triton.FAST_LAUNCH, knobs.runtime.debug, knobs.compilation.instrumentation_mode,
+            *[tuple(v.items()) if type(v) is dict else v for v in (m[k] for m, k in _setting_names)])
+
+
+def _plan_backward(x: torch.Tensor) -> bool:
+    """Whether an eager backward on ``x`` takes a plan (see EAGER_PLANS): not where SIDE_STREAM forces the fork,
+    nor while a CUDA graph is captured (the replay then takes the GPU's time, which the fork shortens)."""
+    if SIDE_STREAM is True:
+        return False
+    return not (x.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def _setup_context(ctx, inputs, output):

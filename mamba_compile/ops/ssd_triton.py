@@ -152,6 +152,7 @@ from contextvars import ContextVar
 import torch
 import torch.fx.experimental._config as _fx_config
 
+from . import _plans
 from ._triton import cdiv as _cdiv, launcher, next_pow2 as _next_pow2, tl, triton
 
 
@@ -1795,11 +1796,13 @@ _pool: ThreadPoolExecutor | None = None
 
 
 def _launch(kernel, wrap: bool):
-    """launcher(kernel, wrap), except inside record_launches, where the launch is recorded and nothing runs."""
+    """launcher(kernel, wrap) (recorded while a launch plan is, see _plans), except inside record_launches, where
+    the launch is recorded and nothing runs."""
     jobs = _recording.get()
-    if jobs is None:
-        return launcher(kernel, wrap)
-    return _Recorder(kernel, jobs)
+    if jobs is not None:
+        return _Recorder(kernel, jobs)
+    plan = _plans.recording()
+    return launcher(kernel, wrap) if plan is None else plan.launcher(kernel, launcher(kernel, wrap))
 
 
 class _Recorder:

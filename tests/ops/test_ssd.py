@@ -721,6 +721,106 @@ def test_triton_eager_forward_without_a_backward_skips_the_function(monkeypatch)
     assert torch.equal(kept[0].detach(), plain[0])
 
 
+def _eager_step(t, chunk_size=16, keep=True, dt_limit=(0.0, math.inf), varlen=False):
+    """One eager forward+backward through _EagerScan on fresh leaves of ``t``: the forward's outputs and the input
+    gradients (detached), with a random output gradient drawn from the inputs' seed."""
+    leaves = {k: v.detach().clone().requires_grad_() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+              for k, v in t.items()}
+    cu = leaves["cu_seqlens"] if varlen else None
+    args = (leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], chunk_size, leaves["D"], leaves["z"],
+            leaves["dt_bias"], leaves["initial_states"], leaves["seq_idx"], cu, True,
+            *ssd_module._dt_limit_args(dt_limit), keep)
+    out, final, vs, *kept = ssd_module._EagerScan.apply(*args)
+    g = torch.Generator().manual_seed(int(t["x"].flatten()[0].abs() * 1e6))
+    grads = [torch.randn(out.shape, generator=g), torch.randn(final.shape, generator=g)]
+    outs = [out, final] + ([vs] if varlen else [])
+    grads += [torch.randn(vs.shape, generator=g)] if varlen else []
+    torch.autograd.backward(outs, grads)
+    names = [k for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states") if leaves[k] is not None]
+    return [o.detach() for o in (out, final, vs, *kept)] + [leaves[k].grad for k in names]
+
+
+@needs_triton
+@pytest.mark.parametrize("case", [
+    dict(),
+    dict(keep=False),
+    dict(z=False, D="hp", init=False),
+    dict(keep_states=False),
+    dict(nseq=3, dt_limit=(0.01, 1.0)),
+    dict(nseq=3, varlen=True),
+], ids=["default", "no-keep", "noz-Dhp-noinit", "recompute-states", "seq_idx-limit", "varlen"])
+def test_triton_eager_plans_replay_the_pipelines(case, monkeypatch):
+    """Launch plans (ssd.EAGER_PLANS, _plans): a key's third eager call and after replay the recorded launches,
+    giving bit for bit the forward outputs and gradients that the pipelines give for the same fresh inputs, without
+    running them; a call whose pipeline computes with torch between its launches (the packed sequences' final
+    states) is never planned and says why; the plans hold no tensor."""
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
+    case = dict(case)
+    monkeypatch.setattr(ssd_module, "KEEP_STATES", case.pop("keep_states", True))
+    step_kw = {k: case.pop(k) for k in ("keep", "dt_limit", "varlen") if k in case}
+    cache = ssd_module._plans.PlanCache()
+    monkeypatch.setattr(ssd_module, "_PLANS", cache)
+    for seed in range(4):
+        t = make_inputs(1, 40, 3, 8, 1, 12, seed=100 + seed, **case)
+        with monkeypatch.context() as m:
+            m.setattr(ssd_module, "EAGER_PLANS", True)
+            if seed == 3 and not step_kw.get("varlen"):  # replays only: the pipelines must not run
+                for name in ("_fwd_triton", "_bwd_triton"):
+                    m.setattr(ssd_module, name, lambda *a, name=name, **k: pytest.fail(f"{name} ran"))
+            planned = _eager_step(t, **step_kw)
+        with monkeypatch.context() as m:
+            m.setattr(ssd_module, "EAGER_PLANS", False)
+            plain = _eager_step(t, **step_kw)
+        assert len(planned) == len(plain)
+        for i, (a, b) in enumerate(zip(planned, plain)):
+            assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b), (seed, i)
+    kinds = {key[0][0]: plan for key, plan in cache.plans.items()}
+    assert set(kinds) == {"fwd", "bwd"}
+    if step_kw.get("varlen"):  # the packed sequences' states: torch ops in both pipelines
+        assert all(type(p) is ssd_module._plans.NoPlan and p.reason.startswith("torch op") for p in kinds.values())
+        return
+    for plan in kinds.values():
+        assert type(plan) is ssd_module._plans.Plan
+        held = [plan.__dict__, *plan.steps]
+        while held:
+            obj = held.pop()
+            assert not isinstance(obj, torch.Tensor)
+            held.extend(obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ())
+
+
+@needs_triton
+def test_triton_eager_plans_key_on_shapes_and_settings(monkeypatch):
+    """A plan replays only for the key it was recorded for: another length, another chunk size or another setting
+    of the pipelines (here KEEP_STATES) is a new key, whose calls run the pipelines until their own plan exists."""
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test; the CUDA tests cover the compiled kernels")
+    monkeypatch.setattr(ssd_module, "_PLANS", ssd_module._plans.PlanCache())
+    monkeypatch.setattr(ssd_module, "EAGER_PLANS", True)
+    ran = []
+    real = ssd_module._fwd_triton
+    monkeypatch.setattr(ssd_module, "_fwd_triton", lambda *a, **k: ran.append(a[0].shape[1]) or real(*a, **k))
+
+    def fwd(seqlen, chunk_size=16, seed=0):
+        t = make_inputs(1, seqlen, 3, 8, 1, 12, seed=seed)
+        args = (t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size, t["D"], t["z"], t["dt_bias"],
+                t["initial_states"], None, None, True, 0.0, ssd_module._OPEN_BOUND, False)
+        return ssd_module._eager_forward(args)[0]
+
+    for seed in range(3):
+        fwd(40, seed=seed)
+    assert ran == [40, 40]  # the first call runs, the second records, the third replays
+    fwd(41)
+    fwd(40, chunk_size=32)
+    monkeypatch.setattr(ssd_module, "KEEP_STATES", False)
+    fwd(40)
+    assert ran == [40, 40, 41, 40, 40]
+    monkeypatch.setattr(ssd_module, "KEEP_STATES", True)
+    replayed = fwd(40, seed=7)
+    monkeypatch.setattr(ssd_module, "EAGER_PLANS", False)
+    assert len(ran) == 5 and torch.equal(replayed, fwd(40, seed=7)) and len(ran) == 6
+
+
 @needs_triton
 @pytest.mark.parametrize("z", [True, False], ids=["z", "noz"])
 def test_triton_backward_from_kept_states_equals_recompute(z, monkeypatch):
@@ -1096,10 +1196,72 @@ def test_cuda_graph_of_eager_calls_equals_eager(side_stream, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_cuda_eager_plans_replay_bit_for_bit(dtype, monkeypatch):
+    """Launch plans on the GPU: from a key's third eager call the forward and the backward replay their compiled
+    launches (the pipelines do not run), with the GPU idle or still busy as the call starts (the buffers freed while
+    kernels that use them are queued), and give the outputs and gradients of the pipelines bit for bit."""
+    monkeypatch.setattr(ssd_module, "SIDE_STREAM", "auto")
+    cache = ssd_module._plans.PlanCache()
+    monkeypatch.setattr(ssd_module, "_PLANS", cache)
+    for seed in range(5):
+        t = {k: v.requires_grad_() if v is not None and v.is_floating_point() else v
+             for k, v in _to(make_inputs(2, 300, 4, 32, 1, 32, act_dtype=dtype, seed=60 + seed), "cuda").items()}
+        dout = torch.randn_like(t["x"])
+        results = []
+        for plans in (True, False):
+            with monkeypatch.context() as m:
+                m.setattr(ssd_module, "EAGER_PLANS", plans)
+                if plans and seed >= 2:
+                    for name in ("_fwd_triton", "_bwd_triton"):
+                        m.setattr(ssd_module, name, lambda *a, name=name, **k: pytest.fail(f"{name} ran"))
+                for v in t.values():
+                    if v is not None and v.requires_grad:
+                        v.grad = None
+                out, final = ssd_chunk_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], 64, D=t["D"], z=t["z"],
+                                            dt_bias=t["dt_bias"], initial_states=t["initial_states"],
+                                            dt_softplus=True, return_final_states=True)
+                if seed % 2:
+                    torch.cuda._sleep(200_000_000)  # work queued as the backward starts
+                torch.autograd.backward([out, final], [dout, torch.ones_like(final)])
+                results.append([out.detach(), final.detach()] + [t[k].grad.clone() for k in GRAD_NAMES
+                                                                 if t.get(k) is not None])
+        for i, (a, b) in enumerate(zip(*results)):
+            assert torch.equal(a, b), (seed, i)
+    assert sorted(type(p).__name__ for p in cache.plans.values()) == ["Plan", "Plan"], cache.plans
+
+
+@pytest.mark.gpu
+def test_cuda_eager_plan_recorded_beside_a_compile_ahead(monkeypatch):
+    """A forward key first called under no_grad with inputs that require grad, then with plain inputs: the record
+    (the second call) also runs the compile-ahead of the plain configuration, whose pipeline on meta tensors the
+    plan leaves out; the replay (the third) gives the pipeline's outputs bit for bit."""
+    monkeypatch.setattr(ssd_module, "_PLANS", ssd_module._plans.PlanCache())
+    monkeypatch.setattr(ssd_module, "_warm_configs", set())
+    t = _to(make_inputs(2, 333, 4, 32, 1, 32, act_dtype=torch.bfloat16, seed=71), "cuda")
+    needs_grad = {k: v.clone().requires_grad_() if v is not None and v.is_floating_point() else v
+                  for k, v in t.items()}
+
+    def fwd(i):
+        return ssd_chunk_scan(i["x"], i["dt"], i["A"], i["B"], i["C"], 64, D=i["D"], z=i["z"], dt_bias=i["dt_bias"],
+                              initial_states=i["initial_states"], dt_softplus=True)
+
+    with torch.no_grad():
+        fwd(needs_grad)
+    fwd(t)
+    assert [type(p).__name__ for p in ssd_module._PLANS.plans.values()] == ["Plan"]
+    replayed = fwd(t)
+    monkeypatch.setattr(ssd_module, "EAGER_PLANS", False)
+    assert torch.equal(replayed, fwd(t))
+
+
+@pytest.mark.gpu
 def test_cuda_second_stream_only_where_the_gpu_is_the_bound(monkeypatch):
-    """SIDE_STREAM "auto": an eager backward forks its second stream while a CUDA graph is captured or when the
-    current stream still has work queued as it starts, and not when the stream is idle (the host is the bound
-    there); True and False force it either way."""
+    """SIDE_STREAM "auto", for backwards without a launch plan: an eager backward forks its second stream while a
+    CUDA graph is captured or when the current stream still has work queued as it starts, and not when the stream
+    is idle (the host is the bound there); True and False force it either way. With plans, a busy backward replays
+    its one-stream plan."""
+    monkeypatch.setattr(ssd_module, "EAGER_PLANS", False)
     forks = []
 
     class Spy(ssd_module._Fork):
@@ -1130,6 +1292,13 @@ def test_cuda_second_stream_only_where_the_gpu_is_the_bound(monkeypatch):
     forks.clear()
     step(False)
     assert forks and all(forks), forks
+    monkeypatch.setattr(ssd_module, "EAGER_PLANS", True)
+    monkeypatch.setattr(ssd_module, "_PLANS", ssd_module._plans.PlanCache())
+    for _ in range(2):  # the key's first call, then its record (on one stream)
+        step(True)
+    forks.clear()
+    step(False)
+    assert not forks, forks
     torch.cuda.synchronize()
     x = t["x"].detach()
     for forced in (True, False):
