@@ -21,7 +21,8 @@ in an input or in a buffer the call allocated. A key that fails any of these run
 Each compiled launch replays the binary FastLauncher found for the recorded launch, which is the one Triton picks
 for the key: its specialisation (dtypes, 16-byte alignment, integers equal to 1 or divisible by 16, constexprs) is
 a function of the key, the buffers coming from an allocator that aligns them alike at every call. A plan holds no
-tensor.
+tensor. The record keeps every buffer of its call alive to the call's end (so that no two share an address): a
+one-time peak of the call's intermediates summed, where the pipeline reuses their memory as it goes.
 """
 
 from __future__ import annotations
