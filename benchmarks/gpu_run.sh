@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: the GPU tests, then the benchmarks, logs and JSON under $OUT.
-# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda|aoti-plain|aoti-ops|aoti-load|aoti-models|aoti-mamba2|ssd-symint|ssd-s36|ssd-s37|ssd-plans|ssd-s37-final|ssd-s37-rest]
+# Usage (on the GPU machine, repo root): bash benchmarks/gpu_run.sh [ops|ops-tests|models|models-tests|model-bench|all|rows|rows-train|where|caps|inmodel|projacc|wgrad|runs|lanes|lanes-inductor|scan-ncu|ssd-passing-bwd|ssd-passing-bwd-probe|ssd|ssd-passing-fwd|ssd-chunks|ssd-sweeps-fwd|ssd-sweeps-bwd|ssd-db-split|ssd-eager|ssd-fused-cumsum|ssd-grid-order|host-arith|launch|ssd-side-stream|norms|eager-paths|ssd-final|ssd-host|ssd-ncu|ssd-caps|ssd-bench-streams|ssd-tests|ssd-tests-streams|other-device|ssd-persistent|ssd-even|ssd-dx-occupancy|ssd-dx-one-stage|ssd-chunk256|ssd-op-profile|ssd-head-grads|models-tests-ssd|ssd-gate-flat|ssd-keep-states|ssd-keep-states-train|ssd-tma|ssd-tma-dev|aoti-cuda|aoti-plain|aoti-ops|aoti-load|aoti-models|aoti-mamba2|ssd-symint|ssd-s36|ssd-s37|ssd-plans|ssd-s37-final|ssd-s37-rest|launch-s37]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_results}
@@ -410,4 +410,9 @@ if [[ $what == ssd-s37-rest ]]; then
   # What ssd-s37-final's time limit cut: the last SSD GPU tests, then Mamba-2's training-step GPU tests, whose CUDA
   # graphs are captured from eager steps (about 6 minutes)
   timeout 400 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=5 tests/ops/test_ssd.py tests/models/test_gpu.py -k "non_contiguous or compile_inductor or ((training or train_step) and not mamba1)" 2>&1 | tee "$OUT/gpu_tests_rest.log" | tail -12
+fi
+if [[ $what == launch-s37 ]]; then
+  # FastLauncher's key now shared with the launch plans (_triton._fast_key): the fast-launch and norm GPU tests
+  # (about 2 minutes)
+  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider --durations=3 tests/ops/test_fast_launch.py tests/ops/test_norms.py 2>&1 | tee "$OUT/gpu_tests_launch.log" | tail -8
 fi
