@@ -920,7 +920,7 @@ def _cuda_backward(args: tuple, pre_gate: torch.Tensor | None, states: tuple | N
     compiles the forward started for it; direct launches (wrap False) from a launch plan where one is held (see
     EAGER_PLANS)."""
     args = _with_cuda_chunk(args, 8)
-    if args[3].is_cuda and _is_eager(args[3]):
+    if _bwd_compiles and args[3].is_cuda and _is_eager(args[3]):  # none pending after a configuration's first call
         from . import ssd_triton as kt
 
         kt.wait(_bwd_compiles.pop(_config_key(args[3:]), []))

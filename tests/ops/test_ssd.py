@@ -722,22 +722,18 @@ def test_triton_eager_forward_without_a_backward_skips_the_function(monkeypatch)
 
 
 def _eager_step(t, chunk_size=16, keep=True, dt_limit=(0.0, math.inf), varlen=False):
-    """One eager forward+backward through _EagerScan on fresh leaves of ``t``: the forward's outputs and the input
-    gradients (detached), with a random output gradient drawn from the inputs' seed."""
-    leaves = {k: v.detach().clone().requires_grad_() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+    """One eager forward+backward through _EagerScan on fresh leaves of ``t``, with run_fwd_bwd's output gradients:
+    the forward's outputs, what it kept for the backward, and the input gradients (all detached)."""
+    leaves = {k: v.detach().clone().requires_grad_() if (v is not None and k in GRAD_NAMES) else v
               for k, v in t.items()}
     cu = leaves["cu_seqlens"] if varlen else None
     args = (leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], chunk_size, leaves["D"], leaves["z"],
             leaves["dt_bias"], leaves["initial_states"], leaves["seq_idx"], cu, True,
             *ssd_module._dt_limit_args(dt_limit), keep)
     out, final, vs, *kept = ssd_module._EagerScan.apply(*args)
-    g = torch.Generator().manual_seed(int(t["x"].flatten()[0].abs() * 1e6))
-    grads = [torch.randn(out.shape, generator=g), torch.randn(final.shape, generator=g)]
     outs = [out, final] + ([vs] if varlen else [])
-    grads += [torch.randn(vs.shape, generator=g)] if varlen else []
-    torch.autograd.backward(outs, grads)
-    names = [k for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states") if leaves[k] is not None]
-    return [o.detach() for o in (out, final, vs, *kept)] + [leaves[k].grad for k in names]
+    torch.autograd.backward(outs, out_grads(outs))
+    return [o.detach() for o in (out, final, vs, *kept)] + [leaves[k].grad for k in GRAD_NAMES if leaves[k] is not None]
 
 
 @needs_triton
