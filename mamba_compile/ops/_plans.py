@@ -2,8 +2,9 @@
 
 Where an eager call's GPU work is short, its host time is the call's time, and most of that host time is Python
 between the launches: block sizes and grids worked out from the shapes, allocations, the launch functions' own
-bookkeeping. For the SSD scan on the GPU machine's host that was about 0.2 ms a forward (three kernels) and 0.8 ms a
-backward (about ten), against 0.18 and 0.59 ms of GPU time at the benchmark shape (session 37, ssd_host). Yet for
+bookkeeping. For the SSD scan on the GPU machine's host (session 37, ssd_host --pieces, the bare pipelines) that
+was 0.21-0.25 ms a forward (three kernels) and 0.74-0.87 ms a backward (about ten), where the GPU takes 0.18 ms for
+the forward and 0.77 ms for the forward+backward at the benchmark shape (CUDA graphs, bench_ssd). Yet for
 a given key (each tensor's dtype, shape, strides and address modulo 16, the other arguments, the settings) the
 pipeline always makes the same launches, with the same integer arguments, into buffers of the same sizes: only
 the addresses change.
